@@ -1,0 +1,53 @@
+//! `godwit`: the one binary. Parses the command line and hands each subcommand to its module
+//! in `cli/`. Exit codes: 0 success; 1 a negative answer (images differ, a check failed);
+//! 2 an error (bad usage, bad input, I/O). Subcommands may document more specific codes.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "godwit", version, about = "Godwit migration connector", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect, map, convert and compare VMDK, VHD, VHDX and raw images.
+    #[command(subcommand)]
+    Disk(cli::disk::DiskCommand),
+    /// Run the staging (replication) server.
+    #[command(subcommand)]
+    Staging(cli::staging::StagingCommand),
+    /// One replication cycle of a VM's disks to a staging target (full first, then incremental).
+    Replicate(cli::replicate::ReplicateArgs),
+    /// Export a replicated disk as an importable image.
+    Export(cli::export::ExportArgs),
+    /// Prerequisite checks: NTP, DNS, ICMP, TCP and TLS reachability.
+    Check(cli::check::CheckArgs),
+    /// List the VMs and disks at a source, with eligibility.
+    Inventory(cli::inventory::InventoryArgs),
+}
+
+fn main() -> ExitCode {
+    cli::init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Disk(c) => cli::disk::run(c),
+        Command::Staging(c) => cli::staging::run(c),
+        Command::Replicate(a) => cli::replicate::run(a),
+        Command::Export(a) => cli::export::run(a),
+        Command::Check(a) => cli::check::run(a),
+        Command::Inventory(a) => cli::inventory::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("godwit: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! # godwit-hyperv
+//!
+//! WinRM client, Hyper-V and SCVMM inventory, checkpoints, RCT and the host-push ingest.

@@ -1,0 +1,3 @@
+//! # godwit-image
+//!
+//! Builds the bootable appliance: OVA (OVF + streamOptimized VMDK + manifest) and VHDX.

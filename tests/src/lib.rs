@@ -1,0 +1,6 @@
+//! # godwit-tests
+//!
+//! Helpers shared by the end-to-end tests in `tests/tests/`: locating the `godwit` binary and
+//! the real peers (qemu-img, qemu-io, libvhdi), scratch directories, hashing.
+
+pub mod peers;

@@ -1,0 +1,3 @@
+//! # godwit-webui
+//!
+//! The HTTPS setup wizard and dashboard: axum routes, askama templates, static assets.
