@@ -34,13 +34,20 @@ impl Disk {
 
     /// Open `name` through `locator`, following its parent chain through the same locator.
     pub fn open_with(locator: &dyn Locator, name: &str, hint: FormatHint) -> Result<Disk> {
-        let top = locator.open(name, None).map_err(|e| Error::io(name, "open", e))?;
+        let top = locator
+            .open(name, None)
+            .map_err(|e| Error::io(name, "open", e))?;
         let mut layers = vec![open_layer(locator, top, hint)?];
         let mut seen: HashSet<String> = HashSet::new();
         seen.insert(layers[0].info().file.clone());
         loop {
-            let child = layers.last().map(|l| l.info().clone()).unwrap_or_else(|| unreachable!());
-            let Some(link) = child.parent.clone() else { break };
+            let child = layers
+                .last()
+                .map(|l| l.info().clone())
+                .unwrap_or_else(|| unreachable!());
+            let Some(link) = child.parent.clone() else {
+                break;
+            };
             if layers.len() >= MAX_CHAIN_DEPTH {
                 return Err(Error::chain(
                     &child.file,
@@ -81,12 +88,15 @@ impl Disk {
     /// Runs covering `[offset, offset+len)` with the index of the layer holding each data run.
     pub fn resolve(&self, offset: u64, len: u64) -> Result<Vec<(Run, usize)>> {
         let size = self.virtual_size();
-        let end = offset.checked_add(len).filter(|&e| e <= size).ok_or_else(|| {
-            Error::Usage(format!(
-                "{}: range {offset}+{len} is past the virtual size {size}",
-                self.top().file
-            ))
-        })?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= size)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "{}: range {offset}+{len} is past the virtual size {size}",
+                    self.top().file
+                ))
+            })?;
         let mut out = Vec::new();
         self.resolve_in(0, offset, end - offset, &mut out)?;
         Ok(out)
@@ -100,14 +110,26 @@ impl Disk {
         out: &mut Vec<(Run, usize)>,
     ) -> Result<()> {
         let Some(layer) = self.layers.get(depth) else {
-            push_resolved(out, Run { offset, len, state: RunState::Zero }, depth);
+            push_resolved(
+                out,
+                Run {
+                    offset,
+                    len,
+                    state: RunState::Zero,
+                },
+                depth,
+            );
             return Ok(());
         };
         // A parent smaller than its child reads as zeros past its end.
         let lsize = layer.info().virtual_size;
         let inside = lsize.saturating_sub(offset).min(len);
         if inside < len {
-            let tail = Run { offset: offset + inside, len: len - inside, state: RunState::Zero };
+            let tail = Run {
+                offset: offset + inside,
+                len: len - inside,
+                state: RunState::Zero,
+            };
             if inside == 0 {
                 push_resolved(out, tail, depth);
                 return Ok(());
@@ -178,7 +200,10 @@ pub fn open_layer(locator: &dyn Locator, src: Opened, hint: FormatHint) -> Resul
     if hint == FormatHint::Raw {
         return Ok(Box::new(RawLayer::open(src)?));
     }
-    let size = src.file.size().map_err(|e| Error::io(&src.name, "size", e))?;
+    let size = src
+        .file
+        .size()
+        .map_err(|e| Error::io(&src.name, "size", e))?;
     let mut head = vec![0u8; usize::try_from(size.min(1024)).unwrap_or(1024)];
     src.file
         .read_exact_at(&mut head, 0)

@@ -135,15 +135,51 @@ mod tests {
     #[test]
     fn push_run_merges_adjacent_same_state() {
         let mut v = Vec::new();
-        push_run(&mut v, Run { offset: 0, len: 10, state: RunState::Data });
-        push_run(&mut v, Run { offset: 10, len: 5, state: RunState::Data });
-        push_run(&mut v, Run { offset: 15, len: 5, state: RunState::Zero });
-        push_run(&mut v, Run { offset: 20, len: 0, state: RunState::Data });
+        push_run(
+            &mut v,
+            Run {
+                offset: 0,
+                len: 10,
+                state: RunState::Data,
+            },
+        );
+        push_run(
+            &mut v,
+            Run {
+                offset: 10,
+                len: 5,
+                state: RunState::Data,
+            },
+        );
+        push_run(
+            &mut v,
+            Run {
+                offset: 15,
+                len: 5,
+                state: RunState::Zero,
+            },
+        );
+        push_run(
+            &mut v,
+            Run {
+                offset: 20,
+                len: 0,
+                state: RunState::Data,
+            },
+        );
         assert_eq!(
             v,
             vec![
-                Run { offset: 0, len: 15, state: RunState::Data },
-                Run { offset: 15, len: 5, state: RunState::Zero }
+                Run {
+                    offset: 0,
+                    len: 15,
+                    state: RunState::Data
+                },
+                Run {
+                    offset: 15,
+                    len: 5,
+                    state: RunState::Zero
+                }
             ]
         );
     }

@@ -64,7 +64,10 @@ fn looks_like_descriptor(head: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(&head[..text_len]) else {
         return false;
     };
-    text.contains("# Disk DescriptorFile") || text.lines().any(|l| l.trim_start().starts_with("createType"))
+    text.contains("# Disk DescriptorFile")
+        || text
+            .lines()
+            .any(|l| l.trim_start().starts_with("createType"))
 }
 
 #[cfg(test)]
@@ -83,6 +86,9 @@ mod tests {
             Detected::VmdkDescriptor
         );
         assert_eq!(detect(&[0u8; 512], &[0u8; 512]), Detected::Raw);
-        assert_eq!(detect(b"createType=\"x\"\n\xff\xfe", b""), Detected::VmdkDescriptor);
+        assert_eq!(
+            detect(b"createType=\"x\"\n\xff\xfe", b""),
+            Detected::VmdkDescriptor
+        );
     }
 }

@@ -37,7 +37,11 @@ impl Layer for RawLayer {
     }
 
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Run>> {
-        Ok(vec![Run { offset, len, state: RunState::Data }])
+        Ok(vec![Run {
+            offset,
+            len,
+            state: RunState::Data,
+        }])
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {

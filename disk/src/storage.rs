@@ -50,7 +50,10 @@ impl ReadAt for MemFile {
 }
 
 fn eof() -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file")
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "read past the end of the file",
+    )
 }
 
 /// A file opened through a [`Locator`]: the name it resolved to and a handle.
@@ -107,7 +110,8 @@ impl MemFs {
         Self::default()
     }
     pub fn insert(&mut self, name: &str, bytes: Vec<u8>) {
-        self.files.insert(base_name(name).to_string(), MemFile::new(bytes));
+        self.files
+            .insert(base_name(name).to_string(), MemFile::new(bytes));
     }
 }
 

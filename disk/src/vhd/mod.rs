@@ -7,5 +7,9 @@ use crate::storage::Opened;
 
 /// Open a VHD file as one layer.
 pub fn open(src: Opened, _detected: Detected) -> Result<Box<dyn Layer>> {
-    Err(Error::unsupported(&src.name, "vhd", "VHD reader not built yet"))
+    Err(Error::unsupported(
+        &src.name,
+        "vhd",
+        "VHD reader not built yet",
+    ))
 }

@@ -6,5 +6,9 @@ use crate::storage::Opened;
 
 /// Open a VHDX file as one layer.
 pub fn open(src: Opened) -> Result<Box<dyn Layer>> {
-    Err(Error::unsupported(&src.name, "vhdx", "VHDX reader not built yet"))
+    Err(Error::unsupported(
+        &src.name,
+        "vhdx",
+        "VHDX reader not built yet",
+    ))
 }

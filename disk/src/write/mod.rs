@@ -6,6 +6,9 @@ use crate::layer::{BlockSource, RunState};
 use std::io::Write;
 
 pub mod raw;
+pub mod vhd;
+pub mod vhdx;
+pub mod vmdk_stream;
 
 /// Output formats `godwit disk convert -O` and `godwit export --format` offer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +62,11 @@ pub fn write_image(
 ) -> Result<WriteStats> {
     match format {
         OutputFormat::Raw => raw::write_stream(src, out),
-        other => Err(Error::Usage(format!("writer for {other:?} not built yet"))),
+        OutputFormat::VmdkStream => vmdk_stream::write(src, out),
+        OutputFormat::VhdxDynamic => vhdx::write(src, vhdx::Kind::Dynamic, out),
+        OutputFormat::VhdxFixed => vhdx::write(src, vhdx::Kind::Fixed, out),
+        OutputFormat::VhdDynamic => vhd::write(src, vhd::Kind::Dynamic, out),
+        OutputFormat::VhdFixed => vhd::write(src, vhd::Kind::Fixed, out),
     }
 }
 

@@ -56,6 +56,7 @@ pub fn write_sparse_file(src: &dyn BlockSource, out: &File, name: &str) -> Resul
             off += n as u64;
         }
     }
-    out.set_len(size).map_err(|e| Error::io(name, "set length", e))?;
+    out.set_len(size)
+        .map_err(|e| Error::io(name, "set length", e))?;
     Ok(stats)
 }
