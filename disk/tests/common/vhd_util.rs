@@ -232,3 +232,28 @@ pub fn sha256_file(path: &str) -> String {
 pub fn pathbuf(s: &str) -> PathBuf {
     PathBuf::from(s)
 }
+
+/// Write what libvhdi reads from `image` (parents as in [`libvhdi_read`]) to `out`.
+pub fn libvhdi_dump(image: &str, parents: &[&str], out: &str) {
+    let script = r#"
+import sys, pyvhdi
+out = sys.argv[1]
+files = [pyvhdi.file() for _ in sys.argv[2:]]
+for f, name in zip(files, sys.argv[2:]):
+    f.open(name)
+for child, parent in zip(files, files[1:]):
+    child.set_parent(parent)
+f = files[0]
+size = f.get_media_size()
+with open(out, "wb") as o:
+    off = 0
+    while off < size:
+        n = min(1 << 20, size - off)
+        f.seek(off)
+        o.write(f.read(n))
+        off += n
+"#;
+    let mut args = vec!["-c", script, out, image];
+    args.extend_from_slice(parents);
+    run_ok(SYS_PYTHON, &args);
+}
