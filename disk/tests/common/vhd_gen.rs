@@ -267,10 +267,8 @@ pub fn vhdx(path: &str, spec: &VhdxSpec, writes: &Writes) -> ([u8; 16], BTreeMap
         (PHYSICAL_SECTOR_SIZE, 4096u32.to_le_bytes().to_vec()),
     ];
     if let Some(p) = &spec.parent {
-        let linkage = uuid::Uuid::from_bytes_le(p.linkage)
-            .braced()
-            .to_string()
-            .to_uppercase();
+        // Lower case in braces: libvhdi parses no other form.
+        let linkage = uuid::Uuid::from_bytes_le(p.linkage).braced().to_string();
         items.push((
             PARENT_LOCATOR,
             ParentLocator {
