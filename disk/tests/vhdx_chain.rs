@@ -44,8 +44,6 @@ fn child_spec<'a>(block_size: u64, ls: u32, linkage: [u8; 16], rel: &'a str) -> 
             absolute_win32_path: "C:\\nowhere\\parent.vhdx",
         }),
         zero_blocks: vec![],
-        log: vec![],
-        log_last_file_offset: 0,
     }
 }
 

@@ -52,8 +52,11 @@ struct FileView {
 }
 
 impl FileView {
+    /// The file length after replay: at least the head entry's LastFileOffset, rounded up to
+    /// 1 MiB (as qemu extends it).
     fn len(&self) -> u64 {
-        self.real_len.max(self.overlay.min_file_len)
+        let replayed = self.overlay.min_file_len.div_ceil(MIB).saturating_mul(MIB);
+        self.real_len.max(replayed)
     }
 
     fn read(&self, offset: u64, buf: &mut [u8], what: &str) -> Result<()> {

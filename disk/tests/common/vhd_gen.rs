@@ -178,10 +178,6 @@ pub struct VhdxSpec<'a> {
     pub parent: Option<VhdxParent<'a>>,
     /// Blocks set to the ZERO state (read as zeros, not from the parent).
     pub zero_blocks: Vec<u64>,
-    /// Log entries to leave unreplayed (LogGuid set): each entry is a list of writes.
-    pub log: Vec<Vec<LogWrite>>,
-    /// LastFileOffset for the log entries (0: the file length).
-    pub log_last_file_offset: u64,
 }
 
 /// Layout constants of generated VHDX files.
@@ -298,23 +294,6 @@ pub fn vhdx(path: &str, spec: &VhdxSpec, writes: &Writes) -> ([u8; 16], BTreeMap
     }
     region[..TABLE_SIZE].copy_from_slice(&MetadataTable { entries: mentries }.encode());
     f.write_all_at(&region, GEN_META_OFFSET).unwrap();
-    // Log.
-    let log_guid = if spec.log.is_empty() {
-        [0; 16]
-    } else {
-        *uuid::Uuid::new_v4().as_bytes()
-    };
-    let last = if spec.log_last_file_offset > 0 {
-        spec.log_last_file_offset
-    } else {
-        next
-    };
-    let mut pos = 0u64;
-    for (i, w) in spec.log.iter().enumerate() {
-        let e = encode_entry(10 + i as u64, 0, log_guid, next, last, w);
-        f.write_all_at(&e, GEN_LOG_OFFSET + pos).unwrap();
-        pos += e.len() as u64;
-    }
     // Identifier, headers, region tables.
     f.write_all_at(&encode_file_identifier("godwit test generator"), 0)
         .unwrap();
@@ -324,7 +303,7 @@ pub fn vhdx(path: &str, spec: &VhdxSpec, writes: &Writes) -> ([u8; 16], BTreeMap
             sequence_number: seq,
             file_write_guid: [1; 16],
             data_write_guid: dwg,
-            log_guid,
+            log_guid: [0; 16],
             log_version: 0,
             version: 1,
             log_length: u32::try_from(GEN_LOG_LENGTH).unwrap(),
@@ -359,4 +338,32 @@ pub fn fill(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| seed.wrapping_mul(31).wrapping_add((i % 251) as u8))
         .collect()
+}
+
+/// Leave `entries` (sequence numbers 10, 11, ...) unreplayed in the log of a VHDX made by
+/// [`vhdx`], and set a LogGuid in both headers. Returns the file offset of each entry.
+pub fn add_log(path: &str, entries: &[Vec<LogWrite>], last_file_offset: u64) -> Vec<u64> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    let log_guid = *uuid::Uuid::new_v4().as_bytes();
+    let mut at = Vec::new();
+    let mut pos = 0u64;
+    for (i, w) in entries.iter().enumerate() {
+        let e = encode_entry(10 + i as u64, 0, log_guid, len, last_file_offset, w);
+        f.write_all_at(&e, GEN_LOG_OFFSET + pos).unwrap();
+        at.push(GEN_LOG_OFFSET + pos);
+        pos += e.len() as u64;
+    }
+    for off in [64 * 1024u64, 128 * 1024] {
+        let mut b = vec![0u8; 4096];
+        f.read_exact_at(&mut b, off).unwrap();
+        let mut h = Header::parse(&b).unwrap();
+        h.log_guid = log_guid;
+        f.write_all_at(&h.encode(), off).unwrap();
+    }
+    at
 }
