@@ -1,6 +1,7 @@
 //! Bad VHD and VHDX input: truncated files, wrong checksums, table entries past the end or into
 //! the headers, absurd sizes, unknown required structures. Each is a clear error naming the file
 //! and the byte offset: never a panic.
+#![allow(clippy::cast_possible_truncation)] // test arithmetic on small, fixed sizes
 
 #[path = "common/vhd_gen.rs"]
 mod gen_;
@@ -236,7 +237,7 @@ fn vhdx_unknown_required_region_and_bad_bat_entries() {
     let m = expect_error(&f, ErrorKind::Corrupt, Some(GEN_BAT_OFFSET));
     assert!(m.contains("BAT entry 0"), "{m}");
     // An invalid block state.
-    patch(&f, GEN_BAT_OFFSET, &(4 * MIB | 4).to_le_bytes());
+    patch(&f, GEN_BAT_OFFSET, &((4 * MIB) | 4).to_le_bytes());
     expect_error(&f, ErrorKind::Corrupt, Some(GEN_BAT_OFFSET));
 }
 
@@ -271,4 +272,74 @@ fn vhdx_absurd_sizes_and_log_placement() {
     }
     let m = expect_error(&f, ErrorKind::Corrupt, None);
     assert!(m.contains("log"), "{m}");
+}
+
+/// Damage structure bytes at pseudo-random places: every outcome is `Ok` or an error, never a
+/// panic (the same entry points the fuzz targets call).
+#[test]
+fn mutated_images_never_panic() {
+    let d = tmp();
+    let vhd_path = p(d.path(), "m.vhd");
+    let parent = VhdParent {
+        unique_id: [3; 16],
+        locators: vec![(*b"W2ru", ".\\p.vhd"), (*b"MacX", "/x/p.vhd")],
+        name: "p.vhd",
+        space_in_bytes: false,
+    };
+    vhd(
+        &vhd_path,
+        4 * MIB,
+        1 << 20,
+        Some(&parent),
+        &vec![(0, vec![7; 8192])],
+    );
+    let vhd_bytes = std::fs::read(&vhd_path).unwrap();
+    let vhdx_path = gen_vhdx(d.path());
+    add_log(
+        &vhdx_path,
+        &[vec![godwit_disk::vhdx::log::Write::Zero {
+            file_offset: 4 * MIB,
+            length: 4096,
+        }]],
+        0,
+    );
+    let vhdx_bytes = std::fs::read(&vhdx_path).unwrap();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let vhd_regions: [(usize, usize); 2] = [(0, 4096), (vhd_bytes.len() - 512, vhd_bytes.len())];
+    let vhdx_regions: [(usize, usize); 4] = [
+        (0, 320 * 1024),
+        (MIB as usize, MIB as usize + 16384),
+        (
+            GEN_META_OFFSET as usize,
+            GEN_META_OFFSET as usize + 96 * 1024,
+        ),
+        (GEN_BAT_OFFSET as usize, GEN_BAT_OFFSET as usize + 4096),
+    ];
+    for i in 0..400 {
+        let (orig, regions, vhdx): (&Vec<u8>, &[(usize, usize)], bool) = if i % 2 == 0 {
+            (&vhd_bytes, &vhd_regions, false)
+        } else {
+            (&vhdx_bytes, &vhdx_regions, true)
+        };
+        let mut b = orig.clone();
+        for _ in 0..1 + next() % 8 {
+            let (s, e) = regions[(next() % regions.len() as u64) as usize];
+            let at = s + (next() % (e - s) as u64) as usize;
+            b[at] = next() as u8;
+        }
+        if next() % 10 == 0 {
+            b.truncate((next() % b.len() as u64) as usize);
+        }
+        let _ = if vhdx {
+            godwit_disk::vhdx::fuzz_open_and_read(&b)
+        } else {
+            godwit_disk::vhd::fuzz_open_and_read(&b)
+        };
+    }
 }

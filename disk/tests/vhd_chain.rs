@@ -1,5 +1,6 @@
 //! VHD differencing chains (2 and 3 deep) built by our test generator, since qemu can neither
 //! make nor read them. libvhdi is the independent reader; the expected bytes are computed.
+#![allow(clippy::cast_possible_truncation)] // test arithmetic on small, fixed sizes
 
 #[path = "common/vhd_gen.rs"]
 mod gen_;

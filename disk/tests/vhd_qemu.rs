@@ -1,6 +1,7 @@
 //! VHD fixed and dynamic images made by qemu-img at test time: our read equals
 //! `qemu-img convert -O raw`; images we write are read back by qemu-img (exact size,
 //! `qemu-img compare`) and by libvhdi.
+#![allow(clippy::cast_possible_truncation)] // test arithmetic on small, fixed sizes
 
 #[path = "common/vhd_util.rs"]
 mod util;

@@ -1,6 +1,7 @@
 //! VHDX differencing chains (2 and 3 deep) and 4096-byte logical sectors, built by our test
 //! generator (qemu can neither make nor read differencing VHDX, nor make 4K-sector ones).
 //! libvhdi is the independent reader; the expected bytes are computed.
+#![allow(clippy::cast_possible_truncation)] // test arithmetic on small, fixed sizes
 
 #[path = "common/vhd_gen.rs"]
 mod gen_;

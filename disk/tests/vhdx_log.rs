@@ -1,6 +1,7 @@
 //! Dirty-log VHDX: a log with data and zero descriptors left unreplayed (qemu cannot leave one
 //! behind, so our generator writes it). Our read, which replays into memory and never writes
 //! the source, must equal `qemu-img check -r all` (on a copy) + `qemu-img convert -O raw`.
+#![allow(clippy::cast_possible_truncation)] // test arithmetic on small, fixed sizes
 
 #[path = "common/vhd_gen.rs"]
 mod gen_;

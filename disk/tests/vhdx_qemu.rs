@@ -1,6 +1,7 @@
 //! VHDX fixed and dynamic images made by qemu-img / qemu-io at test time (every create option
 //! qemu offers): our read equals `qemu-img convert -O raw`; images we write pass
 //! `qemu-img check`, `qemu-img compare` and libvhdi.
+#![allow(clippy::cast_possible_truncation)] // test arithmetic on small, fixed sizes
 
 #[path = "common/vhd_util.rs"]
 mod util;

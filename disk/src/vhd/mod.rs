@@ -436,3 +436,19 @@ fn check_range(info: &LayerInfo, offset: u64, len: u64) -> Result<u64> {
             ))
         })
 }
+
+/// Fuzz entry point: open `bytes` as a VHD (either footer placement) and map and read the
+/// first 64 MiB of the disk.
+pub fn fuzz_open_and_read(bytes: &[u8]) -> Result<()> {
+    let src = Opened {
+        name: "fuzz.vhd".into(),
+        file: Arc::new(crate::storage::MemFile::new(bytes.to_vec())),
+    };
+    let detected = if bytes.starts_with(b"conectix") {
+        Detected::VhdDynamic
+    } else {
+        Detected::VhdFixed
+    };
+    let layer = VhdLayer::open(src, detected)?;
+    crate::vhdx::fuzz_walk(&layer)
+}

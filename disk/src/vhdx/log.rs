@@ -311,6 +311,8 @@ pub fn replay(
         Ok(())
     };
     let cap = MAX_ENTRY.min(log_len);
+    // A hostile log can claim a long entry at every 4 KiB: bound the bytes the scan reads.
+    let mut budget = log_len.saturating_mul(8).saturating_add(MAX_ENTRY);
     // position -> (seq, length, tail)
     let mut valid: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
     let mut head = [0u8; 64];
@@ -328,6 +330,12 @@ pub fn replay(
         {
             continue;
         }
+        budget = budget.checked_sub(len).ok_or_else(|| {
+            perr(
+                log_offset + pos,
+                "the log holds too many overlapping entry headers to scan",
+            )
+        })?;
         let mut entry = vec![0u8; usize::try_from(len).unwrap_or(0)];
         read_log(pos, &mut entry)?;
         if LogEntry::parse(&entry).is_ok() {

@@ -41,6 +41,8 @@ pub const PAYLOAD_UNMAPPED_V095: u64 = 5;
 pub const PAYLOAD_FULLY_PRESENT: u64 = 6;
 pub const PAYLOAD_PARTIALLY_PRESENT: u64 = 7;
 pub const SB_PRESENT: u64 = 6;
+/// Largest metadata region read (Hyper-V and qemu write 1 MiB).
+pub const MAX_METADATA: u64 = 16 * MIB;
 /// Sectors one sector-bitmap block covers (2^23).
 pub const CHUNK_SECTORS: u64 = 1 << 23;
 
@@ -173,6 +175,15 @@ impl VhdxLayer {
                 .map_err(|e| corrupt(e.offset, format!("log: {}", e.reason)))?;
         }
         let (bat_region, meta_region) = Self::regions(&view)?;
+        if meta_region.1 > MAX_METADATA {
+            return Err(corrupt(
+                REGION1_OFFSET,
+                format!(
+                    "metadata region of {} bytes is larger than {MAX_METADATA}",
+                    meta_region.1
+                ),
+            ));
+        }
         let mlen = usize::try_from(meta_region.1).unwrap_or(0);
         let mut mbytes = vec![0u8; mlen];
         view.read(meta_region.0, &mut mbytes, "metadata region")?;
@@ -546,4 +557,27 @@ impl Layer for VhdxLayer {
         }
         Ok(())
     }
+}
+
+/// Fuzz entry point: open `bytes` as a VHDX and map and read the first 64 MiB of the disk.
+pub fn fuzz_open_and_read(bytes: &[u8]) -> Result<()> {
+    let src = Opened {
+        name: "fuzz.vhdx".into(),
+        file: std::sync::Arc::new(crate::storage::MemFile::new(bytes.to_vec())),
+    };
+    let layer = VhdxLayer::open(src)?;
+    fuzz_walk(&layer)
+}
+
+/// Map and read up to the first 64 MiB of a layer (fuzz targets).
+pub(crate) fn fuzz_walk(layer: &dyn Layer) -> Result<()> {
+    let len = layer.info().virtual_size.min(64 * MIB);
+    let mut buf = vec![0u8; 1 << 20];
+    for run in layer.map(0, len)? {
+        if run.state == RunState::Data {
+            let n = run.len.min(1 << 20);
+            layer.read_at(run.offset, &mut buf[..usize::try_from(n).unwrap_or(0)])?;
+        }
+    }
+    Ok(())
 }

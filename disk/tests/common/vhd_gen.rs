@@ -35,7 +35,7 @@ fn sectors(writes: &Writes, sector: u64) -> BTreeMap<u64, Vec<u8>> {
     let mut m = BTreeMap::new();
     for (off, data) in writes {
         assert!(
-            off % sector == 0 && data.len() as u64 % sector == 0,
+            off.is_multiple_of(sector) && (data.len() as u64).is_multiple_of(sector),
             "unaligned test write"
         );
         for (i, c) in data.chunks(usize::try_from(sector).unwrap()).enumerate() {
@@ -336,7 +336,10 @@ pub fn vhdx(path: &str, spec: &VhdxSpec, writes: &Writes) -> ([u8; 16], BTreeMap
 /// Deterministic bytes.
 pub fn fill(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
-        .map(|i| seed.wrapping_mul(31).wrapping_add((i % 251) as u8))
+        .map(|i| {
+            seed.wrapping_mul(31)
+                .wrapping_add(u8::try_from(i % 251).unwrap_or(0))
+        })
         .collect()
 }
 

@@ -102,7 +102,7 @@ pub fn pattern_raw(dir: &Path, name: &str, size: u64) -> String {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x >> 24) as u8
+            x.to_le_bytes()[3]
         })
         .collect();
     use std::os::unix::fs::FileExt;
