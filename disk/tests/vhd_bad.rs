@@ -161,6 +161,7 @@ fn gen_vhdx(dir: &std::path::Path) -> String {
         logical_sector: 512,
         parent: None,
         zero_blocks: vec![],
+        data_write_guid: None,
     };
     vhdx(&f, &spec, &vec![(0, vec![0x33; 2 << 20])]);
     f

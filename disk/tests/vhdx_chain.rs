@@ -45,6 +45,7 @@ fn child_spec<'a>(block_size: u64, ls: u32, linkage: [u8; 16], rel: &'a str) -> 
             absolute_win32_path: "C:\\nowhere\\parent.vhdx",
         }),
         zero_blocks: vec![],
+        data_write_guid: None,
     }
 }
 
@@ -232,17 +233,19 @@ fn stale_parent_and_loops_are_refused() {
     let e = Disk::open(&c.d1).err().expect("stale parent must fail");
     assert_eq!(e.kind(), ErrorKind::Chain, "{e}");
     assert!(e.to_string().contains("d1.avhdx"), "{e}");
-    // a -> b -> a through relative paths.
+    // a -> b -> a through relative paths, with matching identities: only the loop is wrong.
     let a = p(c.dir.path(), "a.avhdx");
     let b = p(c.dir.path(), "b.avhdx");
-    vhdx(&a, &child_spec(MIB, 512, [1; 16], "b.avhdx"), &vec![]);
-    vhdx(
-        &b,
-        &child_spec(MIB, 512, data_write_guid(&a), "a.avhdx"),
-        &vec![],
-    );
+    let (ga, gb) = ([0xa; 16], [0xb; 16]);
+    let mut sa = child_spec(MIB, 512, gb, "b.avhdx");
+    sa.data_write_guid = Some(ga);
+    vhdx(&a, &sa, &vec![]);
+    let mut sb = child_spec(MIB, 512, ga, "a.avhdx");
+    sb.data_write_guid = Some(gb);
+    vhdx(&b, &sb, &vec![]);
     let e = Disk::open(&a).err().expect("loop must fail");
     assert_eq!(e.kind(), ErrorKind::Chain, "{e}");
+    assert!(e.to_string().contains("loops"), "{e}");
 }
 
 #[test]

@@ -37,6 +37,7 @@ fn dirty(dir: &std::path::Path) -> (String, Vec<u64>) {
         logical_sector: 512,
         parent: None,
         zero_blocks: vec![],
+        data_write_guid: None,
     };
     let writes: Writes = vec![
         (0, vec![0x11; MIB as usize]),

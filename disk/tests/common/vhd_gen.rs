@@ -178,6 +178,8 @@ pub struct VhdxSpec<'a> {
     pub parent: Option<VhdxParent<'a>>,
     /// Blocks set to the ZERO state (read as zeros, not from the parent).
     pub zero_blocks: Vec<u64>,
+    /// DataWriteGuid to write (random when `None`).
+    pub data_write_guid: Option<[u8; 16]>,
 }
 
 /// Layout constants of generated VHDX files.
@@ -297,7 +299,9 @@ pub fn vhdx(path: &str, spec: &VhdxSpec, writes: &Writes) -> ([u8; 16], BTreeMap
     // Identifier, headers, region tables.
     f.write_all_at(&encode_file_identifier("godwit test generator"), 0)
         .unwrap();
-    let dwg = *uuid::Uuid::new_v4().as_bytes();
+    let dwg = spec
+        .data_write_guid
+        .unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes());
     for (seq, at) in [(5u64, 64 * 1024u64), (6, 128 * 1024)] {
         let h = Header {
             sequence_number: seq,
