@@ -1,0 +1,530 @@
+//! The sync index: one point-in-time replica of one disk. Ordered chunk entries (a digest, or
+//! "zero" for an all-zero chunk that is not stored), the disk size, the chunk size, metadata,
+//! the creation time, the parent sync, and the SHA-256 of the whole raw content when known.
+//! Written last and atomically, so a sync exists only when every chunk it names is stored.
+//!
+//! ```text
+//! 0    4  magic "GWIX"
+//! 4    2  version (1), big-endian
+//! 6    2  flags: bit 0 = raw SHA-256 present
+//! 8    4  chunk size
+//! 12   8  disk size in bytes
+//! 20   8  created, Unix milliseconds
+//! 28   8  entry count = ceil(disk size / chunk size)
+//! 36   32 SHA-256 of the raw content (zero when absent)
+//! 68   2+ sync id (u16 length, UTF-8), parent sync id (u16 length, empty = none),
+//!         vm name (u16 length), disk number (u32)
+//! ..   2  metadata pair count; each pair: u16 key length, key, u32 value length, value
+//! ..      entries: 1 byte tag (0 = zero, 1 = data) [+ 32-byte digest when data]
+//! end  32 SHA-256 of every byte before it
+//! ```
+
+use crate::digest::ChunkDigest;
+use crate::error::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub const INDEX_MAGIC: [u8; 4] = *b"GWIX";
+/// Index format versions this build reads; the current one is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum IndexVersion {
+    /// Initial format (this file's layout).
+    V1 = 1,
+}
+
+impl IndexVersion {
+    pub const fn current() -> Self {
+        IndexVersion::V1
+    }
+}
+
+/// Largest index accepted (bytes): 64 MiB is 2 million entries, 8 TiB at 4 MiB chunks.
+pub const MAX_INDEX_LEN: usize = 64 << 20;
+const MAX_META_PAIRS: u16 = 256;
+const MAX_META_VALUE: u32 = 64 << 10;
+
+/// A sync's name: `YYYYMMDDTHHMMSS.mmmZ-xxxxxxxx` (UTC creation time and 8 random hex digits),
+/// so names sort by time.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SyncId(String);
+
+impl SyncId {
+    pub fn new(unix_ms: u64) -> SyncId {
+        let r: u32 = rand::random();
+        SyncId(format!("{}-{r:08x}", utc_stamp(unix_ms)))
+    }
+
+    /// Validate a sync id from untrusted input (a frame, a store listing, the command line).
+    pub fn parse(s: &str) -> Result<SyncId> {
+        let ok = s.len() == 29
+            && s.bytes().enumerate().all(|(i, b)| match i {
+                8 => b == b'T',
+                15 => b == b'.',
+                19 => b == b'Z',
+                20 => b == b'-',
+                21.. => b.is_ascii_hexdigit() && !b.is_ascii_uppercase(),
+                _ => b.is_ascii_digit(),
+            });
+        if ok {
+            Ok(SyncId(s.to_string()))
+        } else {
+            Err(Error::Usage(format!(
+                "{s:?} is not a sync id (YYYYMMDDTHHMMSS.mmmZ-xxxxxxxx)"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SyncId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SyncId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SyncId({})", self.0)
+    }
+}
+
+/// `YYYYMMDDTHHMMSS.mmmZ` for Unix milliseconds (proleptic Gregorian, UTC).
+pub fn utc_stamp(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let ms = unix_ms % 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{ms:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// One chunk of the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Entry {
+    Zero,
+    Data(ChunkDigest),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncIndex {
+    pub sync_id: SyncId,
+    pub parent: Option<SyncId>,
+    pub vm: String,
+    pub disk: u32,
+    pub chunk_size: u32,
+    pub disk_size: u64,
+    pub created_ms: u64,
+    pub raw_sha256: Option<[u8; 32]>,
+    pub metadata: BTreeMap<String, String>,
+    pub entries: Vec<Entry>,
+}
+
+/// Number of chunks a disk of `disk_size` has at `chunk_size`.
+pub fn chunk_count(disk_size: u64, chunk_size: u32) -> u64 {
+    disk_size.div_ceil(u64::from(chunk_size.max(1)))
+}
+
+/// Validate a chunk size: a power of two in `MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE`.
+pub fn check_chunk_size(cs: u32) -> Result<()> {
+    use crate::chunk::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+    if cs.is_power_of_two() && (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "chunk size {cs} is not a power of two in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"
+        )))
+    }
+}
+
+/// Check a VM name used in store keys and frames: 1..=128 bytes, no control characters, no `/`.
+pub fn check_vm_name(vm: &str) -> Result<()> {
+    if vm.is_empty()
+        || vm.len() > 128
+        || vm.chars().any(|c| c.is_control() || c == '/' || c == '\\')
+        || vm == "."
+        || vm == ".."
+    {
+        return Err(Error::Usage(format!(
+            "VM name {vm:?}: 1 to 128 characters, no '/', '\\' or control characters"
+        )));
+    }
+    Ok(())
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+    what: &'a str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| {
+                Error::malformed(
+                    self.what,
+                    self.pos as u64,
+                    format!("{field}: needs {n} bytes, {} left", self.b.len() - self.pos),
+                )
+            })?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u16(&mut self, f: &str) -> Result<u16> {
+        let s = self.take(2, f)?;
+        Ok(u16::from_be_bytes([s[0], s[1]]))
+    }
+    fn u32(&mut self, f: &str) -> Result<u32> {
+        let s = self.take(4, f)?;
+        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    fn u64(&mut self, f: &str) -> Result<u64> {
+        let s = self.take(8, f)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn str16(&mut self, f: &str) -> Result<String> {
+        let n = usize::from(self.u16(f)?);
+        let at = self.pos as u64;
+        let s = self.take(n, f)?;
+        String::from_utf8(s.to_vec())
+            .map_err(|_| Error::malformed(self.what, at, format!("{f}: not UTF-8")))
+    }
+}
+
+impl SyncIndex {
+    /// Parse and check an index. Pure; a fuzz entry point. `what` names it in errors.
+    pub fn parse(bytes: &[u8], what: &str) -> Result<SyncIndex> {
+        if bytes.len() > MAX_INDEX_LEN {
+            return Err(Error::malformed(
+                what,
+                0,
+                format!(
+                    "{} bytes, above the {MAX_INDEX_LEN}-byte limit",
+                    bytes.len()
+                ),
+            ));
+        }
+        if bytes.len() < 32 + 70 {
+            return Err(Error::malformed(what, 0, "too short for an index"));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 32);
+        if Sha256::digest(body).as_slice() != sum {
+            return Err(Error::integrity(
+                what,
+                format!(
+                    "index checksum (last 32 bytes, at {}) does not match its content",
+                    body.len()
+                ),
+            ));
+        }
+        let mut r = Reader {
+            b: body,
+            pos: 0,
+            what,
+        };
+        if r.take(4, "magic")? != INDEX_MAGIC {
+            return Err(Error::malformed(
+                what,
+                0,
+                "not an index (magic is not GWIX)",
+            ));
+        }
+        let v = r.u16("version")?;
+        if v != IndexVersion::V1 as u16 {
+            return Err(Error::malformed(
+                what,
+                4,
+                format!("index version {v} (this build reads 1)"),
+            ));
+        }
+        let flags = r.u16("flags")?;
+        if flags & !1 != 0 {
+            return Err(Error::malformed(
+                what,
+                6,
+                format!("unknown flags {flags:#x}"),
+            ));
+        }
+        let chunk_size = r.u32("chunk size")?;
+        check_chunk_size(chunk_size).map_err(|e| Error::malformed(what, 8, e.to_string()))?;
+        let disk_size = r.u64("disk size")?;
+        let created_ms = r.u64("created")?;
+        let count = r.u64("entry count")?;
+        if count != chunk_count(disk_size, chunk_size) {
+            return Err(Error::malformed(
+                what,
+                28,
+                format!("{count} entries for a {disk_size}-byte disk at {chunk_size}-byte chunks"),
+            ));
+        }
+        let sha = r.take(32, "raw sha256")?;
+        let raw_sha256 = (flags & 1 == 1).then(|| {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(sha);
+            a
+        });
+        let at = r.pos as u64;
+        let sync_id = SyncId::parse(&r.str16("sync id")?)
+            .map_err(|e| Error::malformed(what, at, e.to_string()))?;
+        let at = r.pos as u64;
+        let p = r.str16("parent")?;
+        let parent = if p.is_empty() {
+            None
+        } else {
+            Some(SyncId::parse(&p).map_err(|e| Error::malformed(what, at, e.to_string()))?)
+        };
+        let at = r.pos as u64;
+        let vm = r.str16("vm")?;
+        check_vm_name(&vm).map_err(|e| Error::malformed(what, at, e.to_string()))?;
+        let disk = r.u32("disk number")?;
+        let pairs = r.u16("metadata count")?;
+        if pairs > MAX_META_PAIRS {
+            return Err(Error::malformed(
+                what,
+                r.pos as u64 - 2,
+                format!("{pairs} metadata pairs (limit {MAX_META_PAIRS})"),
+            ));
+        }
+        let mut metadata = BTreeMap::new();
+        for _ in 0..pairs {
+            let k = r.str16("metadata key")?;
+            let n = r.u32("metadata value length")?;
+            if n > MAX_META_VALUE {
+                return Err(Error::malformed(
+                    what,
+                    r.pos as u64 - 4,
+                    format!("metadata value of {n} bytes"),
+                ));
+            }
+            let at = r.pos as u64;
+            let v = r.take(usize::try_from(n).unwrap_or(usize::MAX), "metadata value")?;
+            let v = String::from_utf8(v.to_vec())
+                .map_err(|_| Error::malformed(what, at, "metadata value: not UTF-8"))?;
+            metadata.insert(k, v);
+        }
+        // Every entry takes at least one byte: check before allocating.
+        let left = (body.len() - r.pos) as u64;
+        if count > left {
+            return Err(Error::malformed(
+                what,
+                28,
+                format!("{count} entries but only {left} bytes left"),
+            ));
+        }
+        let mut entries = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        for _ in 0..count {
+            let at = r.pos as u64;
+            match r.take(1, "entry tag")?[0] {
+                0 => entries.push(Entry::Zero),
+                1 => {
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(r.take(32, "entry digest")?);
+                    entries.push(Entry::Data(ChunkDigest(d)));
+                }
+                t => {
+                    return Err(Error::malformed(
+                        what,
+                        at,
+                        format!("entry tag {t} (0 zero, 1 data)"),
+                    ));
+                }
+            }
+        }
+        if r.pos != body.len() {
+            return Err(Error::malformed(
+                what,
+                r.pos as u64,
+                "trailing bytes after the last entry",
+            ));
+        }
+        Ok(SyncIndex {
+            sync_id,
+            parent,
+            vm,
+            disk,
+            chunk_size,
+            disk_size,
+            created_ms,
+            raw_sha256,
+            metadata,
+            entries,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut o = Vec::with_capacity(128 + self.entries.len() * 33);
+        o.extend_from_slice(&INDEX_MAGIC);
+        o.extend_from_slice(&(IndexVersion::current() as u16).to_be_bytes());
+        o.extend_from_slice(&u16::from(self.raw_sha256.is_some()).to_be_bytes());
+        o.extend_from_slice(&self.chunk_size.to_be_bytes());
+        o.extend_from_slice(&self.disk_size.to_be_bytes());
+        o.extend_from_slice(&self.created_ms.to_be_bytes());
+        o.extend_from_slice(&(self.entries.len() as u64).to_be_bytes());
+        o.extend_from_slice(&self.raw_sha256.unwrap_or([0; 32]));
+        put_str16(&mut o, self.sync_id.as_str());
+        put_str16(&mut o, self.parent.as_ref().map_or("", SyncId::as_str));
+        put_str16(&mut o, &self.vm);
+        o.extend_from_slice(&self.disk.to_be_bytes());
+        let pairs = u16::try_from(self.metadata.len()).unwrap_or(u16::MAX);
+        o.extend_from_slice(&pairs.to_be_bytes());
+        for (k, v) in self.metadata.iter().take(usize::from(pairs)) {
+            put_str16(&mut o, k);
+            o.extend_from_slice(&u32::try_from(v.len()).unwrap_or(0).to_be_bytes());
+            o.extend_from_slice(v.as_bytes());
+        }
+        for e in &self.entries {
+            match e {
+                Entry::Zero => o.push(0),
+                Entry::Data(d) => {
+                    o.push(1);
+                    o.extend_from_slice(&d.0);
+                }
+            }
+        }
+        let sum = Sha256::digest(&o);
+        o.extend_from_slice(&sum);
+        o
+    }
+
+    /// Byte range of chunk `i` on the disk.
+    pub fn chunk_range(&self, i: usize) -> (u64, u64) {
+        let start = i as u64 * u64::from(self.chunk_size);
+        let len = (self.disk_size - start.min(self.disk_size)).min(u64::from(self.chunk_size));
+        (start, len)
+    }
+
+    /// Distinct digests this sync references.
+    pub fn digests(&self) -> Vec<ChunkDigest> {
+        let mut v: Vec<ChunkDigest> = self
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Data(d) => Some(*d),
+                Entry::Zero => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+fn put_str16(o: &mut Vec<u8>, s: &str) {
+    let n = s.len().min(usize::from(u16::MAX));
+    o.extend_from_slice(&u16::try_from(n).unwrap_or(0).to_be_bytes());
+    o.extend_from_slice(&s.as_bytes()[..n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(entries: Vec<Entry>, chunk_size: u32) -> SyncIndex {
+        let disk_size = entries.len() as u64 * u64::from(chunk_size)
+            - 100.min(u64::from(chunk_size) - 1) * u64::from(!entries.is_empty());
+        let mut metadata = BTreeMap::new();
+        metadata.insert("source".to_string(), "file:///x.vmdk".to_string());
+        SyncIndex {
+            sync_id: SyncId::new(1_763_770_000_123),
+            parent: Some(SyncId::parse("20251121T000000.000Z-0000abcd").unwrap()),
+            vm: "web-01".into(),
+            disk: 2,
+            chunk_size,
+            disk_size,
+            created_ms: 1_763_770_000_123,
+            raw_sha256: Some([9; 32]),
+            metadata,
+            entries,
+        }
+    }
+
+    #[test]
+    fn version_is_pinned() {
+        assert_eq!(IndexVersion::current() as u16, 1);
+    }
+
+    #[test]
+    fn stamp_is_utc_civil_time() {
+        assert_eq!(utc_stamp(0), "19700101T000000.000Z");
+        assert_eq!(utc_stamp(1_763_770_000_123), "20251122T000640.123Z");
+        assert_eq!(utc_stamp(951_782_400_000), "20000229T000000.000Z");
+        let id = SyncId::new(1_763_770_000_123);
+        assert_eq!(SyncId::parse(id.as_str()).unwrap(), id);
+        assert!(SyncId::parse("../../etc").is_err());
+    }
+
+    #[test]
+    fn round_trip_and_tamper() {
+        let idx = sample(
+            vec![Entry::Zero, Entry::Data(ChunkDigest::of(b"a")), Entry::Zero],
+            4096,
+        );
+        let b = idx.encode();
+        assert_eq!(SyncIndex::parse(&b, "t").unwrap(), idx);
+        let mut t = b.clone();
+        t[50] ^= 1;
+        assert!(SyncIndex::parse(&t, "t").is_err());
+        assert!(SyncIndex::parse(&b[..b.len() - 1], "t").is_err());
+    }
+
+    #[test]
+    fn lying_count_is_refused_before_allocating() {
+        let idx = sample(vec![Entry::Zero], 4096);
+        let mut b = idx.encode();
+        b.truncate(b.len() - 32);
+        b[12..20].copy_from_slice(&(u64::MAX / 2).to_be_bytes());
+        b[28..36].copy_from_slice(&chunk_count(u64::MAX / 2, 4096).to_be_bytes());
+        let sum = Sha256::digest(&b);
+        b.extend_from_slice(&sum);
+        let e = SyncIndex::parse(&b, "t").unwrap_err().to_string();
+        assert!(e.contains("entries but only"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn prop_round_trip(tags in proptest::collection::vec(any::<Option<[u8; 32]>>(), 1..50), shift in 12u32..=23) {
+            let entries = tags.into_iter().map(|t| t.map_or(Entry::Zero, |d| Entry::Data(ChunkDigest(d)))).collect();
+            let idx = sample(entries, 1 << shift);
+            prop_assert_eq!(SyncIndex::parse(&idx.encode(), "p").unwrap(), idx);
+        }
+
+        #[test]
+        fn prop_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = SyncIndex::parse(&bytes, "p");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! A store in a local directory. Objects are files; `put` writes `tmp/<random>`, fsyncs it,
+//! renames it into place and fsyncs the directory, so a crash leaves the old object or the new
+//! one, never a torn file.
+
+use super::{Backend, BoxFut};
+use crate::error::{Error, Result};
+use bytes::Bytes;
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+pub struct LocalDir {
+    root: PathBuf,
+}
+
+impl LocalDir {
+    /// Use (creating it if needed) the directory `root`.
+    pub fn create(root: &Path) -> Result<LocalDir> {
+        fs::create_dir_all(root.join("tmp"))
+            .map_err(|e| Error::io(root.display().to_string(), "create store directory", e))?;
+        Ok(LocalDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        if key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            return Err(Error::Usage(format!("bad store key {key:?}")));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn put_sync(&self, key: &str, data: &[u8]) -> Result<()> {
+        let dst = self.path(key)?;
+        let what = dst.display().to_string();
+        let dir = dst.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&what, "create directory", e))?;
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{:016x}.tmp", rand::random::<u64>()));
+        let result = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, &dst)?;
+            fs::File::open(&dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(|e| Error::io(&what, "write", e))
+    }
+
+    fn get_sync(&self, key: &str) -> Result<Option<Bytes>> {
+        let p = self.path(key)?;
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(p.display().to_string(), "read", e)),
+        }
+    }
+
+    fn list_sync(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        // The prefix may end inside a name ("gc.lock") or at a directory ("chunks/").
+        let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let start = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(dir_part)
+        };
+        let mut stack = vec![start];
+        while let Some(d) = stack.pop() {
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(d.display().to_string(), "list", e)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(|e| Error::io(d.display().to_string(), "list", e))?;
+                let p = ent.path();
+                let Ok(rel) = p.strip_prefix(&self.root) else {
+                    continue;
+                };
+                let rel = rel.to_string_lossy().into_owned();
+                if rel == "tmp" {
+                    continue;
+                }
+                let md = ent
+                    .metadata()
+                    .map_err(|e| Error::io(p.display().to_string(), "stat", e))?;
+                if md.is_dir() {
+                    if prefix.starts_with(&format!("{rel}/"))
+                        || rel.starts_with(prefix)
+                        || prefix.is_empty()
+                    {
+                        stack.push(p);
+                    }
+                } else if rel.starts_with(prefix) {
+                    let mtime = md
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    out.push((rel, mtime));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Usage(format!("store worker failed: {e}")))?
+}
+
+impl Backend for LocalDir {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFut<'a, ()> {
+        let me = LocalDir {
+            root: self.root.clone(),
+        };
+        let key = key.to_string();
+        Box::pin(blocking(move || me.put_sync(&key, &data)))
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Option<Bytes>> {
+        let me = LocalDir {
+            root: self.root.clone(),
+        };
+        let key = key.to_string();
+        Box::pin(blocking(move || me.get_sync(&key)))
+    }
+
+    fn exists_many(&self, keys: Vec<String>) -> BoxFut<'_, Vec<bool>> {
+        let me = LocalDir {
+            root: self.root.clone(),
+        };
+        Box::pin(blocking(move || {
+            keys.iter()
+                .map(|k| {
+                    let p = me.path(k)?;
+                    match fs::metadata(&p) {
+                        Ok(_) => Ok(true),
+                        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+                        Err(e) => Err(Error::io(p.display().to_string(), "stat", e)),
+                    }
+                })
+                .collect()
+        }))
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Vec<(String, u64)>> {
+        let me = LocalDir {
+            root: self.root.clone(),
+        };
+        let prefix = prefix.to_string();
+        Box::pin(blocking(move || me.list_sync(&prefix)))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, ()> {
+        let me = LocalDir {
+            root: self.root.clone(),
+        };
+        let key = key.to_string();
+        Box::pin(blocking(move || {
+            let p = me.path(&key)?;
+            match fs::remove_file(&p) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(p.display().to_string(), "delete", e)),
+            }
+        }))
+    }
+}

@@ -1,0 +1,6 @@
+//! The staging protocol on TCP 1500 (docs/wire-protocol.md): frame codec, TLS, server, client.
+
+pub mod client;
+pub mod frame;
+pub mod server;
+pub mod tls;
