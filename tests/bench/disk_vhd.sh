@@ -13,13 +13,18 @@ trap 'rm -rf "$work"' EXIT
 
 raw=$work/src.raw
 truncate -s 2G "$raw"
-for i in $(seq 0 2 31); do
-  if [ $((i % 4)) -eq 0 ]; then
-    head -c 64M /dev/urandom | dd of="$raw" bs=1M seek=$((i * 64)) conv=notrunc status=none
-  else
-    yes "godwit vhd bench $i" | head -c 64M | dd of="$raw" bs=1M seek=$((i * 64)) conv=notrunc status=none
-  fi
-done
+python3 - "$raw" <<'PY'
+import os, sys
+f = open(sys.argv[1], "r+b")
+for i in range(0, 32, 2):  # 64 MiB data chunks at even positions, holes between
+    f.seek(i * 64 << 20)
+    for _ in range(64):
+        if i % 4 == 0:
+            f.write(os.urandom(1 << 20))
+        else:
+            f.write((b"godwit vhd bench %d " % i) * 47662 + bytes((1 << 20) - 47662 * len(b"godwit vhd bench %d " % i)))
+f.close()
+PY
 qemu-img convert -f raw -O vhdx -o subformat=dynamic "$raw" "$work/src.vhdx"
 qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on "$raw" "$work/src.vhd"
 
