@@ -44,6 +44,9 @@ median() {
 
 cp_t=$(median "$work/cp.raw" cp "$raw" "$work/cp.raw")
 printf 'cp raw (2 GiB, 1 GiB allocated)        %6.3f s\n' "$cp_t"
+# The same writer with a raw source isolates the cost of the reader from the raw writer's.
+rr=$(median "$work/rr.raw" "$GODWIT" disk convert -f raw "$raw" "$work/rr.raw" -O raw)
+printf 'godwit raw -> raw (writer alone)       %6.3f s  (%5.2fx cp)\n' "$rr" "$(echo "$rr / $cp_t" | bc -l)"
 status=0
 for fmt in vhdx vhd; do
   q=$(median "$work/q.raw" qemu-img convert -O raw "$work/src.$fmt" "$work/q.raw")
