@@ -182,3 +182,89 @@ fn write_dynamic(src: &dyn BlockSource, size: u64, out: &mut dyn Write) -> Resul
     out.write_all(&footer).map_err(out_err)?;
     Ok(stats)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::layer::{Layer, Run, push_run};
+    use crate::probe::Detected;
+    use crate::storage::{MemFile, Opened};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    /// An in-memory disk: 64 KiB pieces holding any non-zero byte are data.
+    pub(crate) struct MemSource(pub Vec<u8>);
+
+    impl BlockSource for MemSource {
+        fn virtual_size(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn map(&self, offset: u64, len: u64) -> Result<Vec<Run>> {
+            let mut out = Vec::new();
+            let mut off = offset;
+            while off < offset + len {
+                let end = ((off / 65536 + 1) * 65536).min(offset + len);
+                let s = usize::try_from(off).unwrap_or(0);
+                let e = usize::try_from(end).unwrap_or(0);
+                let state = if self.0[s..e].iter().any(|&b| b != 0) {
+                    RunState::Data
+                } else {
+                    RunState::Zero
+                };
+                push_run(
+                    &mut out,
+                    Run {
+                        offset: off,
+                        len: end - off,
+                        state,
+                    },
+                );
+                off = end;
+            }
+            Ok(out)
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            let s = usize::try_from(offset).unwrap_or(0);
+            buf.copy_from_slice(&self.0[s..s + buf.len()]);
+            Ok(())
+        }
+    }
+
+    pub(crate) fn opened(bytes: Vec<u8>, name: &str) -> Opened {
+        Opened {
+            name: name.into(),
+            file: Arc::new(MemFile::new(bytes)),
+        }
+    }
+
+    pub(crate) fn sample(size: usize, writes: &[(usize, usize, u8)]) -> Vec<u8> {
+        let mut d = vec![0u8; size];
+        for &(at, len, v) in writes {
+            let at = at % size;
+            let end = (at + len).min(size);
+            d[at..end].fill(v.max(1));
+        }
+        d
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn written_vhd_reads_back(
+            sectors in 1usize..12_000,
+            writes in proptest::collection::vec((0usize..6_000_000, 1usize..300_000, any::<u8>()), 0..6),
+            fixed in any::<bool>(),
+        ) {
+            let data = sample(sectors * 512, &writes);
+            let mut out = Vec::new();
+            let kind = if fixed { Kind::Fixed } else { Kind::Dynamic };
+            write(&MemSource(data.clone()), kind, &mut out).unwrap();
+            let det = if fixed { Detected::VhdFixed } else { Detected::VhdDynamic };
+            let layer = crate::vhd::VhdLayer::open(opened(out, "t.vhd"), det).unwrap();
+            prop_assert_eq!(layer.info().virtual_size, data.len() as u64);
+            let mut back = vec![0u8; data.len()];
+            layer.read_at(0, &mut back).unwrap();
+            prop_assert!(back == data);
+        }
+    }
+}

@@ -190,3 +190,32 @@ fn metadata_region(size: u64, block: u64, kind: Kind) -> Vec<u8> {
     region[..TABLE_SIZE].copy_from_slice(&MetadataTable { entries }.encode());
     region
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::Layer;
+    use crate::write::vhd::tests::{MemSource, opened, sample};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn written_vhdx_reads_back(
+            sectors in 1usize..20_000,
+            writes in proptest::collection::vec((0usize..10_000_000, 1usize..300_000, any::<u8>()), 0..6),
+            fixed in any::<bool>(),
+        ) {
+            let data = sample(sectors * 512, &writes);
+            let mut out = Vec::new();
+            let kind = if fixed { Kind::Fixed } else { Kind::Dynamic };
+            write(&MemSource(data.clone()), kind, &mut out).unwrap();
+            let layer = crate::vhdx::VhdxLayer::open(opened(out, "t.vhdx")).unwrap();
+            prop_assert_eq!(layer.info().virtual_size, data.len() as u64);
+            prop_assert_eq!(&layer.info().subformat, if fixed { "fixed" } else { "dynamic" });
+            let mut back = vec![0u8; data.len()];
+            layer.read_at(0, &mut back).unwrap();
+            prop_assert!(back == data);
+        }
+    }
+}
