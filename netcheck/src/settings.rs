@@ -1,0 +1,292 @@
+//! The network part of the connector's settings file (TOML), as documented in `docs/checks.md`.
+//! The service reuses this schema; unknown keys are rejected so typos are caught.
+//!
+//! ```toml
+//! [network]
+//! ntp_servers = ["ntp1.corp", "10.0.0.1:123"]
+//! dns_servers = ["10.0.0.53"]
+//! proxy = "http://proxy.corp:3128/"
+//!
+//! [[vcenter]]
+//! host = "vc1.corp"                 # HOST[:PORT], port 443 by default
+//! fingerprint = "SHA256:AB:CD:..."  # optional pinned certificate
+//! esxi_hosts = ["esx1.corp"]        # optional; the ESXi hosts behind it
+//!
+//! [[hyperv]]
+//! host = "hv1.corp"                 # port 5986 by default
+//!
+//! [staging]
+//! host = "staging.corp"             # port 1500 by default
+//! fingerprint = "SHA256:..."
+//!
+//! [s3]
+//! endpoint = "https://s3.corp:9000" # port 443 by default
+//! ```
+
+use crate::plan::{Endpoint, Fingerprint, Plan, ProxyUrl, Role, Target, TargetError};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Why a settings file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {element}: {source}")]
+    Value {
+        path: PathBuf,
+        element: String,
+        source: TargetError,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSettings {
+    #[serde(default)]
+    pub ntp_servers: Vec<String>,
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
+    #[serde(default)]
+    pub proxy: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VCenterSettings {
+    pub host: String,
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    #[serde(default)]
+    pub esxi_hosts: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSettings {
+    pub host: String,
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    pub endpoint: String,
+}
+
+/// The settings file, as far as the checks are concerned. Other sections belong to other
+/// parts of the service and are ignored here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    #[serde(default)]
+    pub network: NetworkSettings,
+    #[serde(default)]
+    pub vcenter: Vec<VCenterSettings>,
+    #[serde(default)]
+    pub hyperv: Vec<HostSettings>,
+    #[serde(default)]
+    pub staging: Option<HostSettings>,
+    #[serde(default)]
+    pub s3: Option<S3Settings>,
+}
+
+impl Settings {
+    /// Read and parse a settings file.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse settings text; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, SettingsError> {
+        toml::from_str(text).map_err(|e| SettingsError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Add every check these settings imply to `plan` (design.md §3: ports per peer).
+    pub fn extend_plan(&self, plan: &mut Plan, path: &Path) -> Result<(), SettingsError> {
+        let value_err = |element: String| {
+            let path = path.to_path_buf();
+            move |source| SettingsError::Value {
+                path,
+                element,
+                source,
+            }
+        };
+        for (i, s) in self.network.ntp_servers.iter().enumerate() {
+            let e = Endpoint::parse(s, Some(123))
+                .map_err(value_err(format!("network.ntp_servers[{i}]")))?;
+            plan.ntp.push(e);
+        }
+        for (i, s) in self.network.dns_servers.iter().enumerate() {
+            let e = Endpoint::parse(s, Some(53))
+                .map_err(value_err(format!("network.dns_servers[{i}]")))?;
+            plan.dns_servers.push(e);
+        }
+        if let Some(p) = &self.network.proxy {
+            plan.proxies
+                .push(ProxyUrl::parse(p).map_err(value_err("network.proxy".into()))?);
+        }
+        let fp =
+            |s: &Option<String>, element: String| -> Result<Option<Fingerprint>, SettingsError> {
+                s.as_deref()
+                    .map(Fingerprint::parse)
+                    .transpose()
+                    .map_err(value_err(element))
+            };
+        for (i, vc) in self.vcenter.iter().enumerate() {
+            let el = format!("vcenter[{i}]");
+            let e =
+                Endpoint::parse(&vc.host, Some(443)).map_err(value_err(format!("{el}.host")))?;
+            let pin = fp(&vc.fingerprint, format!("{el}.fingerprint"))?;
+            add_peer(plan, e, Role::VCenter, pin, true);
+            for (j, h) in vc.esxi_hosts.iter().enumerate() {
+                let e = Endpoint::parse(h, Some(443))
+                    .map_err(value_err(format!("{el}.esxi_hosts[{j}]")))?;
+                add_peer(plan, e, Role::EsxiHost, None, true);
+            }
+        }
+        for (i, hv) in self.hyperv.iter().enumerate() {
+            let el = format!("hyperv[{i}]");
+            let e =
+                Endpoint::parse(&hv.host, Some(5986)).map_err(value_err(format!("{el}.host")))?;
+            let pin = fp(&hv.fingerprint, format!("{el}.fingerprint"))?;
+            add_peer(plan, e, Role::HyperVHost, pin, true);
+        }
+        if let Some(st) = &self.staging {
+            let e =
+                Endpoint::parse(&st.host, Some(1500)).map_err(value_err("staging.host".into()))?;
+            let pin = fp(&st.fingerprint, "staging.fingerprint".into())?;
+            add_peer(plan, e, Role::StagingServer, pin, true);
+        }
+        if let Some(s3) = &self.s3 {
+            let authority = s3
+                .endpoint
+                .strip_prefix("https://")
+                .unwrap_or(&s3.endpoint)
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            let e =
+                Endpoint::parse(authority, Some(443)).map_err(value_err("s3.endpoint".into()))?;
+            // Object stores are often on the internet behind a proxy; ICMP is not expected.
+            add_peer(plan, e, Role::S3Endpoint, None, false);
+        }
+        Ok(())
+    }
+}
+
+/// DNS, ICMP, TCP and TLS checks for one peer.
+fn add_peer(plan: &mut Plan, e: Endpoint, role: Role, pin: Option<Fingerprint>, ping: bool) {
+    let is_name = e.host.parse::<std::net::IpAddr>().is_err();
+    if is_name && !plan.resolve.contains(&e.host) {
+        plan.resolve.push(e.host.clone());
+    }
+    if ping && !plan.ping.contains(&e.host) {
+        plan.ping.push(e.host.clone());
+    }
+    let purpose = format!("{} {}", role.peer(), e.host);
+    let target = Target {
+        endpoint: e,
+        role,
+        purpose,
+        fingerprint: pin,
+    };
+    plan.tcp.push(target.clone());
+    plan.tls.push(target);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[network]
+ntp_servers = ["ntp1.corp", "10.0.0.1:1123"]
+dns_servers = ["10.0.0.53"]
+proxy = "http://proxy.corp:3128/"
+
+[[vcenter]]
+host = "vc1.corp"
+esxi_hosts = ["esx1.corp", "10.0.0.21"]
+
+[[hyperv]]
+host = "hv1.corp"
+
+[staging]
+host = "staging.corp"
+fingerprint = "SHA256:ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB"
+
+[s3]
+endpoint = "https://s3.corp:9000/bucket"
+
+[service]
+listen = "0.0.0.0:443"
+"#;
+
+    #[test]
+    fn example_builds_the_design_ports() {
+        let p = Path::new("settings.toml");
+        let s = Settings::parse(EXAMPLE, p).unwrap();
+        let mut plan = Plan::default();
+        s.extend_plan(&mut plan, p).unwrap();
+        assert_eq!(plan.ntp[1].port, 1123);
+        assert_eq!(plan.dns_servers[0].port, 53);
+        let ports: Vec<String> = plan.tcp.iter().map(|t| t.endpoint.to_string()).collect();
+        assert_eq!(
+            ports,
+            [
+                "vc1.corp:443",
+                "esx1.corp:443",
+                "10.0.0.21:443",
+                "hv1.corp:5986",
+                "staging.corp:1500",
+                "s3.corp:9000"
+            ]
+        );
+        assert_eq!(
+            plan.resolve,
+            [
+                "vc1.corp",
+                "esx1.corp",
+                "hv1.corp",
+                "staging.corp",
+                "s3.corp"
+            ]
+        );
+        assert!(!plan.ping.contains(&"s3.corp".to_string()));
+        assert!(plan.tls[4].fingerprint.is_some());
+        assert_eq!(plan.proxies.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_file_and_element() {
+        let p = Path::new("/etc/godwit/settings.toml");
+        let s = Settings::parse("[[hyperv]]\nhost = \"hv1:99999\"\n", p).unwrap();
+        let err = s
+            .extend_plan(&mut Plan::default(), p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/etc/godwit/settings.toml: hyperv[0].host"),
+            "{err}"
+        );
+        assert!(err.contains("99999"), "{err}");
+        let err = Settings::parse("[network]\nntp = []\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `ntp`"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+}
