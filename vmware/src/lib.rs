@@ -1,3 +1,36 @@
 //! # godwit-vmware
 //!
-//! vSphere SOAP client, inventory, snapshots, CBT and disk reads over /folder and NFC.
+//! vSphere source: SOAP client, inventory, snapshots with a ledger, CBT and disk reads over
+//! datastore `/folder` Range GETs.
+//!
+//! ## Design
+//! - `soap`: sans-I/O. Envelopes are built to `String` ([`soap::envelope`]), replies parsed
+//!   from bytes ([`soap::response`], over the bounded tree of [`soap::xml`]). Fuzz entry point:
+//!   [`soap::response::fuzz_all_parsers`].
+//! - [`transport::Endpoint`] is the only network code: HTTPS with a pinned SHA-256
+//!   certificate fingerprint ([`trust`]), session cookie, 503 backoff, parallel-request cap.
+//! - [`session::Session`]: Login / re-login on `NotAuthenticated` / Logout, paged property
+//!   retrieval, task polling.
+//! - [`inventory`]: VMs and disks with eligibility; [`snapshot`] + [`ledger`]: snapshots that
+//!   are never left behind; [`datastore`]: a `godwit_disk` Locator over `/folder`;
+//!   [`cbt`]: QueryChangedDiskAreas and the changeId store; [`replicate`]: one cycle.
+//!
+//! ## Limits
+//! No NFC export lease (ExportVm/ExportSnapshot) yet; `/folder` only. Fingerprints are SHA-256
+//! of the certificate (no SHA-1 thumbprints). See `docs/vsphere.md`.
+
+pub mod cbt;
+pub mod datastore;
+pub mod error;
+pub mod inventory;
+pub mod ledger;
+pub mod moref;
+pub mod replicate;
+pub mod session;
+pub mod snapshot;
+pub mod soap;
+pub mod transport;
+pub mod trust;
+
+pub use error::{Error, ErrorKind, Result};
+pub use moref::MoRef;

@@ -1,0 +1,340 @@
+//! The only code that talks to the network: HTTPS to one host (`host:port`) with a pinned
+//! certificate, the session cookie, bounded reply sizes, 503 backoff and a cap on parallel
+//! requests. SOAP bodies go in and out as bytes; parsing happens elsewhere.
+
+use crate::error::{Error, Result};
+use crate::trust::{Fingerprint, PinnedVerifier};
+use std::io::Read;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Parallel requests per host (ESXi hostd answers 503 when there are too many).
+pub const DEFAULT_MAX_PARALLEL: usize = 4;
+/// Attempts on HTTP 503 before giving up; the wait doubles from 200 ms.
+pub const RETRIES_ON_503: u32 = 6;
+
+/// Install ring as the process's rustls provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A counting semaphore: at most `max` requests in flight.
+#[derive(Debug)]
+struct Limiter {
+    in_flight: Mutex<usize>,
+    cv: Condvar,
+    max: usize,
+}
+
+struct Permit<'a>(&'a Limiter);
+
+impl Limiter {
+    fn acquire(&self) -> Permit<'_> {
+        let mut n = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= self.max {
+            n = self.cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut n = self.0.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        self.0.cv.notify_one();
+    }
+}
+
+/// HTTPS to one `host:port`.
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    client: reqwest::blocking::Client,
+    pins: Vec<Fingerprint>,
+    seen: Arc<Mutex<Option<Fingerprint>>>,
+    limiter: Limiter,
+    cookie: Mutex<Option<String>>,
+}
+
+/// An HTTP reply: status and body (bounded).
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub set_cookie: Option<String>,
+}
+
+impl Endpoint {
+    pub fn new(host: &str, port: u16, pins: Vec<Fingerprint>, max_parallel: usize) -> Result<Self> {
+        install_crypto_provider();
+        let seen = Arc::new(Mutex::new(None));
+        let verifier = Arc::new(PinnedVerifier::new(pins.clone(), seen.clone()));
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Usage(format!("TLS setup: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+        let client = reqwest::blocking::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(Duration::from_secs(300))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::Transport {
+                host: authority(host, port),
+                what: "HTTP client setup".into(),
+                source: e,
+            })?;
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+            client,
+            pins,
+            seen,
+            limiter: Limiter {
+                in_flight: Mutex::new(0),
+                cv: Condvar::new(),
+                max: max_parallel.max(1),
+            },
+            cookie: Mutex::new(None),
+        })
+    }
+
+    /// `host:port` (IPv6 hosts in brackets).
+    pub fn authority(&self) -> String {
+        authority(&self.host, self.port)
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("https://{}", self.authority())
+    }
+
+    pub fn set_cookie(&self, c: Option<String>) {
+        *self.cookie.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    pub fn cookie(&self) -> Option<String> {
+        self.cookie
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The certificate fingerprint the server showed on the last handshake.
+    pub fn seen_fingerprint(&self) -> Option<Fingerprint> {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn map_send_error(&self, what: &str, e: reqwest::Error) -> Error {
+        let host = self.authority();
+        if let Some(fp) = self.seen_fingerprint()
+            && !self.pins.contains(&fp)
+        {
+            return if self.pins.is_empty() {
+                Error::Unpinned {
+                    host,
+                    fingerprint: fp.to_string(),
+                }
+            } else {
+                Error::PinMismatch {
+                    host,
+                    expected: self
+                        .pins
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                    got: fp.to_string(),
+                }
+            };
+        }
+        Error::Transport {
+            host,
+            what: what.to_string(),
+            source: e,
+        }
+    }
+
+    /// Send a request built by `build`, retrying 503 with backoff; read at most `limit` bytes.
+    fn send(
+        &self,
+        what: &str,
+        limit: u64,
+        build: &dyn Fn(&reqwest::blocking::Client) -> reqwest::blocking::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>)> {
+        let _permit = self.limiter.acquire();
+        let mut wait = Duration::from_millis(200);
+        for attempt in 0..=RETRIES_ON_503 {
+            let mut req = build(&self.client);
+            if let Some(c) = self.cookie() {
+                req = req.header(reqwest::header::COOKIE, c);
+            }
+            let resp = req.send().map_err(|e| self.map_send_error(what, e))?;
+            let status = resp.status();
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt < RETRIES_ON_503 {
+                tracing::debug!(host = %self.authority(), what, ?wait, "503, backing off");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(10));
+                continue;
+            }
+            if resp.content_length().is_some_and(|l| l > limit) {
+                return Err(self.too_large(what, limit));
+            }
+            let headers = resp.headers().clone();
+            let mut body = Vec::new();
+            resp.take(limit + 1)
+                .read_to_end(&mut body)
+                .map_err(|e| Error::Http {
+                    host: self.authority(),
+                    what: what.to_string(),
+                    status: status.as_u16(),
+                    detail: format!("reading the body: {e}"),
+                })?;
+            if body.len() as u64 > limit {
+                return Err(self.too_large(what, limit));
+            }
+            return Ok((status, headers, body));
+        }
+        Err(Error::Http {
+            host: self.authority(),
+            what: what.to_string(),
+            status: 503,
+            detail: format!("still busy after {RETRIES_ON_503} retries"),
+        })
+    }
+
+    fn too_large(&self, what: &str, limit: u64) -> Error {
+        Error::TooLarge {
+            host: self.authority(),
+            what: what.to_string(),
+            limit,
+        }
+    }
+
+    /// POST a SOAP envelope to `/sdk`. HTTP 200 and 500 (faults) return the body.
+    pub fn post_soap(
+        &self,
+        method: &str,
+        soap_action: &str,
+        body: String,
+        limit: u64,
+    ) -> Result<Reply> {
+        let url = format!("{}/sdk", self.base_url());
+        let (status, headers, body) = self.send(method, limit, &|c| {
+            c.post(&url)
+                .header("Content-Type", "text/xml; charset=utf-8")
+                .header("SOAPAction", soap_action)
+                .body(body.clone())
+        })?;
+        let set_cookie = headers
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("vmware_soap_session="))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string);
+        match status.as_u16() {
+            200 | 500 => Ok(Reply {
+                status: status.as_u16(),
+                body,
+                set_cookie,
+            }),
+            s => Err(Error::Http {
+                host: self.authority(),
+                what: method.to_string(),
+                status: s,
+                detail: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            }),
+        }
+    }
+
+    /// Size of a file from HEAD `path_query` (Content-Length).
+    pub fn head_size(&self, path_query: &str, what: &str) -> Result<u64> {
+        let url = format!("{}{path_query}", self.base_url());
+        let (status, headers, _) = self.send(what, 0, &|c| c.head(&url))?;
+        if status.as_u16() == 404 {
+            return Err(Error::NotFound {
+                host: self.authority(),
+                what: what.to_string(),
+            });
+        }
+        if !status.is_success() {
+            return Err(self.http_err(what, status.as_u16(), "HEAD failed"));
+        }
+        headers
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| self.http_err(what, status.as_u16(), "no Content-Length"))
+    }
+
+    fn http_err(&self, what: &str, status: u16, detail: &str) -> Error {
+        Error::Http {
+            host: self.authority(),
+            what: what.to_string(),
+            status,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// GET `len` bytes at `offset` with a Range request; insists on 206 and a matching
+    /// Content-Range (a 200 would be the whole file).
+    pub fn get_range(
+        &self,
+        path_query: &str,
+        offset: u64,
+        len: u64,
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let last = offset
+            .checked_add(len - 1)
+            .ok_or_else(|| Error::Usage(format!("{what}: range {offset}+{len} overflows")))?;
+        let url = format!("{}{path_query}", self.base_url());
+        let range = format!("bytes={offset}-{last}");
+        let (status, headers, body) = self.send(what, len, &|c| {
+            c.get(&url).header(reqwest::header::RANGE, &range)
+        })?;
+        match status.as_u16() {
+            206 => {}
+            404 => {
+                return Err(Error::NotFound {
+                    host: self.authority(),
+                    what: what.to_string(),
+                });
+            }
+            200 => return Err(self.http_err(what, 200, "the server ignored the Range header")),
+            s => return Err(self.http_err(what, s, &format!("range {range} failed"))),
+        }
+        let cr = headers
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let expect = format!("bytes {offset}-{last}/");
+        if !cr.starts_with(&expect) {
+            return Err(self.http_err(
+                what,
+                206,
+                &format!("Content-Range {cr:?} does not match {range}"),
+            ));
+        }
+        if body.len() as u64 != len {
+            return Err(self.http_err(what, 206, &format!("got {} bytes for {range}", body.len())));
+        }
+        Ok(body)
+    }
+}
+
+pub fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
