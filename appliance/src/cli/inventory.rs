@@ -1,10 +1,126 @@
-//! `godwit inventory`: not built yet.
+//! `godwit inventory --source vsphere://USER@HOST[:PORT] [--json] [--vm NAME]`: VMs, disks and
+//! eligibility (with the reasons when a VM is not eligible).
+//!
+//! Exit codes: 0 listed; 2 error; 3 login rejected; 4 certificate not trusted (the message
+//! shows the fingerprint to pin); 5 `--vm` names no VM.
 
+use super::replicate_vsphere::{VsphereSourceArgs, connect, report_error};
+use godwit_vmware::Error as VmwareError;
+use godwit_vmware::inventory::{VM_PROPERTIES, Vm, eligibility, vm_from_object};
+use godwit_vmware::session::{Session, map_reply};
+use std::collections::HashMap;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
-pub struct InventoryArgs {}
+pub struct InventoryArgs {
+    #[command(flatten)]
+    pub source: VsphereSourceArgs,
+    /// Print JSON: an array of VMs with `disks` and `eligibility`.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this VM (exit code 5 when there is none).
+    #[arg(long)]
+    pub vm: Option<String>,
+}
 
-pub fn run(_: InventoryArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`godwit inventory` is not built yet")
+pub fn run(args: InventoryArgs) -> anyhow::Result<ExitCode> {
+    match list(&args) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => Ok(report_error(&e)),
+    }
+}
+
+fn list(args: &InventoryArgs) -> anyhow::Result<()> {
+    let session = connect(&args.source)?;
+    let result = collect(&session, args.vm.as_deref());
+    if let Err(e) = session.logout() {
+        tracing::warn!(error = %e, "logout failed");
+    }
+    let vms = result?;
+    if args.json {
+        let out: Vec<serde_json::Value> = vms
+            .iter()
+            .map(|vm| {
+                let mut v = serde_json::to_value(vm).unwrap_or_default();
+                v["eligibility"] = serde_json::to_value(eligibility(vm)).unwrap_or_default();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let sc = session.service_content();
+    println!(
+        "source {} ({} API {})",
+        session.endpoint().authority(),
+        sc.api_type,
+        sc.api_version
+    );
+    for vm in &vms {
+        let el = eligibility(vm);
+        println!(
+            "{}  {}  power={} guest={} firmware={} host={} cbt={}  {}",
+            vm.name,
+            vm.moref.value,
+            vm.power_state.as_deref().unwrap_or("?"),
+            vm.guest_id.as_deref().unwrap_or("?"),
+            vm.firmware.as_deref().unwrap_or("?"),
+            vm.host_name.as_deref().unwrap_or("?"),
+            vm.cbt_enabled,
+            if el.eligible {
+                "eligible"
+            } else {
+                "NOT eligible"
+            }
+        );
+        for r in &el.reasons {
+            println!("    reason: {r}");
+        }
+        for w in &el.warnings {
+            println!("    warning: {w}");
+        }
+        for (i, d) in vm.disks.iter().enumerate() {
+            println!(
+                "    disk {i}: key={} {} bytes {} thin={} mode={} {:?}",
+                d.key,
+                d.capacity_bytes,
+                d.file_name,
+                d.thin.map_or("?".to_string(), |t| t.to_string()),
+                d.disk_mode,
+                d.backing
+            );
+        }
+    }
+    Ok(())
+}
+
+fn collect(session: &Session, only: Option<&str>) -> anyhow::Result<Vec<Vm>> {
+    let hosts: HashMap<_, _> = session
+        .all_of_kind("HostSystem", &["name"])?
+        .into_iter()
+        .filter_map(|o| {
+            o.prop("name")
+                .map(|n| (o.obj.clone(), n.text.trim().to_string()))
+        })
+        .collect();
+    let mut vms = Vec::new();
+    for o in session.all_of_kind("VirtualMachine", VM_PROPERTIES)? {
+        let mut vm = vm_from_object(&o)
+            .map_err(|e| map_reply(session.endpoint(), "RetrievePropertiesEx", e))?;
+        vm.host_name = vm.host.as_ref().and_then(|h| hosts.get(h).cloned());
+        if only.is_none_or(|n| n == vm.name) {
+            vms.push(vm);
+        }
+    }
+    vms.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(name) = only
+        && vms.is_empty()
+    {
+        return Err(VmwareError::NotFound {
+            host: session.endpoint().authority(),
+            what: format!("VM {name:?}"),
+        }
+        .into());
+    }
+    Ok(vms)
 }

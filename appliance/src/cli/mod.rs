@@ -6,6 +6,7 @@ pub mod disk;
 pub mod export;
 pub mod inventory;
 pub mod replicate;
+pub mod replicate_vsphere;
 pub mod staging;
 
 /// Logs go to stderr; `GODWIT_LOG` (e.g. `debug`, `godwit_transfer=trace`) sets the filter.

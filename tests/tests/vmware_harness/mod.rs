@@ -1,0 +1,277 @@
+//! vcsim (govmomi's vCenter simulator, built from Debian's golang-github-vmware-govmomi-dev by
+//! tests/vcsim/build.sh) for the vmware_* tests: built once and cached under the target dir,
+//! started on a loopback port over TLS, stopped by a Drop guard (closing its stdin makes it
+//! remove its datastore directories and exit; a kill follows if it does not).
+//!
+//! The `/stub/*` endpoints and QueryChangedDiskAreas are a STUB we wrote after the published
+//! vSphere API (vcsim has no CBT); see tests/vcsim/main.go.
+#![allow(dead_code)]
+
+use godwit_vmware::moref::MoRef;
+use godwit_vmware::session::{ConnectOptions, Secret, Session, SourceUrl};
+use godwit_vmware::soap::{envelope as env, response as resp};
+use godwit_vmware::trust::{Fingerprint, TrustStore};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "admin";
+pub const PASSWORD: &str = "s3cret-pw";
+
+fn target_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test-binary>
+    let exe = std::env::current_exe().expect("current exe");
+    exe.ancestors().nth(3).expect("target dir").to_path_buf()
+}
+
+/// Build (once, cached, under a file lock so parallel test processes wait) and return the path.
+pub fn vcsim_binary() -> PathBuf {
+    let out = target_dir().join("vcsim");
+    std::fs::create_dir_all(&out).expect("vcsim dir");
+    let lock = std::fs::File::create(out.join(".build-lock")).expect("lock file");
+    lock.lock().expect("lock");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("vcsim/build.sh");
+    let o = Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .output()
+        .expect("run build.sh");
+    assert!(
+        o.status.success(),
+        "building vcsim failed (needs golang-go and golang-github-vmware-govmomi-dev: bash tests/deps/install.sh):\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+}
+
+/// A running vcsim; stopped on drop.
+pub struct Vcsim {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub port: u16,
+    pub fingerprint: String,
+    pub cert: PathBuf,
+    pub datastores: Vec<(String, PathBuf)>,
+    pub esx: bool,
+    pub dir: tempfile::TempDir,
+}
+
+impl Vcsim {
+    pub fn start(esx: bool) -> Vcsim {
+        let bin = vcsim_binary();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = dir.path().join("cert.pem");
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("-cred={USER}:{PASSWORD}"))
+            .arg(format!("-cert-out={}", cert.display()))
+            .env("TMPDIR", dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if esx {
+            cmd.arg("-esx");
+        }
+        let mut child = cmd.spawn().expect("start vcsim");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout");
+        let mut v = Vcsim {
+            child,
+            stdin,
+            port: 0,
+            fingerprint: String::new(),
+            cert,
+            datastores: Vec::new(),
+            esx,
+            dir,
+        };
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("read vcsim output");
+            let mut parts = line.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("URL"), Some(u), _) => {
+                    let hostport = u.trim_start_matches("https://").split('/').next().unwrap();
+                    v.port = hostport.rsplit(':').next().unwrap().parse().unwrap();
+                }
+                (Some("FINGERPRINT"), Some(f), _) => v.fingerprint = f.to_string(),
+                (Some("DATASTORE"), Some(name), Some(path)) => {
+                    v.datastores.push((name.to_string(), PathBuf::from(path)))
+                }
+                (Some("READY"), _, _) => break,
+                _ => {}
+            }
+        }
+        assert!(v.port != 0, "vcsim did not print its URL");
+        v
+    }
+
+    pub fn source(&self, user: &str) -> String {
+        format!("vsphere://{user}@127.0.0.1:{}", self.port)
+    }
+
+    pub fn authority(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn fingerprint_arg(&self) -> String {
+        format!("SHA256:{}", self.fingerprint)
+    }
+
+    pub fn connect_opts(&self, password: &str) -> ConnectOptions {
+        let mut trust = TrustStore::new();
+        trust.add(
+            &self.authority(),
+            Fingerprint::parse(&self.fingerprint).unwrap(),
+        );
+        ConnectOptions {
+            url: SourceUrl::parse(&self.source(USER)).unwrap(),
+            password: Secret::new(password.to_string()),
+            trust,
+            max_parallel: 4,
+            task_timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub fn connect(&self) -> Session {
+        Session::connect(&self.connect_opts(PASSWORD)).expect("connect to vcsim")
+    }
+
+    /// The first datastore's directory (LocalDS_0).
+    pub fn datastore(&self) -> (&str, &Path) {
+        let (n, p) = &self.datastores[0];
+        (n, p)
+    }
+
+    /// curl against the simulator with its certificate as the only CA.
+    pub fn curl(&self, args: &[&str]) -> String {
+        let o = Command::new("curl")
+            .args(["-sS", "--fail", "--cacert"])
+            .arg(&self.cert)
+            .args(args)
+            .output()
+            .expect("curl");
+        assert!(
+            o.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn stub(&self, path: &str, json: Option<&str>) -> String {
+        let url = format!("https://127.0.0.1:{}{path}", self.port);
+        match json {
+            Some(body) => self.curl(&["-X", "POST", "--data-binary", body, &url]),
+            None => self.curl(&[&url]),
+        }
+    }
+
+    /// Bytes and requests `/folder` served since the last reset (STUB counter).
+    pub fn folder_stats(&self) -> (u64, u64) {
+        let v: serde_json::Value = serde_json::from_str(&self.stub("/stub/stats", None)).unwrap();
+        (
+            v["folder_bytes"].as_u64().unwrap(),
+            v["folder_requests"].as_u64().unwrap(),
+        )
+    }
+}
+
+impl Drop for Vcsim {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A VM of the model with its device list.
+pub fn vm_by_name(s: &Session, name: &str) -> godwit_vmware::inventory::Vm {
+    godwit_vmware::replicate::find_vm(s, name).expect("find vm")
+}
+
+pub fn run_task(s: &Session, method: &str, body: String) {
+    let task = s
+        .call(method, &|_| body.clone(), &|b| {
+            resp::parse_moref_reply(b, method)
+        })
+        .unwrap_or_else(|e| panic!("{method}: {e}"));
+    s.wait_task(&task, method)
+        .unwrap_or_else(|e| panic!("{method} task: {e}"));
+}
+
+/// Replace a VM's disks with existing VMDK files (`[ds] path` names), through our own
+/// ReconfigVM_Task. Returns the controller key used.
+pub fn set_vm_disks(s: &Session, vm_name: &str, files: &[(&str, u64)]) {
+    let vm = vm_by_name(s, vm_name);
+    let controller = vm
+        .disks
+        .first()
+        .and_then(|d| d.controller_key)
+        .unwrap_or(202);
+    for d in &vm.disks {
+        run_task(
+            s,
+            "ReconfigVM_Task",
+            env::reconfig_remove_device(&vm.moref, d.key),
+        );
+    }
+    for (i, (file, capacity)) in files.iter().enumerate() {
+        let unit = i32::try_from(i).unwrap();
+        run_task(
+            s,
+            "ReconfigVM_Task",
+            env::reconfig_add_existing_disk(
+                &vm.moref,
+                file,
+                controller,
+                unit,
+                capacity / 1024,
+                true,
+            ),
+        );
+    }
+}
+
+pub fn moref_of(s: &Session, vm_name: &str) -> MoRef {
+    vm_by_name(s, vm_name).moref
+}
+
+pub fn qemu_img(args: &[&str]) {
+    godwit_tests::peers::run_ok(Command::new("qemu-img").args(args));
+}
+
+pub fn qemu_io(file: &Path, fmt: &str, cmds: &[&str]) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", fmt]);
+    for x in cmds {
+        c.args(["-c", x]);
+    }
+    c.arg(file);
+    godwit_tests::peers::run_ok(&mut c);
+}
+
+/// `qemu-img convert -O raw` of a source image, read back.
+pub fn qemu_raw(src: &Path, tmp: &Path) -> Vec<u8> {
+    let out = tmp.join(format!(
+        "{}.raw",
+        src.file_name().unwrap().to_string_lossy()
+    ));
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        src.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    std::fs::read(out).unwrap()
+}
