@@ -4,7 +4,7 @@
 # under $1 (default: target/vcsim), so only the first test run pays the ~15 s build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:-"$here/../../target/vcsim"}
+out=$(realpath -m "${1:-"$here/../../target/vcsim"}")
 mkdir -p "$out"
 hash=$(sha256sum "$here/main.go" | cut -c1-16)
 bin="$out/vcsim-godwit-$hash"

@@ -14,6 +14,8 @@
 //   - POST /stub/changeid {"vm":"vm-57","key":203,"change_id":"x"} sets backing.changeId.
 //   - GET /stub/stats: {"folder_bytes":N,"folder_requests":N}; POST /stub/reset-stats.
 //   - POST /stub/folder-503?n=N: the next N /folder requests get 503 (backoff tests).
+//   - POST /stub/malform?mode=garbage|truncated|oversized|missingset|noreturnval: the next
+//     /sdk reply is broken that way (malformed-reply tests).
 package main
 
 import (
@@ -56,6 +58,7 @@ type cbtState struct {
 }
 
 var (
+	malform                            atomic.Value // next /sdk reply replaced: see serveMalformed
 	folderBytes, folderReqs, folder503 int64
 	stubMu                             sync.Mutex
 	stub                               = cbtState{Chunk: 1 << 20, Areas: map[string][][2]int64{}}
@@ -151,6 +154,30 @@ func serveQCDA(w http.ResponseWriter, body []byte) {
 	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><QueryChangedDiskAreasResponse xmlns="urn:vim25"><returnval><startOffset>%d</startOffset><length>%d</length>%s</returnval></QueryChangedDiskAreasResponse></soapenv:Body></soapenv:Envelope>`, q.StartOffset, end-q.StartOffset, sb.String())
 }
 
+// STUB: a hostile or broken server for the next /sdk reply.
+func serveMalformed(w http.ResponseWriter, mode string) {
+	const head = `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>`
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	switch mode {
+	case "garbage":
+		fmt.Fprint(w, "<html>proxy error</html")
+	case "truncated":
+		fmt.Fprint(w, head+`<RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><objects><obj type="VirtualMachine">vm-1`)
+	case "oversized":
+		fmt.Fprint(w, head)
+		chunk := bytes.Repeat([]byte(" "), 1<<20)
+		for i := 0; i < 65; i++ {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	case "missingset":
+		fmt.Fprint(w, head+`<RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><objects><obj type="VirtualMachine">vm-1</obj><propSet><name>name</name><val xsi:type="xsd:string">locked-vm</val></propSet><missingSet><path>config.hardware.device</path><fault><fault xsi:type="NoPermission"></fault><localizedMessage>Permission to perform this operation was denied.</localizedMessage></fault></missingSet></objects></returnval></RetrievePropertiesExResponse></soapenv:Body></soapenv:Envelope>`)
+	case "noreturnval":
+		fmt.Fprint(w, head+`<CreateSnapshot_TaskResponse xmlns="urn:vim25"></CreateSnapshot_TaskResponse></soapenv:Body></soapenv:Envelope>`)
+	}
+}
+
 func setChangeID(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		VM       string `json:"vm"`
@@ -201,6 +228,8 @@ func wrap(next http.Handler) http.Handler {
 		case r.URL.Path == "/stub/folder-503":
 			n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
 			atomic.StoreInt64(&folder503, n)
+		case r.URL.Path == "/stub/malform":
+			malform.Store(r.URL.Query().Get("mode"))
 		case r.URL.Path == "/stub/changeid":
 			setChangeID(w, r)
 		case r.URL.Path == "/stub/cbt":
@@ -216,6 +245,10 @@ func wrap(next http.Handler) http.Handler {
 			body, err := ioutil.ReadAll(r.Body)
 			if err != nil {
 				http.Error(w, err.Error(), 400)
+				return
+			}
+			if mode, _ := malform.Swap("").(string); mode != "" {
+				serveMalformed(w, mode)
 				return
 			}
 			if bytes.Contains(body, []byte("<QueryChangedDiskAreas")) {
