@@ -9,7 +9,7 @@
 use crate::cbt::{ChangeIdStore, change_id_key, changed_ranges};
 use crate::datastore::DatastoreLocator;
 use crate::error::{Error, Result};
-use crate::inventory::{self, VM_PROPERTIES, Vm, VmDisk, eligibility, vm_from_object};
+use crate::inventory::{VM_PROPERTIES, Vm, VmDisk, eligibility, vm_from_object};
 use crate::ledger::Ledger;
 use crate::session::{Session, map_reply};
 use crate::snapshot::{self, TakenSnapshot};
@@ -96,14 +96,14 @@ fn enable_cbt(s: &Session, ledger: &mut Ledger, vm: &Vm) -> Result<()> {
 /// The disks of the snapshot's frozen configuration.
 fn snapshot_disks(s: &Session, snap: &TakenSnapshot) -> Result<Vec<VmDisk>> {
     let o = s.object_properties(&snap.moref, &["config.hardware.device"])?;
-    let mut o2 = o.clone();
-    o2.props = o
-        .props
-        .iter()
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .chain(std::iter::once(("name".to_string(), Default::default())))
-        .collect();
-    let v = vm_from_object(&o2).map_err(|e| map_reply(s.endpoint(), "RetrievePropertiesEx", e))?;
+    if let Some(m) = o.missing.first() {
+        return Err(Error::malformed(
+            &s.endpoint().authority(),
+            "RetrievePropertiesEx",
+            format!("snapshot {}: {} missing: {}", snap.name, m.path, m.fault),
+        ));
+    }
+    let v = vm_from_object(&o).map_err(|e| map_reply(s.endpoint(), "RetrievePropertiesEx", e))?;
     Ok(v.disks)
 }
 
@@ -191,6 +191,5 @@ fn read_disks(
     if opts.cbt {
         store.record(new_ids)?;
     }
-    let _ = inventory::SNAPSHOT_PREFIX;
     Ok(reports)
 }
