@@ -291,3 +291,27 @@ fn folder_reads_back_off_on_503() {
     let _ = Command::new("true").status();
     s.logout().unwrap();
 }
+
+#[test]
+fn server_gone_mid_read_is_a_clear_error_and_the_ledger_keeps_the_snapshot() {
+    let v = Vcsim::start(false);
+    prepare(&v);
+    let authority = v.authority();
+    let work = tempfile::tempdir().unwrap();
+    let s = v.connect();
+    let mut server = Some(v);
+    let err = run_cycle(&s, &opts(work.path(), false), &mut |_, d: &Disk, _| {
+        drop(server.take()); // vCenter goes away while we read
+        let mut buf = vec![0u8; 65536];
+        d.read_at(0, &mut buf)?;
+        Ok(())
+    })
+    .unwrap_err();
+    let msg = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(msg.contains(&authority), "{msg}");
+    // The snapshot could not be removed, so its entry stays for the next start's sweep.
+    let l = Ledger::open(&work.path().join("ledger.json")).unwrap();
+    assert_eq!(l.entries().len(), 1);
+    assert!(l.entries()[0].snapshot.is_some());
+    assert_eq!(l.entries()[0].host, authority);
+}
