@@ -191,7 +191,10 @@ pub async fn check_server(server: &Endpoint, timeout: Duration) -> CheckResult {
         Ok(r) => r,
         Err(e) => return CheckResult::fail(CheckKind::DnsServer, target, e, "Internal error."),
     };
-    match r.soa_lookup(".").await {
+    let answer = tokio::time::timeout(timeout, r.soa_lookup("."))
+        .await
+        .unwrap_or(Err(NetError::Timeout));
+    match answer {
         Ok(_) => CheckResult::pass(CheckKind::DnsServer, target, "answers (root SOA)"),
         Err(e) => match classify(&e) {
             f @ (ResolveFailure::NxDomain
@@ -258,7 +261,10 @@ pub async fn check_name(
             }
         },
     };
-    let ips = match resolver.resolve(name).await {
+    let resolved = tokio::time::timeout_at(deadline, resolver.resolve(name))
+        .await
+        .unwrap_or(Err(ResolveFailure::Timeout));
+    let ips = match resolved {
         Ok(ips) => ips,
         Err(f) => {
             let remediation = match (&f, server) {
