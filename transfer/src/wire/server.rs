@@ -247,18 +247,22 @@ async fn connection(sh: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Result
 
 fn describe_tls_error(e: &std::io::Error) -> String {
     let s = e.to_string();
-    if s.contains("PeerIncompatible")
-        || s.contains("ProtocolVersion")
-        || s.contains("protocol version")
-        || s.contains("SupportedVersions")
-    {
+    let any = |keys: &[&str]| keys.iter().any(|k| s.contains(k));
+    if any(&[
+        "PeerIncompatible",
+        "peer is incompatible",
+        "ProtocolVersion",
+        "protocol version",
+    ]) {
         format!(
-            "refused: TLS handshake failed: the client offers no TLS version 1.2 or newer ({s})"
+            "refused: TLS handshake failed: the client's TLS is incompatible; TLS 1.2 or newer is required ({s})"
         )
-    } else if s.contains("BadCertificate")
-        || s.contains("bad certificate")
-        || s.contains("UnknownCA")
-    {
+    } else if any(&[
+        "BadCertificate",
+        "bad certificate",
+        "UnknownCA",
+        "AccessDenied",
+    ]) {
         format!(
             "refused: the client rejected this server's certificate (its pinned fingerprint is for another server?): {s}"
         )
