@@ -1,0 +1,214 @@
+//! S3 against moto on 127.0.0.1: replicate straight to an `s3://` store, export from it, and
+//! export to `s3://BUCKET/KEY` as a multipart upload with SHA-256 part checksums that resumes
+//! after the exporter is killed.
+
+#[path = "transfer_util.rs"]
+mod util;
+
+use godwit_tests::peers::{godwit_bin, run_ok};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use util::*;
+
+struct Moto {
+    _g: Guard,
+    endpoint: String,
+}
+
+fn start_moto() -> Option<Moto> {
+    let ok = Command::new("python3")
+        .args(["-c", "import moto.server, boto3"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("SKIP: moto[server]/boto3 not installed (bash tests/deps/install.sh)");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let g = Guard(
+        Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "moto did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(Moto {
+        _g: g,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    })
+}
+
+fn s3env<'a>(c: &'a mut Command, m: &Moto) -> &'a mut Command {
+    c.env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", &m.endpoint)
+}
+
+fn boto(m: &Moto, script: &str) -> String {
+    let pre = "import boto3,sys\ns3=boto3.client('s3')\n";
+    run_ok(s3env(
+        Command::new("python3")
+            .arg("-c")
+            .arg(format!("{pre}{script}")),
+        m,
+    ))
+}
+
+#[test]
+fn s3_store_and_resumable_s3_export() {
+    if !need(&["qemu-img"]) {
+        return;
+    }
+    let Some(m) = start_moto() else { return };
+    boto(&m, "s3.create_bucket(Bucket='godwit')");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("d.raw");
+    make_raw(&src, "96M");
+    write_random(&src, 0, 40);
+    write_random(&src, 90, 2);
+    let target = "s3://godwit/stores/one";
+    let rep = last_json(&run_ok(s3env(
+        Command::new(godwit_bin())
+            .args([
+                "replicate",
+                "--json",
+                "--vm",
+                "s3vm",
+                "--chunk-size",
+                "1M",
+                "--target",
+                target,
+                "--source",
+            ])
+            .arg(format!("file://{}", src.display())),
+        &m,
+    )));
+    assert_eq!(rep["chunks_new"], 42, "{rep}");
+    let keys = boto(
+        &m,
+        "print(sum(1 for _ in s3.get_paginator('list_objects_v2').paginate(Bucket='godwit',Prefix='stores/one/chunks/').search('Contents[]')))",
+    );
+    assert_eq!(keys.trim(), "42");
+    // Incremental straight to S3.
+    write_random(&src, 5, 1);
+    let inc = last_json(&run_ok(s3env(
+        Command::new(godwit_bin())
+            .args([
+                "replicate",
+                "--json",
+                "--vm",
+                "s3vm",
+                "--chunk-size",
+                "1M",
+                "--target",
+                target,
+                "--source",
+            ])
+            .arg(format!("file://{}", src.display())),
+        &m,
+    )));
+    assert_eq!(inc["chunks_new"], 1, "{inc}");
+    // Export from the S3 store to a local file.
+    let out = tmp.path().join("o.raw");
+    run_ok(s3env(
+        Command::new(godwit_bin())
+            .args([
+                "export", "--vm", "s3vm", "--format", "raw", "--target", target, "--out",
+            ])
+            .arg(&out),
+        &m,
+    ));
+    assert!(files_equal(&out, &src));
+    // Export to S3, killed after two parts have been uploaded, then resumed.
+    let state = tmp.path().join("state");
+    let export = || {
+        let mut c = Command::new(godwit_bin());
+        c.args([
+            "export",
+            "--json",
+            "--vm",
+            "s3vm",
+            "--format",
+            "raw",
+            "--target",
+            target,
+            "--out",
+            "s3://godwit/exports/d.raw",
+        ])
+        .env("GODWIT_STATE_DIR", &state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        s3env(&mut c, &m);
+        c
+    };
+    let mut first = Guard(export().spawn().unwrap());
+    let t0 = Instant::now();
+    loop {
+        let parts = std::fs::read_dir(&state)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map(|v| v["parts"].as_array().map_or(0, Vec::len))
+            .max()
+            .unwrap_or(0);
+        if parts >= 2 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no parts uploaded");
+        assert!(
+            matches!(first.0.try_wait(), Ok(None)),
+            "export finished before it could be interrupted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    let o = export().output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("resuming upload") && err.contains("reused"),
+        "{err}"
+    );
+    let rep = last_json(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(rep["verified"], true);
+    let got = tmp.path().join("got.raw");
+    boto(
+        &m,
+        &format!(
+            "s3.download_file('godwit','exports/d.raw','{}')",
+            got.display()
+        ),
+    );
+    assert!(
+        files_equal(&got, &src),
+        "object in S3 differs from the source"
+    );
+    // Parts carry SHA-256 checksums.
+    let attrs = boto(
+        &m,
+        "r=s3.get_object_attributes(Bucket='godwit',Key='exports/d.raw',ObjectAttributes=['ObjectParts','Checksum'])\nprint(r.get('Checksum',{}), r.get('ObjectParts',{}).get('TotalPartsCount'))",
+    );
+    assert!(attrs.contains("ChecksumSHA256"), "{attrs}");
+}
