@@ -299,3 +299,56 @@ fn plan_jobs(
     }
     jobs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plan::{Endpoint, Target};
+
+    /// Silent peers on loopback: a UDP socket that never answers NTP and a TCP listener whose
+    /// connections never speak TLS. The run still ends within its bound, and each check says
+    /// what it saw.
+    #[tokio::test]
+    async fn silent_peers_end_within_the_bound() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut plan = Plan::default();
+        plan.options.timeout = Duration::from_millis(400);
+        plan.options.system_ca_file = None;
+        plan.ntp
+            .push(Endpoint::parse(&udp.local_addr().unwrap().to_string(), None).unwrap());
+        let stalled = Endpoint::parse(&tcp.local_addr().unwrap().to_string(), None).unwrap();
+        plan.tls.push(Target::adhoc(stalled.clone()));
+        plan.tcp.push(Target::adhoc(stalled));
+        let start = Instant::now();
+        let results = run_checks(&plan).await;
+        assert!(
+            start.elapsed() < run_bound(&plan),
+            "took {:?}",
+            start.elapsed()
+        );
+        let by = |k: CheckKind| results.iter().find(|r| r.check == k).unwrap();
+        assert_eq!(by(CheckKind::Ntp).status, Status::Fail);
+        assert!(
+            by(CheckKind::Ntp)
+                .remediation
+                .as_deref()
+                .unwrap()
+                .contains("UDP port")
+        );
+        assert_eq!(by(CheckKind::Tcp).status, Status::Pass);
+        let tls = by(CheckKind::Tls);
+        assert_eq!(tls.status, Status::Fail);
+        assert!(
+            tls.remediation
+                .as_deref()
+                .unwrap()
+                .contains("sends no TLS answer"),
+            "{tls:?}"
+        );
+        assert!(!all_passed(&results));
+        let json = serde_json::to_value(&results).unwrap();
+        assert_eq!(json[0]["status"], "fail");
+        assert_eq!(json[0]["check"], "ntp");
+    }
+}
