@@ -218,3 +218,40 @@ fn icmp_as_root_and_as_an_unprivileged_user() {
         );
     }
 }
+
+#[test]
+fn unprivileged_icmp_works_once_ping_group_range_is_set() {
+    if !can_netns() || missing(&["setpriv", "sysctl"]) {
+        return;
+    }
+    // ping_group_range is per network namespace: widen it in a fresh one only, as the
+    // remediation text tells an administrator to do, and ping as nobody without capabilities.
+    let ns = Netns::create(4);
+    ns.exec(&["sysctl", "-w", "net.ipv4.ping_group_range=0 2147483647"]);
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+        ])
+        .args(["--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(godwit_tests::peers::godwit_bin())
+        .args(["check", "--json", "--ping", &ns.ns_ip])
+        .output()
+        .expect("setpriv");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let results: Vec<serde_json::Value> = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_result(&results[0], "pass", &[]);
+    assert!(
+        results[0]["value"]
+            .as_str()
+            .unwrap()
+            .starts_with("echo reply"),
+        "{results:#?}"
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
