@@ -113,6 +113,15 @@ async fn check_one(
                 "the host answered that nothing listens on that port",
             ),
         ),
+        Err(ExchangeError::NoRoute(e)) => fail(
+            format!("no route: {e}"),
+            format!(
+                "The connector has no route to {} ({ip}): check the appliance's gateway and \
+                 routes (network settings). {}",
+                server.host,
+                no_answer_remediation(server, "the local network stack has no route")
+            ),
+        ),
         Err(ExchangeError::Io(e)) => fail(e.clone(), no_answer_remediation(server, &e)),
     }
 }
@@ -130,6 +139,7 @@ pub struct NtpReply {
 enum ExchangeError {
     Timeout,
     Refused,
+    NoRoute(String),
     Io(String),
 }
 
@@ -137,6 +147,8 @@ async fn exchange(addr: SocketAddr, timeout: Duration) -> Result<NtpReply, Excha
     let io = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::ConnectionRefused {
             ExchangeError::Refused
+        } else if matches!(e.raw_os_error(), Some(101 | 113)) {
+            ExchangeError::NoRoute(e.to_string())
         } else {
             ExchangeError::Io(e.to_string())
         }
