@@ -19,13 +19,21 @@ pub struct ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        // The child leads its own process group: wrappers such as `faketime` fork the real
+        // server, so kill the whole group, then reap the direct child.
+        let _ = Command::new("kill")
+            .args(["-9", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 pub fn spawn(name: &str, cmd: &mut Command) -> ChildGuard {
+    use std::os::unix::process::CommandExt;
     let child = cmd
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
