@@ -1,3 +1,27 @@
 //! # godwit-hyperv
 //!
 //! WinRM client, Hyper-V and SCVMM inventory, checkpoints, RCT and the host-push ingest.
+//!
+//! Layers, bottom up: [`xml`] (bounded tree), [`wsman`] (WS-Man shell envelopes),
+//! [`clixml`] (PowerShell error streams), [`powershell`] (encoded commands, pieces),
+//! [`transport`] (HTTPS with a pinned certificate, Basic auth), [`client`] (shell lifecycle),
+//! [`inventory`] (VMs, disks, eligibility). [`sim`] (feature `sim`) is a Hyper-V/WinRM
+//! simulator for tests.
+
+pub mod client;
+pub mod clixml;
+pub mod error;
+pub mod inventory;
+pub mod powershell;
+pub mod transport;
+pub mod trust;
+pub mod wsman;
+pub mod xml;
+
+#[cfg(feature = "sim")]
+pub mod sim;
+
+pub use error::{Error, Result};
+pub use inventory::{Inventory, Source, inventory};
+pub use transport::Credentials;
+pub use trust::Fingerprint;

@@ -1,0 +1,295 @@
+//! The WinRS shell lifecycle over a [`Transport`]: Create, Command, Receive (again on
+//! OperationTimeout), Signal, Delete. One shell serves many commands.
+
+use crate::clixml;
+use crate::error::{Error, Result};
+use crate::powershell::{self, PieceToken};
+use crate::transport::Transport;
+use crate::wsman::{
+    Body, CommandId, Reply, ReplyBody, Request, ShellId, StreamName, TimeoutSecs, parse_reply,
+};
+
+/// Largest stdout or stderr collected from one command.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
+/// OperationTimeout sent with every request.
+pub const OPERATION_TIMEOUT: TimeoutSecs = TimeoutSecs(20);
+/// Receives that may time out in a row before the command is abandoned (90 x 20 s = 30 min).
+pub const MAX_RECEIVE_TIMEOUTS: u32 = 90;
+
+/// What a command printed and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i64,
+}
+
+/// A WinRM client over one transport.
+pub struct WinRm<T: Transport> {
+    transport: T,
+}
+
+impl<T: Transport> WinRm<T> {
+    pub fn new(transport: T) -> Self {
+        WinRm { transport }
+    }
+
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    fn host(&self) -> String {
+        self.transport.authority()
+    }
+
+    /// Send one request; faults become errors (the caller handles OperationTimeout).
+    fn call(&self, what: &str, req: &Request) -> Result<Reply> {
+        let http = self.transport.post(what, req.encode())?;
+        if http.status != 200 && http.status != 500 {
+            return Err(Error::Http {
+                host: self.host(),
+                what: what.to_string(),
+                status: http.status,
+                detail: http.body.chars().take(300).collect(),
+            });
+        }
+        let reply = parse_reply(&http.body).map_err(|source| Error::Envelope {
+            host: self.host(),
+            what: what.to_string(),
+            source,
+        })?;
+        if let ReplyBody::Fault(f) = &reply.body {
+            if f.is_operation_timeout() {
+                return Ok(reply);
+            }
+            return Err(Error::Fault {
+                host: self.host(),
+                what: what.to_string(),
+                code: if f.subcode.is_empty() {
+                    f.code.clone()
+                } else {
+                    f.subcode.clone()
+                },
+                wsman: f
+                    .wsman_code
+                    .map(|c| format!(" (WSMan {c:#X})"))
+                    .unwrap_or_default(),
+                reason: if f.message.is_empty() {
+                    f.reason.clone()
+                } else {
+                    f.message.clone()
+                },
+            });
+        }
+        if http.status != 200 {
+            return Err(Error::Http {
+                host: self.host(),
+                what: what.to_string(),
+                status: http.status,
+                detail: "HTTP 500 without a SOAP fault".into(),
+            });
+        }
+        if reply
+            .relates_to
+            .as_ref()
+            .is_some_and(|r| *r != req.message_id)
+        {
+            return Err(Error::Protocol {
+                host: self.host(),
+                what: what.to_string(),
+                detail: format!(
+                    "reply relates to {:?}, not to the request {:?}",
+                    reply.relates_to, req.message_id
+                ),
+            });
+        }
+        Ok(reply)
+    }
+
+    fn unexpected(&self, what: &str, body: &ReplyBody) -> Error {
+        Error::Protocol {
+            host: self.host(),
+            what: what.to_string(),
+            detail: format!("unexpected reply {body:?}"),
+        }
+    }
+
+    /// Create a shell (UTF-8 code page).
+    pub fn open_shell(&self) -> Result<Shell<'_, T>> {
+        let req = Request::new(
+            Body::CreateShell { codepage: 65001 },
+            None,
+            OPERATION_TIMEOUT,
+        );
+        match self.call("create shell", &req)?.body {
+            ReplyBody::ShellCreated { shell_id } if !shell_id.0.is_empty() => Ok(Shell {
+                client: self,
+                id: shell_id,
+                open: true,
+            }),
+            other => Err(self.unexpected("create shell", &other)),
+        }
+    }
+}
+
+/// An open WinRS shell; deleted on [`Shell::close`] or drop.
+pub struct Shell<'a, T: Transport> {
+    client: &'a WinRm<T>,
+    id: ShellId,
+    open: bool,
+}
+
+impl<T: Transport> Shell<'_, T> {
+    pub fn id(&self) -> &ShellId {
+        &self.id
+    }
+
+    fn req(&self, body: Body) -> Request {
+        Request::new(body, Some(self.id.clone()), OPERATION_TIMEOUT)
+    }
+
+    /// Run one command line to completion.
+    pub fn run(&self, command_line: &str) -> Result<Output> {
+        let c = self.client;
+        let req = self.req(Body::Command {
+            command: command_line.to_string(),
+            arguments: vec![],
+        });
+        let command_id = match c.call("command", &req)?.body {
+            ReplyBody::CommandStarted { command_id } if !command_id.0.is_empty() => command_id,
+            other => return Err(c.unexpected("command", &other)),
+        };
+        let result = self.receive_all(&command_id);
+        // Always signal terminate, as pywinrm's cleanup_command does.
+        let sig = self.req(Body::Signal {
+            command_id: command_id.clone(),
+        });
+        let signalled = c.call("signal", &sig);
+        let out = result?;
+        signalled?;
+        Ok(out)
+    }
+
+    fn receive_all(&self, command_id: &CommandId) -> Result<Output> {
+        let c = self.client;
+        let mut out = Output {
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            exit_code: 0,
+        };
+        let mut timeouts = 0u32;
+        loop {
+            let req = self.req(Body::Receive {
+                command_id: command_id.clone(),
+            });
+            match c.call("receive", &req)?.body {
+                ReplyBody::Fault(_) => {
+                    timeouts += 1;
+                    if timeouts > MAX_RECEIVE_TIMEOUTS {
+                        return Err(Error::Protocol {
+                            host: c.host(),
+                            what: "receive".into(),
+                            detail: format!(
+                                "command still running after {timeouts} operation timeouts"
+                            ),
+                        });
+                    }
+                }
+                ReplyBody::Output { streams, done, .. } => {
+                    timeouts = 0;
+                    for s in streams {
+                        let buf = match s.name {
+                            StreamName::Stdout => &mut out.stdout,
+                            StreamName::Stderr => &mut out.stderr,
+                        };
+                        if buf.len() + s.data.len() > MAX_OUTPUT_BYTES {
+                            return Err(Error::Protocol {
+                                host: c.host(),
+                                what: "receive".into(),
+                                detail: format!("command output exceeds {MAX_OUTPUT_BYTES} bytes"),
+                            });
+                        }
+                        buf.extend_from_slice(&s.data);
+                    }
+                    if let Some(code) = done {
+                        out.exit_code = code;
+                        return Ok(out);
+                    }
+                }
+                other => return Err(c.unexpected("receive", &other)),
+            }
+        }
+    }
+
+    /// Run a PowerShell script (in pieces when it is too long for one command line).
+    pub fn run_ps(&self, script: &str) -> Result<Output> {
+        if script.len() > powershell::MAX_SCRIPT_BYTES {
+            return Err(Error::Usage(format!(
+                "script of {} bytes exceeds {} bytes",
+                script.len(),
+                powershell::MAX_SCRIPT_BYTES
+            )));
+        }
+        let lines = powershell::delivery(script, &PieceToken::random());
+        let (last, pieces) = lines.split_last().unwrap_or_else(|| unreachable!());
+        for (i, line) in pieces.iter().enumerate() {
+            let o = self.run(line)?;
+            if o.exit_code != 0 {
+                return Err(Error::Script {
+                    host: self.client.host(),
+                    script: format!("piece {} of {}", i + 1, lines.len()),
+                    exit_code: o.exit_code,
+                    message: clixml::decode_stderr(&o.stderr).unwrap_or_else(|e| e.to_string()),
+                });
+            }
+        }
+        self.run(last)
+    }
+
+    /// Run a script that prints JSON; a non-zero exit becomes an error with readable stderr.
+    pub fn run_ps_json(&self, name: &str, script: &str) -> Result<serde_json::Value> {
+        let o = self.run_ps(script)?;
+        let host = self.client.host();
+        if o.exit_code != 0 {
+            return Err(Error::Script {
+                host,
+                script: name.to_string(),
+                exit_code: o.exit_code,
+                message: clixml::decode_stderr(&o.stderr).unwrap_or_else(|e| e.to_string()),
+            });
+        }
+        let text = String::from_utf8(o.stdout).map_err(|e| Error::BadOutput {
+            host: host.clone(),
+            script: name.to_string(),
+            detail: format!("not UTF-8 at byte {}", e.utf8_error().valid_up_to()),
+        })?;
+        serde_json::from_str(text.trim_start_matches('\u{feff}').trim()).map_err(|e| {
+            Error::BadOutput {
+                host,
+                script: name.to_string(),
+                detail: e.to_string(),
+            }
+        })
+    }
+
+    /// Delete the shell.
+    pub fn close(mut self) -> Result<()> {
+        self.open = false;
+        let req = self.req(Body::Delete);
+        match self.client.call("delete shell", &req)?.body {
+            ReplyBody::Deleted | ReplyBody::Signalled => Ok(()),
+            other => Err(self.client.unexpected("delete shell", &other)),
+        }
+    }
+}
+
+impl<T: Transport> Drop for Shell<'_, T> {
+    fn drop(&mut self) {
+        if self.open {
+            let req = self.req(Body::Delete);
+            if let Err(e) = self.client.call("delete shell", &req) {
+                tracing::warn!(error = %e, "could not delete the WinRM shell");
+            }
+        }
+    }
+}

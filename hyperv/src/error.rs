@@ -1,0 +1,96 @@
+//! Errors of the Hyper-V source. Each names the host (and the element or script) involved.
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{host}: the server's certificate is not trusted yet; its fingerprint is {fingerprint}. \
+         If that is the certificate you expect, run again with --source-fingerprint {fingerprint}"
+    )]
+    Unpinned { host: String, fingerprint: String },
+    #[error(
+        "{host}: the server's certificate {got} does not match the pinned fingerprint {expected}; \
+         refusing to connect"
+    )]
+    PinMismatch {
+        host: String,
+        expected: String,
+        got: String,
+    },
+    #[error(
+        "{host}: WinRM refused the credentials of user {user:?} (HTTP 401): wrong user or password, or Basic authentication is disabled on the host"
+    )]
+    AuthFailed { host: String, user: String },
+    #[error("{host}: {what}: {source}")]
+    Transport {
+        host: String,
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{host}: {what}: HTTP {status}: {detail}")]
+    Http {
+        host: String,
+        what: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("{host}: {what}: WinRM fault {code}{wsman}: {reason}")]
+    Fault {
+        host: String,
+        what: String,
+        code: String,
+        wsman: String,
+        reason: String,
+    },
+    #[error("{host}: {what}: {source}")]
+    Envelope {
+        host: String,
+        what: String,
+        #[source]
+        source: crate::wsman::EnvelopeError,
+    },
+    #[error("{host}: script {script} failed with exit code {exit_code}: {message}")]
+    Script {
+        host: String,
+        script: String,
+        exit_code: i64,
+        message: String,
+    },
+    #[error("{host}: script {script} printed output that is not the expected JSON: {detail}")]
+    BadOutput {
+        host: String,
+        script: String,
+        detail: String,
+    },
+    #[error("{host}: {what}: {detail}")]
+    Protocol {
+        host: String,
+        what: String,
+        detail: String,
+    },
+    #[error("{path}: {detail}")]
+    BadFile { path: String, detail: String },
+    #[error("{path}: cannot {op}: {source}")]
+    File {
+        path: String,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    pub fn file(path: &Path, op: &'static str, source: std::io::Error) -> Self {
+        Error::File {
+            path: path.display().to_string(),
+            op,
+            source,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

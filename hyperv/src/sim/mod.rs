@@ -1,0 +1,3 @@
+pub fn main_cli() -> i32 {
+    0
+}
