@@ -450,7 +450,7 @@ fn run_pass(
     let asker = spawn_asker(store.clone(), handle);
     let hasher = hash_state
         .take()
-        .map(|(sha, next)| Arc::new(OrderedHasher::new(sha, next, n, opts.workers * 2)));
+        .map(|(sha, next)| Arc::new(OrderedHasher::new(sha, next, n, opts.workers)));
     let next = AtomicUsize::new(0);
     let finished = AtomicBool::new(false);
     let t0 = Instant::now();

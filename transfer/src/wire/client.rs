@@ -198,6 +198,11 @@ impl StagingClient {
     }
 
     async fn call(&self, make: impl FnOnce(u32) -> Frame) -> Result<Frame> {
+        self.call_bytes(|id| make(id).to_bytes()).await
+    }
+
+    /// Send the frame `make` encodes for a fresh request id; wait for its reply.
+    async fn call_bytes(&self, make: impl FnOnce(u32) -> Vec<u8>) -> Result<Frame> {
         if self.dead.load(Ordering::SeqCst) {
             return Err(Error::network(&self.peer, "connection lost"));
         }
@@ -207,7 +212,7 @@ impl StagingClient {
             m.insert(id, s);
         }
         self.tx
-            .send(make(id).to_bytes())
+            .send(make(id))
             .await
             .map_err(|_| Error::network(&self.peer, "connection lost"))?;
         let limit = reply_timeout();
@@ -292,14 +297,8 @@ impl ChunkStore for StagingClient {
 
     fn put_chunk(&self, digest: ChunkDigest, encoded: Bytes) -> BoxFut<'_, ()> {
         Box::pin(async move {
-            match self
-                .call(|id| Frame::PutChunk {
-                    id,
-                    digest,
-                    data: encoded.to_vec(),
-                })
-                .await?
-            {
+            let frame = move |id| Frame::put_chunk_bytes(id, &digest, &encoded);
+            match self.call_bytes(frame).await? {
                 Frame::Stored { .. } => Ok(()),
                 f => Err(self.unexpected(&f)),
             }
