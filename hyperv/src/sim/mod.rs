@@ -1,3 +1,418 @@
+//! A Hyper-V host as WinRM clients see it, for tests: HTTPS `POST /wsman` with a self-signed
+//! certificate, Basic authentication, the WinRS shell protocol (Create, Command, Receive with
+//! optional OperationTimeout faults, Signal, Delete), and the PowerShell Godwit sends,
+//! recognised by its exact text, answered from an in-memory model ([`model`]). Limits are
+//! listed in `docs/hyperv.md`.
+
+pub mod model;
+mod scripts;
+
+use crate::trust::Fingerprint;
+use crate::wsman::{
+    self, Body, CommandId, Fault, MessageId, Reply, ReplyBody, ShellId, StreamChunk, StreamName,
+};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use model::SimModel;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Largest request body accepted (Windows' MaxEnvelopeSizekb default is 500).
+pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub user: String,
+    pub password: String,
+    pub model: SimModel,
+    /// The data directory the model's disk paths are relative to.
+    pub data_dir: PathBuf,
+}
+
+struct Command {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit_code: i64,
+    timeouts_left: u32,
+}
+
+#[derive(Default)]
+struct Shells {
+    shells: HashMap<String, HashMap<String, Command>>,
+    pieces: HashMap<String, String>,
+}
+
+struct Sim {
+    config: SimConfig,
+    state: Mutex<Shells>,
+}
+
+/// A running simulator; stops when dropped.
+pub struct RunningSim {
+    pub addr: SocketAddr,
+    pub fingerprint: Fingerprint,
+    /// The self-signed certificate, PEM (for clients that take a CA file, like pywinrm).
+    pub cert_pem: String,
+    handle: axum_server::Handle<SocketAddr>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RunningSim {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Start the simulator on `listen` (port 0 picks one) in a background thread.
+pub fn start(config: SimConfig, listen: SocketAddr) -> Result<RunningSim, String> {
+    let cert = rcgen::generate_simple_self_signed(vec![
+        listen.ip().to_string(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ])
+    .map_err(|e| format!("certificate: {e}"))?;
+    let cert_der = cert.cert.der().to_vec();
+    let fingerprint = Fingerprint::of_der(&cert_der);
+    let cert_pem = cert.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(vec![cert_der.into()], key)
+    .map_err(|e| format!("TLS: {e}"))?;
+    let listener =
+        std::net::TcpListener::bind(listen).map_err(|e| format!("bind {listen}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("listener: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("listener: {e}"))?;
+    let sim = Arc::new(Sim {
+        config,
+        state: Mutex::new(Shells::default()),
+    });
+    let app = axum::Router::new()
+        .route("/wsman", axum::routing::post(wsman_handler))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(sim);
+    let handle = axum_server::Handle::new();
+    let h2 = handle.clone();
+    let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+    let thread = std::thread::Builder::new()
+        .name("hypervsim".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "simulator runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match axum_server::from_tcp_rustls(listener, rustls_config) {
+                    Ok(server) => {
+                        if let Err(e) = server.handle(h2).serve(app.into_make_service()).await {
+                            tracing::error!(error = %e, "simulator server");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "simulator listener"),
+                }
+            });
+        })
+        .map_err(|e| format!("thread: {e}"))?;
+    Ok(RunningSim {
+        addr,
+        fingerprint,
+        cert_pem,
+        handle,
+        thread: Some(thread),
+    })
+}
+
+fn soap(status: StatusCode, reply: &Reply) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/soap+xml;charset=UTF-8")],
+        reply.encode(),
+    )
+        .into_response()
+}
+
+fn fault_reply(relates_to: Option<MessageId>, code: &str, wsman_code: u32, msg: &str) -> Response {
+    let r = Reply {
+        message_id: MessageId::random(),
+        relates_to,
+        body: ReplyBody::Fault(Fault {
+            code: "s:Sender".into(),
+            subcode: code.into(),
+            reason: msg.into(),
+            wsman_code: Some(wsman_code),
+            message: msg.into(),
+        }),
+    };
+    soap(StatusCode::INTERNAL_SERVER_ERROR, &r)
+}
+
+fn authorized(sim: &Sim, headers: &HeaderMap) -> bool {
+    let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(b64) = v.strip_prefix("Basic ") else {
+        return false;
+    };
+    let Ok(raw) = B64.decode(b64.trim()) else {
+        return false;
+    };
+    let want = format!("{}:{}", sim.config.user, sim.config.password);
+    raw == want.as_bytes()
+}
+
+async fn wsman_handler(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: String) -> Response {
+    if !authorized(&sim, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"WSMAN\"")],
+            "",
+        )
+            .into_response();
+    }
+    let req = match wsman::parse_request(&body) {
+        Ok(r) => r,
+        // 0x80338000-range "invalid message" fault, as Windows answers malformed envelopes.
+        Err(e) => return fault_reply(None, "w:InvalidMessage", 2_150_858_752, &e.to_string()),
+    };
+    let relates = Some(req.message_id.clone());
+    let reply = |body: ReplyBody| {
+        soap(
+            StatusCode::OK,
+            &Reply {
+                message_id: MessageId::random(),
+                relates_to: relates.clone(),
+                body,
+            },
+        )
+    };
+    let shell_key = req
+        .shell_id
+        .as_ref()
+        .map(|s| s.0.clone())
+        .unwrap_or_default();
+    let not_found = || {
+        fault_reply(
+            relates.clone(),
+            "w:InvalidSelectors",
+            wsman::CODE_SHELL_NOT_FOUND,
+            &format!("The shell {shell_key:?} was not found."),
+        )
+    };
+    match req.body {
+        Body::CreateShell { .. } => {
+            let id = uuid::Uuid::new_v4().hyphenated().to_string().to_uppercase();
+            let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.shells.insert(id.clone(), HashMap::new());
+            reply(ReplyBody::ShellCreated {
+                shell_id: ShellId(id),
+            })
+        }
+        Body::Command { command, arguments } => {
+            if let Some(code) = sim.config.model.faults.command_fault {
+                return fault_reply(
+                    relates.clone(),
+                    "w:InternalError",
+                    code,
+                    "The WS-Management service cannot process the request (injected fault).",
+                );
+            }
+            let line = if arguments.is_empty() {
+                command
+            } else {
+                format!("{command} {}", arguments.join(" "))
+            };
+            let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !st.shells.contains_key(&shell_key) {
+                return not_found();
+            }
+            let (stdout, stderr, exit_code) =
+                scripts::run_command_line(&sim, &mut st.pieces, &line);
+            let id = uuid::Uuid::new_v4().hyphenated().to_string().to_uppercase();
+            let cmd = Command {
+                stdout,
+                stderr,
+                exit_code,
+                timeouts_left: sim.config.model.faults.receive_timeouts,
+            };
+            if let Some(shell) = st.shells.get_mut(&shell_key) {
+                shell.insert(id.clone(), cmd);
+            }
+            reply(ReplyBody::CommandStarted {
+                command_id: CommandId(id),
+            })
+        }
+        Body::Receive { command_id } => {
+            let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(cmd) = st
+                .shells
+                .get_mut(&shell_key)
+                .and_then(|s| s.get_mut(&command_id.0))
+            else {
+                return not_found();
+            };
+            if cmd.timeouts_left > 0 {
+                cmd.timeouts_left -= 1;
+                let mut f = Fault::operation_timeout();
+                f.code = "s:Receiver".into();
+                let r = Reply {
+                    message_id: MessageId::random(),
+                    relates_to: relates.clone(),
+                    body: ReplyBody::Fault(f),
+                };
+                return soap(StatusCode::INTERNAL_SERVER_ERROR, &r);
+            }
+            // Keep each reply within the client's MaxEnvelopeSize: base64 grows by 4/3.
+            let budget = usize::try_from(req.max_envelope_size)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(4096)
+                / 4
+                * 3;
+            let budget = budget.max(512);
+            let mut streams = Vec::new();
+            let n = cmd.stdout.len().min(budget);
+            let out: Vec<u8> = cmd.stdout.drain(..n).collect();
+            let m = cmd.stderr.len().min(budget - n);
+            let err: Vec<u8> = cmd.stderr.drain(..m).collect();
+            let done = cmd.stdout.is_empty() && cmd.stderr.is_empty();
+            if !out.is_empty() {
+                streams.push(StreamChunk {
+                    name: StreamName::Stdout,
+                    data: out,
+                    end: false,
+                });
+            }
+            if !err.is_empty() {
+                streams.push(StreamChunk {
+                    name: StreamName::Stderr,
+                    data: err,
+                    end: false,
+                });
+            }
+            if done {
+                streams.push(StreamChunk {
+                    name: StreamName::Stdout,
+                    data: vec![],
+                    end: true,
+                });
+                streams.push(StreamChunk {
+                    name: StreamName::Stderr,
+                    data: vec![],
+                    end: true,
+                });
+            }
+            let exit = cmd.exit_code;
+            reply(ReplyBody::Output {
+                command_id,
+                streams,
+                done: done.then_some(exit),
+            })
+        }
+        Body::Signal { command_id } => {
+            let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(shell) = st.shells.get_mut(&shell_key) else {
+                return not_found();
+            };
+            shell.remove(&command_id.0);
+            reply(ReplyBody::Signalled)
+        }
+        Body::Delete => {
+            let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.shells.remove(&shell_key).is_none() {
+                return not_found();
+            }
+            reply(ReplyBody::Deleted)
+        }
+    }
+}
+
+/// `godwit-hypervsim --listen ADDR --data DIR`; password from `GODWIT_SIM_PASSWORD`.
+/// Prints `fingerprint: SHA256:...` and `listening: ADDR`, writes `DIR/sim-cert.pem`.
 pub fn main_cli() -> i32 {
-    0
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut listen = None;
+    let mut data = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--listen" => listen = it.next().cloned(),
+            "--data" => data = it.next().cloned(),
+            other => {
+                eprintln!(
+                    "godwit-hypervsim: unknown argument {other:?}; usage: --listen ADDR --data DIR"
+                );
+                return 2;
+            }
+        }
+    }
+    let (Some(listen), Some(data)) = (listen, data) else {
+        eprintln!(
+            "godwit-hypervsim: usage: --listen ADDR --data DIR (password in GODWIT_SIM_PASSWORD)"
+        );
+        return 2;
+    };
+    let Ok(password) = std::env::var("GODWIT_SIM_PASSWORD") else {
+        eprintln!("godwit-hypervsim: set GODWIT_SIM_PASSWORD");
+        return 2;
+    };
+    let Ok(listen) = listen.parse::<SocketAddr>() else {
+        eprintln!("godwit-hypervsim: --listen {listen:?} is not ADDR:PORT");
+        return 2;
+    };
+    let dir = PathBuf::from(data);
+    let model = match SimModel::load(&dir) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("godwit-hypervsim: {e}");
+            return 1;
+        }
+    };
+    let config = SimConfig {
+        user: "Administrator".into(),
+        password,
+        model,
+        data_dir: dir.clone(),
+    };
+    let sim = match start(config, listen) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("godwit-hypervsim: {e}");
+            return 1;
+        }
+    };
+    if let Err(e) = std::fs::write(dir.join("sim-cert.pem"), &sim.cert_pem) {
+        eprintln!("godwit-hypervsim: writing sim-cert.pem: {e}");
+        return 1;
+    }
+    println!("fingerprint: {}", sim.fingerprint);
+    println!("listening: {}", sim.addr);
+    loop {
+        std::thread::park();
+    }
 }

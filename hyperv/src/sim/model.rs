@@ -1,0 +1,169 @@
+//! The simulator's Hyper-V model: VMs and disks read from `DIR/vms.json`; `Get-VHD` facts are
+//! read from the real VHD/VHDX files with the disk crate.
+
+use crate::inventory::{Bytes, DiskRecord, VmRecord};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// One drive attached to a VM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimDisk {
+    /// `IDE` or `SCSI`.
+    pub controller_type: String,
+    pub controller_number: u32,
+    pub controller_location: u32,
+    /// The image file, relative to the data directory (absent for pass-through disks).
+    pub path: Option<String>,
+    /// Physical disk number for a pass-through disk.
+    pub disk_number: Option<u32>,
+    #[serde(default)]
+    pub shared: bool,
+}
+
+/// One VM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimVm {
+    pub id: String,
+    pub name: String,
+    pub generation: u8,
+    pub state: String,
+    pub processor_count: u32,
+    pub memory_startup: u64,
+    pub version: String,
+    pub checkpoint_type: String,
+    pub disks: Vec<SimDisk>,
+}
+
+/// Faults the simulator injects.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimFaults {
+    /// Receives answered with the OperationTimeout fault before each command's output.
+    #[serde(default)]
+    pub receive_timeouts: u32,
+    /// Answer every Command with this WSManFault code.
+    #[serde(default)]
+    pub command_fault: Option<u32>,
+}
+
+/// `DIR/vms.json`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimModel {
+    /// Host name the VM paths are shown under (`C:\VMs\...`).
+    #[serde(default = "default_root")]
+    pub windows_root: String,
+    pub vms: Vec<SimVm>,
+    #[serde(default)]
+    pub faults: SimFaults,
+}
+
+fn default_root() -> String {
+    "C:\\VMs".into()
+}
+
+impl SimModel {
+    pub fn load(dir: &Path) -> Result<SimModel, String> {
+        let p = dir.join("vms.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+    }
+}
+
+/// Windows path shown for a data-dir relative file.
+fn windows_path(root: &str, rel: &str) -> String {
+    format!("{root}\\{}", rel.replace('/', "\\"))
+}
+
+/// What `Get-VM | Get-VMHardDiskDrive | Get-VHD` would report, from the real files.
+pub fn records(model: &SimModel, dir: &Path) -> Result<Vec<VmRecord>, String> {
+    let mut out = Vec::new();
+    for vm in &model.vms {
+        let mut disks = Vec::new();
+        for d in &vm.disks {
+            let mut rec = DiskRecord {
+                controller_type: d.controller_type.clone(),
+                controller_number: d.controller_number,
+                controller_location: d.controller_location,
+                path: None,
+                disk_number: d.disk_number,
+                shared: d.shared,
+                vhd_format: None,
+                vhd_type: None,
+                size: None,
+                file_size: None,
+                parent_path: None,
+                logical_sector_size: None,
+            };
+            if let (Some(rel), None) = (&d.path, d.disk_number) {
+                let file: PathBuf = dir.join(rel);
+                rec.path = Some(windows_path(&model.windows_root, rel));
+                let name = file.display().to_string();
+                let disk = godwit_disk::Disk::open(&name).map_err(|e| {
+                    format!(
+                        "Get-VHD : The file '{}' is not a virtual hard disk: {e}",
+                        windows_path(&model.windows_root, rel)
+                    )
+                })?;
+                let top = disk.top();
+                rec.vhd_format = Some(
+                    match top.format {
+                        godwit_disk::Format::Vhd => "VHD",
+                        godwit_disk::Format::Vhdx => "VHDX",
+                        other => return Err(format!("Get-VHD : {} is {}", name, other.name())),
+                    }
+                    .to_string(),
+                );
+                rec.vhd_type = Some(
+                    match top.subformat.as_str() {
+                        "fixed" => "Fixed",
+                        "dynamic" => "Dynamic",
+                        "differencing" => "Differencing",
+                        other => other,
+                    }
+                    .to_string(),
+                );
+                rec.size = Some(Bytes(top.virtual_size));
+                rec.logical_sector_size = Some(top.logical_sector_size);
+                rec.file_size = Some(Bytes(
+                    std::fs::metadata(&file)
+                        .map_err(|e| format!("{name}: {e}"))?
+                        .len(),
+                ));
+                if let Some(parent) = disk.layers().get(1) {
+                    let pfile = Path::new(&parent.info().file);
+                    let prel = pfile
+                        .strip_prefix(dir)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| parent.info().file.clone());
+                    rec.parent_path = Some(windows_path(&model.windows_root, &prel));
+                }
+            }
+            disks.push(rec);
+        }
+        out.push(VmRecord {
+            id: vm.id.clone(),
+            name: vm.name.clone(),
+            generation: vm.generation,
+            state: vm.state.clone(),
+            processor_count: vm.processor_count,
+            memory_startup: Bytes(vm.memory_startup),
+            version: vm.version.clone(),
+            checkpoint_type: vm.checkpoint_type.clone(),
+            disks,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_paths() {
+        assert_eq!(windows_path("C:\\VMs", "a/b.vhdx"), "C:\\VMs\\a\\b.vhdx");
+    }
+}

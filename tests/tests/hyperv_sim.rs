@@ -1,0 +1,194 @@
+//! The Hyper-V simulator proven by pywinrm, and Godwit's WinRM client and inventory against it.
+
+use godwit_hyperv::inventory::Source;
+use godwit_hyperv::sim::model::SimModel;
+use godwit_hyperv::sim::{RunningSim, SimConfig, start};
+use godwit_hyperv::{Credentials, Error, Fingerprint, inventory};
+use std::path::Path;
+use std::process::Command;
+
+const PASSWORD: &str = "S3cret-sim";
+
+fn qemu_img(args: &[&str]) {
+    let st = Command::new("qemu-img")
+        .args(args)
+        .status()
+        .expect("qemu-img runs");
+    assert!(st.success(), "qemu-img {args:?}");
+}
+
+fn model_json(receive_timeouts: u32, command_fault: Option<u32>) -> String {
+    let fault = command_fault.map_or("null".to_string(), |c| c.to_string());
+    format!(
+        r#"{{"vms":[
+ {{"id":"6c1f2a8e-0000-4000-8000-000000000002","name":"web-gen2","generation":2,"state":"Running","processor_count":4,
+   "memory_startup":4294967296,"version":"9.0","checkpoint_type":"Production",
+   "disks":[{{"controller_type":"SCSI","controller_number":0,"controller_location":0,"path":"web/web.vhdx"}}]}},
+ {{"id":"6c1f2a8e-0000-4000-8000-000000000001","name":"db-gen1","generation":1,"state":"Off","processor_count":2,
+   "memory_startup":2147483648,"version":"5.0","checkpoint_type":"Standard",
+   "disks":[{{"controller_type":"IDE","controller_number":0,"controller_location":0,"path":"db/db.vhd"}},
+            {{"controller_type":"IDE","controller_number":0,"controller_location":1,"disk_number":3}}]}}],
+ "faults":{{"receive_timeouts":{receive_timeouts},"command_fault":{fault}}}}}"#
+    )
+}
+
+fn sim_in(dir: &Path, receive_timeouts: u32, command_fault: Option<u32>) -> RunningSim {
+    std::fs::create_dir_all(dir.join("web")).unwrap();
+    std::fs::create_dir_all(dir.join("db")).unwrap();
+    let vhdx = dir.join("web/web.vhdx");
+    let vhd = dir.join("db/db.vhd");
+    if !vhdx.exists() {
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "vhdx",
+            "-o",
+            "subformat=dynamic",
+            vhdx.to_str().unwrap(),
+            "64M",
+        ]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "vpc",
+            "-o",
+            "subformat=dynamic",
+            vhd.to_str().unwrap(),
+            "32M",
+        ]);
+    }
+    std::fs::write(
+        dir.join("vms.json"),
+        model_json(receive_timeouts, command_fault),
+    )
+    .unwrap();
+    let model = SimModel::load(dir).unwrap();
+    start(
+        SimConfig {
+            user: "Administrator".into(),
+            password: PASSWORD.into(),
+            model,
+            data_dir: dir.to_path_buf(),
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap()
+}
+
+fn source(sim: &RunningSim) -> Source {
+    Source::parse(&format!(
+        "hyperv://Administrator@127.0.0.1:{}",
+        sim.addr.port()
+    ))
+    .unwrap()
+}
+
+fn creds(pw: &str) -> Credentials {
+    Credentials {
+        user: "Administrator".into(),
+        password: pw.into(),
+    }
+}
+
+#[test]
+fn pywinrm_accepts_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim_in(dir.path(), 1, None);
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &sim.cert_pem).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hyperv/pywinrm_check.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(format!("https://127.0.0.1:{}/wsman", sim.addr.port()))
+        .arg(&ca)
+        .env("GODWIT_SIM_PASSWORD", PASSWORD)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "pywinrm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hello"]["stdout"], "hello from sim\r\n");
+    assert_eq!(v["hello"]["rc"], 0);
+    assert_eq!(v["err"]["rc"], 1);
+    assert!(
+        v["err"]["stderr"].as_str().unwrap().starts_with("boom\n"),
+        "{v}"
+    );
+    assert_eq!(v["exit"]["rc"], 3);
+    assert_eq!(v["cmd"]["stdout"], "hi\r\n");
+    assert_eq!(v["badpw"], "InvalidCredentialsError");
+}
+
+#[test]
+fn inventory_lists_vms_disks_and_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim_in(dir.path(), 2, None);
+    let inv = inventory(&source(&sim), &creds(PASSWORD), Some(sim.fingerprint)).unwrap();
+    assert_eq!(inv.vms.len(), 2);
+    let web = &inv.vms[0];
+    assert_eq!(web.record.name, "web-gen2");
+    assert_eq!(web.record.generation, 2);
+    let d = &web.record.disks[0];
+    assert_eq!(d.vhd_format.as_deref(), Some("VHDX"));
+    assert_eq!(d.vhd_type.as_deref(), Some("Dynamic"));
+    assert_eq!(d.size.unwrap().0, 64 << 20);
+    assert_eq!(d.path.as_deref(), Some("C:\\VMs\\web\\web.vhdx"));
+    assert!(web.eligible, "{:?}", web.reasons);
+    let db = &inv.vms[1];
+    assert_eq!(db.record.disks[0].vhd_format.as_deref(), Some("VHD"));
+    // qemu-img rounds VHD sizes to a CHS geometry: compare with what it reports.
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(dir.path().join("db/db.vhd"))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        db.record.disks[0].size.unwrap().0,
+        info["virtual-size"].as_u64().unwrap()
+    );
+    assert_eq!(db.record.disks[0].vhd_type.as_deref(), Some("Dynamic"));
+    assert!(!db.eligible);
+    assert!(
+        db.reasons[0].contains("disk 1 (IDE 0:1) is a pass-through"),
+        "{:?}",
+        db.reasons
+    );
+}
+
+#[test]
+fn wrong_password_and_fingerprints_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim_in(dir.path(), 0, None);
+    let e = inventory(&source(&sim), &creds("nope"), Some(sim.fingerprint)).unwrap_err();
+    assert!(matches!(e, Error::AuthFailed { .. }), "{e}");
+    assert!(e.to_string().contains("refused the credentials"), "{e}");
+    let wrong = Fingerprint::of_der(b"another certificate");
+    let e = inventory(&source(&sim), &creds(PASSWORD), Some(wrong)).unwrap_err();
+    assert!(matches!(e, Error::PinMismatch { .. }), "{e}");
+    assert!(e.to_string().contains(&sim.fingerprint.to_string()), "{e}");
+    let e = inventory(&source(&sim), &creds(PASSWORD), None).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("--source-fingerprint {}", sim.fingerprint)),
+        "{e}"
+    );
+}
+
+#[test]
+fn winrm_fault_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim_in(dir.path(), 0, Some(2_150_858_770));
+    let e = inventory(&source(&sim), &creds(PASSWORD), Some(sim.fingerprint)).unwrap_err();
+    let s = e.to_string();
+    assert!(matches!(e, Error::Fault { .. }), "{s}");
+    assert!(
+        s.contains("WSMan 0x80338012") && s.contains("injected fault"),
+        "{s}"
+    );
+}
