@@ -192,3 +192,49 @@ fn winrm_fault_is_a_clear_error() {
         "{s}"
     );
 }
+
+#[test]
+fn long_scripts_in_pieces_clixml_errors_and_malformed_envelopes() {
+    use godwit_hyperv::client::WinRm;
+    use godwit_hyperv::transport::{HttpsTransport, Transport};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim_in(dir.path(), 1, None);
+    let t = HttpsTransport::new(
+        "127.0.0.1",
+        sim.addr.port(),
+        creds(PASSWORD),
+        vec![sim.fingerprint],
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap();
+    let client = WinRm::new(t);
+    let shell = client.open_shell().unwrap();
+    // 300 KB of output: longer than one command line, more than one Receive envelope.
+    let text: String = (0..30_000)
+        .map(|i| char::from(b'a' + u8::try_from(i % 26).unwrap()))
+        .collect();
+    let o = shell.run_ps(&format!("Write-Output '{text}'")).unwrap();
+    assert_eq!(o.exit_code, 0);
+    assert_eq!(o.stdout, format!("{text}\r\n").into_bytes());
+    let e = shell
+        .run_ps_json("fails.ps1", "Write-Error 'VM web not found'")
+        .unwrap_err();
+    let s = e.to_string();
+    assert!(
+        s.contains("fails.ps1 failed with exit code 1: VM web not found"),
+        "{s}"
+    );
+    shell.close().unwrap();
+    let r = client
+        .transport()
+        .post("malformed", "<Envelope><Header>".into())
+        .unwrap();
+    assert_eq!(r.status, 500);
+    let reply = godwit_hyperv::wsman::parse_reply(&r.body).unwrap();
+    match reply.body {
+        godwit_hyperv::wsman::ReplyBody::Fault(f) => {
+            assert!(f.message.contains("malformed envelope"), "{f:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
