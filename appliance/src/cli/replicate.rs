@@ -1,6 +1,10 @@
 //! `godwit replicate`: one replication cycle of a local disk image or block device to a staging
 //! server (`staging://HOST:PORT`) or straight to a store (`file:///DIR`, `s3://BUCKET/PREFIX`).
 //! The first run is full; later runs send only the chunks the store lacks.
+//!
+//! `vsphere://USER@HOST[:PORT]` sources go through [`super::replicate_vsphere`]: a ledgered
+//! `godwit-` snapshot, every disk of the VM read remotely (disk N = the Nth disk the VM lists),
+//! changed ranges from CBT when `--cbt` is given, the snapshot removed on every path.
 
 use anyhow::Context;
 use godwit_disk::{BlockSource, Disk, Run, RunState};
@@ -14,9 +18,25 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct ReplicateArgs {
-    /// `file:///path/disk.{vmdk,vhd,vhdx,raw}` or `file:///dev/sdX`.
+    /// `file:///path/disk.{vmdk,vhd,vhdx,raw}`, `file:///dev/sdX` or `vsphere://USER@HOST[:PORT]`.
     #[arg(long)]
     source: String,
+    /// vSphere: SHA-256 fingerprint of the source's certificate (`SHA256:...`).
+    #[arg(long)]
+    source_fingerprint: Option<String>,
+    /// vSphere: known-hosts style trust file (`HOST[:PORT] SHA256:...` lines).
+    #[arg(long)]
+    trust_file: Option<PathBuf>,
+    /// vSphere: read the password from this file (else `GODWIT_PASSWORD`).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// vSphere: use Changed Block Tracking for incremental cycles (enabled on the VM if needed).
+    #[arg(long)]
+    cbt: bool,
+    /// Directory for the snapshot ledger and CBT changeIds (default `$GODWIT_STATE_DIR` or
+    /// `./var/state`).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// VM name the disks are stored under.
     #[arg(long)]
     vm: String,
@@ -153,7 +173,6 @@ fn human(b: u64) -> String {
 pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let token = read_token(a.token_file.as_ref())?;
     let target = Target::parse(&a.target, a.target_fingerprint.as_deref(), token)?;
-    let source = open_source(&a.source)?;
     let changed = a.changed_ranges.as_ref().map(read_ranges).transpose()?;
     let chunk_size = u32::try_from(parse_size(&a.chunk_size)?).context("chunk size")?;
     let json = a.json;
@@ -195,6 +214,10 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let handle = rt.handle().clone();
+    if a.source.starts_with("vsphere://") {
+        return run_vsphere(&a, &target, &opts, &handle);
+    }
+    let source = open_source(&a.source)?;
     let report = replicate_disk(
         source.as_ref(),
         changed.as_deref(),
@@ -207,8 +230,17 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
     if tty && !json {
         eprintln!();
     }
+    print_report(&report, json)?;
+    drop(rt);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(
+    report: &godwit_transfer::replicate::ReplicateReport,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
-        let mut v = serde_json::to_value(&report)?;
+        let mut v = serde_json::to_value(report)?;
         v["event"] = "done".into();
         println!("{v}");
     } else {
@@ -231,6 +263,70 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 .map_or(String::new(), |s| format!(", sha256 {s}"))
         );
     }
-    drop(rt);
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// One vSphere cycle: every disk of the VM replicated as disk N of `--vm`.
+fn run_vsphere(
+    a: &ReplicateArgs,
+    target: &Target,
+    opts: &ReplicateOptions,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<ExitCode> {
+    use super::replicate_vsphere::{VsphereCycle, VsphereSourceArgs, replicate_vsphere};
+    anyhow::ensure!(
+        a.changed_ranges.is_none(),
+        "--changed-ranges is for file:// sources; vSphere sources take their changes from CBT (--cbt)"
+    );
+    let source = VsphereSourceArgs {
+        source: a.source.clone(),
+        source_fingerprint: a.source_fingerprint.clone(),
+        trust_file: a.trust_file.clone(),
+        password_file: a.password_file.clone(),
+    };
+    let state_dir = a
+        .state_dir
+        .clone()
+        .or_else(|| std::env::var_os("GODWIT_STATE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("var/state"));
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    let cycle = VsphereCycle {
+        vm: a.vm.clone(),
+        state_dir,
+        cbt: a.cbt,
+    };
+    let mut reports = Vec::new();
+    let result = replicate_vsphere(&source, &cycle, |n, disk, changed| {
+        let ranges: Option<Vec<godwit_transfer::Range>> =
+            changed.map(|r| r.iter().cloned().map(Into::into).collect());
+        let disk_no = u32::try_from(n).context("disk number")?;
+        let report = replicate_disk(
+            disk,
+            ranges.as_deref(),
+            target,
+            &a.vm,
+            disk_no,
+            opts,
+            handle,
+        )?;
+        print_report(&report, a.json)?;
+        reports.push(report);
+        Ok(())
+    });
+    match result {
+        Ok(cycle) => {
+            if !a.json {
+                println!(
+                    "vSphere cycle of {}: {} disk(s), snapshot {} removed, {} read from the datastore",
+                    cycle.vm,
+                    reports.len(),
+                    cycle.snapshot,
+                    human(cycle.bytes_read)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(super::replicate_vsphere::report_error(&e)),
+    }
 }

@@ -97,7 +97,6 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
 }
 
 /// What `replicate_vsphere` needs besides the connection.
-#[allow(dead_code)] // until `godwit replicate` dispatches vsphere:// sources here
 #[derive(Clone, Debug)]
 pub struct VsphereCycle {
     pub vm: String,
@@ -109,7 +108,6 @@ pub struct VsphereCycle {
 /// One replication cycle of a vSphere VM: ledger + snapshot, each frozen disk opened as a
 /// [`Disk`] and handed to `per_disk` with the changed ranges when CBT allows (`None` = read
 /// everything), changeIds recorded, snapshot removed on every path, logout.
-#[allow(dead_code)] // until `godwit replicate` dispatches vsphere:// sources here
 pub fn replicate_vsphere<F>(
     source: &VsphereSourceArgs,
     cycle: &VsphereCycle,
