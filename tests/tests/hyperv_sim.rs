@@ -238,3 +238,30 @@ fn long_scripts_in_pieces_clixml_errors_and_malformed_envelopes() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn godwit_inventory_cli_lists_the_simulated_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim_in(dir.path(), 0, None);
+    let out = godwit_tests::peers::run_ok(
+        Command::new(godwit_tests::peers::godwit_bin())
+            .env("GODWIT_PASSWORD", PASSWORD)
+            .args(["inventory", "--json", "--source"])
+            .arg(format!(
+                "hyperv://Administrator@127.0.0.1:{}",
+                sim.addr.port()
+            ))
+            .arg("--source-fingerprint")
+            .arg(sim.fingerprint.to_string()),
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vm| vm["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web-gen2", "db-gen1"], "{out}");
+    assert_eq!(v[0]["eligible"], true);
+    assert_eq!(v[1]["eligible"], false);
+}

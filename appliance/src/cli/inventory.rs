@@ -1,5 +1,5 @@
-//! `godwit inventory --source vsphere://USER@HOST[:PORT] [--json] [--vm NAME]`: VMs, disks and
-//! eligibility (with the reasons when a VM is not eligible).
+//! `godwit inventory --source vsphere://USER@HOST[:PORT]|hyperv://USER@HOST[:PORT] [--json]
+//! [--vm NAME]`: VMs, disks and eligibility (with the reasons when a VM is not eligible).
 //!
 //! Exit codes: 0 listed; 2 error; 3 login rejected; 4 certificate not trusted (the message
 //! shows the fingerprint to pin); 5 `--vm` names no VM.
@@ -24,6 +24,9 @@ pub struct InventoryArgs {
 }
 
 pub fn run(args: InventoryArgs) -> anyhow::Result<ExitCode> {
+    if args.source.source.starts_with("hyperv://") {
+        return hyperv_list(&args);
+    }
     match list(&args) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Ok(report_error(&e)),
@@ -123,4 +126,56 @@ fn collect(session: &Session, only: Option<&str>) -> anyhow::Result<Vec<Vm>> {
         .into());
     }
     Ok(vms)
+}
+
+/// Hyper-V over WinRM HTTPS 5986 (see `godwit_hyperv::inventory`).
+fn hyperv_list(args: &InventoryArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let src = godwit_hyperv::Source::parse(&args.source.source)?;
+    let password = match &args.source.password_file {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading password file {}", p.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string(),
+        None => std::env::var("GODWIT_PASSWORD").unwrap_or_default(),
+    };
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password: set GODWIT_PASSWORD or pass --password-file FILE"
+    );
+    let pin = args
+        .source
+        .source_fingerprint
+        .as_deref()
+        .map(godwit_hyperv::Fingerprint::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--source-fingerprint: {e}"))?;
+    let creds = godwit_hyperv::Credentials {
+        user: src.user.clone(),
+        password,
+    };
+    let mut inv = godwit_hyperv::inventory(&src, &creds, pin)?;
+    if let Some(name) = &args.vm {
+        inv.vms.retain(|vm| &vm.record.name == name);
+        if inv.vms.is_empty() {
+            eprintln!("godwit: error: {}: no VM named {name:?}", inv.host);
+            return Ok(ExitCode::from(super::replicate_vsphere::EXIT_NOT_FOUND));
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&inv.vms)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("source {} (Hyper-V over WinRM)", inv.host);
+    for vm in &inv.vms {
+        let verdict = if vm.eligible {
+            "eligible".to_string()
+        } else {
+            format!("NOT eligible: {}", vm.reasons.join("; "))
+        };
+        println!("{}  {}", vm.record.name, verdict);
+    }
+    Ok(ExitCode::SUCCESS)
 }
