@@ -2,7 +2,9 @@
 //! checks and loop detection, and the merged allocation map.
 
 use crate::error::{Error, Result};
-use crate::layer::{BlockSource, Format, Identity, Layer, LayerInfo, Run, RunState, push_run};
+use crate::layer::{
+    BlockSource, Format, Identity, Layer, LayerInfo, Run, RunState, Stored, push_run,
+};
 use crate::probe::{Detected, detect};
 use crate::raw::RawLayer;
 use crate::storage::{LocalFs, Locator, Opened};
@@ -39,7 +41,7 @@ impl Disk {
             .map_err(|e| Error::io(name, "open", e))?;
         let mut layers = vec![open_layer(locator, top, hint)?];
         let mut seen: HashSet<String> = HashSet::new();
-        seen.insert(layers[0].info().file.clone());
+        seen.insert(normalize(&layers[0].info().file));
         loop {
             let child = layers
                 .last()
@@ -55,7 +57,7 @@ impl Disk {
                 ));
             }
             let parent_file = open_parent(locator, &child, &link.hints)?;
-            if !seen.insert(parent_file.name.clone()) {
+            if !seen.insert(normalize(&parent_file.name)) {
                 return Err(Error::chain(
                     &child.file,
                     format!("parent chain loops back to {}", parent_file.name),
@@ -176,6 +178,20 @@ impl BlockSource for Disk {
         Ok(runs)
     }
 
+    fn stored(&self, offset: u64, len: u64) -> Result<Option<Vec<Stored>>> {
+        let mut out = Vec::new();
+        for (run, layer) in self.resolve(offset, len)? {
+            if run.state != RunState::Data {
+                continue;
+            }
+            match self.layers[layer].stored(run.offset, run.len)? {
+                Some(pieces) => out.extend(pieces),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let len = buf.len() as u64;
         for (run, layer) in self.resolve(offset, len)? {
@@ -274,11 +290,65 @@ fn check_identity(child: &LayerInfo, parent: &LayerInfo, expect: &Identity) -> R
         return Err(Error::chain(
             &child.file,
             format!(
-                "parent {} has identity {:?} but the child expects {:?}: the parent changed \
-                 after the child was created",
-                parent.file, parent.identity, expect
+                "parent {} has {} but the child expects {}: the parent changed after the child \
+                 was created",
+                parent.file,
+                describe(&parent.identity),
+                describe(expect)
             ),
         ));
     }
     Ok(())
+}
+
+/// An identity as the format's own tools print it.
+pub fn describe(id: &Identity) -> String {
+    fn guid(b: &[u8; 16]) -> String {
+        uuid::Uuid::from_bytes_le(*b).hyphenated().to_string()
+    }
+    match id {
+        Identity::VmdkCid(c) => format!("CID {c:08x}"),
+        Identity::VhdUniqueId(u) => format!("unique id {}", guid(u)),
+        Identity::VhdxDataWriteGuid(u) => format!("DataWriteGuid {}", guid(u)),
+        Identity::None => "no identity".into(),
+    }
+}
+
+/// A lexically normalised path (`.` and `dir/..` removed), so that the same file reached as
+/// `./a.vmdk` and `x/../a.vmdk` is recognised when detecting loops. Symbolic links are not
+/// resolved (the locator may not be a local file system); the depth limit catches those.
+pub fn normalize(name: &str) -> String {
+    let abs = name.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for p in name.split('/') {
+        match p {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|l| *l != "..") => {
+                parts.pop();
+            }
+            ".." if abs => {}
+            p => parts.push(p),
+        }
+    }
+    let joined = parts.join("/");
+    if abs { format!("/{joined}") } else { joined }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_paths() {
+        assert_eq!(normalize("./a/./b/../c.vmdk"), "a/c.vmdk");
+        assert_eq!(normalize("/x/../../y.vmdk"), "/y.vmdk");
+        assert_eq!(normalize("../a.vmdk"), "../a.vmdk");
+        assert_eq!(normalize("a//b"), "a/b");
+    }
+
+    #[test]
+    fn identities_read_like_the_tools_print_them() {
+        assert_eq!(describe(&Identity::VmdkCid(0xab)), "CID 000000ab");
+        assert!(describe(&Identity::VhdUniqueId([0; 16])).starts_with("unique id 0000"));
+    }
 }

@@ -5,6 +5,8 @@
 //! either known zero (a hole, a zeroed grain, a VHDX ZERO block) or fall through to the parent.
 
 use crate::error::Result;
+use crate::storage::ReadAt;
+use std::sync::Arc;
 
 /// Image format families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,6 +92,18 @@ pub struct LayerInfo {
     pub parent: Option<ParentLink>,
 }
 
+/// A range of the virtual disk stored verbatim (uncompressed, unencrypted) in a file: a
+/// converter may copy it file-to-file (`copy_file_range`) instead of reading and writing it.
+#[derive(Clone)]
+pub struct Stored {
+    /// Virtual disk offset.
+    pub offset: u64,
+    pub len: u64,
+    pub file: Arc<dyn ReadAt>,
+    /// Where the bytes start in `file`.
+    pub file_offset: u64,
+}
+
 /// One image file of a chain.
 pub trait Layer: Send + Sync {
     fn info(&self) -> &LayerInfo;
@@ -101,6 +115,13 @@ pub trait Layer: Send + Sync {
     /// Read bytes at `offset`. Ranges this layer maps as [`RunState::Zero`] or
     /// [`RunState::Parent`] are filled with zeros; the chain takes care of parents.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Where the [`RunState::Data`] parts of `[offset, offset + len)` are stored verbatim, in
+    /// order; `None` when some of them are not (compressed grains, say), in which case callers
+    /// read them with [`Layer::read_at`]. Optional: the default says `None`.
+    fn stored(&self, _offset: u64, _len: u64) -> Result<Option<Vec<Stored>>> {
+        Ok(None)
+    }
 }
 
 /// Anything with a virtual size, an allocation map and data: a whole chain ([`crate::Disk`]), a
@@ -111,6 +132,10 @@ pub trait BlockSource: Send + Sync {
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Run>>;
     /// Read bytes at `offset`; zero runs read as zeros.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// See [`Layer::stored`]; for a range that [`BlockSource::map`] reports as data.
+    fn stored(&self, _offset: u64, _len: u64) -> Result<Option<Vec<Stored>>> {
+        Ok(None)
+    }
 }
 
 /// Append `run` to `runs`, merging with the last one when they touch and share a state.

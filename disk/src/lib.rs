@@ -17,6 +17,7 @@
 //! Each format module states what it reads and what it refuses by name.
 
 pub mod chain;
+pub mod compare;
 pub mod error;
 pub mod layer;
 pub mod probe;

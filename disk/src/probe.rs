@@ -56,18 +56,29 @@ pub fn detect(head: &[u8], tail: &[u8]) -> Detected {
 }
 
 fn looks_like_descriptor(head: &[u8]) -> bool {
-    // A descriptor is short text; check the printable prefix for its markers.
+    // A descriptor is short text; check the printable prefix for its markers. Invalid UTF-8
+    // after the markers (a legacy-encoded file name, say) does not hide them.
     let text_len = head
         .iter()
         .position(|&b| b == 0 || (b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t')))
         .unwrap_or(head.len());
-    let Ok(text) = std::str::from_utf8(&head[..text_len]) else {
-        return false;
+    let bytes = &head[..text_len];
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""),
     };
-    text.contains("# Disk DescriptorFile")
+    if text.contains("# Disk DescriptorFile")
         || text
             .lines()
             .any(|l| l.trim_start().starts_with("createType"))
+    {
+        return true;
+    }
+    // As qemu probes: the first line that is not blank or a comment is `version=N`.
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .is_some_and(|l| matches!(l, "version=1" | "version=2" | "version=3"))
 }
 
 #[cfg(test)]
@@ -90,5 +101,10 @@ mod tests {
             detect(b"createType=\"x\"\n\xff\xfe", b""),
             Detected::VmdkDescriptor
         );
+        assert_eq!(
+            detect(b"# comment\n\nversion=1\nCID=1\n", b""),
+            Detected::VmdkDescriptor
+        );
+        assert_eq!(detect(b"hello version=1\n", b""), Detected::Raw);
     }
 }

@@ -15,6 +15,16 @@ pub trait ReadAt: Send + Sync {
     fn size(&self) -> io::Result<u64>;
     /// Fill `buf` from `offset`; reading past the end is an `UnexpectedEof` error.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// The parts of `[offset, offset + len)` that may hold data, as sorted, disjoint
+    /// `(start, end)` byte ranges; everything else reads as zeros (holes in a sparse file).
+    /// `None` when the handle cannot tell, in which case callers treat the whole range as data.
+    fn data_ranges(&self, _offset: u64, _len: u64) -> Option<Vec<(u64, u64)>> {
+        None
+    }
+    /// The local file behind this handle, when there is one (for `copy_file_range`).
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
 }
 
 impl ReadAt for File {
@@ -23,6 +33,12 @@ impl ReadAt for File {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         FileExt::read_exact_at(self, buf, offset)
+    }
+    fn data_ranges(&self, offset: u64, len: u64) -> Option<Vec<(u64, u64)>> {
+        crate::raw::file_data_ranges(self, offset, len)
+    }
+    fn as_file(&self) -> Option<&File> {
+        Some(self)
     }
 }
 
