@@ -243,3 +243,36 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn absurd_numbers_in_descriptors_and_tables_do_not_overflow() {
+    let (_, msg) = failure(
+        "x.vmdk",
+        b"createType=\"custom\"\nRW 18446744073709551615 ZERO\n".to_vec(),
+    );
+    assert!(msg.contains("absurd extent size"), "{msg}");
+    let (_, msg) = failure(
+        "y.vmdk",
+        b"createType=\"custom\"\nRW 36028797018963967 ZERO\nRW 36028797018963967 ZERO\n".to_vec(),
+    );
+    assert!(msg.contains("absurd size"), "{msg}");
+    // A seSparse grain directory entry whose table index lands past u64 sectors.
+    let mut se = sesparse(8192, &[(0, SeGrain::Data(vec![1; 4096]))]);
+    put_u64(&mut se, 144, u64::MAX - 10);
+    let desc = descriptor(
+        1,
+        0xffffffff,
+        "seSparse",
+        None,
+        "RW 8192 SESPARSE \"z-sesparse.vmdk\"\n",
+    );
+    let r = open(
+        &[("z.vmdk", desc.into_bytes()), ("z-sesparse.vmdk", se)],
+        "z.vmdk",
+    );
+    let msg = r.err().expect("refused").to_string();
+    assert!(
+        msg.contains("z-sesparse.vmdk: corrupt vmdk at byte 1024"),
+        "{msg}"
+    );
+}

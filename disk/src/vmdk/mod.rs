@@ -362,7 +362,13 @@ fn open_extent(
             format!("extent at descriptor byte {at} is NOACCESS"),
         ));
     }
-    let len = line.sectors * SECTOR;
+    let len = line.sectors.checked_mul(SECTOR).ok_or_else(|| {
+        corrupt(
+            desc_name,
+            at,
+            format!("absurd extent size of {} sectors", line.sectors),
+        )
+    })?;
     if line.kind == ExtentType::Zero {
         return Ok(Box::new(ZeroExtent { len }));
     }

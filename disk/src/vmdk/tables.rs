@@ -151,18 +151,16 @@ impl Tables {
                 gd.push(0);
                 continue;
             }
-            if geo
-                .forbidden
-                .iter()
-                .any(|&(s, e)| gt_sector < e && gt_sector + gt_bytes.div_ceil(SECTOR) > s)
-            {
+            if geo.forbidden.iter().any(|&(s, e)| {
+                gt_sector < e && gt_sector.saturating_add(gt_bytes.div_ceil(SECTOR)) > s
+            }) {
                 return Err(corrupt(
                     name,
                     at,
                     format!("grain table {i} at sector {gt_sector} points into the header"),
                 ));
             }
-            let off = gt_sector * SECTOR;
+            let off = gt_sector.saturating_mul(SECTOR);
             if off.checked_add(gt_bytes).is_none_or(|e| e > file_size) {
                 return Err(corrupt(
                     name,
