@@ -317,9 +317,11 @@ fn convert(
             }
         }
     }
+    // The extent name written in a stream VMDK's descriptor: the output's own name.
     opts.vmdk.file_name = Path::new(dst)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n != "-")
         .unwrap_or_else(|| "disk.vmdk".into());
     let started = std::time::Instant::now();
     let result = if dst == "-" {
