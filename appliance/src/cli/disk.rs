@@ -72,6 +72,19 @@ pub enum DiskCommand {
 }
 
 pub fn run(cmd: DiskCommand) -> anyhow::Result<ExitCode> {
+    run_inner(cmd).map_err(flatten)
+}
+
+/// A disk error's message already names the file, the offset and the OS error; printed with
+/// its source chain (`{:#}`) the OS error would appear twice.
+fn flatten(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<godwit_disk::Error>() {
+        Ok(d) => anyhow::Error::msg(d.to_string()),
+        Err(e) => e,
+    }
+}
+
+fn run_inner(cmd: DiskCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DiskCommand::Info { file, json, format } => info(&file, json, format.as_deref()),
         DiskCommand::Map { file, json, format } => map(&file, json, format.as_deref()),
