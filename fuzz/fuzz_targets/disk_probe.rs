@@ -1,0 +1,7 @@
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let split = data.len().min(1024);
+    let _ = godwit_disk::probe::detect(&data[..split], &data[split..]);
+});

@@ -1,0 +1,7 @@
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = godwit_disk::vhd::footer::Footer::parse(data);
+    let _ = godwit_disk::vhd::dynamic::DynamicHeader::parse(data);
+});
