@@ -1,0 +1,448 @@
+//! The contract between the web layer and the appliance core.
+//!
+//! The web layer (HTML pages and the REST API) owns HTTP: routing, sessions, CSRF, login rate
+//! limiting, form parsing and rendering. It holds no business rules: every form or JSON body
+//! becomes one of the typed commands below and goes to a [`Backend`], which the `godwit serve`
+//! service in `appliance/` implements (settings store, job engine, sources, checks).
+//! Validation that is a business rule (password policy, address syntax, a fingerprint that
+//! must match the probed one) lives in the backend and comes back as [`CommandError::Invalid`]
+//! with per-field messages, which the pages show next to the field and the API returns as 422.
+//!
+//! Secrets (passwords, tokens, S3 keys) travel inward only, as [`Secret`]: views never carry
+//! them, `Secret` has no `Serialize` and its `Debug` is redacted.
+
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+
+/// A secret value from a form or a JSON body. Never serialised, never printed.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself; call only where it is used (hashing, a login, a store write).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CommandError {
+    /// Bad values; each names the form field (same name as the JSON member) it belongs to.
+    #[error("invalid input: {}", .fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))]
+    Invalid { fields: Vec<FieldError> },
+    /// The thing named does not exist (HTTP 404).
+    #[error("not found: {message}")]
+    NotFound { message: String },
+    /// The state does not allow it now, e.g. the wizard step order or a running job (HTTP 409).
+    #[error("conflict: {message}")]
+    Conflict { message: String },
+    /// A remote system refused or failed (source login, TLS, staging server) (HTTP 502).
+    #[error("{message}")]
+    Remote { message: String },
+    /// Anything else (HTTP 500). The message is safe to show: no secrets.
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl CommandError {
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        CommandError::Invalid {
+            fields: vec![FieldError {
+                field: field.to_owned(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+pub type CommandResult<T> = Result<T, CommandError>;
+
+// ---------------------------------------------------------------------------------------------
+// Setup and authentication
+// ---------------------------------------------------------------------------------------------
+
+/// The wizard's steps, in order.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum WizardStep {
+    Password,
+    Network,
+    Staging,
+    Sources,
+    Checks,
+    Done,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SetupStatus {
+    /// An admin password exists (preset by a vApp property, or set in the wizard).
+    pub password_set: bool,
+    /// The first step not yet completed; `Done` once the wizard has been finished.
+    pub next_step: WizardStep,
+    /// Appliance version, hostname, addresses: shown on the login page and the console.
+    pub version: String,
+    pub hostname: String,
+    pub addresses: Vec<String>,
+}
+
+/// First step of the wizard: set the admin password. When no password exists yet, the
+/// one-time setup code printed on the console/log must be given (like a router's).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SetAdminPassword {
+    pub setup_code: Option<Secret>,
+    /// The current password, required when one is already set (a password change).
+    pub current_password: Option<Secret>,
+    pub new_password: Secret,
+    pub confirm_password: Secret,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum AddressMode {
+    Dhcp,
+    Static {
+        /// `192.0.2.10/24`
+        address: String,
+        gateway: String,
+    },
+}
+
+/// Network settings: applied to the system on the appliance, stored only in dev mode.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkSettings {
+    pub hostname: String,
+    #[serde(flatten)]
+    pub address: AddressMode,
+    pub dns_servers: Vec<String>,
+    pub ntp_servers: Vec<String>,
+    /// `http://[user@]host:port`; the proxy password, if any, is kept separately as a secret.
+    pub proxy: Option<String>,
+}
+
+/// Where replicas go: a Godwit staging server (TCP 1500) or an S3-compatible bucket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SetStagingTarget {
+    Server {
+        /// `host` or `host:port` (1500 by default)
+        address: String,
+        /// `SHA256:<hex>` as the staging server printed it; hex with or without colons.
+        fingerprint: String,
+        token: Secret,
+    },
+    S3 {
+        /// `https://host[:port]`; empty for AWS itself.
+        endpoint: Option<String>,
+        region: String,
+        bucket: String,
+        prefix: String,
+        access_key_id: String,
+        secret_access_key: Secret,
+    },
+}
+
+/// The staging target as shown: never the token or the secret key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StagingView {
+    None,
+    Server {
+        address: String,
+        fingerprint: String,
+    },
+    S3 {
+        endpoint: Option<String>,
+        region: String,
+        bucket: String,
+        prefix: String,
+        access_key_id: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    Vsphere,
+    Hyperv,
+    Scvmm,
+}
+
+/// Step one of adding a source: connect, show the certificate, trust nothing yet.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProbeSource {
+    pub kind: SourceKind,
+    /// `host` or `host:port` (443 for vSphere, 5986 for WinRM by default)
+    pub address: String,
+}
+
+/// What the operator must approve before a source is trusted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertificateView {
+    pub address: String,
+    /// `SHA256:<HEX>`
+    pub fingerprint: String,
+    pub subject: String,
+    pub issuer: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub subject_alt_names: Vec<String>,
+}
+
+/// Step two: the operator approved `approved_fingerprint`; log in with it pinned and store.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AddSource {
+    pub kind: SourceKind,
+    pub address: String,
+    pub username: String,
+    pub password: Secret,
+    pub approved_fingerprint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceView {
+    pub id: String,
+    pub kind: SourceKind,
+    pub address: String,
+    pub username: String,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SettingsView {
+    pub network: Option<NetworkSettings>,
+    pub staging: StagingView,
+    pub sources: Vec<SourceView>,
+    /// Max concurrent transfers (K).
+    pub max_concurrent_jobs: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks, inventory, jobs, ledger
+// ---------------------------------------------------------------------------------------------
+
+/// One prerequisite check result, as `godwit check --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckView {
+    pub check: String,
+    pub target: String,
+    /// `pass`, `warn` or `fail`
+    pub status: String,
+    pub value: String,
+    pub remediation: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskView {
+    /// Index in the order the source lists the VM's disks (as `godwit export --disk N`).
+    pub index: u32,
+    pub label: String,
+    pub capacity_bytes: u64,
+    pub backing: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmView {
+    pub source_id: String,
+    pub name: String,
+    pub power_state: String,
+    pub guest_os: String,
+    pub disks: Vec<DiskView>,
+    pub eligible: bool,
+    /// Why not eligible (or warnings when eligible).
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Schedule {
+    Once,
+    EveryHours { hours: u32 },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateJob {
+    pub source_id: String,
+    pub vm: String,
+    pub schedule: Schedule,
+}
+
+/// A job's state as persisted by the engine.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for its next run (or for a transfer slot).
+    Scheduled,
+    Snapshotting,
+    Transferring,
+    RemovingSnapshot,
+    /// A run failed; retried after `next_run`.
+    RetryWait,
+    /// One-time job finished.
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Bytes per second over the last few seconds.
+    pub throughput_bps: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobView {
+    pub id: String,
+    pub source_id: String,
+    pub vm: String,
+    pub schedule: Schedule,
+    pub state: JobState,
+    pub progress: Option<Progress>,
+    pub runs_completed: u32,
+    pub last_error: Option<String>,
+    /// RFC 3339
+    pub next_run: Option<String>,
+    pub last_sync: Option<String>,
+}
+
+/// One entry of a job's timeline (history).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobEvent {
+    /// RFC 3339
+    pub at: String,
+    pub message: String,
+}
+
+/// Recent throughput samples for the dashboard chart.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ThroughputSample {
+    /// Unix seconds
+    pub at: u64,
+    pub bytes_per_second: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LedgerEntryView {
+    pub source_id: String,
+    pub vm: String,
+    pub snapshot_name: String,
+    /// `pending`, `created`, `removed`, `remove_failed`
+    pub state: String,
+    pub recorded_at: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    Vmdk,
+    Vhdx,
+    Vhd,
+    Raw,
+}
+
+/// Export the latest replica of one disk as an importable image.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateExport {
+    pub job_id: String,
+    pub disk: u32,
+    pub format: ExportFormat,
+    /// A file path on the appliance, or `s3://bucket/key`.
+    pub destination: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportView {
+    pub id: String,
+    pub job_id: String,
+    pub disk: u32,
+    pub format: ExportFormat,
+    pub destination: String,
+    /// `running`, `done`, `failed`
+    pub state: String,
+    pub sha256: Option<String>,
+    pub error: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backend
+// ---------------------------------------------------------------------------------------------
+
+/// Implemented by the appliance core. Every method is one command or one query; the web layer
+/// calls nothing else. Futures are `Send` so handlers can run on any runtime thread.
+pub trait Backend: Send + Sync + 'static {
+    // setup and auth
+    fn setup_status(&self) -> impl Future<Output = SetupStatus> + Send;
+    fn set_admin_password(
+        &self,
+        cmd: SetAdminPassword,
+    ) -> impl Future<Output = CommandResult<()>> + Send;
+    /// True when `password` is the admin password. Rate limiting is the web layer's job.
+    fn verify_admin_password(&self, password: &Secret) -> impl Future<Output = bool> + Send;
+
+    // settings and the wizard
+    fn settings(&self) -> impl Future<Output = SettingsView> + Send;
+    fn set_network(&self, cmd: NetworkSettings) -> impl Future<Output = CommandResult<()>> + Send;
+    fn set_staging(&self, cmd: SetStagingTarget) -> impl Future<Output = CommandResult<()>> + Send;
+    fn probe_source(
+        &self,
+        cmd: ProbeSource,
+    ) -> impl Future<Output = CommandResult<CertificateView>> + Send;
+    fn add_source(&self, cmd: AddSource) -> impl Future<Output = CommandResult<SourceView>> + Send;
+    fn remove_source(&self, id: String) -> impl Future<Output = CommandResult<()>> + Send;
+    fn run_checks(&self) -> impl Future<Output = CommandResult<Vec<CheckView>>> + Send;
+    /// Marks the wizard finished; refused (Conflict) while earlier steps are missing.
+    fn finish_wizard(&self) -> impl Future<Output = CommandResult<()>> + Send;
+
+    // operation
+    fn inventory(&self, refresh: bool) -> impl Future<Output = CommandResult<Vec<VmView>>> + Send;
+    fn create_job(&self, cmd: CreateJob) -> impl Future<Output = CommandResult<JobView>> + Send;
+    fn jobs(&self) -> impl Future<Output = Vec<JobView>> + Send;
+    fn job(&self, id: String) -> impl Future<Output = CommandResult<JobView>> + Send;
+    fn job_events(&self, id: String) -> impl Future<Output = CommandResult<Vec<JobEvent>>> + Send;
+    /// Start a run now (a scheduled job) or retry a failed one.
+    fn run_job_now(&self, id: String) -> impl Future<Output = CommandResult<()>> + Send;
+    fn cancel_job(&self, id: String) -> impl Future<Output = CommandResult<()>> + Send;
+    fn delete_job(&self, id: String) -> impl Future<Output = CommandResult<()>> + Send;
+    fn throughput(&self) -> impl Future<Output = Vec<ThroughputSample>> + Send;
+    fn ledger(&self) -> impl Future<Output = Vec<LedgerEntryView>> + Send;
+    fn create_export(
+        &self,
+        cmd: CreateExport,
+    ) -> impl Future<Output = CommandResult<ExportView>> + Send;
+    fn exports(&self) -> impl Future<Output = Vec<ExportView>> + Send;
+
+    // diagnostics
+    /// The last `lines` log lines (structured log, secrets never logged in the first place).
+    fn logs(&self, lines: usize) -> impl Future<Output = Vec<String>> + Send;
+    /// A `.tar.gz` with logs, settings (secrets redacted) and job timelines.
+    fn support_bundle(&self) -> impl Future<Output = CommandResult<Vec<u8>>> + Send;
+    /// Prometheus text exposition.
+    fn metrics(&self) -> impl Future<Output = String> + Send;
+}
