@@ -7,19 +7,42 @@
 //! The service serves [`router`] over HTTPS. Login rate limiting is per client IP, so serve it
 //! with `router.into_make_service_with_connect_info::<std::net::SocketAddr>()`; without that,
 //! every client shares one rate-limit bucket.
+//!
+//! Layout: [`security`] (sessions, CSRF, HTTP Basic, rate limit, headers: one middleware in front
+//! of every route), `pages` (HTML: login, wizard, dashboard), `api` (JSON under `/api/v1`,
+//! documented by `openapi.json`), `assets` (one CSS and one JS file, compiled in).
 
+mod api;
+mod assets;
 pub mod backend;
+pub mod error;
+mod pages;
+mod routes;
+pub mod security;
+#[cfg(feature = "test-backend")]
+pub mod test_backend;
 
+pub use api::OPENAPI_JSON;
+pub use routes::RouteInfo;
+
+use axum::{
+    Router,
+    http::{StatusCode, Uri},
+    middleware,
+    response::Response,
+};
 use backend::Backend;
 use std::sync::Arc;
+use tower_sessions::{Expiry, MemoryStore, SessionManagerLayer, cookie::SameSite, cookie::time};
 
 /// How the web layer is set up by the service that serves it.
 #[derive(Debug, Clone)]
 pub struct WebConfig {
-    /// Mark the session cookie `Secure`. The real server is HTTPS only and keeps this on; only
-    /// tests over plain loopback HTTP turn it off.
+    /// Mark the session cookie `Secure` and send `Strict-Transport-Security`. The real server is
+    /// HTTPS only and keeps this on; only tests over plain loopback HTTP turn it off.
     pub secure_cookies: bool,
-    /// Failed logins (form or HTTP Basic) allowed per client IP per minute before 429.
+    /// Failed logins (form, JSON, HTTP Basic, wrong setup code) allowed per client IP per minute;
+    /// further attempts get 429 until the minute has passed.
     pub login_failures_per_minute: u32,
     /// Idle time after which a session expires.
     pub session_idle_minutes: u32,
@@ -35,9 +58,84 @@ impl Default for WebConfig {
     }
 }
 
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "godwit_session";
+
+/// What every handler gets: the backend, the config and the login limiter.
+pub(crate) struct AppState<B> {
+    pub(crate) backend: Arc<B>,
+    pub(crate) limiter: Arc<security::LoginLimiter>,
+}
+
+impl<B> Clone for AppState<B> {
+    fn clone(&self) -> Self {
+        AppState {
+            backend: Arc::clone(&self.backend),
+            limiter: Arc::clone(&self.limiter),
+        }
+    }
+}
+
+impl<B: Backend> AppState<B> {
+    pub(crate) async fn version(&self) -> String {
+        self.backend.setup_status().await.version
+    }
+}
+
+fn app_routes<B: Backend>() -> routes::Routes<AppState<B>> {
+    pages::routes::<B>()
+        .merge(api::routes::<B>())
+        .merge(assets::routes::<B>())
+}
+
+/// Every (method, path) the router serves, pages and API alike.
+pub fn route_table<B: Backend>() -> Vec<RouteInfo> {
+    let mut t = app_routes::<B>().table;
+    t.sort();
+    t
+}
+
+async fn not_found(uri: Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        security::refusal(StatusCode::NOT_FOUND, "not_found", "no such API route")
+    } else {
+        pages::message_page(
+            StatusCode::NOT_FOUND,
+            "Page not found",
+            "There is no page at this address.",
+        )
+    }
+}
+
 /// The whole web application: pages, `/api/v1`, `/metrics`, static assets, with sessions, CSRF
 /// checks, login rate limiting and security headers applied.
-pub fn router<B: Backend>(backend: Arc<B>, cfg: WebConfig) -> axum::Router {
-    let _ = (backend, cfg);
-    axum::Router::new()
+pub fn router<B: Backend>(backend: Arc<B>, cfg: WebConfig) -> Router {
+    let state = AppState {
+        backend,
+        limiter: Arc::new(security::LoginLimiter::new(cfg.login_failures_per_minute)),
+    };
+    let sessions = SessionManagerLayer::new(MemoryStore::default())
+        .with_name(SESSION_COOKIE)
+        .with_secure(cfg.secure_cookies)
+        .with_http_only(true)
+        .with_same_site(SameSite::Strict)
+        .with_path("/")
+        .with_expiry(Expiry::OnInactivity(time::Duration::minutes(i64::from(
+            cfg.session_idle_minutes.max(1),
+        ))));
+    let router = app_routes::<B>()
+        .router
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security::guard::<B>,
+        ))
+        .with_state(state)
+        .layer(sessions)
+        .layer(middleware::from_fn(security::headers));
+    if cfg.secure_cookies {
+        router.layer(middleware::from_fn(security::hsts))
+    } else {
+        router
+    }
 }

@@ -1,0 +1,335 @@
+//! The REST API under `/api/v1` (JSON), plus `/metrics`. One route per [`Backend`] method, the
+//! same authentication as the pages (session cookie + `X-CSRF-Token`, or HTTP Basic), status
+//! codes from [`crate::error::status_of`]. `webui/openapi.json` documents exactly these routes
+//! (a test compares the two).
+
+use crate::{
+    AppState,
+    backend::{
+        AddSource, Backend, CertificateView, CheckView, CommandError, CreateExport, CreateJob,
+        ExportView, JobEvent, JobView, LedgerEntryView, NetworkSettings, ProbeSource, Secret,
+        SetAdminPassword, SetStagingTarget, SettingsView, SetupStatus, SourceView,
+        ThroughputSample, VmView,
+    },
+    error::ApiError,
+    routes::Routes,
+    security::{self, ClientIp},
+};
+use axum::{
+    Json,
+    extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use tower_sessions::Session;
+
+/// The OpenAPI 3 document, checked in beside the crate.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// Most log lines one request may ask for.
+const MAX_LOG_LINES: usize = 10_000;
+
+type St<B> = State<AppState<B>>;
+type ApiResult<T> = Result<T, ApiError>;
+
+/// `Json<T>` whose refusals are JSON too: 422 for a body of the wrong shape (naming the problem),
+/// 400 for a body that is not JSON, 415 without `Content-Type: application/json`.
+pub(crate) struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(ApiError(CommandError::field("body", e.body_text())).into_response())
+            }
+            Err(e) => Err(security::refusal(e.status(), "bad_request", &e.body_text())),
+        }
+    }
+}
+
+pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
+    Routes::new()
+        .get("/api/v1/openapi.json", openapi)
+        .get("/api/v1/session", session_info)
+        .post("/api/v1/login", login::<B>)
+        .post("/api/v1/logout", logout)
+        .get("/api/v1/setup/status", setup_status::<B>)
+        .post("/api/v1/setup/password", set_password::<B>)
+        .post("/api/v1/setup/finish", finish_wizard::<B>)
+        .get("/api/v1/settings", settings::<B>)
+        .put("/api/v1/settings/network", set_network::<B>)
+        .put("/api/v1/settings/staging", set_staging::<B>)
+        .post("/api/v1/sources/probe", probe_source::<B>)
+        .post("/api/v1/sources", add_source::<B>)
+        .delete("/api/v1/sources/{id}", remove_source::<B>)
+        .post("/api/v1/checks", run_checks::<B>)
+        .get("/api/v1/inventory", inventory::<B>)
+        .get("/api/v1/jobs", jobs::<B>)
+        .post("/api/v1/jobs", create_job::<B>)
+        .get("/api/v1/jobs/{id}", job::<B>)
+        .delete("/api/v1/jobs/{id}", delete_job::<B>)
+        .get("/api/v1/jobs/{id}/events", job_events::<B>)
+        .post("/api/v1/jobs/{id}/run", run_job_now::<B>)
+        .post("/api/v1/jobs/{id}/cancel", cancel_job::<B>)
+        .get("/api/v1/throughput", throughput::<B>)
+        .get("/api/v1/ledger", ledger::<B>)
+        .get("/api/v1/exports", exports::<B>)
+        .post("/api/v1/exports", create_export::<B>)
+        .get("/api/v1/logs", logs::<B>)
+        .get("/api/v1/support-bundle", support_bundle::<B>)
+        .get("/metrics", metrics::<B>)
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+#[derive(serde::Serialize)]
+struct SessionInfo {
+    authenticated: bool,
+    csrf_token: String,
+}
+
+/// The caller's session state and CSRF token (creates an anonymous session if none).
+async fn session_info(session: Session) -> Json<SessionInfo> {
+    Json(SessionInfo {
+        authenticated: security::is_logged_in(&session).await,
+        csrf_token: security::csrf_token(&session).await,
+    })
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    password: Secret,
+}
+
+async fn login<B: Backend>(
+    State(st): St<B>,
+    ClientIp(ip): ClientIp,
+    session: Session,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> Response {
+    if let Err(wait) = st.limiter.check(ip) {
+        return security::too_many_attempts(wait, true);
+    }
+    if !st.backend.verify_admin_password(&body.password).await {
+        st.limiter.record_failure(ip);
+        return security::refusal(StatusCode::UNAUTHORIZED, "unauthorized", "wrong password");
+    }
+    match security::log_in(&session).await {
+        Ok(csrf_token) => Json(SessionInfo {
+            authenticated: true,
+            csrf_token,
+        })
+        .into_response(),
+        Err(e) => ApiError(CommandError::Internal {
+            message: format!("session store: {e}"),
+        })
+        .into_response(),
+    }
+}
+
+async fn logout(session: Session) -> StatusCode {
+    // A failed flush leaves nothing behind that grants access: the session is cleared first.
+    session.clear().await;
+    let _ = session.flush().await;
+    StatusCode::NO_CONTENT
+}
+
+async fn setup_status<B: Backend>(State(st): St<B>) -> Json<SetupStatus> {
+    Json(st.backend.setup_status().await)
+}
+
+/// Sets (first time, with the setup code) or changes (logged in, with the current password) the
+/// admin password. Wrong setup codes and current passwords count as failed logins.
+async fn set_password<B: Backend>(
+    State(st): St<B>,
+    ClientIp(ip): ClientIp,
+    session: Session,
+    JsonBody(cmd): JsonBody<SetAdminPassword>,
+) -> Response {
+    match crate::pages::apply_password(&st, ip, &session, cmd).await {
+        Ok(()) => Json(SessionInfo {
+            authenticated: security::is_logged_in(&session).await,
+            csrf_token: security::csrf_token(&session).await,
+        })
+        .into_response(),
+        Err(crate::pages::PasswordRefusal::Limited(wait)) => {
+            security::too_many_attempts(wait, true)
+        }
+        Err(crate::pages::PasswordRefusal::Refused(e)) => ApiError(e).into_response(),
+    }
+}
+
+fn no_content(r: Result<(), CommandError>) -> ApiResult<StatusCode> {
+    r.map(|()| StatusCode::NO_CONTENT).map_err(ApiError)
+}
+
+async fn finish_wizard<B: Backend>(State(st): St<B>) -> ApiResult<StatusCode> {
+    no_content(st.backend.finish_wizard().await)
+}
+
+async fn settings<B: Backend>(State(st): St<B>) -> Json<SettingsView> {
+    Json(st.backend.settings().await)
+}
+
+async fn set_network<B: Backend>(
+    State(st): St<B>,
+    JsonBody(cmd): JsonBody<NetworkSettings>,
+) -> ApiResult<StatusCode> {
+    no_content(st.backend.set_network(cmd).await)
+}
+
+async fn set_staging<B: Backend>(
+    State(st): St<B>,
+    JsonBody(cmd): JsonBody<SetStagingTarget>,
+) -> ApiResult<StatusCode> {
+    no_content(st.backend.set_staging(cmd).await)
+}
+
+async fn probe_source<B: Backend>(
+    State(st): St<B>,
+    JsonBody(cmd): JsonBody<ProbeSource>,
+) -> ApiResult<Json<CertificateView>> {
+    Ok(Json(st.backend.probe_source(cmd).await?))
+}
+
+async fn add_source<B: Backend>(
+    State(st): St<B>,
+    JsonBody(cmd): JsonBody<AddSource>,
+) -> ApiResult<(StatusCode, Json<SourceView>)> {
+    Ok((StatusCode::CREATED, Json(st.backend.add_source(cmd).await?)))
+}
+
+async fn remove_source<B: Backend>(
+    State(st): St<B>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    no_content(st.backend.remove_source(id).await)
+}
+
+async fn run_checks<B: Backend>(State(st): St<B>) -> ApiResult<Json<Vec<CheckView>>> {
+    Ok(Json(st.backend.run_checks().await?))
+}
+
+#[derive(Deserialize)]
+struct InventoryQuery {
+    #[serde(default)]
+    refresh: bool,
+}
+
+async fn inventory<B: Backend>(
+    State(st): St<B>,
+    Query(q): Query<InventoryQuery>,
+) -> ApiResult<Json<Vec<VmView>>> {
+    Ok(Json(st.backend.inventory(q.refresh).await?))
+}
+
+async fn jobs<B: Backend>(State(st): St<B>) -> Json<Vec<JobView>> {
+    Json(st.backend.jobs().await)
+}
+
+async fn create_job<B: Backend>(
+    State(st): St<B>,
+    JsonBody(cmd): JsonBody<CreateJob>,
+) -> ApiResult<(StatusCode, Json<JobView>)> {
+    Ok((StatusCode::CREATED, Json(st.backend.create_job(cmd).await?)))
+}
+
+async fn job<B: Backend>(State(st): St<B>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    Ok(Json(st.backend.job(id).await?))
+}
+
+async fn delete_job<B: Backend>(State(st): St<B>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    no_content(st.backend.delete_job(id).await)
+}
+
+async fn job_events<B: Backend>(
+    State(st): St<B>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<JobEvent>>> {
+    Ok(Json(st.backend.job_events(id).await?))
+}
+
+async fn run_job_now<B: Backend>(
+    State(st): St<B>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    no_content(st.backend.run_job_now(id).await)
+}
+
+async fn cancel_job<B: Backend>(State(st): St<B>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    no_content(st.backend.cancel_job(id).await)
+}
+
+async fn throughput<B: Backend>(State(st): St<B>) -> Json<Vec<ThroughputSample>> {
+    Json(st.backend.throughput().await)
+}
+
+async fn ledger<B: Backend>(State(st): St<B>) -> Json<Vec<LedgerEntryView>> {
+    Json(st.backend.ledger().await)
+}
+
+async fn exports<B: Backend>(State(st): St<B>) -> Json<Vec<ExportView>> {
+    Json(st.backend.exports().await)
+}
+
+async fn create_export<B: Backend>(
+    State(st): St<B>,
+    JsonBody(cmd): JsonBody<CreateExport>,
+) -> ApiResult<(StatusCode, Json<ExportView>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(st.backend.create_export(cmd).await?),
+    ))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    lines: Option<usize>,
+}
+
+async fn logs<B: Backend>(State(st): St<B>, Query(q): Query<LogsQuery>) -> Json<Vec<String>> {
+    let lines = q.lines.unwrap_or(200).min(MAX_LOG_LINES);
+    Json(st.backend.logs(lines).await)
+}
+
+/// The support bundle as a download (shared with the page route `/support-bundle`).
+pub(crate) async fn support_bundle<B: Backend>(State(st): St<B>) -> Response {
+    match st.backend.support_bundle().await {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, "application/gzip"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"godwit-support.tar.gz\"",
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+async fn metrics<B: Backend>(State(st): St<B>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.backend.metrics().await,
+    )
+        .into_response()
+}

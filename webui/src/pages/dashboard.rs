@@ -1,0 +1,686 @@
+//! The dashboard after setup: jobs with live progress and the throughput chart, inventory with
+//! eligibility, a job's timeline, exports, the snapshot ledger, settings, logs and the support
+//! bundle. Small JavaScript (`static/app.js`) polls the JSON API to keep bars and the chart live.
+
+use super::{
+    Layout, PasswordRefusal, error_page,
+    forms::{ExportForm, JobForm, PasswordForm, format_value},
+    human_bytes, percent, render, see_other,
+    wizard::SourceRow,
+};
+use crate::{
+    AppState,
+    backend::{
+        Backend, ExportView, JobEvent, JobState, JobView, LedgerEntryView, Schedule, SettingsView,
+        StagingView, ThroughputSample, VmView, WizardStep,
+    },
+    error::{FormErrors, status_of},
+    routes::Routes,
+    security::{self, ClientIp},
+};
+use askama::Template;
+use axum::{
+    Form,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::Response,
+};
+use serde::Deserialize;
+use tower_sessions::Session;
+
+type St<B> = State<AppState<B>>;
+
+pub(super) fn routes<B: Backend>() -> Routes<AppState<B>> {
+    Routes::new()
+        .get("/", dashboard::<B>)
+        .get("/inventory", inventory_page::<B>)
+        .post("/jobs", create_job::<B>)
+        .get("/jobs/{id}", job_page::<B>)
+        .post("/jobs/{id}/run", run_job::<B>)
+        .post("/jobs/{id}/cancel", cancel_job::<B>)
+        .post("/jobs/{id}/delete", delete_job::<B>)
+        .get("/exports", exports_page::<B>)
+        .post("/exports", create_export::<B>)
+        .get("/ledger", ledger_page::<B>)
+        .get("/settings", settings_page::<B>)
+        .post("/settings/password", change_password::<B>)
+        .get("/logs", logs_page::<B>)
+        .get("/support-bundle", crate::api::support_bundle::<B>)
+        .post("/logout", logout)
+}
+
+/// The dashboard is for after setup; before, every dashboard page sends to the wizard.
+async fn after_setup<B: Backend>(st: &AppState<B>) -> Result<(), Response> {
+    let next = st.backend.setup_status().await.next_step;
+    if next == WizardStep::Done {
+        Ok(())
+    } else {
+        Err(see_other("/setup"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// View models: numbers already formatted, so templates stay plain.
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn state_label(s: JobState) -> &'static str {
+    match s {
+        JobState::Scheduled => "scheduled",
+        JobState::Snapshotting => "taking snapshot",
+        JobState::Transferring => "transferring",
+        JobState::RemovingSnapshot => "removing snapshot",
+        JobState::RetryWait => "waiting to retry",
+        JobState::Completed => "completed",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+fn schedule_label(s: &Schedule) -> String {
+    match s {
+        Schedule::Once => "once".into(),
+        Schedule::EveryHours { hours: 1 } => "every hour".into(),
+        Schedule::EveryHours { hours } => format!("every {hours} hours"),
+    }
+}
+
+pub(crate) struct JobRow {
+    pub id: String,
+    pub vm: String,
+    pub source_id: String,
+    pub schedule: String,
+    pub state: &'static str,
+    /// CSS class: `ok`, `busy`, `bad` or `idle`
+    pub tone: &'static str,
+    pub done: u64,
+    pub total: u64,
+    pub percent: u64,
+    pub progress_text: String,
+    pub throughput: String,
+    pub runs_completed: u32,
+    pub last_error: String,
+    pub next_run: String,
+    pub last_sync: String,
+}
+
+impl JobRow {
+    fn from_view(j: JobView) -> Self {
+        let (done, total, bps) = j.progress.as_ref().map_or((0, 0, 0), |p| {
+            (p.bytes_done, p.bytes_total, p.throughput_bps)
+        });
+        let pct = if j.state == JobState::Completed && total == 0 {
+            100
+        } else {
+            percent(done, total)
+        };
+        let tone = match j.state {
+            JobState::Completed => "ok",
+            JobState::Failed | JobState::RetryWait => "bad",
+            JobState::Snapshotting | JobState::Transferring | JobState::RemovingSnapshot => "busy",
+            JobState::Scheduled | JobState::Cancelled => "idle",
+        };
+        JobRow {
+            progress_text: if total > 0 {
+                format!("{pct} % ({} of {})", human_bytes(done), human_bytes(total))
+            } else {
+                format!("{pct} %")
+            },
+            throughput: if bps > 0 {
+                format!("{}/s", human_bytes(bps))
+            } else {
+                String::new()
+            },
+            id: j.id,
+            vm: j.vm,
+            source_id: j.source_id,
+            schedule: schedule_label(&j.schedule),
+            state: state_label(j.state),
+            tone,
+            done,
+            total: total.max(1),
+            percent: pct,
+            runs_completed: j.runs_completed,
+            last_error: j.last_error.unwrap_or_default(),
+            next_run: j.next_run.unwrap_or_default(),
+            last_sync: j.last_sync.unwrap_or_default(),
+        }
+    }
+}
+
+/// The throughput chart as SVG geometry (drawn server-side, redrawn by app.js).
+pub(crate) struct Chart {
+    pub points: String,
+    pub peak: String,
+    pub latest: String,
+    pub empty: bool,
+}
+
+pub(crate) const CHART_W: u64 = 600;
+pub(crate) const CHART_H: u64 = 150;
+
+pub(crate) fn chart(samples: &[ThroughputSample]) -> Chart {
+    let peak = samples
+        .iter()
+        .map(|s| s.bytes_per_second)
+        .max()
+        .unwrap_or(0);
+    let n = u64::try_from(samples.len()).unwrap_or(u64::MAX);
+    let points = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let i = u64::try_from(i).unwrap_or(0);
+            let x = if n > 1 { i * CHART_W / (n - 1) } else { 0 };
+            let y = if peak == 0 {
+                CHART_H
+            } else {
+                let scaled =
+                    u128::from(s.bytes_per_second) * u128::from(CHART_H) / u128::from(peak);
+                CHART_H - u64::try_from(scaled).unwrap_or(CHART_H)
+            };
+            format!("{x},{y}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    Chart {
+        points,
+        peak: format!("{}/s", human_bytes(peak)),
+        latest: format!(
+            "{}/s",
+            human_bytes(samples.last().map_or(0, |s| s.bytes_per_second))
+        ),
+        empty: samples.is_empty(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs dashboard
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage {
+    layout: Layout,
+    jobs: Vec<JobRow>,
+    chart: Chart,
+}
+
+async fn dashboard<B: Backend>(State(st): St<B>, session: Session) -> Response {
+    if let Err(r) = after_setup(&st).await {
+        return r;
+    }
+    let jobs = st
+        .backend
+        .jobs()
+        .await
+        .into_iter()
+        .map(JobRow::from_view)
+        .collect();
+    let chart = chart(&st.backend.throughput().await);
+    let layout = Layout::new(&st, &session, "Jobs", Some("dashboard")).await;
+    render(
+        StatusCode::OK,
+        &DashboardPage {
+            layout,
+            jobs,
+            chart,
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inventory and job creation
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) struct VmRow {
+    pub vm: VmView,
+    pub disks: String,
+    /// A job exists for this VM already.
+    pub job_id: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "inventory.html")]
+struct InventoryPage {
+    layout: Layout,
+    vms: Vec<VmRow>,
+    eligible: usize,
+    /// The VM whose job form failed, with its values and errors.
+    failed: Option<(JobForm, FormErrors)>,
+    errors: FormErrors,
+}
+
+impl InventoryPage {
+    fn row_errors(&self, vm: &VmView) -> Option<&FormErrors> {
+        self.failed
+            .as_ref()
+            .filter(|(f, _)| f.vm == vm.name && f.source_id == vm.source_id)
+            .map(|(_, e)| e)
+    }
+
+    fn row_form(&self, vm: &VmView) -> JobForm {
+        self.failed
+            .as_ref()
+            .filter(|(f, _)| f.vm == vm.name && f.source_id == vm.source_id)
+            .map_or_else(JobForm::default, |(f, _)| f.clone())
+    }
+}
+
+#[derive(Deserialize)]
+struct InventoryQuery {
+    #[serde(default)]
+    refresh: Option<String>,
+}
+
+async fn render_inventory<B: Backend>(
+    st: &AppState<B>,
+    session: &Session,
+    refresh: bool,
+    failed: Option<(JobForm, FormErrors)>,
+    code: StatusCode,
+) -> Response {
+    let layout = Layout::new(st, session, "Inventory", Some("inventory")).await;
+    let jobs = st.backend.jobs().await;
+    let (vms, errors) = match st.backend.inventory(refresh).await {
+        Ok(vms) => (vms, FormErrors::none()),
+        Err(e) => (Vec::new(), FormErrors::from_error(e, &[])),
+    };
+    let eligible = vms.iter().filter(|v| v.eligible).count();
+    let vms = vms
+        .into_iter()
+        .map(|vm| VmRow {
+            disks: vm
+                .disks
+                .iter()
+                .map(|d| format!("{} ({})", d.label, human_bytes(d.capacity_bytes)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            job_id: jobs
+                .iter()
+                .find(|j| j.vm == vm.name && j.source_id == vm.source_id)
+                .map(|j| j.id.clone()),
+            vm,
+        })
+        .collect();
+    render(
+        code,
+        &InventoryPage {
+            layout,
+            vms,
+            eligible,
+            failed,
+            errors,
+        },
+    )
+}
+
+async fn inventory_page<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Query(q): Query<InventoryQuery>,
+) -> Response {
+    if let Err(r) = after_setup(&st).await {
+        return r;
+    }
+    render_inventory(&st, &session, q.refresh.is_some(), None, StatusCode::OK).await
+}
+
+const JOB_FIELDS: &[&str] = &["schedule", "hours"];
+
+async fn create_job<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Form(form): Form<JobForm>,
+) -> Response {
+    let result = match form.to_command() {
+        Ok(cmd) => st
+            .backend
+            .create_job(cmd)
+            .await
+            .map_err(|e| (status_of(&e), FormErrors::from_error(e, JOB_FIELDS))),
+        Err(errors) => Err((StatusCode::UNPROCESSABLE_ENTITY, errors)),
+    };
+    match result {
+        Ok(job) => see_other(&format!("/jobs/{}", job.id)),
+        Err((code, errors)) => {
+            render_inventory(&st, &session, false, Some((form, errors)), code).await
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One job: timeline, actions, exports
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "job.html")]
+struct JobPage {
+    layout: Layout,
+    job: JobRow,
+    events: Vec<JobEvent>,
+    exports: Vec<ExportView>,
+    export_form: ExportForm,
+    errors: FormErrors,
+}
+
+async fn render_job<B: Backend>(
+    st: &AppState<B>,
+    session: &Session,
+    id: String,
+    export_form: Option<ExportForm>,
+    errors: FormErrors,
+    code: StatusCode,
+) -> Response {
+    let job = match st.backend.job(id.clone()).await {
+        Ok(j) => j,
+        Err(e) => return error_page(&e),
+    };
+    let events = st.backend.job_events(id.clone()).await.unwrap_or_default();
+    let exports = st
+        .backend
+        .exports()
+        .await
+        .into_iter()
+        .filter(|e| e.job_id == id)
+        .collect();
+    let layout = Layout::new(st, session, &format!("Job {}", job.vm), Some("dashboard")).await;
+    render(
+        code,
+        &JobPage {
+            layout,
+            job: JobRow::from_view(job),
+            events,
+            exports,
+            export_form: export_form.unwrap_or_else(|| ExportForm {
+                job_id: id,
+                ..ExportForm::default()
+            }),
+            errors,
+        },
+    )
+}
+
+async fn job_page<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    render_job(&st, &session, id, None, FormErrors::none(), StatusCode::OK).await
+}
+
+async fn job_action<B: Backend>(
+    st: &AppState<B>,
+    session: &Session,
+    id: String,
+    result: Result<(), crate::backend::CommandError>,
+    after: String,
+) -> Response {
+    match result {
+        Ok(()) => see_other(&after),
+        Err(e) => {
+            let code = status_of(&e);
+            render_job(st, session, id, None, FormErrors::from_error(e, &[]), code).await
+        }
+    }
+}
+
+async fn run_job<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    let r = st.backend.run_job_now(id.clone()).await;
+    job_action(&st, &session, id.clone(), r, format!("/jobs/{id}")).await
+}
+
+async fn cancel_job<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    let r = st.backend.cancel_job(id.clone()).await;
+    job_action(&st, &session, id.clone(), r, format!("/jobs/{id}")).await
+}
+
+async fn delete_job<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    let r = st.backend.delete_job(id.clone()).await;
+    job_action(&st, &session, id, r, "/".into()).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exports
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "exports.html")]
+struct ExportsPage {
+    layout: Layout,
+    exports: Vec<ExportView>,
+    jobs: Vec<JobView>,
+    form: ExportForm,
+    errors: FormErrors,
+}
+
+async fn render_exports<B: Backend>(
+    st: &AppState<B>,
+    session: &Session,
+    form: ExportForm,
+    errors: FormErrors,
+    code: StatusCode,
+) -> Response {
+    let layout = Layout::new(st, session, "Exports", Some("exports")).await;
+    render(
+        code,
+        &ExportsPage {
+            layout,
+            exports: st.backend.exports().await,
+            jobs: st.backend.jobs().await,
+            form,
+            errors,
+        },
+    )
+}
+
+async fn exports_page<B: Backend>(State(st): St<B>, session: Session) -> Response {
+    render_exports(
+        &st,
+        &session,
+        ExportForm::default(),
+        FormErrors::none(),
+        StatusCode::OK,
+    )
+    .await
+}
+
+const EXPORT_FIELDS: &[&str] = &["job_id", "disk", "format", "destination"];
+
+async fn create_export<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Form(form): Form<ExportForm>,
+) -> Response {
+    let result = match form.to_command() {
+        Ok(cmd) => st
+            .backend
+            .create_export(cmd)
+            .await
+            .map_err(|e| (status_of(&e), FormErrors::from_error(e, EXPORT_FIELDS))),
+        Err(errors) => Err((StatusCode::UNPROCESSABLE_ENTITY, errors)),
+    };
+    match result {
+        Ok(_) => see_other("/exports"),
+        Err((code, errors)) => render_exports(&st, &session, form, errors, code).await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ledger, settings, logs, logout
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "ledger.html")]
+struct LedgerPage {
+    layout: Layout,
+    entries: Vec<LedgerEntryView>,
+}
+
+async fn ledger_page<B: Backend>(State(st): St<B>, session: Session) -> Response {
+    let layout = Layout::new(&st, &session, "Snapshot ledger", Some("ledger")).await;
+    let entries = st.backend.ledger().await;
+    render(StatusCode::OK, &LedgerPage { layout, entries })
+}
+
+#[derive(Template)]
+#[template(path = "settings.html")]
+struct SettingsPage {
+    layout: Layout,
+    settings: SettingsView,
+    sources: Vec<SourceRow>,
+    errors: FormErrors,
+    saved: bool,
+}
+
+impl SettingsPage {
+    fn address_text(&self) -> String {
+        match self.settings.network.as_ref().map(|n| &n.address) {
+            None => "not set".into(),
+            Some(crate::backend::AddressMode::Dhcp) => "DHCP".into(),
+            Some(crate::backend::AddressMode::Static { address, gateway }) => {
+                format!("{address}, gateway {gateway}")
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SavedQuery {
+    saved: Option<String>,
+}
+
+async fn render_settings<B: Backend>(
+    st: &AppState<B>,
+    session: &Session,
+    errors: FormErrors,
+    saved: bool,
+    code: StatusCode,
+) -> Response {
+    let settings = st.backend.settings().await;
+    let sources = settings
+        .sources
+        .iter()
+        .cloned()
+        .map(SourceRow::from_view)
+        .collect();
+    let layout = Layout::new(st, session, "Settings", Some("settings")).await;
+    render(
+        code,
+        &SettingsPage {
+            layout,
+            settings,
+            sources,
+            errors,
+            saved,
+        },
+    )
+}
+
+async fn settings_page<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Query(q): Query<SavedQuery>,
+) -> Response {
+    render_settings(
+        &st,
+        &session,
+        FormErrors::none(),
+        q.saved.is_some(),
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn change_password<B: Backend>(
+    State(st): St<B>,
+    ClientIp(ip): ClientIp,
+    session: Session,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    match super::apply_password(&st, ip, &session, form.into_command()).await {
+        Ok(()) => see_other("/settings?saved=password"),
+        Err(PasswordRefusal::Limited(wait)) => security::too_many_attempts(wait, false),
+        Err(PasswordRefusal::Refused(e)) => {
+            let code = status_of(&e);
+            let errors = FormErrors::from_error(
+                e,
+                &["current_password", "new_password", "confirm_password"],
+            );
+            render_settings(&st, &session, errors, false, code).await
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "logs.html")]
+struct LogsPage {
+    layout: Layout,
+    lines: Vec<String>,
+}
+
+async fn logs_page<B: Backend>(State(st): St<B>, session: Session) -> Response {
+    let layout = Layout::new(&st, &session, "Logs", Some("logs")).await;
+    let lines = st.backend.logs(500).await;
+    render(StatusCode::OK, &LogsPage { layout, lines })
+}
+
+async fn logout(session: Session) -> Response {
+    session.clear().await;
+    let _ = session.flush().await;
+    see_other("/login")
+}
+
+/// For templates.
+pub(crate) fn staging_text(v: &StagingView) -> String {
+    match v {
+        StagingView::None => "not set".into(),
+        StagingView::Server {
+            address,
+            fingerprint,
+        } => format!("staging server {address} (certificate {fingerprint}); token set"),
+        StagingView::S3 {
+            endpoint,
+            region,
+            bucket,
+            prefix,
+            access_key_id,
+        } => format!(
+            "S3 bucket {bucket}/{prefix} in {region} at {}; access key {access_key_id}, secret key set",
+            endpoint.as_deref().unwrap_or("AWS")
+        ),
+    }
+}
+
+pub(crate) fn export_format(e: &ExportView) -> &'static str {
+    format_value(e.format)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chart_scales_to_the_peak() {
+        let s = |at, bps| ThroughputSample {
+            at,
+            bytes_per_second: bps,
+        };
+        let c = chart(&[s(0, 0), s(1, 50), s(2, 100)]);
+        assert_eq!(c.points, "0,150 300,75 600,0");
+        assert!(!c.empty);
+        assert!(chart(&[]).empty);
+        assert_eq!(chart(&[s(0, 0)]).points, "0,150");
+    }
+}

@@ -1,0 +1,793 @@
+//! **The web layer's test double** of [`Backend`]: an in-memory backend with just enough rules to
+//! exercise every page, form error and API status code. It is used by the router tests and by
+//! `examples/dev.rs`; the real backend is `godwit serve` in `appliance/`. Behind the
+//! `test-backend` feature, so it is not in the shipped binary.
+//!
+//! Jobs "transfer" on a timer: a job reaches 100 % `job_seconds` after it starts. Every secret it
+//! is given is remembered ([`TestBackend::secrets_seen`]) so tests can check no page shows one.
+
+use crate::backend::*;
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+/// Size of every simulated VM disk.
+const DISK_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+pub struct TestBackend {
+    setup_code: String,
+    job_duration: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    password: Option<String>,
+    network: Option<NetworkSettings>,
+    staging: Option<StagingView>,
+    sources: Vec<SourceView>,
+    wizard_done: bool,
+    next_id: u32,
+    jobs: Vec<TestJob>,
+    exports: Vec<ExportView>,
+    secrets: Vec<String>,
+    logs: Vec<String>,
+}
+
+struct TestJob {
+    id: String,
+    source_id: String,
+    vm: String,
+    schedule: Schedule,
+    started: Option<Instant>,
+    cancelled: bool,
+    events: Vec<JobEvent>,
+}
+
+fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Civil date from days since the epoch (Howard Hinnant's algorithm), UTC.
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The fingerprint every probed test server shows.
+pub const TEST_FINGERPRINT: &str = "SHA256:3F:A1:09:5C:7E:22:B4:D0:11:8A:6B:C3:2E:F0:94:57:A8:1D:63:CE:05:B9:72:4F:E6:30:8D:1B:C4:59:AE:02";
+
+impl TestBackend {
+    /// A fresh appliance: no password, wizard at the first step.
+    pub fn new(setup_code: &str) -> Self {
+        TestBackend {
+            setup_code: setup_code.to_owned(),
+            job_duration: Duration::from_secs(6),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// How long a simulated transfer takes.
+    pub fn with_job_duration(mut self, d: Duration) -> Self {
+        self.job_duration = d;
+        self
+    }
+
+    /// An appliance that finished its wizard: password set, one vSphere source, a staging server.
+    pub fn configured(password: &str) -> Self {
+        let b = TestBackend::new("unused-setup-code");
+        {
+            let mut s = b.lock();
+            s.password = Some(password.to_owned());
+            s.network = Some(NetworkSettings {
+                hostname: "godwit-test".into(),
+                address: AddressMode::Dhcp,
+                dns_servers: vec!["192.0.2.53".into()],
+                ntp_servers: vec!["192.0.2.123".into()],
+                proxy: None,
+            });
+            s.staging = Some(StagingView::Server {
+                address: "192.0.2.20:1500".into(),
+                fingerprint: TEST_FINGERPRINT.into(),
+            });
+            s.sources.push(SourceView {
+                id: "src-1".into(),
+                kind: SourceKind::Vsphere,
+                address: "vcenter.example".into(),
+                username: "administrator@vsphere.local".into(),
+                fingerprint: TEST_FINGERPRINT.into(),
+            });
+            s.wizard_done = true;
+            s.next_id = 2;
+        }
+        b
+    }
+
+    /// A password already set (as by a vApp property), wizard at the network step.
+    pub fn with_password(password: &str, setup_code: &str) -> Self {
+        let b = TestBackend::new(setup_code);
+        b.lock().password = Some(password.to_owned());
+        b
+    }
+
+    /// Every secret value this backend was given (passwords, tokens, keys).
+    pub fn secrets_seen(&self) -> Vec<String> {
+        self.lock().secrets.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(s: &mut State, secret: &Secret) {
+        if !secret.is_empty() {
+            s.secrets.push(secret.expose().to_owned());
+        }
+    }
+
+    fn next_step(s: &State) -> WizardStep {
+        if s.password.is_none() {
+            WizardStep::Password
+        } else if s.network.is_none() {
+            WizardStep::Network
+        } else if s.staging.is_none() {
+            WizardStep::Staging
+        } else if s.sources.is_empty() {
+            WizardStep::Sources
+        } else if !s.wizard_done {
+            WizardStep::Checks
+        } else {
+            WizardStep::Done
+        }
+    }
+
+    fn job_view(&self, j: &TestJob) -> JobView {
+        let elapsed = j.started.map(|t| t.elapsed());
+        let snapshot = Duration::from_millis(300);
+        let (state, done) = match elapsed {
+            _ if j.cancelled => (JobState::Cancelled, 0),
+            None => (JobState::Scheduled, 0),
+            Some(e) if e < snapshot => (JobState::Snapshotting, 0),
+            Some(e) if e < snapshot + self.job_duration => {
+                let ms = (e - snapshot).as_millis();
+                let total_ms = self.job_duration.as_millis().max(1);
+                let done = u128::from(DISK_BYTES) * ms / total_ms;
+                (
+                    JobState::Transferring,
+                    u64::try_from(done).unwrap_or(DISK_BYTES),
+                )
+            }
+            Some(_) => match j.schedule {
+                Schedule::Once => (JobState::Completed, DISK_BYTES),
+                Schedule::EveryHours { .. } => (JobState::Scheduled, DISK_BYTES),
+            },
+        };
+        let finished = done == DISK_BYTES;
+        let secs = self.job_duration.as_secs().max(1);
+        JobView {
+            id: j.id.clone(),
+            source_id: j.source_id.clone(),
+            vm: j.vm.clone(),
+            schedule: j.schedule.clone(),
+            state,
+            progress: j.started.map(|_| Progress {
+                bytes_done: done,
+                bytes_total: DISK_BYTES,
+                throughput_bps: if state == JobState::Transferring {
+                    DISK_BYTES / secs
+                } else {
+                    0
+                },
+            }),
+            runs_completed: u32::from(finished),
+            last_error: None,
+            next_run: match (&j.schedule, finished) {
+                (Schedule::EveryHours { hours }, true) => Some(format!("in {hours} h")),
+                _ => None,
+            },
+            last_sync: finished.then(now_rfc3339),
+        }
+    }
+
+    fn inventory_of(source: &SourceView) -> Vec<VmView> {
+        let disk = |i: u32| DiskView {
+            index: i,
+            label: format!("Hard disk {}", i + 1),
+            capacity_bytes: DISK_BYTES,
+            backing: "[datastore1] vm/vm.vmdk".into(),
+        };
+        vec![
+            VmView {
+                source_id: source.id.clone(),
+                name: "web-01".into(),
+                power_state: "poweredOn".into(),
+                guest_os: "Debian GNU/Linux 12 (64-bit)".into(),
+                disks: vec![disk(0)],
+                eligible: true,
+                reasons: vec![],
+            },
+            VmView {
+                source_id: source.id.clone(),
+                name: "db-01".into(),
+                power_state: "poweredOn".into(),
+                guest_os: "Windows Server 2022".into(),
+                disks: vec![disk(0), disk(1)],
+                eligible: true,
+                reasons: vec!["CBT is off: the first run copies every block".into()],
+            },
+            VmView {
+                source_id: source.id.clone(),
+                name: "legacy-rdm".into(),
+                power_state: "poweredOff".into(),
+                guest_os: "Other (32-bit)".into(),
+                disks: vec![disk(0)],
+                eligible: false,
+                reasons: vec![
+                    "physical-mode RDM disk cannot be snapshotted".into(),
+                    "hardware version 4 is older than the minimum (7)".into(),
+                ],
+            },
+        ]
+    }
+}
+
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn invalid(fields: Vec<FieldError>) -> CommandResult<()> {
+    if fields.is_empty() {
+        Ok(())
+    } else {
+        Err(CommandError::Invalid { fields })
+    }
+}
+
+fn fe(field: &str, message: &str) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl Backend for TestBackend {
+    async fn setup_status(&self) -> SetupStatus {
+        let s = self.lock();
+        SetupStatus {
+            password_set: s.password.is_some(),
+            next_step: Self::next_step(&s),
+            version: "0.1.0-test".into(),
+            hostname: s
+                .network
+                .as_ref()
+                .map_or_else(|| "godwit".into(), |n| n.hostname.clone()),
+            addresses: vec!["127.0.0.1".into()],
+        }
+    }
+
+    async fn set_admin_password(&self, cmd: SetAdminPassword) -> CommandResult<()> {
+        let mut s = self.lock();
+        Self::remember(&mut s, &cmd.new_password);
+        let mut errs = Vec::new();
+        match &s.password {
+            None => {
+                if cmd.setup_code.as_ref().map(Secret::expose) != Some(self.setup_code.as_str()) {
+                    errs.push(fe("setup_code", "wrong setup code (see the console)"));
+                }
+            }
+            Some(current) => {
+                if cmd.current_password.as_ref().map(Secret::expose) != Some(current.as_str()) {
+                    errs.push(fe("current_password", "this is not the current password"));
+                }
+            }
+        }
+        if cmd.new_password.expose().chars().count() < 10 {
+            errs.push(fe("new_password", "use at least 10 characters"));
+        } else if cmd.new_password != cmd.confirm_password {
+            errs.push(fe("confirm_password", "the two passwords differ"));
+        }
+        invalid(errs)?;
+        s.password = Some(cmd.new_password.expose().to_owned());
+        s.logs.push(format!("{} admin password set", now_rfc3339()));
+        Ok(())
+    }
+
+    async fn verify_admin_password(&self, password: &Secret) -> bool {
+        let s = self.lock();
+        s.password
+            .as_deref()
+            .is_some_and(|p| p == password.expose())
+    }
+
+    async fn settings(&self) -> SettingsView {
+        let s = self.lock();
+        SettingsView {
+            network: s.network.clone(),
+            staging: s.staging.clone().unwrap_or(StagingView::None),
+            sources: s.sources.clone(),
+            max_concurrent_jobs: 2,
+        }
+    }
+
+    async fn set_network(&self, cmd: NetworkSettings) -> CommandResult<()> {
+        let mut errs = Vec::new();
+        if !is_hostname(&cmd.hostname) {
+            errs.push(fe(
+                "hostname",
+                "letters, digits and hyphens only, labels separated by dots",
+            ));
+        }
+        if let AddressMode::Static { address, gateway } = &cmd.address {
+            let ok = address.split_once('/').is_some_and(|(ip, len)| {
+                ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
+            });
+            if !ok {
+                errs.push(fe(
+                    "address",
+                    "an IPv4 address with prefix length, e.g. 192.0.2.10/24",
+                ));
+            }
+            if gateway.parse::<std::net::Ipv4Addr>().is_err() {
+                errs.push(fe("gateway", "an IPv4 address, e.g. 192.0.2.1"));
+            }
+        }
+        if cmd.dns_servers.is_empty() {
+            errs.push(fe("dns_servers", "at least one DNS server"));
+        } else if let Some(bad) = cmd
+            .dns_servers
+            .iter()
+            .find(|d| d.parse::<std::net::IpAddr>().is_err())
+        {
+            errs.push(fe("dns_servers", &format!("{bad} is not an IP address")));
+        }
+        if let Some(bad) = cmd.ntp_servers.iter().find(|n| !is_hostname(n)) {
+            errs.push(fe(
+                "ntp_servers",
+                &format!("{bad} is not a host name or address"),
+            ));
+        }
+        if let Some(p) = &cmd.proxy
+            && !p.starts_with("http://")
+        {
+            errs.push(fe("proxy", "http://host:port"));
+        }
+        invalid(errs)?;
+        self.lock().network = Some(cmd);
+        Ok(())
+    }
+
+    async fn set_staging(&self, cmd: SetStagingTarget) -> CommandResult<()> {
+        let mut s = self.lock();
+        let mut errs = Vec::new();
+        let view = match cmd {
+            SetStagingTarget::Server {
+                address,
+                fingerprint,
+                token,
+            } => {
+                Self::remember(&mut s, &token);
+                if address.is_empty() {
+                    errs.push(fe("address", "the staging server's host or host:port"));
+                }
+                let hex: String = fingerprint
+                    .strip_prefix("SHA256:")
+                    .unwrap_or(&fingerprint)
+                    .chars()
+                    .filter(|c| *c != ':')
+                    .collect();
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    errs.push(fe("fingerprint", "SHA256: followed by 64 hex digits"));
+                }
+                if token.is_empty() {
+                    errs.push(fe("token", "the pairing token the staging server printed"));
+                }
+                StagingView::Server {
+                    address,
+                    fingerprint,
+                }
+            }
+            SetStagingTarget::S3 {
+                endpoint,
+                region,
+                bucket,
+                prefix,
+                access_key_id,
+                secret_access_key,
+            } => {
+                Self::remember(&mut s, &secret_access_key);
+                if bucket.is_empty() {
+                    errs.push(fe("bucket", "the bucket name"));
+                }
+                if region.is_empty() {
+                    errs.push(fe("region", "e.g. us-east-1"));
+                }
+                if secret_access_key.is_empty() {
+                    errs.push(fe("secret_access_key", "required"));
+                }
+                StagingView::S3 {
+                    endpoint,
+                    region,
+                    bucket,
+                    prefix,
+                    access_key_id,
+                }
+            }
+        };
+        invalid(errs)?;
+        s.staging = Some(view);
+        Ok(())
+    }
+
+    async fn probe_source(&self, cmd: ProbeSource) -> CommandResult<CertificateView> {
+        if cmd.address.is_empty() {
+            return Err(CommandError::field(
+                "address",
+                "the server's host or host:port",
+            ));
+        }
+        if cmd.address.starts_with("unreachable") {
+            return Err(CommandError::Remote {
+                message: format!("{}: connection refused", cmd.address),
+            });
+        }
+        Ok(CertificateView {
+            address: cmd.address.clone(),
+            fingerprint: TEST_FINGERPRINT.into(),
+            subject: format!("CN={}", cmd.address),
+            issuer: "CN=CA, O=VMware Test".into(),
+            not_before: "2026-01-01T00:00:00Z".into(),
+            not_after: "2028-01-01T00:00:00Z".into(),
+            subject_alt_names: vec![cmd.address],
+        })
+    }
+
+    async fn add_source(&self, cmd: AddSource) -> CommandResult<SourceView> {
+        let mut s = self.lock();
+        Self::remember(&mut s, &cmd.password);
+        let mut errs = Vec::new();
+        if cmd.approved_fingerprint != TEST_FINGERPRINT {
+            errs.push(fe(
+                "approved_fingerprint",
+                "the server now shows a different certificate: probe it again",
+            ));
+        }
+        if cmd.username.is_empty() {
+            errs.push(fe("username", "the account to log in with"));
+        }
+        if cmd.password.is_empty() {
+            errs.push(fe("password", "the account's password"));
+        }
+        invalid(errs)?;
+        if cmd.password.expose() == "wrong-password" {
+            return Err(CommandError::Remote {
+                message: format!(
+                    "{}: login refused (incorrect user name or password)",
+                    cmd.address
+                ),
+            });
+        }
+        s.next_id += 1;
+        let view = SourceView {
+            id: format!("src-{}", s.next_id),
+            kind: cmd.kind,
+            address: cmd.address,
+            username: cmd.username,
+            fingerprint: cmd.approved_fingerprint,
+        };
+        s.sources.push(view.clone());
+        Ok(view)
+    }
+
+    async fn remove_source(&self, id: String) -> CommandResult<()> {
+        let mut s = self.lock();
+        let before = s.sources.len();
+        s.sources.retain(|x| x.id != id);
+        if s.sources.len() == before {
+            return Err(CommandError::NotFound {
+                message: format!("no source {id}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn run_checks(&self) -> CommandResult<Vec<CheckView>> {
+        let s = self.lock();
+        let mut out = vec![
+            CheckView {
+                check: "dns".into(),
+                target: "vcenter.example".into(),
+                status: "pass".into(),
+                value: "192.0.2.30".into(),
+                remediation: String::new(),
+            },
+            CheckView {
+                check: "ntp".into(),
+                target: "192.0.2.123".into(),
+                status: "warn".into(),
+                value: "offset 2.4 s".into(),
+                remediation: "Clock offset over 1 s: check the NTP server; snapshots carry times."
+                    .into(),
+            },
+        ];
+        for src in &s.sources {
+            out.push(CheckView {
+                check: "tcp".into(),
+                target: src.address.clone(),
+                status: "pass".into(),
+                value: "connected in 1 ms".into(),
+                remediation: String::new(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn finish_wizard(&self) -> CommandResult<()> {
+        let mut s = self.lock();
+        if Self::next_step(&s) < WizardStep::Checks {
+            return Err(CommandError::Conflict {
+                message: "earlier setup steps are not complete".into(),
+            });
+        }
+        s.wizard_done = true;
+        Ok(())
+    }
+
+    async fn inventory(&self, _refresh: bool) -> CommandResult<Vec<VmView>> {
+        let s = self.lock();
+        Ok(s.sources.iter().flat_map(Self::inventory_of).collect())
+    }
+
+    async fn create_job(&self, cmd: CreateJob) -> CommandResult<JobView> {
+        let mut s = self.lock();
+        let Some(src) = s.sources.iter().find(|x| x.id == cmd.source_id) else {
+            return Err(CommandError::NotFound {
+                message: format!("no source {}", cmd.source_id),
+            });
+        };
+        let Some(vm) = Self::inventory_of(src)
+            .into_iter()
+            .find(|v| v.name == cmd.vm)
+        else {
+            return Err(CommandError::NotFound {
+                message: format!("no VM {} at {}", cmd.vm, cmd.source_id),
+            });
+        };
+        if !vm.eligible {
+            return Err(CommandError::Conflict {
+                message: format!("{} is not eligible: {}", vm.name, vm.reasons.join("; ")),
+            });
+        }
+        if let Schedule::EveryHours { hours } = cmd.schedule
+            && !(1..=168).contains(&hours)
+        {
+            return Err(CommandError::field("hours", "between 1 and 168 hours"));
+        }
+        if s.jobs
+            .iter()
+            .any(|j| j.vm == cmd.vm && j.source_id == cmd.source_id)
+        {
+            return Err(CommandError::Conflict {
+                message: format!("{} has a job already", cmd.vm),
+            });
+        }
+        s.next_id += 1;
+        let job = TestJob {
+            id: format!("job-{}", s.next_id),
+            source_id: cmd.source_id,
+            vm: cmd.vm,
+            schedule: cmd.schedule,
+            started: Some(Instant::now()),
+            cancelled: false,
+            events: vec![
+                JobEvent {
+                    at: now_rfc3339(),
+                    message: "job created".into(),
+                },
+                JobEvent {
+                    at: now_rfc3339(),
+                    message: "run 1 started: taking snapshot godwit-1".into(),
+                },
+            ],
+        };
+        let view = self.job_view(&job);
+        s.jobs.push(job);
+        Ok(view)
+    }
+
+    async fn jobs(&self) -> Vec<JobView> {
+        let s = self.lock();
+        s.jobs.iter().map(|j| self.job_view(j)).collect()
+    }
+
+    async fn job(&self, id: String) -> CommandResult<JobView> {
+        let s = self.lock();
+        s.jobs
+            .iter()
+            .find(|j| j.id == id)
+            .map(|j| self.job_view(j))
+            .ok_or(CommandError::NotFound {
+                message: format!("no job {id}"),
+            })
+    }
+
+    async fn job_events(&self, id: String) -> CommandResult<Vec<JobEvent>> {
+        let s = self.lock();
+        let j = s
+            .jobs
+            .iter()
+            .find(|j| j.id == id)
+            .ok_or(CommandError::NotFound {
+                message: format!("no job {id}"),
+            })?;
+        let mut events = j.events.clone();
+        if self.job_view(j).runs_completed > 0 {
+            events.push(JobEvent {
+                at: now_rfc3339(),
+                message: "run 1 finished: 4.0 GiB copied, snapshot removed".into(),
+            });
+        }
+        Ok(events)
+    }
+
+    async fn run_job_now(&self, id: String) -> CommandResult<()> {
+        let mut s = self.lock();
+        let j = s
+            .jobs
+            .iter_mut()
+            .find(|j| j.id == id)
+            .ok_or(CommandError::NotFound {
+                message: format!("no job {id}"),
+            })?;
+        j.started = Some(Instant::now());
+        j.cancelled = false;
+        Ok(())
+    }
+
+    async fn cancel_job(&self, id: String) -> CommandResult<()> {
+        let mut s = self.lock();
+        let j = s
+            .jobs
+            .iter_mut()
+            .find(|j| j.id == id)
+            .ok_or(CommandError::NotFound {
+                message: format!("no job {id}"),
+            })?;
+        j.cancelled = true;
+        Ok(())
+    }
+
+    async fn delete_job(&self, id: String) -> CommandResult<()> {
+        let mut s = self.lock();
+        let before = s.jobs.len();
+        s.jobs.retain(|j| j.id != id);
+        if s.jobs.len() == before {
+            return Err(CommandError::NotFound {
+                message: format!("no job {id}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn throughput(&self) -> Vec<ThroughputSample> {
+        let s = self.lock();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let bps: u64 = s
+            .jobs
+            .iter()
+            .filter_map(|j| self.job_view(j).progress.map(|p| p.throughput_bps))
+            .sum();
+        (0..30u64)
+            .map(|i| ThroughputSample {
+                at: now.saturating_sub(29 - i),
+                bytes_per_second: if i == 29 { bps } else { bps * (i % 7 + 3) / 10 },
+            })
+            .collect()
+    }
+
+    async fn ledger(&self) -> Vec<LedgerEntryView> {
+        let s = self.lock();
+        s.jobs
+            .iter()
+            .map(|j| {
+                let v = self.job_view(j);
+                LedgerEntryView {
+                    source_id: j.source_id.clone(),
+                    vm: j.vm.clone(),
+                    snapshot_name: format!("godwit-{}-1", j.id),
+                    state: if v.runs_completed > 0 {
+                        "removed"
+                    } else {
+                        "created"
+                    }
+                    .into(),
+                    recorded_at: now_rfc3339(),
+                    detail: None,
+                }
+            })
+            .collect()
+    }
+
+    async fn create_export(&self, cmd: CreateExport) -> CommandResult<ExportView> {
+        let mut s = self.lock();
+        let j = s
+            .jobs
+            .iter()
+            .find(|j| j.id == cmd.job_id)
+            .ok_or_else(|| CommandError::field("job_id", format!("no job {}", cmd.job_id)))?;
+        if self.job_view(j).runs_completed == 0 {
+            return Err(CommandError::Conflict {
+                message: "this job has no finished replica yet".into(),
+            });
+        }
+        if cmd.destination.is_empty() {
+            return Err(CommandError::field(
+                "destination",
+                "a file path such as /var/lib/godwit/exports/web-01.vmdk",
+            ));
+        }
+        s.next_id += 1;
+        let view = ExportView {
+            id: format!("exp-{}", s.next_id),
+            job_id: cmd.job_id,
+            disk: cmd.disk,
+            format: cmd.format,
+            destination: cmd.destination,
+            state: "done".into(),
+            sha256: Some("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into()),
+            error: None,
+        };
+        s.exports.push(view.clone());
+        Ok(view)
+    }
+
+    async fn exports(&self) -> Vec<ExportView> {
+        self.lock().exports.clone()
+    }
+
+    async fn logs(&self, lines: usize) -> Vec<String> {
+        let s = self.lock();
+        let mut out = vec![format!(
+            "{} INFO godwit test backend started",
+            now_rfc3339()
+        )];
+        out.extend(s.logs.iter().cloned());
+        let skip = out.len().saturating_sub(lines);
+        out.into_iter().skip(skip).collect()
+    }
+
+    async fn support_bundle(&self) -> CommandResult<Vec<u8>> {
+        Ok(b"test support bundle (the real one is a .tar.gz)\n".to_vec())
+    }
+
+    async fn metrics(&self) -> String {
+        let s = self.lock();
+        format!(
+            "# TYPE godwit_jobs gauge\ngodwit_jobs {}\n# EOF\n",
+            s.jobs.len()
+        )
+    }
+}
