@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::layer::{
-    BlockSource, Format, Identity, Layer, LayerInfo, Run, RunState, Stored, push_run,
+    BlockSource, Format, Identity, Layer, LayerInfo, ParentLink, Run, RunState, Stored, push_run,
 };
 use crate::probe::{Detected, detect};
 use crate::raw::RawLayer;
@@ -64,7 +64,7 @@ impl Disk {
                 ));
             }
             let parent = open_layer(locator, parent_file, FormatHint::Auto)?;
-            check_identity(&child, parent.info(), &link.expect)?;
+            check_identity(&child, parent.info(), &link)?;
             layers.push(parent);
         }
         Ok(Disk { layers })
@@ -192,6 +192,14 @@ impl BlockSource for Disk {
         Ok(Some(out))
     }
 
+    fn logical_sector_size(&self) -> u32 {
+        self.layers[0].info().logical_sector_size
+    }
+
+    fn page83(&self) -> Option<[u8; 16]> {
+        self.layers[0].page83()
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let len = buf.len() as u64;
         for (run, layer) in self.resolve(offset, len)? {
@@ -268,7 +276,8 @@ fn open_parent(locator: &dyn Locator, child: &LayerInfo, hints: &[String]) -> Re
     ))
 }
 
-fn check_identity(child: &LayerInfo, parent: &LayerInfo, expect: &Identity) -> Result<()> {
+fn check_identity(child: &LayerInfo, parent: &LayerInfo, link: &ParentLink) -> Result<()> {
+    let expect = &link.expect;
     let fmt_ok = match expect {
         Identity::VmdkCid(_) => parent.format == Format::Vmdk,
         Identity::VhdUniqueId(_) => parent.format == Format::Vhd,
@@ -286,15 +295,21 @@ fn check_identity(child: &LayerInfo, parent: &LayerInfo, expect: &Identity) -> R
             ),
         ));
     }
-    if *expect != Identity::None && *expect != parent.identity {
+    let matches = *expect == Identity::None
+        || *expect == parent.identity
+        || link.alternate.as_ref() == Some(&parent.identity);
+    if !matches {
+        let wanted = match &link.alternate {
+            Some(alt) => format!("{} or {}", describe(expect), describe(alt)),
+            None => describe(expect),
+        };
         return Err(Error::chain(
             &child.file,
             format!(
-                "parent {} has {} but the child expects {}: the parent changed after the child \
-                 was created",
+                "parent {} has {} but the child expects {wanted}: the parent changed after the \
+                 child was created",
                 parent.file,
                 describe(&parent.identity),
-                describe(expect)
             ),
         ));
     }

@@ -38,12 +38,14 @@ pub enum Error {
     },
     #[error("{file}: disk chain: {reason}")]
     Chain { file: String, reason: String },
-    #[error("{file}: {op}: {source}")]
+    /// The message carries the OS error, so it is not also reported as the error's `source()`:
+    /// printed with its chain (`{:#}` in anyhow, or wrapped `transparent`ly by another crate's
+    /// error) it appears once.
+    #[error("{file}: {op}: {os}")]
     Io {
         file: String,
         op: &'static str,
-        #[source]
-        source: io::Error,
+        os: io::Error,
     },
     #[error("{0}")]
     Usage(String),
@@ -97,7 +99,35 @@ impl Error {
         Error::Io {
             file: file.into(),
             op,
-            source,
+            os: source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `{:#}` in anyhow prints: the message, then each source's.
+    fn with_chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    }
+
+    #[test]
+    fn io_error_prints_the_os_error_once() {
+        let os = io::Error::from_raw_os_error(2);
+        let text = os.to_string();
+        let e = Error::io("/x/disk.vmdk", "open", os);
+        let shown = with_chain(&e);
+        assert_eq!(shown.matches(&text).count(), 1, "{shown}");
+        assert!(shown.starts_with("/x/disk.vmdk: open: "), "{shown}");
+        assert_eq!(e.kind(), ErrorKind::Io);
     }
 }

@@ -60,6 +60,9 @@ pub struct ParentLink {
     pub hints: Vec<String>,
     /// The identity the parent must have.
     pub expect: Identity,
+    /// Another identity the parent may have instead (a VHDX `parent_linkage2`, written while
+    /// a child is being merged into its parent).
+    pub alternate: Option<Identity>,
 }
 
 /// The identity a layer offers to its children, and that a child expects of its parent.
@@ -122,6 +125,11 @@ pub trait Layer: Send + Sync {
     fn stored(&self, _offset: u64, _len: u64) -> Result<Option<Vec<Stored>>> {
         Ok(None)
     }
+
+    /// The disk's SCSI page 83 identifier, for formats that carry one (VHDX).
+    fn page83(&self) -> Option<[u8; 16]> {
+        None
+    }
 }
 
 /// Anything with a virtual size, an allocation map and data: a whole chain ([`crate::Disk`]), a
@@ -135,6 +143,14 @@ pub trait BlockSource: Send + Sync {
     /// See [`Layer::stored`]; for a range that [`BlockSource::map`] reports as data.
     fn stored(&self, _offset: u64, _len: u64) -> Result<Option<Vec<Stored>>> {
         Ok(None)
+    }
+    /// Logical sector size the guest sees; writers keep it where the format can (VHDX).
+    fn logical_sector_size(&self) -> u32 {
+        512
+    }
+    /// See [`Layer::page83`]; writers keep it where the format can (VHDX).
+    fn page83(&self) -> Option<[u8; 16]> {
+        None
     }
 }
 
@@ -151,6 +167,23 @@ pub fn push_run(runs: &mut Vec<Run>, run: Run) {
         return;
     }
     runs.push(run);
+}
+
+/// Append a stored piece, merging it with the previous one when both are contiguous in the
+/// disk and in the same file.
+pub fn push_stored(out: &mut Vec<Stored>, s: Stored) {
+    if s.len == 0 {
+        return;
+    }
+    if let Some(last) = out.last_mut()
+        && last.offset + last.len == s.offset
+        && last.file_offset + last.len == s.file_offset
+        && Arc::ptr_eq(&last.file, &s.file)
+    {
+        last.len += s.len;
+        return;
+    }
+    out.push(s);
 }
 
 #[cfg(test)]

@@ -181,3 +181,35 @@ fn size_not_a_multiple_of_512_is_rounded_up() {
     assert_eq!(&bytes[..1000], &[0x5c; 1000][..]);
     assert_eq!(&bytes[1000..], &[0; 24][..]);
 }
+
+/// A thick source (every byte allocated, nearly all zeros): written into a file, the dynamic
+/// VHD holds only the two blocks with data; a stream has to allocate every block the source
+/// maps as data (its BAT precedes the blocks), which shows the source really is all data.
+/// (`qemu-img check` does not check VHD; compare and libvhdi do the checking.)
+#[test]
+fn written_file_leaves_all_zero_blocks_unallocated() {
+    let d = tmp();
+    let raw = p(d.path(), "thick.raw");
+    let m = MIB as usize;
+    thick_raw(
+        &raw,
+        64 * m,
+        &[(5 * m, 4096, 0x42), (40 * m + 512, 512, 0x43)],
+    );
+    let img = p(d.path(), "thin.vhd");
+    ours_convert_file(&raw, OutputFormat::VhdDynamic, &img);
+    check_written(&raw, &img, 64 * MIB);
+    let len = std::fs::metadata(&img).unwrap().len();
+    assert!(
+        len < 5 * MIB,
+        "dynamic VHD of a thick 64 MiB source is {len} bytes"
+    );
+    let streamed = p(d.path(), "streamed.vhd");
+    ours_convert(&raw, OutputFormat::VhdDynamic, &streamed);
+    let slen = std::fs::metadata(&streamed).unwrap().len();
+    assert!(slen > 64 * MIB, "streamed VHD is {slen} bytes");
+    // Writing over a longer existing file leaves nothing of it behind.
+    ours_convert_file(&raw, OutputFormat::VhdDynamic, &streamed);
+    assert_eq!(std::fs::metadata(&streamed).unwrap().len(), len);
+    check_written(&raw, &streamed, 64 * MIB);
+}

@@ -41,6 +41,7 @@ fn child_spec<'a>(block_size: u64, ls: u32, linkage: [u8; 16], rel: &'a str) -> 
         logical_sector: ls,
         parent: Some(VhdxParent {
             linkage,
+            linkage2: None,
             relative_path: rel,
             absolute_win32_path: "C:\\nowhere\\parent.vhdx",
         }),
@@ -257,4 +258,51 @@ fn qemu_refuses_what_we_read() {
     let l = LocalFs.open(&c.d1, None).unwrap();
     let layer = VhdxLayer::open(l).unwrap();
     assert_eq!(layer.info().parent.as_ref().unwrap().hints[0], "base.vhdx");
+}
+
+/// MS-VHDX 2.6.2.6.3: the parent's DataWriteGuid may match `parent_linkage2` instead of
+/// `parent_linkage` (Hyper-V writes it while merging a child into its parent). Either one is
+/// accepted; neither matching is a stale parent; a linkage2 that is not a GUID is corrupt.
+#[test]
+fn parent_linkage2_is_an_accepted_alternative() {
+    let d = tmp();
+    let base = p(d.path(), "base.vhdx");
+    let wb: Writes = vec![(0, vec![0x11; 3 << 20]), (20 * MIB, vec![0x22; 1 << 20])];
+    let spec = VhdxSpec {
+        parent: None,
+        ..child_spec(2 * MIB, 512, [0; 16], "")
+    };
+    let (guid, _) = vhdx(&base, &spec, &wb);
+    let wc: Writes = vec![(MIB, fill(3, 8192))];
+    let mut expect = vec![0u8; SIZE as usize];
+    apply(&mut expect, &wb);
+    apply(&mut expect, &wc);
+    let text = |g: [u8; 16]| uuid::Uuid::from_bytes_le(g).braced().to_string();
+    let child = p(d.path(), "child.avhdx");
+    let make = |linkage: [u8; 16], linkage2: Option<String>| {
+        let mut s = child_spec(2 * MIB, 512, linkage, "base.vhdx");
+        if let Some(pp) = s.parent.as_mut() {
+            pp.linkage2 = linkage2;
+        }
+        vhdx(&child, &s, &wc);
+    };
+    // Stale parent_linkage, current parent_linkage2: the chain opens and reads right.
+    make([0x5a; 16], Some(text(guid)));
+    let link = Disk::open(&child).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(link.layers().len(), 2);
+    assert_eq!(sha(&ours(&child)), sha(&expect));
+    // Current parent_linkage with an unrelated parent_linkage2: still fine.
+    make(guid, Some(text([0x5b; 16])));
+    assert_eq!(sha(&ours(&child)), sha(&expect));
+    // Neither matches: refused as a chain error that names both.
+    make([0x5a; 16], Some(text([0x5b; 16])));
+    let e = Disk::open(&child).err().expect("neither linkage matches");
+    assert_eq!(e.kind(), ErrorKind::Chain, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(" or DataWriteGuid "), "{msg}");
+    // Not a GUID: corrupt, naming the key.
+    make(guid, Some("not-a-guid".into()));
+    let e = Disk::open(&child).err().expect("bad linkage2");
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("parent_linkage2"), "{e}");
 }

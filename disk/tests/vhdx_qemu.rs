@@ -196,3 +196,34 @@ fn written_vhdx_odd_size_and_sparse_source() {
     );
     assert_eq!(code, 0, "{text}");
 }
+
+/// A thick source (every byte allocated, nearly all zeros): written into a file, the dynamic
+/// VHDX holds only the two blocks with data, passes qemu-img check and compare, and libvhdi
+/// reads it; the stream allocates every block the source maps as data.
+#[test]
+fn written_file_leaves_all_zero_blocks_unallocated() {
+    let d = tmp();
+    let raw = p(d.path(), "thick.raw");
+    let m = MIB as usize;
+    thick_raw(
+        &raw,
+        64 * m,
+        &[(5 * m, 4096, 0x42), (40 * m + 512, 512, 0x43)],
+    );
+    let img = p(d.path(), "thin.vhdx");
+    ours_convert_file(&raw, OutputFormat::VhdxDynamic, &img);
+    check_written(&raw, &img, 64 * MIB);
+    let len = std::fs::metadata(&img).unwrap().len();
+    // 4 MiB of headers, log, metadata and BAT, plus two 2 MiB blocks.
+    assert!(
+        len <= 8 * MIB,
+        "dynamic VHDX of a thick 64 MiB source is {len} bytes"
+    );
+    let streamed = p(d.path(), "streamed.vhdx");
+    ours_convert(&raw, OutputFormat::VhdxDynamic, &streamed);
+    let slen = std::fs::metadata(&streamed).unwrap().len();
+    assert!(slen > 64 * MIB, "streamed VHDX is {slen} bytes");
+    ours_convert_file(&raw, OutputFormat::VhdxDynamic, &streamed);
+    assert_eq!(std::fs::metadata(&streamed).unwrap().len(), len);
+    check_written(&raw, &streamed, 64 * MIB);
+}

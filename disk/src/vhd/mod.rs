@@ -16,7 +16,9 @@ pub mod footer;
 pub mod table;
 
 use crate::error::{Error, Result};
-use crate::layer::{Format, Identity, Layer, LayerInfo, ParentLink, Run, RunState, push_run};
+use crate::layer::{
+    Format, Identity, Layer, LayerInfo, ParentLink, Run, RunState, Stored, push_run, push_stored,
+};
 use crate::probe::Detected;
 use crate::storage::Opened;
 use dynamic::{BAT_UNALLOCATED, DYNAMIC_HEADER_SIZE, DynamicHeader, MAX_LOCATOR_DATA};
@@ -111,6 +113,7 @@ impl VhdLayer {
             (Some(s), DiskType::Differencing) => Some(ParentLink {
                 hints: parent_hints(&src, &s.header)?,
                 expect: Identity::VhdUniqueId(s.header.parent_unique_id),
+                alternate: None,
             }),
             _ => None,
         };
@@ -395,33 +398,73 @@ impl Layer for VhdLayer {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(&self.info, offset, buf.len() as u64)?;
-        let Some(s) = &self.sparse else {
+        if self.sparse.is_none() {
             return read(&self.src, offset, buf, "data");
+        }
+        let mut done = offset;
+        for piece in self.data_pieces(offset, buf.len() as u64)? {
+            let gap = usize::try_from(done - offset).unwrap_or(0)
+                ..usize::try_from(piece.offset - offset).unwrap_or(0);
+            buf[gap].fill(0);
+            let a = usize::try_from(piece.offset - offset).unwrap_or(0);
+            let b = usize::try_from(piece.offset + piece.len - offset).unwrap_or(0);
+            read(&self.src, piece.file_offset, &mut buf[a..b], "block data")?;
+            done = piece.offset + piece.len;
+        }
+        let tail = usize::try_from(done - offset).unwrap_or(0);
+        buf[tail..].fill(0);
+        Ok(())
+    }
+
+    /// Every data byte of a VHD is stored verbatim: fixed disks at their own offset, dynamic
+    /// and differencing blocks after their sector bitmap.
+    fn stored(&self, offset: u64, len: u64) -> Result<Option<Vec<Stored>>> {
+        check_range(&self.info, offset, len)?;
+        Ok(Some(self.data_pieces(offset, len)?))
+    }
+}
+
+impl VhdLayer {
+    /// Where the data runs of `[offset, offset + len)` are in the file, in order, one piece per
+    /// block at most (neighbouring blocks merged when the file holds them back to back).
+    fn data_pieces(&self, offset: u64, len: u64) -> Result<Vec<Stored>> {
+        let mut out = Vec::new();
+        let Some(s) = &self.sparse else {
+            push_stored(
+                &mut out,
+                Stored {
+                    offset,
+                    len,
+                    file: self.src.file.clone(),
+                    file_offset: offset,
+                },
+            );
+            return Ok(out);
         };
         let reader = |off: u64, b: &mut [u8]| read(&self.src, off, b, "BAT");
-        for run in self.map(offset, buf.len() as u64)? {
-            let a = usize::try_from(run.offset - offset).unwrap_or(0);
-            let b = usize::try_from(run.end() - offset).unwrap_or(0);
-            let dst = &mut buf[a..b];
+        for run in self.map(offset, len)? {
             if run.state != RunState::Data {
-                dst.fill(0);
                 continue;
             }
-            // A data run may span blocks: read block by block.
+            // A data run may span blocks: locate block by block.
             let mut off = run.offset;
-            let mut pos = 0usize;
             while off < run.end() {
                 let block = off / s.block_size;
                 let bend = ((block + 1) * s.block_size).min(run.end());
-                let n = usize::try_from(bend - off).unwrap_or(0);
                 let entry = s.bat.entry(block, &reader)?;
-                let at = entry * 512 + s.bitmap_size + (off - block * s.block_size);
-                read(&self.src, at, &mut dst[pos..pos + n], "block data")?;
-                pos += n;
+                push_stored(
+                    &mut out,
+                    Stored {
+                        offset: off,
+                        len: bend - off,
+                        file: self.src.file.clone(),
+                        file_offset: entry * 512 + s.bitmap_size + (off - block * s.block_size),
+                    },
+                );
                 off = bend;
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 

@@ -262,6 +262,13 @@ impl Metadata {
     }
 }
 
+/// A GUID written as text (`{...}`), in on-disk byte order.
+fn guid_value(v: &str) -> Option<[u8; 16]> {
+    uuid::Uuid::parse_str(v.trim())
+        .ok()
+        .map(|u| u.to_bytes_le())
+}
+
 /// The VHDX parent locator: key/value pairs (UTF-16LE).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParentLocator {
@@ -342,10 +349,12 @@ impl ParentLocator {
 
     /// The parent's DataWriteGuid from `parent_linkage` (on-disk byte order).
     pub fn parent_linkage(&self) -> Option<[u8; 16]> {
-        let v = self.get("parent_linkage")?;
-        uuid::Uuid::parse_str(v.trim())
-            .ok()
-            .map(|u| u.to_bytes_le())
+        guid_value(self.get("parent_linkage")?)
+    }
+
+    /// The alternative parent DataWriteGuid from `parent_linkage2`, when present and valid.
+    pub fn parent_linkage2(&self) -> Option<[u8; 16]> {
+        guid_value(self.get("parent_linkage2")?)
     }
 
     /// Paths to try, in order: relative, volume, absolute.

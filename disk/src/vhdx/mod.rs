@@ -11,15 +11,18 @@
 //!   a differencing one; ZERO, UNMAPPED and UNDEFINED read as zeros (as qemu does);
 //!   PARTIALLY_PRESENT (differencing) consults the sector bitmap, one bit per logical sector,
 //!   least significant bit first.
-//! - Parent: `parent_linkage` must equal the parent's DataWriteGuid; hints are relative_path,
-//!   volume_path, absolute_win32_path.
+//! - Parent: the parent's DataWriteGuid must equal `parent_linkage` or, when present,
+//!   `parent_linkage2` (MS-VHDX 2.6.2.6.3: the second is written while a child is merged into its
+//!   parent); hints are relative_path, volume_path, absolute_win32_path.
 
 pub mod header;
 pub mod log;
 pub mod metadata;
 
 use crate::error::{Error, Result};
-use crate::layer::{Format, Identity, Layer, LayerInfo, ParentLink, Run, RunState, push_run};
+use crate::layer::{
+    Format, Identity, Layer, LayerInfo, ParentLink, Run, RunState, Stored, push_run, push_stored,
+};
 use crate::storage::Opened;
 use crate::vhd::table::{EntryKind, PagedTable};
 use header::{
@@ -225,10 +228,21 @@ impl VhdxLayer {
                         "parent locator has no valid parent_linkage GUID".into(),
                     )
                 })?;
+                // MS-VHDX 2.6.2.6.3: the parent's DataWriteGuid matches either linkage.
+                let alternate = match pl.get("parent_linkage2") {
+                    None => None,
+                    Some(_) => Some(pl.parent_linkage2().ok_or_else(|| {
+                        corrupt(
+                            meta_region.0,
+                            "parent locator's parent_linkage2 is not a GUID".into(),
+                        )
+                    })?),
+                };
                 (
                     Some(ParentLink {
                         hints: pl.hints(),
                         expect: Identity::VhdxDataWriteGuid(linkage),
+                        alternate: alternate.map(Identity::VhdxDataWriteGuid),
                     }),
                     "differencing",
                 )
@@ -532,30 +546,74 @@ impl Layer for VhdxLayer {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut done = offset;
+        for piece in self.data_pieces(offset, buf.len() as u64)? {
+            let gap = usize::try_from(done - offset).unwrap_or(0)
+                ..usize::try_from(piece.offset - offset).unwrap_or(0);
+            buf[gap].fill(0);
+            let a = usize::try_from(piece.offset - offset).unwrap_or(0);
+            let b = usize::try_from(piece.offset + piece.len - offset).unwrap_or(0);
+            self.view
+                .read(piece.file_offset, &mut buf[a..b], "block data")?;
+            done = piece.offset + piece.len;
+        }
+        let tail = usize::try_from(done - offset).unwrap_or(0);
+        buf[tail..].fill(0);
+        Ok(())
+    }
+
+    /// Payload blocks are stored verbatim, unless the replayed log rewrites part of them or
+    /// extends the file under them (then `None`: the bytes exist only in the overlay).
+    fn stored(&self, offset: u64, len: u64) -> Result<Option<Vec<Stored>>> {
+        let pieces = self.data_pieces(offset, len)?;
+        if !self.view.overlay.is_empty() {
+            for p in &pieces {
+                let end = p.file_offset + p.len;
+                if end > self.view.real_len
+                    || !self.view.overlay.overlapping(p.file_offset, end).is_empty()
+                {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(pieces))
+    }
+
+    fn page83(&self) -> Option<[u8; 16]> {
+        self.meta.page83
+    }
+}
+
+impl VhdxLayer {
+    /// Where the data runs of `[offset, offset + len)` are in the file, in order (neighbouring
+    /// blocks merged when the file holds them back to back). Offsets are validated by
+    /// [`VhdxLayer::map`].
+    fn data_pieces(&self, offset: u64, len: u64) -> Result<Vec<Stored>> {
         let bsize = u64::from(self.meta.block_size);
-        for run in self.map(offset, buf.len() as u64)? {
-            let a = usize::try_from(run.offset - offset).unwrap_or(0);
-            let b = usize::try_from(run.end() - offset).unwrap_or(0);
-            let dst = &mut buf[a..b];
+        let mut out = Vec::new();
+        for run in self.map(offset, len)? {
             if run.state != RunState::Data {
-                dst.fill(0);
                 continue;
             }
             let mut off = run.offset;
-            let mut pos = 0usize;
             while off < run.end() {
                 let block = off / bsize;
                 let bend = ((block + 1) * bsize).min(run.end());
-                let n = usize::try_from(bend - off).unwrap_or(0);
                 let index = block + block / self.chunk_ratio;
                 let entry = self.bat_entry(index)?;
-                let at = (entry >> 20) * MIB + (off - block * bsize);
-                self.view.read(at, &mut dst[pos..pos + n], "block data")?;
-                pos += n;
+                push_stored(
+                    &mut out,
+                    Stored {
+                        offset: off,
+                        len: bend - off,
+                        file: self.view.src.file.clone(),
+                        file_offset: (entry >> 20) * MIB + (off - block * bsize),
+                    },
+                );
                 off = bend;
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 

@@ -1,6 +1,7 @@
 //! One extent of a VMDK layer, and the simple kinds: flat (FLAT, VMFS) and ZERO.
 
 use crate::error::{Error, Result};
+pub use crate::layer::push_stored;
 use crate::layer::{Run, RunState, Stored, push_run};
 use crate::raw::runs_from_data_ranges;
 use crate::storage::ReadAt;
@@ -17,23 +18,6 @@ pub trait Extent: Send + Sync {
     /// Push where the data parts of `[off, off + len)` are stored verbatim (offsets plus
     /// `base`); `false` when they are not (compressed grains).
     fn stored(&self, off: u64, len: u64, base: u64, out: &mut Vec<Stored>) -> Result<bool>;
-}
-
-/// Append a stored piece, merging it with the previous one when both are contiguous in the
-/// disk and in the same file.
-pub fn push_stored(out: &mut Vec<Stored>, s: Stored) {
-    if s.len == 0 {
-        return;
-    }
-    if let Some(last) = out.last_mut()
-        && last.offset + last.len == s.offset
-        && last.file_offset + last.len == s.file_offset
-        && std::sync::Arc::ptr_eq(&last.file, &s.file)
-    {
-        last.len += s.len;
-        return;
-    }
-    out.push(s);
 }
 
 /// Raw data at `start` bytes into a file (FLAT and VMFS extents). Holes of a sparse local

@@ -178,6 +178,7 @@ fn parent_link(d: &Descriptor) -> Option<ParentLink> {
     Some(ParentLink {
         hints: vec![d.parent_file_name_hint.clone().unwrap_or_default()],
         expect,
+        alternate: None,
     })
 }
 

@@ -112,6 +112,34 @@ pub fn write_image_with(
     }
 }
 
+/// Write an image of `src` in `format` into a local file (`name` for messages), replacing what
+/// it holds. Raw output is sparse ([`raw::write_sparse_file`]); dynamic VHD and VHDX are
+/// written in one pass with positional writes, so blocks that hold only zeros stay unallocated
+/// ([`vhd::write_file`], [`vhdx::write_file`]); the other formats are streamed into the file.
+/// The caller syncs the file if it needs to.
+pub fn write_image_to_file(
+    src: &dyn BlockSource,
+    format: OutputFormat,
+    opts: &WriteOptions,
+    out: &std::fs::File,
+    name: &str,
+) -> Result<WriteStats> {
+    match format {
+        OutputFormat::Raw => raw::write_sparse_file(src, out, name),
+        OutputFormat::VhdDynamic => vhd::write_file(src, out, name),
+        OutputFormat::VhdxDynamic => vhdx::write_file(src, out, name),
+        _ => {
+            if out.metadata().map(|m| m.len()).unwrap_or(1) > 0 {
+                out.set_len(0).map_err(|e| Error::io(name, "truncate", e))?;
+            }
+            let mut w = std::io::BufWriter::with_capacity(4 << 20, out);
+            let stats = write_image_with(src, format, opts, &mut w)?;
+            w.flush().map_err(|e| Error::io(name, "write", e))?;
+            Ok(stats)
+        }
+    }
+}
+
 /// How much of the disk one allocation-map query covers.
 pub const MAP_WINDOW: u64 = 1 << 30;
 

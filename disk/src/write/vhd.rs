@@ -6,7 +6,9 @@
 //!   little less). The creator is `"gdwt"`, so qemu and Hyper-V size the disk from
 //!   `current_size`.
 //! - Dynamic: 2 MiB blocks; a block is written only when the source has data in it, with every
-//!   bitmap bit set (as qemu and Hyper-V write them).
+//!   bitmap bit set (as qemu and Hyper-V write them). Into a local file ([`write_file`]) blocks
+//!   whose bytes are all zeros stay unallocated too; a stream cannot drop them, since its BAT is
+//!   written before the data.
 
 use crate::error::{Error, Result};
 use crate::layer::{BlockSource, RunState};
@@ -15,8 +17,10 @@ use crate::vhd::footer::{
     DiskType, FOOTER_SIZE, Footer, GODWIT_CREATOR, Geometry, MAX_VHD_SIZE, NO_DATA_OFFSET,
     VHD_EPOCH_UNIX,
 };
-use crate::write::WriteStats;
+use crate::write::{WriteStats, is_zero};
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -132,44 +136,69 @@ pub(crate) fn read_block(
     Ok(())
 }
 
+/// The fixed parts of a dynamic VHD of `size` bytes: footer, header, BAT size, data start.
+struct DynamicLayout {
+    footer: [u8; FOOTER_SIZE],
+    header: [u8; crate::vhd::dynamic::DYNAMIC_HEADER_SIZE],
+    bat_bytes: u64,
+    data_start: u64,
+}
+
+impl DynamicLayout {
+    fn new(size: u64) -> Result<Self> {
+        let blocks = size.div_ceil(BLOCK_SIZE);
+        let entries = u32::try_from(blocks)
+            .map_err(|_| Error::Usage(format!("{blocks} VHD blocks do not fit a BAT")))?;
+        let bat_bytes = (blocks * 4).div_ceil(512) * 512;
+        let header = DynamicHeader {
+            data_offset: u64::MAX,
+            table_offset: BAT_OFFSET,
+            max_table_entries: entries,
+            block_size: u32::try_from(BLOCK_SIZE).unwrap_or(u32::MAX),
+            parent_unique_id: [0; 16],
+            parent_timestamp: 0,
+            parent_name: String::new(),
+            locators: Default::default(),
+        };
+        Ok(DynamicLayout {
+            footer: new_footer(size, DiskType::Dynamic).encode(),
+            header: header.encode(),
+            bat_bytes,
+            data_start: BAT_OFFSET + bat_bytes,
+        })
+    }
+
+    /// A BAT with every entry unallocated.
+    fn empty_bat(&self) -> Vec<u8> {
+        BAT_UNALLOCATED
+            .to_be_bytes()
+            .repeat(usize::try_from(self.bat_bytes / 4).unwrap_or(0))
+    }
+}
+
+/// BAT value (sector number) of a block stored at file offset `at`.
+fn bat_sector(at: u64) -> Result<[u8; 4]> {
+    u32::try_from(at / 512)
+        .map(u32::to_be_bytes)
+        .map_err(|_| Error::Usage("VHD data past 2 TiB".into()))
+}
+
+/// Streaming: every block the source maps as data is allocated (the BAT precedes the data, so
+/// blocks cannot be dropped once their contents turn out to be zeros; see [`write_file`]).
 fn write_dynamic(src: &dyn BlockSource, size: u64, out: &mut dyn Write) -> Result<WriteStats> {
     let used = allocated_blocks(src, BLOCK_SIZE)?;
-    let blocks = size.div_ceil(BLOCK_SIZE);
-    let entries = u32::try_from(blocks)
-        .map_err(|_| Error::Usage(format!("{blocks} VHD blocks do not fit a BAT")))?;
-    let bat_bytes = (blocks * 4).div_ceil(512) * 512;
-    let data_start = BAT_OFFSET + bat_bytes;
-    let footer = new_footer(size, DiskType::Dynamic).encode();
-    let header = DynamicHeader {
-        data_offset: u64::MAX,
-        table_offset: BAT_OFFSET,
-        max_table_entries: entries,
-        block_size: u32::try_from(BLOCK_SIZE).unwrap_or(u32::MAX),
-        parent_unique_id: [0; 16],
-        parent_timestamp: 0,
-        parent_name: String::new(),
-        locators: Default::default(),
-    };
+    let layout = DynamicLayout::new(size)?;
     let mut stats = WriteStats::default();
-    out.write_all(&footer).map_err(out_err)?;
-    out.write_all(&header.encode()).map_err(out_err)?;
-    // BAT.
-    let mut bat = Vec::with_capacity(usize::try_from(bat_bytes).unwrap_or(0));
-    let mut next = data_start;
-    for &u in &used {
-        let entry = if u {
-            let sector = u32::try_from(next / 512)
-                .map_err(|_| Error::Usage("VHD data past 2 TiB".into()))?;
-            next += BITMAP_SIZE + BLOCK_SIZE;
-            sector
-        } else {
-            BAT_UNALLOCATED
-        };
-        bat.extend_from_slice(&entry.to_be_bytes());
+    out.write_all(&layout.footer).map_err(out_err)?;
+    out.write_all(&layout.header).map_err(out_err)?;
+    let mut bat = layout.empty_bat();
+    let mut next = layout.data_start;
+    for (i, _) in used.iter().enumerate().filter(|(_, u)| **u) {
+        bat[4 * i..4 * i + 4].copy_from_slice(&bat_sector(next)?);
+        next += BITMAP_SIZE + BLOCK_SIZE;
     }
-    bat.resize(usize::try_from(bat_bytes).unwrap_or(0), 0xFF);
     out.write_all(&bat).map_err(out_err)?;
-    stats.written_bytes = data_start + FOOTER_SIZE as u64;
+    stats.written_bytes = layout.data_start + FOOTER_SIZE as u64;
     // Blocks.
     let bitmap = vec![0xFFu8; usize::try_from(BITMAP_SIZE).unwrap_or(512)];
     let mut buf = vec![0u8; usize::try_from(BLOCK_SIZE).unwrap_or(0)];
@@ -179,7 +208,51 @@ fn write_dynamic(src: &dyn BlockSource, size: u64, out: &mut dyn Write) -> Resul
         out.write_all(&buf).map_err(out_err)?;
         stats.written_bytes += BITMAP_SIZE + BLOCK_SIZE;
     }
-    out.write_all(&footer).map_err(out_err)?;
+    out.write_all(&layout.footer).map_err(out_err)?;
+    Ok(stats)
+}
+
+/// Write `src` as a dynamic VHD into a local file in one pass, with positional writes: blocks
+/// whose bytes are all zeros stay unallocated (as qemu-img leaves them), and the BAT is written
+/// last. Anything already in the file is replaced.
+pub fn write_file(src: &dyn BlockSource, out: &File, name: &str) -> Result<WriteStats> {
+    let vsize = src.virtual_size();
+    let size = vsize.div_ceil(512) * 512;
+    if size > MAX_VHD_SIZE {
+        return Err(Error::Usage(format!(
+            "a VHD holds at most 2040 GiB; this disk is {vsize} bytes (use VHDX)"
+        )));
+    }
+    let used = allocated_blocks(src, BLOCK_SIZE)?;
+    let layout = DynamicLayout::new(size)?;
+    let put = |bytes: &[u8], at: u64| {
+        out.write_all_at(bytes, at)
+            .map_err(|e| Error::io(name, "write", e))
+    };
+    let mut stats = WriteStats::default();
+    let mut bat = layout.empty_bat();
+    let mut next = layout.data_start;
+    // Bitmap (all sectors present) then the block, written together.
+    let bitmap = usize::try_from(BITMAP_SIZE).unwrap_or(512);
+    let mut buf = vec![0u8; bitmap + usize::try_from(BLOCK_SIZE).unwrap_or(0)];
+    buf[..bitmap].fill(0xFF);
+    for (i, _) in used.iter().enumerate().filter(|(_, u)| **u) {
+        read_block(src, i as u64 * BLOCK_SIZE, &mut buf[bitmap..], &mut stats)?;
+        if is_zero(&buf[bitmap..]) {
+            continue;
+        }
+        bat[4 * i..4 * i + 4].copy_from_slice(&bat_sector(next)?);
+        put(&buf, next)?;
+        next += BITMAP_SIZE + BLOCK_SIZE;
+    }
+    put(&layout.footer, 0)?;
+    put(&layout.header, HEADER_OFFSET)?;
+    put(&bat, BAT_OFFSET)?;
+    put(&layout.footer, next)?;
+    let end = next + FOOTER_SIZE as u64;
+    out.set_len(end)
+        .map_err(|e| Error::io(name, "set length", e))?;
+    stats.written_bytes = end;
     Ok(stats)
 }
 

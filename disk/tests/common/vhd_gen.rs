@@ -167,6 +167,8 @@ pub fn vhd_with_id(
 pub struct VhdxParent<'a> {
     /// `parent_linkage` (the parent's DataWriteGuid, on-disk bytes).
     pub linkage: [u8; 16],
+    /// `parent_linkage2`, written when set (raw text, so invalid values can be tested).
+    pub linkage2: Option<String>,
     pub relative_path: &'a str,
     pub absolute_win32_path: &'a str,
 }
@@ -267,17 +269,15 @@ pub fn vhdx(path: &str, spec: &VhdxSpec, writes: &Writes) -> ([u8; 16], BTreeMap
     if let Some(p) = &spec.parent {
         // Lower case in braces: libvhdi parses no other form.
         let linkage = uuid::Uuid::from_bytes_le(p.linkage).braced().to_string();
-        items.push((
-            PARENT_LOCATOR,
-            ParentLocator {
-                entries: vec![
-                    ("parent_linkage".into(), linkage),
-                    ("relative_path".into(), p.relative_path.into()),
-                    ("absolute_win32_path".into(), p.absolute_win32_path.into()),
-                ],
-            }
-            .encode(),
-        ));
+        let mut entries = vec![
+            ("parent_linkage".into(), linkage),
+            ("relative_path".into(), p.relative_path.into()),
+            ("absolute_win32_path".into(), p.absolute_win32_path.into()),
+        ];
+        if let Some(l2) = &p.linkage2 {
+            entries.push(("parent_linkage2".into(), l2.clone()));
+        }
+        items.push((PARENT_LOCATOR, ParentLocator { entries }.encode()));
     }
     let mut region = vec![0u8; 1 << 20];
     let mut mentries = Vec::new();

@@ -166,6 +166,25 @@ pub fn ours_convert(src: &str, format: OutputFormat, out: &str) {
     write_image(&disk, format, &mut w).unwrap_or_else(|e| panic!("{src} -> {out}: {e}"));
 }
 
+/// Write `src` as `format` into the local file `out` the way `godwit disk convert` does
+/// (positional writes: dynamic VHD/VHDX leave all-zero blocks unallocated).
+pub fn ours_convert_file(src: &str, format: OutputFormat, out: &str) {
+    let disk = Disk::open(src).unwrap_or_else(|e| panic!("{src}: {e}"));
+    let f = File::create(out).unwrap();
+    godwit_disk::write::write_image_to_file(&disk, format, &Default::default(), &f, out)
+        .unwrap_or_else(|e| panic!("{src} -> {out}: {e}"));
+}
+
+/// A fully allocated raw file (every byte written, zeros included) of `size` bytes with a
+/// little data at `marks` (offset, length, byte): a thick disk whose map is all data.
+pub fn thick_raw(path: &str, size: usize, marks: &[(usize, usize, u8)]) {
+    let mut bytes = vec![0u8; size];
+    for &(at, len, v) in marks {
+        bytes[at..at + len].fill(v);
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
 /// Python with libyal's bindings (Debian's, not pyenv's).
 pub const SYS_PYTHON: &str = "/usr/bin/python3";
 
