@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
+# Sanitizer builds get their own target dir (FUZZ_TARGET_DIR, default fuzz/target), whatever
+# CARGO_TARGET_DIR the caller exported for ordinary builds.
+export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$PWD/target}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 secs=${FUZZ_SECONDS:-30}
 targets=("$@")

@@ -4,6 +4,7 @@
 //!   offset 0 is used instead. Both are verified.
 //! - The virtual size follows qemu 10: the geometry for `"vpc "`/`"qemu"` creators (unless the
 //!   geometry is the maximum), `current_size` for everyone else. At most 2040 GiB.
+//! - Fixed disks: the data area is raw; holes of a sparse local file map as zeros.
 //! - Dynamic disks: an allocated block is data as a whole (the bitmap is ignored, as qemu and
 //!   Hyper-V do), an unallocated block is zeros.
 //! - Differencing disks: the sector bitmap (MSB first) is honoured per sector; a 0 bit and an
@@ -376,15 +377,13 @@ impl Layer for VhdLayer {
         let end = check_range(&self.info, offset, len)?;
         let mut out = Vec::new();
         let Some(s) = &self.sparse else {
-            push_run(
-                &mut out,
-                Run {
-                    offset,
-                    len,
-                    state: RunState::Data,
-                },
-            );
-            return Ok(out);
+            // A fixed disk is raw data: holes of a sparse local file read as zeros.
+            let ranges = self.src.file.data_ranges(offset, len);
+            return Ok(crate::raw::runs_from_data_ranges(
+                offset,
+                len,
+                ranges.as_deref(),
+            ));
         };
         let mut off = offset;
         while off < end {
