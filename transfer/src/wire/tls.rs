@@ -1,13 +1,12 @@
 //! TLS for TCP 1500: the staging server's identity (a self-signed certificate generated on
-//! first start and kept, and the pairing token), and the client's fingerprint pinning.
+//! first start and kept, and the pairing token), and the client's fingerprint pinning (the
+//! shared `godwit-trust` verifier).
 //! TLS 1.3 and 1.2 only, one crypto provider (ring).
 
 use crate::digest::Fingerprint;
 use crate::error::{Error, Result};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -102,85 +101,32 @@ fn write_private(p: &Path, data: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(&what, "chmod", e))
 }
 
-/// Accepts exactly one server certificate: the one whose SHA-256 is pinned. Remembers what it
-/// saw so a mismatch can be reported plainly.
-#[derive(Debug)]
+/// What the pinned verifier saw: the fingerprint of the certificate the server presented, so a
+/// mismatch can be reported plainly. The verifier itself is the shared
+/// [`godwit_trust::PinnedVerifier`].
+#[derive(Debug, Default)]
 pub struct PinnedVerifier {
-    pin: Fingerprint,
-    provider: Arc<CryptoProvider>,
-    pub seen: Mutex<Option<Fingerprint>>,
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let got = Fingerprint::of_der(end_entity);
-        if let Ok(mut s) = self.seen.lock() {
-            *s = Some(got);
-        }
-        if got == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    pub seen: Arc<Mutex<Option<Fingerprint>>>,
 }
 
 /// A client configuration that trusts only the certificate with fingerprint `pin`.
 pub fn client_config(pin: Fingerprint) -> Result<(Arc<rustls::ClientConfig>, Arc<PinnedVerifier>)> {
     let p = provider();
-    let verifier = Arc::new(PinnedVerifier {
-        pin,
-        provider: p.clone(),
-        seen: Mutex::new(None),
-    });
+    let seen = PinnedVerifier::default();
+    let record = seen.seen.clone();
+    let verifier = godwit_trust::PinnedVerifier::with_hook(
+        vec![godwit_trust::Fingerprint(pin.0)],
+        move |fp| {
+            if let Ok(mut s) = record.lock() {
+                *s = Some(Fingerprint(fp.0));
+            }
+        },
+    );
     let cfg = rustls::ClientConfig::builder_with_provider(p)
         .with_protocol_versions(VERSIONS)
         .map_err(|e| Error::Usage(format!("TLS: {e}")))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    Ok((Arc::new(cfg), verifier))
+    Ok((Arc::new(cfg), Arc::new(seen)))
 }
