@@ -281,9 +281,26 @@ async fn render_inventory<B: Backend>(
 ) -> Response {
     let layout = Layout::new(st, session, "Inventory", Some("inventory")).await;
     let jobs = st.backend.jobs().await;
-    let (vms, errors) = match st.backend.inventory(refresh).await {
+    let (vms, mut errors) = match st.backend.inventory(refresh).await {
         Ok(vms) => (vms, FormErrors::none()),
         Err(e) => (Vec::new(), FormErrors::from_error(e, &[])),
+    };
+    // A refused job for a VM not on the page: its errors go to the top, not lost.
+    let failed = match failed {
+        Some((f, e))
+            if !vms
+                .iter()
+                .any(|v| v.name == f.vm && v.source_id == f.source_id) =>
+        {
+            errors.general.extend(e.general.iter().cloned());
+            errors.general.extend(
+                JOB_FIELDS
+                    .iter()
+                    .filter_map(|name| e.get(name).map(|m| format!("{name}: {m}"))),
+            );
+            None
+        }
+        other => other,
     };
     let eligible = vms.iter().filter(|v| v.eligible).count();
     let vms = vms

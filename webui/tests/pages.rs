@@ -1,0 +1,482 @@
+//! Pages and API over the web layer's test double backend: the wizard walked with forms, field
+//! errors next to their fields, step order enforced, status codes from the backend's refusals,
+//! and no secret in any page or API answer.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{Client, PASSWORD, SETUP_CODE, app, concrete};
+use godwit_webui::{route_table, test_backend::TestBackend};
+use std::sync::Arc;
+
+const TOKEN: &str = "pairing-token-0123456789";
+const SOURCE_PASSWORD: &str = "vsphere-pass-987654";
+const FP: &str = "SHA256:abababababababababababababababababababababababababababababababab";
+
+async fn form(c: &mut Client, path: &str, fields: &[(&str, &str)]) -> common::Resp {
+    let t = c.csrf().await;
+    let mut all = vec![("csrf", t.as_str())];
+    all.extend_from_slice(fields);
+    c.post_form(path, &all).await
+}
+
+/// The error paragraph right after the field, and the field pointing at it.
+fn assert_field_error(body: &str, field: &str, message_part: &str) {
+    let marker = format!("<p class=\"error\" id=\"{field}-error\">");
+    let at = body
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no error for {field} in page:\n{body}"));
+    let text = &body[at + marker.len()..];
+    let text = &text[..text.find("</p>").unwrap()];
+    assert!(
+        text.contains(message_part),
+        "{field}: error {text:?} lacks {message_part:?}"
+    );
+    if !matches!(field, "approve" | "approved_fingerprint" | "mode" | "kind") {
+        let input = body
+            .find(&format!("id=\"{field}\""))
+            .unwrap_or_else(|| panic!("no input {field}"));
+        let input_end = input + body[input..].find('>').unwrap();
+        assert!(
+            body[input..input_end].contains(&format!("aria-describedby=\"{field}-error\"")),
+            "{field} input not linked to its error"
+        );
+        assert!(input < at, "error for {field} is not after its input");
+    }
+}
+
+/// Walks the wizard through its forms; returns the logged-in client.
+async fn walk_wizard(c: &mut Client) {
+    let r = c.get("/").await;
+    assert_eq!(r.location(), "/login");
+    let r = c.get("/login").await;
+    assert_eq!(
+        r.location(),
+        "/setup/password",
+        "no password yet: wizard first"
+    );
+
+    let r = form(
+        c,
+        "/setup/password",
+        &[
+            ("setup_code", SETUP_CODE),
+            ("new_password", PASSWORD),
+            ("confirm_password", PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(c.get("/setup").await.location(), "/setup/network");
+
+    let r = form(
+        c,
+        "/setup/network",
+        &[
+            ("hostname", "godwit-01"),
+            ("mode", "static"),
+            ("address", "192.0.2.10/24"),
+            ("gateway", "192.0.2.1"),
+            ("dns_servers", "192.0.2.53, 192.0.2.54"),
+            ("ntp_servers", "ntp.example"),
+            ("proxy", ""),
+        ],
+    )
+    .await;
+    assert_eq!(r.location(), "/setup/staging", "{}", r.body);
+
+    let r = form(
+        c,
+        "/setup/staging",
+        &[
+            ("kind", "server"),
+            ("address", "192.0.2.20"),
+            ("fingerprint", FP),
+            ("token", TOKEN),
+        ],
+    )
+    .await;
+    assert_eq!(r.location(), "/setup/sources", "{}", r.body);
+
+    let r = form(
+        c,
+        "/setup/sources/probe",
+        &[("kind", "vsphere"), ("address", "vcenter.example")],
+    )
+    .await;
+    assert_eq!(r.location(), "/setup/sources");
+    let page = c.get("/setup/sources").await.body;
+    assert!(page.contains(godwit_webui::test_backend::TEST_FINGERPRINT));
+    assert!(page.contains("CN=vcenter.example"));
+    let r = form(
+        c,
+        "/setup/sources/add",
+        &[
+            ("kind", "vsphere"),
+            ("address", "vcenter.example"),
+            (
+                "approved_fingerprint",
+                godwit_webui::test_backend::TEST_FINGERPRINT,
+            ),
+            ("approve", "yes"),
+            ("username", "administrator@vsphere.local"),
+            ("password", SOURCE_PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(r.location(), "/setup/sources", "{}", r.body);
+    let r = form(c, "/setup/checks", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("offset 2.4 s") && r.body.contains("Clock offset over 1 s"));
+    let r = form(c, "/setup/finish", &[]).await;
+    assert_eq!(r.location(), "/setup/done");
+    assert_eq!(c.get("/").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn wizard_walk_then_every_page_renders_without_a_secret() {
+    let backend =
+        Arc::new(TestBackend::new(SETUP_CODE).with_job_duration(std::time::Duration::ZERO));
+    let app = app(backend.clone());
+    let mut c = Client::new(&app, "198.51.100.1");
+    walk_wizard(&mut c).await;
+
+    // A job and an export so that every page has content.
+    let r = form(
+        &mut c,
+        "/jobs",
+        &[
+            ("source_id", "src-404"),
+            ("vm", "web-01"),
+            ("schedule", "once"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(
+        r.body.contains("no source src-404"),
+        "refusal shown: {}",
+        r.body
+    );
+    let r = form(
+        &mut c,
+        "/jobs",
+        &[
+            ("source_id", "src-1"),
+            ("vm", "web-01"),
+            ("schedule", "once"),
+            ("hours", ""),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let job_path = r.location().to_owned();
+    let job_id = job_path.trim_start_matches("/jobs/").to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let r = form(
+        &mut c,
+        "/exports",
+        &[
+            ("job_id", &job_id),
+            ("disk", "0"),
+            ("format", "vhdx"),
+            ("destination", "/tmp/x.vhdx"),
+        ],
+    )
+    .await;
+    assert_eq!(r.location(), "/exports", "{}", r.body);
+
+    let secrets = backend.secrets_seen();
+    assert!(secrets.contains(&TOKEN.to_owned()) && secrets.contains(&SOURCE_PASSWORD.to_owned()));
+    let mut pages = 0;
+    for r in route_table::<TestBackend>() {
+        if r.method != "GET" || r.path == "/api/v1/support-bundle" || r.path == "/support-bundle" {
+            continue;
+        }
+        let path = concrete(r.path, &job_id);
+        let resp = c.get(&path).await;
+        assert!(
+            resp.status.is_success() || resp.status.is_redirection(),
+            "GET {path}: {}",
+            resp.status
+        );
+        for s in &secrets {
+            assert!(
+                !resp.body.contains(s.as_str()),
+                "a secret appears in GET {path}"
+            );
+        }
+        assert!(!resp.body.contains(SETUP_CODE), "setup code in GET {path}");
+        // Password inputs never carry a value.
+        for (i, _) in resp.body.match_indices("type=\"password\"") {
+            let tag_end = i + resp.body[i..].find('>').unwrap();
+            let tag_start = resp.body[..i].rfind('<').unwrap();
+            assert!(
+                !resp.body[tag_start..tag_end].contains("value="),
+                "password input with a value in {path}"
+            );
+        }
+        pages += 1;
+    }
+    assert!(pages > 25, "{pages}");
+    let settings = c.get("/settings").await.body;
+    assert!(settings.contains("token set"), "token shown as set");
+    assert!(settings.contains("password set"));
+}
+
+#[tokio::test]
+async fn field_errors_are_shown_next_to_their_fields() {
+    let app = app(Arc::new(TestBackend::new(SETUP_CODE)));
+    let mut c = Client::new(&app, "198.51.100.2");
+    let r = form(
+        &mut c,
+        "/setup/password",
+        &[
+            ("setup_code", "nope"),
+            ("new_password", "short"),
+            ("confirm_password", "short"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_field_error(&r.body, "setup_code", "wrong setup code");
+    assert_field_error(&r.body, "new_password", "at least 10");
+    assert!(!r.body.contains("nope"), "setup code echoed");
+
+    let r = form(
+        &mut c,
+        "/setup/password",
+        &[
+            ("setup_code", SETUP_CODE),
+            ("new_password", PASSWORD),
+            ("confirm_password", PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+
+    let r = form(
+        &mut c,
+        "/setup/network",
+        &[
+            ("hostname", "bad host"),
+            ("mode", "static"),
+            ("address", "192.0.2.300"),
+            ("gateway", "x"),
+            ("dns_servers", "dns.example"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_field_error(&r.body, "hostname", "letters, digits");
+    assert_field_error(&r.body, "address", "prefix length");
+    assert_field_error(&r.body, "gateway", "IPv4");
+    assert_field_error(&r.body, "dns_servers", "not an IP address");
+    assert!(
+        r.body.contains("value=\"bad host\""),
+        "typed values are kept"
+    );
+
+    let r = form(
+        &mut c,
+        "/setup/network",
+        &[
+            ("hostname", "ok"),
+            ("mode", "dhcp"),
+            ("dns_servers", "192.0.2.53"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = form(
+        &mut c,
+        "/setup/staging",
+        &[
+            ("kind", "server"),
+            ("address", "h"),
+            ("fingerprint", "SHA256:12"),
+            ("token", TOKEN),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_field_error(&r.body, "fingerprint", "64 hex digits");
+    assert!(!r.body.contains(TOKEN), "token echoed back");
+
+    // The API reports the same as 422 with field names.
+    let r = c
+        .json(
+            "PUT",
+            "/api/v1/settings/network",
+            r#"{"hostname":"bad host","mode":"dhcp","dns_servers":[],"ntp_servers":[],"proxy":null}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let j = r.json();
+    assert_eq!(j["kind"], "invalid");
+    let fields: Vec<&str> = j["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["hostname", "dns_servers"]);
+    // A body of the wrong shape is a 422 naming the problem, not JSON at all a 400.
+    let r = c
+        .json("PUT", "/api/v1/settings/network", r#"{"hostname":1}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.json()["fields"][0]["field"], "body");
+    let r = c.json("PUT", "/api/v1/settings/network", "{").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn the_wizard_enforces_step_order() {
+    let app = app(Arc::new(TestBackend::with_password(PASSWORD, SETUP_CODE)));
+    let mut c = Client::new(&app, "198.51.100.3");
+    assert_eq!(c.login(PASSWORD).await.location(), "/");
+    assert_eq!(
+        c.get("/").await.location(),
+        "/setup",
+        "dashboard waits for setup"
+    );
+    assert_eq!(c.get("/setup").await.location(), "/setup/network");
+    for later in [
+        "/setup/staging",
+        "/setup/sources",
+        "/setup/checks",
+        "/setup/done",
+    ] {
+        assert_eq!(c.get(later).await.location(), "/setup/network", "{later}");
+    }
+    let r = form(&mut c, "/setup/finish", &[]).await;
+    assert_eq!(r.location(), "/setup/network", "finish before the steps");
+    let r = c.json("POST", "/api/v1/setup/finish", "").await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    // The password step stays reachable (to change it) and shows "current password".
+    let r = c.get("/setup/password").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("id=\"current_password\"") && !r.body.contains("id=\"setup_code\""));
+}
+
+#[tokio::test]
+async fn api_status_codes_follow_the_backend_refusals() {
+    let app = app(Arc::new(TestBackend::configured(PASSWORD)));
+    let mut c = Client::new(&app, "198.51.100.4");
+    c.login(PASSWORD).await;
+    let r = c.get("/api/v1/jobs/nope").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["kind"], "not_found");
+    let r = c
+        .json(
+            "POST",
+            "/api/v1/jobs",
+            r#"{"source_id":"src-1","vm":"legacy-rdm","schedule":{"kind":"once"}}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let r = c
+        .json(
+            "POST",
+            "/api/v1/sources/probe",
+            r#"{"kind":"vsphere","address":"unreachable.example"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.json()["kind"], "remote");
+    let r = c
+        .json(
+            "POST",
+            "/api/v1/jobs",
+            r#"{"source_id":"src-1","vm":"web-01","schedule":{"kind":"every_hours","hours":0}}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = c
+        .json(
+            "POST",
+            "/api/v1/jobs",
+            r#"{"source_id":"src-1","vm":"web-01","schedule":{"kind":"every_hours","hours":6}}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = c
+        .json("POST", &format!("/api/v1/jobs/{id}/cancel"), "")
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        c.get(&format!("/api/v1/jobs/{id}")).await.json()["state"],
+        "cancelled"
+    );
+    let r = c.json("DELETE", &format!("/api/v1/jobs/{id}"), "").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = c.json("DELETE", &format!("/api/v1/jobs/{id}"), "").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = c.get("/api/v1/nonexistent").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Pages show refusals in place: a 409 from the backend on the inventory form.
+    let r = form(
+        &mut c,
+        "/jobs",
+        &[
+            ("source_id", "src-1"),
+            ("vm", "legacy-rdm"),
+            ("schedule", "once"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.body.contains("not eligible"), "{}", r.body);
+    let r = c.get("/support-bundle").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers.get("content-type").unwrap(), "application/gzip");
+}
+
+#[tokio::test]
+async fn a_source_is_added_only_after_explicit_approval() {
+    let app = app(Arc::new(TestBackend::configured(PASSWORD)));
+    let mut c = Client::new(&app, "198.51.100.5");
+    c.login(PASSWORD).await;
+    form(
+        &mut c,
+        "/setup/sources/probe",
+        &[("kind", "hyperv"), ("address", "hv1.example:5986")],
+    )
+    .await;
+    let fields = [
+        ("kind", "hyperv"),
+        ("address", "hv1.example:5986"),
+        (
+            "approved_fingerprint",
+            godwit_webui::test_backend::TEST_FINGERPRINT,
+        ),
+        ("username", "CORP\\svc"),
+        ("password", SOURCE_PASSWORD),
+    ];
+    let r = form(&mut c, "/setup/sources/add", &fields).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_field_error(&r.body, "approve", "tick this box");
+    assert!(r.body.contains("CORP\\svc"), "user name kept");
+    assert!(!r.body.contains(SOURCE_PASSWORD));
+    let settings = c.get("/api/v1/settings").await.json();
+    assert_eq!(
+        settings["sources"].as_array().unwrap().len(),
+        1,
+        "not added"
+    );
+    // A wrong login is the remote's refusal (502), shown above the form.
+    let mut bad = fields.to_vec();
+    bad.push(("approve", "yes"));
+    bad[4] = ("password", "wrong-password");
+    let r = form(&mut c, "/setup/sources/add", &bad).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(r.body.contains("login refused"));
+    let mut good = fields.to_vec();
+    good.push(("approve", "yes"));
+    let r = form(&mut c, "/setup/sources/add", &good).await;
+    assert_eq!(r.location(), "/setup/sources");
+    let settings = c.get("/api/v1/settings").await.json();
+    assert_eq!(settings["sources"].as_array().unwrap().len(), 2);
+}
