@@ -7,6 +7,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
+# Area hooks that must run before apt (e.g. image-backports.sh pins qemu-system to backports).
+for pre in "$here"/*-backports.sh; do [ -f "$pre" ] && bash "$pre"; done
+
 want_apt=$(cat "$here"/*.apt 2>/dev/null | sed 's/#.*//' | tr -s ' \t' '\n' | sed '/^$/d' | sort -u)
 missing=()
 for p in $want_apt; do
@@ -33,4 +36,6 @@ if [ -n "$reqs" ]; then
     python3 -m pip install -q "${pip_missing[@]}"
   fi
 fi
+# npm packages of the browser tests (playwright-core; Debian's chromium is in webui.apt).
+bash "$here/../browser/install.sh"
 echo "deps: ok"
