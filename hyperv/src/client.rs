@@ -122,19 +122,46 @@ impl<T: Transport> WinRm<T> {
             OPERATION_TIMEOUT,
         );
         match self.call("create shell", &req)?.body {
-            ReplyBody::ShellCreated { shell_id } if !shell_id.0.is_empty() => Ok(Shell {
-                client: self,
-                id: shell_id,
-                open: true,
-            }),
+            ReplyBody::ShellCreated { shell_id } if !shell_id.0.is_empty() => Ok(shell_id),
             other => Err(self.unexpected("create shell", &other)),
+        }
+        .map(|id| Shell {
+            client: ClientRef::Borrowed(self),
+            id,
+            open: true,
+        })
+    }
+
+    /// Create a shell that owns a reference to the client (for readers kept across calls).
+    pub fn open_shared_shell(self: &std::sync::Arc<Self>) -> Result<Shell<'static, T>> {
+        let mut borrowed = self.open_shell()?;
+        borrowed.open = false;
+        Ok(Shell {
+            client: ClientRef::Shared(self.clone()),
+            id: borrowed.id.clone(),
+            open: true,
+        })
+    }
+}
+
+enum ClientRef<'a, T: Transport> {
+    Borrowed(&'a WinRm<T>),
+    Shared(std::sync::Arc<WinRm<T>>),
+}
+
+impl<T: Transport> std::ops::Deref for ClientRef<'_, T> {
+    type Target = WinRm<T>;
+    fn deref(&self) -> &WinRm<T> {
+        match self {
+            ClientRef::Borrowed(c) => c,
+            ClientRef::Shared(c) => c,
         }
     }
 }
 
 /// An open WinRS shell; deleted on [`Shell::close`] or drop.
 pub struct Shell<'a, T: Transport> {
-    client: &'a WinRm<T>,
+    client: ClientRef<'a, T>,
     id: ShellId,
     open: bool,
 }
@@ -150,7 +177,7 @@ impl<T: Transport> Shell<'_, T> {
 
     /// Run one command line to completion.
     pub fn run(&self, command_line: &str) -> Result<Output> {
-        let c = self.client;
+        let c = &*self.client;
         let req = self.req(Body::Command {
             command: command_line.to_string(),
             arguments: vec![],
@@ -171,7 +198,7 @@ impl<T: Transport> Shell<'_, T> {
     }
 
     fn receive_all(&self, command_id: &CommandId) -> Result<Output> {
-        let c = self.client;
+        let c = &*self.client;
         let mut out = Output {
             stdout: Vec::new(),
             stderr: Vec::new(),

@@ -79,6 +79,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{host}: {what} not found")]
+    NotFound { host: String, what: String },
+    #[error("disk {disk} ({file}): {source}")]
+    Sink {
+        disk: usize,
+        file: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Disk(#[from] godwit_disk::Error),
     #[error("{0}")]
     Usage(String),
 }

@@ -5,14 +5,19 @@
 //! Layers, bottom up: [`xml`] (bounded tree), [`wsman`] (WS-Man shell envelopes),
 //! [`clixml`] (PowerShell error streams), [`powershell`] (encoded commands, pieces),
 //! [`transport`] (HTTPS with a pinned certificate, Basic auth), [`client`] (shell lifecycle),
-//! [`inventory`] (VMs, disks, eligibility). [`sim`] (feature `sim`) is a Hyper-V/WinRM
+//! [`inventory`] (VMs, disks, eligibility), [`checkpoint`] + [`ledger`] (ledgered `godwit-`
+//! checkpoints), [`hostfile`] (frozen disks read over WinRM), [`replicate`] (one cycle). [`sim`] (feature `sim`) is a Hyper-V/WinRM
 //! simulator for tests.
 
+pub mod checkpoint;
 pub mod client;
 pub mod clixml;
 pub mod error;
+pub mod hostfile;
 pub mod inventory;
+pub mod ledger;
 pub mod powershell;
+pub mod replicate;
 pub mod transport;
 pub mod trust;
 pub mod wsman;

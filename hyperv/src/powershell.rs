@@ -69,6 +69,36 @@ pub fn command_line(script: &str) -> String {
     format!("{COMMAND_PREFIX}{}", encode_script(script))
 }
 
+const ARGS_HEAD: &str = "$GodwitArgs = ConvertFrom-Json '";
+const ARGS_TAIL: &str = "'\n";
+
+/// Prefix `script` with a first line that sets `$GodwitArgs` from `args` (JSON in a
+/// single-quoted string). Every character PowerShell treats as a single quote (`'` and
+/// U+2018..U+201B) is written as a JSON `\uXXXX` escape, so no argument can end the string.
+pub fn with_args(script: &str, args: &serde_json::Value) -> String {
+    let json = args.to_string();
+    let mut safe = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '\'' | '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}' => {
+                safe.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            _ => safe.push(c),
+        }
+    }
+    format!("{ARGS_HEAD}{safe}{ARGS_TAIL}{script}")
+}
+
+/// The inverse of [`with_args`] (the simulator's side): the arguments and the script body.
+pub fn split_args(script: &str) -> Option<(serde_json::Value, &str)> {
+    let rest = script.strip_prefix(ARGS_HEAD)?;
+    let (json, body) = rest.split_once(ARGS_TAIL)?;
+    if json.contains(['\'', '\u{2018}', '\u{2019}', '\u{201A}', '\u{201B}']) {
+        return None;
+    }
+    Some((serde_json::from_str(json).ok()?, body))
+}
+
 /// A token naming the temporary file that collects pieces (hex, so it is safe in a path).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PieceToken(String);
@@ -192,6 +222,24 @@ mod tests {
         }
         assert_eq!(String::from_utf8(B64.decode(b64).unwrap()).unwrap(), script);
         assert_eq!(delivery("Get-VM", &t).len(), 1);
+    }
+
+    #[test]
+    fn arguments_cannot_escape_their_string() {
+        let v = serde_json::json!({"Name": "it's \u{2019}x\u{2018}; Remove-VM *", "N": 3});
+        let s = with_args("Get-VM", &v);
+        let first = s.lines().next().unwrap();
+        let inner = first
+            .strip_prefix("$GodwitArgs = ConvertFrom-Json '")
+            .unwrap()
+            .strip_suffix('\'')
+            .unwrap();
+        assert!(!inner.contains(['\'', '\u{2018}', '\u{2019}']), "{inner}");
+        let (back, body) = split_args(&s).unwrap();
+        assert_eq!(back, v);
+        assert_eq!(body, "Get-VM");
+        assert!(split_args("Get-VM").is_none());
+        assert!(split_args("$GodwitArgs = ConvertFrom-Json '{\"a\":'';x'\nGet-VM").is_none());
     }
 
     proptest! {

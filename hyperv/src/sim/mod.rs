@@ -7,6 +7,8 @@
 pub mod model;
 mod scripts;
 
+pub use scripts::SimCheckpoint;
+
 use crate::trust::Fingerprint;
 use crate::wsman::{
     self, Body, CommandId, Fault, MessageId, Reply, ReplyBody, ShellId, StreamChunk, StreamName,
@@ -45,7 +47,7 @@ struct Command {
 #[derive(Default)]
 struct Shells {
     shells: HashMap<String, HashMap<String, Command>>,
-    pieces: HashMap<String, String>,
+    host: scripts::HostState,
 }
 
 struct Sim {
@@ -61,6 +63,21 @@ pub struct RunningSim {
     pub cert_pem: String,
     handle: axum_server::Handle<SocketAddr>,
     thread: Option<std::thread::JoinHandle<()>>,
+    sim: Arc<Sim>,
+}
+
+impl RunningSim {
+    /// The checkpoints the simulated host holds now.
+    pub fn checkpoints(&self) -> Vec<SimCheckpoint> {
+        let st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.host.checkpoints.clone()
+    }
+
+    /// WinRS shells open now (every client should have deleted its shells).
+    pub fn open_shells(&self) -> usize {
+        let st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.shells.len()
+    }
 }
 
 impl Drop for RunningSim {
@@ -107,7 +124,7 @@ pub fn start(config: SimConfig, listen: SocketAddr) -> Result<RunningSim, String
     let app = axum::Router::new()
         .route("/wsman", axum::routing::post(wsman_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(sim);
+        .with_state(sim.clone());
     let handle = axum_server::Handle::new();
     let h2 = handle.clone();
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
@@ -143,6 +160,7 @@ pub fn start(config: SimConfig, listen: SocketAddr) -> Result<RunningSim, String
         cert_pem,
         handle,
         thread: Some(thread),
+        sim,
     })
 }
 
@@ -243,6 +261,10 @@ async fn wsman_handler(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: St
                     "The WS-Management service cannot process the request (injected fault).",
                 );
             }
+            let delay = sim.config.model.faults.command_delay_ms;
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
             let line = if arguments.is_empty() {
                 command
             } else {
@@ -252,8 +274,7 @@ async fn wsman_handler(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: St
             if !st.shells.contains_key(&shell_key) {
                 return not_found();
             }
-            let (stdout, stderr, exit_code) =
-                scripts::run_command_line(&sim, &mut st.pieces, &line);
+            let (stdout, stderr, exit_code) = scripts::run_command_line(&sim, &mut st.host, &line);
             let id = uuid::Uuid::new_v4().hyphenated().to_string().to_uppercase();
             let cmd = Command {
                 stdout,

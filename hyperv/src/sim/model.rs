@@ -34,6 +34,14 @@ pub struct SimVm {
     pub version: String,
     pub checkpoint_type: String,
     pub disks: Vec<SimDisk>,
+    /// Whether the guest can take a production (VSS) checkpoint; without it `Production`
+    /// falls back to a standard checkpoint and `ProductionOnly` fails.
+    #[serde(default = "yes")]
+    pub guest_vss: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Faults the simulator injects.
@@ -46,6 +54,9 @@ pub struct SimFaults {
     /// Answer every Command with this WSManFault code.
     #[serde(default)]
     pub command_fault: Option<u32>,
+    /// Delay before answering each Command (makes a replication slow enough to kill).
+    #[serde(default)]
+    pub command_delay_ms: u64,
 }
 
 /// `DIR/vms.json`.
@@ -72,8 +83,27 @@ impl SimModel {
     }
 }
 
+/// The data-dir file behind a Windows path under `root` (`None` outside it or with `..`).
+pub fn local_path(root: &str, dir: &Path, windows: &str) -> Option<PathBuf> {
+    let folded = crate::hostfile::resolve_windows_path(windows, None);
+    let root = crate::hostfile::resolve_windows_path(root, None);
+    let head = folded.get(..root.len())?;
+    if !head.eq_ignore_ascii_case(&root) {
+        return None;
+    }
+    let rest = folded.get(root.len()..)?.strip_prefix('\\')?;
+    let mut p = dir.to_path_buf();
+    for part in rest.split('\\') {
+        if part.is_empty() || part == ".." || part == "." {
+            return None;
+        }
+        p.push(part);
+    }
+    Some(p)
+}
+
 /// Windows path shown for a data-dir relative file.
-fn windows_path(root: &str, rel: &str) -> String {
+pub fn windows_path(root: &str, rel: &str) -> String {
     format!("{root}\\{}", rel.replace('/', "\\"))
 }
 
@@ -165,5 +195,13 @@ mod tests {
     #[test]
     fn windows_paths() {
         assert_eq!(windows_path("C:\\VMs", "a/b.vhdx"), "C:\\VMs\\a\\b.vhdx");
+        let d = Path::new("/data");
+        assert_eq!(
+            local_path("C:\\VMs", d, "c:\\vms\\a\\.\\b.vhdx"),
+            Some(PathBuf::from("/data/a/b.vhdx"))
+        );
+        assert_eq!(local_path("C:\\VMs", d, "C:\\VMsX\\a"), None);
+        assert_eq!(local_path("C:\\VMs", d, "C:\\VMs\\..\\Windows\\x"), None);
+        assert_eq!(local_path("C:\\VMs", d, "D:\\VMs\\a"), None);
     }
 }

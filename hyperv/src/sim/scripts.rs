@@ -3,12 +3,15 @@
 
 use super::Sim;
 use super::model;
+use crate::checkpoint::{CREATE_SCRIPT, REMOVE_SCRIPT};
 use crate::clixml::encode_error_stream;
+use crate::hostfile::{FILE_INFO_SCRIPT, READ_RANGE_SCRIPT, encode_range_output};
 use crate::inventory::INVENTORY_SCRIPT;
 use crate::powershell;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
 
 /// (stdout, stderr, exit code)
 pub type Outcome = (Vec<u8>, Vec<u8>, i64);
@@ -20,9 +23,28 @@ fn ps_error(msg: &str) -> Outcome {
     (Vec::new(), encode_error_stream(&[msg]), 1)
 }
 
-pub fn run_command_line(sim: &Sim, pieces: &mut HashMap<String, String>, line: &str) -> Outcome {
+/// A checkpoint the simulated host holds.
+#[derive(Debug, Clone)]
+pub struct SimCheckpoint {
+    pub vm_id: String,
+    pub vm_name: String,
+    pub id: String,
+    pub name: String,
+    /// The disks it froze: (controller type, number, location, Windows path).
+    pub disks: Vec<(String, u32, u32, String)>,
+}
+
+/// What the simulated host remembers between commands.
+#[derive(Debug, Default)]
+pub struct HostState {
+    /// Script pieces collected per token.
+    pub pieces: HashMap<String, String>,
+    pub checkpoints: Vec<SimCheckpoint>,
+}
+
+pub fn run_command_line(sim: &Sim, host: &mut HostState, line: &str) -> Outcome {
     match powershell::script_of_command_line(line) {
-        Some(Ok(script)) => run_script(sim, pieces, &script, 0),
+        Some(Ok(script)) => run_script(sim, host, &script, 0),
         Some(Err(e)) => (Vec::new(), format!("{e}\r\n").into_bytes(), 1),
         None => {
             let trimmed = line.trim();
@@ -45,12 +67,23 @@ fn quoted_arg<'a>(script: &'a str, cmdlet: &str) -> Option<&'a str> {
     rest.strip_prefix('\'')?.strip_suffix('\'')
 }
 
-fn run_script(
-    sim: &Sim,
-    pieces: &mut HashMap<String, String>,
-    script: &str,
-    depth: u32,
-) -> Outcome {
+fn run_script(sim: &Sim, host: &mut HostState, script: &str, depth: u32) -> Outcome {
+    if let Some((args, body)) = powershell::split_args(script) {
+        let known = [
+            CREATE_SCRIPT,
+            REMOVE_SCRIPT,
+            FILE_INFO_SCRIPT,
+            READ_RANGE_SCRIPT,
+        ];
+        if known.contains(&body) {
+            return match run_with_args(sim, host, &args, body) {
+                Ok(out) => (out.into_bytes(), Vec::new(), 0),
+                // The scripts' catch blocks write the error as plain text and exit 2.
+                Err(e) => (Vec::new(), format!("{e}\r\n").into_bytes(), 2),
+            };
+        }
+    }
+    let pieces = &mut host.pieces;
     if script == INVENTORY_SCRIPT {
         return match model::records(&sim.config.model, &sim.config.data_dir) {
             Ok(recs) => match serde_json::to_string(&recs) {
@@ -81,7 +114,7 @@ fn run_script(
             .ok()
             .and_then(|b| String::from_utf8(b).ok());
         return match decoded {
-            Some(inner) if depth == 0 => run_script(sim, pieces, &inner, depth + 1),
+            Some(inner) if depth == 0 => run_script(sim, host, &inner, depth + 1),
             Some(_) => ps_error("nested piece delivery is not supported"),
             None => ps_error(
                 "Exception calling \"FromBase64String\" with \"1\" argument(s): \"The input is not a valid Base-64 string.\"",
@@ -107,4 +140,141 @@ fn run_script(
     ps_error(&format!(
         "{first} : The term '{first}' is not recognized as the name of a cmdlet, function, script file, or operable program. (simulator: unknown script)"
     ))
+}
+
+fn arg_str<'a>(args: &'a serde_json::Value, name: &str) -> Result<&'a str, String> {
+    args.get(name)
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| format!("Cannot bind argument to parameter '{name}' because it is null."))
+}
+
+fn arg_u64(args: &serde_json::Value, name: &str) -> Result<u64, String> {
+    args.get(name)
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| {
+            format!("Cannot convert value of parameter '{name}' to type \"System.Int64\".")
+        })
+}
+
+fn find_vm<'a>(sim: &'a Sim, id: &str) -> Result<&'a model::SimVm, String> {
+    sim.config
+        .model
+        .vms
+        .iter()
+        .find(|v| v.id.eq_ignore_ascii_case(id))
+        .ok_or_else(|| {
+            format!("Get-VM : Hyper-V was unable to find a virtual machine with ID \"{id}\".")
+        })
+}
+
+fn open_host_file(sim: &Sim, path: &str) -> Result<std::fs::File, String> {
+    let m = &sim.config.model;
+    let not_found = || {
+        format!(
+            "Exception calling \"Open\" with \"4\" argument(s): \"Could not find file '{path}'.\""
+        )
+    };
+    let local =
+        model::local_path(&m.windows_root, &sim.config.data_dir, path).ok_or_else(not_found)?;
+    std::fs::File::open(&local).map_err(|_| not_found())
+}
+
+/// The parameterised scripts (exact text after the `$GodwitArgs` line).
+fn run_with_args(
+    sim: &Sim,
+    host: &mut HostState,
+    args: &serde_json::Value,
+    body: &str,
+) -> Result<String, String> {
+    if body == CREATE_SCRIPT {
+        let vm = find_vm(sim, arg_str(args, "VmId")?)?;
+        let name = arg_str(args, "Name")?;
+        let kind = vm.checkpoint_type.as_str();
+        let snapshot_type = match (kind, vm.guest_vss) {
+            ("Disabled", _) => {
+                return Err(format!(
+                    "checkpoints are disabled on VM '{}' (CheckpointType Disabled); enable Production checkpoints",
+                    vm.name
+                ));
+            }
+            ("ProductionOnly", false) => {
+                return Err(format!(
+                    "Checkpoint-VM : Checkpoint operation failed. '{}' could not initiate a checkpoint operation: The guest cannot take a production checkpoint.",
+                    vm.name
+                ));
+            }
+            // Production falls back to a standard checkpoint when the guest has no VSS.
+            _ => "Standard",
+        };
+        let mut disks = Vec::new();
+        for d in &vm.disks {
+            if let (Some(rel), None) = (&d.path, d.disk_number) {
+                disks.push((
+                    d.controller_type.clone(),
+                    d.controller_number,
+                    d.controller_location,
+                    model::windows_path(&sim.config.model.windows_root, rel),
+                ));
+            }
+        }
+        let cp = SimCheckpoint {
+            vm_id: vm.id.clone(),
+            vm_name: vm.name.clone(),
+            id: uuid::Uuid::new_v4().hyphenated().to_string(),
+            name: name.to_string(),
+            disks,
+        };
+        let out = serde_json::json!({
+            "Id": cp.id,
+            "Name": cp.name,
+            "CheckpointType": kind,
+            "SnapshotType": snapshot_type,
+            "Disks": cp.disks.iter().map(|(t, n, l, p)| serde_json::json!({
+                "ControllerType": t, "ControllerNumber": n, "ControllerLocation": l, "Path": p
+            })).collect::<Vec<_>>(),
+        });
+        host.checkpoints.push(cp);
+        return Ok(format!("{out}\r\n"));
+    }
+    if body == REMOVE_SCRIPT {
+        let id = arg_str(args, "VmId")?;
+        let name = arg_str(args, "Name")?;
+        if !name.starts_with("godwit-") {
+            return Err(format!(
+                "refusing to remove checkpoint '{name}': not a Godwit checkpoint"
+            ));
+        }
+        let before = host.checkpoints.len();
+        host.checkpoints
+            .retain(|c| !(c.vm_id.eq_ignore_ascii_case(id) && c.name == name));
+        let removed = before - host.checkpoints.len();
+        return Ok(format!("{{\"Removed\":{removed}}}\r\n"));
+    }
+    if body == FILE_INFO_SCRIPT {
+        let f = open_host_file(sim, arg_str(args, "Path")?)?;
+        let len = f.metadata().map_err(|e| e.to_string())?.len();
+        return Ok(format!("{{\"Length\":{len}}}\r\n"));
+    }
+    if body == READ_RANGE_SCRIPT {
+        let path = arg_str(args, "Path")?;
+        let off = arg_u64(args, "Offset")?;
+        let len = arg_u64(args, "Length")?;
+        if len > 0x7fff_ffff {
+            return Err(format!(
+                "Cannot convert value \"{len}\" to type \"System.Int32\"."
+            ));
+        }
+        let f = open_host_file(sim, path)?;
+        let size = f.metadata().map_err(|e| e.to_string())?.len();
+        if off.checked_add(len).is_none_or(|e| e > size) {
+            return Err(format!(
+                "range {off}+{len} is past the end of {path} ({size} bytes)"
+            ));
+        }
+        let mut buf = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
+        f.read_exact_at(&mut buf, off)
+            .map_err(|e| format!("short read at {off} in {path}: {e}"))?;
+        return Ok(encode_range_output(&buf));
+    }
+    Err("unknown script".into())
 }
