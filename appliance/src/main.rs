@@ -3,6 +3,7 @@
 //! 2 an error (bad usage, bad input, I/O). Subcommands may document more specific codes.
 
 mod cli;
+mod service;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -30,11 +31,16 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// List the VMs and disks at a source, with eligibility.
     Inventory(cli::inventory::InventoryArgs),
+    /// The connector service: HTTPS web UI and REST API, settings store, job engine.
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
-    cli::init_logging();
     let cli = Cli::parse();
+    // `serve` installs its own logging (stderr, log file, in-memory ring).
+    if !matches!(cli.command, Command::Serve(_)) {
+        cli::init_logging();
+    }
     let result = match cli.command {
         Command::Disk(c) => cli::disk::run(c),
         Command::Staging(c) => cli::staging::run(c),
@@ -42,6 +48,7 @@ fn main() -> ExitCode {
         Command::Export(a) => cli::export::run(a),
         Command::Check(a) => cli::check::run(a),
         Command::Inventory(a) => cli::inventory::run(a),
+        Command::Serve(a) => cli::serve::run(a),
     };
     match result {
         Ok(code) => code,

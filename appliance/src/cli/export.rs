@@ -43,53 +43,21 @@ pub struct ExportArgs {
 pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
     let token = super::replicate::read_token(a.token_file.as_ref())?;
     let target = Target::parse(&a.target, a.target_fingerprint.as_deref(), token)?;
-    let format = OutputFormat::parse(&a.format, None)?;
     let sync = a.sync.as_deref().map(SyncId::parse).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let handle = rt.handle().clone();
-    let (store, index) = rt.block_on(async {
-        let store = target.connect().await?;
-        let index = load_index(&*store, &a.vm, a.disk, sync.as_ref()).await?;
-        Ok::<_, godwit_transfer::Error>((store, index))
-    })?;
-    let src = IndexSource::new(index, store, handle.clone());
-    let (stats, sha) = if let Some(s3) = a.out.strip_prefix("s3://") {
-        godwit_transfer::s3_export::export_to_s3(&src, format, s3, &handle)?
-    } else {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .read(true)
-            .open(&a.out)
-            .with_context(|| format!("creating {}", a.out))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, f.try_clone()?);
-        let sparse = (format == OutputFormat::Raw).then_some(&f);
-        let r = write_hashed(&src, format, &mut w, sparse, &a.out)?;
-        w.flush().with_context(|| format!("writing {}", a.out))?;
-        f.sync_all().with_context(|| format!("fsync {}", a.out))?;
-        r
-    };
-    let verified = check_sha(&src.index, &sha)?;
-    let report = ExportReport {
-        vm: a.vm.clone(),
-        disk: a.disk,
-        sync_id: src.index.sync_id.to_string(),
-        format: a.format.clone(),
-        out: a.out.clone(),
-        disk_size: src.index.disk_size,
-        data_bytes: stats.data_bytes,
-        written_bytes: stats.written_bytes,
-        raw_sha256: sha.iter().map(|b| format!("{b:02x}")).collect(),
-        recorded_sha256: src
-            .index
-            .raw_sha256
-            .map(|s| s.iter().map(|b| format!("{b:02x}")).collect()),
-        verified,
-    };
+    let report = export_disk(
+        &target,
+        &a.vm,
+        a.disk,
+        sync.as_ref(),
+        &a.format,
+        &a.out,
+        rt.handle(),
+    )?;
+    let verified = report.verified;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -109,7 +77,61 @@ pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    drop(src);
     drop(rt);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Export one kept sync (default: the newest) of `vm` disk `disk` from `target` as
+/// `format_name` to a file or `s3://BUCKET/KEY`, checking the SHA-256 recorded at
+/// replication. Blocking: call from a plain thread; `handle` runs the network side.
+pub fn export_disk(
+    target: &Target,
+    vm: &str,
+    disk: u32,
+    sync: Option<&SyncId>,
+    format_name: &str,
+    out: &str,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<ExportReport> {
+    let format = OutputFormat::parse(format_name, None)?;
+    let (store, index) = handle.block_on(async {
+        let store = target.connect().await?;
+        let index = load_index(&*store, vm, disk, sync).await?;
+        Ok::<_, godwit_transfer::Error>((store, index))
+    })?;
+    let src = IndexSource::new(index, store, handle.clone());
+    let (stats, sha) = if let Some(s3) = out.strip_prefix("s3://") {
+        godwit_transfer::s3_export::export_to_s3(&src, format, s3, handle)?
+    } else {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .read(true)
+            .open(out)
+            .with_context(|| format!("creating {out}"))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f.try_clone()?);
+        let sparse = (format == OutputFormat::Raw).then_some(&f);
+        let r = write_hashed(&src, format, &mut w, sparse, out)?;
+        w.flush().with_context(|| format!("writing {out}"))?;
+        f.sync_all().with_context(|| format!("fsync {out}"))?;
+        r
+    };
+    let verified = check_sha(&src.index, &sha)?;
+    Ok(ExportReport {
+        vm: vm.to_string(),
+        disk,
+        sync_id: src.index.sync_id.to_string(),
+        format: format_name.to_string(),
+        out: out.to_string(),
+        disk_size: src.index.disk_size,
+        data_bytes: stats.data_bytes,
+        written_bytes: stats.written_bytes,
+        raw_sha256: sha.iter().map(|b| format!("{b:02x}")).collect(),
+        recorded_sha256: src
+            .index
+            .raw_sha256
+            .map(|s| s.iter().map(|b| format!("{b:02x}")).collect()),
+        verified,
+    })
 }

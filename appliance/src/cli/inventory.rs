@@ -97,7 +97,8 @@ fn list(args: &InventoryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn collect(session: &Session, only: Option<&str>) -> anyhow::Result<Vec<Vm>> {
+/// Every VM of the session (or only `only`), sorted by name, with host names filled in.
+pub fn collect(session: &Session, only: Option<&str>) -> anyhow::Result<Vec<Vm>> {
     let hosts: HashMap<_, _> = session
         .all_of_kind("HostSystem", &["name"])?
         .into_iter()

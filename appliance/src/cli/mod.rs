@@ -7,6 +7,7 @@ pub mod export;
 pub mod inventory;
 pub mod replicate;
 pub mod replicate_vsphere;
+pub mod serve;
 pub mod staging;
 
 /// Logs go to stderr; `GODWIT_LOG` (e.g. `debug`, `godwit_transfer=trace`) sets the filter.

@@ -1,0 +1,166 @@
+//! `godwit serve`: the connector service — the HTTPS web UI and REST API (godwit-webui) over
+//! the appliance core (`crate::service`). Prints on stdout when it is listening:
+//!
+//! ```text
+//! url: https://HOST:PORT/
+//! fingerprint: SHA256:<hex>          (of its self-signed certificate)
+//! setup code: XXXX-XXXX-XXXX-XXXX    (only while no admin password is set; one-time)
+//! ```
+//!
+//! Stops on SIGINT or SIGTERM; runs interrupted by a stop start again at the next start.
+
+use crate::service::engine::EngineOptions;
+use crate::service::tls::Identity;
+use crate::service::{Appliance, ApplianceConfig, logs};
+use anyhow::Context;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Data directory: the settings and job store, the HTTPS certificate, logs, job state.
+    #[arg(long, default_value = "/var/lib/godwit")]
+    data: PathBuf,
+    /// Address to listen on (HTTPS only).
+    #[arg(long, default_value = "0.0.0.0:443")]
+    listen: SocketAddr,
+    /// Preset the admin password from this file (first line) when none is set yet.
+    #[arg(long, env = "GODWIT_ADMIN_PASSWORD_FILE")]
+    admin_password_file: Option<PathBuf>,
+    /// Transfers run at once (stored as a setting; default 2).
+    #[arg(long)]
+    max_concurrent_jobs: Option<u32>,
+    /// First retry delay in seconds after a failed run (doubles per failure, at most an hour).
+    #[arg(long, default_value_t = 60)]
+    retry_base_secs: u64,
+    /// Limit on bytes sent per second per transfer (e.g. `50M`).
+    #[arg(long)]
+    bwlimit: Option<String>,
+    /// Replication chunk size, a power of two from 4K to 8M.
+    #[arg(long, default_value = "4M")]
+    chunk_size: String,
+    /// Do not use vSphere Changed Block Tracking (every run reads whole disks).
+    #[arg(long)]
+    no_cbt: bool,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "godwit".into())
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&a.data).with_context(|| format!("creating {}", a.data.display()))?;
+    let ring = logs::init(&a.data)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(serve(a, ring))?;
+    // Blocking runs still in flight are abandoned; they start again at the next start.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(a: ServeArgs, ring: logs::LogRing) -> anyhow::Result<()> {
+    let host = hostname();
+    let mut names = vec![
+        host.clone(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if !a.listen.ip().is_unspecified() {
+        names.push(a.listen.ip().to_string());
+    }
+    names.dedup();
+    let identity = Identity::load_or_create(&a.data.join("tls"), &names)?;
+    let fingerprint = identity.fingerprint();
+    let engine = EngineOptions {
+        retry_base: Duration::from_secs(a.retry_base_secs.max(1)),
+        bandwidth_limit: a
+            .bwlimit
+            .as_deref()
+            .map(super::replicate::parse_size)
+            .transpose()?,
+        chunk_size: u32::try_from(super::replicate::parse_size(&a.chunk_size)?)
+            .context("--chunk-size")?,
+        cbt: !a.no_cbt,
+    };
+    let url_host = if a.listen.ip().is_unspecified() {
+        host.clone()
+    } else {
+        match a.listen.ip() {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        }
+    };
+    let cfg = ApplianceConfig {
+        data: a.data.clone(),
+        hostname: host,
+        addresses: vec![a.listen.to_string()],
+        engine,
+        max_concurrent_jobs: a.max_concurrent_jobs,
+    };
+    let appliance = Appliance::open(cfg, ring, tokio::runtime::Handle::current())?;
+    if let Some(f) = &a.admin_password_file {
+        appliance.preset_password(f)?;
+    }
+    let code = appliance.new_setup_code_if_needed()?;
+
+    let counter = appliance.clone();
+    let router = godwit_webui::router(appliance.clone(), godwit_webui::WebConfig::default()).layer(
+        axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                counter.count_request();
+                next.run(req)
+            },
+        ),
+    );
+    let handle = axum_server::Handle::new();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
+    let server = axum_server::bind_rustls(a.listen, tls).handle(handle.clone());
+    let serving =
+        tokio::spawn(server.serve(router.into_make_service_with_connect_info::<SocketAddr>()));
+    let Some(bound) = handle.listening().await else {
+        let e = serving.await.context("server task")?;
+        return Err(anyhow::anyhow!(
+            "cannot listen on {}: {:?}",
+            a.listen,
+            e.err()
+        ));
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "url: https://{url_host}:{}/", bound.port())?;
+    writeln!(out, "fingerprint: {fingerprint}")?;
+    if let Some(c) = &code {
+        writeln!(out, "setup code: {c}")?;
+    }
+    out.flush()?;
+    drop(out);
+    tracing::info!(url = %format!("https://{url_host}:{}/", bound.port()), %fingerprint, "listening");
+    if let Some(c) = &code {
+        tracing::info!("setup code: {c} (one-time; unlocks setting the admin password)");
+    }
+    tokio::spawn(Arc::clone(&appliance).start());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+        r = serving => {
+            r.context("server task")?.context("HTTPS server")?;
+        }
+    }
+    handle.graceful_shutdown(Some(Duration::from_secs(3)));
+    Ok(())
+}

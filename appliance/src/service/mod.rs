@@ -1,0 +1,444 @@
+//! `godwit serve`: the appliance core behind the web UI. [`Appliance`] implements the web
+//! layer's [`Backend`] contract over the redb store ([`store`]), the job engine ([`engine`]),
+//! sources ([`sources`]), checks, exports and diagnostics ([`bundle`], [`logs`]).
+//!
+//! Secrets (admin password hash, setup-code hash, source passwords, staging token, S3 key) live
+//! only in the store; every view is built field by field without them.
+
+pub mod auth;
+pub mod bundle;
+pub mod engine;
+pub mod logs;
+mod ops;
+pub mod sources;
+pub mod store;
+pub mod time;
+pub mod tls;
+pub mod validate;
+
+use engine::{Engine, EngineOptions};
+use godwit_webui::backend::*;
+use logs::LogRing;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use store::{Settings, StagingRecord, Store};
+
+/// What the service is told at start.
+#[derive(Clone, Debug)]
+pub struct ApplianceConfig {
+    pub data: PathBuf,
+    pub hostname: String,
+    pub addresses: Vec<String>,
+    pub engine: EngineOptions,
+    /// Written to the settings at start when given (`--max-concurrent-jobs`).
+    pub max_concurrent_jobs: Option<u32>,
+}
+
+pub struct Appliance {
+    store: Arc<Store>,
+    engine: Arc<Engine>,
+    cfg: ApplianceConfig,
+    logs: LogRing,
+    inventory: tokio::sync::Mutex<Option<Vec<VmView>>>,
+    http_requests: AtomicU64,
+    handle: tokio::runtime::Handle,
+}
+
+/// Map a task join failure (a panic in blocking code) to a safe message.
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> CommandResult<T> {
+    r.map_err(|e| CommandError::Internal {
+        message: format!("background task failed: {e}"),
+    })
+}
+
+fn random_id(prefix: &str) -> String {
+    let b: [u8; 5] = rand::random();
+    format!("{prefix}-{}", hex::encode(b))
+}
+
+impl Appliance {
+    /// Open the store in `cfg.data` (created mode 0700) and build the engine. Call
+    /// [`Appliance::start`] to recover and run jobs.
+    pub fn open(
+        cfg: ApplianceConfig,
+        logs: LogRing,
+        handle: tokio::runtime::Handle,
+    ) -> anyhow::Result<Arc<Appliance>> {
+        use anyhow::Context;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&cfg.data)
+            .with_context(|| format!("creating {}", cfg.data.display()))?;
+        std::fs::set_permissions(&cfg.data, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 0700 {}", cfg.data.display()))?;
+        let store = Arc::new(Store::open(&cfg.data.join("godwit.redb"))?);
+        if let Some(k) = cfg.max_concurrent_jobs {
+            anyhow::ensure!(k >= 1, "--max-concurrent-jobs must be at least 1");
+            store
+                .update_settings(|s| {
+                    s.max_concurrent_jobs = Some(k);
+                    Ok(())
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let engine = Engine::new(
+            store.clone(),
+            cfg.data.clone(),
+            handle.clone(),
+            cfg.engine.clone(),
+        );
+        Ok(Arc::new(Appliance {
+            store,
+            engine,
+            cfg,
+            logs,
+            inventory: tokio::sync::Mutex::new(None),
+            http_requests: AtomicU64::new(0),
+            handle,
+        }))
+    }
+
+    /// Set the admin password from a file (first line) when none is set yet (the vApp
+    /// property path). Returns whether it was set.
+    pub fn preset_password(&self, file: &Path) -> anyhow::Result<bool> {
+        use anyhow::Context;
+        if self.store.settings()?.admin_password_hash.is_some() {
+            return Ok(false);
+        }
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the admin password file {}", file.display()))?;
+        let pw = text.lines().next().unwrap_or("").to_string();
+        if let Some(p) = auth::password_problem(&pw) {
+            anyhow::bail!("the admin password in {}: {p}", file.display());
+        }
+        let h = auth::hash(&pw).map_err(anyhow::Error::msg)?;
+        self.store
+            .update_settings(|s| {
+                s.admin_password_hash = Some(h);
+                s.setup_code_hash = None;
+                Ok(())
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::info!("admin password preset from {}", file.display());
+        Ok(true)
+    }
+
+    /// When no admin password is set: a fresh one-time setup code (stored hashed, replacing any
+    /// earlier one) to print on the console.
+    pub fn new_setup_code_if_needed(&self) -> anyhow::Result<Option<String>> {
+        if self.store.settings()?.admin_password_hash.is_some() {
+            return Ok(None);
+        }
+        let code = auth::new_setup_code();
+        let h = auth::hash(&code).map_err(anyhow::Error::msg)?;
+        self.store
+            .update_settings(|s| {
+                s.setup_code_hash = Some(h);
+                Ok(())
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Some(code))
+    }
+
+    /// Recover runs cut short by a stop, sweep leftover snapshots, then run the job engine.
+    pub async fn start(self: Arc<Self>) {
+        match self.engine.recover() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} job run(s) interrupted by a stop will start again"),
+            Err(e) => tracing::error!(error = %e, "recovering jobs"),
+        }
+        let swept = self.engine.sweep_ledgers().await;
+        if !swept.is_empty() {
+            tracing::info!(snapshots = ?swept, "removed leftover snapshots");
+        }
+        tokio::spawn(self.engine.clone().run_owner());
+    }
+
+    /// Count one HTTP request (for the metrics).
+    pub fn count_request(&self) {
+        self.http_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn settings_now(&self) -> CommandResult<Settings> {
+        Ok(self.store.settings()?)
+    }
+
+    fn job_view(&self, j: &store::JobRecord) -> JobView {
+        JobView {
+            id: j.id.clone(),
+            source_id: j.source_id.clone(),
+            vm: j.vm.clone(),
+            schedule: j.schedule.clone(),
+            state: j.state,
+            progress: self.engine.progress(&j.id),
+            runs_completed: j.runs_completed,
+            last_error: j.last_error.clone(),
+            next_run: j.next_run.map(time::rfc3339),
+            last_sync: j.last_sync.map(time::rfc3339),
+        }
+    }
+
+    fn settings_view(s: &Settings) -> SettingsView {
+        SettingsView {
+            network: s.network.clone(),
+            staging: match &s.staging {
+                None => StagingView::None,
+                Some(StagingRecord::Server {
+                    address,
+                    fingerprint,
+                    ..
+                }) => StagingView::Server {
+                    address: address.clone(),
+                    fingerprint: fingerprint.clone(),
+                },
+                Some(StagingRecord::S3 {
+                    endpoint,
+                    region,
+                    bucket,
+                    prefix,
+                    access_key_id,
+                    ..
+                }) => StagingView::S3 {
+                    endpoint: endpoint.clone(),
+                    region: region.clone(),
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                    access_key_id: access_key_id.clone(),
+                },
+            },
+            sources: s
+                .sources
+                .iter()
+                .map(|x| SourceView {
+                    id: x.id.clone(),
+                    kind: x.kind,
+                    address: x.address.clone(),
+                    username: x.username.clone(),
+                    fingerprint: x.fingerprint.clone(),
+                })
+                .collect(),
+            max_concurrent_jobs: s.max_concurrent(),
+        }
+    }
+
+    fn next_step(s: &Settings) -> WizardStep {
+        if s.admin_password_hash.is_none() {
+            WizardStep::Password
+        } else if s.wizard_done {
+            WizardStep::Done
+        } else if s.network.is_none() {
+            WizardStep::Network
+        } else if s.staging.is_none() {
+            WizardStep::Staging
+        } else if s.sources.is_empty() {
+            WizardStep::Sources
+        } else {
+            WizardStep::Checks
+        }
+    }
+}
+
+impl Backend for Appliance {
+    async fn setup_status(&self) -> SetupStatus {
+        let s = self.store.settings().unwrap_or_default();
+        SetupStatus {
+            password_set: s.admin_password_hash.is_some(),
+            next_step: Self::next_step(&s),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            hostname: s
+                .network
+                .as_ref()
+                .map_or_else(|| self.cfg.hostname.clone(), |n| n.hostname.clone()),
+            addresses: self.cfg.addresses.clone(),
+        }
+    }
+
+    async fn set_admin_password(&self, cmd: SetAdminPassword) -> CommandResult<()> {
+        self.set_password(cmd).await
+    }
+
+    async fn verify_admin_password(&self, password: &Secret) -> bool {
+        let Ok(s) = self.store.settings() else {
+            return false;
+        };
+        let Some(h) = s.admin_password_hash else {
+            return false;
+        };
+        let pw = password.expose().to_string();
+        tokio::task::spawn_blocking(move || auth::verify(&pw, &h))
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn settings(&self) -> SettingsView {
+        Self::settings_view(&self.store.settings().unwrap_or_default())
+    }
+
+    async fn set_network(&self, cmd: NetworkSettings) -> CommandResult<()> {
+        let n = validate::network(cmd)?;
+        self.store.update_settings(|s| {
+            s.network = Some(n);
+            Ok(())
+        })?;
+        // Applying the settings to the system is the appliance image's part (appliance/src/system,
+        // not present yet); the service stores them.
+        tracing::info!("network settings stored");
+        Ok(())
+    }
+
+    async fn set_staging(&self, cmd: SetStagingTarget) -> CommandResult<()> {
+        self.staging(cmd).await
+    }
+
+    async fn probe_source(&self, cmd: ProbeSource) -> CommandResult<CertificateView> {
+        sources::probe(cmd.kind, &cmd.address).await
+    }
+
+    async fn add_source(&self, cmd: AddSource) -> CommandResult<SourceView> {
+        self.add(cmd).await
+    }
+
+    async fn remove_source(&self, id: String) -> CommandResult<()> {
+        let jobs = self.store.jobs()?;
+        self.store.update_settings(|s| {
+            if s.source(&id).is_none() {
+                return Err(CommandError::NotFound {
+                    message: format!("source {id}"),
+                });
+            }
+            if let Some(j) = jobs.iter().find(|j| {
+                j.source_id == id
+                    && !matches!(
+                        j.state,
+                        JobState::Completed | JobState::Cancelled | JobState::Failed
+                    )
+            }) {
+                return Err(CommandError::Conflict {
+                    message: format!(
+                        "job {} ({}) uses this source; cancel or delete it first",
+                        j.id, j.vm
+                    ),
+                });
+            }
+            s.sources.retain(|x| x.id != id);
+            Ok(())
+        })?;
+        *self.inventory.lock().await = None;
+        tracing::info!(source = %id, "source removed");
+        Ok(())
+    }
+
+    async fn run_checks(&self) -> CommandResult<Vec<CheckView>> {
+        self.checks().await
+    }
+
+    async fn finish_wizard(&self) -> CommandResult<()> {
+        self.store.update_settings(|s| {
+            let missing = match Self::next_step(s) {
+                WizardStep::Done => None,
+                WizardStep::Checks if s.checks_run => None,
+                WizardStep::Checks => Some("run the checks"),
+                WizardStep::Password => Some("set the admin password"),
+                WizardStep::Network => Some("save the network settings"),
+                WizardStep::Staging => Some("configure the staging target"),
+                WizardStep::Sources => Some("add at least one source"),
+            };
+            if let Some(m) = missing {
+                return Err(CommandError::Conflict {
+                    message: format!("the wizard is not finished: {m} first"),
+                });
+            }
+            s.wizard_done = true;
+            Ok(())
+        })?;
+        tracing::info!("setup wizard finished");
+        Ok(())
+    }
+
+    async fn inventory(&self, refresh: bool) -> CommandResult<Vec<VmView>> {
+        let mut cache = self.inventory.lock().await;
+        if !refresh && let Some(v) = &*cache {
+            return Ok(v.clone());
+        }
+        let s = self.settings_now()?;
+        let mut all = Vec::new();
+        for src in s.sources {
+            let vms = joined(tokio::task::spawn_blocking(move || sources::inventory(&src)).await)??;
+            all.extend(vms);
+        }
+        *cache = Some(all.clone());
+        Ok(all)
+    }
+
+    async fn create_job(&self, cmd: CreateJob) -> CommandResult<JobView> {
+        let j = self.new_job(cmd).await?;
+        Ok(self.job_view(&j))
+    }
+
+    async fn jobs(&self) -> Vec<JobView> {
+        self.store
+            .jobs()
+            .unwrap_or_default()
+            .iter()
+            .map(|j| self.job_view(j))
+            .collect()
+    }
+
+    async fn job(&self, id: String) -> CommandResult<JobView> {
+        match self.store.job(&id)? {
+            Some(j) => Ok(self.job_view(&j)),
+            None => Err(CommandError::NotFound {
+                message: format!("job {id}"),
+            }),
+        }
+    }
+
+    async fn job_events(&self, id: String) -> CommandResult<Vec<JobEvent>> {
+        if self.store.job(&id)?.is_none() {
+            return Err(CommandError::NotFound {
+                message: format!("job {id}"),
+            });
+        }
+        Ok(self.store.events(&id)?)
+    }
+
+    async fn run_job_now(&self, id: String) -> CommandResult<()> {
+        self.engine.run_now(&id)
+    }
+
+    async fn cancel_job(&self, id: String) -> CommandResult<()> {
+        self.engine.cancel(&id)
+    }
+
+    async fn delete_job(&self, id: String) -> CommandResult<()> {
+        self.remove_job(id).await
+    }
+
+    async fn throughput(&self) -> Vec<ThroughputSample> {
+        self.engine.throughput()
+    }
+
+    async fn ledger(&self) -> Vec<LedgerEntryView> {
+        self.engine.ledger_entries()
+    }
+
+    async fn create_export(&self, cmd: CreateExport) -> CommandResult<ExportView> {
+        self.export(cmd).await
+    }
+
+    async fn exports(&self) -> Vec<ExportView> {
+        self.store.exports().unwrap_or_default()
+    }
+
+    async fn logs(&self, lines: usize) -> Vec<String> {
+        self.logs.last(lines)
+    }
+
+    async fn support_bundle(&self) -> CommandResult<Vec<u8>> {
+        self.bundle().await
+    }
+
+    async fn metrics(&self) -> String {
+        self.metrics_text()
+    }
+}

@@ -1,0 +1,459 @@
+//! The service's persistent state in one redb file (`DATA/godwit.redb`, mode 0600): settings
+//! (secrets included — they live here and nowhere else), jobs, job events and exports.
+//! Every write is one ACID transaction, so a `kill -9` leaves either the old or the new record.
+//!
+//! Records holding secrets have no `Debug` and are never logged; views are built from them
+//! field by field (see `super::views`).
+
+use godwit_webui::backend::{
+    CommandError, ExportView, JobEvent, JobState, NetworkSettings, Schedule, SourceKind,
+};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("job_events");
+const EXPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("exports");
+const SETTINGS_KEY: &str = "settings";
+
+/// Most events kept per job (older ones are dropped as new ones arrive).
+pub const MAX_EVENTS_PER_JOB: u64 = 500;
+
+/// Default number of transfers run at once (K).
+pub const DEFAULT_MAX_CONCURRENT_JOBS: u32 = 2;
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StagingRecord {
+    Server {
+        address: String,
+        fingerprint: String,
+        token: String,
+    },
+    S3 {
+        endpoint: Option<String>,
+        region: String,
+        bucket: String,
+        prefix: String,
+        access_key_id: String,
+        secret_access_key: String,
+    },
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceRecord {
+    pub id: String,
+    pub kind: SourceKind,
+    /// `host:port`
+    pub address: String,
+    pub username: String,
+    pub password: String,
+    /// `SHA256:<hex>` the operator approved.
+    pub fingerprint: String,
+}
+
+/// Everything the wizard and the settings pages write.
+#[derive(Clone, Serialize, Deserialize, Default)]
+pub struct Settings {
+    pub network: Option<NetworkSettings>,
+    pub staging: Option<StagingRecord>,
+    #[serde(default)]
+    pub sources: Vec<SourceRecord>,
+    #[serde(default)]
+    pub max_concurrent_jobs: Option<u32>,
+    /// argon2id PHC string.
+    pub admin_password_hash: Option<String>,
+    /// argon2id PHC string of the one-time setup code; `None` once a password is set.
+    pub setup_code_hash: Option<String>,
+    #[serde(default)]
+    pub checks_run: bool,
+    #[serde(default)]
+    pub wizard_done: bool,
+}
+
+impl Settings {
+    pub fn max_concurrent(&self) -> u32 {
+        self.max_concurrent_jobs
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_JOBS)
+            .max(1)
+    }
+
+    pub fn source(&self, id: &str) -> Option<&SourceRecord> {
+        self.sources.iter().find(|s| s.id == id)
+    }
+
+    /// Every secret value held, for the support bundle's last-line scrub.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.sources.iter().map(|s| s.password.clone()).collect();
+        match &self.staging {
+            Some(StagingRecord::Server { token, .. }) => v.push(token.clone()),
+            Some(StagingRecord::S3 {
+                secret_access_key, ..
+            }) => v.push(secret_access_key.clone()),
+            None => {}
+        }
+        v.retain(|s| s.len() >= 4);
+        v
+    }
+}
+
+/// A replication job as persisted. Times are Unix seconds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: String,
+    pub source_id: String,
+    pub vm: String,
+    pub schedule: Schedule,
+    pub state: JobState,
+    pub runs_completed: u32,
+    /// Failed runs in a row (drives the backoff; reset by a good run).
+    pub failures: u32,
+    pub last_error: Option<String>,
+    pub next_run: Option<u64>,
+    pub last_sync: Option<u64>,
+    pub created: u64,
+    /// Set while a run is active (`Snapshotting`/`Transferring`/`RemovingSnapshot`).
+    pub run_started: Option<u64>,
+    /// Cancel asked for while the run was active.
+    #[serde(default)]
+    pub cancel_requested: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {what}: {detail}")]
+    Db {
+        path: String,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("{path}: record {key:?} is not valid JSON: {detail}")]
+    Record {
+        path: String,
+        key: String,
+        detail: String,
+    },
+}
+
+impl From<StoreError> for CommandError {
+    fn from(e: StoreError) -> Self {
+        CommandError::Internal {
+            message: e.to_string(),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+pub struct Store {
+    db: redb::Database,
+    path: String,
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising our own plain records cannot fail (no maps with non-string keys, no floats).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Store {
+    /// Open (or create) the store; the file is made mode 0600 since it holds secrets.
+    pub fn open(path: &Path) -> StoreResult<Store> {
+        let p = path.display().to_string();
+        let err = |what: &'static str| {
+            let p = p.clone();
+            move |e: &dyn std::fmt::Display| StoreError::Db {
+                path: p,
+                what,
+                detail: e.to_string(),
+            }
+        };
+        let db = redb::Database::create(path).map_err(|e| err("open")(&e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| err("chmod 0600")(&e))?;
+        let s = Store { db, path: p };
+        let tx = s.begin_write()?;
+        {
+            tx.open_table(CONFIG)
+                .map_err(|e| s.db_err("create tables", e))?;
+            tx.open_table(JOBS)
+                .map_err(|e| s.db_err("create tables", e))?;
+            tx.open_table(EVENTS)
+                .map_err(|e| s.db_err("create tables", e))?;
+            tx.open_table(EXPORTS)
+                .map_err(|e| s.db_err("create tables", e))?;
+        }
+        tx.commit().map_err(|e| s.db_err("commit", e))?;
+        Ok(s)
+    }
+
+    fn db_err(&self, what: &'static str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db {
+            path: self.path.clone(),
+            what,
+            detail: e.to_string(),
+        }
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(&self, key: &str, bytes: &[u8]) -> StoreResult<T> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Record {
+            path: self.path.clone(),
+            key: key.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn begin_write(&self) -> StoreResult<redb::WriteTransaction> {
+        self.db
+            .begin_write()
+            .map_err(|e| self.db_err("begin write", e))
+    }
+
+    fn read_all<T: for<'de> Deserialize<'de>>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+    ) -> StoreResult<Vec<T>> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| self.db_err("begin read", e))?;
+        let t = tx
+            .open_table(def)
+            .map_err(|e| self.db_err("open table", e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.db_err("scan", e))? {
+            let (k, v) = row.map_err(|e| self.db_err("scan", e))?;
+            out.push(self.decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn read_one<T: for<'de> Deserialize<'de>>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> StoreResult<Option<T>> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| self.db_err("begin read", e))?;
+        let t = tx
+            .open_table(def)
+            .map_err(|e| self.db_err("open table", e))?;
+        match t.get(key).map_err(|e| self.db_err("get", e))? {
+            Some(v) => Ok(Some(self.decode(key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn settings(&self) -> StoreResult<Settings> {
+        Ok(self.read_one(CONFIG, SETTINGS_KEY)?.unwrap_or_default())
+    }
+
+    /// Read-modify-write the settings in one transaction. `f` may refuse with a command error,
+    /// in which case nothing is written.
+    pub fn update_settings<T>(
+        &self,
+        f: impl FnOnce(&mut Settings) -> Result<T, CommandError>,
+    ) -> Result<T, CommandError> {
+        let tx = self.begin_write()?;
+        let out = {
+            let mut t = tx
+                .open_table(CONFIG)
+                .map_err(|e| self.db_err("open table", e))?;
+            let mut s: Settings = match t.get(SETTINGS_KEY).map_err(|e| self.db_err("get", e))? {
+                Some(v) => self.decode(SETTINGS_KEY, v.value())?,
+                None => Settings::default(),
+            };
+            let out = f(&mut s)?;
+            t.insert(SETTINGS_KEY, json(&s).as_slice())
+                .map_err(|e| self.db_err("insert", e))?;
+            out
+        };
+        tx.commit().map_err(|e| self.db_err("commit", e))?;
+        Ok(out)
+    }
+
+    pub fn jobs(&self) -> StoreResult<Vec<JobRecord>> {
+        let mut v: Vec<JobRecord> = self.read_all(JOBS)?;
+        v.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(v)
+    }
+
+    pub fn job(&self, id: &str) -> StoreResult<Option<JobRecord>> {
+        self.read_one(JOBS, id)
+    }
+
+    /// Write a job record and, when given, one timeline event, in one transaction.
+    pub fn put_job(&self, job: &JobRecord, event: Option<&str>) -> StoreResult<()> {
+        let tx = self.begin_write()?;
+        {
+            let mut t = tx
+                .open_table(JOBS)
+                .map_err(|e| self.db_err("open table", e))?;
+            t.insert(job.id.as_str(), json(job).as_slice())
+                .map_err(|e| self.db_err("insert", e))?;
+            if let Some(msg) = event {
+                let mut ev = tx
+                    .open_table(EVENTS)
+                    .map_err(|e| self.db_err("open table", e))?;
+                let next = ev
+                    .range((job.id.as_str(), 0)..=(job.id.as_str(), u64::MAX))
+                    .map_err(|e| self.db_err("scan", e))?
+                    .next_back()
+                    .transpose()
+                    .map_err(|e| self.db_err("scan", e))?
+                    .map_or(0, |(k, _)| k.value().1 + 1);
+                let e = JobEvent {
+                    at: super::time::rfc3339(super::time::now()),
+                    message: msg.to_string(),
+                };
+                ev.insert((job.id.as_str(), next), json(&e).as_slice())
+                    .map_err(|e| self.db_err("insert", e))?;
+                if next >= MAX_EVENTS_PER_JOB {
+                    ev.remove((job.id.as_str(), next - MAX_EVENTS_PER_JOB))
+                        .map_err(|e| self.db_err("remove", e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.db_err("commit", e))
+    }
+
+    pub fn delete_job(&self, id: &str) -> StoreResult<()> {
+        let tx = self.begin_write()?;
+        {
+            let mut t = tx
+                .open_table(JOBS)
+                .map_err(|e| self.db_err("open table", e))?;
+            t.remove(id).map_err(|e| self.db_err("remove", e))?;
+            let mut ev = tx
+                .open_table(EVENTS)
+                .map_err(|e| self.db_err("open table", e))?;
+            ev.retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+                .map_err(|e| self.db_err("remove", e))?;
+        }
+        tx.commit().map_err(|e| self.db_err("commit", e))
+    }
+
+    pub fn events(&self, job_id: &str) -> StoreResult<Vec<JobEvent>> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| self.db_err("begin read", e))?;
+        let t = tx
+            .open_table(EVENTS)
+            .map_err(|e| self.db_err("open table", e))?;
+        let mut out = Vec::new();
+        for row in t
+            .range((job_id, 0)..=(job_id, u64::MAX))
+            .map_err(|e| self.db_err("scan", e))?
+        {
+            let (_, v) = row.map_err(|e| self.db_err("scan", e))?;
+            out.push(self.decode(job_id, v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_export(&self, e: &ExportView) -> StoreResult<()> {
+        let tx = self.begin_write()?;
+        {
+            let mut t = tx
+                .open_table(EXPORTS)
+                .map_err(|e| self.db_err("open table", e))?;
+            t.insert(e.id.as_str(), json(e).as_slice())
+                .map_err(|e| self.db_err("insert", e))?;
+        }
+        tx.commit().map_err(|e| self.db_err("commit", e))
+    }
+
+    pub fn exports(&self) -> StoreResult<Vec<ExportView>> {
+        self.read_all(EXPORTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            source_id: "s".into(),
+            vm: "vm".into(),
+            schedule: Schedule::Once,
+            state: JobState::Scheduled,
+            runs_completed: 0,
+            failures: 0,
+            last_error: None,
+            next_run: Some(1),
+            last_sync: None,
+            created: 1,
+            run_started: None,
+            cancel_requested: false,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen_and_events_are_per_job_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.redb");
+        {
+            let s = Store::open(&p).unwrap();
+            s.update_settings(|st| {
+                st.checks_run = true;
+                Ok(())
+            })
+            .unwrap();
+            s.put_job(&job("a"), Some("created")).unwrap();
+            s.put_job(&job("b"), Some("other")).unwrap();
+            let mut a = job("a");
+            a.state = JobState::Transferring;
+            s.put_job(&a, Some("transferring")).unwrap();
+        }
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let s = Store::open(&p).unwrap();
+        assert!(s.settings().unwrap().checks_run);
+        assert_eq!(s.job("a").unwrap().unwrap().state, JobState::Transferring);
+        let ev: Vec<String> = s
+            .events("a")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(ev, ["created", "transferring"]);
+        s.delete_job("a").unwrap();
+        assert!(s.job("a").unwrap().is_none());
+        assert!(s.events("a").unwrap().is_empty());
+        assert_eq!(s.events("b").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_refused_update_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("g.redb")).unwrap();
+        let r: Result<(), _> = s.update_settings(|st| {
+            st.wizard_done = true;
+            Err(CommandError::field("x", "no"))
+        });
+        assert!(r.is_err());
+        assert!(!s.settings().unwrap().wizard_done);
+    }
+
+    #[test]
+    fn events_are_capped_per_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("g.redb")).unwrap();
+        for i in 0..(MAX_EVENTS_PER_JOB + 20) {
+            s.put_job(&job("a"), Some(&format!("e{i}"))).unwrap();
+        }
+        let ev = s.events("a").unwrap();
+        assert_eq!(u64::try_from(ev.len()).unwrap(), MAX_EVENTS_PER_JOB);
+        assert_eq!(
+            ev.last().unwrap().message,
+            format!("e{}", MAX_EVENTS_PER_JOB + 19)
+        );
+    }
+}

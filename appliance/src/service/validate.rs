@@ -1,0 +1,250 @@
+//! Business-rule validation of wizard and settings input. Every problem names its form field
+//! (the same name as the JSON member), so the web layer can show it next to the field.
+
+use godwit_webui::backend::{AddressMode, CommandError, FieldError, NetworkSettings};
+use std::net::IpAddr;
+
+/// Collects field errors; `finish` turns them into `CommandError::Invalid`.
+#[derive(Default)]
+pub struct Problems(Vec<FieldError>);
+
+impl Problems {
+    pub fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    pub fn finish(self) -> Result<(), CommandError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(CommandError::Invalid { fields: self.0 })
+        }
+    }
+}
+
+/// RFC 1123 host name (labels of letters, digits, hyphens; up to 253 characters).
+pub fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` → (host, port).
+pub fn host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("required".into());
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once(']').ok_or("unclosed [")?;
+        (h.to_string(), p.strip_prefix(':'))
+    } else if s.matches(':').count() > 1 {
+        // A bare IPv6 address.
+        (s.to_string(), None)
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (s.to_string(), None),
+        }
+    };
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("{p:?} is not a port number (1-65535)")),
+        },
+    };
+    if host.parse::<IpAddr>().is_err() && !is_hostname(&host) {
+        return Err(format!("{host:?} is not a host name or IP address"));
+    }
+    Ok((host, port))
+}
+
+/// `host:port` with IPv6 in brackets.
+pub fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// `SHA256:<hex>` (any case, colons allowed) → `SHA256:<lower hex>`.
+pub fn fingerprint(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let body = t
+        .strip_prefix("SHA256:")
+        .or_else(|| t.strip_prefix("sha256:"))
+        .unwrap_or(t);
+    let hex: String = body.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err("expected SHA256: followed by 64 hex digits".into());
+    }
+    Ok(format!("SHA256:{}", hex.to_ascii_lowercase()))
+}
+
+fn cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or("expected ADDRESS/PREFIX, e.g. 192.0.2.10/24")?;
+    let ip: IpAddr = a
+        .parse()
+        .map_err(|_| format!("{a:?} is not an IP address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match p.parse::<u8>() {
+        Ok(n) if (1..=max).contains(&n) => Ok((ip, n)),
+        _ => Err(format!("prefix length must be 1-{max}")),
+    }
+}
+
+/// Check network settings; returns them normalised (trimmed, empty entries dropped).
+pub fn network(mut n: NetworkSettings) -> Result<NetworkSettings, CommandError> {
+    let mut p = Problems::default();
+    n.hostname = n.hostname.trim().to_string();
+    if !is_hostname(&n.hostname) {
+        p.add(
+            "hostname",
+            "letters, digits and hyphens, labels separated by dots",
+        );
+    }
+    if let AddressMode::Static { address, gateway } = &mut n.address {
+        *address = address.trim().to_string();
+        *gateway = gateway.trim().to_string();
+        let addr = cidr(address);
+        if let Err(e) = &addr {
+            p.add("address", e.clone());
+        }
+        match gateway.parse::<IpAddr>() {
+            Err(_) => p.add("gateway", format!("{gateway:?} is not an IP address")),
+            Ok(g) => {
+                if let Ok((a, _)) = addr
+                    && a.is_ipv4() != g.is_ipv4()
+                {
+                    p.add("gateway", "must be the same IP version as the address");
+                }
+            }
+        }
+    }
+    n.dns_servers = clean(&n.dns_servers);
+    for s in &n.dns_servers {
+        if s.parse::<IpAddr>().is_err() {
+            p.add("dns_servers", format!("{s:?} is not an IP address"));
+        }
+    }
+    if n.dns_servers.len() > 3 {
+        p.add("dns_servers", "at most 3 DNS servers");
+    }
+    n.ntp_servers = clean(&n.ntp_servers);
+    for s in &n.ntp_servers {
+        if let Err(e) = host_port(s, 123) {
+            p.add("ntp_servers", format!("{s:?}: {e}"));
+        }
+    }
+    n.proxy = n
+        .proxy
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    if let Some(proxy) = &n.proxy {
+        match proxy.strip_prefix("http://") {
+            None => p.add("proxy", "expected http://[user@]host:port"),
+            Some(rest) => {
+                let hp = rest.trim_end_matches('/');
+                let hp = hp.rsplit_once('@').map_or(hp, |(_, h)| h);
+                if let Err(e) = host_port(hp, 3128) {
+                    p.add("proxy", e);
+                }
+            }
+        }
+    }
+    p.finish()?;
+    Ok(n)
+}
+
+fn clean(v: &[String]) -> Vec<String> {
+    v.iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(address: AddressMode) -> NetworkSettings {
+        NetworkSettings {
+            hostname: "godwit-01".into(),
+            address,
+            dns_servers: vec!["192.0.2.53".into(), " ".into()],
+            ntp_servers: vec!["ntp.example.com".into()],
+            proxy: None,
+        }
+    }
+
+    fn fields(e: CommandError) -> Vec<String> {
+        match e {
+            CommandError::Invalid { fields } => fields.into_iter().map(|f| f.field).collect(),
+            other => panic!("not invalid: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_settings_are_normalised() {
+        let n = network(net(AddressMode::Dhcp)).unwrap();
+        assert_eq!(n.dns_servers, ["192.0.2.53"]);
+        let s = network(net(AddressMode::Static {
+            address: "192.0.2.10/24".into(),
+            gateway: "192.0.2.1".into(),
+        }));
+        assert!(s.is_ok());
+    }
+
+    #[test]
+    fn each_bad_value_names_its_field() {
+        let mut n = net(AddressMode::Static {
+            address: "192.0.2.10".into(),
+            gateway: "fe80::1".into(),
+        });
+        n.hostname = "bad_host!".into();
+        n.dns_servers = vec!["dns.example.com".into()];
+        n.ntp_servers = vec!["ntp:99999".into()];
+        n.proxy = Some("socks://x".into());
+        let f = fields(network(n).unwrap_err());
+        for want in ["hostname", "address", "dns_servers", "ntp_servers", "proxy"] {
+            assert!(f.iter().any(|x| x == want), "{want} missing from {f:?}");
+        }
+    }
+
+    #[test]
+    fn host_port_and_fingerprint_forms() {
+        assert_eq!(host_port("vc.corp", 443).unwrap(), ("vc.corp".into(), 443));
+        assert_eq!(
+            host_port("10.0.0.1:8443", 443).unwrap(),
+            ("10.0.0.1".into(), 8443)
+        );
+        assert_eq!(host_port("[::1]:5986", 1).unwrap(), ("::1".into(), 5986));
+        assert!(host_port("a b", 1).is_err());
+        assert!(host_port("h:0", 1).is_err());
+        let hex = "AB".repeat(32);
+        let colons = hex
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(
+            fingerprint(&format!("SHA256:{colons}")).unwrap(),
+            format!("SHA256:{}", "ab".repeat(32))
+        );
+        assert!(fingerprint("SHA256:abc").is_err());
+    }
+}
