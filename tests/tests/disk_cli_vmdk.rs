@@ -411,9 +411,10 @@ fn check_with_libvmdk(d: &Dir, vmdk: &str, raw: &str) {
     }
     let py = Path::new("/usr/bin/python3");
     let probe = run(Command::new(py).args(["-c", "import pyvmdk"]));
-    if !probe.status.success() {
-        return;
-    }
+    assert!(
+        probe.status.success(),
+        "python3-libvmdk (pyvmdk) is not installed for /usr/bin/python3: run `make deps`"
+    );
     let script = r#"
 import hashlib, sys, pyvmdk
 h = pyvmdk.handle()

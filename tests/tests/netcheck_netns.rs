@@ -9,10 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 fn can_netns() -> bool {
-    if !is_root() {
-        eprintln!("SKIP: network-namespace tests need root (CI runs them as root)");
-        return false;
-    }
+    assert!(
+        is_root(),
+        "network-namespace tests need root (CI and `make test` run them as root)"
+    );
     !missing(&["ip"])
 }
 

@@ -21,10 +21,10 @@ fn start_moto() -> Option<Moto> {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: moto[server]/boto3 not installed (bash tests/deps/install.sh)");
-        return None;
-    }
+    assert!(
+        ok,
+        "moto[server]/boto3 not installed: run `make deps` (tests/deps/install.sh)"
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -127,6 +127,39 @@ fn s3_store_and_resumable_s3_export() {
         &m,
     )));
     assert_eq!(inc["chunks_new"], 1, "{inc}");
+    // Verify and garbage-collect the S3 store itself.
+    let staging = |verb: &str| {
+        let mut c = Command::new(godwit_bin());
+        c.args(["staging", verb, "--json", "--store", target]);
+        s3env(&mut c, &m);
+        c.output().unwrap()
+    };
+    let v = staging("verify");
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let rep = last_json(&String::from_utf8_lossy(&v.stdout));
+    assert_eq!(rep["chunks_ok"], 43, "{rep}");
+    assert_eq!(rep["indexes_ok"], 2, "{rep}");
+    // A chunk-named object no sync references, whose bytes are not that chunk.
+    let stray = boto(
+        &m,
+        "import hashlib\nh=hashlib.sha256(b'stray').hexdigest()\nk=f'stores/one/chunks/{h[:2]}/{h}'\ns3.put_object(Bucket='godwit',Key=k,Body=b'junk')\nprint(k)",
+    );
+    let stray = stray
+        .trim()
+        .strip_prefix("stores/one/")
+        .unwrap()
+        .to_string();
+    let v = staging("verify");
+    assert_eq!(v.status.code(), Some(1), "verify must fail on a bad chunk");
+    let rep = last_json(&String::from_utf8_lossy(&v.stdout));
+    assert!(rep["chunks_bad"].to_string().contains(&stray), "{rep}");
+    let g = staging("gc");
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let rep = last_json(&String::from_utf8_lossy(&g.stdout));
+    assert_eq!(rep["chunks_deleted"], 1, "{rep}");
+    assert_eq!(rep["chunks_kept"], 43, "{rep}");
+    let v = staging("verify");
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
     // Export from the S3 store to a local file.
     let out = tmp.path().join("o.raw");
     run_ok(s3env(
@@ -211,4 +244,20 @@ fn s3_store_and_resumable_s3_export() {
         "r=s3.get_object_attributes(Bucket='godwit',Key='exports/d.raw',ObjectAttributes=['ObjectParts','Checksum'])\nprint(r.get('Checksum',{}), r.get('ObjectParts',{}).get('TotalPartsCount'))",
     );
     assert!(attrs.contains("ChecksumSHA256"), "{attrs}");
+    // Damage one stored chunk: verify names it and fails.
+    let victim = boto(
+        &m,
+        "k=next(iter(s3.get_paginator('list_objects_v2').paginate(Bucket='godwit',Prefix='stores/one/chunks/').search('Contents[].Key')))\ns3.put_object(Bucket='godwit',Key=k,Body=b'bitrot')\nprint(k)",
+    );
+    let victim = victim
+        .trim()
+        .strip_prefix("stores/one/")
+        .unwrap()
+        .to_string();
+    let mut c = Command::new(godwit_bin());
+    c.args(["staging", "verify", "--json", "--store", target]);
+    let v = s3env(&mut c, &m).output().unwrap();
+    assert_eq!(v.status.code(), Some(1));
+    let rep = last_json(&String::from_utf8_lossy(&v.stdout));
+    assert!(rep["chunks_bad"].to_string().contains(&victim), "{rep}");
 }

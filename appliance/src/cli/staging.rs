@@ -49,9 +49,12 @@ pub struct ServeArgs {
 
 #[derive(clap::Args)]
 pub struct DataArgs {
-    /// The staging server's data directory (or any store directory).
+    /// The staging server's data directory.
+    #[arg(long, conflicts_with = "store", required_unless_present = "store")]
+    data: Option<PathBuf>,
+    /// A store by URL instead: `file:///DIR` or `s3://BUCKET/PREFIX` (credentials from `AWS_*`).
     #[arg(long)]
-    data: PathBuf,
+    store: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -71,7 +74,7 @@ pub fn run(cmd: StagingCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         StagingCommand::Serve(a) => serve_cmd(a),
         StagingCommand::Gc(a) => runtime()?.block_on(async {
-            let store = open(&a.data).await?;
+            let store = open(&a).await?;
             let r = store.gc().await?;
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -89,7 +92,7 @@ pub fn run(cmd: StagingCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
         StagingCommand::Verify(a) => runtime()?.block_on(async {
-            let store = open(&a.data).await?;
+            let store = open(&a).await?;
             let r = store.verify().await?;
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -112,7 +115,7 @@ pub fn run(cmd: StagingCommand) -> anyhow::Result<ExitCode> {
             })
         }),
         StagingCommand::List(a) => runtime()?.block_on(async {
-            let store = open(&a.data).await?;
+            let store = open(&a).await?;
             let keys = store.all_indexes().await?;
             let mut rows = Vec::new();
             for k in keys {
@@ -150,7 +153,12 @@ fn hex_of(b: [u8; 32]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-async fn open(data: &Path) -> anyhow::Result<Store> {
+async fn open(a: &DataArgs) -> anyhow::Result<Store> {
+    let data = match (&a.data, &a.store) {
+        (_, Some(url)) => return Ok(godwit_transfer::store::open_url(url).await?),
+        (Some(d), None) => d,
+        (None, None) => anyhow::bail!("give --data DIR or --store URL"),
+    };
     let dir = store_dir(data);
     if !dir.exists() {
         anyhow::bail!(

@@ -64,13 +64,14 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Skip (return true) with a message when a required program is missing.
+/// Every program a test needs must be installed (`make deps`); a missing one fails the test
+/// rather than letting it pass unchecked. Always returns false.
 pub fn missing(programs: &[&str]) -> bool {
     for p in programs {
-        if !have(p) {
-            eprintln!("SKIP: `{p}` is not installed (bash tests/deps/install.sh installs it)");
-            return true;
-        }
+        assert!(
+            have(p),
+            "`{p}` is not installed: run `make deps` (tests/deps/install.sh installs it)"
+        );
     }
     false
 }
