@@ -13,7 +13,7 @@
 //   GODWIT_VM                  the VM to replicate
 //   GODWIT_EXPORT_DEST         where the export is written (a path on the appliance)
 //   GODWIT_SCREENSHOTS         directory for the PNGs (created)
-//   GODWIT_DNS, GODWIT_NTP     network step values (default 127.0.0.1)
+//   GODWIT_DNS, GODWIT_NTP     network step values (default 127.0.0.1; empty for none)
 //   GODWIT_JOB_TIMEOUT_S       how long the job may take (default 180)
 //   CHROMIUM                   browser binary (default /usr/bin/chromium)
 // On success prints one line `RESULT {json}` with the job id, export destination and SHA-256,
@@ -46,8 +46,9 @@ const cfg = {
   vm: env("GODWIT_VM"),
   exportDest: env("GODWIT_EXPORT_DEST"),
   shots: env("GODWIT_SCREENSHOTS"),
-  dns: env("GODWIT_DNS", "127.0.0.1"),
-  ntp: env("GODWIT_NTP", "127.0.0.1"),
+  // May be set to empty (no DNS/NTP servers): only unset takes the default.
+  dns: process.env.GODWIT_DNS ?? "127.0.0.1",
+  ntp: process.env.GODWIT_NTP ?? "127.0.0.1",
   jobTimeoutMs: Number(env("GODWIT_JOB_TIMEOUT_S", "180")) * 1000,
   chromium: env("CHROMIUM", "/usr/bin/chromium"),
 };

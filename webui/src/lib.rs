@@ -19,6 +19,7 @@ pub mod error;
 mod pages;
 mod routes;
 pub mod security;
+mod session_store;
 #[cfg(feature = "test-backend")]
 pub mod test_backend;
 
@@ -33,7 +34,7 @@ use axum::{
 };
 use backend::Backend;
 use std::sync::Arc;
-use tower_sessions::{Expiry, MemoryStore, SessionManagerLayer, cookie::SameSite, cookie::time};
+use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite, cookie::time};
 
 /// How the web layer is set up by the service that serves it.
 #[derive(Debug, Clone)]
@@ -57,6 +58,9 @@ impl Default for WebConfig {
         }
     }
 }
+
+/// Sessions kept at most (anonymous ones are dropped first when full).
+const MAX_SESSIONS: usize = 10_000;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "godwit_session";
@@ -114,7 +118,7 @@ pub fn router<B: Backend>(backend: Arc<B>, cfg: WebConfig) -> Router {
         backend,
         limiter: Arc::new(security::LoginLimiter::new(cfg.login_failures_per_minute)),
     };
-    let sessions = SessionManagerLayer::new(MemoryStore::default())
+    let sessions = SessionManagerLayer::new(session_store::BoundedMemoryStore::new(MAX_SESSIONS))
         .with_name(SESSION_COOKIE)
         .with_secure(cfg.secure_cookies)
         .with_http_only(true)

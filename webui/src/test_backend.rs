@@ -695,15 +695,27 @@ impl Backend for TestBackend {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let bps: u64 = s
-            .jobs
-            .iter()
-            .filter_map(|j| self.job_view(j).progress.map(|p| p.throughput_bps))
-            .sum();
-        (0..30u64)
-            .map(|i| ThroughputSample {
-                at: now.saturating_sub(29 - i),
-                bytes_per_second: if i == 29 { bps } else { bps * (i % 7 + 3) / 10 },
+        let snapshot = Duration::from_millis(300);
+        let bps = DISK_BYTES / self.job_duration.as_secs().max(1);
+        // The last 60 seconds: each job adds its rate while it was transferring.
+        (0..60u64)
+            .map(|i| {
+                let ago = Duration::from_secs(59 - i);
+                let active = s
+                    .jobs
+                    .iter()
+                    .filter(|j| !j.cancelled)
+                    .filter_map(|j| j.started.map(|t| t.elapsed()))
+                    .filter(|e| {
+                        e.checked_sub(ago).is_some_and(|then| {
+                            then >= snapshot && then < snapshot + self.job_duration
+                        })
+                    })
+                    .count();
+                ThroughputSample {
+                    at: now.saturating_sub(59 - i),
+                    bytes_per_second: bps * u64::try_from(active).unwrap_or(0),
+                }
             })
             .collect()
     }

@@ -46,8 +46,8 @@
       badge.className = "badge " + (STATE_TONE[job.state] || "idle");
     }
     set(root, "error", job.last_error || "");
-    set(root, "last_sync", job.last_sync || "");
-    set(root, "next_run", job.next_run || "");
+    set(root, "last_sync", job.last_sync || "never");
+    set(root, "next_run", job.next_run || "—");
   }
 
   async function getJson(url) {

@@ -141,8 +141,8 @@ impl JobRow {
             percent: pct,
             runs_completed: j.runs_completed,
             last_error: j.last_error.unwrap_or_default(),
-            next_run: j.next_run.unwrap_or_default(),
-            last_sync: j.last_sync.unwrap_or_default(),
+            next_run: j.next_run.unwrap_or_else(|| "—".into()),
+            last_sync: j.last_sync.unwrap_or_else(|| "never".into()),
         }
     }
 }
