@@ -19,9 +19,14 @@ fail=0
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "corpus-run/$t"
   echo "== fuzz $t for ${secs}s"
-  if ! cargo fuzz run "$t" "corpus-run/$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=1024 \
-      -timeout=10 2>&1 | tail -n 3; then
-    echo "!! $t found a crash: see fuzz/artifacts/$t/"; fail=1
+  log="corpus-run/$t.log"
+  if cargo fuzz run "$t" "corpus-run/$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=1024 \
+      -timeout=10 >"$log" 2>&1; then
+    # libFuzzer's final stats: runs, coverage (cov: edges, ft: features), exec/s.
+    grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 || true
+  else
+    tail -n 20 "$log"
+    echo "!! $t found a crash: see fuzz/artifacts/$t/ (log: fuzz/$log)"; fail=1
   fi
 done
 exit $fail
