@@ -26,7 +26,7 @@ for t in "${targets[@]}"; do
     grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 || true
   else
     tail -n 20 "$log"
-    echo "!! $t found a crash: see fuzz/artifacts/$t/ (log: fuzz/$log)"; fail=1
+    echo "!! $t failed (a crash: see fuzz/artifacts/$t/; or a build error): fuzz/$log"; fail=1
   fi
 done
 exit $fail
