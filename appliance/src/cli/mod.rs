@@ -6,6 +6,7 @@ pub mod disk;
 pub mod export;
 pub mod inventory;
 pub mod replicate;
+pub mod replicate_hyperv;
 pub mod replicate_vsphere;
 pub mod serve;
 pub mod staging;

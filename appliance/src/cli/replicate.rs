@@ -217,6 +217,24 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
     if a.source.starts_with("vsphere://") {
         return run_vsphere(&a, &target, &opts, &handle);
     }
+    if a.source.starts_with("hyperv://") {
+        anyhow::ensure!(
+            a.changed_ranges.is_none() && !a.cbt,
+            "--changed-ranges and --cbt are not for hyperv:// sources (every cycle reads the frozen disks in full; RCT is not implemented yet)"
+        );
+        use super::replicate_hyperv::{HypervReplicate, HypervSourceArgs};
+        let h = HypervReplicate {
+            source: HypervSourceArgs {
+                source: &a.source,
+                source_fingerprint: a.source_fingerprint.as_deref(),
+                password_file: a.password_file.as_ref(),
+            },
+            vm: &a.vm,
+            state_dir: a.state_dir.as_ref(),
+            json: a.json,
+        };
+        return super::replicate_hyperv::run(&h, &target, &opts, &handle);
+    }
     let source = open_source(&a.source)?;
     let report = replicate_disk(
         source.as_ref(),
@@ -235,7 +253,7 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(
+pub(super) fn print_report(
     report: &godwit_transfer::replicate::ReplicateReport,
     json: bool,
 ) -> anyhow::Result<()> {
