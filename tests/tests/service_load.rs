@@ -1,0 +1,206 @@
+//! Load test of `godwit serve` (run by `make bench` through tests/bench/service.sh, ignored by
+//! `make test`): while a vcsim VM's 256 MiB disk replicates to a staging server, `wrk` hammers
+//! the dashboard page and the jobs API with a logged-in session for 8 s each, at the same
+//! time. Prints p50/p99 latency, requests/s and errors, and the service's RSS; fails on any
+//! error or when the job does not complete.
+
+#[path = "service_util.rs"]
+mod service;
+#[path = "transfer_util.rs"]
+mod util;
+mod vmware_harness;
+
+use serde_json::{Value, json};
+use service::{ADMIN_PASSWORD, Service, rss_kib};
+use std::process::Command;
+use util::Server;
+use vmware_harness::{PASSWORD, USER, Vcsim, qemu_img, set_vm_disks};
+
+const VM: &str = "DC0_H0_VM0";
+const DISK_MIB: u64 = 256;
+
+/// Log in through the API and return the session cookie (`name=value`).
+fn session_cookie(svc: &Service) -> String {
+    let c = service::pinned_client(&svc.fingerprint, false);
+    let r = c.get(format!("{}/api/v1/session", svc.url)).send().unwrap();
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let info: Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+    let r = c
+        .post(format!("{}/api/v1/login", svc.url))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", info["csrf_token"].as_str().unwrap())
+        .header("content-type", "application/json")
+        .body(json!({ "password": ADMIN_PASSWORD }).to_string())
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "login: {}", r.status());
+    r.headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map_or(cookie, str::to_string)
+}
+
+struct WrkResult {
+    p50: String,
+    p99: String,
+    requests: u64,
+    rps: String,
+    errors: u64,
+}
+
+fn parse_wrk(out: &str) -> WrkResult {
+    let field = |prefix: &str| {
+        out.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let requests = out
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let non2xx: u64 = field("Non-2xx or 3xx responses:").parse().unwrap_or(0);
+    let socket: u64 = field("Socket errors:")
+        .split(',')
+        .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+        .sum();
+    WrkResult {
+        p50: field("50%"),
+        p99: field("99%"),
+        requests,
+        rps: field("Requests/sec:"),
+        errors: non2xx + socket,
+    }
+}
+
+fn wrk(url: &str, cookie: &str) -> std::process::Child {
+    Command::new("wrk")
+        .args(["-t1", "-c8", "-d8s", "--latency", "-H"])
+        .arg(format!("Cookie: {cookie}"))
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("wrk is not installed: run `make deps`")
+}
+
+#[test]
+#[ignore = "load test: run by tests/bench/service.sh (make bench)"]
+fn dashboard_and_api_under_load_during_a_transfer() {
+    let work = tempfile::tempdir().unwrap();
+    let v = Vcsim::start(false);
+    let (ds, dir) = v.datastore();
+    let vmdir = dir.join(VM);
+    std::fs::create_dir_all(&vmdir).unwrap();
+    let disk = vmdir.join("load.vmdk");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        disk.to_str().unwrap(),
+        &(DISK_MIB << 20).to_string(),
+    ]);
+    util::write_random(&vmdir.join("load-flat.vmdk"), 0, DISK_MIB);
+    set_vm_disks(
+        &v.connect(),
+        VM,
+        &[(&format!("[{ds}] {VM}/load.vmdk"), DISK_MIB << 20)],
+    );
+    let staging = work.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let srv = Server::start(&staging, "127.0.0.1:0", &[]);
+    let pw = work.path().join("pw");
+    std::fs::write(&pw, ADMIN_PASSWORD).unwrap();
+    // 24 MiB/s: the 256 MiB disk takes ~11 s, longer than the 8 s of load.
+    let svc = Service::start(
+        &work.path().join("svc"),
+        &[
+            "--admin-password-file",
+            pw.to_str().unwrap(),
+            "--bwlimit",
+            "24M",
+        ],
+        false,
+    );
+    svc.ok(
+        "PUT",
+        "/settings/staging",
+        Some(json!({"kind": "server", "address": srv.addr,
+                    "fingerprint": srv.fingerprint, "token": srv.token})),
+    );
+    let src = svc.ok(
+        "POST",
+        "/sources",
+        Some(
+            json!({"kind": "vsphere", "address": v.authority(), "username": USER,
+                    "password": PASSWORD, "approved_fingerprint": v.fingerprint_arg()}),
+        ),
+    );
+    // Finish the wizard so that `/` is the dashboard, not a redirect to the next step.
+    svc.ok(
+        "PUT",
+        "/settings/network",
+        Some(json!({"hostname": "godwit-bench", "mode": "dhcp",
+                    "dns_servers": [], "ntp_servers": [], "proxy": null})),
+    );
+    svc.ok("POST", "/checks", None);
+    svc.ok("POST", "/setup/finish", None);
+    let job = svc.ok(
+        "POST",
+        "/jobs",
+        Some(json!({"source_id": src["id"], "vm": VM, "schedule": {"kind": "once"}})),
+    );
+    let id = job["id"].as_str().unwrap().to_string();
+    svc.wait_job(&id, 60, |j| j["state"] == "transferring");
+    let cookie = session_cookie(&svc);
+    let rss_before = rss_kib(svc.child.id());
+    let dash = wrk(&format!("{}/", svc.url), &cookie);
+    let api = wrk(&format!("{}/api/v1/jobs", svc.url), &cookie);
+    let dash = dash.wait_with_output().unwrap();
+    let api = api.wait_with_output().unwrap();
+    let during = svc.ok("GET", &format!("/jobs/{id}"), None);
+    let rss_after = rss_kib(svc.child.id());
+    let done = svc.wait_job(&id, 120, |j| j["state"] == "completed");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", svc.child.id())).unwrap();
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+
+    let mut errors = 0;
+    for (name, out) in [("dashboard GET /", &dash), ("API GET /api/v1/jobs", &api)] {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let r = parse_wrk(&text);
+        println!(
+            "service bench: {name}: p50 {} p99 {} requests {} ({} req/s) errors {}",
+            r.p50, r.p99, r.requests, r.rps, r.errors
+        );
+        assert!(r.requests > 0, "{name}: wrk made no requests:\n{text}");
+        errors += r.errors;
+    }
+    println!(
+        "service bench: job state after the load: {} ({} of {} bytes); service RSS {} KiB before, {} KiB after the load, peak {}",
+        during["state"],
+        during["progress"]["bytes_done"],
+        during["progress"]["bytes_total"],
+        rss_before,
+        rss_after,
+        peak
+    );
+    assert_eq!(errors, 0, "requests failed under load");
+    assert_eq!(done["runs_completed"], json!(1));
+}

@@ -1,0 +1,249 @@
+//! Helpers for the `service_*` tests (included with `#[path]`): `godwit serve` as a child
+//! process on a loopback port (killed on drop, or with SIGKILL on demand) and a blocking HTTPS
+//! client pinned to the fingerprint the service printed, speaking its REST API (`/api/v1`)
+//! with HTTP Basic authentication as the admin.
+#![allow(dead_code)]
+
+use godwit_tests::peers::godwit_bin;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_USER: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "correct-horse-battery";
+
+pub struct Service {
+    pub child: Child,
+    pub url: String,
+    pub fingerprint: String,
+    pub setup_code: Option<String>,
+    pub data: PathBuf,
+    pub stderr_log: PathBuf,
+    client: reqwest::blocking::Client,
+    /// Cookie-keeping client for the anonymous (session + CSRF token) calls.
+    browser: reqwest::blocking::Client,
+}
+
+impl Service {
+    /// Start `godwit serve --data DATA --listen 127.0.0.1:0 EXTRA...` and wait for its
+    /// `url:` and `fingerprint:` lines (and `setup code:` when `expect_code`).
+    pub fn start(data: &Path, extra: &[&str], expect_code: bool) -> Service {
+        std::fs::create_dir_all(data).expect("data dir");
+        let stderr_log = data.with_extension(format!("stderr{}", std::process::id()));
+        let errf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_log)
+            .expect("stderr log");
+        let mut child = Command::new(godwit_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .env("GODWIT_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(errf))
+            .spawn()
+            .expect("start godwit serve");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(l) = line else { break };
+                if tx.send(l).is_err() {
+                    // Keep draining so the service never blocks on stdout.
+                    continue;
+                }
+            }
+        });
+        let (mut url, mut fp, mut code) = (String::new(), String::new(), None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while url.is_empty() || fp.is_empty() || (expect_code && code.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(l) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                panic!(
+                    "godwit serve did not print its url/fingerprint{}; stderr:\n{}",
+                    if expect_code { "/setup code" } else { "" },
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                );
+            };
+            if let Some(v) = l.strip_prefix("url: ") {
+                url = v.trim_end_matches('/').to_string();
+            } else if let Some(v) = l.strip_prefix("fingerprint: ") {
+                fp = v.to_string();
+            } else if let Some(v) = l.strip_prefix("setup code: ") {
+                code = Some(v.to_string());
+            }
+        }
+        assert!(
+            fp.starts_with("SHA256:") && fp.len() == 71,
+            "fingerprint line {fp:?}"
+        );
+        assert!(url.starts_with("https://127.0.0.1:"), "url line {url:?}");
+        let client = pinned_client(&fp, false);
+        let browser = pinned_client(&fp, true);
+        Service {
+            child,
+            url,
+            fingerprint: fp,
+            setup_code: code,
+            data: data.to_path_buf(),
+            stderr_log,
+            client,
+            browser,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.data.join("logs/godwit.log")).unwrap_or_default()
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        auth: Option<(&str, &str)>,
+    ) -> (u16, Vec<u8>) {
+        let client = if auth.is_some() {
+            &self.client
+        } else {
+            &self.browser
+        };
+        let mut r = client.request(method.clone(), format!("{}{path}", self.url));
+        if let Some((u, p)) = auth {
+            r = r.basic_auth(u, Some(p));
+        } else if method != reqwest::Method::GET {
+            // A session call: the session's CSRF token goes in the header.
+            let info: Value = self
+                .browser
+                .get(format!("{}/api/v1/session", self.url))
+                .send()
+                .and_then(|r| r.bytes())
+                .map(|b| serde_json::from_slice(&b).unwrap_or(Value::Null))
+                .expect("GET /api/v1/session");
+            let token = info["csrf_token"].as_str().unwrap_or_default().to_string();
+            r = r.header("x-csrf-token", token);
+        }
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = r.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().map(|b| b.to_vec()).unwrap_or_default();
+        (status, bytes)
+    }
+
+    /// An API call as the admin; returns the status and the body as JSON (Null when empty or
+    /// not JSON).
+    pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let (s, b) = self.request(
+            m,
+            &format!("/api/v1{path}"),
+            body.as_ref(),
+            Some((ADMIN_USER, ADMIN_PASSWORD)),
+        );
+        (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    /// An API call without credentials, as a browser session (cookie and CSRF token).
+    pub fn api_anon(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let (s, b) = self.request(m, &format!("/api/v1{path}"), body.as_ref(), None);
+        (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    /// A call that must succeed (2xx); returns the JSON body.
+    pub fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.api(method, path, body);
+        assert!(
+            (200..300).contains(&s),
+            "{method} /api/v1{path}: HTTP {s}: {v}\nservice stderr:\n{}",
+            self.stderr_text()
+        );
+        v
+    }
+
+    /// Raw bytes of a GET as the admin (bundle download, metrics).
+    pub fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        self.request(
+            reqwest::Method::GET,
+            path,
+            None,
+            Some((ADMIN_USER, ADMIN_PASSWORD)),
+        )
+    }
+
+    /// Poll a job until `done(job)` holds; panics with the job and its timeline on timeout.
+    pub fn wait_job(&self, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let j = self.ok("GET", &format!("/jobs/{id}"), None);
+            if done(&j) {
+                return j;
+            }
+            if Instant::now() > deadline {
+                let ev = self.api("GET", &format!("/jobs/{id}/events"), None).1;
+                panic!(
+                    "job {id} did not reach the expected state in {secs} s: {j}\ntimeline: {ev}\nstderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A blocking client that accepts exactly the certificate with this fingerprint.
+pub fn pinned_client(fp: &str, cookies: bool) -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pin = godwit_vmware::trust::Fingerprint::parse(fp).expect("fingerprint");
+    let seen = Arc::new(Mutex::new(None));
+    let verifier = Arc::new(godwit_vmware::trust::PinnedVerifier::new(vec![pin], seen));
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .dangerous()
+    .with_custom_certificate_verifier(verifier)
+    .with_no_client_auth();
+    reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .cookie_store(cookies)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
