@@ -386,8 +386,13 @@ fn write_to(
     dst: &str,
     regular: bool,
 ) -> anyhow::Result<write::WriteStats> {
-    if fmt == OutputFormat::Raw && regular {
-        return Ok(write::raw::write_sparse_file(disk, &file, dst)?);
+    if regular {
+        // Sparse raw; dynamic VHD/VHDX with all-zero blocks left unallocated.
+        let s = write::write_image_to_file(disk, fmt, opts, &file, dst)?;
+        if fmt != OutputFormat::Raw {
+            file.sync_data().with_context(|| format!("{dst}: sync"))?;
+        }
+        return Ok(s);
     }
     let mut out = BufWriter::with_capacity(4 << 20, file);
     let s = write::write_image_with(disk, fmt, opts, &mut out)?;
