@@ -3,7 +3,7 @@ CARGO ?= cargo
 # Light, fast test builds; see [profile.dev] in Cargo.toml.
 NEXTEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all build run test unit e2e bench lint fmt deps fuzz clean
+.PHONY: all build run test unit e2e bench lint fmt deps fuzz clean image
 
 all: build
 
@@ -31,6 +31,15 @@ endif
 bench: deps
 	$(CARGO) build --release --workspace --bins
 	@for b in tests/bench/*.sh; do echo "== $$b"; bash "$$b" || exit 1; done
+
+## image: the appliance (godwit.ova, godwit.vhdx, SHA256SUMS) in target/image, from a static
+## glibc release build of godwit; reproducible (SOURCE_DATE_EPOCH = the last commit's time).
+IMAGE_TARGET := x86_64-unknown-linux-gnu
+image: deps
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p godwit-appliance --target $(IMAGE_TARGET) --target-dir target/static
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) target/static/$(IMAGE_TARGET)/release/godwit image build \
+	  --out target/image --godwit-bin target/static/$(IMAGE_TARGET)/release/godwit --version $$(git describe --always --dirty)
+	cat target/image/SHA256SUMS
 
 ## lint: formatting and clippy with warnings denied.
 lint:

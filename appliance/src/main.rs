@@ -3,6 +3,7 @@
 //! 2 an error (bad usage, bad input, I/O). Subcommands may document more specific codes.
 
 mod cli;
+mod system;
 mod service;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,12 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// List the VMs and disks at a source, with eligibility.
     Inventory(cli::inventory::InventoryArgs),
+    /// Build the appliance image (OVA, VHDX), sign update bundles.
+    #[command(subcommand)]
+    Image(cli::image::ImageCommand),
+    /// On the appliance: bring the system up, apply updates (run by its init).
+    #[command(subcommand, hide = true)]
+    System(system::SystemCommand),
     /// The connector service: HTTPS web UI and REST API, settings store, job engine.
     Serve(cli::serve::ServeArgs),
 }
@@ -48,6 +55,8 @@ fn main() -> ExitCode {
         Command::Export(a) => cli::export::run(a),
         Command::Check(a) => cli::check::run(a),
         Command::Inventory(a) => cli::inventory::run(a),
+        Command::Image(c) => cli::image::run(c),
+        Command::System(c) => system::run(c),
         Command::Serve(a) => cli::serve::run(a),
     };
     match result {

@@ -59,7 +59,7 @@ mkdir -p "$IR/etc/godwit"; cp "$SCRIPTS/update.pub" "$IR/etc/godwit/update.pub"
 echo "root:x:0:0:root:/:/bin/sh" > "$IR/etc/passwd"
 depmod -b "$WORK/kroot" "$KV"
 MODS="virtio_pci virtio_net vmxnet3 hv_vmbus hv_netvsc virtio_blk virtio_scsi vmw_pvscsi hv_storvsc ata_piix
-      sd_mod sr_mod iso9660 vfat nls_cp437 nls_ascii"
+      sd_mod sr_mod iso9660 vfat nls_cp437 nls_ascii efivarfs"
 for m in $(modprobe -d "$WORK/kroot" -S "$KV" --show-depends -a $MODS | awk '/^insmod/{print $2}' \
            | sed "s|.*/lib/modules/$KV/||" | sort -u); do
   install -D -m 644 "$WORK/kroot/lib/modules/$KV/$m" "$IR/lib/modules/$KV/$m"

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod disk;
 pub mod export;
+pub mod image;
 pub mod inventory;
 pub mod replicate;
 pub mod replicate_hyperv;

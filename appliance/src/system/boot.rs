@@ -1,0 +1,466 @@
+//! `godwit system run`: bring the appliance up, then supervise `godwit serve`.
+
+use super::banner::{Banner, render};
+use super::host::{self, DATA};
+use anyhow::Context;
+use godwit_image::slots::{self, BootKind, SlotState};
+use godwit_image::vapp::{Addressing, NetSettings, Settings};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+const NET_FILE: &str = "/data/system/network.json";
+const ENV_HASH_FILE: &str = "/data/system/ovf-env.sha256";
+const UPDATE_HASH_FILE: &str = "/data/system/update-bundle.sha256";
+/// Test hook: a slot whose initramfs holds this file fails its health check.
+const FORCE_UNHEALTHY: &str = "/etc/godwit-health-fail";
+pub const SLOTS_FILE: &str = "/data/system/slots.json";
+const PASSWORD_FILE: &str = "/run/godwit/admin-password";
+const SERVE_DATA: &str = "/data/service";
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Write to the serial console (stdout under init) and the screen (tty0).
+pub fn console(text: &str) {
+    print!("{text}");
+    let _ = std::io::stdout().flush();
+    if let Ok(mut t) = std::fs::OpenOptions::new().write(true).open("/dev/tty0") {
+        let _ = t.write_all(text.replace('\n', "\r\n").as_bytes());
+    }
+}
+
+/// The OVF environment from an attached CD-ROM (vSphere's `iso` transport), if any.
+fn read_ovf_env() -> Option<Vec<u8>> {
+    for dev in host::cdroms() {
+        let dir = "/run/ovfenv";
+        if !host::mount(&dev, dir, "iso9660", "ro") {
+            continue;
+        }
+        let found = ["ovf-env.xml", "OVF-ENV.XML", "ovf_env.xml", "OVF_ENV.XML"]
+            .iter()
+            .find_map(|n| std::fs::read(Path::new(dir).join(n)).ok());
+        offline_update(Path::new(dir));
+        host::sh("umount", &[dir]);
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// An update bundle on a CD (`godwit-update.bundle`) is installed once (by its SHA-256), then
+/// the appliance reboots into its trial. A refused bundle is reported and not retried.
+fn offline_update(dir: &Path) {
+    let path = dir.join("godwit-update.bundle");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return;
+    };
+    let hash = hex_sha256(&bytes);
+    drop(bytes);
+    if std::fs::read_to_string(UPDATE_HASH_FILE)
+        .unwrap_or_default()
+        .trim()
+        == hash
+    {
+        return;
+    }
+    let _ = host::write_atomic(Path::new(UPDATE_HASH_FILE), hash.as_bytes());
+    host::sh("sync", &[]);
+    match super::update::install(&path, false) {
+        Ok(_) => {
+            host::sh("umount", &[dir.to_str().unwrap_or("/run/ovfenv")]);
+            console("godwit: rebooting into the new slot\n");
+            host::sh("sync", &[]);
+            host::sh("reboot", &[]);
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        Err(e) => console(&format!("godwit: update refused: {e:#}\n")),
+    }
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Settings to apply now: a new OVF environment wins (and may carry the admin password),
+/// else what was saved on the data partition, else DHCP defaults.
+fn settings(notes: &mut Vec<String>) -> (NetSettings, Option<godwit_image::vapp::Secret>) {
+    if let Some(env) = read_ovf_env() {
+        let hash = hex_sha256(&env);
+        let seen = std::fs::read_to_string(ENV_HASH_FILE).unwrap_or_default();
+        if seen.trim() != hash {
+            match godwit_image::ovfenv::parse(&env).and_then(|p| Settings::from_properties(&p)) {
+                Ok(s) => {
+                    let json = serde_json::to_vec_pretty(&s.net).unwrap_or_default();
+                    if let Err(e) = host::write_atomic(Path::new(NET_FILE), &json) {
+                        notes.push(format!("cannot save settings: {e}"));
+                    }
+                    let _ = host::write_atomic(Path::new(ENV_HASH_FILE), hash.as_bytes());
+                    host::sh("sync", &[]);
+                    notes.push("applied the vApp properties from the OVF environment".into());
+                    return (s.net, s.admin_password);
+                }
+                Err(e) => notes.push(format!("OVF environment ignored: {e}")),
+            }
+        }
+    }
+    let saved = std::fs::read(NET_FILE)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<NetSettings>(&b).ok());
+    (saved.unwrap_or_default(), None)
+}
+
+/// Configure host name, address, DNS and NTP. Returns the interface and the mode shown.
+fn apply_network(net: &NetSettings, notes: &mut Vec<String>) -> (String, String) {
+    host::sh("hostname", &[&net.hostname]);
+    let _ = std::fs::write("/etc/hostname", format!("{}\n", net.hostname));
+    host::sh("ip", &["link", "set", "lo", "up"]);
+    let Some(nic) = host::first_nic(Duration::from_secs(10)) else {
+        notes.push("no network interface found (vmxnet3, virtio-net or Hyper-V netvsc)".into());
+        return ("none".into(), "none".into());
+    };
+    // A respawn after serve exited: the interface is already configured.
+    let configured =
+        !host::ipv4_addrs(&host::out("ip", &["-4", "-o", "addr", "show", "dev", &nic])).is_empty();
+    let _ = std::fs::remove_file("/run/godwit-static-dns");
+    if !net.dns.is_empty() {
+        let text: String = net
+            .dns
+            .iter()
+            .map(|d| format!("nameserver {d}\n"))
+            .collect();
+        let _ = std::fs::write("/etc/resolv.conf", text);
+        let _ = std::fs::write("/run/godwit-static-dns", b"1");
+    }
+    let mode = match &net.addressing {
+        Addressing::Dhcp => {
+            if !configured {
+                host::sh("ip", &["link", "set", &nic, "up"]);
+                // Through the shell: spawned directly, busybox udhcpc did not run its hook.
+                host::sh(
+                    "/bin/sh",
+                    &[
+                        "-c",
+                        &format!(
+                            "udhcpc -i {nic} -b -t 5 -T 2 -p /run/udhcpc.pid -s /usr/share/udhcpc/default.script"
+                        ),
+                    ],
+                );
+            }
+            "dhcp".to_string()
+        }
+        Addressing::Static {
+            address,
+            prefix,
+            gateway,
+        } => {
+            if !configured {
+                host::sh("ip", &["link", "set", &nic, "up"]);
+                host::sh(
+                    "ip",
+                    &["addr", "add", &format!("{address}/{prefix}"), "dev", &nic],
+                );
+                if let Some(g) = gateway {
+                    host::sh(
+                        "ip",
+                        &[
+                            "route",
+                            "replace",
+                            "default",
+                            "via",
+                            &g.to_string(),
+                            "dev",
+                            &nic,
+                        ],
+                    );
+                }
+            }
+            "static".to_string()
+        }
+    };
+    if !configured {
+        let mut servers = net.ntp.clone();
+        if servers.is_empty() {
+            servers = std::fs::read_to_string("/run/ntp.dhcp")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+        }
+        if servers.is_empty() {
+            servers.push("pool.ntp.org".into());
+        }
+        // busybox-static has no ntpd: set the clock once by SNTP, in the background.
+        std::thread::spawn(move || {
+            for server in servers {
+                match host::sntp_set_clock(&server) {
+                    Ok(offset) => {
+                        println!("godwit: clock set from {server} (offset {offset:+.3} s)");
+                        return;
+                    }
+                    Err(e) => eprintln!("godwit: NTP {server}: {e}"),
+                }
+            }
+        });
+    }
+    (nic, mode)
+}
+
+fn load_slots() -> SlotState {
+    std::fs::read(SLOTS_FILE)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Persist the slot state and point the boot loaders at it.
+pub fn save_slots(state: &SlotState) -> anyhow::Result<()> {
+    let esp =
+        host::partition_by_name("esp", Duration::from_secs(5)).context("no ESP partition found")?;
+    anyhow::ensure!(
+        host::mount(&esp, host::ESP, "vfat", "rw"),
+        "cannot mount the ESP"
+    );
+    let (grub, syslinux) = slots::boot_files(state);
+    host::write_atomic(
+        &Path::new(host::ESP).join("boot/grub/slot.cfg"),
+        grub.as_bytes(),
+    )?;
+    // SYSLINUX reads its config by name: overwrite in place (rename would work too on FAT).
+    std::fs::write(
+        Path::new(host::ESP).join("boot/syslinux/syslinux.cfg"),
+        syslinux.as_bytes(),
+    )?;
+    host::sh("sync", &[]);
+    host::write_atomic(Path::new(SLOTS_FILE), &serde_json::to_vec_pretty(state)?)?;
+    Ok(())
+}
+
+struct Serve {
+    child: std::process::Child,
+    url: bool,
+    fingerprint: Option<String>,
+    setup_code: Option<String>,
+}
+
+/// Start `godwit serve` and read its start lines (url, fingerprint, setup code).
+fn start_serve(password: Option<&Path>) -> anyhow::Result<Serve> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/bin/godwit"));
+    let mut cmd = Command::new(exe);
+    cmd.args(["serve", "--data", SERVE_DATA, "--listen", "0.0.0.0:443"]);
+    if let Some(p) = password {
+        cmd.arg("--admin-password-file").arg(p);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting godwit serve")?;
+    let stdout = child.stdout.take().context("serve stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("serve: {line}");
+            if tx.send(line).is_err() {
+                // Keep echoing after the supervisor stopped listening.
+            }
+        }
+    });
+    let mut s = Serve {
+        child,
+        url: false,
+        fingerprint: None,
+        setup_code: None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(l) => {
+                if l.starts_with("url:") {
+                    s.url = true;
+                } else if let Some(f) = l.strip_prefix("fingerprint:") {
+                    s.fingerprint = Some(f.trim().to_string());
+                } else if let Some(c) = l.strip_prefix("setup code:") {
+                    s.setup_code = Some(c.trim().to_string());
+                }
+                // The setup code, when there is one, follows the url and fingerprint lines.
+                if s.url && s.fingerprint.is_some() && s.setup_code.is_some() {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if s.url && s.fingerprint.is_some() {
+                    // No setup code within a moment of the url: a password is set.
+                    std::thread::sleep(Duration::from_millis(300));
+                    while let Ok(l) = rx.try_recv() {
+                        if let Some(c) = l.strip_prefix("setup code:") {
+                            s.setup_code = Some(c.trim().to_string());
+                        }
+                    }
+                    break;
+                }
+                if let Ok(Some(_)) = s.child.try_wait() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(s)
+}
+
+/// `BIOS`, `UEFI` or `UEFI, Secure Boot on` (from efivarfs, mounted by /init).
+fn notes_firmware(out: &mut Vec<String>) {
+    if !Path::new("/sys/firmware/efi").exists() {
+        out.push("BIOS".into());
+        return;
+    }
+    let sb = std::fs::read_dir("/sys/firmware/efi/efivars")
+        .ok()
+        .and_then(|rd| {
+            rd.flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with("SecureBoot-"))
+        })
+        .and_then(|e| std::fs::read(e.path()).ok())
+        .is_some_and(|b| b.get(4) == Some(&1));
+    out.push(if sb {
+        "UEFI, Secure Boot on".into()
+    } else {
+        "UEFI".into()
+    });
+}
+
+fn serve_answers() -> bool {
+    std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:443".parse().expect("addr"),
+        Duration::from_secs(2),
+    )
+    .is_ok()
+}
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    let mut notes = Vec::new();
+    let version = std::fs::read_to_string("/etc/godwit-version")
+        .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").into());
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (booted, trial_flag) = slots::from_cmdline(&cmdline);
+    match host::partition_by_name("data", Duration::from_secs(15)) {
+        Some(dev) if host::mount(&dev, DATA, "ext4", "rw,noatime") => {}
+        Some(dev) => notes.push(format!(
+            "cannot mount the data partition {}; settings will not persist",
+            dev.display()
+        )),
+        None => notes.push("no data partition found; settings will not persist".into()),
+    }
+    let _ = std::fs::create_dir_all("/data/system");
+    let _ = std::fs::create_dir_all(SERVE_DATA);
+
+    // A/B: settle a trial boot first, so a crash from here on returns to the known-good slot.
+    let state = load_slots();
+    let (state, kind) = slots::after_boot(&state, booted, trial_flag);
+    if state != load_slots() {
+        if let Err(e) = save_slots(&state) {
+            notes.push(format!("cannot record the slot state: {e:#}"));
+        }
+    }
+    if let Some(r) = &state.last_result {
+        notes.push(format!("update: {r}"));
+    }
+
+    let (net, password) = settings(&mut notes);
+    let (nic, mode) = apply_network(&net, &mut notes);
+    let password_file = match &password {
+        Some(p) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::create_dir_all("/run/godwit");
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(PASSWORD_FILE)
+                .and_then(|mut f| f.write_all(format!("{}\n", p.0).as_bytes()));
+            written.is_ok().then(|| PathBuf::from(PASSWORD_FILE))
+        }
+        None => None,
+    };
+
+    let serve = start_serve(password_file.as_deref());
+    let mut notes_fw = Vec::new();
+    if let Some(p) = &password_file {
+        let _ = std::fs::remove_file(p);
+    }
+    let addrs = host::ipv4_addrs(&host::out("ip", &["-4", "-o", "addr", "show", "dev", &nic]));
+    notes_firmware(&mut notes_fw);
+    let mut banner = Banner {
+        firmware: notes_fw.pop().unwrap_or_default(),
+        version: version.trim().to_string(),
+        slot: booted
+            .map(|s| s.name().to_string())
+            .unwrap_or_else(|| "?".into()),
+        hostname: net.hostname.clone(),
+        interface: nic,
+        addresses: addrs,
+        mode,
+        password_preset: password.is_some(),
+        notes,
+        ..Default::default()
+    };
+    let mut serve = match serve {
+        Ok(s) => s,
+        Err(e) => {
+            banner.notes.push(format!("{e:#}"));
+            console(&render(&banner));
+            std::thread::sleep(Duration::from_secs(30));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if serve.url {
+        banner.url_port = Some(443);
+    }
+    banner.fingerprint = serve.fingerprint.clone();
+    banner.setup_code = serve.setup_code.clone();
+
+    if let BootKind::Trial(slot) = kind {
+        let start = Instant::now();
+        let forced = Path::new(FORCE_UNHEALTHY).exists();
+        let mut healthy = !forced && serve.url && serve_answers();
+        while !forced
+            && !healthy
+            && start.elapsed() < HEALTH_TIMEOUT
+            && matches!(serve.child.try_wait(), Ok(None))
+        {
+            std::thread::sleep(Duration::from_secs(1));
+            healthy = serve.url && serve_answers();
+        }
+        let detail = if healthy {
+            format!("version {}", banner.version)
+        } else if forced {
+            format!("{FORCE_UNHEALTHY} present")
+        } else {
+            "the setup page did not answer".into()
+        };
+        let next = slots::after_health(&state, slot, healthy, &detail);
+        if let Err(e) = save_slots(&next) {
+            banner
+                .notes
+                .push(format!("cannot record the slot state: {e:#}"));
+        }
+        banner.notes.push(format!(
+            "update: {}",
+            next.last_result.clone().unwrap_or_default()
+        ));
+        if !healthy {
+            console(&render(&banner));
+            console("godwit: rolling back: rebooting into the previous slot\n");
+            host::sh("sync", &[]);
+            host::sh("reboot", &[]);
+            return Ok(ExitCode::from(1));
+        }
+    }
+    console(&render(&banner));
+    let status = serve.child.wait().context("waiting for godwit serve")?;
+    console(&format!("godwit: serve exited ({status}); restarting\n"));
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(ExitCode::from(1))
+}

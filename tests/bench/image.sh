@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Appliance image benchmark: build time, artifact sizes (OVA, VHDX apparent and allocated,
+# kernel, initramfs), and boot-to-setup-page time under TCG with 512 MiB on SeaBIOS
+# (pvscsi + vmxnet3, the OVA's VMDK) and on OVMF with Secure Boot (virtio, the VHDX).
+# Reports; exits 0 unless the build fails. Goals: OVA < 40 MB; the setup page answers.
+#
+#   bash tests/bench/image.sh     (make bench builds target/release/godwit first)
+#
+# Environment: GODWIT_BIN (default target/release/godwit; a static build is the product,
+# see `make image`), GODWIT_BENCH_DIR (deb cache and output; default $TMPDIR/godwit-bench).
+set -uo pipefail
+GODWIT_BIN=${GODWIT_BIN:-target/release/godwit}
+BENCH=${GODWIT_BENCH_DIR:-${TMPDIR:-/tmp}/godwit-bench}/image
+mkdir -p "$BENCH"
+[ -x "$GODWIT_BIN" ] || { echo "bench: $GODWIT_BIN not found (make bench builds it)" >&2; exit 1; }
+OUT="$BENCH/out"
+t0=$(date +%s.%N)
+"$GODWIT_BIN" image build --out "$OUT" --cache "$BENCH/cache" --godwit-bin "$GODWIT_BIN" >/dev/null || exit 1
+t1=$(date +%s.%N)
+(cd "$OUT" && tar -xf godwit.ova godwit-disk1.vmdk)
+size() { stat -c %s "$1"; }
+alloc() { echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); }
+printf '%-34s %14s\n' "artifact" "bytes"
+printf '%-34s %14s\n' "godwit binary (as shipped, stripped)" "$(strip -o "$BENCH/g.strip" "$GODWIT_BIN" && size "$BENCH/g.strip")"
+printf '%-34s %14s\n' "kernel (Debian cloud, signed)" "$(size "$OUT/.build/vmlinuz")"
+printf '%-34s %14s\n' "initramfs (zstd)" "$(size "$OUT/.build/initrd.img")"
+printf '%-34s %14s\n' "godwit.ova" "$(size "$OUT/godwit.ova")"
+printf '%-34s %14s\n' "godwit.vhdx (apparent)" "$(size "$OUT/godwit.vhdx")"
+printf '%-34s %14s\n' "godwit.vhdx (allocated)" "$(alloc "$OUT/godwit.vhdx")"
+ova=$(size "$OUT/godwit.ova")
+[ "$ova" -lt 40000000 ] && echo "OVA < 40 MB: PASS" || echo "OVA < 40 MB: MISS"
+printf 'build time: %.1f s\n' "$(echo "$t1 - $t0" | bc)"
+
+boot() { # name disk fmt firmware-args...
+  local name=$1 disk=$2 fmt=$3; shift 3
+  local port; port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+  qemu-img create -q -f qcow2 -F "$fmt" -b "$disk" "$BENCH/$name.qcow2"
+  local start; start=$(date +%s.%N)
+  qemu-system-x86_64 -accel tcg -m 512 -smp 1 -display none -monitor none -nodefaults \
+    -serial "file:$BENCH/$name.log" -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:443" \
+    -drive "file=$BENCH/$name.qcow2,format=qcow2,if=none,id=d0" "$@" &
+  local pid=$!
+  local ok=""
+  for _ in $(seq 1 480); do
+    if curl -sk -o /dev/null --max-time 2 "https://127.0.0.1:$port/"; then ok=1; break; fi
+    sleep 0.25
+  done
+  local end; end=$(date +%s.%N)
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  if [ -n "$ok" ]; then printf '%-44s %6.1f s\n' "boot to setup page: $name" "$(echo "$end - $start" | bc)"
+  else echo "boot to setup page: $name: MISS (no answer in 120 s; log $BENCH/$name.log)"; fi
+}
+boot "seabios-pvscsi-vmxnet3-vmdk" "$OUT/godwit-disk1.vmdk" vmdk -machine pc \
+  -device pvscsi,id=s0 -device scsi-hd,drive=d0,bus=s0.0 -device vmxnet3,netdev=n0,romfile=
+cp /usr/share/OVMF/OVMF_VARS_4M.ms.fd "$BENCH/vars.fd"
+boot "ovmf-secureboot-virtio-vhdx" "$OUT/godwit.vhdx" vhdx -machine q35,smm=on \
+  -global driver=cfi.pflash01,property=secure,value=on \
+  -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd \
+  -drive "if=pflash,format=raw,unit=1,file=$BENCH/vars.fd" \
+  -device virtio-blk-pci,drive=d0,bootindex=0 -device virtio-net-pci,netdev=n0,romfile=
+exit 0

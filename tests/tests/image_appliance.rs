@@ -1,0 +1,644 @@
+//! The appliance image end to end: `godwit image build` (rootless, Debian packages) and the
+//! OVA / VHDX it writes, checked with real peers: tar, qemu-img, govmomi's ovf package, and
+//! qemu-system-x86_64 under TCG (SeaBIOS with pvscsi + vmxnet3 as on vSphere; OVMF with
+//! Secure Boot enforced and the Microsoft keys, virtio as on Hyper-V Gen2), 512 MiB of RAM.
+//! The console banner is read from the serial log; the setup page is fetched through a
+//! forwarded port. One image is built per test run and shared; boots use copy-on-write
+//! overlays, so tests run in parallel.
+
+use godwit_tests::peers::{godwit_bin, have, run_ok, sha256_file};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn tmp_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("godwit-image")
+}
+
+fn need_tools() {
+    for t in [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "mkfs.fat",
+        "mcopy",
+        "syslinux",
+        "sgdisk",
+        "mkfs.ext4",
+        "cpio",
+        "zstd",
+        "depmod",
+        "faketime",
+        "xorriso",
+        "curl",
+        "tar",
+        "go",
+    ] {
+        assert!(
+            have(t),
+            "{t} is missing: run `make deps` (tests/deps/image.apt)"
+        );
+    }
+}
+
+/// Build into `name` (under the shared temp root) with the test's godwit binary.
+fn build(name: &str) -> PathBuf {
+    need_tools();
+    let out = tmp_root().join(name);
+    let _ = std::fs::remove_dir_all(&out);
+    let cache = tmp_root().join("cache");
+    run_ok(
+        Command::new(godwit_bin())
+            .args(["image", "build", "--out"])
+            .arg(&out)
+            .arg("--cache")
+            .arg(&cache)
+            .arg("--godwit-bin")
+            .arg(godwit_bin())
+            .args(["--version", "0.0.0-test"])
+            .env("SOURCE_DATE_EPOCH", "1700000000"),
+    );
+    out
+}
+
+fn image() -> &'static Path {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let out = build("a");
+        // The OVA's disk, extracted with tar (the same bytes vSphere reads).
+        run_ok(
+            Command::new("tar")
+                .arg("-xf")
+                .arg(out.join("godwit.ova"))
+                .arg("-C")
+                .arg(&out),
+        );
+        out
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running qemu, killed on drop.
+struct Vm {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Vm {
+    fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let mut b = Vec::new();
+            let _ = f.read_to_end(&mut b);
+            s = String::from_utf8_lossy(&b).into_owned();
+        }
+        s
+    }
+
+    /// Wait until the log holds `n` banners ("GODWIT READY"); returns the log.
+    fn wait_ready(&mut self, n: usize) -> String {
+        let start = Instant::now();
+        loop {
+            let t = self.log_text();
+            if t.matches("GODWIT READY").count() >= n {
+                std::thread::sleep(Duration::from_millis(300));
+                return self.log_text();
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("qemu exited ({st}) before the banner; serial log:\n{t}");
+            }
+            assert!(
+                start.elapsed() < BOOT_TIMEOUT,
+                "no banner after {BOOT_TIMEOUT:?}; serial log:\n{t}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Wait for `needle` in the log.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let t = self.log_text();
+            if t.contains(needle) {
+                return t;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("qemu exited ({st}) before {needle:?}; serial log:\n{t}");
+            }
+            assert!(
+                start.elapsed() < BOOT_TIMEOUT,
+                "no {needle:?} after {BOOT_TIMEOUT:?}; serial log:\n{t}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// HTTP status of the setup page through the forwarded port (self-signed certificate).
+    fn fetch_setup_page(&self) -> String {
+        let url = format!("https://127.0.0.1:{}/", self.port);
+        let start = Instant::now();
+        loop {
+            let out = Command::new("curl")
+                .args([
+                    "-sk",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "10",
+                    &url,
+                ])
+                .output()
+                .expect("curl");
+            let code = String::from_utf8_lossy(&out.stdout).into_owned();
+            if code.starts_with('2') || code.starts_with('3') {
+                return code;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "setup page {url} answered {code:?}"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Firmware {
+    SeaBios,
+    OvmfSecureBoot,
+}
+
+/// Boot `disk` (an overlay over the built image) with 512 MiB under TCG.
+fn boot(
+    dir: &Path,
+    disk: &Path,
+    fw: Firmware,
+    cdrom: Option<&Path>,
+    guest_ip: &str,
+    tag: &str,
+) -> Vm {
+    let port = free_port();
+    let log = dir.join(format!("{tag}-serial.log"));
+    let _ = std::fs::remove_file(&log);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "512",
+        "-smp",
+        "1",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-nodefaults",
+    ]);
+    cmd.arg("-serial").arg(format!("file:{}", log.display()));
+    cmd.arg("-netdev").arg(format!(
+        "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-{guest_ip}:443"
+    ));
+    cmd.arg("-drive").arg(format!(
+        "file={},format=qcow2,if=none,id=d0",
+        disk.display()
+    ));
+    match fw {
+        Firmware::SeaBios => {
+            // vSphere's BIOS VM: pvscsi disk, vmxnet3 NIC, IDE CD-ROM for the OVF environment.
+            cmd.args([
+                "-machine",
+                "pc",
+                "-device",
+                "pvscsi,id=scsi0",
+                "-device",
+                "scsi-hd,drive=d0,bus=scsi0.0",
+            ]);
+            cmd.args(["-device", "vmxnet3,netdev=n0,romfile="]);
+        }
+        Firmware::OvmfSecureBoot => {
+            // Hyper-V Gen2-like: UEFI with Secure Boot enforced (Microsoft keys), virtio.
+            let vars = dir.join(format!("{tag}-vars.fd"));
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.ms.fd", &vars)
+                .expect("OVMF_VARS_4M.ms.fd (package ovmf)");
+            cmd.args([
+                "-machine",
+                "q35,smm=on",
+                "-global",
+                "driver=cfi.pflash01,property=secure,value=on",
+            ]);
+            cmd.arg("-drive").arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd");
+            cmd.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+            cmd.args([
+                "-device",
+                "virtio-blk-pci,drive=d0,bootindex=0",
+                "-device",
+                "virtio-net-pci,netdev=n0,romfile=",
+            ]);
+        }
+    }
+    if let Some(iso) = cdrom {
+        cmd.arg("-drive").arg(format!(
+            "file={},format=raw,if=none,id=cd0,readonly=on,media=cdrom",
+            iso.display()
+        ));
+        cmd.args(["-device", "ide-cd,drive=cd0"]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("qemu-system-x86_64");
+    Vm { child, log, port }
+}
+
+/// A qcow2 overlay over `base` in a fresh directory.
+fn overlay(base: &Path, fmt: &str, dir: &Path) -> PathBuf {
+    let o = dir.join("overlay.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
+            .arg(base)
+            .arg(&o),
+    );
+    o
+}
+
+fn iso(dir: &Path, files: &[(&str, &Path)], name: &str) -> PathBuf {
+    let stage = dir.join(format!("{name}.d"));
+    std::fs::create_dir_all(&stage).unwrap();
+    for (n, p) in files {
+        std::fs::copy(p, stage.join(n)).unwrap();
+    }
+    let out = dir.join(format!("{name}.iso"));
+    run_ok(
+        Command::new("xorriso")
+            .args([
+                "-as", "mkisofs", "-quiet", "-J", "-R", "-V", "OVF ENV", "-o",
+            ])
+            .arg(&out)
+            .arg(&stage),
+    );
+    out
+}
+
+#[test]
+fn ova_is_ordered_verified_and_parsed_by_govmomi() {
+    let img = image();
+    let listing = run_ok(Command::new("tar").arg("-tvf").arg(img.join("godwit.ova")));
+    let names: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    assert_eq!(
+        names,
+        ["godwit.ovf", "godwit.mf", "godwit-disk1.vmdk"],
+        "{listing}"
+    );
+    let ova = std::fs::read(img.join("godwit.ova")).unwrap();
+    assert_eq!(&ova[257..263], b"ustar\0");
+    // The manifest verifies against the extracted members.
+    let mf = std::fs::read_to_string(img.join("godwit.mf")).unwrap();
+    for line in mf.lines() {
+        let (name, hex) = line
+            .strip_prefix("SHA256(")
+            .and_then(|l| l.split_once(")= "))
+            .expect(line);
+        assert_eq!(sha256_file(&img.join(name)), hex, "{name}");
+    }
+    // govmomi's ovf package (what govc and vSphere clients use) reads the descriptor.
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = run_ok(
+        Command::new("bash")
+            .arg(here.join("image/build.sh"))
+            .arg(tmp_root().join("ovfcheck")),
+    );
+    let report = run_ok(Command::new(bin.trim()).arg(img.join("godwit.ovf")));
+    let vmdk_size = std::fs::metadata(img.join("godwit-disk1.vmdk"))
+        .unwrap()
+        .len();
+    assert!(
+        report.contains(&format!("file=godwit-disk1.vmdk size={vmdk_size}")),
+        "{report}"
+    );
+    assert!(report.contains("vsystype=vmx-13"), "{report}");
+    assert!(
+        report.contains("item type=3 subtype= quantity=2"),
+        "2 vCPU: {report}"
+    );
+    assert!(
+        report.contains("item type=4 subtype= quantity=1024"),
+        "1 GiB: {report}"
+    );
+    assert!(
+        report.contains("item type=6 subtype=VirtualSCSI"),
+        "{report}"
+    );
+    assert!(report.contains("item type=10 subtype=VmxNet3"), "{report}");
+    for key in [
+        "godwit.hostname",
+        "godwit.ip.mode",
+        "godwit.ip.address",
+        "godwit.ip.prefix",
+        "godwit.ip.gateway",
+        "godwit.dns",
+        "godwit.ntp",
+    ] {
+        assert!(
+            report.contains(&format!("property={key} ")),
+            "{key}: {report}"
+        );
+    }
+    assert!(
+        report.contains("property=godwit.admin.password type=string password=true"),
+        "{report}"
+    );
+    // Footprint.
+    let ova_len = std::fs::metadata(img.join("godwit.ova")).unwrap().len();
+    eprintln!("OVA {ova_len} bytes, VMDK {vmdk_size} bytes");
+}
+
+#[test]
+fn vmdk_and_vhdx_hold_the_raw_disk() {
+    let img = image();
+    let raw = img.join(".build/disk.raw");
+    for (f, fmt) in [("godwit-disk1.vmdk", "vmdk"), ("godwit.vhdx", "vhdx")] {
+        let p = img.join(f);
+        let info = run_ok(
+            Command::new("qemu-img")
+                .args(["info", "--output=json"])
+                .arg(&p),
+        );
+        assert!(info.contains(&format!("\"format\": \"{fmt}\"")), "{info}");
+        if fmt == "vmdk" {
+            assert!(info.contains("streamOptimized"), "{info}");
+        }
+        run_ok(Command::new("qemu-img").args(["check", "-f", fmt]).arg(&p));
+        let cmp = run_ok(
+            Command::new("qemu-img")
+                .args(["compare", "-f", "raw", "-F", fmt])
+                .arg(&raw)
+                .arg(&p),
+        );
+        assert!(cmp.contains("identical"), "{f}: {cmp}");
+    }
+    let gpt = run_ok(Command::new("sgdisk").arg("-p").arg(&raw));
+    assert!(
+        gpt.contains("EF00") && gpt.contains("esp") && gpt.contains("data"),
+        "{gpt}"
+    );
+}
+
+#[test]
+fn builds_are_reproducible() {
+    let a = image();
+    let b = build("b");
+    let sa = std::fs::read_to_string(a.join("SHA256SUMS")).unwrap();
+    let sb = std::fs::read_to_string(b.join("SHA256SUMS")).unwrap();
+    assert_eq!(sa, sb, "two builds from the same inputs differ");
+    let _ = std::fs::remove_dir_all(b);
+}
+
+#[test]
+fn vmdk_boots_on_seabios_with_pvscsi_and_serves_the_setup_page() {
+    let img = image();
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-boot-bios-")
+        .tempdir()
+        .unwrap();
+    let disk = overlay(&img.join("godwit-disk1.vmdk"), "vmdk", dir.path());
+    let start = Instant::now();
+    let mut vm = boot(dir.path(), &disk, Firmware::SeaBios, None, "", "bios");
+    let log = vm.wait_ready(1);
+    assert!(log.contains("Godwit 0.0.0-test (slot A, BIOS)"), "{log}");
+    assert!(
+        log.contains("Address:      10.0.2.15/24 on eth0 (dhcp)"),
+        "{log}"
+    );
+    assert!(log.contains("Setup page:   https://10.0.2.15/"), "{log}");
+    assert!(
+        log.contains("Setup code:   "),
+        "no admin password yet: a setup code is shown\n{log}"
+    );
+    let code = vm.fetch_setup_page();
+    eprintln!("BIOS/pvscsi: setup page {code} after {:?}", start.elapsed());
+}
+
+#[test]
+fn vhdx_boots_on_ovmf_with_secure_boot_enforced() {
+    let img = image();
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-boot-sb-")
+        .tempdir()
+        .unwrap();
+    let disk = overlay(&img.join("godwit.vhdx"), "vhdx", dir.path());
+    let start = Instant::now();
+    let mut vm = boot(
+        dir.path(),
+        &disk,
+        Firmware::OvmfSecureBoot,
+        None,
+        "",
+        "uefi-sb",
+    );
+    let log = vm.wait_ready(1);
+    assert!(log.contains("(slot A, UEFI, Secure Boot on)"), "{log}");
+    assert!(log.contains("Address:      10.0.2.15/24"), "{log}");
+    let code = vm.fetch_setup_page();
+    eprintln!(
+        "UEFI+SB/virtio: setup page {code} after {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn ovf_environment_is_applied_and_settings_survive_a_reboot() {
+    let img = image();
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-boot-env-")
+        .tempdir()
+        .unwrap();
+    let env = dir.path().join("ovf-env.xml");
+    run_ok(
+        Command::new(godwit_bin())
+            .args([
+                "image",
+                "ovfenv",
+                "--set",
+                "godwit.hostname=mig-test",
+                "--set",
+                "godwit.ip.mode=static",
+                "--set",
+                "godwit.ip.address=10.0.2.50",
+                "--set",
+                "godwit.ip.prefix=24",
+                "--set",
+                "godwit.ip.gateway=10.0.2.2",
+                "--set",
+                "godwit.dns=10.0.2.3",
+                "--set",
+                "godwit.admin.password=Godwit-Test-Passw0rd",
+                "--out",
+            ])
+            .arg(&env),
+    );
+    let cd = iso(dir.path(), &[("ovf-env.xml", &env)], "ovfenv");
+    let disk = overlay(&img.join("godwit-disk1.vmdk"), "vmdk", dir.path());
+    {
+        let mut vm = boot(
+            dir.path(),
+            &disk,
+            Firmware::SeaBios,
+            Some(&cd),
+            "10.0.2.50",
+            "env1",
+        );
+        let log = vm.wait_ready(1);
+        assert!(log.contains("Host name:    mig-test"), "{log}");
+        assert!(
+            log.contains("Address:      10.0.2.50/24 on eth0 (static)"),
+            "{log}"
+        );
+        assert!(log.contains("preset from the vApp properties"), "{log}");
+        assert!(
+            !log.contains("Setup code:"),
+            "a preset password means no setup code\n{log}"
+        );
+        assert!(
+            !log.contains("Godwit-Test-Passw0rd"),
+            "the password must never reach the console"
+        );
+        vm.fetch_setup_page();
+    }
+    // Power off and on again without the CD: the settings come from the data partition.
+    let mut vm = boot(
+        dir.path(),
+        &disk,
+        Firmware::SeaBios,
+        None,
+        "10.0.2.50",
+        "env2",
+    );
+    let log = vm.wait_ready(1);
+    assert!(log.contains("Host name:    mig-test"), "{log}");
+    assert!(
+        log.contains("Address:      10.0.2.50/24 on eth0 (static)"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("Setup code:"),
+        "the password set at first boot persists\n{log}"
+    );
+    vm.fetch_setup_page();
+}
+
+#[test]
+fn update_bundle_boots_the_other_slot_tampered_refused_unhealthy_rolled_back() {
+    let img = image();
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-boot-upd-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path();
+    let key = tmp_root().join("cache/update-signing.pk8");
+    let kernel = img.join(".build/vmlinuz");
+    let initrd = img.join(".build/initrd.img");
+    let bundle = |name: &str, initrd: &Path| -> PathBuf {
+        let out = d.join(name);
+        run_ok(
+            Command::new(godwit_bin())
+                .args(["image", "bundle", "--version", name, "--key"])
+                .arg(&key)
+                .arg("--vmlinuz")
+                .arg(&kernel)
+                .arg("--initrd")
+                .arg(initrd)
+                .arg("--out")
+                .arg(&out),
+        );
+        out
+    };
+    // A tampered bundle: one payload byte changed.
+    let good = bundle("0.0.1-good", &initrd);
+    let mut bytes = std::fs::read(&good).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0x55;
+    let tampered = d.join("tampered");
+    std::fs::write(&tampered, bytes).unwrap();
+    // An unhealthy system: the same initramfs plus a cpio member that fails the health check
+    // (the kernel unpacks concatenated archives in order).
+    let extra = d.join("extra");
+    std::fs::create_dir_all(extra.join("etc")).unwrap();
+    std::fs::write(extra.join("etc/godwit-health-fail"), b"1").unwrap();
+    let cpio = Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$0\" && find etc | cpio -o -H newc --quiet")
+        .arg(&extra)
+        .output()
+        .unwrap();
+    let mut bad_initrd = std::fs::read(&initrd).unwrap();
+    bad_initrd.extend_from_slice(&cpio.stdout);
+    let bad_initrd_path = d.join("bad-initrd.img");
+    std::fs::write(&bad_initrd_path, bad_initrd).unwrap();
+    let unhealthy = bundle("0.0.2-unhealthy", &bad_initrd_path);
+
+    let disk = overlay(&img.join("godwit-disk1.vmdk"), "vmdk", d);
+    // 1. Tampered: refused, still slot A.
+    let cd = iso(d, &[("godwit-update.bundle", &tampered)], "tampered");
+    {
+        let mut vm = boot(d, &disk, Firmware::SeaBios, Some(&cd), "", "upd1");
+        let log = vm.wait_ready(1);
+        assert!(log.contains("update refused"), "{log}");
+        assert!(log.contains("(slot A, BIOS)"), "{log}");
+    }
+    // 2. Good: installed in B, reboot, trial boot of B commits.
+    let cd = iso(d, &[("godwit-update.bundle", &good)], "good");
+    {
+        let mut vm = boot(d, &disk, Firmware::SeaBios, Some(&cd), "", "upd2");
+        vm.wait_for("installed in slot B");
+        let log = vm.wait_ready(1);
+        assert!(log.contains("(slot B, BIOS)"), "{log}");
+        assert!(log.contains("slot B committed"), "{log}");
+    }
+    // 3. Unhealthy: installed in A, trial boot fails its health check, back to B.
+    let cd = iso(d, &[("godwit-update.bundle", &unhealthy)], "unhealthy");
+    let mut vm = boot(d, &disk, Firmware::SeaBios, Some(&cd), "", "upd3");
+    vm.wait_for("installed in slot A");
+    vm.wait_for("rolled back to slot B");
+    let start = Instant::now();
+    loop {
+        let log = vm.log_text();
+        let after = log.rsplit("rolling back").next().unwrap_or("");
+        if after.contains("(slot B, BIOS)") && after.contains("GODWIT READY") {
+            break;
+        }
+        assert!(
+            start.elapsed() < BOOT_TIMEOUT,
+            "slot B did not come back after the rollback:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
