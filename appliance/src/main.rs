@@ -3,8 +3,8 @@
 //! 2 an error (bad usage, bad input, I/O). Subcommands may document more specific codes.
 
 mod cli;
-mod system;
 mod service;
+mod system;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
