@@ -358,10 +358,10 @@ pub fn run() -> anyhow::Result<ExitCode> {
     // A/B: settle a trial boot first, so a crash from here on returns to the known-good slot.
     let state = load_slots();
     let (state, kind) = slots::after_boot(&state, booted, trial_flag);
-    if state != load_slots() {
-        if let Err(e) = save_slots(&state) {
-            notes.push(format!("cannot record the slot state: {e:#}"));
-        }
+    if state != load_slots()
+        && let Err(e) = save_slots(&state)
+    {
+        notes.push(format!("cannot record the slot state: {e:#}"));
     }
     if let Some(r) = &state.last_result {
         notes.push(format!("update: {r}"));
