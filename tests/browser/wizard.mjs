@@ -52,7 +52,9 @@ const cfg = {
   jobTimeoutMs: Number(env("GODWIT_JOB_TIMEOUT_S", "180")) * 1000,
   chromium: env("CHROMIUM", "/usr/bin/chromium"),
 };
-const secrets = [cfg.password, cfg.stagingToken, cfg.sourcePassword, cfg.setupCode];
+// The setup code is not in this list: `godwit serve` logs it by design (console and log, so the
+// operator can find it), and it is void once used, so the Logs page may show it.
+const secrets = [cfg.password, cfg.stagingToken, cfg.sourcePassword];
 
 fs.mkdirSync(cfg.shots, { recursive: true });
 let shotNo = 0;
