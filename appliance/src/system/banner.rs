@@ -97,6 +97,7 @@ mod tests {
         let s = render(&Banner {
             password_preset: true,
             url_port: None,
+            setup_code: None,
             ..b
         });
         assert!(s.contains("preset from the vApp properties") && s.contains("not available"));
