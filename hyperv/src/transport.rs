@@ -2,9 +2,9 @@
 //! certificate pinned by SHA-256 fingerprint (no accept-any mode) and Basic authentication.
 
 use crate::error::{Error, Result};
-use crate::trust::{Fingerprint, PinnedVerifier};
+use crate::trust::Fingerprint;
+use godwit_trust::{PinFailure, SeenFingerprint};
 use std::io::Read;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Largest reply body read (MaxEnvelopeSize is 150 KiB; leave room for odd servers).
@@ -47,16 +47,10 @@ pub struct HttpsTransport {
     creds: Credentials,
     client: reqwest::blocking::Client,
     pins: Vec<Fingerprint>,
-    seen: Arc<Mutex<Option<Fingerprint>>>,
+    seen: SeenFingerprint,
 }
 
-fn authority(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
+use godwit_trust::authority;
 
 impl HttpsTransport {
     /// `read_timeout` must exceed the WS-Man OperationTimeout (a Receive may block that long).
@@ -67,16 +61,8 @@ impl HttpsTransport {
         pins: Vec<Fingerprint>,
         read_timeout: Duration,
     ) -> Result<Self> {
-        let seen = Arc::new(Mutex::new(None));
-        let verifier = Arc::new(PinnedVerifier::new(pins.clone(), seen.clone()));
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Usage(format!("TLS setup: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        let (tls, seen) = godwit_trust::pinned_client_config(&pins)
+            .map_err(|e| Error::Usage(format!("TLS setup: {e}")))?;
         let client = reqwest::blocking::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(Duration::from_secs(15))
@@ -100,36 +86,26 @@ impl HttpsTransport {
 
     /// The fingerprint the server showed on the last handshake.
     pub fn seen_fingerprint(&self) -> Option<Fingerprint> {
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner())
+        godwit_trust::last_seen(&self.seen)
     }
 
     fn map_send_error(&self, what: &str, e: reqwest::Error) -> Error {
         let host = self.authority();
-        if let Some(fp) = self.seen_fingerprint()
-            && !self.pins.contains(&fp)
-        {
-            return if self.pins.is_empty() {
-                Error::Unpinned {
-                    host,
-                    fingerprint: fp.to_string(),
-                }
-            } else {
-                Error::PinMismatch {
-                    host,
-                    expected: self
-                        .pins
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" or "),
-                    got: fp.to_string(),
-                }
-            };
-        }
-        Error::Transport {
-            host,
-            what: what.to_string(),
-            source: e,
+        match godwit_trust::pin_failure(&self.pins, self.seen_fingerprint()) {
+            Some(PinFailure::Unpinned { seen }) => Error::Unpinned {
+                host,
+                fingerprint: seen.to_string(),
+            },
+            Some(PinFailure::Mismatch { expected, seen }) => Error::PinMismatch {
+                host,
+                expected,
+                got: seen.to_string(),
+            },
+            None => Error::Transport {
+                host,
+                what: what.to_string(),
+                source: e,
+            },
         }
     }
 }

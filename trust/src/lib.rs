@@ -15,6 +15,11 @@ use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+mod client;
+pub use client::{
+    PinFailure, SeenFingerprint, authority, last_seen, pin_failure, pinned_client_config,
+};
+
 /// Errors of this crate: a fingerprint that does not parse, or a trust file that cannot be
 /// read or has a bad line (named).
 #[derive(Debug, thiserror::Error)]

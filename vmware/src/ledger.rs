@@ -1,19 +1,17 @@
-//! The snapshot ledger: every snapshot Godwit creates is written here (durably: temp file,
-//! fsync, rename, fsync of the directory) BEFORE the CreateSnapshot call, and leaves the
-//! ledger only once RemoveSnapshot's task succeeded. A crash in between leaves an entry that
-//! the next start sweeps.
+//! The snapshot ledger: the shared [`godwit_ledger`] crate with vSphere entries. Every
+//! snapshot Godwit creates is written here (durably: temp file, fsync, rename, fsync of the
+//! directory) BEFORE the CreateSnapshot call, and leaves the ledger only once RemoveSnapshot's
+//! task succeeded. A crash in between leaves an entry that the next start sweeps.
+//!
+//! This module only adapts the shared ledger to this crate's types and [`Error`]; the file
+//! format (`{"version":1,"entries":[...]}` with the fields below) is unchanged.
 
 use crate::error::{Error, Result};
 use crate::moref::MoRef;
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Current ledger file version.
-pub const LEDGER_VERSION: u32 = 1;
-/// Ledger files larger than this are refused (a ledger holds a handful of entries).
-pub const MAX_LEDGER_BYTES: u64 = 16 * 1024 * 1024;
+pub use godwit_ledger::{LEDGER_VERSION, MAX_LEDGER_BYTES};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
@@ -29,147 +27,68 @@ pub struct LedgerEntry {
     pub created_unix: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct LedgerFile {
-    version: u32,
-    entries: Vec<LedgerEntry>,
+impl godwit_ledger::Entry for LedgerEntry {
+    const KIND: &'static str = "snapshot";
+    fn name(&self) -> &str {
+        &self.snapshot_name
+    }
 }
 
-/// A ledger file. Each change rewrites the whole (small) file atomically.
-#[derive(Debug)]
-pub struct Ledger {
-    path: PathBuf,
-    file: LedgerFile,
+impl From<godwit_ledger::Error> for Error {
+    fn from(e: godwit_ledger::Error) -> Self {
+        match e {
+            godwit_ledger::Error::File { path, op, source } => Error::File { path, op, source },
+            godwit_ledger::Error::BadFile { path, detail } => Error::BadFile { path, detail },
+            e @ godwit_ledger::Error::BadName { .. } => Error::Usage(e.to_string()),
+        }
+    }
 }
+
+/// A snapshot ledger file. Each change rewrites the whole (small) file atomically.
+#[derive(Debug)]
+pub struct Ledger(godwit_ledger::Ledger<LedgerEntry>);
 
 impl Ledger {
     /// Open (or start) the ledger at `path`.
     pub fn open(path: &Path) -> Result<Ledger> {
-        let file = match std::fs::metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => LedgerFile {
-                version: LEDGER_VERSION,
-                entries: Vec::new(),
-            },
-            Err(e) => return Err(Error::file(path, "stat", e)),
-            Ok(m) if m.len() > MAX_LEDGER_BYTES => {
-                return Err(Error::BadFile {
-                    path: path.display().to_string(),
-                    detail: format!("ledger larger than {MAX_LEDGER_BYTES} bytes"),
-                });
-            }
-            Ok(_) => {
-                let bytes = std::fs::read(path).map_err(|e| Error::file(path, "read", e))?;
-                parse(&bytes).map_err(|detail| Error::BadFile {
-                    path: path.display().to_string(),
-                    detail,
-                })?
-            }
-        };
-        Ok(Ledger {
-            path: path.to_path_buf(),
-            file,
-        })
+        Ok(Ledger(godwit_ledger::Ledger::open(path)?))
     }
 
     pub fn entries(&self) -> &[LedgerEntry] {
-        &self.file.entries
+        self.0.entries()
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
     /// Record an entry durably.
     pub fn add(&mut self, e: LedgerEntry) -> Result<()> {
-        self.file.entries.push(e);
-        self.persist()
+        Ok(self.0.add(e)?)
     }
 
     /// Set the snapshot MoRef of the entry named `snapshot_name`.
     pub fn set_snapshot(&mut self, snapshot_name: &str, snapshot: MoRef) -> Result<()> {
-        for e in &mut self.file.entries {
-            if e.snapshot_name == snapshot_name {
-                e.snapshot = Some(snapshot.clone());
-            }
-        }
-        self.persist()
+        Ok(self
+            .0
+            .update(snapshot_name, |e| e.snapshot = Some(snapshot.clone()))?)
     }
 
     /// Drop the entry named `snapshot_name` durably.
     pub fn remove(&mut self, snapshot_name: &str) -> Result<()> {
-        self.file
-            .entries
-            .retain(|e| e.snapshot_name != snapshot_name);
-        self.persist()
-    }
-
-    fn persist(&self) -> Result<()> {
-        let bytes = encode(&self.file);
-        write_durably(&self.path, &bytes)
+        Ok(self.0.remove(snapshot_name)?)
     }
 }
 
 /// Parse ledger bytes (pure; a fuzz entry point).
 pub fn parse_ledger(bytes: &[u8]) -> std::result::Result<Vec<LedgerEntry>, String> {
-    parse(bytes).map(|f| f.entries)
-}
-
-fn parse(bytes: &[u8]) -> std::result::Result<LedgerFile, String> {
-    let f: LedgerFile = serde_json::from_slice(bytes).map_err(|e| {
-        format!(
-            "not a snapshot ledger (line {}, column {}): {e}",
-            e.line(),
-            e.column()
-        )
-    })?;
-    if f.version != LEDGER_VERSION {
-        return Err(format!(
-            "ledger version {} is not {LEDGER_VERSION}",
-            f.version
-        ));
-    }
-    if let Some(e) = f.entries.iter().find(|e| {
-        !e.snapshot_name
-            .starts_with(crate::inventory::SNAPSHOT_PREFIX)
-    }) {
-        return Err(format!(
-            "entry {:?} lacks the godwit- prefix",
-            e.snapshot_name
-        ));
-    }
-    Ok(f)
-}
-
-fn encode(f: &LedgerFile) -> Vec<u8> {
-    let mut v = serde_json::to_vec_pretty(f).unwrap_or_default();
-    v.push(b'\n');
-    v
+    godwit_ledger::parse(bytes)
 }
 
 /// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync
 /// the directory.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, "create directory", e))?;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| Error::file(&tmp, "create", e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::file(&tmp, "write", e))?;
-        f.sync_all().map_err(|e| Error::file(&tmp, "fsync", e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, "rename", e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::file(dir, "fsync directory", e))
+    Ok(godwit_ledger::write_durably(path, bytes)?)
 }
 
 #[cfg(test)]
@@ -207,7 +126,8 @@ mod tests {
             "snapshot-9"
         );
         let bytes = std::fs::read(&p).unwrap();
-        assert_eq!(encode(&parse(&bytes).unwrap()), bytes);
+        assert_eq!(godwit_ledger::encode(&parse_ledger(&bytes).unwrap()), bytes);
+        assert!(matches!(l.add(entry("mine")), Err(Error::Usage(_))));
     }
 
     #[test]
@@ -218,10 +138,13 @@ mod tests {
                 .unwrap_err()
                 .contains("version")
         );
-        let f = LedgerFile {
-            version: 1,
-            entries: vec![entry("other")],
-        };
-        assert!(parse_ledger(&encode(&f)).unwrap_err().contains("prefix"));
+        let other = godwit_ledger::encode(&[entry("other")]);
+        assert!(parse_ledger(&other).unwrap_err().contains("prefix"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.json");
+        std::fs::write(&p, b"[]").unwrap();
+        let e = Ledger::open(&p).unwrap_err();
+        assert!(matches!(e, Error::BadFile { .. }), "{e}");
+        assert!(e.to_string().contains("l.json"), "{e}");
     }
 }
