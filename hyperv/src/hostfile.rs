@@ -27,8 +27,11 @@ pub const FILE_INFO_SCRIPT: &str = include_str!("../scripts/file-info.ps1");
 
 /// Largest range one command reads (its output is ~4/3 of this, over several Receives).
 pub const MAX_READ_BYTES: u64 = 4 * 1024 * 1024;
-/// Reads smaller than this are served from aligned blocks of this size.
+/// Small reads are served from aligned blocks of this size.
 pub const CACHE_BLOCK: u64 = 1024 * 1024;
+/// Reads smaller than this (headers, BAT pages, bitmaps) go through the block cache; larger
+/// ones (payload, e.g. RCT's 64 KiB changed blocks) are read as asked.
+pub const CACHED_READ_BELOW: u64 = 64 * 1024;
 /// Cached blocks kept (per locator).
 pub const CACHE_BLOCKS: usize = 16;
 
@@ -257,7 +260,7 @@ impl<T: Transport + Send + Sync + 'static> ReadAt for HostFile<T> {
                     format!("read past the end of {} ({} bytes)", self.path, self.len),
                 )
             })?;
-        if (buf.len() as u64) < CACHE_BLOCK / 4 {
+        if (buf.len() as u64) < CACHED_READ_BELOW {
             let mut pos = offset;
             while pos < end {
                 let index = pos / CACHE_BLOCK;

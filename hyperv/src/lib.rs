@@ -17,6 +17,7 @@ pub mod hostfile;
 pub mod inventory;
 pub mod ledger;
 pub mod powershell;
+pub mod rct;
 pub mod replicate;
 pub mod transport;
 pub mod trust;

@@ -4,14 +4,16 @@
 //! checkpoint on every path (success, failure; a kill is swept at the next start).
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::client::WinRm;
+use crate::client::{Shell, WinRm};
 use crate::error::{Error, Result};
 use crate::hostfile::HostFileLocator;
 use crate::inventory::{INVENTORY_SCRIPT, Source, VmRecord, evaluate};
 use crate::ledger::{CHECKPOINT_PREFIX, Ledger, LedgerEntry};
+use crate::rct::{self, RctState, VmRct};
 use crate::transport::{Credentials, HttpsTransport, Transport};
 use crate::trust::Fingerprint;
-use godwit_disk::{Disk, FormatHint};
+use godwit_disk::{BlockSource, Disk, FormatHint};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,7 +39,41 @@ pub struct CycleReport {
     pub read_commands: u64,
     /// Leftover checkpoints removed before this cycle.
     pub swept: Vec<String>,
+    /// Per disk: what RCT said changed (all `None` = read in full).
+    pub changes: Vec<DiskChanges>,
+    /// The RCT reference point this cycle's checkpoint became (the next cycle's baseline).
+    pub reference_point: Option<String>,
 }
+
+/// What Resilient Change Tracking said about one disk in a cycle.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiskChanges {
+    pub disk: usize,
+    /// The RCT id the changes were asked since (`None`: no earlier reference point).
+    pub since: Option<String>,
+    /// Changed ranges and their bytes (`None`: the disk was read in full).
+    pub ranges: Option<usize>,
+    pub changed_bytes: Option<u64>,
+}
+
+/// Optional parts of a cycle; the default is what [`run_cycle`] does.
+#[derive(Debug, Clone, Default)]
+pub struct CycleExtras {
+    /// The RCT state file. When set, a good cycle's checkpoint becomes an RCT reference point
+    /// (recorded here) instead of being removed, and the next cycle hands only the ranges
+    /// changed since then to the sink.
+    pub rct_state: Option<PathBuf>,
+}
+
+/// Called with (disk number, the frozen disk, its record, the changed ranges or `None` to
+/// read everything).
+pub type RangeDiskSink<'a> = dyn FnMut(
+        usize,
+        &Disk,
+        &checkpoint::FrozenDisk,
+        Option<&[Range<u64>]>,
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>
+    + 'a;
 
 /// Called with (disk number, the frozen disk opened as a [`Disk`], its record).
 pub type DiskSink<'a> = dyn FnMut(
@@ -136,16 +172,36 @@ fn find_vm<T: Transport>(client: &WinRm<T>, name: &str) -> Result<VmRecord> {
     Ok(vm.record)
 }
 
-/// One cycle (see the module doc).
+/// One cycle (see the module doc): every frozen disk read in full.
 pub fn run_cycle<T: Transport + Send + Sync + 'static>(
     client: &Arc<WinRm<T>>,
     opts: &CycleOptions,
     per_disk: &mut DiskSink<'_>,
 ) -> Result<CycleReport> {
+    let mut sink = |n: usize, d: &Disk, f: &checkpoint::FrozenDisk, _: Option<&[Range<u64>]>| {
+        per_disk(n, d, f)
+    };
+    run_cycle_with(client, opts, &CycleExtras::default(), &mut sink)
+}
+
+/// One cycle with the optional parts in `extras` (RCT incrementals).
+pub fn run_cycle_with<T: Transport + Send + Sync + 'static>(
+    client: &Arc<WinRm<T>>,
+    opts: &CycleOptions,
+    extras: &CycleExtras,
+    per_disk: &mut RangeDiskSink<'_>,
+) -> Result<CycleReport> {
     let host = client.transport().authority();
     let mut ledger = Ledger::open(&opts.ledger)?;
     let swept = sweep(client, &mut ledger)?;
     let vm = find_vm(client, &opts.vm_name)?;
+    let mut rct_state = match &extras.rct_state {
+        Some(p) => Some((p, RctState::load(p)?)),
+        None => None,
+    };
+    let previous = rct_state
+        .as_ref()
+        .and_then(|(_, s)| s.get(&host, &vm.id).cloned());
     let name = format!("{CHECKPOINT_PREFIX}{}", uuid::Uuid::new_v4().simple());
     ledger.add(LedgerEntry {
         host: host.clone(),
@@ -160,16 +216,36 @@ pub fn run_cycle<T: Transport + Send + Sync + 'static>(
     let result = match created {
         Ok(cp) => {
             ledger.set_checkpoint_id(&name, &cp.id)?;
-            copy_disks(client, &vm, &cp, per_disk).map(|(bytes, cmds)| (cp, bytes, cmds))
+            copy_disks(client, &shell, &vm, &cp, previous.as_ref(), per_disk)
+                .map(|copied| (cp, copied))
         }
         Err(e) => Err(e),
     };
-    // Remove on every path, also when creation failed half-way (the script may have
-    // created it before failing); the entry stays in the ledger if removal fails.
-    let removed =
-        checkpoint::remove(&shell, &host, &vm.id, &name).and_then(|_| ledger.remove(&name));
+    // After a good cycle with RCT, the checkpoint becomes a reference point (which removes
+    // it); otherwise, and if that fails, it is removed on every path, also when creation
+    // failed half-way (the script may have created it before failing). The entry stays in
+    // the ledger if removal fails.
+    let mut reference_point = None;
+    if let (Ok((cp, _)), Some((path, state))) = (&result, rct_state.as_mut()) {
+        match rct::convert_to_reference_point(&shell, &host, &vm.id, &name) {
+            Ok(rp) => {
+                state.set(&host, &vm.id, Some(vm_rct(&host, &vm.id, cp, &rp)));
+                reference_point = Some(rp.reference_point);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, checkpoint = %name, "could not make an RCT reference point; the next cycle reads everything");
+                state.set(&host, &vm.id, None);
+            }
+        }
+        state.save(path)?;
+    }
+    let removed = if reference_point.is_some() {
+        ledger.remove(&name)
+    } else {
+        checkpoint::remove(&shell, &host, &vm.id, &name).and_then(|_| ledger.remove(&name))
+    };
     let closed = shell.close();
-    let (cp, bytes_read, read_commands) = match (result, removed) {
+    let (cp, copied) = match (result, removed) {
         (Err(e), Err(r)) => {
             tracing::warn!(error = %r, checkpoint = %name, "could not remove the checkpoint; the next run sweeps it");
             return Err(e);
@@ -184,18 +260,57 @@ pub fn run_cycle<T: Transport + Send + Sync + 'static>(
         checkpoint: name,
         checkpoint_type: cp.checkpoint_type,
         disks: cp.disks.iter().map(|d| d.path.clone()).collect(),
-        bytes_read,
-        read_commands,
+        bytes_read: copied.bytes_read,
+        read_commands: copied.read_commands,
         swept,
+        changes: copied.changes,
+        reference_point,
     })
+}
+
+/// The state to keep after a reference point: each frozen disk's RCT id under its drive.
+fn vm_rct(host: &str, vm_id: &str, cp: &Checkpoint, rp: &rct::ReferencePoint) -> VmRct {
+    let disks = cp
+        .disks
+        .iter()
+        .filter_map(|d| {
+            let r = rp.disks.iter().find(|r| {
+                r.path
+                    .as_deref()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(&d.path))
+            })?;
+            Some(rct::DiskRct {
+                drive: rct::drive_key(
+                    &d.controller_type,
+                    d.controller_number,
+                    d.controller_location,
+                ),
+                rct_id: r.rct_id.clone(),
+            })
+        })
+        .collect();
+    VmRct {
+        host: host.to_string(),
+        vm_id: vm_id.to_string(),
+        reference_point: rp.reference_point.clone(),
+        disks,
+    }
+}
+
+struct Copied {
+    bytes_read: u64,
+    read_commands: u64,
+    changes: Vec<DiskChanges>,
 }
 
 fn copy_disks<T: Transport + Send + Sync + 'static>(
     client: &Arc<WinRm<T>>,
+    shell: &Shell<'_, T>,
     vm: &VmRecord,
     cp: &Checkpoint,
-    per_disk: &mut DiskSink<'_>,
-) -> Result<(u64, u64)> {
+    previous: Option<&VmRct>,
+    per_disk: &mut RangeDiskSink<'_>,
+) -> Result<Copied> {
     if cp.disks.is_empty() {
         return Err(Error::Usage(format!(
             "{}: checkpoint {} of VM {:?} froze no disks",
@@ -218,14 +333,44 @@ fn copy_disks<T: Transport + Send + Sync + 'static>(
                 b.controller_location,
             ))
     });
+    let host = client.transport().authority();
     let locator = HostFileLocator::new(client)?;
+    let mut changes = Vec::new();
     for (n, d) in disks.iter().enumerate() {
         let disk = Disk::open_with(&locator, &d.path, FormatHint::Auto)?;
-        per_disk(n, &disk, d).map_err(|source| Error::Sink {
+        let drive = rct::drive_key(
+            &d.controller_type,
+            d.controller_number,
+            d.controller_location,
+        );
+        let since = previous.and_then(|p| p.disks.iter().find(|x| x.drive == drive));
+        let ranges = match since {
+            None => None,
+            Some(s) => match rct::changes(shell, &host, &d.path, &s.rct_id, disk.virtual_size()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, disk = n, "RCT changes unavailable; reading the whole disk");
+                    None
+                }
+            },
+        };
+        changes.push(DiskChanges {
+            disk: n,
+            since: since.map(|s| s.rct_id.clone()),
+            changed_bytes: ranges
+                .as_ref()
+                .map(|r| r.iter().map(|x| x.end - x.start).sum()),
+            ranges: ranges.as_ref().map(Vec::len),
+        });
+        per_disk(n, &disk, d, ranges.as_deref()).map_err(|source| Error::Sink {
             disk: n,
             file: d.path.clone(),
             source,
         })?;
     }
-    Ok((locator.bytes_read(), locator.commands()))
+    Ok(Copied {
+        bytes_read: locator.bytes_read(),
+        read_commands: locator.commands(),
+        changes,
+    })
 }

@@ -462,3 +462,276 @@ fn pywinrm_drives_the_checkpoint_and_read_scripts() {
     assert_eq!(v["remove"]["json"]["Removed"], 1, "{v}");
     assert!(sim.checkpoints().is_empty());
 }
+
+/// The raw reference with `writes` applied.
+fn with_writes(reference: &Path, writes: &[(u64, Vec<u8>)], out: &Path) {
+    let mut b = std::fs::read(reference).unwrap();
+    for (off, data) in writes {
+        let s = usize::try_from(*off).unwrap();
+        b[s..s + data.len()].copy_from_slice(data);
+    }
+    std::fs::write(out, b).unwrap();
+}
+
+fn qemu_raw_sha(image: &Path, work: &Path) -> String {
+    let out = work.join("qemu-view.raw");
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-O",
+        "raw",
+        image.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    sha256_file(&out)
+}
+
+/// libvhdi's read of a chain (child first), SHA-256.
+fn libvhdi_sha(files: &[&Path], work: &Path) -> String {
+    let out = work.join("libvhdi-view.raw");
+    let script = r#"
+import sys, pyvhdi
+files = [pyvhdi.file() for _ in sys.argv[2:]]
+for f, name in zip(files, sys.argv[2:]):
+    f.open(name)
+for child, parent in zip(files, files[1:]):
+    child.set_parent(parent)
+f = files[0]
+size = f.get_media_size()
+with open(sys.argv[1], "wb") as o:
+    off = 0
+    while off < size:
+        n = min(1 << 20, size - off)
+        f.seek(off)
+        o.write(f.read(n))
+        off += n
+"#;
+    run_ok(
+        Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .arg(&out)
+            .args(files),
+    );
+    sha256_file(&out)
+}
+
+/// Guest writes of whole 64 KiB RCT blocks: in data, in a zero area, the disk's last block.
+fn guest_writes(seed: u8) -> Vec<(u64, Vec<u8>)> {
+    let k = 64 * 1024;
+    [MIB, 11 * MIB + 3 * k, 24 * MIB - k]
+        .iter()
+        .enumerate()
+        .map(|(i, off)| {
+            let s = seed.wrapping_add(u8::try_from(i).unwrap());
+            (*off, vhd_gen::fill(s, 65536))
+        })
+        .collect()
+}
+
+#[test]
+fn checkpoint_freezes_the_parent_while_an_avhdx_child_takes_the_writes_and_removal_merges() {
+    use godwit_disk::BlockSource;
+    use godwit_hyperv::hostfile::HostFileLocator;
+    let work = tempfile::tempdir().unwrap();
+    let f = fixture(&work.path().join("host"));
+    let sim = start_sim(&f, 0);
+    let source = godwit_hyperv::Source::parse(&format!(
+        "hyperv://Administrator@127.0.0.1:{}",
+        sim.addr.port()
+    ))
+    .unwrap();
+    let creds = godwit_hyperv::Credentials {
+        user: "Administrator".into(),
+        password: PASSWORD.into(),
+    };
+    let client = godwit_hyperv::replicate::connect(&source, &creds, Some(sim.fingerprint)).unwrap();
+    let host = godwit_hyperv::transport::Transport::authority(client.transport());
+    let shell = client.open_shell().unwrap();
+    let cp = godwit_hyperv::checkpoint::create(&shell, &host, WEB_ID, "godwit-t1").unwrap();
+    assert_eq!(cp.disks[0].path, "C:\\VMs\\web\\web.vhdx");
+    // The VM now runs on a real AVHDX child of the frozen file.
+    let active = sim.active_file(WEB_ID, 0).unwrap();
+    assert_eq!(active, format!("web/web_{}.avhdx", cp.id.to_uppercase()));
+    let child = f.dir.join(&active);
+    let base = f.dir.join("web/web.vhdx");
+    assert!(child.is_file());
+    let writes = guest_writes(40);
+    for (off, data) in &writes {
+        sim.guest_write(WEB_ID, 0, *off, data).unwrap();
+    }
+    let expect = work.path().join("expect.raw");
+    with_writes(&f.web_ref, &writes, &expect);
+    // The frozen parent is unchanged (qemu-img's view, and the connector's over WinRM) ...
+    let web_sha = sha256_file(&f.web_ref);
+    assert_eq!(qemu_raw_sha(&base, work.path()), web_sha);
+    let locator = HostFileLocator::new(&client).unwrap();
+    let frozen =
+        godwit_disk::Disk::open_with(&locator, &cp.disks[0].path, godwit_disk::FormatHint::Auto)
+            .unwrap();
+    let mut buf = vec![0u8; usize::try_from(frozen.virtual_size()).unwrap()];
+    frozen.read_at(0, &mut buf).unwrap();
+    assert!(
+        buf == std::fs::read(&f.web_ref).unwrap(),
+        "frozen parent changed"
+    );
+    // ... while the child chain holds the writes (libvhdi reads AVHDX + parent).
+    assert_eq!(
+        libvhdi_sha(&[&child, &base], work.path()),
+        sha256_file(&expect)
+    );
+    // The inventory shows the child as the VM's disk.
+    let inv = godwit_hyperv::inventory(&source, &creds, Some(sim.fingerprint)).unwrap();
+    let vm = inv.vms.iter().find(|v| v.record.id == WEB_ID).unwrap();
+    let d = &vm.record.disks[0];
+    assert_eq!(d.vhd_type.as_deref(), Some("Differencing"), "{d:?}");
+    assert_eq!(
+        d.parent_path.as_deref(),
+        Some("C:\\VMs\\web\\web.vhdx"),
+        "{d:?}"
+    );
+    // Removal merges the child into the parent and deletes it.
+    let n = godwit_hyperv::checkpoint::remove(&shell, &host, WEB_ID, "godwit-t1").unwrap();
+    assert_eq!(n, 1);
+    shell.close().unwrap();
+    assert!(!child.exists(), "the AVHDX is still there after the merge");
+    assert_eq!(sim.active_file(WEB_ID, 0).unwrap(), "web/web.vhdx");
+    assert_eq!(qemu_raw_sha(&base, work.path()), sha256_file(&expect));
+    assert!(sim.checkpoints().is_empty());
+}
+
+/// The `done` events (one per disk) and the `hyperv-cycle` summary of a `--json` run.
+fn json_events(out: &str) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let mut done = Vec::new();
+    let mut cycle = serde_json::Value::Null;
+    for line in out.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        match v["event"].as_str() {
+            Some("done") => done.push(v),
+            Some("hyperv-cycle") => cycle = v,
+            _ => {}
+        }
+    }
+    (done, cycle)
+}
+
+#[test]
+fn rct_incremental_sends_only_the_changed_blocks_and_the_export_equals_the_disk() {
+    const CHUNK: u64 = 64 * 1024;
+    let work = tempfile::tempdir().unwrap();
+    let f = fixture(&work.path().join("host"));
+    let sim = start_sim(&f, 0);
+    let srv = Server::start(&work.path().join("staging"), "127.0.0.1:0", &[]);
+    let tf = token_file(work.path(), &srv.token);
+    let state = work.path().join("state");
+    let sync =
+        |expect_changed: Option<u64>| {
+            let out =
+                run_ok(
+                    replicate_cmd(&sim, &srv.url(), &srv.fingerprint, &tf, &state, "web-gen2")
+                        .args(["--json", "--chunk-size", "64K"]),
+                );
+            let (done, cycle) = json_events(&out);
+            assert_eq!(done.len(), 1, "{out}");
+            assert_eq!(
+                cycle["changes"][0]["changed_bytes"],
+                serde_json::json!(expect_changed),
+                "{out}"
+            );
+            assert!(cycle["reference_point"].is_string(), "{out}");
+            assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
+            assert_eq!(ledger_entries(&state), 0);
+            (done[0].clone(), cycle)
+        };
+    // Full sync: everything read; the checkpoint becomes a reference point.
+    let (full, _) = sync(None);
+    // (Unallocated VHDX blocks are not read at all.)
+    let full_read = full["bytes_read"].as_u64().unwrap();
+    assert!(full_read >= 4 * MIB, "{full}");
+    assert_eq!(full["chunks_carried"], 0, "{full}");
+    // The guest changes three 64 KiB blocks; the incremental reads and sends only those.
+    let writes = guest_writes(70);
+    for (off, data) in &writes {
+        sim.guest_write(WEB_ID, 0, *off, data).unwrap();
+    }
+    let changed = 3 * CHUNK;
+    let (inc, cycle) = sync(Some(changed));
+    assert_eq!(cycle["changes"][0]["ranges"], 3, "{cycle}");
+    assert_eq!(inc["bytes_read"], changed, "{inc}");
+    assert!(
+        inc["bytes_sent"].as_u64().unwrap() <= changed + 4096,
+        "{inc}"
+    );
+    assert_eq!(inc["chunks_carried"], 24 * MIB / CHUNK - 3, "{inc}");
+    // WinRM reads: the three blocks plus VHDX metadata, far from the whole disk.
+    assert!(cycle["bytes_read"].as_u64().unwrap() < 8 * MIB, "{cycle}");
+    let expect = work.path().join("expect.raw");
+    with_writes(&f.web_ref, &writes, &expect);
+    assert_eq!(
+        export_sha(&srv, "web-gen2", work.path()),
+        sha256_file(&expect)
+    );
+    assert_eq!(
+        qemu_raw_sha(&f.dir.join("web/web.vhdx"), work.path()),
+        sha256_file(&expect)
+    );
+    // No change: nothing read. An RCT id the host does not know: read in full, still right.
+    let (none, _) = sync(Some(0));
+    assert_eq!(none["bytes_read"], 0, "{none}");
+    let p = state.join("hyperv-rct.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let id =
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["vms"][0]["disks"][0]["rct_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    std::fs::write(&p, text.replace(&id, "rctX:00000000-dead:0")).unwrap();
+    let (again, _) = sync(None);
+    // (The merged VHDX was rewritten with all-zero blocks unallocated: fewer bytes than the
+    // first full read, but nothing carried over.)
+    assert_eq!(again["chunks_carried"], 0, "{again}");
+    assert!(again["bytes_read"].as_u64().unwrap() >= 4 * MIB, "{again}");
+    assert_eq!(
+        export_sha(&srv, "web-gen2", work.path()),
+        sha256_file(&expect)
+    );
+}
+
+#[test]
+fn inventory_exit_codes_for_wrong_password_and_untrusted_certificate() {
+    let work = tempfile::tempdir().unwrap();
+    let f = fixture(&work.path().join("host"));
+    let sim = start_sim(&f, 0);
+    let inventory = |password: &str, pin: Option<String>| {
+        let mut c = Command::new(godwit_bin());
+        c.env("GODWIT_PASSWORD", password)
+            .args(["inventory", "--source"])
+            .arg(format!(
+                "hyperv://Administrator@127.0.0.1:{}",
+                sim.addr.port()
+            ));
+        if let Some(p) = pin {
+            c.args(["--source-fingerprint", &p]);
+        }
+        let o = run(&mut c);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let fp = sim.fingerprint.to_string();
+    let (code, err) = inventory("wrong", Some(fp.clone()));
+    assert_eq!(code, Some(3), "{err}");
+    // Unpinned: exit 4 and the message shows the fingerprint to pin.
+    let (code, err) = inventory(PASSWORD, None);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains(&fp), "{err}");
+    // Changed certificate (another pin): exit 4 naming both.
+    let other = format!("SHA256:{}", "cd".repeat(32));
+    let (code, err) = inventory(PASSWORD, Some(other));
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains(&fp), "{err}");
+    let (code, err) = inventory(PASSWORD, Some(fp));
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -25,7 +25,8 @@ pub struct InventoryArgs {
 
 pub fn run(args: InventoryArgs) -> anyhow::Result<ExitCode> {
     if args.source.source.starts_with("hyperv://") {
-        return hyperv_list(&args);
+        // Same exit codes as vSphere: 3 login rejected, 4 certificate not trusted.
+        return Ok(hyperv_list(&args).unwrap_or_else(|e| super::replicate_hyperv::report_error(&e)));
     }
     match list(&args) {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -219,8 +219,8 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
     }
     if a.source.starts_with("hyperv://") {
         anyhow::ensure!(
-            a.changed_ranges.is_none() && !a.cbt,
-            "--changed-ranges and --cbt are not for hyperv:// sources (every cycle reads the frozen disks in full; RCT is not implemented yet)"
+            a.changed_ranges.is_none(),
+            "--changed-ranges is not for hyperv:// sources (they take their changes from Resilient Change Tracking, always on; --cbt is accepted and changes nothing)"
         );
         use super::replicate_hyperv::{HypervReplicate, HypervSourceArgs};
         let h = HypervReplicate {

@@ -1,16 +1,18 @@
 //! The Hyper-V side of `godwit replicate` (and the connection options `godwit inventory`
 //! shares): `hyperv://USER@HOST[:PORT]` over WinRM HTTPS with the certificate pinned, one cycle
 //! of [`godwit_hyperv::replicate`] (sweep, ledgered `godwit-` checkpoint, every frozen disk read
-//! over WinRM and replicated as disk N of `--vm`, checkpoint removed on every path).
+//! over WinRM and replicated as disk N of `--vm`, checkpoint removed on every path). With
+//! Resilient Change Tracking (always asked for; `STATE_DIR/hyperv-rct.json` keeps each VM's last
+//! reference point) a cycle after the first hands only the changed ranges to the transfer.
 //!
 //! Exit codes as for vSphere: 3 credentials refused, 4 certificate not trusted, 5 VM not
 //! found; other errors 2.
 
 use super::replicate_vsphere::{EXIT_AUTH, EXIT_NOT_FOUND, EXIT_TRUST};
 use anyhow::Context;
-use godwit_hyperv::replicate::{CycleOptions, connect, run_cycle};
+use godwit_hyperv::replicate::{CycleExtras, CycleOptions, connect, run_cycle_with};
 use godwit_hyperv::{Credentials, Error as HypervError, Fingerprint, Source};
-use godwit_transfer::replicate::{ReplicateOptions, replicate_disk};
+use godwit_transfer::replicate::{Range, ReplicateOptions, replicate_disk};
 use godwit_transfer::target::Target;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -110,26 +112,54 @@ fn cycle(
         vm_name: a.vm.to_string(),
         ledger: state_dir.join("hyperv-checkpoint-ledger.json"),
     };
+    let extras = CycleExtras {
+        rct_state: Some(state_dir.join("hyperv-rct.json")),
+    };
     let mut disks = 0usize;
-    let mut sink =
-        |n: usize, disk: &godwit_disk::Disk, _d: &godwit_hyperv::checkpoint::FrozenDisk| {
-            let disk_no = u32::try_from(n)?;
-            let report = replicate_disk(disk, None, target, a.vm, disk_no, opts, handle)?;
-            super::replicate::print_report(&report, a.json)?;
-            disks += 1;
-            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-        };
-    let report = run_cycle(&client, &copts, &mut sink)?;
+    let mut sink = |n: usize,
+                    disk: &godwit_disk::Disk,
+                    _d: &godwit_hyperv::checkpoint::FrozenDisk,
+                    changed: Option<&[std::ops::Range<u64>]>| {
+        let disk_no = u32::try_from(n)?;
+        let changed: Option<Vec<Range>> =
+            changed.map(|r| r.iter().cloned().map(Range::from).collect());
+        let report = replicate_disk(
+            disk,
+            changed.as_deref(),
+            target,
+            a.vm,
+            disk_no,
+            opts,
+            handle,
+        )?;
+        super::replicate::print_report(&report, a.json)?;
+        disks += 1;
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    let report = run_cycle_with(&client, &copts, &extras, &mut sink)?;
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["event"] = "hyperv-cycle".into();
         println!("{v}");
     } else {
+        let rct: Vec<String> = report
+            .changes
+            .iter()
+            .map(|c| match (c.ranges, c.changed_bytes) {
+                (Some(r), Some(b)) => format!("disk {}: {r} changed range(s), {b} bytes", c.disk),
+                _ => format!("disk {}: read in full", c.disk),
+            })
+            .collect();
         println!(
-            "Hyper-V cycle of {}: {disks} disk(s), checkpoint {} ({}) removed, {} bytes read over WinRM in {} commands{}",
+            "Hyper-V cycle of {}: {disks} disk(s) ({}), checkpoint {} ({}) {}, {} bytes read over WinRM in {} commands{}",
             report.vm,
+            rct.join("; "),
             report.checkpoint,
             report.checkpoint_type,
+            match &report.reference_point {
+                Some(rp) => format!("now RCT reference point {rp}"),
+                None => "removed".to_string(),
+            },
             report.bytes_read,
             report.read_commands,
             if report.swept.is_empty() {

@@ -4,6 +4,7 @@
 //! recognised by its exact text, answered from an in-memory model ([`model`]). Limits are
 //! listed in `docs/hyperv.md`.
 
+pub mod disks;
 pub mod model;
 mod scripts;
 
@@ -71,6 +72,38 @@ impl RunningSim {
     pub fn checkpoints(&self) -> Vec<SimCheckpoint> {
         let st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
         st.host.checkpoints.clone()
+    }
+
+    /// The guest writes `data` at `offset` of drive `idx` (index in the VM's `disks`): into
+    /// the differencing child when a checkpoint exists, else into the drive's VHDX; recorded
+    /// for Resilient Change Tracking.
+    pub fn guest_write(
+        &self,
+        vm_id: &str,
+        idx: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let mut st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (dir, root) = (
+            &self.sim.config.data_dir,
+            &self.sim.config.model.windows_root,
+        );
+        let drive = st
+            .host
+            .drives
+            .drive(&self.sim.config.model, vm_id, idx)
+            .ok_or_else(|| format!("VM {vm_id} has no drive {idx} with a file"))?;
+        disks::guest_write(drive, dir, root, offset, data)
+    }
+
+    /// The file (data-dir relative) drive `idx` of the VM runs on now.
+    pub fn active_file(&self, vm_id: &str, idx: usize) -> Option<String> {
+        let mut st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.host
+            .drives
+            .drive(&self.sim.config.model, vm_id, idx)
+            .map(|d| d.active().to_string())
     }
 
     /// WinRS shells open now (every client should have deleted its shells).

@@ -109,10 +109,22 @@ pub fn windows_path(root: &str, rel: &str) -> String {
 
 /// What `Get-VM | Get-VMHardDiskDrive | Get-VHD` would report, from the real files.
 pub fn records(model: &SimModel, dir: &Path) -> Result<Vec<VmRecord>, String> {
+    records_with(model, dir, &|_, _| None)
+}
+
+/// [`records`], with the file a drive runs on now where the simulator moved it (`active(VM
+/// id, drive index)`: after a checkpoint, the differencing child).
+pub fn records_with(
+    model: &SimModel,
+    dir: &Path,
+    active: &dyn Fn(&str, usize) -> Option<String>,
+) -> Result<Vec<VmRecord>, String> {
     let mut out = Vec::new();
     for vm in &model.vms {
         let mut disks = Vec::new();
-        for d in &vm.disks {
+        for (idx, d) in vm.disks.iter().enumerate() {
+            let moved = active(&vm.id, idx);
+            let path = moved.as_ref().or(d.path.as_ref());
             let mut rec = DiskRecord {
                 controller_type: d.controller_type.clone(),
                 controller_number: d.controller_number,
@@ -127,7 +139,7 @@ pub fn records(model: &SimModel, dir: &Path) -> Result<Vec<VmRecord>, String> {
                 parent_path: None,
                 logical_sector_size: None,
             };
-            if let (Some(rel), None) = (&d.path, d.disk_number) {
+            if let (Some(rel), None) = (path, d.disk_number) {
                 let file: PathBuf = dir.join(rel);
                 rec.path = Some(windows_path(&model.windows_root, rel));
                 let name = file.display().to_string();

@@ -2,12 +2,14 @@
 //! Anything else fails the way cmd.exe or PowerShell would (unknown command, CLIXML error).
 
 use super::Sim;
+use super::disks::{self, Drives};
 use super::model;
 use crate::checkpoint::{CREATE_SCRIPT, REMOVE_SCRIPT};
 use crate::clixml::encode_error_stream;
 use crate::hostfile::{FILE_INFO_SCRIPT, READ_RANGE_SCRIPT, encode_range_output};
 use crate::inventory::INVENTORY_SCRIPT;
 use crate::powershell;
+use crate::rct::{CHANGES_SCRIPT, REFERENCE_SCRIPT};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::collections::HashMap;
@@ -32,6 +34,8 @@ pub struct SimCheckpoint {
     pub name: String,
     /// The disks it froze: (controller type, number, location, Windows path).
     pub disks: Vec<(String, u32, u32, String)>,
+    /// Per frozen disk: (drive index in the VM, RCT log position when it was frozen).
+    pub rct_positions: Vec<(usize, usize)>,
 }
 
 /// What the simulated host remembers between commands.
@@ -40,6 +44,8 @@ pub struct HostState {
     /// Script pieces collected per token.
     pub pieces: HashMap<String, String>,
     pub checkpoints: Vec<SimCheckpoint>,
+    /// The VMs' drive files, differencing children and RCT logs.
+    pub drives: Drives,
 }
 
 pub fn run_command_line(sim: &Sim, host: &mut HostState, line: &str) -> Outcome {
@@ -74,6 +80,8 @@ fn run_script(sim: &Sim, host: &mut HostState, script: &str, depth: u32) -> Outc
             REMOVE_SCRIPT,
             FILE_INFO_SCRIPT,
             READ_RANGE_SCRIPT,
+            REFERENCE_SCRIPT,
+            CHANGES_SCRIPT,
         ];
         if known.contains(&body) {
             return match run_with_args(sim, host, &args, body) {
@@ -85,7 +93,9 @@ fn run_script(sim: &Sim, host: &mut HostState, script: &str, depth: u32) -> Outc
     }
     let pieces = &mut host.pieces;
     if script == INVENTORY_SCRIPT {
-        return match model::records(&sim.config.model, &sim.config.data_dir) {
+        let drives = &host.drives;
+        let active = |id: &str, idx: usize| drives.active(id, idx);
+        return match model::records_with(&sim.config.model, &sim.config.data_dir, &active) {
             Ok(recs) => match serde_json::to_string(&recs) {
                 Ok(json) => (format!("{json}\r\n").into_bytes(), Vec::new(), 0),
                 Err(e) => ps_error(&format!("ConvertTo-Json : {e}")),
@@ -206,23 +216,31 @@ fn run_with_args(
             // Production falls back to a standard checkpoint when the guest has no VSS.
             _ => "Standard",
         };
+        let cp_id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let (dir, root) = (&sim.config.data_dir, &sim.config.model.windows_root);
         let mut disks = Vec::new();
-        for d in &vm.disks {
-            if let (Some(rel), None) = (&d.path, d.disk_number) {
-                disks.push((
-                    d.controller_type.clone(),
-                    d.controller_number,
-                    d.controller_location,
-                    model::windows_path(&sim.config.model.windows_root, rel),
-                ));
-            }
+        let mut rct_positions = Vec::new();
+        for (idx, d) in vm.disks.iter().enumerate() {
+            let Some(drive) = host.drives.drive(&sim.config.model, &vm.id, idx) else {
+                continue;
+            };
+            let position = drive.changes.len();
+            let frozen = disks::freeze(drive, dir, root, &cp_id)?;
+            disks.push((
+                d.controller_type.clone(),
+                d.controller_number,
+                d.controller_location,
+                model::windows_path(root, &frozen),
+            ));
+            rct_positions.push((idx, position));
         }
         let cp = SimCheckpoint {
             vm_id: vm.id.clone(),
             vm_name: vm.name.clone(),
-            id: uuid::Uuid::new_v4().hyphenated().to_string(),
+            id: cp_id,
             name: name.to_string(),
             disks,
+            rct_positions,
         };
         let out = serde_json::json!({
             "Id": cp.id,
@@ -244,11 +262,41 @@ fn run_with_args(
                 "refusing to remove checkpoint '{name}': not a Godwit checkpoint"
             ));
         }
-        let before = host.checkpoints.len();
-        host.checkpoints
-            .retain(|c| !(c.vm_id.eq_ignore_ascii_case(id) && c.name == name));
-        let removed = before - host.checkpoints.len();
-        return Ok(format!("{{\"Removed\":{removed}}}\r\n"));
+        let removed = remove_checkpoints(sim, host, id, name)?;
+        return Ok(format!("{{\"Removed\":{}}}\r\n", removed.len()));
+    }
+    if body == REFERENCE_SCRIPT {
+        let id = arg_str(args, "VmId")?;
+        let name = arg_str(args, "Name")?;
+        let Some(cp) = host
+            .checkpoints
+            .iter()
+            .find(|c| c.vm_id.eq_ignore_ascii_case(id) && c.name == name)
+            .cloned()
+        else {
+            return Err(format!(
+                "Get-VMSnapshot : Unable to find a snapshot matching the given criteria. (VM {id}, name '{name}')"
+            ));
+        };
+        let mut out_disks = Vec::new();
+        for ((_, _, _, path), (idx, position)) in cp.disks.iter().zip(&cp.rct_positions) {
+            let Some(drive) = host.drives.drive(&sim.config.model, &cp.vm_id, *idx) else {
+                continue;
+            };
+            out_disks.push(serde_json::json!({
+                "Path": path,
+                "RctId": format!("rctX:{}:{position}", drive.rct_uuid),
+            }));
+        }
+        remove_checkpoints(sim, host, id, name)?;
+        let out = serde_json::json!({
+            "ReferencePoint": format!("Microsoft:{}", uuid::Uuid::new_v4().hyphenated()),
+            "Disks": out_disks,
+        });
+        return Ok(format!("{out}\r\n"));
+    }
+    if body == CHANGES_SCRIPT {
+        return rct_changes(sim, host, args);
     }
     if body == FILE_INFO_SCRIPT {
         let f = open_host_file(sim, arg_str(args, "Path")?)?;
@@ -277,4 +325,82 @@ fn run_with_args(
         return Ok(encode_range_output(&buf));
     }
     Err("unknown script".into())
+}
+
+/// Remove (merging each child into its parent) the checkpoints named `name` of VM `vm_id`.
+fn remove_checkpoints(
+    sim: &Sim,
+    host: &mut HostState,
+    vm_id: &str,
+    name: &str,
+) -> Result<Vec<SimCheckpoint>, String> {
+    let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut host.checkpoints)
+        .into_iter()
+        .partition(|c| c.vm_id.eq_ignore_ascii_case(vm_id) && c.name == name);
+    host.checkpoints = kept;
+    let (dir, root) = (&sim.config.data_dir, &sim.config.model.windows_root);
+    for cp in &gone {
+        for (idx, _) in &cp.rct_positions {
+            if let Some(drive) = host.drives.drive(&sim.config.model, &cp.vm_id, *idx) {
+                disks::merge(drive, dir, root, &cp.id)?;
+            }
+        }
+    }
+    Ok(gone)
+}
+
+/// `GetVirtualDiskChanges(Path, LimitId, ByteOffset, ByteLength)`: the changes of the drive
+/// the RCT id belongs to, from that id up to the state `Path` holds (the frozen file of a
+/// checkpoint, or the file the VM runs on).
+fn rct_changes(
+    sim: &Sim,
+    host: &mut HostState,
+    args: &serde_json::Value,
+) -> Result<String, String> {
+    let path = arg_str(args, "Path")?;
+    let limit = arg_str(args, "LimitId")?;
+    let offset = arg_u64(args, "Offset")?;
+    let length = arg_u64(args, "Length")?;
+    let failed = |code: u32| {
+        format!("GetVirtualDiskChanges on '{path}' since '{limit}' failed with return value {code}")
+    };
+    // rctX:<uuid>:<position>
+    let mut parts = limit.splitn(3, ':');
+    let (Some("rctX"), Some(uuid), Some(pos)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(failed(32773));
+    };
+    let from: usize = pos.parse().map_err(|_| failed(32773))?;
+    let drive = host.drives.by_rct_uuid(uuid).ok_or_else(|| failed(32773))?;
+    // The frozen state `path` holds: a checkpoint's parent, or the file the VM runs on.
+    let root = &sim.config.model.windows_root;
+    let mut to = None;
+    for cp in &host.checkpoints {
+        for ((_, _, _, frozen), (_, position)) in cp.disks.iter().zip(&cp.rct_positions) {
+            let same_drive = drive.children.iter().any(|c| c.checkpoint_id == cp.id);
+            if same_drive && frozen.eq_ignore_ascii_case(path) {
+                to = Some(*position);
+            }
+        }
+    }
+    if to.is_none() && model::windows_path(root, drive.active()).eq_ignore_ascii_case(path) {
+        to = Some(drive.changes.len());
+    }
+    let to = to.ok_or_else(|| failed(32779))?;
+    if from > to {
+        return Err(failed(32773));
+    }
+    let local = disks::local(&sim.config.data_dir, &drive.base);
+    let size = godwit_disk::Disk::open(&local.display().to_string())
+        .map_err(|e| format!("Get-VHD : {e}"))?
+        .top()
+        .virtual_size;
+    if length >= size {
+        return Err(failed(32773));
+    }
+    let ranges = disks::changed_ranges(&drive.changes, from, to, offset, length, size);
+    let out = serde_json::json!({
+        "Offsets": ranges.iter().map(|r| r.0).collect::<Vec<_>>(),
+        "Lengths": ranges.iter().map(|r| r.1).collect::<Vec<_>>(),
+    });
+    Ok(format!("{out}\r\n"))
 }
