@@ -17,7 +17,7 @@ export LC_ALL=C TZ=UTC
 step() { echo "image: $*" >&2; }
 need() { command -v "$1" >/dev/null || { echo "image: $1 not found (package $2; make deps installs it)" >&2; exit 3; }; }
 need apt-get apt; need dpkg-deb dpkg; need mkfs.fat dosfstools; need mcopy mtools; need syslinux syslinux
-need sgdisk gdisk; need mkfs.ext4 e2fsprogs; need cpio cpio; need zstd zstd; need depmod kmod; need faketime faketime
+need sgdisk gdisk; need mkfs.ext4 e2fsprogs; need cpio cpio; need zstd zstd; need depmod kmod; need faketime faketime; need debugfs e2fsprogs
 BUSYBOX=/bin/busybox; [ -x "$BUSYBOX" ] || { echo "image: /bin/busybox not found (package busybox-static)" >&2; exit 3; }
 GPTMBR=/usr/lib/SYSLINUX/gptmbr.bin; [ -f $GPTMBR ] || GPTMBR=/usr/lib/syslinux/mbr/gptmbr.bin
 FROZEN="$(date -u -d "@$SOURCE_DATE_EPOCH" '+%Y-%m-%d %H:%M:%S')"
@@ -95,6 +95,10 @@ find "$WORK/data" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 rm -f "$WORK/data.img"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH frozen mkfs.ext4 -q -F -L godwit-data -U "$EXT4_UUID" \
   -E "root_owner=0:0,hash_seed=$EXT4_UUID,lazy_itable_init=0" -d "$WORK/data" "$WORK/data.img" 38M
+# mkfs.ext4 -d copies each source file's ctime (the real time it was made; faketime cannot
+# change what the kernel stamps): set it to SOURCE_DATE_EPOCH too.
+(cd "$WORK/data" && find . -mindepth 1 | sort | sed "s|^\.\(.*\)|sif \1 ctime @$SOURCE_DATE_EPOCH|") > "$WORK/data.sif"
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$WORK/data.sif" "$WORK/data.img" >/dev/null 2>&1
 
 # 5. GPT disk: partitions placed with dd, SYSLINUX's GPT MBR, legacy-BIOS-bootable ESP.
 rm -f "$OUT_RAW"; truncate -s 136M "$OUT_RAW"

@@ -5,12 +5,11 @@
 //! Every identifier (disk and partition GUIDs, FAT serial, ext4 UUID, VMDK CID, VHDX GUIDs)
 //! is derived from the version and SOURCE_DATE_EPOCH, so two builds give the same bytes.
 
+use crate::ids::{derived, derived_uuid, fix_vhdx_guids, fix_vmdk_long_content_id};
 use crate::ovf::{Firmware, Spec};
 use crate::{Error, Result, bundle, manifest, ova, ovf, slots};
-use godwit_disk::vhdx::header::{Header, METADATA_REGION, RegionTable};
-use godwit_disk::vhdx::metadata::{MetadataTable, PAGE83_DATA, TABLE_SIZE};
 use ring::digest::{Context, SHA256, digest};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -54,21 +53,6 @@ pub struct Output {
     pub vmlinuz: PathBuf,
     pub initrd: PathBuf,
     pub vmdk_bytes: u64,
-}
-
-/// 16 bytes derived from the build identity and a purpose.
-fn derived(seed: &str, purpose: &str) -> [u8; 16] {
-    let d = digest(
-        &SHA256,
-        format!("godwit-image\0{seed}\0{purpose}").as_bytes(),
-    );
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d.as_ref()[..16]);
-    b
-}
-
-fn derived_uuid(seed: &str, purpose: &str) -> uuid::Uuid {
-    uuid::Builder::from_random_bytes(derived(seed, purpose)).into_uuid()
 }
 
 /// Load the signing key, generating one (mode 0600) when the file does not exist.
@@ -118,50 +102,6 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
         ctx.update(&buf[..r]);
         n += r as u64;
     }
-}
-
-/// Replace the VHDX writer's random GUIDs (file/data write GUIDs in both headers, the page 83
-/// disk id) with derived ones, recomputing the header checksums.
-pub fn fix_vhdx_guids(path: &Path, seed: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    let ioe = |e| Error::io(path, e);
-    let read_at = |f: &mut std::fs::File, off: u64, len: usize| -> Result<Vec<u8>> {
-        let mut b = vec![0u8; len];
-        f.seek(SeekFrom::Start(off)).map_err(ioe)?;
-        f.read_exact(&mut b).map_err(ioe)?;
-        Ok(b)
-    };
-    let bad = |what: String| Error::invalid(format!("{} (VHDX)", path.display()), what);
-    for off in [64 * 1024u64, 128 * 1024] {
-        let b = read_at(&mut f, off, 4096)?;
-        let mut h = Header::parse(&b).map_err(|e| bad(format!("header at {off}: {e:?}")))?;
-        h.file_write_guid = derived(seed, "vhdx-file-write");
-        h.data_write_guid = derived(seed, "vhdx-data-write");
-        f.seek(SeekFrom::Start(off)).map_err(ioe)?;
-        f.write_all(&h.encode()).map_err(ioe)?;
-    }
-    let rt = read_at(&mut f, 192 * 1024, 64 * 1024)?;
-    let regions = RegionTable::parse(&rt).map_err(|e| bad(format!("region table: {e:?}")))?;
-    let meta = regions
-        .entries
-        .iter()
-        .find(|r| r.guid == METADATA_REGION)
-        .ok_or_else(|| bad("no metadata region".into()))?;
-    let table = read_at(&mut f, meta.file_offset, TABLE_SIZE)?;
-    let table = MetadataTable::parse(&table).map_err(|e| bad(format!("metadata table: {e:?}")))?;
-    let p83 = table
-        .entries
-        .iter()
-        .find(|e| e.item_id == PAGE83_DATA)
-        .ok_or_else(|| bad("no page 83 item".into()))?;
-    f.seek(SeekFrom::Start(meta.file_offset + u64::from(p83.offset)))
-        .map_err(ioe)?;
-    f.write_all(&derived(seed, "vhdx-page83")).map_err(ioe)?;
-    f.sync_all().map_err(ioe)
 }
 
 /// Run the whole pipeline.
@@ -250,6 +190,7 @@ pub fn build(o: &Options) -> Result<Output> {
         godwit_disk::write::vmdk_stream::write_with(&disk, &vopts, &mut w)?;
         w.flush().map_err(|e| Error::io(&vmdk, e))?;
     }
+    fix_vmdk_long_content_id(&vmdk, &seed)?;
     // Dynamic VHDX.
     let vhdx = o.out.join(VHDX_NAME);
     {
@@ -310,14 +251,6 @@ pub fn build(o: &Options) -> Result<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn identifiers_are_stable_and_distinct() {
-        assert_eq!(derived("1\u{0}5", "esp"), derived("1\u{0}5", "esp"));
-        assert_ne!(derived("1\u{0}5", "esp"), derived("1\u{0}5", "data"));
-        assert_ne!(derived("1\u{0}5", "esp"), derived("2\u{0}5", "esp"));
-        assert_eq!(derived_uuid("x", "disk").get_version_num(), 4);
-    }
 
     #[test]
     fn key_is_created_once() {

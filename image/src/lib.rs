@@ -12,6 +12,7 @@
 
 pub mod build;
 pub mod bundle;
+pub mod ids;
 pub mod manifest;
 pub mod ova;
 pub mod ovf;
