@@ -269,10 +269,12 @@ async function main() {
     const exportRow = page.locator("#exports tbody tr", { hasText: cfg.exportDest }).first();
     const exportDeadline = Date.now() + cfg.jobTimeoutMs;
     let sha = "";
+    let fileSha = "";
     for (;;) {
       const state = (await exportRow.locator('[data-field="state"]').textContent()).trim();
       sha = (await exportRow.locator('[data-field="sha256"]').textContent()).trim();
-      if (state === "done" && /^[0-9a-f]{64}$/.test(sha)) break;
+      fileSha = (await exportRow.locator('[data-field="file_sha256"]').textContent()).trim();
+      if (state === "done" && /^[0-9a-f]{64}$/.test(sha) && /^[0-9a-f]{64}$/.test(fileSha)) break;
       if (state === "failed") {
         await shot(page, "export-failed");
         fail(`the export failed: ${await exportRow.textContent()}`);
@@ -289,7 +291,7 @@ async function main() {
       await expectNoSecrets(page);
       await shot(page, name);
     }
-    result = { job_id: jobId, export_destination: cfg.exportDest, export_sha256: sha, source_fingerprint: fp };
+    result = { job_id: jobId, export_destination: cfg.exportDest, export_sha256: sha, export_file_sha256: fileSha, source_fingerprint: fp };
   } catch (e) {
     await page.screenshot({ path: path.join(cfg.shots, "failure.png"), fullPage: true }).catch(() => {});
     console.error(`FAILED at ${page.url()}: ${e.message}`);

@@ -4,48 +4,20 @@
 //! time. Prints p50/p99 latency, requests/s and errors, and the service's RSS; fails on any
 //! error or when the job does not complete.
 
-#[path = "service_util.rs"]
+#[path = "vmware_harness/serve.rs"]
 mod service;
 #[path = "transfer_util.rs"]
 mod util;
 mod vmware_harness;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use service::{ADMIN_PASSWORD, Service, rss_kib};
 use std::process::Command;
 use util::Server;
-use vmware_harness::{PASSWORD, USER, Vcsim, qemu_img, set_vm_disks};
+use vmware_harness::{PASSWORD, USER, Vcsim};
 
 const VM: &str = "DC0_H0_VM0";
 const DISK_MIB: u64 = 256;
-
-/// Log in through the API and return the session cookie (`name=value`).
-fn session_cookie(svc: &Service) -> String {
-    let c = service::pinned_client(&svc.fingerprint, false);
-    let r = c.get(format!("{}/api/v1/session", svc.url)).send().unwrap();
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .expect("a session cookie")
-        .to_string();
-    let info: Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
-    let r = c
-        .post(format!("{}/api/v1/login", svc.url))
-        .header("cookie", &cookie)
-        .header("x-csrf-token", info["csrf_token"].as_str().unwrap())
-        .header("content-type", "application/json")
-        .body(json!({ "password": ADMIN_PASSWORD }).to_string())
-        .send()
-        .unwrap();
-    assert!(r.status().is_success(), "login: {}", r.status());
-    r.headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map_or(cookie, str::to_string)
-}
 
 struct WrkResult {
     p50: String,
@@ -98,26 +70,7 @@ fn wrk(url: &str, cookie: &str) -> std::process::Child {
 fn dashboard_and_api_under_load_during_a_transfer() {
     let work = tempfile::tempdir().unwrap();
     let v = Vcsim::start(false);
-    let (ds, dir) = v.datastore();
-    let vmdir = dir.join(VM);
-    std::fs::create_dir_all(&vmdir).unwrap();
-    let disk = vmdir.join("load.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-o",
-        "subformat=monolithicFlat",
-        disk.to_str().unwrap(),
-        &(DISK_MIB << 20).to_string(),
-    ]);
-    util::write_random(&vmdir.join("load-flat.vmdk"), 0, DISK_MIB);
-    set_vm_disks(
-        &v.connect(),
-        VM,
-        &[(&format!("[{ds}] {VM}/load.vmdk"), DISK_MIB << 20)],
-    );
+    service::random_disk(&v, VM, DISK_MIB);
     let staging = work.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let srv = Server::start(&staging, "127.0.0.1:0", &[]);
@@ -164,7 +117,7 @@ fn dashboard_and_api_under_load_during_a_transfer() {
     );
     let id = job["id"].as_str().unwrap().to_string();
     svc.wait_job(&id, 60, |j| j["state"] == "transferring");
-    let cookie = session_cookie(&svc);
+    let cookie = svc.login_cookie(ADMIN_PASSWORD);
     let rss_before = rss_kib(svc.child.id());
     let dash = wrk(&format!("{}/", svc.url), &cookie);
     let api = wrk(&format!("{}/api/v1/jobs", svc.url), &cookie);

@@ -7,9 +7,10 @@
 //! - `kill -9` of the service mid-transfer, restart: the job resumes and completes, no
 //!   snapshot left, the ledger empty;
 //! - no secret (source password, staging token, S3 key) in API responses, the log or the
-//!   support bundle.
+//!   support bundle; the used setup code in no log (stderr, log file, the /logs ring);
+//! - a logged-in browser session survives a restart of the service.
 
-#[path = "service_util.rs"]
+#[path = "vmware_harness/serve.rs"]
 mod service;
 #[path = "transfer_util.rs"]
 mod util;
@@ -17,11 +18,11 @@ mod vmware_harness;
 
 use godwit_tests::peers::{godwit_bin, run_ok};
 use serde_json::json;
-use service::{ADMIN_PASSWORD, Service};
+use service::{ADMIN_PASSWORD, Service, random_disk};
 use std::path::Path;
 use std::process::Command;
 use util::Server;
-use vmware_harness::{PASSWORD, USER, Vcsim, qemu_img, qemu_raw, set_vm_disks, vm_by_name};
+use vmware_harness::{PASSWORD, USER, Vcsim, qemu_raw, vm_by_name};
 
 const VM: &str = "DC0_H0_VM0";
 const S3_SECRET: &str = "s3-SECRET-key-0123456789abcdef";
@@ -30,30 +31,6 @@ fn password_file(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("admin-password");
     std::fs::write(&p, format!("{ADMIN_PASSWORD}\n")).unwrap();
     p
-}
-
-/// Give the VM one flat disk of `mib` MiB holding random data (so nothing is skipped as zero
-/// and nothing compresses), through our own ReconfigVM_Task.
-fn random_disk(v: &Vcsim, mib: u64) -> std::path::PathBuf {
-    let (ds, dir) = v.datastore();
-    let vmdir = dir.join(VM);
-    std::fs::create_dir_all(&vmdir).unwrap();
-    let disk = vmdir.join("data.vmdk");
-    let size = mib << 20;
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-o",
-        "subformat=monolithicFlat",
-        disk.to_str().unwrap(),
-        &size.to_string(),
-    ]);
-    util::write_random(&vmdir.join("data-flat.vmdk"), 0, mib);
-    let s = v.connect();
-    set_vm_disks(&s, VM, &[(&format!("[{ds}] {VM}/data.vmdk"), size)]);
-    disk
 }
 
 /// Wizard steps through the API: network, staging server, source (probe + approve), checks,
@@ -154,6 +131,15 @@ fn setup_code_unlocks_the_first_password_once() {
     let st = svc.ok("GET", "/setup/status", None);
     assert_eq!(st["password_set"], json!(true), "{st}");
     assert_eq!(st["next_step"], json!("network"), "{st}");
+    // The first start's in-memory log (the /logs ring) says a code was printed, not the code.
+    let ring_first = svc.ok("GET", "/logs", None).to_string();
+    assert!(
+        ring_first.contains("setup code was printed"),
+        "{ring_first}"
+    );
+    // A browser logs in; its session cookie is kept across the restart.
+    let cookie = svc.login_cookie(ADMIN_PASSWORD);
+    assert_eq!(svc.status_with_cookie("/api/v1/settings", &cookie), 200);
     // Restart: no setup code any more, same certificate, the store kept the password.
     let fp = svc.fingerprint.clone();
     svc.kill9();
@@ -164,6 +150,40 @@ fn setup_code_unlocks_the_first_password_once() {
         "the certificate changed across restarts"
     );
     svc.ok("GET", "/settings", None);
+    assert_eq!(
+        svc.status_with_cookie("/api/v1/settings", &cookie),
+        200,
+        "the logged-in session did not survive the restart"
+    );
+    assert_eq!(
+        svc.status_with_cookie("/api/v1/settings", "godwit_session=AAAAAAAAAAAAAAAAAAAAAA"),
+        401
+    );
+    // The session id itself is not in the store (only its SHA-256).
+    let sid = cookie.split_once('=').unwrap().1.to_string();
+    drop(svc);
+    let db = std::fs::read(data.join("godwit.redb")).unwrap();
+    assert!(
+        !db.windows(sid.len()).any(|w| w == sid.as_bytes()),
+        "the session id is stored in clear"
+    );
+    // The used setup code is in no log: stderr, the log file, the in-memory ring (/logs).
+    let svc = Service::start(&data, &[], false);
+    let ring = svc.ok("GET", "/logs", None).to_string();
+    let log_file = svc.log_text();
+    assert!(log_file.contains("setup code was printed"), "{log_file}");
+    for (what, text) in [
+        ("stderr", svc.stderr_text()),
+        ("log file", log_file),
+        ("first log ring", ring_first),
+        ("log ring", ring),
+    ] {
+        assert!(!text.is_empty(), "{what} is empty");
+        for form in [code.clone(), code.replace('-', ""), code.to_lowercase()] {
+            assert!(!text.contains(&form), "the setup code is in the {what}");
+        }
+    }
+    svc.ok("GET", "/settings", None);
     let mode = std::fs::metadata(data.join("godwit.redb")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(mode.permissions().mode() & 0o777, 0o600);
@@ -173,7 +193,7 @@ fn setup_code_unlocks_the_first_password_once() {
 fn job_replicates_from_vcsim_resumes_after_kill9_and_secrets_stay_out() {
     let work = tempfile::tempdir().unwrap();
     let v = Vcsim::start(false);
-    let disk = random_disk(&v, 24);
+    let disk = random_disk(&v, VM, 24);
     let staging = work.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let srv = Server::start(&staging, "127.0.0.1:0", &[]);
@@ -193,8 +213,9 @@ fn job_replicates_from_vcsim_resumes_after_kill9_and_secrets_stay_out() {
     ];
     let mut svc = Service::start(&data, &args, false);
 
-    // S3 staging first (no connection is made): its secret must stay out of everything.
-    svc.ok(
+    // S3 staging to a bucket that does not answer: refused (a connection is made before
+    // anything is stored), and its secret stays out of the answer and everything else.
+    let (st, e) = svc.api(
         "PUT",
         "/settings/staging",
         Some(
@@ -203,8 +224,11 @@ fn job_replicates_from_vcsim_resumes_after_kill9_and_secrets_stay_out() {
                     "secret_access_key": S3_SECRET}),
         ),
     );
+    assert_eq!(st, 502, "unreachable S3 bucket: {e}");
+    assert!(!e.to_string().contains(S3_SECRET), "{e}");
     let settings = svc.ok("GET", "/settings", None);
     assert!(!settings.to_string().contains(S3_SECRET), "{settings}");
+    assert_ne!(settings["staging"]["kind"], "s3", "{settings}");
     let (s, bundle) = svc.get_bytes("/api/v1/support-bundle");
     assert_eq!(s, 200);
     assert_bundle_free_of(&bundle, &[S3_SECRET], work.path());
@@ -258,10 +282,10 @@ fn job_replicates_from_vcsim_resumes_after_kill9_and_secrets_stay_out() {
         std::fs::read(&out).unwrap() == want,
         "export differs from the source disk"
     );
-    assert_eq!(
-        ex["sha256"].as_str().unwrap(),
-        godwit_tests::peers::sha256_file(&out)
-    );
+    // Raw: the file's bytes are the disk's content, so both hashes agree with sha256sum.
+    let file_sha = godwit_tests::peers::sha256_file(&out);
+    assert_eq!(ex["sha256"].as_str().unwrap(), file_sha, "{ex}");
+    assert_eq!(ex["file_sha256"].as_str().unwrap(), file_sha, "{ex}");
 
     // Second run over new data, killed mid-transfer, resumed after the restart.
     util::write_random(&disk.with_file_name("data-flat.vmdk"), 0, 24);

@@ -11,83 +11,21 @@
 //! Needs node, Debian's chromium and the npm packages of tests/browser (`make deps`); fails,
 //! not skips, without them.
 
+#[path = "vmware_harness/serve.rs"]
+mod serve;
 #[path = "transfer_util.rs"]
 mod util;
 mod vmware_harness;
 
-use godwit_tests::peers::{godwit_bin, have, sha256_file};
-use std::io::{BufRead, BufReader};
+use godwit_tests::peers::{have, sha256_file};
+use serve::{Service, random_disk, sha256_hex};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 use util::Server;
-use vmware_harness::{PASSWORD, USER, Vcsim, qemu_img, set_vm_disks};
+use vmware_harness::{PASSWORD, USER, Vcsim, qemu_img};
 
 const VM: &str = "DC0_H0_VM0";
 const ADMIN_PASSWORD: &str = "browser-admin-password-1";
-
-/// `godwit serve` on a loopback port with a fresh data directory (killed on drop).
-struct Serve {
-    child: Child,
-    url: String,
-    setup_code: String,
-    stderr_log: PathBuf,
-}
-
-impl Serve {
-    fn start(data: &Path, extra: &[&str]) -> Serve {
-        std::fs::create_dir_all(data).unwrap();
-        let stderr_log = data.with_extension("stderr");
-        let mut child = Command::new(godwit_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_log).unwrap())
-            .spawn()
-            .expect("start godwit serve");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let (mut url, mut code) = (String::new(), String::new());
-        while url.is_empty() || code.is_empty() {
-            let Ok(l) = rx.recv_timeout(Duration::from_secs(60)) else {
-                let _ = child.kill();
-                panic!(
-                    "godwit serve printed no url/setup code; stderr:\n{}",
-                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
-                );
-            };
-            if let Some(v) = l.strip_prefix("url: ") {
-                url = v.trim_end_matches('/').to_owned();
-            } else if let Some(v) = l.strip_prefix("setup code: ") {
-                code = v.to_owned();
-            }
-        }
-        Serve {
-            child,
-            url,
-            setup_code: code,
-            stderr_log,
-        }
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
@@ -108,44 +46,22 @@ fn require_browser_tools() {
     );
 }
 
-/// The VM gets one flat disk of `mib` MiB of random data (nothing skipped as zero).
-fn random_disk(v: &Vcsim, mib: u64) -> PathBuf {
-    let (ds, dir) = v.datastore();
-    let vmdir = dir.join(VM);
-    std::fs::create_dir_all(&vmdir).unwrap();
-    let disk = vmdir.join("data.vmdk");
-    let size = mib << 20;
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-o",
-        "subformat=monolithicFlat",
-        disk.to_str().unwrap(),
-        &size.to_string(),
-    ]);
-    util::write_random(&vmdir.join("data-flat.vmdk"), 0, mib);
-    let s = v.connect();
-    set_vm_disks(&s, VM, &[(&format!("[{ds}] {VM}/data.vmdk"), size)]);
-    disk
-}
-
 #[test]
 fn browser_walks_the_wizard_replicates_a_vm_and_exports_it() {
     require_browser_tools();
     let work = tempfile::tempdir().unwrap();
     let v = Vcsim::start(false);
-    let disk = random_disk(&v, 16);
+    let disk = random_disk(&v, VM, 16);
     let staging = work.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let srv = Server::start(&staging, "127.0.0.1:0", &[]);
     // 4 MiB/s: the 16 MiB disk takes a few seconds, so the bar is seen part-way.
-    let svc = Serve::start(
+    let svc = Service::start(
         &work.path().join("svc"),
         &["--chunk-size", "256K", "--bwlimit", "4M", "--no-cbt"],
+        true,
     );
-    let code = svc.setup_code.clone();
+    let code = svc.setup_code.clone().expect("a setup code");
 
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("webui-wizard-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
@@ -202,21 +118,26 @@ fn browser_walks_the_wizard_replicates_a_vm_and_exports_it() {
         .count();
     assert!(pngs >= 20, "only {pngs} screenshots in {}", shots.display());
 
-    // The export the page showed exists and holds the source disk; the SHA-256 shown is the
-    // service's hash of the disk CONTENT (raw bytes), not of the image file (a stream VMDK's
-    // bytes vary with its header), so it must equal the hash of the source disk's raw bytes.
+    // The export the page showed exists and holds the source disk. Two hashes are shown: the
+    // FILE's (what sha256sum of the download prints) and the disk CONTENT's (raw bytes; a
+    // stream VMDK's own bytes differ from its content's).
     assert_eq!(result["export_destination"], export.to_str().unwrap());
     assert!(export.exists(), "no export at {}", export.display());
-    let raw = vmware_harness::qemu_raw(&disk, work.path());
-    let raw_sha = {
-        use sha2::{Digest, Sha256};
-        hex::encode(Sha256::digest(&raw))
-    };
+    assert_eq!(
+        result["export_file_sha256"].as_str().unwrap(),
+        sha256_file(&export),
+        "the file SHA-256 shown is not sha256sum of the exported file"
+    );
+    let raw_sha = sha256_hex(&vmware_harness::qemu_raw(&disk, work.path()));
     assert_eq!(
         result["export_sha256"].as_str().unwrap(),
         raw_sha,
-        "the SHA-256 shown is not that of the disk content (file's own: {})",
-        sha256_file(&export)
+        "the content SHA-256 shown is not that of qemu-img's raw conversion of the source"
+    );
+    assert_ne!(
+        raw_sha,
+        sha256_file(&export),
+        "a VMDK file is not its raw content"
     );
     qemu_img(&[
         "compare",

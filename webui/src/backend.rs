@@ -386,7 +386,13 @@ pub struct ExportView {
     pub destination: String,
     /// `running`, `done`, `failed`
     pub state: String,
+    /// SHA-256 of the disk's raw CONTENT (what `qemu-img convert -O raw` of the source hashes
+    /// to), checked against the hash recorded at replication. Differs from `file_sha256` for
+    /// every format but raw.
     pub sha256: Option<String>,
+    /// SHA-256 of the exported FILE's bytes (what `sha256sum` of the download prints).
+    #[serde(default)]
+    pub file_sha256: Option<String>,
     pub error: Option<String>,
 }
 

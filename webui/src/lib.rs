@@ -20,6 +20,7 @@ mod pages;
 mod routes;
 pub mod security;
 mod session_store;
+pub use session_store::SessionVault;
 #[cfg(feature = "test-backend")]
 pub mod test_backend;
 
@@ -37,7 +38,7 @@ use std::sync::Arc;
 use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite, cookie::time};
 
 /// How the web layer is set up by the service that serves it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebConfig {
     /// Mark the session cookie `Secure` and send `Strict-Transport-Security`. The real server is
     /// HTTPS only and keeps this on; only tests over plain loopback HTTP turn it off.
@@ -47,6 +48,20 @@ pub struct WebConfig {
     pub login_failures_per_minute: u32,
     /// Idle time after which a session expires.
     pub session_idle_minutes: u32,
+    /// Where logged-in sessions are also kept (hashed ids) so that they survive a restart;
+    /// `None`: memory only.
+    pub session_vault: Option<Arc<dyn SessionVault>>,
+}
+
+impl std::fmt::Debug for WebConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfig")
+            .field("secure_cookies", &self.secure_cookies)
+            .field("login_failures_per_minute", &self.login_failures_per_minute)
+            .field("session_idle_minutes", &self.session_idle_minutes)
+            .field("session_vault", &self.session_vault.is_some())
+            .finish()
+    }
 }
 
 impl Default for WebConfig {
@@ -55,6 +70,7 @@ impl Default for WebConfig {
             secure_cookies: true,
             login_failures_per_minute: 5,
             session_idle_minutes: 30,
+            session_vault: None,
         }
     }
 }
@@ -118,15 +134,18 @@ pub fn router<B: Backend>(backend: Arc<B>, cfg: WebConfig) -> Router {
         backend,
         limiter: Arc::new(security::LoginLimiter::new(cfg.login_failures_per_minute)),
     };
-    let sessions = SessionManagerLayer::new(session_store::BoundedMemoryStore::new(MAX_SESSIONS))
-        .with_name(SESSION_COOKIE)
-        .with_secure(cfg.secure_cookies)
-        .with_http_only(true)
-        .with_same_site(SameSite::Strict)
-        .with_path("/")
-        .with_expiry(Expiry::OnInactivity(time::Duration::minutes(i64::from(
-            cfg.session_idle_minutes.max(1),
-        ))));
+    let sessions = SessionManagerLayer::new(session_store::BoundedMemoryStore::new(
+        MAX_SESSIONS,
+        cfg.session_vault.clone(),
+    ))
+    .with_name(SESSION_COOKIE)
+    .with_secure(cfg.secure_cookies)
+    .with_http_only(true)
+    .with_same_site(SameSite::Strict)
+    .with_path("/")
+    .with_expiry(Expiry::OnInactivity(time::Duration::minutes(i64::from(
+        cfg.session_idle_minutes.max(1),
+    ))));
     let router = app_routes::<B>()
         .router
         .fallback(not_found)

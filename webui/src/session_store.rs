@@ -3,6 +3,12 @@
 //! creates one, so a client looping on `/login` would grow memory without bound. This store
 //! holds at most `max` sessions: over the ceiling it drops expired ones, then anonymous ones
 //! (never logged in) closest to expiry, and only then logged-in ones.
+//!
+//! With a [`SessionVault`] (the appliance's store), logged-in sessions are also written there
+//! under the SHA-256 of their id — never the id itself, so a copy of the store lets nobody in —
+//! and a session the memory does not know is looked up there: a restart does not log the
+//! admin out. Anonymous sessions stay in memory only, and a session's rolling expiry is
+//! written at most once a minute, so page views do not become disk writes.
 
 use crate::security::SESSION_AUTH;
 use async_trait::async_trait;
@@ -17,17 +23,84 @@ use tower_sessions::{
     session_store,
 };
 
-#[derive(Debug, Clone)]
+/// Durable storage for logged-in sessions, keyed by the hex SHA-256 of the session id.
+/// Calls are short and blocking (an embedded database).
+pub trait SessionVault: Send + Sync + 'static {
+    /// Store (or replace) a session record (opaque JSON) that expires at `expires_unix`.
+    fn put(&self, id_sha256: &str, record: &[u8], expires_unix: i64);
+    /// The record, if stored and not expired.
+    fn get(&self, id_sha256: &str) -> Option<Vec<u8>>;
+    fn remove(&self, id_sha256: &str);
+}
+
+/// Rolling expiry changes are written to the vault at most this often (seconds).
+const VAULT_REFRESH_SECS: i64 = 60;
+
+#[derive(Clone)]
 pub(crate) struct BoundedMemoryStore {
     sessions: Arc<Mutex<HashMap<Id, Record>>>,
     max: usize,
+    vault: Option<Arc<dyn SessionVault>>,
+    /// What the vault holds for each session id: (data as JSON, expiry written).
+    written: Arc<Mutex<HashMap<Id, (String, i64)>>>,
+}
+
+impl std::fmt::Debug for BoundedMemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundedMemoryStore")
+            .field("max", &self.max)
+            .field("vault", &self.vault.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The vault key of a session id.
+pub(crate) fn id_sha256(id: &Id) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(id.to_string().as_bytes()))
 }
 
 impl BoundedMemoryStore {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize, vault: Option<Arc<dyn SessionVault>>) -> Self {
         BoundedMemoryStore {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             max: max.max(1),
+            vault,
+            written: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<Id, (String, i64)>> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write a logged-in session to the vault when its data changed or its expiry moved by
+    /// more than [`VAULT_REFRESH_SECS`]; forget a session that is no longer logged in.
+    fn write_through(&self, record: &Record) {
+        let Some(vault) = &self.vault else { return };
+        if !logged_in(record) {
+            if self.written().remove(&record.id).is_some() {
+                vault.remove(&id_sha256(&record.id));
+            }
+            return;
+        }
+        let data = serde_json::to_string(&record.data).unwrap_or_default();
+        let expires = record.expiry_date.unix_timestamp();
+        let fresh = self
+            .written()
+            .get(&record.id)
+            .is_some_and(|(d, e)| *d == data && (expires - *e).abs() < VAULT_REFRESH_SECS);
+        if fresh {
+            return;
+        }
+        if let Ok(bytes) = serde_json::to_vec(record) {
+            vault.put(&id_sha256(&record.id), &bytes, expires);
+            let mut w = self.written();
+            if w.len() >= self.max {
+                // Only a cache of what was written: forgetting it costs a rewrite, no more.
+                w.clear();
+            }
+            w.insert(record.id, (data, expires));
         }
     }
 
@@ -75,6 +148,8 @@ impl SessionStore for BoundedMemoryStore {
         }
         make_room(&mut map, self.max);
         map.insert(record.id, record.clone());
+        drop(map);
+        self.write_through(record);
         Ok(())
     }
 
@@ -84,16 +159,45 @@ impl SessionStore for BoundedMemoryStore {
             make_room(&mut map, self.max);
         }
         map.insert(record.id, record.clone());
+        drop(map);
+        self.write_through(record);
         Ok(())
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
         let now = OffsetDateTime::now_utc();
-        Ok(self.lock().get(id).filter(|r| r.expiry_date > now).cloned())
+        if let Some(r) = self.lock().get(id) {
+            return Ok((r.expiry_date > now).then(|| r.clone()));
+        }
+        // Not in memory: a session from before a restart?
+        let Some(vault) = &self.vault else {
+            return Ok(None);
+        };
+        let Some(bytes) = vault.get(&id_sha256(id)) else {
+            return Ok(None);
+        };
+        let Ok(r) = serde_json::from_slice::<Record>(&bytes) else {
+            vault.remove(&id_sha256(id));
+            return Ok(None);
+        };
+        if r.id != *id || r.expiry_date <= now || !logged_in(&r) {
+            return Ok(None);
+        }
+        let data = serde_json::to_string(&r.data).unwrap_or_default();
+        self.written()
+            .insert(r.id, (data, r.expiry_date.unix_timestamp()));
+        let mut map = self.lock();
+        make_room(&mut map, self.max);
+        map.insert(r.id, r.clone());
+        Ok(Some(r))
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
         self.lock().remove(id);
+        if let Some(vault) = &self.vault {
+            self.written().remove(id);
+            vault.remove(&id_sha256(id));
+        }
         Ok(())
     }
 }
@@ -117,7 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn never_holds_more_than_max_and_keeps_logged_in_sessions() {
-        let store = BoundedMemoryStore::new(100);
+        let store = BoundedMemoryStore::new(100, None);
         let mut admin = record(30, true);
         store.create(&mut admin).await.unwrap();
         for _ in 0..1000 {
@@ -133,7 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_sessions_are_not_loaded_and_go_first() {
-        let store = BoundedMemoryStore::new(2);
+        let store = BoundedMemoryStore::new(2, None);
         let mut old = record(-1, true);
         store.create(&mut old).await.unwrap();
         assert!(store.load(&old.id).await.unwrap().is_none());
@@ -143,5 +247,72 @@ mod tests {
         store.create(&mut b).await.unwrap();
         assert!(store.load(&a.id).await.unwrap().is_some());
         assert!(store.load(&b.id).await.unwrap().is_some());
+    }
+
+    #[derive(Default)]
+    struct MapVault(Mutex<HashMap<String, (Vec<u8>, i64)>>);
+
+    impl SessionVault for MapVault {
+        fn put(&self, id: &str, record: &[u8], expires: i64) {
+            self.0
+                .lock()
+                .unwrap()
+                .insert(id.to_string(), (record.to_vec(), expires));
+        }
+        fn get(&self, id: &str) -> Option<Vec<u8>> {
+            self.0.lock().unwrap().get(id).map(|(r, _)| r.clone())
+        }
+        fn remove(&self, id: &str) {
+            self.0.lock().unwrap().remove(id);
+        }
+    }
+
+    #[tokio::test]
+    async fn logged_in_sessions_survive_a_new_store_under_their_hash_only() {
+        let vault = Arc::new(MapVault::default());
+        let store = BoundedMemoryStore::new(10, Some(vault.clone()));
+        let mut admin = record(30, true);
+        let mut anon = record(30, false);
+        store.create(&mut admin).await.unwrap();
+        store.create(&mut anon).await.unwrap();
+        // Only the logged-in one, under the SHA-256 of its id, never the id itself.
+        let keys: Vec<String> = vault.0.lock().unwrap().keys().cloned().collect();
+        assert_eq!(keys, vec![id_sha256(&admin.id)]);
+        let id_text = admin.id.to_string();
+        for (k, (v, _)) in vault.0.lock().unwrap().iter() {
+            assert!(!k.contains(&id_text));
+            assert_eq!(k.len(), 64);
+            let _ = v;
+        }
+        // A restart: a new memory store over the same vault.
+        let again = BoundedMemoryStore::new(10, Some(vault.clone()));
+        let got = again.load(&admin.id).await.unwrap().expect("session kept");
+        assert_eq!(got.data, admin.data);
+        assert!(again.load(&anon.id).await.unwrap().is_none());
+        // Logout deletes it from the vault too.
+        again.delete(&admin.id).await.unwrap();
+        assert!(vault.0.lock().unwrap().is_empty());
+        let third = BoundedMemoryStore::new(10, Some(vault.clone()));
+        assert!(third.load(&admin.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn expired_vault_records_are_not_loaded_and_saves_are_throttled() {
+        let vault = Arc::new(MapVault::default());
+        let store = BoundedMemoryStore::new(10, Some(vault.clone()));
+        let mut old = record(-1, true);
+        store.create(&mut old).await.unwrap();
+        let fresh = BoundedMemoryStore::new(10, Some(vault.clone()));
+        assert!(fresh.load(&old.id).await.unwrap().is_none());
+        // Saving the same data with an expiry a few seconds later writes nothing new.
+        let mut s = record(30, true);
+        store.create(&mut s).await.unwrap();
+        let first = vault.0.lock().unwrap()[&id_sha256(&s.id)].1;
+        s.expiry_date += Duration::seconds(5);
+        store.save(&s).await.unwrap();
+        assert_eq!(vault.0.lock().unwrap()[&id_sha256(&s.id)].1, first);
+        s.expiry_date += Duration::minutes(5);
+        store.save(&s).await.unwrap();
+        assert_ne!(vault.0.lock().unwrap()[&id_sha256(&s.id)].1, first);
     }
 }

@@ -770,6 +770,9 @@ impl Backend for TestBackend {
             destination: cmd.destination,
             state: "done".into(),
             sha256: Some("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into()),
+            file_sha256: Some(
+                "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752".into(),
+            ),
             error: None,
         };
         s.exports.push(view.clone());

@@ -111,6 +111,7 @@
           if (!row) continue;
           const badge = row.querySelector('[data-field="state"]');
           if (badge) { badge.textContent = e.state; badge.className = "badge " + e.state; }
+          set(row, "file_sha256", e.file_sha256 || "");
           set(row, "sha256", e.sha256 || "");
         }
       });

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Do not use vSphere Changed Block Tracking (every run reads whole disks).
     #[arg(long)]
     no_cbt: bool,
+    /// TESTS ONLY: how many seconds an "hour" of a job's schedule lasts (so a periodic job's
+    /// next run can be seen in seconds).
+    #[arg(long, hide = true, default_value_t = 3600)]
+    schedule_hour_secs: u64,
 }
 
 fn hostname() -> String {
@@ -94,6 +98,7 @@ async fn serve(a: ServeArgs, ring: logs::LogRing) -> anyhow::Result<()> {
         chunk_size: u32::try_from(super::replicate::parse_size(&a.chunk_size)?)
             .context("--chunk-size")?,
         cbt: !a.no_cbt,
+        schedule_hour_secs: a.schedule_hour_secs.max(1),
     };
     let url_host = if a.listen.ip().is_unspecified() {
         host.clone()
@@ -117,14 +122,16 @@ async fn serve(a: ServeArgs, ring: logs::LogRing) -> anyhow::Result<()> {
     let code = appliance.new_setup_code_if_needed()?;
 
     let counter = appliance.clone();
-    let router = godwit_webui::router(appliance.clone(), godwit_webui::WebConfig::default()).layer(
-        axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                counter.count_request();
-                next.run(req)
-            },
-        ),
-    );
+    let web = godwit_webui::WebConfig {
+        session_vault: Some(appliance.session_vault()?),
+        ..godwit_webui::WebConfig::default()
+    };
+    let router = godwit_webui::router(appliance.clone(), web).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            counter.count_request();
+            next.run(req)
+        },
+    ));
     let handle = axum_server::Handle::new();
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
     let server = axum_server::bind_rustls(a.listen, tls).handle(handle.clone());
@@ -147,8 +154,9 @@ async fn serve(a: ServeArgs, ring: logs::LogRing) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
     tracing::info!(url = %format!("https://{url_host}:{}/", bound.port()), %fingerprint, "listening");
-    if let Some(c) = &code {
-        tracing::info!("setup code: {c} (one-time; unlocks setting the admin password)");
+    if code.is_some() {
+        // The code itself goes to the console (stdout) only, never to a log.
+        tracing::info!("a one-time setup code was printed on the console");
     }
     tokio::spawn(Arc::clone(&appliance).start());
 

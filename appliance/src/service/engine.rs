@@ -7,18 +7,16 @@
 //! cycle starts again; the staging store already has the chunks that were sent), and
 //! [`Engine::sweep_ledgers`] removes snapshots that the per-job ledgers still record.
 
-use super::sources::{certificate_changed, vsphere_session};
+mod jobrun;
+mod run_hyperv;
+mod run_vsphere;
+
 use super::store::{JobRecord, SourceRecord, StagingRecord, Store, StoreResult};
-use super::time::{now, rfc3339};
-use godwit_disk::{BlockSource, Disk, Run};
-use godwit_transfer::replicate::{ProgressFn, ReplicateOptions, replicate_disk};
-use godwit_transfer::target::Target;
-use godwit_vmware::ErrorKind;
-use godwit_vmware::ledger::Ledger;
-use godwit_vmware::replicate::{CycleOptions, find_vm, run_cycle};
+use super::time::now;
 use godwit_webui::backend::{
     CommandError, JobState, LedgerEntryView, Progress, Schedule, SourceKind, ThroughputSample,
 };
+use jobrun::RunCtx;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,6 +43,8 @@ pub struct EngineOptions {
     pub chunk_size: u32,
     /// Use vSphere Changed Block Tracking for incremental runs.
     pub cbt: bool,
+    /// Seconds in an "hour" of a schedule (3600; tests shorten it).
+    pub schedule_hour_secs: u64,
 }
 
 impl Default for EngineOptions {
@@ -54,6 +54,7 @@ impl Default for EngineOptions {
             bandwidth_limit: None,
             chunk_size: godwit_transfer::chunk::DEFAULT_CHUNK_SIZE,
             cbt: true,
+            schedule_hour_secs: 3600,
         }
     }
 }
@@ -77,7 +78,7 @@ pub struct Engine {
 }
 
 /// How a run ended.
-enum Outcome {
+pub(super) enum Outcome {
     Done { disks: usize, bytes_sent: u64 },
     Cancelled,
     Failed { message: String, retry: bool },
@@ -114,10 +115,6 @@ impl Engine {
     /// Where a job keeps its snapshot ledger and CBT changeIds.
     pub fn job_dir(&self, id: &str) -> PathBuf {
         self.data.join("jobs").join(id)
-    }
-
-    fn ledger_path(&self, id: &str) -> PathBuf {
-        self.job_dir(id).join("vsphere-snapshot-ledger.json")
     }
 
     pub fn wake(&self) {
@@ -189,8 +186,8 @@ impl Engine {
         Ok(n)
     }
 
-    /// Remove the snapshots that any job's ledger still records (leftovers of a crash).
-    /// Returns the snapshot names removed.
+    /// Remove the snapshots and checkpoints that any job's ledger still records (leftovers
+    /// of a crash). Returns the names removed.
     pub async fn sweep_ledgers(self: &Arc<Self>) -> Vec<String> {
         let jobs = match self.store.jobs() {
             Ok(j) => j,
@@ -202,13 +199,12 @@ impl Engine {
         let settings = self.store.settings().unwrap_or_default();
         let mut removed = Vec::new();
         for job in jobs {
-            let path = self.ledger_path(&job.id);
-            if !path.exists() {
-                continue;
-            }
             let Some(src) = settings.source(&job.source_id).cloned() else {
                 continue;
             };
+            if !self.ledger_file(&job.id, src.kind).exists() {
+                continue;
+            }
             let me = self.clone();
             let r = tokio::task::spawn_blocking(move || me.sweep_one(&job, &src)).await;
             match r {
@@ -220,37 +216,38 @@ impl Engine {
         removed
     }
 
-    /// Sweep one job's ledger (blocking).
+    /// The ledger file of a job on a source of this kind.
+    fn ledger_file(&self, id: &str, kind: SourceKind) -> PathBuf {
+        match kind {
+            SourceKind::Hyperv | SourceKind::Scvmm => run_hyperv::ledger_path(self, id),
+            SourceKind::Vsphere => run_vsphere::ledger_path(self, id),
+        }
+    }
+
+    /// Sweep one job's ledger (blocking); records each removal in the job's timeline.
     fn sweep_one(&self, job: &JobRecord, src: &SourceRecord) -> Result<Vec<String>, String> {
-        let path = self.ledger_path(&job.id);
-        let mut ledger = Ledger::open(&path).map_err(|e| e.to_string())?;
-        if ledger.entries().is_empty() {
-            return Ok(Vec::new());
+        let removed = match src.kind {
+            SourceKind::Hyperv | SourceKind::Scvmm => run_hyperv::sweep(self, job, src),
+            SourceKind::Vsphere => run_vsphere::sweep(self, job, src),
         }
-        let s = vsphere_session(src).map_err(|e| format!("job {}: {e}", job.id))?;
-        let rep = godwit_vmware::snapshot::sweep(&s, &mut ledger);
-        if let Err(e) = s.logout() {
-            tracing::warn!(error = %e, "logout failed");
-        }
-        let rep = rep.map_err(|e| format!("job {}: {e}", job.id))?;
-        for name in &rep.removed {
-            let msg = format!("removed leftover snapshot {name} (snapshot ledger sweep)");
+        .map_err(|e| format!("job {}: {e}", job.id))?;
+        for name in &removed {
+            let msg = format!("removed leftover snapshot {name} (ledger sweep at start)");
+            tracing::info!(job = %job.id, "{msg}");
             if let Ok(Some(j)) = self.store.job(&job.id) {
                 let _ = self.store.put_job(&j, Some(&msg));
             }
         }
-        if let Some(f) = rep.failed.first() {
-            return Err(format!("job {}: snapshot not removed: {f}", job.id));
-        }
-        Ok(rep.removed)
+        Ok(removed)
     }
 
     /// Before a job is deleted: its ledger must be empty (swept now if not). Blocking.
     pub fn clear_ledger(&self, job: &JobRecord, src: Option<&SourceRecord>) -> Result<(), String> {
-        let path = self.ledger_path(&job.id);
-        let pending = Ledger::open(&path)
-            .map(|l| !l.entries().is_empty())
-            .map_err(|e| e.to_string())?;
+        let pending = [SourceKind::Vsphere, SourceKind::Hyperv]
+            .into_iter()
+            .filter(|k| self.ledger_file(&job.id, *k).exists())
+            .map(|k| self.ledger_views(job, k))
+            .any(|v| !v.is_empty());
         if pending {
             let src =
                 src.ok_or("its source was removed, so its leftover snapshot cannot be removed")?;
@@ -259,32 +256,21 @@ impl Engine {
         Ok(())
     }
 
-    /// Every snapshot the ledgers record (normally none outside a run).
+    fn ledger_views(&self, job: &JobRecord, kind: SourceKind) -> Vec<LedgerEntryView> {
+        match kind {
+            SourceKind::Hyperv | SourceKind::Scvmm => run_hyperv::entries(self, job),
+            SourceKind::Vsphere => run_vsphere::entries(self, job),
+        }
+    }
+
+    /// Every snapshot or checkpoint the ledgers record (normally none outside a run).
     pub fn ledger_entries(&self) -> Vec<LedgerEntryView> {
         let mut out = Vec::new();
         for job in self.store.jobs().unwrap_or_default() {
-            let path = self.ledger_path(&job.id);
-            match Ledger::open(&path) {
-                Ok(l) => out.extend(l.entries().iter().map(|e| LedgerEntryView {
-                    source_id: job.source_id.clone(),
-                    vm: e.vm_name.clone(),
-                    snapshot_name: e.snapshot_name.clone(),
-                    state: if e.snapshot.is_some() {
-                        "created".into()
-                    } else {
-                        "pending".into()
-                    },
-                    recorded_at: rfc3339(e.created_unix),
-                    detail: Some(format!("job {} on {}", job.id, e.host)),
-                })),
-                Err(e) => out.push(LedgerEntryView {
-                    source_id: job.source_id.clone(),
-                    vm: job.vm.clone(),
-                    snapshot_name: String::new(),
-                    state: "remove_failed".into(),
-                    recorded_at: rfc3339(now()),
-                    detail: Some(format!("ledger unreadable: {e}")),
-                }),
+            for kind in [SourceKind::Vsphere, SourceKind::Hyperv] {
+                if self.ledger_file(&job.id, kind).exists() {
+                    out.extend(self.ledger_views(&job, kind));
+                }
             }
         }
         out
@@ -501,7 +487,8 @@ impl Engine {
             }
             Schedule::EveryHours { hours } => {
                 job.state = JobState::Scheduled;
-                job.next_run = Some((started + u64::from(hours.max(1)) * 3600).max(t));
+                let period = u64::from(hours.max(1)) * self.opts.schedule_hour_secs;
+                job.next_run = Some((started + period).max(t));
             }
         }
     }
@@ -512,7 +499,8 @@ impl Engine {
             .min(MAX_BACKOFF_SECS)
     }
 
-    /// One run of a job: a whole vSphere replication cycle (blocking).
+    /// One run of a job (blocking): a whole replication cycle of its source's kind, to the
+    /// staging target (a staging server, or an S3 bucket written as a store directly).
     fn run(
         &self,
         mut job: JobRecord,
@@ -525,210 +513,24 @@ impl Engine {
         let Some(src) = src else {
             return fail(format!("source {} no longer exists", job.source_id), false);
         };
-        if src.kind != SourceKind::Vsphere {
-            return fail(
-                "only vSphere sources can be replicated by the service so far".into(),
+        let Some(staging) = staging else {
+            return fail("no staging target is configured".into(), false);
+        };
+        let target = match super::staging_target::connector(&staging, &self.handle) {
+            Ok(t) => t,
+            // An unreachable bucket is worth retrying; a malformed setting is not reachable
+            // here (validated when stored).
+            Err(e) => return fail(format!("staging target: {e}"), true),
+        };
+        let mut run = RunCtx::new(self, target.as_ref(), progress, cancel);
+        match src.kind {
+            SourceKind::Vsphere => run_vsphere::run(&mut run, &mut job, &src),
+            SourceKind::Hyperv => run_hyperv::run(&mut run, &mut job, &src),
+            SourceKind::Scvmm => fail(
+                "SCVMM sources can be inventoried but not replicated yet; add the Hyper-V host itself"
+                    .into(),
                 false,
-            );
-        }
-        let target = match staging {
-            Some(StagingRecord::Server {
-                address,
-                fingerprint,
-                token,
-            }) => match Target::parse(
-                &format!("staging://{address}"),
-                Some(&fingerprint),
-                Some(token),
-            ) {
-                Ok(t) => t,
-                Err(e) => return fail(format!("staging target: {e}"), false),
-            },
-            Some(StagingRecord::S3 { .. }) => {
-                return fail(
-                    "replication straight to S3 is not supported by the service yet; configure a staging server".into(),
-                    false,
-                );
-            }
-            None => return fail("no staging target is configured".into(), false),
-        };
-        let session = match vsphere_session(&src) {
-            Ok(s) => s,
-            Err(e) => return vsphere_failure(&src, &e),
-        };
-        let result = self.cycle(&mut job, &session, &target, progress, cancel);
-        if let Err(e) = session.logout() {
-            tracing::warn!(error = %e, "logout failed");
-        }
-        match result {
-            Ok(o) => o,
-            Err(_) if cancel.load(Ordering::SeqCst) => Outcome::Cancelled,
-            Err(e) => vsphere_failure(&src, &e),
-        }
-    }
-
-    fn cycle(
-        &self,
-        job: &mut JobRecord,
-        session: &godwit_vmware::session::Session,
-        target: &Target,
-        progress: &watch::Sender<Option<Progress>>,
-        cancel: &Arc<AtomicBool>,
-    ) -> godwit_vmware::Result<Outcome> {
-        let vm = find_vm(session, &job.vm)?;
-        let n_disks = vm.disks.len();
-        let total: u64 = vm.disks.iter().map(|d| d.capacity_bytes).sum();
-        progress.send_replace(Some(Progress {
-            bytes_done: 0,
-            bytes_total: total,
-            throughput_bps: 0,
-        }));
-        let dir = self.job_dir(&job.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| godwit_vmware::Error::Usage(format!("creating {}: {e}", dir.display())))?;
-        let opts = CycleOptions {
-            vm_name: job.vm.clone(),
-            ledger: self.ledger_path(&job.id),
-            change_ids: dir.join("vsphere-change-ids.json"),
-            cbt: self.opts.cbt,
-        };
-        let mut done_before = 0u64;
-        let mut bytes_sent = 0u64;
-        let mut disks = 0usize;
-        let store = &self.store;
-        let mut sink = |n: usize,
-                        disk: &Disk,
-                        changed: Option<&[std::ops::Range<u64>]>|
-         -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-            if n == 0 {
-                job.state = JobState::Transferring;
-                store.put_job(
-                    job,
-                    Some(&format!("snapshot taken; transferring {n_disks} disk(s)")),
-                )?;
-            }
-            if cancel.load(Ordering::SeqCst) {
-                return Err("cancelled".into());
-            }
-            let ranges: Option<Vec<godwit_transfer::Range>> =
-                changed.map(|r| r.iter().cloned().map(Into::into).collect());
-            let base = done_before;
-            let tx = progress.clone();
-            let pf: ProgressFn = Arc::new(move |p: &godwit_transfer::replicate::Progress| {
-                tx.send_replace(Some(Progress {
-                    bytes_done: (base + p.bytes_done).min(total),
-                    bytes_total: total,
-                    throughput_bps: p.rate_bytes_per_sec,
-                }));
-            });
-            let mut metadata = std::collections::BTreeMap::new();
-            metadata.insert("job".to_string(), job.id.clone());
-            metadata.insert("source".to_string(), job.source_id.clone());
-            let ropts = ReplicateOptions {
-                chunk_size: self.opts.chunk_size,
-                bandwidth_limit: self.opts.bandwidth_limit,
-                metadata,
-                progress: Some(pf),
-                ..ReplicateOptions::default()
-            };
-            let source = Cancellable {
-                inner: disk,
-                cancel,
-            };
-            let disk_no = u32::try_from(n)?;
-            let rep = replicate_disk(
-                &source,
-                ranges.as_deref(),
-                target,
-                &job.vm,
-                disk_no,
-                &ropts,
-                &self.handle,
-            )?;
-            done_before += disk.virtual_size();
-            bytes_sent += rep.bytes_sent;
-            disks += 1;
-            self.bytes_transferred
-                .fetch_add(rep.bytes_sent, Ordering::Relaxed);
-            let mut msg = format!(
-                "disk {n} replicated as sync {}: {} read, {} sent ({} chunks new, {} reused, {} carried)",
-                rep.sync_id,
-                mib(rep.bytes_read),
-                mib(rep.bytes_sent),
-                rep.chunks_new,
-                rep.chunks_reused,
-                rep.chunks_carried
-            );
-            if n + 1 == n_disks {
-                job.state = JobState::RemovingSnapshot;
-                msg.push_str("; removing the snapshot");
-            }
-            store.put_job(job, Some(&msg))?;
-            Ok(())
-        };
-        run_cycle(session, &opts, &mut sink)?;
-        if disks == 0 {
-            // A VM without disks: nothing was transferred, the snapshot is gone.
-            job.state = JobState::RemovingSnapshot;
-        }
-        Ok(Outcome::Done { disks, bytes_sent })
-    }
-}
-
-/// Turn a vSphere error into a run outcome: certificate and login problems need the operator
-/// (no retry); everything else is retried with backoff.
-fn vsphere_failure(src: &SourceRecord, e: &godwit_vmware::Error) -> Outcome {
-    match e.kind() {
-        ErrorKind::Trust => Outcome::Failed {
-            message: certificate_changed(src, &e.to_string()),
-            retry: false,
-        },
-        ErrorKind::Auth => Outcome::Failed {
-            message: format!(
-                "source {} rejected the stored user name or password: {e}",
-                src.address
             ),
-            retry: false,
-        },
-        ErrorKind::NotFound => Outcome::Failed {
-            message: e.to_string(),
-            retry: false,
-        },
-        _ => Outcome::Failed {
-            message: e.to_string(),
-            retry: true,
-        },
-    }
-}
-
-/// A disk whose reads fail once the job is cancelled, so a transfer stops promptly.
-struct Cancellable<'a> {
-    inner: &'a Disk,
-    cancel: &'a AtomicBool,
-}
-
-impl BlockSource for Cancellable<'_> {
-    fn virtual_size(&self) -> u64 {
-        self.inner.virtual_size()
-    }
-    fn map(&self, offset: u64, len: u64) -> godwit_disk::Result<Vec<Run>> {
-        self.inner.map(offset, len)
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> godwit_disk::Result<()> {
-        if self.cancel.load(Ordering::Relaxed) {
-            return Err(godwit_disk::Error::io(
-                "replication job",
-                "read",
-                std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled by the operator"),
-            ));
         }
-        self.inner.read_at(offset, buf)
-    }
-    fn stored(
-        &self,
-        offset: u64,
-        len: u64,
-    ) -> godwit_disk::Result<Option<Vec<godwit_disk::layer::Stored>>> {
-        self.inner.stored(offset, len)
     }
 }

@@ -8,9 +8,12 @@
 pub mod auth;
 pub mod bundle;
 pub mod engine;
+pub mod export;
 pub mod logs;
 mod ops;
+pub mod sessions;
 pub mod sources;
+pub mod staging_target;
 pub mod store;
 pub mod time;
 pub mod tls;
@@ -138,6 +141,13 @@ impl Appliance {
             })
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Some(code))
+    }
+
+    /// Where the web layer keeps logged-in sessions across restarts (hashed ids, expiry).
+    pub fn session_vault(&self) -> anyhow::Result<Arc<dyn godwit_webui::SessionVault>> {
+        let t =
+            sessions::SessionTable::open(self.store.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(t)
     }
 
     /// Recover runs cut short by a stop, sweep leftover snapshots, then run the job engine.

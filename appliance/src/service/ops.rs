@@ -48,7 +48,7 @@ impl Appliance {
                     .map(|c| auth::normalise_code(c.expose())),
                 s.setup_code_hash.clone(),
                 "setup_code",
-                "wrong or already used setup code (it is printed on the console and in the log at start)",
+                "wrong or already used setup code (it is printed on the console at start)",
             ),
         };
         let ok = match (given, hash.clone()) {
@@ -177,6 +177,27 @@ impl Appliance {
                 }
             }
         };
+        if matches!(record, StagingRecord::S3 { .. }) {
+            // A real connection before storing: the bucket must exist and take our objects.
+            let what = match &record {
+                StagingRecord::S3 { bucket, .. } => format!("S3 bucket {bucket}"),
+                StagingRecord::Server { .. } => String::new(),
+            };
+            match tokio::time::timeout(
+                STAGING_CONNECT_TIMEOUT,
+                super::staging_target::open_s3_store(&record),
+            )
+            .await
+            {
+                Err(_) => {
+                    return Err(CommandError::Remote {
+                        message: format!("{what}: no answer within 15 s"),
+                    });
+                }
+                Ok(Err(e)) => return Err(CommandError::Remote { message: e }),
+                Ok(Ok(_store)) => {}
+            }
+        }
         self.store.update_settings(|s| {
             s.staging = Some(record);
             Ok(())
@@ -338,25 +359,15 @@ impl Appliance {
                 message: "validation".into(),
             });
         };
-        if src.kind != SourceKind::Vsphere {
+        if src.kind == SourceKind::Scvmm {
             return Err(CommandError::Conflict {
-                message:
-                    "replication jobs for Hyper-V sources are not supported yet (inventory only)"
-                        .into(),
+                message: "SCVMM sources can be inventoried but not replicated yet; add the Hyper-V host itself".into(),
             });
         }
-        match &s.staging {
-            None => {
-                return Err(CommandError::Conflict {
-                    message: "configure the staging target first".into(),
-                });
-            }
-            Some(StagingRecord::S3 { .. }) => {
-                return Err(CommandError::Conflict {
-                    message: "the service replicates to a staging server; S3 as a direct target is not supported yet".into(),
-                });
-            }
-            Some(StagingRecord::Server { .. }) => {}
+        if s.staging.is_none() {
+            return Err(CommandError::Conflict {
+                message: "configure the staging target first".into(),
+            });
         }
         let jobs = self.store.jobs()?;
         if let Some(j) = jobs.iter().find(|j| {
@@ -372,29 +383,7 @@ impl Appliance {
             });
         }
         let (s2, vm2) = (src.clone(), vm.clone());
-        joined(
-            tokio::task::spawn_blocking(move || -> CommandResult<()> {
-                let session = sources::vsphere_session(&s2).map_err(|e| CommandError::Remote {
-                    message: if e.kind() == godwit_vmware::ErrorKind::Trust {
-                        sources::certificate_changed(&s2, &e.to_string())
-                    } else {
-                        e.to_string()
-                    },
-                })?;
-                let found = godwit_vmware::replicate::find_vm(&session, &vm2);
-                let _ = session.logout();
-                match found {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.kind() == godwit_vmware::ErrorKind::NotFound => Err(
-                        CommandError::field("vm", format!("no VM named {vm2:?} at {}", s2.address)),
-                    ),
-                    Err(e) => Err(CommandError::Remote {
-                        message: e.to_string(),
-                    }),
-                }
-            })
-            .await,
-        )??;
+        joined(tokio::task::spawn_blocking(move || vm_exists(&s2, &vm2)).await)??;
         let t = time::now();
         let job = JobRecord {
             id: random_id("job"),
@@ -478,24 +467,11 @@ impl Appliance {
                 message: format!("job {} has no replica yet", job.id),
             });
         }
-        let Some(StagingRecord::Server {
-            address,
-            fingerprint,
-            token,
-        }) = self.settings_now()?.staging
-        else {
+        let Some(staging) = self.settings_now()?.staging else {
             return Err(CommandError::Conflict {
-                message: "exports read from a staging server; none is configured".into(),
+                message: "exports read from the staging target; none is configured".into(),
             });
         };
-        let target = Target::parse(
-            &format!("staging://{address}"),
-            Some(&fingerprint),
-            Some(token),
-        )
-        .map_err(|e| CommandError::Internal {
-            message: e.to_string(),
-        })?;
         let view = ExportView {
             id: random_id("exp"),
             job_id: job.id.clone(),
@@ -504,6 +480,7 @@ impl Appliance {
             destination: dest.clone(),
             state: "running".into(),
             sha256: None,
+            file_sha256: None,
             error: None,
         };
         self.store.put_export(&view)?;
@@ -513,25 +490,25 @@ impl Appliance {
         tokio::spawn(async move {
             let vm = job.vm.clone();
             let h2 = handle.clone();
+            let format = export_format_name(done.format);
+            let disk = done.disk;
             let r = tokio::task::spawn_blocking(move || {
-                crate::cli::export::export_disk(
-                    &target,
-                    &vm,
-                    done.disk,
-                    None,
-                    export_format_name(done.format),
-                    &dest,
-                    &h2,
-                )
-                .map_err(|e| format!("{e:#}"))
+                super::export::run(&staging, &vm, disk, format, &dest, &h2)
             })
             .await
             .unwrap_or_else(|e| Err(format!("export task failed: {e}")));
             match r {
                 Ok(rep) => {
                     done.state = "done".into();
-                    done.sha256 = Some(rep.raw_sha256.clone());
-                    tracing::info!(export = %done.id, sha256 = %rep.raw_sha256, verified = rep.verified, "export done");
+                    tracing::info!(
+                        export = %done.id,
+                        content_sha256 = %rep.content_sha256,
+                        file_sha256 = %rep.file_sha256,
+                        bytes = rep.bytes_written,
+                        "export done"
+                    );
+                    done.sha256 = Some(rep.content_sha256);
+                    done.file_sha256 = Some(rep.file_sha256);
                 }
                 Err(e) => {
                     done.state = "failed".into();
@@ -630,4 +607,36 @@ impl Appliance {
 /// Pretty JSON of a view, for the bundle.
 fn pretty<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// Does the source have a VM of this name? (Checked before a job is created.) Blocking.
+fn vm_exists(src: &SourceRecord, vm: &str) -> CommandResult<()> {
+    let not_found = || CommandError::field("vm", format!("no VM named {vm:?} at {}", src.address));
+    match src.kind {
+        SourceKind::Vsphere => {
+            let session = sources::vsphere_session(src).map_err(|e| CommandError::Remote {
+                message: if e.kind() == godwit_vmware::ErrorKind::Trust {
+                    sources::certificate_changed(src, &e.to_string())
+                } else {
+                    e.to_string()
+                },
+            })?;
+            let found = godwit_vmware::replicate::find_vm(&session, vm);
+            let _ = session.logout();
+            match found {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == godwit_vmware::ErrorKind::NotFound => Err(not_found()),
+                Err(e) => Err(CommandError::Remote {
+                    message: e.to_string(),
+                }),
+            }
+        }
+        SourceKind::Hyperv | SourceKind::Scvmm => {
+            if sources::inventory(src)?.iter().any(|v| v.name == vm) {
+                Ok(())
+            } else {
+                Err(not_found())
+            }
+        }
+    }
 }

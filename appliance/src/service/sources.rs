@@ -81,7 +81,9 @@ pub fn vsphere_session(src: &SourceRecord) -> godwit_vmware::Result<Session> {
     })
 }
 
-fn hyperv_source(src: &SourceRecord) -> (godwit_hyperv::Source, godwit_hyperv::Credentials) {
+pub(crate) fn hyperv_source(
+    src: &SourceRecord,
+) -> (godwit_hyperv::Source, godwit_hyperv::Credentials) {
     let (host, port) = split_authority(src);
     (
         godwit_hyperv::Source {
@@ -97,7 +99,7 @@ fn hyperv_source(src: &SourceRecord) -> (godwit_hyperv::Source, godwit_hyperv::C
     )
 }
 
-fn hyperv_pin(src: &SourceRecord) -> Result<godwit_hyperv::Fingerprint, CommandError> {
+pub(crate) fn hyperv_pin(src: &SourceRecord) -> Result<godwit_hyperv::Fingerprint, CommandError> {
     godwit_hyperv::Fingerprint::parse(&src.fingerprint)
         .map_err(|e| CommandError::field("approved_fingerprint", e.to_string()))
 }

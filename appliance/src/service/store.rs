@@ -189,7 +189,12 @@ impl Store {
         Ok(s)
     }
 
-    fn db_err(&self, what: &'static str, e: impl std::fmt::Display) -> StoreError {
+    /// The database, for tables kept by sibling modules (sessions).
+    pub(super) fn db(&self) -> &redb::Database {
+        &self.db
+    }
+
+    pub(super) fn db_err(&self, what: &'static str, e: impl std::fmt::Display) -> StoreError {
         StoreError::Db {
             path: self.path.clone(),
             what,

@@ -4,7 +4,7 @@
 
 use super::{
     Layout, PasswordRefusal, error_page,
-    forms::{ExportForm, JobForm, PasswordForm, format_value},
+    forms::{self, ExportForm, JobForm, PasswordForm, format_value},
     human_bytes, percent, render, see_other,
     wizard::SourceRow,
 };
@@ -349,14 +349,10 @@ async fn create_job<B: Backend>(
     session: Session,
     Form(form): Form<JobForm>,
 ) -> Response {
-    let result = match form.to_command() {
-        Ok(cmd) => st
-            .backend
-            .create_job(cmd)
-            .await
-            .map_err(|e| (status_of(&e), FormErrors::from_error(e, JOB_FIELDS))),
-        Err(errors) => Err((StatusCode::UNPROCESSABLE_ENTITY, errors)),
-    };
+    let result = forms::submit(form.to_command(), JOB_FIELDS, |cmd| {
+        st.backend.create_job(cmd)
+    })
+    .await;
     match result {
         Ok(job) => see_other(&format!("/jobs/{}", job.id)),
         Err((code, errors)) => {
@@ -520,14 +516,10 @@ async fn create_export<B: Backend>(
     session: Session,
     Form(form): Form<ExportForm>,
 ) -> Response {
-    let result = match form.to_command() {
-        Ok(cmd) => st
-            .backend
-            .create_export(cmd)
-            .await
-            .map_err(|e| (status_of(&e), FormErrors::from_error(e, EXPORT_FIELDS))),
-        Err(errors) => Err((StatusCode::UNPROCESSABLE_ENTITY, errors)),
-    };
+    let result = forms::submit(form.to_command(), EXPORT_FIELDS, |cmd| {
+        st.backend.create_export(cmd)
+    })
+    .await;
     match result {
         Ok(_) => see_other("/exports"),
         Err((code, errors)) => render_exports(&st, &session, form, errors, code).await,

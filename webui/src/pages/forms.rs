@@ -378,6 +378,27 @@ impl ExportForm {
     }
 }
 
+/// The common path of every form post: the form's own check ([`FormErrors`] → 422), then the
+/// backend command, whose refusal is turned into its HTTP status and field errors sorted onto
+/// `fields` (the rest go to the banner). The page re-renders the form with the errors next to
+/// their fields on `Err`.
+pub(crate) async fn submit<C, T, Fut>(
+    parsed: Result<C, FormErrors>,
+    fields: &[&str],
+    command: impl FnOnce(C) -> Fut,
+) -> Result<T, (axum::http::StatusCode, FormErrors)>
+where
+    Fut: std::future::Future<Output = Result<T, crate::backend::CommandError>>,
+{
+    let cmd = parsed.map_err(|e| (axum::http::StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    command(cmd).await.map_err(|e| {
+        (
+            crate::error::status_of(&e),
+            FormErrors::from_error(e, fields),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

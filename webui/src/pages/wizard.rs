@@ -5,7 +5,8 @@
 use super::{
     Layout, PasswordRefusal,
     forms::{
-        AddSourceForm, LoginForm, NetworkForm, PasswordForm, ProbeForm, StagingForm, kind_label,
+        self, AddSourceForm, LoginForm, NetworkForm, PasswordForm, ProbeForm, StagingForm,
+        kind_label,
     },
     render, see_other, step_path,
 };
@@ -286,14 +287,10 @@ async fn set_network<B: Backend>(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let result = match form.to_command() {
-        Ok(cmd) => st
-            .backend
-            .set_network(cmd)
-            .await
-            .map_err(|e| (status_of(&e), FormErrors::from_error(e, NETWORK_FIELDS))),
-        Err(errors) => Err((StatusCode::UNPROCESSABLE_ENTITY, errors)),
-    };
+    let result = forms::submit(form.to_command(), NETWORK_FIELDS, |cmd| {
+        st.backend.set_network(cmd)
+    })
+    .await;
     match result {
         Ok(()) => see_other("/setup/staging"),
         Err((code, errors)) => {
@@ -368,14 +365,10 @@ async fn set_staging<B: Backend>(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let result = match form.to_command() {
-        Ok(cmd) => st
-            .backend
-            .set_staging(cmd)
-            .await
-            .map_err(|e| (status_of(&e), FormErrors::from_error(e, STAGING_FIELDS))),
-        Err(errors) => Err((StatusCode::UNPROCESSABLE_ENTITY, errors)),
-    };
+    let result = forms::submit(form.to_command(), STAGING_FIELDS, |cmd| {
+        st.backend.set_staging(cmd)
+    })
+    .await;
     match result {
         Ok(()) => see_other("/setup/sources"),
         Err((code, errors)) => {
@@ -514,14 +507,10 @@ async fn probe_source<B: Backend>(
     if let Err(r) = gate(&st, WizardStep::Sources).await {
         return r;
     }
-    let result = match form.to_command() {
-        Ok(cmd) => st
-            .backend
-            .probe_source(cmd)
-            .await
-            .map_err(|e| (status_of(&e), FormErrors::from_error(e, SOURCE_FIELDS))),
-        Err(errors) => Err((StatusCode::UNPROCESSABLE_ENTITY, errors)),
-    };
+    let result = forms::submit(form.to_command(), SOURCE_FIELDS, |cmd| {
+        st.backend.probe_source(cmd)
+    })
+    .await;
     match result {
         Ok(cert) => {
             let pending = PendingProbe {
@@ -548,14 +537,10 @@ async fn add_source<B: Backend>(
     if let Err(r) = gate(&st, WizardStep::Sources).await {
         return r;
     }
-    let result = match form.to_command() {
-        Ok(cmd) => st
-            .backend
-            .add_source(cmd)
-            .await
-            .map_err(|e| (status_of(&e), FormErrors::from_error(e, SOURCE_FIELDS))),
-        Err(errors) => Err((StatusCode::UNPROCESSABLE_ENTITY, errors)),
-    };
+    let result = forms::submit(form.to_command(), SOURCE_FIELDS, |cmd| {
+        st.backend.add_source(cmd)
+    })
+    .await;
     match result {
         Ok(_) => {
             let _ = session.remove_value(SESSION_PROBE).await;

@@ -1,10 +1,13 @@
-//! Helpers for the `service_*` tests (included with `#[path]`): `godwit serve` as a child
-//! process on a loopback port (killed on drop, or with SIGKILL on demand) and a blocking HTTPS
-//! client pinned to the fingerprint the service printed, speaking its REST API (`/api/v1`)
-//! with HTTP Basic authentication as the admin.
+//! Shared by the `service_*` and `webui_wizard` tests (included with
+//! `#[path = "vmware_harness/serve.rs"] mod serve;`): `godwit serve` as a child process on a
+//! loopback port (killed on drop, or with SIGKILL on demand), a blocking HTTPS client pinned
+//! to the fingerprint the service printed, speaking its REST API (`/api/v1`) with HTTP Basic
+//! authentication as the admin (or as a browser session with its CSRF token), and
+//! [`random_disk`] to give a vcsim VM a disk of random data.
 #![allow(dead_code)]
 
-use godwit_tests::peers::godwit_bin;
+use super::vmware_harness::{PASSWORD, USER, Vcsim, qemu_img, set_vm_disks};
+use godwit_tests::peers::{godwit_bin, run_ok};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -190,6 +193,49 @@ impl Service {
         )
     }
 
+    /// Log in as a browser would (session, CSRF token, `POST /api/v1/login`) and return the
+    /// logged-in session cookie (`name=value`).
+    pub fn login_cookie(&self, password: &str) -> String {
+        let cookie_of = |r: &reqwest::blocking::Response| -> Option<String> {
+            r.headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find(|v| v.starts_with("godwit_session="))
+                .and_then(|v| v.split(';').next())
+                .map(str::to_string)
+        };
+        let r = self
+            .client
+            .get(format!("{}/api/v1/session", self.url))
+            .send()
+            .expect("GET /api/v1/session");
+        let anon = cookie_of(&r).expect("a session cookie");
+        let info: Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+        let token = info["csrf_token"].as_str().unwrap().to_string();
+        let r = self
+            .client
+            .post(format!("{}/api/v1/login", self.url))
+            .header("cookie", &anon)
+            .header("x-csrf-token", token)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "password": password }).to_string())
+            .send()
+            .expect("POST /api/v1/login");
+        assert!(r.status().is_success(), "login: HTTP {}", r.status());
+        cookie_of(&r).unwrap_or(anon)
+    }
+
+    /// Status of a GET made with this cookie only (no Basic credentials).
+    pub fn status_with_cookie(&self, path: &str, cookie: &str) -> u16 {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .header("cookie", cookie)
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
     /// Poll a job until `done(job)` holds; panics with the job and its timeline on timeout.
     pub fn wait_job(&self, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -246,4 +292,105 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Give vcsim VM `vm` one flat disk of `mib` MiB of random data (nothing is skipped as zero
+/// and nothing compresses), through our own ReconfigVM_Task. Returns the descriptor's path.
+pub fn random_disk(v: &Vcsim, vm: &str, mib: u64) -> PathBuf {
+    let (ds, dir) = v.datastore();
+    let vmdir = dir.join(vm);
+    std::fs::create_dir_all(&vmdir).unwrap();
+    let disk = vmdir.join("data.vmdk");
+    let size = mib << 20;
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        disk.to_str().unwrap(),
+        &size.to_string(),
+    ]);
+    overwrite_random(&vmdir.join("data-flat.vmdk"), mib);
+    let s = v.connect();
+    set_vm_disks(&s, vm, &[(&format!("[{ds}] {vm}/data.vmdk"), size)]);
+    disk
+}
+
+/// Fill the first `mib` MiB of a file with random bytes (in place).
+pub fn overwrite_random(path: &Path, mib: u64) {
+    run_ok(
+        Command::new("dd")
+            .arg("if=/dev/urandom")
+            .arg(format!("of={}", path.display()))
+            .args([
+                "bs=1M".to_string(),
+                format!("count={mib}"),
+                "conv=notrunc".into(),
+                "status=none".into(),
+            ]),
+    );
+}
+
+/// SHA-256 of bytes, hex.
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(b))
+}
+
+/// The wizard's steps through the API, briefly: network (DHCP), the staging target given
+/// (`{"kind": "server", ...}` or `{"kind": "s3", ...}`), vcsim as a source (probed, its
+/// certificate approved). Returns the source id.
+pub fn setup_vsphere(svc: &Service, v: &Vcsim, staging: Value) -> String {
+    svc.ok(
+        "PUT",
+        "/settings/network",
+        Some(
+            serde_json::json!({"hostname": "godwit-test", "mode": "dhcp",
+                    "dns_servers": [], "ntp_servers": [], "proxy": null}),
+        ),
+    );
+    svc.ok("PUT", "/settings/staging", Some(staging));
+    let cert = svc.ok(
+        "POST",
+        "/sources/probe",
+        Some(serde_json::json!({"kind": "vsphere", "address": v.authority()})),
+    );
+    let src = svc.ok(
+        "POST",
+        "/sources",
+        Some(
+            serde_json::json!({"kind": "vsphere", "address": v.authority(), "username": USER,
+                    "password": PASSWORD, "approved_fingerprint": cert["fingerprint"]}),
+        ),
+    );
+    src["id"].as_str().unwrap().to_string()
+}
+
+/// Export disk 0 of a job through the service and wait for the end; returns the export view
+/// (asserts it is `done`).
+pub fn export_and_wait(svc: &Service, job: &str, format: &str, dest: &str) -> Value {
+    let ex = svc.ok(
+        "POST",
+        "/exports",
+        Some(serde_json::json!({"job_id": job, "disk": 0, "format": format, "destination": dest})),
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let all = svc.ok("GET", "/exports", None);
+        let e = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == ex["id"])
+            .cloned()
+            .unwrap();
+        if e["state"] != "running" {
+            assert_eq!(e["state"], "done", "{e}");
+            return e;
+        }
+        assert!(Instant::now() < deadline, "export still running: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

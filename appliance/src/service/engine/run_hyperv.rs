@@ -1,0 +1,182 @@
+//! A run of a job on a Hyper-V source: the same cycle as `godwit replicate --source hyperv://`
+//! (`godwit_hyperv::replicate::run_cycle_with`: sweep, `godwit-` checkpoint recorded in the
+//! job's ledger before it exists, every frozen disk read over WinRM, checkpoint removed on
+//! every path — or, after a good cycle, turned into the RCT reference point the next cycle's
+//! changed ranges are asked against; `DATA/jobs/<id>/hyperv-rct.json`), each disk replicated
+//! through [`RunCtx::transfer`].
+
+use super::jobrun::{RunCtx, SinkError};
+use super::run_vsphere::unreadable;
+use super::{Engine, Outcome};
+use crate::service::sources::{certificate_changed, hyperv_pin, hyperv_source};
+use crate::service::store::{JobRecord, SourceRecord};
+use crate::service::time::rfc3339;
+use godwit_hyperv::Error as HvError;
+use godwit_hyperv::checkpoint::FrozenDisk;
+use godwit_hyperv::ledger::Ledger;
+use godwit_hyperv::replicate::{CycleExtras, CycleOptions, connect, run_cycle_with};
+use godwit_webui::backend::{JobState, LedgerEntryView};
+use std::path::PathBuf;
+
+pub(super) fn ledger_path(engine: &Engine, job_id: &str) -> PathBuf {
+    engine.job_dir(job_id).join("hyperv-checkpoint-ledger.json")
+}
+
+fn client(
+    src: &SourceRecord,
+) -> Result<
+    std::sync::Arc<godwit_hyperv::client::WinRm<godwit_hyperv::transport::HttpsTransport>>,
+    HvError,
+> {
+    let (source, creds) = hyperv_source(src);
+    let pin = hyperv_pin(src).map_err(|e| HvError::Usage(e.to_string()))?;
+    connect(&source, &creds, Some(pin))
+}
+
+/// Remove the checkpoints the job's ledger records. Blocking.
+pub(super) fn sweep(
+    engine: &Engine,
+    job: &JobRecord,
+    src: &SourceRecord,
+) -> Result<Vec<String>, String> {
+    let mut ledger = Ledger::open(&ledger_path(engine, &job.id)).map_err(|e| e.to_string())?;
+    if ledger.entries().is_empty() {
+        return Ok(Vec::new());
+    }
+    let c = client(src).map_err(|e| e.to_string())?;
+    godwit_hyperv::replicate::sweep(&c, &mut ledger).map_err(|e| e.to_string())
+}
+
+pub(super) fn entries(engine: &Engine, job: &JobRecord) -> Vec<LedgerEntryView> {
+    match Ledger::open(&ledger_path(engine, &job.id)) {
+        Ok(l) => l
+            .entries()
+            .iter()
+            .map(|e| LedgerEntryView {
+                source_id: job.source_id.clone(),
+                vm: e.vm_name.clone(),
+                snapshot_name: e.checkpoint_name.clone(),
+                state: if e.checkpoint_id.is_some() {
+                    "created".into()
+                } else {
+                    "pending".into()
+                },
+                recorded_at: rfc3339(e.created_unix),
+                detail: Some(format!("job {} on {} (Hyper-V checkpoint)", job.id, e.host)),
+            })
+            .collect(),
+        Err(e) => vec![unreadable(job, &e.to_string())],
+    }
+}
+
+/// The VM's disk count and total size from the inventory (for the progress bar), if the
+/// inventory can say.
+fn sizes(src: &SourceRecord, vm: &str) -> Option<(usize, u64)> {
+    let (source, creds) = hyperv_source(src);
+    let inv = godwit_hyperv::inventory(&source, &creds, hyperv_pin(src).ok()).ok()?;
+    let rec = &inv.vms.iter().find(|v| v.record.name == vm)?.record;
+    let sizes: Option<Vec<u64>> = rec.disks.iter().map(|d| d.size.map(|b| b.0)).collect();
+    sizes.map(|s| (s.len(), s.iter().sum()))
+}
+
+/// One run (blocking).
+pub(super) fn run(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Outcome {
+    match cycle(run, job, src) {
+        Ok(()) => Outcome::Done {
+            disks: run.disks,
+            bytes_sent: run.bytes_sent,
+        },
+        Err(_) if run.cancelled() => Outcome::Cancelled,
+        Err(e) => failure(src, &e),
+    }
+}
+
+fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Result<(), HvError> {
+    let c = client(src)?;
+    let n_disks = match sizes(src, &job.vm) {
+        Some((n, total)) => {
+            run.set_total(total);
+            Some(n)
+        }
+        None => None,
+    };
+    let dir = run.engine.job_dir(&job.id);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| HvError::Usage(format!("creating {}: {e}", dir.display())))?;
+    let opts = CycleOptions {
+        vm_name: job.vm.clone(),
+        ledger: ledger_path(run.engine, &job.id),
+    };
+    let extras = CycleExtras {
+        rct_state: Some(dir.join("hyperv-rct.json")),
+    };
+    let store = run.engine.store.clone();
+    let mut sink = |n: usize,
+                    disk: &godwit_disk::Disk,
+                    frozen: &FrozenDisk,
+                    changed: Option<&[std::ops::Range<u64>]>|
+     -> Result<(), SinkError> {
+        if n == 0 {
+            job.state = JobState::Transferring;
+            store.put_job(
+                job,
+                Some(&format!(
+                    "checkpoint taken; transferring {} disk(s) over WinRM",
+                    n_disks.map_or_else(|| "the".to_string(), |n| n.to_string())
+                )),
+            )?;
+        }
+        let mut msg = run.transfer(job, n, disk, changed)?;
+        msg.push_str(&format!(" from {}", frozen.path));
+        if let Some(r) = changed {
+            let bytes: u64 = r.iter().map(|r| r.end - r.start).sum();
+            msg.push_str(&format!(
+                " (RCT: {} changed range(s), {})",
+                r.len(),
+                super::mib(bytes)
+            ));
+        }
+        if n_disks == Some(n + 1) {
+            job.state = JobState::RemovingSnapshot;
+            msg.push_str("; removing the checkpoint");
+        }
+        store.put_job(job, Some(&msg))?;
+        Ok(())
+    };
+    let report = run_cycle_with(&c, &opts, &extras, &mut sink)?;
+    for name in &report.swept {
+        let msg = format!("removed leftover checkpoint {name} before the run");
+        store
+            .put_job(job, Some(&msg))
+            .map_err(|e| HvError::Usage(e.to_string()))?;
+    }
+    tracing::info!(
+        job = %job.id,
+        checkpoint = %report.checkpoint,
+        bytes_read = report.bytes_read,
+        commands = report.read_commands,
+        reference_point = ?report.reference_point,
+        "Hyper-V cycle done"
+    );
+    Ok(())
+}
+
+/// Turn a Hyper-V error into a run outcome: certificate, login, a missing or ineligible VM
+/// need the operator (no retry); everything else is retried with backoff.
+fn failure(src: &SourceRecord, e: &HvError) -> Outcome {
+    let (message, retry) = match e {
+        HvError::Unpinned { .. } | HvError::PinMismatch { .. } => {
+            (certificate_changed(src, &e.to_string()), false)
+        }
+        HvError::AuthFailed { .. } => (
+            format!(
+                "source {} rejected the stored user name or password: {e}",
+                src.address
+            ),
+            false,
+        ),
+        HvError::NotFound { .. } | HvError::Usage(_) => (e.to_string(), false),
+        _ => (e.to_string(), true),
+    };
+    Outcome::Failed { message, retry }
+}

@@ -1,0 +1,165 @@
+//! A run of a job on a vSphere source: one `godwit_vmware::replicate::run_cycle` (ledgered
+//! snapshot, every disk read frozen, CBT ranges for incrementals, snapshot removed on every
+//! path), each disk replicated through [`RunCtx::transfer`].
+
+use super::jobrun::{RunCtx, SinkError};
+use super::{Engine, Outcome};
+use crate::service::sources::{certificate_changed, vsphere_session};
+use crate::service::store::{JobRecord, SourceRecord};
+use crate::service::time::rfc3339;
+use godwit_disk::Disk;
+use godwit_vmware::ErrorKind;
+use godwit_vmware::ledger::Ledger;
+use godwit_vmware::replicate::{CycleOptions, find_vm, run_cycle};
+use godwit_webui::backend::{JobState, LedgerEntryView};
+use std::path::PathBuf;
+
+pub(super) fn ledger_path(engine: &Engine, job_id: &str) -> PathBuf {
+    engine.job_dir(job_id).join("vsphere-snapshot-ledger.json")
+}
+
+/// Remove the snapshots the job's ledger records. Blocking.
+pub(super) fn sweep(
+    engine: &Engine,
+    job: &JobRecord,
+    src: &SourceRecord,
+) -> Result<Vec<String>, String> {
+    let mut ledger = Ledger::open(&ledger_path(engine, &job.id)).map_err(|e| e.to_string())?;
+    if ledger.entries().is_empty() {
+        return Ok(Vec::new());
+    }
+    let s = vsphere_session(src).map_err(|e| e.to_string())?;
+    let rep = godwit_vmware::snapshot::sweep(&s, &mut ledger);
+    if let Err(e) = s.logout() {
+        tracing::warn!(error = %e, "logout failed");
+    }
+    let rep = rep.map_err(|e| e.to_string())?;
+    if let Some(f) = rep.failed.first() {
+        return Err(format!("snapshot not removed: {f}"));
+    }
+    Ok(rep.removed)
+}
+
+pub(super) fn entries(engine: &Engine, job: &JobRecord) -> Vec<LedgerEntryView> {
+    match Ledger::open(&ledger_path(engine, &job.id)) {
+        Ok(l) => l
+            .entries()
+            .iter()
+            .map(|e| LedgerEntryView {
+                source_id: job.source_id.clone(),
+                vm: e.vm_name.clone(),
+                snapshot_name: e.snapshot_name.clone(),
+                state: if e.snapshot.is_some() {
+                    "created".into()
+                } else {
+                    "pending".into()
+                },
+                recorded_at: rfc3339(e.created_unix),
+                detail: Some(format!("job {} on {}", job.id, e.host)),
+            })
+            .collect(),
+        Err(e) => vec![unreadable(job, &e.to_string())],
+    }
+}
+
+pub(super) fn unreadable(job: &JobRecord, e: &str) -> LedgerEntryView {
+    LedgerEntryView {
+        source_id: job.source_id.clone(),
+        vm: job.vm.clone(),
+        snapshot_name: String::new(),
+        state: "remove_failed".into(),
+        recorded_at: rfc3339(crate::service::time::now()),
+        detail: Some(format!("ledger unreadable: {e}")),
+    }
+}
+
+/// One run (blocking).
+pub(super) fn run(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Outcome {
+    let session = match vsphere_session(src) {
+        Ok(s) => s,
+        Err(e) => return failure(src, &e),
+    };
+    let result = cycle(run, job, &session);
+    if let Err(e) = session.logout() {
+        tracing::warn!(error = %e, "logout failed");
+    }
+    match result {
+        Ok(()) => Outcome::Done {
+            disks: run.disks,
+            bytes_sent: run.bytes_sent,
+        },
+        Err(_) if run.cancelled() => Outcome::Cancelled,
+        Err(e) => failure(src, &e),
+    }
+}
+
+fn cycle(
+    run: &mut RunCtx<'_>,
+    job: &mut JobRecord,
+    session: &godwit_vmware::session::Session,
+) -> godwit_vmware::Result<()> {
+    let vm = find_vm(session, &job.vm)?;
+    let n_disks = vm.disks.len();
+    run.set_total(vm.disks.iter().map(|d| d.capacity_bytes).sum());
+    let dir = run.engine.job_dir(&job.id);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| godwit_vmware::Error::Usage(format!("creating {}: {e}", dir.display())))?;
+    let opts = CycleOptions {
+        vm_name: job.vm.clone(),
+        ledger: ledger_path(run.engine, &job.id),
+        change_ids: dir.join("vsphere-change-ids.json"),
+        cbt: run.engine.opts.cbt,
+    };
+    let store = run.engine.store.clone();
+    let mut sink = |n: usize,
+                    disk: &Disk,
+                    changed: Option<&[std::ops::Range<u64>]>|
+     -> Result<(), SinkError> {
+        if n == 0 {
+            job.state = JobState::Transferring;
+            store.put_job(
+                job,
+                Some(&format!("snapshot taken; transferring {n_disks} disk(s)")),
+            )?;
+        }
+        let mut msg = run.transfer(job, n, disk, changed)?;
+        if n + 1 == n_disks {
+            job.state = JobState::RemovingSnapshot;
+            msg.push_str("; removing the snapshot");
+        }
+        store.put_job(job, Some(&msg))?;
+        Ok(())
+    };
+    run_cycle(session, &opts, &mut sink)?;
+    if n_disks == 0 {
+        // A VM without disks: nothing was transferred, the snapshot is gone.
+        job.state = JobState::RemovingSnapshot;
+    }
+    Ok(())
+}
+
+/// Turn a vSphere error into a run outcome: certificate and login problems need the operator
+/// (no retry); everything else is retried with backoff.
+fn failure(src: &SourceRecord, e: &godwit_vmware::Error) -> Outcome {
+    match e.kind() {
+        ErrorKind::Trust => Outcome::Failed {
+            message: certificate_changed(src, &e.to_string()),
+            retry: false,
+        },
+        ErrorKind::Auth => Outcome::Failed {
+            message: format!(
+                "source {} rejected the stored user name or password: {e}",
+                src.address
+            ),
+            retry: false,
+        },
+        ErrorKind::NotFound => Outcome::Failed {
+            message: e.to_string(),
+            retry: false,
+        },
+        _ => Outcome::Failed {
+            message: e.to_string(),
+            retry: true,
+        },
+    }
+}
