@@ -16,6 +16,7 @@ pub mod error;
 pub mod hostfile;
 pub mod inventory;
 pub mod ledger;
+pub mod ntlm;
 pub mod powershell;
 pub mod rct;
 pub mod replicate;

@@ -265,3 +265,59 @@ fn godwit_inventory_cli_lists_the_simulated_host() {
     assert_eq!(v[0]["eligible"], true);
     assert_eq!(v[1]["eligible"], false);
 }
+
+/// A host that, like Windows by default, accepts only NTLM (Negotiate), not Basic.
+fn ntlm_only_sim(dir: &Path) -> RunningSim {
+    drop(sim_in(dir, 0, None));
+    let json = model_json(0, None).replacen("{\"vms\"", "{\"auth\":[\"ntlm\"],\"vms\"", 1);
+    std::fs::write(dir.join("vms.json"), json).unwrap();
+    start(
+        SimConfig {
+            user: "Administrator".into(),
+            password: PASSWORD.into(),
+            model: SimModel::load(dir).unwrap(),
+            data_dir: dir.to_path_buf(),
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap()
+}
+
+fn pywinrm_check(sim: &RunningSim, ca: &Path, transport: &str) -> serde_json::Value {
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/hyperv/pywinrm_check.py"
+        ))
+        .arg(format!("https://127.0.0.1:{}/wsman", sim.addr.port()))
+        .arg(ca)
+        .arg(transport)
+        .env("GODWIT_SIM_PASSWORD", PASSWORD)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "pywinrm ({transport}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn ntlm_only_host_pywinrm_and_godwit_authenticate_with_ntlm() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = ntlm_only_sim(dir.path());
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &sim.cert_pem).unwrap();
+    // pywinrm's NTLM transport (requests-ntlm / pyspnego) against the simulator's NTLM.
+    let v = pywinrm_check(&sim, &ca, "ntlm");
+    assert_eq!(v["hello"]["stdout"], "hello from sim\r\n", "{v}");
+    assert_eq!(v["exit"]["rc"], 3, "{v}");
+    assert_eq!(v["badpw"], "InvalidCredentialsError", "{v}");
+    // Godwit sees the host offer only Negotiate and authenticates with NTLM.
+    let inv = inventory(&source(&sim), &creds(PASSWORD), Some(sim.fingerprint)).unwrap();
+    assert_eq!(inv.vms.len(), 2);
+    let e = inventory(&source(&sim), &creds("nope"), Some(sim.fingerprint)).unwrap_err();
+    assert!(matches!(e, Error::AuthFailed { .. }), "{e}");
+    assert_eq!(sim.open_shells(), 0);
+}

@@ -1,5 +1,5 @@
 //! A Hyper-V host as WinRM clients see it, for tests: HTTPS `POST /wsman` with a self-signed
-//! certificate, Basic authentication, the WinRS shell protocol (Create, Command, Receive with
+//! certificate, Basic and NTLM (Negotiate) authentication, the WinRS shell protocol (Create, Command, Receive with
 //! optional OperationTimeout faults, Signal, Delete), and the PowerShell Godwit sends,
 //! recognised by its exact text, answered from an in-memory model ([`model`]). Limits are
 //! listed in `docs/hyperv.md`.
@@ -49,6 +49,10 @@ struct Command {
 struct Shells {
     shells: HashMap<String, HashMap<String, Command>>,
     host: scripts::HostState,
+    /// NTLM handshakes waiting for their AUTHENTICATE, per connection.
+    ntlm_pending: HashMap<SocketAddr, crate::ntlm::NtlmServer>,
+    /// Connections that passed NTLM.
+    ntlm_authenticated: std::collections::HashSet<SocketAddr>,
 }
 
 struct Sim {
@@ -178,7 +182,11 @@ pub fn start(config: SimConfig, listen: SocketAddr) -> Result<RunningSim, String
             rt.block_on(async move {
                 match axum_server::from_tcp_rustls(listener, rustls_config) {
                     Ok(server) => {
-                        if let Err(e) = server.handle(h2).serve(app.into_make_service()).await {
+                        if let Err(e) = server
+                            .handle(h2)
+                            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+                            .await
+                        {
                             tracing::error!(error = %e, "simulator server");
                         }
                     }
@@ -221,16 +229,19 @@ fn fault_reply(relates_to: Option<MessageId>, code: &str, wsman_code: u32, msg: 
     soap(StatusCode::INTERNAL_SERVER_ERROR, &r)
 }
 
-fn authorized(sim: &Sim, headers: &HeaderMap) -> bool {
-    let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(b64) = v.strip_prefix("Basic ") else {
-        return false;
-    };
+fn accepts(sim: &Sim, scheme: &str) -> bool {
+    sim.config.model.auth.iter().any(|a| a == scheme)
+}
+
+/// What the authentication headers of a request amount to.
+enum Auth {
+    Ok,
+    /// An NTLM CHALLENGE to send back in a 401 (`scheme`, token).
+    Challenge(String, Vec<u8>),
+    Refused,
+}
+
+fn basic_ok(sim: &Sim, b64: &str) -> bool {
     let Ok(raw) = B64.decode(b64.trim()) else {
         return false;
     };
@@ -238,14 +249,102 @@ fn authorized(sim: &Sim, headers: &HeaderMap) -> bool {
     raw == want.as_bytes()
 }
 
-async fn wsman_handler(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: String) -> Response {
-    if !authorized(&sim, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Basic realm=\"WSMAN\"")],
-            "",
-        )
-            .into_response();
+/// Basic per request; NTLM per connection (the peer address): NEGOTIATE gets a CHALLENGE,
+/// a good AUTHENTICATE makes the connection authenticated for the requests that follow.
+fn authenticate(sim: &Sim, peer: SocketAddr, headers: &HeaderMap) -> Auth {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(v) = value else {
+        return if st.ntlm_authenticated.contains(&peer) {
+            Auth::Ok
+        } else {
+            Auth::Refused
+        };
+    };
+    let (scheme, rest) = v.trim().split_once(' ').unwrap_or((v, ""));
+    if scheme.eq_ignore_ascii_case("Basic") {
+        return if accepts(sim, "basic") && basic_ok(sim, rest) {
+            Auth::Ok
+        } else {
+            Auth::Refused
+        };
+    }
+    let ntlm_scheme =
+        scheme.eq_ignore_ascii_case("Negotiate") || scheme.eq_ignore_ascii_case("NTLM");
+    if !ntlm_scheme || !accepts(sim, "ntlm") {
+        return Auth::Refused;
+    }
+    let Ok(token) = B64.decode(rest.trim()) else {
+        return Auth::Refused;
+    };
+    st.ntlm_authenticated.remove(&peer);
+    match crate::ntlm::message_type(&token) {
+        Some(1) => {
+            let server = crate::ntlm::NtlmServer::new(&sim.config.user, &sim.config.password);
+            let Ok(mut server) = server else {
+                return Auth::Refused;
+            };
+            match server.step(&token) {
+                Ok(crate::ntlm::ServerStep::Challenge(ch)) => {
+                    st.ntlm_pending.insert(peer, server);
+                    Auth::Challenge(scheme.to_string(), ch)
+                }
+                _ => Auth::Refused,
+            }
+        }
+        Some(3) => match st.ntlm_pending.remove(&peer).map(|mut s| s.step(&token)) {
+            Some(Ok(crate::ntlm::ServerStep::Authenticated)) => {
+                st.ntlm_authenticated.insert(peer);
+                Auth::Ok
+            }
+            Some(Err(e)) => {
+                tracing::info!(error = %e, %peer, "NTLM authentication failed");
+                Auth::Refused
+            }
+            _ => Auth::Refused,
+        },
+        _ => Auth::Refused,
+    }
+}
+
+fn unauthorized(sim: &Sim, challenge: Option<(String, Vec<u8>)>) -> Response {
+    let mut h = HeaderMap::new();
+    match challenge {
+        Some((scheme, token)) => {
+            if let Ok(v) = format!("{scheme} {}", B64.encode(token)).parse() {
+                h.append(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        None => {
+            if accepts(sim, "ntlm") {
+                h.append(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Negotiate"),
+                );
+            }
+            if accepts(sim, "basic") {
+                h.append(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Basic realm=\"WSMAN\""),
+                );
+            }
+        }
+    }
+    (StatusCode::UNAUTHORIZED, h, "").into_response()
+}
+
+async fn wsman_handler(
+    State(sim): State<Arc<Sim>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    match authenticate(&sim, peer, &headers) {
+        Auth::Ok => {}
+        Auth::Challenge(scheme, token) => return unauthorized(&sim, Some((scheme, token))),
+        Auth::Refused => return unauthorized(&sim, None),
     }
     let req = match wsman::parse_request(&body) {
         Ok(r) => r,

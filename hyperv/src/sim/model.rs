@@ -69,6 +69,14 @@ pub struct SimModel {
     pub vms: Vec<SimVm>,
     #[serde(default)]
     pub faults: SimFaults,
+    /// Authentication the host accepts: `basic`, `ntlm` (default both; Windows' default is
+    /// NTLM/Negotiate only).
+    #[serde(default = "default_auth")]
+    pub auth: Vec<String>,
+}
+
+fn default_auth() -> Vec<String> {
+    vec!["basic".into(), "ntlm".into()]
 }
 
 fn default_root() -> String {

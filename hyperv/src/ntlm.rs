@@ -1,0 +1,201 @@
+//! NTLM (NTLMv2, through the `sspi` crate) for WinRM over HTTPS: the client side of the
+//! three-leg `Authorization: Negotiate <base64>` handshake, and (for the simulator) the server
+//! side that checks the client's NTLMv2 response against the password. Over HTTPS no message
+//! sealing is needed (WinRM seals only over HTTP/5985); the handshake must stay on one TCP
+//! connection, which the caller ensures.
+
+use sspi::{
+    AuthIdentity, BufferType, ClientRequestFlags, CredentialUse, DataRepresentation, Ntlm,
+    SecurityBuffer, SecurityStatus, ServerRequestFlags, Sspi, SspiImpl, Username,
+};
+
+/// NTLM message type (byte 8 of a token): 1 NEGOTIATE, 2 CHALLENGE, 3 AUTHENTICATE.
+pub fn message_type(token: &[u8]) -> Option<u8> {
+    if token.len() >= 12 && token.starts_with(b"NTLMSSP\0") {
+        Some(token[8])
+    } else {
+        None
+    }
+}
+
+fn identity(user: &str, password: &str) -> Result<AuthIdentity, String> {
+    let username = Username::parse(user).map_err(|e| format!("user name {user:?}: {e}"))?;
+    Ok(AuthIdentity {
+        username,
+        password: password.to_string().into(),
+    })
+}
+
+/// The client side of one handshake.
+pub struct NtlmClient {
+    ntlm: Ntlm,
+    creds: Option<sspi::AuthIdentityBuffers>,
+}
+
+impl std::fmt::Debug for NtlmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NtlmClient").finish_non_exhaustive()
+    }
+}
+
+impl NtlmClient {
+    /// `user` may be `user`, `DOMAIN\user` or `user@domain`.
+    pub fn new(user: &str, password: &str) -> Result<Self, String> {
+        let id = identity(user, password)?;
+        let mut ntlm = Ntlm::new();
+        let creds = ntlm
+            .acquire_credentials_handle()
+            .with_credential_use(CredentialUse::Outbound)
+            .with_auth_data(&id)
+            .execute(&mut ntlm)
+            .map_err(|e| format!("NTLM credentials: {e}"))?
+            .credentials_handle;
+        Ok(NtlmClient { ntlm, creds })
+    }
+
+    fn step(&mut self, input: Option<&[u8]>) -> Result<Vec<u8>, String> {
+        let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
+        let mut input_buf = input.map(|i| vec![SecurityBuffer::new(i.to_vec(), BufferType::Token)]);
+        let mut builder = self
+            .ntlm
+            .initialize_security_context()
+            .with_credentials_handle(&mut self.creds)
+            .with_context_requirements(ClientRequestFlags::ALLOCATE_MEMORY)
+            .with_target_data_representation(DataRepresentation::Native)
+            .with_output(&mut output);
+        if let Some(i) = input_buf.as_mut() {
+            builder = builder.with_input(i);
+        }
+        let result = self
+            .ntlm
+            .initialize_security_context_impl(&mut builder)
+            .and_then(|mut r| r.resolve_to_result())
+            .map_err(|e| format!("NTLM: {e}"))?;
+        if matches!(
+            result.status,
+            SecurityStatus::CompleteAndContinue | SecurityStatus::CompleteNeeded
+        ) {
+            self.ntlm
+                .complete_auth_token(&mut output)
+                .map_err(|e| format!("NTLM: {e}"))?;
+        }
+        Ok(output
+            .into_iter()
+            .next()
+            .map(|b| b.buffer)
+            .unwrap_or_default())
+    }
+
+    /// Leg 1: the NEGOTIATE token.
+    pub fn negotiate(&mut self) -> Result<Vec<u8>, String> {
+        self.step(None)
+    }
+
+    /// Leg 3: the AUTHENTICATE token answering the server's CHALLENGE.
+    pub fn authenticate(&mut self, challenge: &[u8]) -> Result<Vec<u8>, String> {
+        if message_type(challenge) != Some(2) {
+            return Err("the server's token is not an NTLM CHALLENGE".into());
+        }
+        self.step(Some(challenge))
+    }
+}
+
+/// The server side of one handshake (simulator).
+pub struct NtlmServer {
+    ntlm: Ntlm,
+    creds: Option<sspi::AuthIdentityBuffers>,
+}
+
+impl std::fmt::Debug for NtlmServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NtlmServer").finish_non_exhaustive()
+    }
+}
+
+/// What the server made of a client token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ServerStep {
+    /// Send this CHALLENGE back (HTTP 401).
+    Challenge(Vec<u8>),
+    /// The client proved it knows the password.
+    Authenticated,
+}
+
+impl NtlmServer {
+    pub fn new(user: &str, password: &str) -> Result<Self, String> {
+        let id = identity(user, password)?;
+        let mut ntlm = Ntlm::new();
+        let creds = ntlm
+            .acquire_credentials_handle()
+            .with_credential_use(CredentialUse::Inbound)
+            .with_auth_data(&id)
+            .execute(&mut ntlm)
+            .map_err(|e| format!("NTLM credentials: {e}"))?
+            .credentials_handle;
+        Ok(NtlmServer { ntlm, creds })
+    }
+
+    /// Feed a client token (NEGOTIATE, then AUTHENTICATE).
+    pub fn step(&mut self, token: &[u8]) -> Result<ServerStep, String> {
+        let mut input = vec![SecurityBuffer::new(token.to_vec(), BufferType::Token)];
+        let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
+        let builder = self
+            .ntlm
+            .accept_security_context()
+            .with_credentials_handle(&mut self.creds)
+            .with_context_requirements(ServerRequestFlags::ALLOCATE_MEMORY)
+            .with_target_data_representation(DataRepresentation::Native)
+            .with_input(&mut input)
+            .with_output(&mut output);
+        let result = self
+            .ntlm
+            .accept_security_context_impl(builder)
+            .and_then(|mut r| r.resolve_to_result())
+            .map_err(|e| format!("NTLM: {e}"))?;
+        match result.status {
+            SecurityStatus::ContinueNeeded => Ok(ServerStep::Challenge(
+                output
+                    .into_iter()
+                    .next()
+                    .map(|b| b.buffer)
+                    .unwrap_or_default(),
+            )),
+            SecurityStatus::CompleteNeeded | SecurityStatus::CompleteAndContinue => {
+                self.ntlm
+                    .complete_auth_token(&mut output)
+                    .map_err(|e| format!("NTLM: {e}"))?;
+                Ok(ServerStep::Authenticated)
+            }
+            SecurityStatus::Ok => Ok(ServerStep::Authenticated),
+            other => Err(format!("NTLM: unexpected status {other:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handshake(client_pw: &str) -> Result<ServerStep, String> {
+        let mut c = NtlmClient::new("Administrator", client_pw)?;
+        let mut s = NtlmServer::new("Administrator", "S3cret")?;
+        let neg = c.negotiate()?;
+        assert_eq!(message_type(&neg), Some(1));
+        let ServerStep::Challenge(ch) = s.step(&neg)? else {
+            panic!("no challenge");
+        };
+        let auth = c.authenticate(&ch)?;
+        assert_eq!(message_type(&auth), Some(3));
+        s.step(&auth)
+    }
+
+    #[test]
+    fn right_password_authenticates_and_wrong_one_does_not() {
+        assert_eq!(handshake("S3cret"), Ok(ServerStep::Authenticated));
+        assert!(handshake("wrong").is_err());
+        assert_eq!(message_type(b"NTLMSSP\0\x02\0\0\0"), Some(2));
+        assert_eq!(message_type(b"garbage"), None);
+        let mut c = NtlmClient::new("a", "b").unwrap();
+        assert!(c.authenticate(b"NTLMSSP\0\x01\0\0\0").is_err());
+    }
+}
