@@ -1,6 +1,6 @@
 // vcsim-godwit: govmomi's vCenter simulator (vcsim, Debian golang-github-vmware-govmomi-dev
 // 0.24.2) for Godwit's tests, over TLS, plus a clearly labelled STUB layer for what vcsim
-// lacks. Build: tests/vcsim/build.sh. Output on stdout, one per line:
+// lacks (main.go, nfc.go). Build: tests/vcsim/build.sh. Output on stdout, one per line:
 //   URL https://127.0.0.1:PORT/sdk
 //   FINGERPRINT <sha256 hex of the certificate>
 //   DATASTORE <name> <directory>
@@ -14,6 +14,8 @@
 //   - POST /stub/changeid {"vm":"vm-57","key":203,"change_id":"x"} sets backing.changeId.
 //   - GET /stub/stats: {"folder_bytes":N,"folder_requests":N}; POST /stub/reset-stats.
 //   - POST /stub/folder-503?n=N: the next N /folder requests get 503 (backoff tests).
+//   - POST /stub/folder-delay?ms=N: each /folder request waits N ms (slow reads, restart tests).
+//   - ExportVm / ExportSnapshot / HttpNfcLease downloads: see nfc.go.
 //   - POST /stub/malform?mode=garbage|truncated|oversized|missingset|noreturnval: the next
 //     /sdk reply is broken that way (malformed-reply tests).
 package main
@@ -60,6 +62,7 @@ type cbtState struct {
 var (
 	malform                            atomic.Value // next /sdk reply replaced: see serveMalformed
 	folderBytes, folderReqs, folder503 int64
+	folderDelayMs                      int64
 	stubMu                             sync.Mutex
 	stub                               = cbtState{Chunk: 1 << 20, Areas: map[string][][2]int64{}}
 )
@@ -219,7 +222,19 @@ func wrap(next http.Handler) http.Handler {
 				return
 			}
 			atomic.StoreInt64(&folder503, 0)
+			if ms := atomic.LoadInt64(&folderDelayMs); ms > 0 {
+				time.Sleep(time.Duration(ms) * time.Millisecond)
+			}
 			next.ServeHTTP(countingWriter{w}, r)
+		case strings.HasPrefix(r.URL.Path, "/nfc/"):
+			serveNfcDownload(w, r)
+		case r.URL.Path == "/stub/nfc" || r.URL.Path == "/stub/nfc-stats":
+			serveNfcStub(w, r)
+		case r.URL.Path == "/stub/datastore-type":
+			setDatastoreType(w, r)
+		case r.URL.Path == "/stub/folder-delay":
+			n, _ := strconv.ParseInt(r.URL.Query().Get("ms"), 10, 64)
+			atomic.StoreInt64(&folderDelayMs, n)
 		case r.URL.Path == "/stub/stats":
 			fmt.Fprintf(w, `{"folder_bytes":%d,"folder_requests":%d}`, atomic.LoadInt64(&folderBytes), atomic.LoadInt64(&folderReqs))
 		case r.URL.Path == "/stub/reset-stats":
@@ -255,6 +270,10 @@ func wrap(next http.Handler) http.Handler {
 				serveQCDA(w, body)
 				return
 			}
+			if bytes.Contains(body, []byte("<ExportVm")) || bytes.Contains(body, []byte("<ExportSnapshot")) {
+				serveExport(w, r, body)
+				return
+			}
 			r.Body = ioutil.NopCloser(bytes.NewReader(body))
 			next.ServeHTTP(w, r)
 		default:
@@ -263,7 +282,29 @@ func wrap(next http.Handler) http.Handler {
 	})
 }
 
-func selfSigned() (tls.Certificate, error) {
+// selfSigned returns the certificate kept in dir (cert.pem + key.pem) when there is one, so a
+// restarted simulator shows the same certificate as a restarted vCenter would; otherwise a
+// new one (saved there when dir is set).
+func selfSigned(dir string) (tls.Certificate, error) {
+	if dir != "" {
+		if c, err := tls.LoadX509KeyPair(dir+"/cert.pem", dir+"/key.pem"); err == nil {
+			return c, nil
+		}
+	}
+	c, err := newSelfSigned()
+	if err != nil || dir == "" {
+		return c, err
+	}
+	keyDer, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		return c, err
+	}
+	_ = ioutil.WriteFile(dir+"/cert.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}), 0o644)
+	_ = ioutil.WriteFile(dir+"/key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDer}), 0o600)
+	return c, nil
+}
+
+func newSelfSigned() (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
@@ -291,6 +332,8 @@ func main() {
 	esx := flag.Bool("esx", false, "simulate a standalone ESXi host instead of vCenter")
 	cred := flag.String("cred", "", "user:password the simulator accepts (default: any)")
 	certOut := flag.String("cert-out", "", "write the server certificate (PEM) here")
+	listen := flag.String("listen", "127.0.0.1:0", "address to listen on (a fixed port lets a test restart the simulator in place)")
+	tlsDir := flag.String("tls-dir", "", "keep the TLS certificate and key here and reuse them on restart")
 	flag.Parse()
 
 	model := simulator.VPX()
@@ -304,13 +347,13 @@ func main() {
 	}
 	// A fresh P-256 certificate per run: the simulator's built-in httptest certificate is
 	// RSA-1024, which rustls/ring (rightly) refuse to verify signatures with.
-	cert, err := selfSigned()
+	cert, err := selfSigned(*tlsDir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-	model.Service.Listen = &url.URL{Host: "127.0.0.1:0"}
+	model.Service.Listen = &url.URL{Host: *listen}
 	if *cred != "" {
 		parts := strings.SplitN(*cred, ":", 2)
 		model.Service.Listen.User = url.UserPassword(parts[0], parts[1])
@@ -326,6 +369,10 @@ func main() {
 	}
 	u := *srv.URL
 	u.User = nil
+	nfcDefault = u.Host
+	if *esx {
+		nfcDefault = "*"
+	}
 	fmt.Printf("URL %s\n", u.String())
 	sum := sha256.Sum256(srv.Certificate().Raw)
 	fmt.Printf("FINGERPRINT %s\n", hex.EncodeToString(sum[:]))

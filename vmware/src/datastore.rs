@@ -72,6 +72,8 @@ pub struct DatastoreLocator {
     ep: Arc<Endpoint>,
     /// Datastore name → datacenter path (`DC0`, `ha-datacenter`).
     datacenters: HashMap<String, String>,
+    /// Datastore name → `summary.type` (`VMFS`, `NFS`, `vsan`, `VVOL`, ...).
+    types: HashMap<String, String>,
     bytes_read: Arc<AtomicU64>,
 }
 
@@ -79,7 +81,16 @@ impl DatastoreLocator {
     /// Learn which datacenter holds each datastore.
     pub fn new(s: &Session) -> Result<Self> {
         let dcs = s.all_of_kind("Datacenter", &["name", "datastore"])?;
-        let dss = s.all_of_kind("Datastore", &["name"])?;
+        let dss = s.all_of_kind("Datastore", &["name", "summary.type"])?;
+        let types = dss
+            .iter()
+            .filter_map(|o| {
+                Some((
+                    o.prop("name")?.text.trim().to_string(),
+                    o.prop("summary.type")?.text.trim().to_string(),
+                ))
+            })
+            .collect();
         let ds_names: HashMap<_, _> = dss
             .iter()
             .filter_map(|o| {
@@ -105,8 +116,23 @@ impl DatastoreLocator {
         Ok(DatastoreLocator {
             ep: s.endpoint().clone(),
             datacenters,
+            types,
             bytes_read: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The datastore's `summary.type`, when the server reported one.
+    pub fn datastore_type(&self, datastore: &str) -> Option<&str> {
+        self.types.get(datastore).map(String::as_str)
+    }
+
+    /// Whether `/folder` can serve the disk files of this datastore: vSAN and vVol keep disks
+    /// as objects (descriptors name `vsan://` / `vvol://` extents), persistent memory has no
+    /// files; those need the NFC export lease.
+    pub fn folder_can_serve(&self, datastore: &str) -> bool {
+        !self
+            .datastore_type(datastore)
+            .is_some_and(|t| matches!(t.to_ascii_lowercase().as_str(), "vsan" | "vvol" | "pmem"))
     }
 
     /// Bytes fetched with Range GETs so far (all files opened through this locator).

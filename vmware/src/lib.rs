@@ -15,8 +15,12 @@
 //!   are never left behind; [`datastore`]: a `godwit_disk` Locator over `/folder`;
 //!   [`cbt`]: QueryChangedDiskAreas and the changeId store; [`replicate`]: one cycle.
 //!
+//! - [`nfc`]: the NFC export lease (ExportSnapshot / ExportVm, keep-alive, Complete, Abort)
+//!   for datastores `/folder` cannot serve; [`replicate::DiskAccess`] chooses.
+//!
 //! ## Limits
-//! No NFC export lease (ExportVm/ExportSnapshot) yet; `/folder` only. Fingerprints are SHA-256
+//! NFC downloads are spooled to a local file per disk (no ranges, no resume) and always read
+//! whole. Fingerprints are SHA-256
 //! of the certificate (no SHA-1 thumbprints). See `docs/vsphere.md`.
 
 pub mod cbt;
@@ -25,6 +29,7 @@ pub mod error;
 pub mod inventory;
 pub mod ledger;
 pub mod moref;
+pub mod nfc;
 pub mod replicate;
 pub mod session;
 pub mod snapshot;

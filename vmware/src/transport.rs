@@ -331,6 +331,77 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// GET `path_query` (no Range: NFC device URLs stream the whole file) into `out`, at most
+    /// `limit` bytes, calling `progress` with the running total. The request may take
+    /// `time_limit`; a cut connection or a short body is an error naming the file.
+    pub fn download_to(
+        &self,
+        path_query: &str,
+        out: &mut dyn std::io::Write,
+        limit: u64,
+        time_limit: Duration,
+        what: &str,
+        progress: &dyn Fn(u64),
+    ) -> Result<u64> {
+        let _permit = self.limiter.acquire();
+        let url = format!("{}{path_query}", self.base_url());
+        let mut req = self.client.get(&url).timeout(time_limit);
+        if let Some(c) = self.cookie() {
+            req = req.header(reqwest::header::COOKIE, c);
+        }
+        let mut resp = req.send().map_err(|e| self.map_send_error(what, e))?;
+        let status = resp.status().as_u16();
+        if status == 404 {
+            return Err(Error::NotFound {
+                host: self.authority(),
+                what: what.to_string(),
+            });
+        }
+        if status != 200 {
+            return Err(self.http_err(what, status, "download refused"));
+        }
+        let expected = resp.content_length();
+        if expected.is_some_and(|l| l > limit) {
+            return Err(self.too_large(what, limit));
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = resp.read(&mut buf).map_err(|e| {
+                self.http_err(
+                    what,
+                    status,
+                    &format!("download cut after {total} bytes: {e}"),
+                )
+            })?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > limit {
+                return Err(self.too_large(what, limit));
+            }
+            out.write_all(&buf[..n]).map_err(|e| Error::File {
+                path: what.to_string(),
+                op: "write the downloaded file",
+                source: e,
+            })?;
+            progress(total);
+        }
+        if let Some(l) = expected
+            && l != total
+        {
+            return Err(self.http_err(
+                what,
+                status,
+                &format!("download ended after {total} of {l} bytes"),
+            ));
+        }
+        Ok(total)
+    }
+}
+
 pub fn authority(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")

@@ -62,10 +62,23 @@ pub struct Vcsim {
 
 impl Vcsim {
     pub fn start(esx: bool) -> Vcsim {
+        Self::start_with(esx, None, None)
+    }
+
+    /// Start on a fixed `listen` address (`127.0.0.1:PORT`) with the certificate kept in
+    /// `tls_dir`, so a second start there looks like the same server restarted (same address,
+    /// same certificate; vcsim's inventory state is in memory and starts fresh).
+    pub fn start_with(esx: bool, listen: Option<&str>, tls_dir: Option<&Path>) -> Vcsim {
         let bin = vcsim_binary();
         let dir = tempfile::tempdir().expect("tempdir");
         let cert = dir.path().join("cert.pem");
         let mut cmd = Command::new(bin);
+        if let Some(l) = listen {
+            cmd.arg(format!("-listen={l}"));
+        }
+        if let Some(t) = tls_dir {
+            cmd.arg(format!("-tls-dir={}", t.display()));
+        }
         cmd.arg(format!("-cred={USER}:{PASSWORD}"))
             .arg(format!("-cert-out={}", cert.display()))
             .env("TMPDIR", dir.path())
@@ -106,6 +119,17 @@ impl Vcsim {
         }
         assert!(v.port != 0, "vcsim did not print its URL");
         v
+    }
+
+    /// SIGKILL: the server vanishes mid-whatever (no cleanup; its temp dir goes with `self`).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// STUB NFC lease statistics (tests/vcsim/nfc.go).
+    pub fn nfc_stats(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.stub("/stub/nfc-stats", None)).unwrap()
     }
 
     pub fn source(&self, user: &str) -> String {
@@ -274,4 +298,73 @@ pub fn qemu_raw(src: &Path, tmp: &Path) -> Vec<u8> {
         out.to_str().unwrap(),
     ]);
     std::fs::read(out).unwrap()
+}
+
+pub const VM: &str = "DC0_H0_VM0";
+/// 3 MiB + 1 KiB and 5 MiB + 65 KiB: not multiples of a grain or a MiB.
+pub const SPARSE_SIZE: u64 = 3 * 1024 * 1024 + 1024;
+pub const FLAT_SIZE: u64 = 5 * 1024 * 1024 + 65 * 1024;
+
+/// Make two qemu-img disks (monolithicSparse and monolithicFlat, odd sizes, some data) in the
+/// VM's datastore folder and attach them to `VM`. Returns the local descriptor paths.
+pub fn prepare_two_disks(v: &Vcsim) -> (PathBuf, PathBuf) {
+    let (ds, dir) = v.datastore();
+    let vmdir = dir.join(VM);
+    std::fs::create_dir_all(&vmdir).unwrap();
+    let a = vmdir.join("sparse.vmdk");
+    let b = vmdir.join("flat.vmdk");
+    let (sa, sb) = (SPARSE_SIZE.to_string(), FLAT_SIZE.to_string());
+    qemu_img(&["create", "-q", "-f", "vmdk", a.to_str().unwrap(), &sa]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        b.to_str().unwrap(),
+        &sb,
+    ]);
+    // vcsim 0.24.2 attaches an existing disk only when `<name>-flat.vmdk` exists (vdmNames).
+    std::fs::write(vmdir.join("sparse-flat.vmdk"), b"").unwrap();
+    qemu_io(
+        &a,
+        "vmdk",
+        &[
+            "write -P 0xa1 0 100k",
+            "write -P 0x5c 1M 64k",
+            "write -P 0x77 3145728 1k",
+        ],
+    );
+    qemu_io(
+        &b,
+        "vmdk",
+        &["write -P 0x3e 4096 70000", "write -P 0xe4 5M 65k"],
+    );
+    let s = v.connect();
+    set_vm_disks(
+        &s,
+        VM,
+        &[
+            (&format!("[{ds}] {VM}/sparse.vmdk"), SPARSE_SIZE),
+            (&format!("[{ds}] {VM}/flat.vmdk"), FLAT_SIZE),
+        ],
+    );
+    s.logout().unwrap();
+    (a, b)
+}
+
+/// Read a whole disk the way the transfer pipeline does: data runs only, zeros elsewhere.
+pub fn read_all(d: &godwit_disk::Disk) -> Vec<u8> {
+    use godwit_disk::{BlockSource, RunState};
+    let size = d.virtual_size();
+    let mut out = vec![0u8; usize::try_from(size).unwrap()];
+    for run in d.map(0, size).unwrap() {
+        if run.state == RunState::Data {
+            let s = usize::try_from(run.offset).unwrap();
+            let e = usize::try_from(run.end()).unwrap();
+            d.read_at(run.offset, &mut out[s..e]).unwrap();
+        }
+    }
+    out
 }

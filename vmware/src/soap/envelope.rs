@@ -215,6 +215,34 @@ pub fn query_changed_disk_areas(
     )
 }
 
+/// `ExportVm`: an HttpNfcLease for a powered-off VM's disks (not a task).
+pub fn export_vm(vm: &MoRef) -> String {
+    envelope("ExportVm", vm, "")
+}
+
+/// `ExportSnapshot`: an HttpNfcLease for the disks as of a snapshot (works while the VM runs).
+pub fn export_snapshot(snapshot: &MoRef) -> String {
+    envelope("ExportSnapshot", snapshot, "")
+}
+
+/// `HttpNfcLeaseProgress`: the lease keep-alive, with the percentage done.
+pub fn http_nfc_lease_progress(lease: &MoRef, percent: u8) -> String {
+    envelope(
+        "HttpNfcLeaseProgress",
+        lease,
+        &format!("<percent>{}</percent>", percent.min(100)),
+    )
+}
+
+pub fn http_nfc_lease_complete(lease: &MoRef) -> String {
+    envelope("HttpNfcLeaseComplete", lease, "")
+}
+
+/// `HttpNfcLeaseAbort` (the optional fault parameter is left out).
+pub fn http_nfc_lease_abort(lease: &MoRef) -> String {
+    envelope("HttpNfcLeaseAbort", lease, "")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,9 +264,20 @@ mod tests {
             reconfig_add_existing_disk(&vm, "[ds 1] a/b.vmdk", 202, 1, 4096, true),
             retrieve_view_properties(&vm, &vm, "VirtualMachine", &["name"], 100),
             create_snapshot(&vm, "godwit-x", "d", false, true),
+            export_vm(&vm),
+            export_snapshot(&snap),
+            http_nfc_lease_progress(&MoRef::new("HttpNfcLease", "l-1"), 150),
         ] {
             let root = xml::parse(b.as_bytes()).unwrap();
             assert!(root.child("Body").is_some());
         }
+        let p = http_nfc_lease_progress(&MoRef::new("HttpNfcLease", "l-1"), 150);
+        let root = xml::parse(p.as_bytes()).unwrap();
+        assert_eq!(
+            root.path("Body/HttpNfcLeaseProgress")
+                .unwrap()
+                .child_text("percent"),
+            Some("100")
+        );
     }
 }

@@ -354,6 +354,10 @@ pub fn fuzz_all_parsers(bytes: &[u8]) {
             let _ = crate::inventory::vm_from_object(o);
             if let Some(v) = o.prop("info") {
                 let _ = parse_task_info(v);
+                let _ = super::lease::parse_lease_info(v);
+            }
+            if let Some(v) = o.prop("state") {
+                let _ = super::lease::LeaseState::parse(&v.text);
             }
         }
     }
