@@ -141,17 +141,33 @@ impl fmt::Display for Fingerprint {
     }
 }
 
-/// An HTTP proxy (`http://HOST[:PORT][/]`, default port 3128). Credentials are not accepted
-/// in the URL (they would end up on command lines and in logs).
+/// An HTTP proxy (`http://[USER@]HOST[:PORT][/]`, default port 3128). A password is not
+/// accepted in the URL (it would end up on command lines and in logs).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ProxyUrl {
     pub endpoint: Endpoint,
+    /// `http://USER@proxy:3128/`: Basic authentication on CONNECT as USER; the password is
+    /// attached separately ([`ProxyUrl::with_password`]), never taken from the URL.
+    pub auth: Option<ProxyAuth>,
+}
+
+/// Proxy credentials. The password never shows in `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ProxyAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for ProxyAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProxyAuth {{ user: {:?}, password: *** }}", self.user)
+    }
 }
 
 impl ProxyUrl {
     pub fn parse(input: &str) -> Result<Self, TargetError> {
         let bad = |reason: &str| TargetError::BadProxy {
-            input: input.to_string(),
+            input: redact_url_password(input),
             reason: reason.to_string(),
         };
         let rest = input
@@ -159,17 +175,56 @@ impl ProxyUrl {
             .strip_prefix("http://")
             .ok_or_else(|| bad("only http:// proxies are supported (CONNECT over plain HTTP)"))?;
         let authority = rest.split('/').next().unwrap_or_default();
-        if authority.contains('@') {
-            return Err(bad("credentials in the proxy URL are not accepted"));
+        let (user, hostport) = match authority.rsplit_once('@') {
+            Some((u, _)) if u.contains(':') => {
+                return Err(bad(
+                    "a password in the proxy URL is not accepted: give http://USER@HOST:PORT and \
+                     the password in GODWIT_PROXY_PASSWORD or --proxy-password-file",
+                ));
+            }
+            Some(("", _)) => return Err(bad("empty user name before `@`")),
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let endpoint = Endpoint::parse(hostport, Some(3128)).map_err(|e| bad(&e.to_string()))?;
+        Ok(Self {
+            endpoint,
+            auth: user.map(|u| ProxyAuth {
+                user: u.to_string(),
+                password: String::new(),
+            }),
+        })
+    }
+
+    /// Attach the password for the URL's user (no effect without a user).
+    pub fn with_password(mut self, password: &str) -> Self {
+        if let Some(a) = &mut self.auth {
+            a.password = password.to_string();
         }
-        let endpoint = Endpoint::parse(authority, Some(3128)).map_err(|e| bad(&e.to_string()))?;
-        Ok(Self { endpoint })
+        self
+    }
+}
+
+/// `http://user:secret@host` → `http://user:***@host` (for error messages).
+fn redact_url_password(input: &str) -> String {
+    match (input.find("://"), input.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &input[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((u, _)) => format!("{}{u}:***{}", &input[..s + 3], &input[at..]),
+                None => input.to_string(),
+            }
+        }
+        _ => input.to_string(),
     }
 }
 
 impl fmt::Display for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}/", self.endpoint)
+        match &self.auth {
+            Some(a) => write!(f, "http://{}@{}/", a.user, self.endpoint),
+            None => write!(f, "http://{}/", self.endpoint),
+        }
     }
 }
 
@@ -328,6 +383,19 @@ mod tests {
         assert_eq!(p.endpoint.port, 8080);
         assert_eq!(ProxyUrl::parse("http://proxy").unwrap().endpoint.port, 3128);
         assert!(ProxyUrl::parse("https://proxy").is_err());
-        assert!(ProxyUrl::parse("http://u:p@proxy").is_err());
+        let e = ProxyUrl::parse("http://u:p4ss@proxy")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("GODWIT_PROXY_PASSWORD") && !e.contains("p4ss"),
+            "{e}"
+        );
+        let p = ProxyUrl::parse("http://ops@[::1]:3129")
+            .unwrap()
+            .with_password("pw");
+        assert_eq!(p.to_string(), "http://ops@[::1]:3129/");
+        assert_eq!(p.auth.as_ref().unwrap().password, "pw");
+        assert!(!format!("{p:?}").contains("pw\""), "{p:?}");
+        assert!(ProxyUrl::parse("http://@proxy").is_err());
     }
 }

@@ -4,7 +4,7 @@
 //! Fuzz entry point: [`parse_connect_response`].
 
 use crate::dns::NameResolver;
-use crate::plan::{Endpoint, ProxyUrl, Role, Target};
+use crate::plan::{Endpoint, ProxyAuth, ProxyUrl, Role, Target};
 use crate::result::{CheckKind, CheckResult};
 use crate::tcp::connect;
 use crate::tls::{TlsContext, handshake, judge};
@@ -67,8 +67,45 @@ pub fn parse_connect_response(bytes: &[u8]) -> Result<ConnectResponse, ConnectRe
 
 /// Encode a CONNECT request (the matching encoder, for tests and fuzz seeds).
 pub fn encode_connect_request(dest: &Endpoint) -> Vec<u8> {
-    format!("CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\nUser-Agent: godwit-netcheck\r\n\r\n")
-        .into_bytes()
+    encode_connect_request_with_auth(dest, None)
+}
+
+/// Standard base64 with padding (RFC 4648 §4), for the Basic credentials. Pure.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                let idx = usize::try_from((n >> (18 - 6 * i)) & 63).unwrap_or(0);
+                out.push(char::from(ALPHABET[idx]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A CONNECT request, with `Proxy-Authorization: Basic` when credentials are given.
+pub fn encode_connect_request_with_auth(dest: &Endpoint, auth: Option<&ProxyAuth>) -> Vec<u8> {
+    let auth_line = match auth {
+        Some(a) => format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            base64_encode(format!("{}:{}", a.user, a.password).as_bytes())
+        ),
+        None => String::new(),
+    };
+    format!(
+        "CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n{auth_line}User-Agent: godwit-netcheck\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 /// Check one proxy: CONNECT to `dest` and a TLS handshake through the tunnel, or, with no
@@ -119,7 +156,10 @@ pub async fn check(
     };
     let work = async {
         stream
-            .write_all(&encode_connect_request(&dest.endpoint))
+            .write_all(&encode_connect_request_with_auth(
+                &dest.endpoint,
+                proxy.auth.as_ref(),
+            ))
             .await
             .map_err(|e| e.to_string())?;
         let mut head = Vec::with_capacity(1024);
@@ -151,17 +191,26 @@ pub async fn check(
             r
         }
         Ok(Ok(Err(resp))) => {
-            let remediation = match resp.status {
-                407 => format!(
-                    "The proxy {proxy} requires authentication, which the connector does not \
-                     send yet: allow unauthenticated CONNECT from the connector's address to {d}."
+            let remediation = match (resp.status, &proxy.auth) {
+                (401 | 407, None) => format!(
+                    "The proxy {proxy} requires authentication: give the proxy as \
+                     http://USER@{}/ and its password in GODWIT_PROXY_PASSWORD (or \
+                     --proxy-password-file), or allow unauthenticated CONNECT from the \
+                     connector's address to {d}.",
+                    proxy.endpoint
                 ),
-                403 | 405 => format!(
+                (401 | 407, Some(a)) => format!(
+                    "The proxy {proxy} rejected the credentials of user {:?} (Basic): check the \
+                     user name and the password given in GODWIT_PROXY_PASSWORD or \
+                     --proxy-password-file, and that the proxy allows that user to CONNECT to {d}.",
+                    a.user
+                ),
+                (403 | 405, _) => format!(
                     "The proxy {proxy} refuses CONNECT to {d}: allowlist {} port {} for the \
                      connector (outbound through the proxy).",
                     d.host, d.port
                 ),
-                502..=504 => format!(
+                (502..=504, _) => format!(
                     "The proxy {proxy} could not reach {d} ({} {}): allow the proxy to connect \
                      to TCP port {} of {} (outbound from the proxy), and check the name resolves \
                      there.",
@@ -230,6 +279,37 @@ mod tests {
             parse_connect_response(&vec![b'a'; MAX_HEAD]),
             Err(ConnectResponseError::TooLong)
         );
+    }
+
+    #[test]
+    fn base64_rfc4648_vectors() {
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(raw.as_bytes()), enc);
+        }
+    }
+
+    #[test]
+    fn request_with_basic_auth() {
+        let e = Endpoint::parse("vc.corp:443", None).unwrap();
+        let auth = ProxyAuth {
+            user: "Aladdin".into(),
+            password: "open sesame".into(),
+        };
+        let req = String::from_utf8(encode_connect_request_with_auth(&e, Some(&auth))).unwrap();
+        // RFC 7617's example credentials.
+        assert!(
+            req.contains("\r\nProxy-Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n"),
+            "{req}"
+        );
+        assert!(req.ends_with("\r\n\r\n"));
     }
 
     #[test]

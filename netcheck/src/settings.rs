@@ -152,9 +152,7 @@ impl Settings {
             let pin = fp(&vc.fingerprint, format!("{el}.fingerprint"))?;
             add_peer(plan, e, Role::VCenter, pin, true);
             for (j, h) in vc.esxi_hosts.iter().enumerate() {
-                let e = Endpoint::parse(h, Some(443))
-                    .map_err(value_err(format!("{el}.esxi_hosts[{j}]")))?;
-                add_peer(plan, e, Role::EsxiHost, None, true);
+                add_esxi_host(plan, h, None).map_err(value_err(format!("{el}.esxi_hosts[{j}]")))?;
             }
         }
         for (i, hv) in self.hyperv.iter().enumerate() {
@@ -188,6 +186,34 @@ impl Settings {
 }
 
 /// DNS, ICMP, TCP and TLS checks for one peer.
+/// TCP port of an ESXi host's NFC service (the legacy NFC/authd port next to 443).
+pub const ESXI_NFC_PORT: u16 = 902;
+
+/// An ESXi host behind a vCenter (from the settings or from the vCenter's inventory): its name
+/// resolved, ping, TCP + TLS on 443 (`host` may name another port) and TCP on 902.
+pub fn add_esxi_host(
+    plan: &mut Plan,
+    host: &str,
+    pin: Option<Fingerprint>,
+) -> Result<(), TargetError> {
+    let e = Endpoint::parse(host, Some(443))?;
+    let nfc = Endpoint {
+        host: e.host.clone(),
+        port: ESXI_NFC_PORT,
+    };
+    add_peer(plan, e, Role::EsxiHost, pin, true);
+    let t = Target {
+        purpose: format!("{} {} (NFC)", Role::EsxiHost.peer(), nfc.host),
+        endpoint: nfc,
+        role: Role::EsxiHost,
+        fingerprint: None,
+    };
+    if !plan.tcp.contains(&t) {
+        plan.tcp.push(t);
+    }
+    Ok(())
+}
+
 fn add_peer(plan: &mut Plan, e: Endpoint, role: Role, pin: Option<Fingerprint>, ping: bool) {
     let is_name = e.host.parse::<std::net::IpAddr>().is_err();
     if is_name && !plan.resolve.contains(&e.host) {
@@ -249,7 +275,9 @@ listen = "0.0.0.0:443"
             [
                 "vc1.corp:443",
                 "esx1.corp:443",
+                "esx1.corp:902",
                 "10.0.0.21:443",
+                "10.0.0.21:902",
                 "hv1.corp:5986",
                 "staging.corp:1500",
                 "s3.corp:9000"
@@ -267,6 +295,9 @@ listen = "0.0.0.0:443"
         );
         assert!(!plan.ping.contains(&"s3.corp".to_string()));
         assert!(plan.tls[4].fingerprint.is_some());
+        // 902 (NFC) is TCP only: no TLS check there.
+        assert!(plan.tls.iter().all(|t| t.endpoint.port != 902));
+        assert_eq!(plan.tcp[2].purpose, "ESXi host esx1.corp (NFC)");
         assert_eq!(plan.proxies.len(), 1);
     }
 
