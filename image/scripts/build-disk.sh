@@ -73,8 +73,9 @@ cp "$WORK/kroot/boot/vmlinuz-$KV" "$WORK/vmlinuz"
 step "initramfs $(stat -c %s "$WORK/initrd.img") bytes, kernel $(stat -c %s "$WORK/vmlinuz") bytes"
 
 # 3. ESP (FAT32): shim -> GRUB (UEFI, Secure Boot) and SYSLINUX (BIOS), both reading /A or /B.
-# grub.cfg, slot.cfg and syslinux.cfg come from godwit_image::slots (rendered into $SCRIPTS).
-for f in grub.cfg slot.cfg syslinux.cfg update.pub; do [ -f "$SCRIPTS/$f" ] || { echo "image: $SCRIPTS/$f missing" >&2; exit 3; }; done
+# grub.cfg, slot.cfg, grubenv and syslinux.cfg come from godwit_image::slots (rendered into $SCRIPTS);
+# the boot-once ADV SYSLINUX reads is the last 1 KiB of ldlinux.sys (empty as installed).
+for f in grub.cfg slot.cfg grubenv syslinux.cfg update.pub; do [ -f "$SCRIPTS/$f" ] || { echo "image: $SCRIPTS/$f missing" >&2; exit 3; }; done
 rm -f "$WORK/esp.img"
 frozen mkfs.fat -F 32 -s 1 -S 512 -n GODWIT-ESP -i "$FAT_SERIAL" -C "$WORK/esp.img" $((96*1024)) >/dev/null
 export MTOOLS_SKIP_CHECK=1
@@ -83,6 +84,8 @@ frozen mcopy -i "$WORK/esp.img" "$WORK/sb/usr/lib/shim/shimx64.efi.signed" ::/EF
 frozen mcopy -i "$WORK/esp.img" "$WORK/sb/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed" ::/EFI/BOOT/grubx64.efi
 frozen mcopy -i "$WORK/esp.img" "$SCRIPTS/grub.cfg" ::/boot/grub/grub.cfg
 frozen mcopy -i "$WORK/esp.img" "$SCRIPTS/slot.cfg" ::/boot/grub/slot.cfg
+# GRUB's environment block (boot-once trial); GRUB and godwit rewrite it in place.
+frozen mcopy -i "$WORK/esp.img" "$SCRIPTS/grubenv" ::/boot/grub/grubenv
 frozen mcopy -i "$WORK/esp.img" "$SCRIPTS/syslinux.cfg" ::/boot/syslinux/syslinux.cfg
 frozen mcopy -i "$WORK/esp.img" "$WORK/vmlinuz" ::/A/vmlinuz
 frozen mcopy -i "$WORK/esp.img" "$WORK/initrd.img" ::/A/initrd.img

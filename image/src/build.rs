@@ -24,6 +24,8 @@ pub const OVF_NAME: &str = "godwit.ovf";
 pub const MF_NAME: &str = "godwit.mf";
 pub const VMDK_NAME: &str = "godwit-disk1.vmdk";
 pub const SUMS_NAME: &str = "SHA256SUMS";
+/// VHDX payload block size: small blocks keep the sparse ESP small in the file.
+pub const VHDX_BLOCK_SIZE: u64 = 1 << 20;
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -126,6 +128,8 @@ pub fn build(o: &Options) -> Result<Output> {
         0o644,
     )?;
     write_file(&scripts.join("slot.cfg"), slot_cfg.as_bytes(), 0o644)?;
+    let (grubenv, _) = slots::boot_once_files(&slots::SlotState::default())?;
+    write_file(&scripts.join("grubenv"), &grubenv, 0o644)?;
     write_file(
         &scripts.join("syslinux.cfg"),
         syslinux_cfg.as_bytes(),
@@ -191,13 +195,17 @@ pub fn build(o: &Options) -> Result<Output> {
         w.flush().map_err(|e| Error::io(&vmdk, e))?;
     }
     fix_vmdk_long_content_id(&vmdk, &seed)?;
-    // Dynamic VHDX.
+    // Dynamic VHDX, 1 MiB blocks (all-zero blocks left unallocated).
     let vhdx = o.out.join(VHDX_NAME);
     {
         let f = std::fs::File::create(&vhdx).map_err(|e| Error::io(&vhdx, e))?;
-        let mut w = std::io::BufWriter::new(f);
-        godwit_disk::write::vhdx::write(&disk, godwit_disk::write::vhdx::Kind::Dynamic, &mut w)?;
-        w.flush().map_err(|e| Error::io(&vhdx, e))?;
+        godwit_disk::write::vhdx::write_file_with_block_size(
+            &disk,
+            &f,
+            VHDX_NAME,
+            Some(VHDX_BLOCK_SIZE),
+        )?;
+        f.sync_all().map_err(|e| Error::io(&vhdx, e))?;
     }
     fix_vhdx_guids(&vhdx, &seed)?;
 

@@ -10,6 +10,7 @@
 //! - [`bundle`]: signed A/B update bundles, and [`slots`], the A/B boot state machine;
 //! - [`build`]: the rootless pipeline (`godwit image build`).
 
+pub mod bootonce;
 pub mod build;
 pub mod bundle;
 pub mod ids;

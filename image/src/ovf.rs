@@ -113,7 +113,7 @@ pub fn descriptor(spec: &Spec) -> String {
          <Info>The guest operating system</Info>\n      <Description>Linux (Debian kernel)</Description>\n    \
          </OperatingSystemSection>\n",
     );
-    o.push_str("    <VirtualHardwareSection ovf:transport=\"iso com.vmware.guestInfo\">\n      <Info>Virtual hardware requirements</Info>\n");
+    o.push_str("    <VirtualHardwareSection ovf:transport=\"iso\">\n      <Info>Virtual hardware requirements</Info>\n");
     o.push_str(&format!(
         "      <System>\n        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>\n        \
          <vssd:InstanceID>0</vssd:InstanceID>\n        <vssd:VirtualSystemIdentifier>{}</vssd:VirtualSystemIdentifier>\n        \

@@ -1,5 +1,7 @@
-//! The OVF environment document (`ovf-env.xml`) vSphere gives a deployed VM, on a CD-ROM
-//! (transport `iso`) or in `guestinfo.ovfEnv` (transport `com.vmware.guestInfo`):
+//! The OVF environment document (`ovf-env.xml`) vSphere gives a deployed VM. The appliance
+//! declares only the `iso` transport (a CD-ROM holding the document): the other,
+//! `com.vmware.guestInfo`, is read through the VMware backdoor I/O port, which needs either
+//! open-vm-tools in the image or port I/O from godwit (unsafe code, forbidden here).
 //! `<Environment><PropertySection><Property oe:key=".." oe:value=".."/>...`.
 
 use crate::xml::escape;

@@ -2,12 +2,14 @@
 //! and the boot loader files that express it. Pure: the appliance persists [`SlotState`] on
 //! its data partition and writes [`boot_files`] to the ESP.
 //!
-//! Update: [`begin_trial`] marks the other slot for one trial boot (boot loaders point at it
-//! with `godwit.trial=1`). On that boot [`after_boot`] at once points the boot loaders back
-//! at the active slot (so any later reboot returns to the known-good system), then the health
-//! check decides: [`after_health`] commits the new slot or records the rollback.
+//! Update: [`begin_trial`] marks the other slot for one trial boot, expressed as boot-once
+//! records ([`boot_once_files`]: GRUB's grubenv, SYSLINUX's ADV) that the boot loader clears
+//! before it boots the trial with `godwit.trial=1`; the loaders' defaults stay on the active
+//! slot, so a trial that dies anywhere (even a kernel panic before init) comes back to the
+//! known-good system at the next reset. On the trial boot [`after_boot`] records the test, then
+//! the health check decides: [`after_health`] commits the new slot or records the rollback.
 
-use crate::{Error, Result};
+use crate::{Error, Result, bootonce};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,26 +68,63 @@ impl Default for SlotState {
 pub const KERNEL_ARGS: &str = "console=tty0 console=ttyS0,115200 quiet panic=10";
 
 /// Boot loader files for a state: (`/boot/grub/slot.cfg`, `/boot/syslinux/syslinux.cfg`).
+/// Both always boot the committed slot; a trial is armed separately with a boot-once record
+/// ([`once`], [`boot_once_files`]) that the loader clears before it boots the trial, so a
+/// trial that dies before userspace falls back by itself.
 pub fn boot_files(state: &SlotState) -> (String, String) {
-    let (slot, trial) = match state.trial {
-        Some(t) => (t, " godwit.trial=1"),
-        None => (state.active, ""),
-    };
-    let s = slot.name();
-    let grub = format!("set slot={s}\nset godwit_trial={}\n", trial.trim());
-    let syslinux = format!(
+    let s = state.active.name();
+    let grub = format!("set slot={s}\n");
+    let mut syslinux = format!(
         "SERIAL 0 115200\nDEFAULT godwit\nTIMEOUT 0\nPROMPT 0\nLABEL godwit\n  LINUX /{s}/vmlinuz\n  \
-         INITRD /{s}/initrd.img\n  APPEND {KERNEL_ARGS} godwit.slot={s}{trial}\n"
+         INITRD /{s}/initrd.img\n  APPEND {KERNEL_ARGS} godwit.slot={s}\n"
     );
+    for t in [Slot::A, Slot::B] {
+        let t = t.name();
+        syslinux.push_str(&format!(
+            "LABEL {}\n  LINUX /{t}/vmlinuz\n  INITRD /{t}/initrd.img\n  APPEND {KERNEL_ARGS} godwit.slot={t} godwit.trial=1\n",
+            trial_label(t)
+        ));
+    }
     (grub, syslinux)
 }
 
-/// The GRUB main configuration (reads `slot.cfg`, so updates rewrite only that file).
+fn trial_label(slot: &str) -> String {
+    format!("trial-{slot}")
+}
+
+/// The slot to boot once (as a trial) on the next boot.
+pub fn once(state: &SlotState) -> Option<Slot> {
+    state.trial
+}
+
+/// Boot-once records for a state: (`/boot/grub/grubenv`, the ADV at the end of
+/// `/boot/syslinux/ldlinux.sys`), both empty when no trial is armed.
+pub fn boot_once_files(
+    state: &SlotState,
+) -> Result<([u8; bootonce::GRUBENV_LEN], [u8; bootonce::ADV_LEN])> {
+    let slot = once(state).map(Slot::name);
+    let vars: Vec<(&str, &str)> = slot
+        .map(|s| vec![(bootonce::GRUB_ONCE_VAR, s)])
+        .unwrap_or_default();
+    let label = slot.map(trial_label);
+    Ok((
+        bootonce::grubenv_encode(&vars)?,
+        bootonce::adv_encode(label.as_deref())?,
+    ))
+}
+
+/// The GRUB main configuration: the committed slot from `slot.cfg`; a slot named in the
+/// environment block is booted once as a trial, only after clearing it succeeded.
 pub fn grub_cfg() -> String {
     format!(
         "set timeout=0\nserial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n\
-         source /boot/grub/slot.cfg\nmenuentry \"Godwit $slot\" {{\n  linux /$slot/vmlinuz {KERNEL_ARGS} godwit.slot=$slot $godwit_trial\n  \
-         initrd /$slot/initrd.img\n}}\n"
+         source /boot/grub/slot.cfg\nset godwit_trial=\n\
+         load_env --file /boot/grub/grubenv {once}\n\
+         if [ -n \"${once}\" ]; then\n  set once_slot=${once}\n  set {once}=\n  \
+         if save_env --file /boot/grub/grubenv {once}; then\n    set slot=$once_slot\n    set godwit_trial=godwit.trial=1\n  fi\nfi\n\
+         menuentry \"Godwit $slot\" {{\n  linux /$slot/vmlinuz {KERNEL_ARGS} godwit.slot=$slot $godwit_trial\n  \
+         initrd /$slot/initrd.img\n}}\n",
+        once = bootonce::GRUB_ONCE_VAR
     )
 }
 
@@ -213,20 +252,39 @@ mod tests {
         let s = SlotState::default();
         let (armed, target) = begin_trial(&s).unwrap();
         assert_eq!(target, Slot::B);
+        // The loaders still default to A; B is booted once through the boot-once records.
         let (grub, sys) = boot_files(&armed);
-        assert!(grub.contains("slot=B") && grub.contains("godwit.trial=1"));
-        assert!(sys.contains("/B/vmlinuz") && sys.contains("godwit.slot=B godwit.trial=1"));
+        assert_eq!(grub, "set slot=A\n");
+        assert!(
+            sys.contains("DEFAULT godwit\n") && sys.contains("LABEL godwit\n  LINUX /A/vmlinuz")
+        );
+        assert!(sys.contains("LABEL trial-B\n  LINUX /B/vmlinuz"));
+        assert!(sys.contains("godwit.slot=B godwit.trial=1"));
+        let (env, adv) = boot_once_files(&armed).unwrap();
+        assert_eq!(
+            bootonce::grubenv_parse(&env).unwrap(),
+            vec![("godwit_once".to_string(), "B".to_string())]
+        );
+        assert_eq!(
+            bootonce::adv_boot_once(&adv).unwrap().as_deref(),
+            Some("trial-B")
+        );
         assert!(begin_trial(&armed).is_err(), "one update at a time");
         let (cmd_slot, trial) =
             from_cmdline(&format!("{KERNEL_ARGS} godwit.slot=B godwit.trial=1"));
         let (testing, kind) = after_boot(&armed, cmd_slot, trial);
         assert_eq!(kind, BootKind::Trial(Slot::B));
-        // Boot loaders point back at A while B is tested.
-        assert!(boot_files(&testing).1.contains("/A/vmlinuz"));
+        // No boot-once record while B is tested: any reset returns to A.
+        let (env, adv) = boot_once_files(&testing).unwrap();
+        assert!(bootonce::grubenv_parse(&env).unwrap().is_empty());
+        assert_eq!(bootonce::adv_boot_once(&adv).unwrap(), None);
         let done = after_health(&testing, Slot::B, true, "setup page answered");
         assert_eq!(done.active, Slot::B);
+        assert_eq!(boot_files(&done).0, "set slot=B\n");
         assert!(
-            boot_files(&done).1.contains("/B/vmlinuz") && !boot_files(&done).1.contains("trial")
+            boot_files(&done)
+                .1
+                .contains("LABEL godwit\n  LINUX /B/vmlinuz")
         );
     }
 
@@ -251,6 +309,12 @@ mod tests {
     fn cmdline() {
         assert_eq!(from_cmdline("quiet godwit.slot=A"), (Some(Slot::A), false));
         assert_eq!(from_cmdline("godwit.slot=C"), (None, false));
-        assert!(grub_cfg().contains("source /boot/grub/slot.cfg"));
+        let g = grub_cfg();
+        assert!(g.contains("source /boot/grub/slot.cfg"));
+        // The trial only boots once the record is cleared.
+        let clear = g
+            .find("if save_env --file /boot/grub/grubenv godwit_once")
+            .unwrap();
+        assert!(clear < g.find("set godwit_trial=godwit.trial=1").unwrap());
     }
 }

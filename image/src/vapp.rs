@@ -90,7 +90,7 @@ pub const PROPERTIES: &[PropertyDef] = &[
         ovf_type: "string",
         default: "",
         label: "NTP servers",
-        description: "Comma-separated NTP servers (empty: from DHCP, else pool.ntp.org).",
+        description: "Comma-separated NTP servers, each a name or address with an optional :port (empty: from DHCP, else pool.ntp.org).",
         password: false,
         qualifiers: "",
     },

@@ -34,6 +34,9 @@ func main() {
 		os.Exit(1)
 	}
 	for _, hw := range vs.VirtualHardware {
+		if hw.Transport != nil {
+			fmt.Printf("transport=%s\n", *hw.Transport)
+		}
 		if hw.System != nil && hw.System.VirtualSystemType != nil {
 			fmt.Printf("vsystype=%s\n", *hw.System.VirtualSystemType)
 		}

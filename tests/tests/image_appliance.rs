@@ -6,7 +6,10 @@
 //! forwarded port. One image is built per test run and shared; boots use copy-on-write
 //! overlays, so tests run in parallel.
 
+mod image_support;
+
 use godwit_tests::peers::{godwit_bin, have, run_ok, sha256_file};
+use image_support::Sntp;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -95,6 +98,18 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// An OVF environment document with `settings` (key=value) written to `dir/ovf-env.xml`.
+fn ovf_env(dir: &Path, settings: &[String]) -> PathBuf {
+    let env = dir.join("ovf-env.xml");
+    let mut cmd = Command::new(godwit_bin());
+    cmd.args(["image", "ovfenv"]);
+    for s in settings {
+        cmd.arg("--set").arg(s);
+    }
+    run_ok(cmd.arg("--out").arg(&env));
+    env
 }
 
 /// A running qemu, killed on drop.
@@ -274,7 +289,17 @@ fn boot(
             "file={},format=raw,if=none,id=cd0,readonly=on,media=cdrom",
             iso.display()
         ));
-        cmd.args(["-device", "ide-cd,drive=cd0"]);
+        match fw {
+            // vSphere's IDE CD-ROM (ata_piix).
+            Firmware::SeaBios => cmd.args(["-device", "ide-cd,drive=cd0"]),
+            // q35's IDE is AHCI, which the cloud kernel lacks: a SCSI CD as on Hyper-V Gen2.
+            Firmware::OvmfSecureBoot => cmd.args([
+                "-device",
+                "virtio-scsi-pci,id=vs0",
+                "-device",
+                "scsi-cd,drive=cd0,bus=vs0.0",
+            ]),
+        };
     }
     let child = cmd
         .stdout(Stdio::null())
@@ -354,6 +379,8 @@ fn ova_is_ordered_verified_and_parsed_by_govmomi() {
         "{report}"
     );
     assert!(report.contains("vsystype=vmx-13"), "{report}");
+    // Only the CD-ROM transport, which the appliance reads (no guestinfo backdoor client).
+    assert!(report.contains("transport=iso\n"), "{report}");
     assert!(
         report.contains("item type=3 subtype= quantity=2"),
         "2 vCPU: {report}"
@@ -404,6 +431,9 @@ fn vmdk_and_vhdx_hold_the_raw_disk() {
         assert!(info.contains(&format!("\"format\": \"{fmt}\"")), "{info}");
         if fmt == "vmdk" {
             assert!(info.contains("streamOptimized"), "{info}");
+        } else {
+            // 1 MiB payload blocks, as Hyper-V images are usually made.
+            assert!(info.contains("\"cluster-size\": 1048576"), "{info}");
         }
         run_ok(Command::new("qemu-img").args(["check", "-f", fmt]).arg(&p));
         let cmp = run_ok(
@@ -455,9 +485,15 @@ fn vmdk_boots_on_seabios_with_pvscsi_and_serves_the_setup_page() {
         .prefix("godwit-boot-bios-")
         .tempdir()
         .unwrap();
+    let sntp = Sntp::start();
+    let env = ovf_env(
+        dir.path(),
+        &[format!("godwit.ntp={}", sntp.guest_setting())],
+    );
+    let cd = iso(dir.path(), &[("ovf-env.xml", &env)], "ovfenv");
     let disk = overlay(&img.join("godwit-disk1.vmdk"), "vmdk", dir.path());
     let start = Instant::now();
-    let mut vm = boot(dir.path(), &disk, Firmware::SeaBios, None, "", "bios");
+    let mut vm = boot(dir.path(), &disk, Firmware::SeaBios, Some(&cd), "", "bios");
     let log = vm.wait_ready(1);
     assert!(log.contains("Godwit 0.0.0-test (slot A, BIOS)"), "{log}");
     assert!(
@@ -471,6 +507,8 @@ fn vmdk_boots_on_seabios_with_pvscsi_and_serves_the_setup_page() {
     );
     let code = vm.fetch_setup_page();
     eprintln!("BIOS/pvscsi: setup page {code} after {:?}", start.elapsed());
+    vm.wait_for(&format!("clock set from {}", sntp.guest_setting()));
+    assert!(sntp.answered() > 0);
 }
 
 #[test]
@@ -480,13 +518,19 @@ fn vhdx_boots_on_ovmf_with_secure_boot_enforced() {
         .prefix("godwit-boot-sb-")
         .tempdir()
         .unwrap();
+    let sntp = Sntp::start();
+    let env = ovf_env(
+        dir.path(),
+        &[format!("godwit.ntp={}", sntp.guest_setting())],
+    );
+    let cd = iso(dir.path(), &[("ovf-env.xml", &env)], "ovfenv");
     let disk = overlay(&img.join("godwit.vhdx"), "vhdx", dir.path());
     let start = Instant::now();
     let mut vm = boot(
         dir.path(),
         &disk,
         Firmware::OvmfSecureBoot,
-        None,
+        Some(&cd),
         "",
         "uefi-sb",
     );
@@ -498,6 +542,7 @@ fn vhdx_boots_on_ovmf_with_secure_boot_enforced() {
         "UEFI+SB/virtio: setup page {code} after {:?}",
         start.elapsed()
     );
+    vm.wait_for(&format!("clock set from {}", sntp.guest_setting()));
 }
 
 #[test]
@@ -507,29 +552,19 @@ fn ovf_environment_is_applied_and_settings_survive_a_reboot() {
         .prefix("godwit-boot-env-")
         .tempdir()
         .unwrap();
-    let env = dir.path().join("ovf-env.xml");
-    run_ok(
-        Command::new(godwit_bin())
-            .args([
-                "image",
-                "ovfenv",
-                "--set",
-                "godwit.hostname=mig-test",
-                "--set",
-                "godwit.ip.mode=static",
-                "--set",
-                "godwit.ip.address=10.0.2.50",
-                "--set",
-                "godwit.ip.prefix=24",
-                "--set",
-                "godwit.ip.gateway=10.0.2.2",
-                "--set",
-                "godwit.dns=10.0.2.3",
-                "--set",
-                "godwit.admin.password=Godwit-Test-Passw0rd",
-                "--out",
-            ])
-            .arg(&env),
+    let sntp = Sntp::start();
+    let env = ovf_env(
+        dir.path(),
+        &[
+            "godwit.hostname=mig-test".into(),
+            "godwit.ip.mode=static".into(),
+            "godwit.ip.address=10.0.2.50".into(),
+            "godwit.ip.prefix=24".into(),
+            "godwit.ip.gateway=10.0.2.2".into(),
+            "godwit.dns=10.0.2.3".into(),
+            format!("godwit.ntp={}", sntp.guest_setting()),
+            "godwit.admin.password=Godwit-Test-Passw0rd".into(),
+        ],
     );
     let cd = iso(dir.path(), &[("ovf-env.xml", &env)], "ovfenv");
     let disk = overlay(&img.join("godwit-disk1.vmdk"), "vmdk", dir.path());
@@ -579,11 +614,32 @@ fn ovf_environment_is_applied_and_settings_survive_a_reboot() {
         "the password set at first boot persists\n{log}"
     );
     vm.fetch_setup_page();
+    // The NTP server saved at first boot is used again.
+    vm.wait_for(&format!("clock set from {}", sntp.guest_setting()));
+}
+
+/// Wait (in the serial log after the last `marker`) for slot `slot`'s banner.
+fn wait_banner_after(vm: &Vm, marker: &str, slot: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let log = vm.log_text();
+        let after = log.rsplit(marker).next().unwrap_or("").to_string();
+        if log.contains(marker)
+            && after.contains(&format!("(slot {slot}, BIOS)"))
+            && after.contains("GODWIT READY")
+        {
+            return after;
+        }
+        assert!(
+            start.elapsed() < BOOT_TIMEOUT,
+            "no slot {slot} banner after {marker:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]
-#[ignore = "known failing (issue #7): the unhealthy-bundle rollback is not reached under TCG yet; run with --ignored"]
-fn update_bundle_boots_the_other_slot_tampered_refused_unhealthy_rolled_back() {
+fn update_bundle_boots_the_other_slot_tampered_refused_unhealthy_and_panicking_rolled_back() {
     let img = image();
     let dir = tempfile::Builder::new()
         .prefix("godwit-boot-upd-")
@@ -615,8 +671,9 @@ fn update_bundle_boots_the_other_slot_tampered_refused_unhealthy_rolled_back() {
     bytes[n - 100] ^= 0x55;
     let tampered = d.join("tampered");
     std::fs::write(&tampered, bytes).unwrap();
-    // An unhealthy system: the same initramfs plus a cpio member that fails the health check
-    // (the kernel unpacks concatenated archives in order).
+    // An unhealthy system: the same initramfs plus a cpio member that fails the health check.
+    // The kernel unpacks concatenated archives in order, but an uncompressed cpio header must
+    // start 4-byte aligned (zeros between archives are skipped): pad the zstd archive first.
     let extra = d.join("extra");
     std::fs::create_dir_all(extra.join("etc")).unwrap();
     std::fs::write(extra.join("etc/godwit-health-fail"), b"1").unwrap();
@@ -626,46 +683,76 @@ fn update_bundle_boots_the_other_slot_tampered_refused_unhealthy_rolled_back() {
         .arg(&extra)
         .output()
         .unwrap();
+    assert!(cpio.status.success() && !cpio.stdout.is_empty());
     let mut bad_initrd = std::fs::read(&initrd).unwrap();
+    bad_initrd.resize(bad_initrd.len().div_ceil(512) * 512, 0);
     bad_initrd.extend_from_slice(&cpio.stdout);
     let bad_initrd_path = d.join("bad-initrd.img");
     std::fs::write(&bad_initrd_path, bad_initrd).unwrap();
     let unhealthy = bundle("0.0.2-unhealthy", &bad_initrd_path);
+    // A system that never reaches userspace: its initramfs is not an archive, so the kernel
+    // finds no /init, fails to mount a root file system and panics (panic=10 resets it).
+    let junk_initrd = d.join("junk-initrd.img");
+    std::fs::write(&junk_initrd, vec![0x5a; 4096]).unwrap();
+    let panicking = bundle("0.0.3-panics", &junk_initrd);
 
+    // Every CD also carries an OVF environment pointing NTP at the test's server (loopback).
+    let sntp = Sntp::start();
+    let env = ovf_env(d, &[format!("godwit.ntp={}", sntp.guest_setting())]);
+    let cd = |name: &str, b: &Path| {
+        iso(
+            d,
+            &[("godwit-update.bundle", b), ("ovf-env.xml", &env)],
+            name,
+        )
+    };
     let disk = overlay(&img.join("godwit-disk1.vmdk"), "vmdk", d);
     // 1. Tampered: refused, still slot A.
-    let cd = iso(d, &[("godwit-update.bundle", &tampered)], "tampered");
     {
-        let mut vm = boot(d, &disk, Firmware::SeaBios, Some(&cd), "", "upd1");
+        let mut vm = boot(
+            d,
+            &disk,
+            Firmware::SeaBios,
+            Some(&cd("tampered", &tampered)),
+            "",
+            "upd1",
+        );
         let log = vm.wait_ready(1);
         assert!(log.contains("update refused"), "{log}");
         assert!(log.contains("(slot A, BIOS)"), "{log}");
     }
     // 2. Good: installed in B, reboot, trial boot of B commits.
-    let cd = iso(d, &[("godwit-update.bundle", &good)], "good");
     {
-        let mut vm = boot(d, &disk, Firmware::SeaBios, Some(&cd), "", "upd2");
+        let mut vm = boot(
+            d,
+            &disk,
+            Firmware::SeaBios,
+            Some(&cd("good", &good)),
+            "",
+            "upd2",
+        );
         vm.wait_for("installed in slot B");
         let log = vm.wait_ready(1);
         assert!(log.contains("(slot B, BIOS)"), "{log}");
         assert!(log.contains("slot B committed"), "{log}");
     }
-    // 3. Unhealthy: installed in A, trial boot fails its health check, back to B.
-    let cd = iso(d, &[("godwit-update.bundle", &unhealthy)], "unhealthy");
-    let mut vm = boot(d, &disk, Firmware::SeaBios, Some(&cd), "", "upd3");
-    vm.wait_for("installed in slot A");
-    vm.wait_for("rolled back to slot B");
-    let start = Instant::now();
-    loop {
-        let log = vm.log_text();
-        let after = log.rsplit("rolling back").next().unwrap_or("");
-        if after.contains("(slot B, BIOS)") && after.contains("GODWIT READY") {
-            break;
-        }
-        assert!(
-            start.elapsed() < BOOT_TIMEOUT,
-            "slot B did not come back after the rollback:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
+    // 3. Unhealthy: installed in A, its trial boot fails the health check, back to B.
+    {
+        let cd = cd("unhealthy", &unhealthy);
+        let mut vm = boot(d, &disk, Firmware::SeaBios, Some(&cd), "", "upd3");
+        vm.wait_for("installed in slot A");
+        vm.wait_for("rolled back to slot B");
+        wait_banner_after(&vm, "rolling back", "B");
     }
+    // 4. Panicking: installed in A, its kernel panics before init; SYSLINUX cleared the
+    // boot-once record before booting it, so the reset comes back to B by itself.
+    let cd = cd("panics", &panicking);
+    let mut vm = boot(d, &disk, Firmware::SeaBios, Some(&cd), "", "upd4");
+    vm.wait_for("installed in slot A");
+    vm.wait_for("Kernel panic");
+    let after = wait_banner_after(&vm, "Kernel panic", "B");
+    assert!(
+        after.contains("slot A did not come up; still running slot B"),
+        "{after}"
+    );
 }

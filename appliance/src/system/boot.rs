@@ -232,9 +232,35 @@ pub fn save_slots(state: &SlotState) -> anyhow::Result<()> {
         Path::new(host::ESP).join("boot/syslinux/syslinux.cfg"),
         syslinux.as_bytes(),
     )?;
+    // Boot-once records (a trial, or none), rewritten in place: the loaders write them too
+    // and cannot follow a file that moved.
+    let (grubenv, adv) = slots::boot_once_files(state)?;
+    let esp = Path::new(host::ESP);
+    overwrite_in_place(&esp.join("boot/grub/grubenv"), 0, &grubenv)?;
+    let ldlinux = esp.join("boot/syslinux/ldlinux.sys");
+    let len = std::fs::metadata(&ldlinux)
+        .with_context(|| format!("{}", ldlinux.display()))?
+        .len();
+    let adv_at = len
+        .checked_sub(adv.len() as u64)
+        .context("ldlinux.sys is shorter than its ADV")?;
+    overwrite_in_place(&ldlinux, adv_at, &adv)?;
     host::sh("sync", &[]);
     host::write_atomic(Path::new(SLOTS_FILE), &serde_json::to_vec_pretty(state)?)?;
     Ok(())
+}
+
+/// Write `data` at `offset` of an existing file without truncating or reallocating it.
+fn overwrite_in_place(path: &Path, offset: u64, data: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.write_all_at(data, offset)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))
 }
 
 struct Serve {

@@ -163,10 +163,26 @@ pub fn sntp_transmit_time(reply: &[u8]) -> Option<f64> {
     Some(unix as f64 + frac)
 }
 
+/// Host and UDP port of an NTP server setting: `host`, `v4addr:port`, `name:port`, `[v6]:port`
+/// or a bare IPv6 address (port 123 unless given).
+pub fn ntp_endpoint(server: &str) -> (String, u16) {
+    if let Ok(sa) = server.parse::<std::net::SocketAddr>() {
+        return (sa.ip().to_string(), sa.port());
+    }
+    match server.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && !h.is_empty() => match p.parse::<u16>() {
+            Ok(port) if port > 0 => (h.to_string(), port),
+            _ => (server.to_string(), 123),
+        },
+        _ => (server.to_string(), 123),
+    }
+}
+
 /// Ask `server` for the time and step the clock (busybox `date -s`); returns the offset.
 pub fn sntp_set_clock(server: &str) -> std::io::Result<f64> {
     use std::net::{ToSocketAddrs, UdpSocket};
-    let addr = (server, 123)
+    let (host, port) = ntp_endpoint(server);
+    let addr = (host.as_str(), port)
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| std::io::Error::other("no address"))?;
@@ -196,6 +212,8 @@ pub fn sntp_set_clock(server: &str) -> std::io::Result<f64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn sntp_codec() {
         let req = sntp_request();
@@ -212,7 +230,16 @@ mod tests {
         assert_eq!(sntp_transmit_time(&reply[..40]), None);
     }
 
-    use super::*;
+    #[test]
+    fn ntp_endpoints() {
+        assert_eq!(ntp_endpoint("pool.ntp.org"), ("pool.ntp.org".into(), 123));
+        assert_eq!(ntp_endpoint("10.0.2.2:12345"), ("10.0.2.2".into(), 12345));
+        assert_eq!(ntp_endpoint("ntp.lan:1123"), ("ntp.lan".into(), 1123));
+        assert_eq!(ntp_endpoint("fd00::1"), ("fd00::1".into(), 123));
+        assert_eq!(ntp_endpoint("[fd00::1]:999"), ("fd00::1".into(), 999));
+        assert_eq!(ntp_endpoint("host:0"), ("host:0".into(), 123));
+        assert_eq!(ntp_endpoint("host:x"), ("host:x".into(), 123));
+    }
 
     #[test]
     fn parses_sys_and_ip_output() {
