@@ -66,7 +66,8 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(src: &dyn BlockSource, kind: Kind) -> Result<Plan> {
+    /// `block`: the payload block size, else [`block_size_for`] the disk.
+    fn new(src: &dyn BlockSource, kind: Kind, block: Option<u64>) -> Result<Plan> {
         let vsize = src.virtual_size();
         let size = vsize.div_ceil(512) * 512;
         if size == 0 || size > MAX_VHDX_SIZE {
@@ -80,7 +81,15 @@ impl Plan {
         } else {
             512
         };
-        let block = block_size_for(size);
+        let block = match block {
+            None => block_size_for(size),
+            Some(b) if b.is_power_of_two() && (MIB..=256 * MIB).contains(&b) => b,
+            Some(b) => {
+                return Err(Error::Usage(format!(
+                    "a VHDX block size is a power of two from 1 MiB to 256 MiB, not {b} bytes"
+                )));
+            }
+        };
         let blocks = size.div_ceil(block);
         let chunk_ratio = CHUNK_SECTORS * u64::from(logical_sector) / block;
         let entries = blocks + (blocks - 1) / chunk_ratio;
@@ -167,7 +176,7 @@ impl Plan {
 /// allocated (the BAT precedes the payload, so blocks that turn out to be all zeros cannot be
 /// dropped; [`write_file`] drops them).
 pub fn write(src: &dyn BlockSource, kind: Kind, out: &mut dyn Write) -> Result<WriteStats> {
-    let plan = Plan::new(src, kind)?;
+    let plan = Plan::new(src, kind, None)?;
     let blocks = plan.size.div_ceil(plan.block);
     let used = match kind {
         Kind::Dynamic => allocated_blocks(src, plan.block)?,
@@ -201,7 +210,18 @@ pub fn write(src: &dyn BlockSource, kind: Kind, out: &mut dyn Write) -> Result<W
 /// whose bytes are all zeros stay NOT_PRESENT (as qemu-img leaves them) and the BAT is written
 /// last. Anything already in the file is replaced.
 pub fn write_file(src: &dyn BlockSource, out: &File, name: &str) -> Result<WriteStats> {
-    let plan = Plan::new(src, Kind::Dynamic)?;
+    write_file_with_block_size(src, out, name, None)
+}
+
+/// [`write_file`] with a chosen payload block size (a power of two, 1 to 256 MiB; `None`:
+/// [`block_size_for`] the disk), e.g. the 1 MiB Hyper-V images are often made with.
+pub fn write_file_with_block_size(
+    src: &dyn BlockSource,
+    out: &File,
+    name: &str,
+    block: Option<u64>,
+) -> Result<WriteStats> {
+    let plan = Plan::new(src, Kind::Dynamic, block)?;
     let used = allocated_blocks(src, plan.block)?;
     let put = |bytes: &[u8], at: u64| {
         out.write_all_at(bytes, at)
@@ -316,6 +336,24 @@ mod tests {
         write(&Sectored(MemSource(odd)), Kind::Dynamic, &mut out).unwrap();
         let layer = crate::vhdx::VhdxLayer::open(opened(out, "o.vhdx")).unwrap();
         assert_eq!(layer.info().logical_sector_size, 512);
+    }
+
+    #[test]
+    fn file_writer_takes_a_block_size() {
+        let data = sample(6 << 20, &[(4096, 10_000, 7), (5 << 20, 4096, 9)]);
+        let f = tempfile::tempfile().unwrap();
+        write_file_with_block_size(&MemSource(data.clone()), &f, "b.vhdx", Some(MIB)).unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &f, &mut bytes).unwrap();
+        let layer = crate::vhdx::VhdxLayer::open(opened(bytes, "b.vhdx")).unwrap();
+        assert_eq!(layer.metadata().block_size, 1 << 20);
+        let mut back = vec![0u8; data.len()];
+        layer.read_at(0, &mut back).unwrap();
+        assert!(back == data);
+        for bad in [0, 3 << 20, MIB / 2, 512 * MIB] {
+            let e = write_file_with_block_size(&MemSource(data.clone()), &f, "b.vhdx", Some(bad));
+            assert!(matches!(e, Err(Error::Usage(_))), "{bad}");
+        }
     }
 
     #[test]
