@@ -247,6 +247,8 @@ pub fn save_slots(state: &SlotState) -> anyhow::Result<()> {
     overwrite_in_place(&ldlinux, adv_at, &adv)?;
     host::sh("sync", &[]);
     host::write_atomic(Path::new(SLOTS_FILE), &serde_json::to_vec_pretty(state)?)?;
+    // Durable at once: a power-off must not leave the loaders and the recorded state apart.
+    host::sh("sync", &[]);
     Ok(())
 }
 
