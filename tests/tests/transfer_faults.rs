@@ -188,6 +188,18 @@ fn kill9_server_and_client_at_random_moments_then_complete() {
     let tf = token_file(tmp.path(), &srv.token);
     let mut rng = Rng::new();
     let mut interruptions = 0u64;
+    // What went through the link and what the store holds, sampled at each interruption: the
+    // bytes sent in a stretch that did not end up as stored chunks were in flight when it was
+    // cut, and must fit in one pipeline window (plus TLS and frame overhead).
+    let sample = |proxy: &Proxy| (proxy.up.load(Ordering::SeqCst), chunk_files(&data).1);
+    let mut last = sample(&proxy);
+    let mut lost_per_cut = Vec::new();
+    let mut cut = |now: (u64, u64), last: &mut (u64, u64)| {
+        let sent = now.0 - last.0;
+        let stored = now.1.saturating_sub(last.1);
+        lost_per_cut.push((sent, sent.saturating_sub(stored)));
+        *last = now;
+    };
     // Server killed three times during one client run; the client retries and resumes.
     let mut client = Guard(
         replicate_cmd(
@@ -205,6 +217,7 @@ fn kill9_server_and_client_at_random_moments_then_complete() {
         std::thread::sleep(rng.ms(400, 1500));
         srv.kill9();
         interruptions += 1;
+        cut(sample(&proxy), &mut last);
         std::thread::sleep(Duration::from_millis(300));
         srv = Server::start(&data, &server_addr, &[]);
     }
@@ -225,6 +238,9 @@ fn kill9_server_and_client_at_random_moments_then_complete() {
         let _ = c.0.kill();
         let _ = c.0.wait();
         interruptions += 1;
+        // Let the server store what fully arrived before the client died.
+        std::thread::sleep(Duration::from_millis(500));
+        cut(sample(&proxy), &mut last);
     }
     let before = proxy.up.load(Ordering::SeqCst);
     let fin = run_ok(&mut replicate_cmd(&srv, &proxy.addr, &src_b, "c", &tf, &[]));
@@ -242,6 +258,14 @@ fn kill9_server_and_client_at_random_moments_then_complete() {
         resent <= interruptions * WINDOW_BYTES + 4 * MIB,
         "re-sent {resent} bytes over {interruptions} interruptions"
     );
+    eprintln!("per interruption (sent, not stored): {lost_per_cut:?}");
+    assert_eq!(lost_per_cut.len(), 6);
+    for (i, (sent, lost)) in lost_per_cut.iter().enumerate() {
+        assert!(
+            *lost <= WINDOW_BYTES + MIB,
+            "interruption {i}: {lost} of {sent} bytes sent were lost, more than one window ({WINDOW_BYTES})"
+        );
+    }
     assert!(fin["chunks_new"].as_u64().unwrap() <= 168);
     for (vm, want) in [("k", &src), ("c", &src_b)] {
         let out = tmp.path().join(format!("{vm}.raw"));

@@ -319,19 +319,27 @@ pub struct ExportReport {
     pub verified: bool,
 }
 
-/// Write `src` in `format` to `out`, hashing the raw content; raw output to a local file is
-/// sparse. Blocking (call from a plain thread).
+/// Write `src` in `format` to `out`, hashing the raw content. Given the local `file` behind
+/// `out`, the image is written positionally instead: raw output stays sparse and dynamic
+/// VHD/VHDX leave all-zero blocks unallocated (`godwit_disk::write::write_image_to_file`).
+/// Blocking (call from a plain thread).
 pub fn write_hashed(
     src: &IndexSource,
     format: OutputFormat,
     out: &mut dyn Write,
-    sparse_file: Option<&std::fs::File>,
+    file: Option<&std::fs::File>,
     name: &str,
 ) -> Result<(WriteStats, [u8; 32])> {
     let hs = HashingSource::new(src);
-    let stats = match (format, sparse_file) {
-        (OutputFormat::Raw, Some(f)) => godwit_disk::write::raw::write_sparse_file(&hs, f, name)?,
-        _ => godwit_disk::write::write_image(&hs, format, out)?,
+    let stats = match file {
+        Some(f) => godwit_disk::write::write_image_to_file(
+            &hs,
+            format,
+            &godwit_disk::write::WriteOptions::default(),
+            f,
+            name,
+        )?,
+        None => godwit_disk::write::write_image(&hs, format, out)?,
     };
     let sha = match hs.finish() {
         Some(s) => s,

@@ -3,7 +3,9 @@
 //! state file (`$GODWIT_STATE_DIR`, default `~/.local/state/godwit/exports/`); a rerun of the
 //! same export regenerates the stream, skips parts whose SHA-256 matches a finished part, and
 //! uploads the rest. If a regenerated part differs (an output format that is not byte-for-byte
-//! reproducible), the old upload is aborted and the export starts over once.
+//! reproducible), the old upload is aborted and the export starts over once. If the bucket no
+//! longer knows the recorded upload (aborted by a lifecycle rule or by hand: `NoSuchUpload`),
+//! the state is dropped and the export starts over once as well.
 
 use crate::error::{Error, Result};
 use crate::export::{IndexSource, write_hashed};
@@ -77,6 +79,16 @@ struct PartWriter<'a> {
     next: usize,
     reused: usize,
     diverged: bool,
+    /// The bucket answered that the recorded upload id does not exist (any more).
+    vanished: bool,
+}
+
+/// True when S3 says the multipart upload id is unknown: `NoSuchUpload` (404).
+fn upload_vanished(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. }) || {
+        let text = format!("{e:?}");
+        text.contains("NoSuchUpload")
+    }
 }
 
 impl PartWriter<'_> {
@@ -102,7 +114,10 @@ impl PartWriter<'_> {
         let id = self
             .handle
             .block_on(self.s3.put_part(&self.path, &self.st.upload_id, n, data))
-            .map_err(|e| std::io::Error::other(format!("uploading part {n}: {e}")))?;
+            .map_err(|e| {
+                self.vanished = upload_vanished(&e);
+                std::io::Error::other(format!("uploading part {n}: {e}"))
+            })?;
         self.st.parts.push(PartRecord {
             number: n,
             content_id: id.content_id,
@@ -147,7 +162,7 @@ pub fn export_to_s3(
     let sync = src.index.sync_id.to_string();
     let state_file = state_path(bucket, key, &sync, &fmt);
     let what = format!("s3://{bucket}/{key}");
-    for round in 0..2 {
+    for round in 0..3 {
         let prior: Option<UploadState> = std::fs::read(&state_file)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
@@ -197,8 +212,22 @@ pub fn export_to_s3(
             next: 0,
             reused: 0,
             diverged: false,
+            vanished: false,
         };
         let r = write_hashed(src, format, &mut w, None, &what);
+        let r = r.and_then(|v| {
+            w.flush_part()
+                .map_err(|e| Error::io(&what, "upload", e))
+                .map(|()| v)
+        });
+        if w.vanished && !w.st.parts.is_empty() && round == 0 {
+            let _ = std::fs::remove_file(&state_file);
+            eprintln!(
+                "godwit: {what}: the interrupted upload {} no longer exists in the bucket; starting over",
+                w.st.upload_id
+            );
+            continue;
+        }
         if w.diverged {
             let _ = handle.block_on(s3.abort_multipart(&w.path, &w.st.upload_id));
             let _ = std::fs::remove_file(&state_file);
@@ -208,7 +237,6 @@ pub fn export_to_s3(
             continue;
         }
         let (stats, sha) = r?;
-        w.flush_part().map_err(|e| Error::io(&what, "upload", e))?;
         if w.next < w.st.parts.len() {
             // The interrupted upload had more parts than this stream: it was something else.
             let _ = handle.block_on(s3.abort_multipart(&w.path, &w.st.upload_id));
@@ -222,12 +250,23 @@ pub fn export_to_s3(
                     content_id: p.content_id.clone(),
                 })
                 .collect();
-        handle
-            .block_on(s3.complete_multipart(&path, &w.st.upload_id, parts))
-            .map_err(|e| Error::S3 {
-                what: what.clone(),
-                source: e,
-            })?;
+        match handle.block_on(s3.complete_multipart(&path, &w.st.upload_id, parts)) {
+            Ok(_) => {}
+            Err(e) if round == 0 && w.reused > 0 && upload_vanished(&e) => {
+                let _ = std::fs::remove_file(&state_file);
+                eprintln!(
+                    "godwit: {what}: the interrupted upload {} no longer exists in the bucket; starting over",
+                    w.st.upload_id
+                );
+                continue;
+            }
+            Err(e) => {
+                return Err(Error::S3 {
+                    what: what.clone(),
+                    source: e,
+                });
+            }
+        }
         let _ = std::fs::remove_file(&state_file);
         if w.reused > 0 {
             eprintln!(

@@ -44,8 +44,37 @@ pub struct CheckArgs {
     #[arg(long = "tls", value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub tls: Vec<Endpoint>,
     /// HTTP proxy: CONNECT through it to every --tls target.
-    #[arg(long = "proxy", value_name = "URL", value_parser = parse_proxy)]
-    pub proxy: Vec<ProxyUrl>,
+    // Parsed after clap, so that a refused URL (one carrying a password) is never echoed.
+    #[arg(long = "proxy", value_name = "URL")]
+    pub proxy: Vec<String>,
+    /// Read the proxy password (for a `--proxy http://USER@HOST:PORT`) from this file's first
+    /// line; otherwise from `GODWIT_PROXY_PASSWORD`.
+    #[arg(long = "proxy-password-file", value_name = "FILE")]
+    pub proxy_password_file: Option<PathBuf>,
+    /// A vSphere source (`vsphere://USER@HOST[:PORT]`): log in (password from
+    /// `GODWIT_PASSWORD` or --password-file, certificate pinned with --source-fingerprint or
+    /// --trust-file) and check the vCenter and every ESXi host its inventory knows (TCP 443 and
+    /// 902, TLS on 443, DNS, ICMP).
+    #[arg(long = "vsphere-source", value_name = "URL")]
+    pub vsphere_source: Option<String>,
+    /// SHA-256 fingerprint of the --vsphere-source certificate.
+    #[arg(
+        long = "source-fingerprint",
+        value_name = "SHA256:HEX",
+        requires = "vsphere_source"
+    )]
+    pub source_fingerprint: Option<String>,
+    /// Known-hosts style trust file (`HOST[:PORT] SHA256:...` lines) for the vCenter and its
+    /// ESXi hosts; their TLS checks then also compare the pin.
+    #[arg(long = "trust-file", value_name = "FILE", requires = "vsphere_source")]
+    pub trust_file: Option<PathBuf>,
+    /// The --vsphere-source password file (first line); otherwise `GODWIT_PASSWORD`.
+    #[arg(
+        long = "password-file",
+        value_name = "FILE",
+        requires = "vsphere_source"
+    )]
+    pub password_file: Option<PathBuf>,
     /// Extra CA certificates (PEM) to trust for the TLS checks, besides the system store.
     #[arg(long = "ca-file", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
@@ -68,10 +97,6 @@ fn parse_dns_server(s: &str) -> Result<Endpoint, String> {
 
 fn parse_host_port(s: &str) -> Result<Endpoint, String> {
     Endpoint::parse(s, None).map_err(|e| e.to_string())
-}
-
-fn parse_proxy(s: &str) -> Result<ProxyUrl, String> {
-    ProxyUrl::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -107,14 +132,106 @@ fn build_plan(args: &CheckArgs) -> anyhow::Result<Plan> {
     plan.ping.extend(args.ping.iter().cloned());
     plan.tcp.extend(args.tcp.iter().cloned().map(Target::adhoc));
     plan.tls.extend(args.tls.iter().cloned().map(Target::adhoc));
-    plan.proxies.extend(args.proxy.iter().cloned());
+    for url in &args.proxy {
+        // The error redacts any password; clap's own "invalid value" message would not.
+        plan.proxies
+            .push(ProxyUrl::parse(url).map_err(|e| anyhow::anyhow!("--proxy: {e}"))?);
+    }
+    if plan.proxies.iter().any(|p| p.auth.is_some()) {
+        let password = proxy_password(args)?;
+        plan.proxies = std::mem::take(&mut plan.proxies)
+            .into_iter()
+            .map(|p| p.with_password(&password))
+            .collect();
+    }
+    if let Some(url) = &args.vsphere_source {
+        add_vsphere_source(args, url, &mut plan)?;
+    }
     plan.options.timeout = args.timeout;
     plan.options.ca_file.clone_from(&args.ca_file);
     Ok(plan)
 }
 
+fn proxy_password(args: &CheckArgs) -> anyhow::Result<String> {
+    if let Some(p) = &args.proxy_password_file {
+        let s = std::fs::read_to_string(p)
+            .with_context(|| format!("reading the proxy password file {}", p.display()))?;
+        return Ok(s.lines().next().unwrap_or("").to_string());
+    }
+    match std::env::var("GODWIT_PROXY_PASSWORD") {
+        Ok(p) => Ok(p),
+        Err(_) => anyhow::bail!(
+            "the proxy URL names a user: give its password in GODWIT_PROXY_PASSWORD or \
+             --proxy-password-file FILE"
+        ),
+    }
+}
+
+/// The vCenter (pinned) and every ESXi host of its inventory, as a settings `[[vcenter]]`
+/// entry would add them.
+fn add_vsphere_source(args: &CheckArgs, url: &str, plan: &mut Plan) -> anyhow::Result<()> {
+    use godwit_netcheck::settings::VCenterSettings;
+    let source = super::replicate_vsphere::VsphereSourceArgs {
+        source: url.to_string(),
+        source_fingerprint: args.source_fingerprint.clone(),
+        trust_file: args.trust_file.clone(),
+        password_file: args.password_file.clone(),
+    };
+    let session = super::replicate_vsphere::connect(&source)?;
+    let hosts = session.all_of_kind("HostSystem", &["name"]);
+    if let Err(e) = session.logout() {
+        tracing::warn!(error = %e, "logout failed");
+    }
+    let mut esxi_hosts: Vec<String> = hosts?
+        .iter()
+        .filter_map(|o| o.prop("name").map(|n| n.text.trim().to_string()))
+        .filter(|n| !n.is_empty())
+        .collect();
+    esxi_hosts.sort();
+    esxi_hosts.dedup();
+    let ep = session.endpoint();
+    let vc_pin = session
+        .trust
+        .pins_for(&ep.host, ep.port)
+        .first()
+        .map(ToString::to_string);
+    let settings = Settings {
+        vcenter: vec![VCenterSettings {
+            host: godwit_vmware::transport::authority(&ep.host, ep.port),
+            fingerprint: vc_pin,
+            esxi_hosts: esxi_hosts.clone(),
+        }],
+        ..Settings::default()
+    };
+    settings.extend_plan(plan, std::path::Path::new("--vsphere-source"))?;
+    // Pins the trust file gives for ESXi hosts are checked too.
+    for t in &mut plan.tls {
+        if t.fingerprint.is_none()
+            && let Some(fp) = session
+                .trust
+                .pins_for(&t.endpoint.host, t.endpoint.port)
+                .first()
+        {
+            t.fingerprint = godwit_netcheck::plan::Fingerprint::parse(&fp.to_string()).ok();
+        }
+    }
+    eprintln!(
+        "godwit check: {} ESXi host(s) from {}: {}",
+        esxi_hosts.len(),
+        ep.authority(),
+        esxi_hosts.join(", ")
+    );
+    Ok(())
+}
+
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let plan = build_plan(&args)?;
+    let plan = match build_plan(&args) {
+        Ok(p) => p,
+        Err(e) if args.vsphere_source.is_some() => {
+            return Ok(super::replicate_vsphere::report_error(&e));
+        }
+        Err(e) => return Err(e),
+    };
     if plan.is_empty() {
         eprintln!(
             "godwit check: nothing to check: give --config FILE or at least one of --ntp, \

@@ -111,8 +111,7 @@ pub fn export_disk(
             .open(out)
             .with_context(|| format!("creating {out}"))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f.try_clone()?);
-        let sparse = (format == OutputFormat::Raw).then_some(&f);
-        let r = write_hashed(&src, format, &mut w, sparse, out)?;
+        let r = write_hashed(&src, format, &mut w, Some(&f), out)?;
         w.flush().with_context(|| format!("writing {out}"))?;
         f.sync_all().with_context(|| format!("fsync {out}"))?;
         r

@@ -33,6 +33,10 @@ pub struct ReplicateArgs {
     /// vSphere: use Changed Block Tracking for incremental cycles (enabled on the VM if needed).
     #[arg(long)]
     cbt: bool,
+    /// vSphere: how frozen disks are read — `auto` (datastore `/folder` range reads, or the NFC
+    /// export lease for vSAN/VVOL/PMEM datastores), `folder` or `nfc`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "folder", "nfc"])]
+    disk_access: String,
     /// Directory for the snapshot ledger and CBT changeIds (default `$GODWIT_STATE_DIR` or
     /// `./var/state`).
     #[arg(long)]
@@ -313,6 +317,8 @@ fn run_vsphere(
         vm: a.vm.clone(),
         state_dir,
         cbt: a.cbt,
+        access: godwit_vmware::replicate::DiskAccess::parse(&a.disk_access)
+            .context("--disk-access")?,
     };
     let mut reports = Vec::new();
     let result = replicate_vsphere(&source, &cycle, |n, disk, changed| {

@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use godwit_disk::Disk;
-use godwit_vmware::replicate::{CycleOptions, CycleReport, run_cycle};
+use godwit_vmware::replicate::{CycleOptions, CycleReport, DiskAccess, run_cycle_with};
 use godwit_vmware::session::{ConnectOptions, Secret, Session, SourceUrl};
 use godwit_vmware::trust::{Fingerprint, TrustStore};
 use godwit_vmware::{Error as VmwareError, ErrorKind};
@@ -103,9 +103,13 @@ pub struct VsphereCycle {
     /// Directory for the snapshot ledger and the changeId store.
     pub state_dir: PathBuf,
     pub cbt: bool,
+    /// `/folder`, NFC, or chosen per datastore (`--disk-access`).
+    pub access: DiskAccess,
 }
 
-/// One replication cycle of a vSphere VM: ledger + snapshot, each frozen disk opened as a
+/// One replication cycle of a vSphere VM (disks read as `cycle.access` says: `auto` —
+/// `/folder`, or the NFC export lease when a disk lives on a datastore `/folder` cannot serve —
+/// `folder` or `nfc`): ledger + snapshot, each frozen disk opened as a
 /// [`Disk`] and handed to `per_disk` with the changed ranges when CBT allows (`None` = read
 /// everything), changeIds recorded, snapshot removed on every path, logout.
 pub fn replicate_vsphere<F>(
@@ -125,9 +129,16 @@ where
     };
     let mut sink =
         |n: usize, d: &Disk, r: Option<&[Range<u64>]>| per_disk(n, d, r).map_err(Into::into);
-    let result = run_cycle(&session, &opts, &mut sink);
+    let result = run_cycle_with(&session, &opts, cycle.access, &mut sink);
     if let Err(e) = session.logout() {
         tracing::warn!(error = %e, "logout failed");
     }
-    Ok(result?)
+    let report = result?;
+    if let Some(lease) = &report.nfc_lease {
+        eprintln!(
+            "godwit: disks read through the NFC export lease {lease} ({} bytes downloaded, lease completed)",
+            report.nfc_bytes
+        );
+    }
+    Ok(report)
 }

@@ -684,6 +684,44 @@ mod tests {
         ]
     }
 
+    /// The fuzz target's committed seed corpus (fuzz/corpus/transfer_wire) holds one encoded
+    /// frame of every type, a PutChunk carrying a real compressed chunk, and the chunk alone, so
+    /// the fuzzer starts from valid input of each kind. `GODWIT_BLESS_SEEDS=1` rewrites them.
+    #[test]
+    fn fuzz_seed_corpus_holds_every_frame_type() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/transfer_wire");
+        let payload: Vec<u8> = (0..20_000u32)
+            .map(|i| u8::try_from((i % 251) ^ (i / 97 % 256)).unwrap())
+            .collect();
+        let (digest, chunk) = crate::chunk::encode_chunk(&payload).unwrap();
+        let mut seeds: Vec<(String, Vec<u8>)> = samples()
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| (format!("frame-{i:02}.bin"), f.to_bytes()))
+            .collect();
+        let put = Frame::PutChunk {
+            id: 42,
+            digest,
+            data: chunk.clone(),
+        };
+        seeds.push(("frame-putchunk-real.bin".into(), put.to_bytes()));
+        seeds.push(("chunk-real.bin".into(), chunk));
+        let bless = std::env::var_os("GODWIT_BLESS_SEEDS").is_some();
+        for (name, bytes) in seeds {
+            let path = dir.join(&name);
+            if bless {
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            let have = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                have == bytes,
+                "{}: missing or stale seed (run GODWIT_BLESS_SEEDS=1 cargo test -p godwit-transfer fuzz_seed)",
+                path.display()
+            );
+        }
+    }
+
     #[test]
     fn every_frame_round_trips() {
         for f in samples() {
