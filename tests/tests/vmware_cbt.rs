@@ -219,3 +219,55 @@ fn second_cycle_reads_only_changed_ranges_and_a_rejected_change_id_reads_all() {
     );
     s.logout().unwrap();
 }
+
+/// CBT can be switched on only while the VM has no snapshots (VMware: the change tracking
+/// file is created for the base disk). A snapshot our ledger does not know (here another
+/// connector's `godwit-` snapshot, which eligibility lets through) makes the cycle refuse to
+/// enable CBT, by name, and it leaves the VM as it was: CBT off, no snapshot added or removed.
+#[test]
+fn cbt_is_not_enabled_while_a_snapshot_exists() {
+    let v = Vcsim::start(false);
+    let vm_name = "DC0_H0_VM1";
+    let s = v.connect();
+    let vm = vm_by_name(&s, vm_name);
+    assert!(!vm.cbt_enabled);
+    vmware_harness::run_task(
+        &s,
+        "CreateSnapshot_Task",
+        godwit_vmware::soap::envelope::create_snapshot(
+            &vm.moref,
+            "godwit-other-connector",
+            "",
+            false,
+            false,
+        ),
+    );
+    s.logout().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let opts = CycleOptions {
+        vm_name: vm_name.into(),
+        ledger: work.path().join("ledger.json"),
+        change_ids: work.path().join("ids.json"),
+        cbt: true,
+    };
+    let s = v.connect();
+    let mut handed = 0;
+    let err = run_cycle(&s, &opts, &mut |_, _: &Disk, _: Option<&[Range<u64>]>| {
+        handed += 1;
+        Ok(())
+    })
+    .expect_err("CBT must not be enabled while a snapshot exists");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(vm_name) && msg.contains("CBT") && msg.contains("no snapshots"),
+        "{msg}"
+    );
+    assert_eq!(handed, 0, "no disk was read");
+    let after = vm_by_name(&s, vm_name);
+    assert!(!after.cbt_enabled, "CBT still off");
+    let names: Vec<&str> = after.snapshots.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(names, ["godwit-other-connector"], "snapshots untouched");
+    let ledger = Ledger::open(&opts.ledger).unwrap();
+    assert!(ledger.entries().is_empty(), "nothing left in the ledger");
+    s.logout().unwrap();
+}

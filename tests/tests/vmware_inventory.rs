@@ -240,3 +240,48 @@ fn errors_are_clear_with_documented_exit_codes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// vcsim ignores maxObjects, so paging is a STUB (tests/vcsim/paging.go): with pages of one
+/// object the inventory must follow ContinueRetrievePropertiesEx tokens to the end and list
+/// exactly what an unpaged reply lists.
+#[test]
+fn inventory_follows_continue_retrieve_tokens_to_the_last_page() {
+    let v = Vcsim::start(false);
+    let fp = v.fingerprint_arg();
+    let whole = ok_json(&inventory(
+        &v,
+        PASSWORD,
+        &["--json", "--source-fingerprint", &fp],
+    ));
+    assert!(whole.len() >= 4, "{whole:#?}");
+
+    v.stub("/stub/page?n=1", Some(""));
+    let paged = ok_json(&inventory(
+        &v,
+        PASSWORD,
+        &["--json", "--source-fingerprint", &fp],
+    ));
+    assert_eq!(
+        paged, whole,
+        "a paged inventory lists exactly the unpaged one"
+    );
+    let stats: serde_json::Value = serde_json::from_str(&v.stub("/stub/page-stats", None)).unwrap();
+    let continues = stats["continues"].as_u64().unwrap();
+    assert!(
+        continues >= (whole.len() as u64) - 1,
+        "one ContinueRetrievePropertiesEx per further VM at least: {stats}"
+    );
+
+    // Through the session API too: every VM object, each once.
+    let s = v.connect();
+    let vms = s.all_of_kind("VirtualMachine", &["name"]).unwrap();
+    let mut names: Vec<String> = vms
+        .iter()
+        .filter_map(|o| o.prop("name").map(|p| p.text.trim().to_string()))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), vms.len(), "no VM twice");
+    assert_eq!(vms.len(), whole.len());
+    s.logout().unwrap();
+}

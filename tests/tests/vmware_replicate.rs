@@ -315,3 +315,47 @@ fn server_gone_mid_read_is_a_clear_error_and_the_ledger_keeps_the_snapshot() {
     assert!(l.entries()[0].snapshot.is_some());
     assert_eq!(l.entries()[0].host, authority);
 }
+
+/// ESXi hostd answers 503 when a client opens too many requests at once, so reads to one host
+/// are capped (4, `transport::DEFAULT_MAX_PARALLEL`). Sixteen threads read one extent at once
+/// through slow `/folder` replies (STUB delay); the simulator counts the most requests it
+/// served at the same time, which must be exactly the cap, and every piece comes back right.
+#[test]
+fn parallel_reads_to_one_host_are_capped() {
+    use godwit_disk::storage::Locator;
+    let v = Vcsim::start(false);
+    let (_, b) = prepare(&v);
+    let extent = std::fs::read(b.with_file_name("flat-flat.vmdk")).unwrap();
+    let s = v.connect();
+    let loc = godwit_vmware::datastore::DatastoreLocator::new(&s).unwrap();
+    let (ds, _) = v.datastore();
+    let f = loc
+        .open(&format!("[{ds}] {VM}/flat-flat.vmdk"), None)
+        .unwrap()
+        .file;
+    v.stub("/stub/reset-stats", Some("{}"));
+    v.stub("/stub/folder-delay?ms=150", Some(""));
+    const PIECE: usize = 64 * 1024;
+    std::thread::scope(|sc| {
+        for i in 0..16 {
+            let (f, extent) = (&f, &extent);
+            sc.spawn(move || {
+                let mut buf = vec![0u8; PIECE];
+                f.read_exact_at(&mut buf, (i * PIECE) as u64).unwrap();
+                assert!(
+                    buf == extent[i * PIECE..(i + 1) * PIECE],
+                    "piece {i} differs"
+                );
+            });
+        }
+    });
+    v.stub("/stub/folder-delay?ms=0", Some(""));
+    let st: serde_json::Value = serde_json::from_str(&v.stub("/stub/stats", None)).unwrap();
+    assert_eq!(
+        st["folder_max_in_flight"].as_u64(),
+        Some(godwit_vmware::transport::DEFAULT_MAX_PARALLEL as u64),
+        "{st}"
+    );
+    assert!(st["folder_requests"].as_u64().unwrap() >= 16, "{st}");
+    s.logout().unwrap();
+}

@@ -12,10 +12,12 @@
 //     the changeId with POST /stub/cbt; an unknown changeId gets a FileFault. Each answer
 //     covers at most `chunk` bytes so clients must loop over the capacity.
 //   - POST /stub/changeid {"vm":"vm-57","key":203,"change_id":"x"} sets backing.changeId.
-//   - GET /stub/stats: {"folder_bytes":N,"folder_requests":N}; POST /stub/reset-stats.
+//   - GET /stub/stats: {"folder_bytes":N,"folder_requests":N,"folder_max_in_flight":N} (the
+//     most /folder requests served at once); POST /stub/reset-stats.
 //   - POST /stub/folder-503?n=N: the next N /folder requests get 503 (backoff tests).
 //   - POST /stub/folder-delay?ms=N: each /folder request waits N ms (slow reads, restart tests).
 //   - ExportVm / ExportSnapshot / HttpNfcLease downloads: see nfc.go.
+//   - PropertyCollector result paging (vcsim ignores maxObjects): see paging.go.
 //   - POST /stub/malform?mode=garbage|truncated|oversized|missingset|noreturnval: the next
 //     /sdk reply is broken that way (malformed-reply tests).
 package main
@@ -63,6 +65,7 @@ var (
 	malform                            atomic.Value // next /sdk reply replaced: see serveMalformed
 	folderBytes, folderReqs, folder503 int64
 	folderDelayMs                      int64
+	folderInFlight, folderMaxInFlight  int64
 	stubMu                             sync.Mutex
 	stub                               = cbtState{Chunk: 1 << 20, Areas: map[string][][2]int64{}}
 )
@@ -222,24 +225,35 @@ func wrap(next http.Handler) http.Handler {
 				return
 			}
 			atomic.StoreInt64(&folder503, 0)
+			n := atomic.AddInt64(&folderInFlight, 1)
+			for {
+				m := atomic.LoadInt64(&folderMaxInFlight)
+				if n <= m || atomic.CompareAndSwapInt64(&folderMaxInFlight, m, n) {
+					break
+				}
+			}
 			if ms := atomic.LoadInt64(&folderDelayMs); ms > 0 {
 				time.Sleep(time.Duration(ms) * time.Millisecond)
 			}
 			next.ServeHTTP(countingWriter{w}, r)
+			atomic.AddInt64(&folderInFlight, -1)
 		case strings.HasPrefix(r.URL.Path, "/nfc/"):
 			serveNfcDownload(w, r)
 		case r.URL.Path == "/stub/nfc" || r.URL.Path == "/stub/nfc-stats":
 			serveNfcStub(w, r)
+		case r.URL.Path == "/stub/page" || r.URL.Path == "/stub/page-stats":
+			servePageStub(w, r)
 		case r.URL.Path == "/stub/datastore-type":
 			setDatastoreType(w, r)
 		case r.URL.Path == "/stub/folder-delay":
 			n, _ := strconv.ParseInt(r.URL.Query().Get("ms"), 10, 64)
 			atomic.StoreInt64(&folderDelayMs, n)
 		case r.URL.Path == "/stub/stats":
-			fmt.Fprintf(w, `{"folder_bytes":%d,"folder_requests":%d}`, atomic.LoadInt64(&folderBytes), atomic.LoadInt64(&folderReqs))
+			fmt.Fprintf(w, `{"folder_bytes":%d,"folder_requests":%d,"folder_max_in_flight":%d}`, atomic.LoadInt64(&folderBytes), atomic.LoadInt64(&folderReqs), atomic.LoadInt64(&folderMaxInFlight))
 		case r.URL.Path == "/stub/reset-stats":
 			atomic.StoreInt64(&folderBytes, 0)
 			atomic.StoreInt64(&folderReqs, 0)
+			atomic.StoreInt64(&folderMaxInFlight, 0)
 		case r.URL.Path == "/stub/folder-503":
 			n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
 			atomic.StoreInt64(&folder503, n)
@@ -275,6 +289,9 @@ func wrap(next http.Handler) http.Handler {
 				return
 			}
 			r.Body = ioutil.NopCloser(bytes.NewReader(body))
+			if servePaged(w, r, body, next) {
+				return
+			}
 			next.ServeHTTP(w, r)
 		default:
 			next.ServeHTTP(w, r)
