@@ -5,4 +5,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = godwit_hyperv::wsman::fuzz_parse_request(data);
     let _ = godwit_hyperv::wsman::fuzz_parse_reply(data);
     let _ = godwit_hyperv::clixml::fuzz_decode_stderr(data);
+    // The simulator's NTLM AUTHENTICATE check (bytes from any client).
+    let _ = godwit_hyperv::ntlm_verify::server_challenge(data);
+    let _ = godwit_hyperv::ntlm_verify::verify_authenticate(data, &[7; 8], "Administrator", "pw");
+    let _ = godwit_hyperv::ntlm::lenient_negotiate(data);
 });

@@ -17,6 +17,7 @@ pub mod hostfile;
 pub mod inventory;
 pub mod ledger;
 pub mod ntlm;
+pub mod ntlm_verify;
 pub mod powershell;
 pub mod rct;
 pub mod replicate;
