@@ -10,13 +10,11 @@ mod image_support;
 
 use godwit_tests::peers::{godwit_bin, have, run_ok, sha256_file};
 use image_support::Sntp;
-use std::io::Read;
+use image_support::qemu::{BOOT_TIMEOUT, Firmware, Vm, boot, iso, overlay};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
 fn tmp_root() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("godwit-image")
@@ -92,14 +90,6 @@ fn image() -> &'static Path {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// An OVF environment document with `settings` (key=value) written to `dir/ovf-env.xml`.
 fn ovf_env(dir: &Path, settings: &[String]) -> PathBuf {
     let env = dir.join("ovf-env.xml");
@@ -110,233 +100,6 @@ fn ovf_env(dir: &Path, settings: &[String]) -> PathBuf {
     }
     run_ok(cmd.arg("--out").arg(&env));
     env
-}
-
-/// A running qemu, killed on drop.
-struct Vm {
-    child: Child,
-    log: PathBuf,
-    port: u16,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Vm {
-    fn log_text(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let mut b = Vec::new();
-            let _ = f.read_to_end(&mut b);
-            s = String::from_utf8_lossy(&b).into_owned();
-        }
-        s
-    }
-
-    /// Wait until the log holds `n` banners ("GODWIT READY"); returns the log.
-    fn wait_ready(&mut self, n: usize) -> String {
-        let start = Instant::now();
-        loop {
-            let t = self.log_text();
-            if t.matches("GODWIT READY").count() >= n {
-                std::thread::sleep(Duration::from_millis(300));
-                return self.log_text();
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("qemu exited ({st}) before the banner; serial log:\n{t}");
-            }
-            assert!(
-                start.elapsed() < BOOT_TIMEOUT,
-                "no banner after {BOOT_TIMEOUT:?}; serial log:\n{t}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    /// Wait for `needle` in the log.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let start = Instant::now();
-        loop {
-            let t = self.log_text();
-            if t.contains(needle) {
-                return t;
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("qemu exited ({st}) before {needle:?}; serial log:\n{t}");
-            }
-            assert!(
-                start.elapsed() < BOOT_TIMEOUT,
-                "no {needle:?} after {BOOT_TIMEOUT:?}; serial log:\n{t}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    /// HTTP status of the setup page through the forwarded port (self-signed certificate).
-    fn fetch_setup_page(&self) -> String {
-        let url = format!("https://127.0.0.1:{}/", self.port);
-        let start = Instant::now();
-        loop {
-            let out = Command::new("curl")
-                .args([
-                    "-sk",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "10",
-                    &url,
-                ])
-                .output()
-                .expect("curl");
-            let code = String::from_utf8_lossy(&out.stdout).into_owned();
-            if code.starts_with('2') || code.starts_with('3') {
-                return code;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "setup page {url} answered {code:?}"
-            );
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Firmware {
-    SeaBios,
-    OvmfSecureBoot,
-}
-
-/// Boot `disk` (an overlay over the built image) with 512 MiB under TCG.
-fn boot(
-    dir: &Path,
-    disk: &Path,
-    fw: Firmware,
-    cdrom: Option<&Path>,
-    guest_ip: &str,
-    tag: &str,
-) -> Vm {
-    let port = free_port();
-    let log = dir.join(format!("{tag}-serial.log"));
-    let _ = std::fs::remove_file(&log);
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel",
-        "tcg",
-        "-m",
-        "512",
-        "-smp",
-        "1",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-nodefaults",
-    ]);
-    cmd.arg("-serial").arg(format!("file:{}", log.display()));
-    cmd.arg("-netdev").arg(format!(
-        "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-{guest_ip}:443"
-    ));
-    cmd.arg("-drive").arg(format!(
-        "file={},format=qcow2,if=none,id=d0",
-        disk.display()
-    ));
-    match fw {
-        Firmware::SeaBios => {
-            // vSphere's BIOS VM: pvscsi disk, vmxnet3 NIC, IDE CD-ROM for the OVF environment.
-            cmd.args([
-                "-machine",
-                "pc",
-                "-device",
-                "pvscsi,id=scsi0",
-                "-device",
-                "scsi-hd,drive=d0,bus=scsi0.0",
-            ]);
-            cmd.args(["-device", "vmxnet3,netdev=n0,romfile="]);
-        }
-        Firmware::OvmfSecureBoot => {
-            // Hyper-V Gen2-like: UEFI with Secure Boot enforced (Microsoft keys), virtio.
-            let vars = dir.join(format!("{tag}-vars.fd"));
-            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.ms.fd", &vars)
-                .expect("OVMF_VARS_4M.ms.fd (package ovmf)");
-            cmd.args([
-                "-machine",
-                "q35,smm=on",
-                "-global",
-                "driver=cfi.pflash01,property=secure,value=on",
-            ]);
-            cmd.arg("-drive").arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd");
-            cmd.arg("-drive").arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ));
-            cmd.args([
-                "-device",
-                "virtio-blk-pci,drive=d0,bootindex=0",
-                "-device",
-                "virtio-net-pci,netdev=n0,romfile=",
-            ]);
-        }
-    }
-    if let Some(iso) = cdrom {
-        cmd.arg("-drive").arg(format!(
-            "file={},format=raw,if=none,id=cd0,readonly=on,media=cdrom",
-            iso.display()
-        ));
-        match fw {
-            // vSphere's IDE CD-ROM (ata_piix).
-            Firmware::SeaBios => cmd.args(["-device", "ide-cd,drive=cd0"]),
-            // q35's IDE is AHCI, which the cloud kernel lacks: a SCSI CD as on Hyper-V Gen2.
-            Firmware::OvmfSecureBoot => cmd.args([
-                "-device",
-                "virtio-scsi-pci,id=vs0",
-                "-device",
-                "scsi-cd,drive=cd0,bus=vs0.0",
-            ]),
-        };
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("qemu-system-x86_64");
-    Vm { child, log, port }
-}
-
-/// A qcow2 overlay over `base` in a fresh directory.
-fn overlay(base: &Path, fmt: &str, dir: &Path) -> PathBuf {
-    let o = dir.join("overlay.qcow2");
-    run_ok(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
-            .arg(base)
-            .arg(&o),
-    );
-    o
-}
-
-fn iso(dir: &Path, files: &[(&str, &Path)], name: &str) -> PathBuf {
-    let stage = dir.join(format!("{name}.d"));
-    std::fs::create_dir_all(&stage).unwrap();
-    for (n, p) in files {
-        std::fs::copy(p, stage.join(n)).unwrap();
-    }
-    let out = dir.join(format!("{name}.iso"));
-    run_ok(
-        Command::new("xorriso")
-            .args([
-                "-as", "mkisofs", "-quiet", "-J", "-R", "-V", "OVF ENV", "-o",
-            ])
-            .arg(&out)
-            .arg(&stage),
-    );
-    out
 }
 
 #[test]
@@ -755,4 +518,99 @@ fn update_bundle_boots_the_other_slot_tampered_refused_unhealthy_and_panicking_r
         after.contains("slot A did not come up; still running slot B"),
         "{after}"
     );
+}
+
+/// An API call as the admin through the forwarded port: (HTTP status, body).
+fn api(vm: &Vm, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, String) {
+    let url = format!("https://127.0.0.1:{}/api/v1{path}", vm.port);
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sk",
+        "--max-time",
+        "20",
+        "-u",
+        "admin:Godwit-Test-Passw0rd",
+    ])
+    .args(["-X", method, "-w", "\n%{http_code}", &url]);
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(b.to_string());
+    }
+    let out = String::from_utf8_lossy(&cmd.output().expect("curl").stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn network_set_through_the_api_is_applied_at_once_and_after_a_reboot() {
+    let img = image();
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-boot-net-")
+        .tempdir()
+        .unwrap();
+    let sntp = Sntp::start();
+    // The vApp properties preset only the password and NTP: the appliance comes up on DHCP.
+    let env = ovf_env(
+        dir.path(),
+        &[
+            format!("godwit.ntp={}", sntp.guest_setting()),
+            "godwit.admin.password=Godwit-Test-Passw0rd".into(),
+        ],
+    );
+    let cd = iso(dir.path(), &[("ovf-env.xml", &env)], "ovfenv");
+    let disk = overlay(&img.join("godwit-disk1.vmdk"), "vmdk", dir.path());
+    {
+        let mut vm = boot(dir.path(), &disk, Firmware::SeaBios, Some(&cd), "", "net1");
+        let log = vm.wait_ready(1);
+        assert!(log.contains("Host name:    godwit"), "{log}");
+        assert!(log.contains("on eth0 (dhcp)"), "{log}");
+        vm.fetch_setup_page();
+        // The wizard's network step: static, the address qemu's user network forwards to.
+        let net = serde_json::json!({"hostname": "wiz-net", "mode": "static",
+            "address": "10.0.2.15/24", "gateway": "10.0.2.2", "dns_servers": ["10.0.2.3"],
+            "ntp_servers": [sntp.guest_setting()], "proxy": null});
+        let (code, body) = api(&vm, "PUT", "/settings/network", Some(&net));
+        assert_eq!(code, 204, "{body}");
+        let start = Instant::now();
+        let status = loop {
+            let (code, body) = api(&vm, "GET", "/settings", None);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let st = v["network_status"].clone();
+            if code == 200 && st["state"] != "applying" {
+                break st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "still applying: {code} {body}\n{}",
+                vm.log_text()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        assert_eq!(status["state"], "applied", "{status}\n{}", vm.log_text());
+        let msg = status["message"].as_str().unwrap();
+        assert!(
+            msg.contains("host name wiz-net") && msg.contains("eth0 static (10.0.2.15/24)"),
+            "{msg}"
+        );
+        let log = vm.wait_for("Applied to the system: host name wiz-net");
+        eprintln!(
+            "applied: {msg} (serial: {})",
+            log.lines()
+                .rev()
+                .find(|l| l.contains("Applied"))
+                .unwrap_or("")
+        );
+    }
+    // Power off and on again without the CD: the banner shows what the wizard set.
+    let mut vm = boot(dir.path(), &disk, Firmware::SeaBios, None, "", "net2");
+    let log = vm.wait_ready(1);
+    assert!(log.contains("Host name:    wiz-net"), "{log}");
+    assert!(
+        log.contains("Address:      10.0.2.15/24 on eth0 (static)"),
+        "{log}"
+    );
+    let (code, body) = api(&vm, "GET", "/settings", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"hostname\":\"wiz-net\""), "{body}");
+    vm.wait_for(&format!("clock set from {}", sntp.guest_setting()));
 }

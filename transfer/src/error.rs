@@ -42,6 +42,9 @@ pub enum Error {
     Disk(#[from] godwit_disk::Error),
     #[error("{0}")]
     Usage(String),
+    /// The operation was cancelled at the caller's request (what was left behind is cleaned up).
+    #[error("{what}: cancelled")]
+    Cancelled { what: String },
 }
 
 impl Error {

@@ -1,11 +1,13 @@
 //! Export to S3 as a multipart upload with SHA-256 part checksums that resumes after an
-//! interruption. The upload id and every finished part (number, id, SHA-256) are kept in a
-//! state file (`$GODWIT_STATE_DIR`, default `~/.local/state/godwit/exports/`); a rerun of the
-//! same export regenerates the stream, skips parts whose SHA-256 matches a finished part, and
-//! uploads the rest. If a regenerated part differs (an output format that is not byte-for-byte
-//! reproducible), the old upload is aborted and the export starts over once. If the bucket no
-//! longer knows the recorded upload (aborted by a lifecycle rule or by hand: `NoSuchUpload`),
-//! the state is dropped and the export starts over once as well.
+//! interruption. The upload id and every finished part (number, id, SHA-256) are kept in an
+//! [`UploadState`], saved after every part through an [`UploadStateStore`]: a state file for
+//! `godwit export` (`$GODWIT_STATE_DIR`, default `~/.local/state/godwit/exports/`), the
+//! service's store for `godwit serve`. A rerun of the same export regenerates the stream, skips
+//! parts whose SHA-256 matches a finished part, and uploads the rest. If a regenerated part
+//! differs (an output format that is not byte-for-byte reproducible), the old upload is aborted
+//! and the export starts over once. If the bucket no longer knows the recorded upload (aborted
+//! by a lifecycle rule or by hand: `NoSuchUpload`), the state is dropped and the export starts
+//! over once as well. A cancelled upload is aborted and its state dropped.
 
 use crate::error::{Error, Result};
 use crate::export::{IndexSource, write_hashed};
@@ -31,7 +33,7 @@ pub struct PartRecord {
     pub sha256: String,
 }
 
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub struct UploadState {
     pub bucket: String,
     pub key: String,
@@ -40,6 +42,49 @@ pub struct UploadState {
     pub upload_id: String,
     pub part_size: usize,
     pub parts: Vec<PartRecord>,
+}
+
+/// Where an upload's state is kept between attempts. `save` is called once the upload is
+/// created and after every finished part, and must be durable when it returns.
+pub trait UploadStateStore {
+    /// The state of an interrupted upload, if any.
+    fn load(&mut self) -> Result<Option<UploadState>>;
+    fn save(&mut self, st: &UploadState) -> Result<()>;
+    /// Forget the state (completed, aborted, or unknown to the bucket).
+    fn clear(&mut self) -> Result<()>;
+}
+
+/// `godwit export`'s state file: one per bucket, key, sync and format.
+pub struct FileState {
+    path: PathBuf,
+}
+
+impl FileState {
+    pub fn new(bucket: &str, key: &str, sync: &str, format: &str) -> FileState {
+        FileState {
+            path: state_path(bucket, key, sync, format),
+        }
+    }
+}
+
+impl UploadStateStore for FileState {
+    fn load(&mut self) -> Result<Option<UploadState>> {
+        // An unreadable or foreign file is no upload to resume.
+        Ok(std::fs::read(&self.path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+    fn save(&mut self, st: &UploadState) -> Result<()> {
+        save(&self.path, st)
+    }
+    fn clear(&mut self) -> Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(self.path.display().to_string(), "remove", e))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn state_dir() -> PathBuf {
@@ -69,18 +114,54 @@ fn save(p: &PathBuf, st: &UploadState) -> Result<()> {
     std::fs::rename(&tmp, p).map_err(|e| Error::io(&what, "rename", e))
 }
 
+/// What [`upload_resumable`] works with.
+pub struct Upload<'a> {
+    /// A client for `bucket` (with SHA-256 checksums, see `store::s3`).
+    pub s3: &'a AmazonS3,
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub state: &'a mut dyn UploadStateStore,
+    /// Polled as the stream is written; once true the upload is aborted, its state dropped,
+    /// and the export ends with [`Error::Cancelled`].
+    pub cancelled: &'a dyn Fn() -> bool,
+    /// Told what happens to an interrupted upload (resumed, started over), one line each.
+    pub note: &'a mut dyn FnMut(&str),
+}
+
+/// What a finished upload produced.
+#[derive(Clone, Debug)]
+pub struct Uploaded {
+    pub stats: WriteStats,
+    /// SHA-256 of the disk's raw content.
+    pub content_sha256: [u8; 32],
+    /// SHA-256 of the object's bytes (the whole stream, reused parts included).
+    pub file_sha256: [u8; 32],
+    /// Length of the object.
+    pub bytes: u64,
+    pub upload_id: String,
+    /// Parts of an interrupted upload that were kept, not sent again.
+    pub parts_reused: usize,
+    /// Parts sent by this call.
+    pub parts_sent: usize,
+}
+
 struct PartWriter<'a> {
     s3: &'a AmazonS3,
     path: ObjPath,
     handle: &'a Handle,
     st: UploadState,
-    state_file: PathBuf,
+    state: &'a mut dyn UploadStateStore,
+    cancelled: &'a dyn Fn() -> bool,
     buf: Vec<u8>,
     next: usize,
     reused: usize,
+    sent: usize,
+    file_hash: Sha256,
+    bytes: u64,
     diverged: bool,
     /// The bucket answered that the recorded upload id does not exist (any more).
     vanished: bool,
+    cancel: bool,
 }
 
 /// True when S3 says the multipart upload id is unknown: `NoSuchUpload` (404).
@@ -110,6 +191,10 @@ impl PartWriter<'_> {
                 "regenerated part differs from the interrupted upload",
             ));
         }
+        if (self.cancelled)() {
+            self.cancel = true;
+            return Err(std::io::Error::other("cancelled"));
+        }
         let data = PutPayload::from(std::mem::take(&mut self.buf));
         let id = self
             .handle
@@ -123,7 +208,10 @@ impl PartWriter<'_> {
             content_id: id.content_id,
             sha256: sha,
         });
-        save(&self.state_file, &self.st).map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.state
+            .save(&self.st)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.sent += 1;
         self.next += 1;
         self.buf = Vec::with_capacity(self.st.part_size);
         Ok(())
@@ -132,9 +220,15 @@ impl PartWriter<'_> {
 
 impl Write for PartWriter<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if (self.cancelled)() {
+            self.cancel = true;
+            return Err(std::io::Error::other("cancelled"));
+        }
         let room = self.st.part_size - self.buf.len();
         let n = room.min(data.len());
         self.buf.extend_from_slice(&data[..n]);
+        self.file_hash.update(&data[..n]);
+        self.bytes += n as u64;
         if self.buf.len() == self.st.part_size {
             self.flush_part()?;
         }
@@ -145,38 +239,123 @@ impl Write for PartWriter<'_> {
     }
 }
 
-/// Export `src` in `format` to `s3://BUCKET/KEY` (`rest` = `BUCKET/KEY`). Blocking.
+/// Abort a recorded multipart upload (best effort: an upload the bucket no longer knows is
+/// gone already).
+pub fn abort_upload(s3: &AmazonS3, st: &UploadState, handle: &Handle) -> Result<()> {
+    match handle.block_on(s3.abort_multipart(&ObjPath::from(st.key.as_str()), &st.upload_id)) {
+        Ok(()) => Ok(()),
+        Err(e) if upload_vanished(&e) => Ok(()),
+        Err(e) => Err(Error::S3 {
+            what: format!(
+                "s3://{}/{}: aborting upload {}",
+                st.bucket, st.key, st.upload_id
+            ),
+            source: e,
+        }),
+    }
+}
+
+fn abort_noting(s3: &AmazonS3, st: &UploadState, handle: &Handle, note: &mut dyn FnMut(&str)) {
+    if let Err(e) = abort_upload(s3, st, handle) {
+        note(&e.to_string());
+    }
+}
+
+/// Split `BUCKET/KEY`.
+pub fn bucket_key(rest: &str) -> Result<(&str, &str)> {
+    rest.split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .ok_or_else(|| Error::Usage(format!("s3://{rest}: expected s3://BUCKET/KEY")))
+}
+
+/// Export `src` in `format` to `s3://BUCKET/KEY` (`rest` = `BUCKET/KEY`) with the `AWS_*`
+/// environment's credentials and a state file. Blocking.
 pub fn export_to_s3(
     src: &IndexSource,
     format: OutputFormat,
     rest: &str,
     handle: &Handle,
 ) -> Result<(WriteStats, [u8; 32])> {
-    let (bucket, key) = rest
-        .split_once('/')
-        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-        .ok_or_else(|| Error::Usage(format!("s3://{rest}: expected s3://BUCKET/KEY")))?;
+    let (bucket, key) = bucket_key(rest)?;
     let s3 = s3_from_env(bucket, true)?;
+    let mut state = FileState::new(
+        bucket,
+        key,
+        src.index.sync_id.as_str(),
+        &format!("{format:?}"),
+    );
+    let mut note = |m: &str| eprintln!("godwit: {m}");
+    let up = upload_resumable(
+        src,
+        format,
+        Upload {
+            s3: &s3,
+            bucket,
+            key,
+            state: &mut state,
+            cancelled: &|| false,
+            note: &mut note,
+        },
+        handle,
+    )?;
+    if up.parts_reused > 0 {
+        eprintln!(
+            "godwit: s3://{bucket}/{key}: {} parts reused from the interrupted upload",
+            up.parts_reused
+        );
+    }
+    Ok((up.stats, up.content_sha256))
+}
+
+/// The resumable upload itself: resume the upload `up.state` holds (same bucket, key, sync
+/// and format) or start one, send the parts not finished yet, complete it. Blocking.
+pub fn upload_resumable(
+    src: &IndexSource,
+    format: OutputFormat,
+    up: Upload<'_>,
+    handle: &Handle,
+) -> Result<Uploaded> {
+    let Upload {
+        s3,
+        bucket,
+        key,
+        state,
+        cancelled,
+        note,
+    } = up;
     let path = ObjPath::from(key);
     let fmt = format!("{format:?}");
     let sync = src.index.sync_id.to_string();
-    let state_file = state_path(bucket, key, &sync, &fmt);
     let what = format!("s3://{bucket}/{key}");
     for round in 0..3 {
-        let prior: Option<UploadState> = std::fs::read(&state_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let prior = state.load()?;
         let st = match prior {
             Some(st)
-                if round == 0 && st.bucket == bucket && st.key == key && st.sync_id == sync =>
+                if round == 0
+                    && st.bucket == bucket
+                    && st.key == key
+                    && st.sync_id == sync
+                    && st.format == fmt =>
             {
-                eprintln!(
-                    "godwit: resuming upload to {what}: {} parts already uploaded",
+                note(&format!(
+                    "resuming upload to {what}: {} parts already uploaded",
                     st.parts.len()
-                );
+                ));
                 st
             }
-            _ => {
+            other => {
+                if let Some(old) = other.filter(|o| o.bucket == bucket) {
+                    // An upload of something else (another sync or format): not resumable.
+                    note(&format!(
+                        "{what}: the recorded upload {} was of sync {} as {}; aborting it",
+                        old.upload_id, old.sync_id, old.format
+                    ));
+                    abort_noting(s3, &old, handle, note);
+                    state.clear()?;
+                }
+                if cancelled() {
+                    return Err(Error::Cancelled { what });
+                }
                 let part_size = usize::try_from(
                     (src.index.disk_size / MAX_PARTS + 1).next_multiple_of(1 << 20),
                 )
@@ -198,21 +377,26 @@ pub fn export_to_s3(
                     part_size,
                     parts: Vec::new(),
                 };
-                save(&state_file, &st)?;
+                state.save(&st)?;
                 st
             }
         };
         let mut w = PartWriter {
-            s3: &s3,
+            s3,
             path: path.clone(),
             handle,
             buf: Vec::with_capacity(st.part_size),
             st,
-            state_file: state_file.clone(),
+            state: &mut *state,
+            cancelled,
             next: 0,
             reused: 0,
+            sent: 0,
+            file_hash: Sha256::new(),
+            bytes: 0,
             diverged: false,
             vanished: false,
+            cancel: false,
         };
         let r = write_hashed(src, format, &mut w, None, &what);
         let r = r.and_then(|v| {
@@ -220,27 +404,32 @@ pub fn export_to_s3(
                 .map_err(|e| Error::io(&what, "upload", e))
                 .map(|()| v)
         });
+        if w.cancel {
+            abort_noting(s3, &w.st, handle, note);
+            w.state.clear()?;
+            return Err(Error::Cancelled { what });
+        }
         if w.vanished && !w.st.parts.is_empty() && round == 0 {
-            let _ = std::fs::remove_file(&state_file);
-            eprintln!(
-                "godwit: {what}: the interrupted upload {} no longer exists in the bucket; starting over",
+            w.state.clear()?;
+            note(&format!(
+                "{what}: the interrupted upload {} no longer exists in the bucket; starting over",
                 w.st.upload_id
-            );
+            ));
             continue;
         }
         if w.diverged {
-            let _ = handle.block_on(s3.abort_multipart(&w.path, &w.st.upload_id));
-            let _ = std::fs::remove_file(&state_file);
-            eprintln!(
-                "godwit: {what}: the regenerated output differs from the interrupted upload; starting over"
-            );
+            abort_noting(s3, &w.st, handle, note);
+            w.state.clear()?;
+            note(&format!(
+                "{what}: the regenerated output differs from the interrupted upload; starting over"
+            ));
             continue;
         }
         let (stats, sha) = r?;
         if w.next < w.st.parts.len() {
             // The interrupted upload had more parts than this stream: it was something else.
-            let _ = handle.block_on(s3.abort_multipart(&w.path, &w.st.upload_id));
-            let _ = std::fs::remove_file(&state_file);
+            abort_noting(s3, &w.st, handle, note);
+            w.state.clear()?;
             continue;
         }
         let parts: Vec<PartId> =
@@ -253,11 +442,11 @@ pub fn export_to_s3(
         match handle.block_on(s3.complete_multipart(&path, &w.st.upload_id, parts)) {
             Ok(_) => {}
             Err(e) if round == 0 && w.reused > 0 && upload_vanished(&e) => {
-                let _ = std::fs::remove_file(&state_file);
-                eprintln!(
-                    "godwit: {what}: the interrupted upload {} no longer exists in the bucket; starting over",
+                w.state.clear()?;
+                note(&format!(
+                    "{what}: the interrupted upload {} no longer exists in the bucket; starting over",
                     w.st.upload_id
-                );
+                ));
                 continue;
             }
             Err(e) => {
@@ -267,14 +456,16 @@ pub fn export_to_s3(
                 });
             }
         }
-        let _ = std::fs::remove_file(&state_file);
-        if w.reused > 0 {
-            eprintln!(
-                "godwit: {what}: {} parts reused from the interrupted upload",
-                w.reused
-            );
-        }
-        return Ok((stats, sha));
+        w.state.clear()?;
+        return Ok(Uploaded {
+            stats,
+            content_sha256: sha,
+            file_sha256: w.file_hash.finalize().into(),
+            bytes: w.bytes,
+            upload_id: w.st.upload_id.clone(),
+            parts_reused: w.reused,
+            parts_sent: w.sent,
+        });
     }
     Err(Error::Usage(format!(
         "{what}: could not complete the upload"

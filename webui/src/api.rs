@@ -79,6 +79,7 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .get("/api/v1/ledger", ledger::<B>)
         .get("/api/v1/exports", exports::<B>)
         .post("/api/v1/exports", create_export::<B>)
+        .post("/api/v1/exports/{id}/cancel", cancel_export::<B>)
         .get("/api/v1/logs", logs::<B>)
         .get("/api/v1/support-bundle", support_bundle::<B>)
         .get("/metrics", metrics::<B>)
@@ -293,6 +294,13 @@ async fn create_export<B: Backend>(
         StatusCode::CREATED,
         Json(st.backend.create_export(cmd).await?),
     ))
+}
+
+async fn cancel_export<B: Backend>(
+    State(st): St<B>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    no_content(st.backend.cancel_export(id).await)
 }
 
 #[derive(Deserialize)]

@@ -144,6 +144,18 @@ pub struct NetworkSettings {
     pub proxy: Option<String>,
 }
 
+/// What became of the network settings last saved: on the appliance they are applied to the
+/// system (`applying`, then `applied` or `failed`); elsewhere (dev mode) only `stored`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkStatus {
+    /// `stored`, `applying`, `applied` or `failed`
+    pub state: String,
+    /// One sentence for the settings page.
+    pub message: String,
+    /// RFC 3339
+    pub at: String,
+}
+
 /// Where replicas go: a Godwit staging server (TCP 1500) or an S3-compatible bucket.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -235,6 +247,9 @@ pub struct SourceView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SettingsView {
     pub network: Option<NetworkSettings>,
+    /// Whether the network settings were applied to the system or only stored.
+    #[serde(default)]
+    pub network_status: Option<NetworkStatus>,
     pub staging: StagingView,
     pub sources: Vec<SourceView>,
     /// Max concurrent transfers (K).
@@ -384,7 +399,7 @@ pub struct ExportView {
     pub disk: u32,
     pub format: ExportFormat,
     pub destination: String,
-    /// `running`, `done`, `failed`
+    /// `running`, `done`, `failed`, `cancelled`
     pub state: String,
     /// SHA-256 of the disk's raw CONTENT (what `qemu-img convert -O raw` of the source hashes
     /// to), checked against the hash recorded at replication. Differs from `file_sha256` for
@@ -443,6 +458,9 @@ pub trait Backend: Send + Sync + 'static {
         cmd: CreateExport,
     ) -> impl Future<Output = CommandResult<ExportView>> + Send;
     fn exports(&self) -> impl Future<Output = Vec<ExportView>> + Send;
+    /// Cancel a running export (state `cancelled`; an S3 upload is aborted). NotFound for an
+    /// unknown id, Conflict when it is not running.
+    fn cancel_export(&self, id: String) -> impl Future<Output = CommandResult<()>> + Send;
 
     // diagnostics
     /// The last `lines` log lines (structured log, secrets never logged in the first place).

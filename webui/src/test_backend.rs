@@ -325,6 +325,12 @@ impl Backend for TestBackend {
         let s = self.lock();
         SettingsView {
             network: s.network.clone(),
+            // The test backend is never the appliance.
+            network_status: s.network.as_ref().map(|_| NetworkStatus {
+                state: "stored".into(),
+                message: "Stored only (test backend).".into(),
+                at: now_rfc3339(),
+            }),
             staging: s.staging.clone().unwrap_or(StagingView::None),
             sources: s.sources.clone(),
             max_concurrent_jobs: 2,
@@ -781,6 +787,24 @@ impl Backend for TestBackend {
 
     async fn exports(&self) -> Vec<ExportView> {
         self.lock().exports.clone()
+    }
+
+    async fn cancel_export(&self, id: String) -> CommandResult<()> {
+        let mut s = self.lock();
+        let e =
+            s.exports
+                .iter_mut()
+                .find(|e| e.id == id)
+                .ok_or_else(|| CommandError::NotFound {
+                    message: format!("export {id}"),
+                })?;
+        if e.state != "running" {
+            return Err(CommandError::Conflict {
+                message: format!("export {id} is not running ({})", e.state),
+            });
+        }
+        e.state = "cancelled".into();
+        Ok(())
     }
 
     async fn logs(&self, lines: usize) -> Vec<String> {

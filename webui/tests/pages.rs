@@ -222,6 +222,11 @@ async fn wizard_walk_then_every_page_renders_without_a_secret() {
     let settings = c.get("/settings").await.body;
     assert!(settings.contains("token set"), "token shown as set");
     assert!(settings.contains("password set"));
+    // Whether the network settings were applied or only stored is said.
+    assert!(
+        settings.contains("data-network-state=\"stored\"") && settings.contains("Stored only"),
+        "no network status on the settings page"
+    );
 }
 
 #[tokio::test]

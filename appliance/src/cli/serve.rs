@@ -46,11 +46,19 @@ pub struct ServeArgs {
     /// Do not use vSphere Changed Block Tracking (every run reads whole disks).
     #[arg(long)]
     no_cbt: bool,
+    /// On the appliance only (`godwit system run` passes it): save the wizard's network
+    /// settings to this file, read at boot, and apply them to the system at once. Without it
+    /// they are only stored.
+    #[arg(long, value_name = "FILE")]
+    system_network: Option<PathBuf>,
     /// TESTS ONLY: how many seconds an "hour" of a job's schedule lasts (so a periodic job's
     /// next run can be seen in seconds).
     #[arg(long, hide = true, default_value_t = 3600)]
     schedule_hour_secs: u64,
 }
+
+/// Present only in the appliance image.
+const APPLIANCE_MARK: &str = "/etc/godwit-version";
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -61,6 +69,11 @@ fn hostname() -> String {
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Applying settings flushes the interface and sets the host name: never on a dev machine.
+    anyhow::ensure!(
+        a.system_network.is_none() || std::path::Path::new(APPLIANCE_MARK).exists(),
+        "--system-network is for the appliance only (there is no {APPLIANCE_MARK} here)"
+    );
     std::fs::create_dir_all(&a.data).with_context(|| format!("creating {}", a.data.display()))?;
     let ring = logs::init(&a.data)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -114,6 +127,7 @@ async fn serve(a: ServeArgs, ring: logs::LogRing) -> anyhow::Result<()> {
         addresses: vec![a.listen.to_string()],
         engine,
         max_concurrent_jobs: a.max_concurrent_jobs,
+        system_network: a.system_network.clone(),
     };
     let appliance = Appliance::open(cfg, ring, tokio::runtime::Handle::current())?;
     if let Some(f) = &a.admin_password_file {

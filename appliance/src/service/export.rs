@@ -1,35 +1,72 @@
 //! Exports run by the service: the newest sync of a job's disk, read from the staging target
 //! (staging server or S3 store), written as raw / VMDK / VHDX / VHD to a file on the appliance
-//! or to `s3://BUCKET/KEY` (multipart upload). Two hashes come out, and they differ for every
-//! format but raw:
+//! or to `s3://BUCKET/KEY` (`godwit_transfer::s3_export`'s resumable multipart upload, its state
+//! kept in the service's store after every part, so an export cut short by a restart or
+//! `kill -9` resumes without sending finished parts again). Two hashes come out, and they
+//! differ for every format but raw:
 //! - the SHA-256 of the disk's raw CONTENT (checked against the one recorded at replication;
 //!   equals `qemu-img convert -O raw` of the source piped through `sha256sum`), and
 //! - the SHA-256 of the exported FILE's bytes (what `sha256sum` of the download prints).
 
+use super::ops::export_format_name;
 use super::staging_target::{S3Access, open_s3_store};
-use super::store::StagingRecord;
+use super::store::{StagingRecord, Store};
+use super::{Appliance, lock};
 use godwit_disk::write::OutputFormat;
 use godwit_transfer::export::{IndexSource, check_sha, load_index, write_hashed};
 use godwit_transfer::replicate::Connect;
+use godwit_transfer::s3_export::{self, Upload, UploadState, UploadStateStore};
 use godwit_transfer::store::ChunkStore;
 use godwit_transfer::target::Target;
+use godwit_webui::backend::{CommandError, CommandResult, ExportView};
 use object_store::aws::AmazonS3;
-use object_store::multipart::{MultipartStore, PartId};
-use object_store::path::Path as ObjPath;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::runtime::Handle;
-
-/// Parts of an S3 upload (all but the last); S3 wants ≥ 5 MiB, 10 000 parts at most.
-const PART_SIZE: usize = 8 << 20;
-const MAX_PARTS: u64 = 9_000;
 
 /// What an export produced.
 pub struct Exported {
     pub content_sha256: String,
     pub file_sha256: String,
     pub bytes_written: u64,
+    /// S3 exports: parts kept from an interrupted upload, parts sent by this run.
+    pub parts: Option<(usize, usize)>,
+}
+
+/// One export as the service runs it: its id (the key of its upload state in the store) and
+/// whether it was cancelled.
+pub struct ExportRun<'a> {
+    pub id: &'a str,
+    pub store: &'a Store,
+    pub cancelled: &'a dyn Fn() -> bool,
+}
+
+/// An S3 export's upload state, kept in the store under the export's id.
+struct StoredState<'a> {
+    id: &'a str,
+    store: &'a Store,
+}
+
+fn store_err(e: super::store::StoreError) -> godwit_transfer::Error {
+    godwit_transfer::Error::Usage(e.to_string())
+}
+
+impl UploadStateStore for StoredState<'_> {
+    fn load(&mut self) -> godwit_transfer::Result<Option<UploadState>> {
+        self.store.upload_state(self.id).map_err(store_err)
+    }
+    fn save(&mut self, st: &UploadState) -> godwit_transfer::Result<()> {
+        self.store
+            .put_upload_state(self.id, Some(st))
+            .map_err(store_err)
+    }
+    fn clear(&mut self) -> godwit_transfer::Result<()> {
+        self.store
+            .put_upload_state(self.id, None)
+            .map_err(store_err)
+    }
 }
 
 /// Export disk `disk` of `vm` (its newest sync) in `format` to `dest`. Blocking.
@@ -40,6 +77,7 @@ pub fn run(
     format: &str,
     dest: &str,
     handle: &Handle,
+    ctl: &ExportRun,
 ) -> Result<Exported, String> {
     let format = OutputFormat::parse(format, None).map_err(|e| e.to_string())?;
     let store: Arc<dyn ChunkStore> = match staging {
@@ -64,32 +102,70 @@ pub fn run(
         .block_on(load_index(&*store, vm, disk, None))
         .map_err(|e| e.to_string())?;
     let src = IndexSource::new(index, store, handle.clone());
-    let (written, content, file) = if let Some(rest) = dest.strip_prefix("s3://") {
-        let (bucket, key) = rest
-            .split_once('/')
-            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-            .ok_or_else(|| format!("{dest}: expected s3://BUCKET/KEY"))?;
-        let s3 = match S3Access::of(staging) {
-            Some((access, _, _)) => access.client(bucket, true)?,
-            // A staging server: the service's own environment (AWS_*) says how to reach S3.
-            None => {
-                godwit_transfer::store::s3::s3_from_env(bucket, true).map_err(|e| e.to_string())?
-            }
+    let (written, content, file, parts) = if let Some(rest) = dest.strip_prefix("s3://") {
+        let (bucket, key) = s3_export::bucket_key(rest).map_err(|e| e.to_string())?;
+        let s3 = s3_client(staging, bucket)?;
+        let mut state = StoredState {
+            id: ctl.id,
+            store: ctl.store,
         };
-        let part_size =
-            usize::try_from((src.index.disk_size / MAX_PARTS + 1).next_multiple_of(1 << 20))
-                .unwrap_or(PART_SIZE)
-                .max(PART_SIZE);
-        to_s3(&src, format, &s3, key, part_size, handle, dest)?
+        let mut note = |m: &str| tracing::info!(export = %ctl.id, "{m}");
+        let up = s3_export::upload_resumable(
+            &src,
+            format,
+            Upload {
+                s3: &s3,
+                bucket,
+                key,
+                state: &mut state,
+                cancelled: ctl.cancelled,
+                note: &mut note,
+            },
+            handle,
+        )
+        .map_err(|e| e.to_string())?;
+        (
+            up.bytes,
+            up.content_sha256,
+            up.file_sha256,
+            Some((up.parts_reused, up.parts_sent)),
+        )
     } else {
-        to_file(&src, format, dest)?
+        let (w, c, f) = to_file(&src, format, dest, ctl.cancelled)?;
+        (w, c, f, None)
     };
     check_sha(&src.index, &content).map_err(|e| e.to_string())?;
     Ok(Exported {
         content_sha256: hex::encode(content),
         file_sha256: hex::encode(file),
         bytes_written: written,
+        parts,
     })
+}
+
+/// An S3 client for an export's bucket: the credentials of the S3 staging setting, or (with a
+/// staging server) the service's own environment (`AWS_*`).
+pub fn s3_client(staging: &StagingRecord, bucket: &str) -> Result<AmazonS3, String> {
+    match S3Access::of(staging) {
+        Some((access, _, _)) => access.client(bucket, true),
+        None => godwit_transfer::store::s3::s3_from_env(bucket, true).map_err(|e| e.to_string()),
+    }
+}
+
+/// Abort the multipart upload recorded for export `id`, if any, and drop the record (the
+/// export failed or was cancelled, and will not be resumed). Blocking.
+pub fn abandon_upload(
+    staging: &StagingRecord,
+    id: &str,
+    store: &Store,
+    handle: &Handle,
+) -> Result<(), String> {
+    let Some(st) = store.upload_state(id).map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let s3 = s3_client(staging, &st.bucket)?;
+    s3_export::abort_upload(&s3, &st, handle).map_err(|e| e.to_string())?;
+    store.put_upload_state(id, None).map_err(|e| e.to_string())
 }
 
 /// Write a local file (raw is sparse), then hash the file as written.
@@ -97,6 +173,7 @@ fn to_file(
     src: &IndexSource,
     format: OutputFormat,
     out: &str,
+    cancelled: &dyn Fn() -> bool,
 ) -> Result<(u64, [u8; 32], [u8; 32]), String> {
     let io = |op: &str, e: std::io::Error| format!("{out}: {op}: {e}");
     let f = std::fs::OpenOptions::new()
@@ -106,16 +183,38 @@ fn to_file(
         .read(true)
         .open(out)
         .map_err(|e| io("create", e))?;
-    let mut w =
-        std::io::BufWriter::with_capacity(1 << 20, f.try_clone().map_err(|e| io("open", e))?);
+    let inner = f.try_clone().map_err(|e| io("open", e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, Cancellable { inner, cancelled });
     let sparse = (format == OutputFormat::Raw).then_some(&f);
     let (stats, content) =
         write_hashed(src, format, &mut w, sparse, out).map_err(|e| e.to_string())?;
+    if cancelled() {
+        // A sparse raw write goes to the file directly, past the writer.
+        return Err(format!("{out}: cancelled"));
+    }
     w.flush().map_err(|e| io("write", e))?;
     drop(w);
     f.sync_all().map_err(|e| io("fsync", e))?;
     drop(f);
     Ok((stats.written_bytes, content, sha256_of_file(out)?))
+}
+
+/// A writer that fails once the export is cancelled.
+struct Cancellable<'a, W> {
+    inner: W,
+    cancelled: &'a dyn Fn() -> bool,
+}
+
+impl<W: Write> Write for Cancellable<'_, W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if (self.cancelled)() {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        self.inner.write(data)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// SHA-256 of a file's bytes, read back from disk.
@@ -133,92 +232,143 @@ pub fn sha256_of_file(path: &str) -> Result<[u8; 32], String> {
     Ok(h.finalize().into())
 }
 
-/// The upload: parts of `part_size` (S3 SHA-256 checksum on each), the whole stream hashed
-/// on its way out. An upload that fails is aborted.
-struct PartUpload<'a> {
-    s3: &'a AmazonS3,
-    path: ObjPath,
-    upload_id: String,
-    handle: &'a Handle,
-    part_size: usize,
-    buf: Vec<u8>,
-    parts: Vec<PartId>,
-    file_hash: Sha256,
-    written: u64,
-}
-
-impl PartUpload<'_> {
-    fn send_part(&mut self) -> std::io::Result<()> {
-        let n = self.parts.len();
-        let data = object_store::PutPayload::from(std::mem::take(&mut self.buf));
-        let id = self
-            .handle
-            .block_on(self.s3.put_part(&self.path, &self.upload_id, n, data))
-            .map_err(|e| std::io::Error::other(format!("uploading part {n}: {e}")))?;
-        self.parts.push(id);
-        self.buf = Vec::with_capacity(self.part_size);
-        Ok(())
-    }
-}
-
-impl Write for PartUpload<'_> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let room = self.part_size - self.buf.len();
-        let n = room.min(data.len());
-        self.buf.extend_from_slice(&data[..n]);
-        self.file_hash.update(&data[..n]);
-        self.written += n as u64;
-        if self.buf.len() == self.part_size {
-            self.send_part()?;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn to_s3(
-    src: &IndexSource,
-    format: OutputFormat,
-    s3: &AmazonS3,
-    key: &str,
-    part_size: usize,
-    handle: &Handle,
-    what: &str,
-) -> Result<(u64, [u8; 32], [u8; 32]), String> {
-    let path = ObjPath::from(key);
-    let upload_id = handle
-        .block_on(s3.create_multipart(&path))
-        .map_err(|e| format!("{what}: starting the upload: {e}"))?;
-    let mut up = PartUpload {
-        s3,
-        path: path.clone(),
-        upload_id: upload_id.clone(),
-        handle,
-        part_size,
-        buf: Vec::with_capacity(part_size),
-        parts: Vec::new(),
-        file_hash: Sha256::new(),
-        written: 0,
-    };
-    let r = write_hashed(src, format, &mut up, None, what)
-        .map_err(|e| e.to_string())
-        .and_then(|(_, content)| {
-            if !up.buf.is_empty() || up.parts.is_empty() {
-                up.send_part().map_err(|e| format!("{what}: {e}"))?;
+/// The service side: background runs, cancel, resumption at start.
+impl Appliance {
+    /// Run an export in the background; its final state is recorded when it ends.
+    pub(super) fn spawn_export(&self, view: ExportView, vm: String, staging: StagingRecord) {
+        let store = self.store.clone();
+        let handle = self.handle.clone();
+        let flags = self.export_flags.clone();
+        let flag = Arc::new(AtomicBool::new(false));
+        lock(&flags).insert(view.id.clone(), flag.clone());
+        let mut done = view;
+        tokio::spawn(async move {
+            let (h2, s2, st2, f2) = (handle.clone(), store.clone(), staging.clone(), flag.clone());
+            let (id, dest) = (done.id.clone(), done.destination.clone());
+            let format = export_format_name(done.format);
+            let disk = done.disk;
+            let r = tokio::task::spawn_blocking(move || {
+                let cancelled = || f2.load(Ordering::Relaxed);
+                let ctl = ExportRun {
+                    id: &id,
+                    store: &s2,
+                    cancelled: &cancelled,
+                };
+                let r = run(&st2, &vm, disk, format, &dest, &h2, &ctl);
+                if r.is_err() {
+                    // Not to be resumed: abort the upload (a cancelled one is aborted already).
+                    if let Err(e) = abandon_upload(&st2, &id, &s2, &h2) {
+                        tracing::warn!(export = %id, error = %e, "aborting the upload");
+                    }
+                    if cancelled() && !dest.starts_with("s3://") {
+                        let _ = std::fs::remove_file(&dest);
+                    }
+                }
+                r
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("export task failed: {e}")));
+            match r {
+                Ok(rep) => {
+                    done.state = "done".into();
+                    let (reused, sent) = rep.parts.unwrap_or_default();
+                    tracing::info!(
+                        export = %done.id,
+                        content_sha256 = %rep.content_sha256,
+                        file_sha256 = %rep.file_sha256,
+                        bytes = rep.bytes_written,
+                        parts_reused = reused,
+                        parts_sent = sent,
+                        "export done"
+                    );
+                    done.sha256 = Some(rep.content_sha256);
+                    done.file_sha256 = Some(rep.file_sha256);
+                }
+                Err(_) if flag.load(Ordering::Relaxed) => {
+                    done.state = "cancelled".into();
+                    tracing::info!(export = %done.id, "export cancelled");
+                }
+                Err(e) => {
+                    done.state = "failed".into();
+                    tracing::warn!(export = %done.id, error = %e, "export failed");
+                    done.error = Some(e);
+                }
             }
-            let parts = std::mem::take(&mut up.parts);
-            handle
-                .block_on(s3.complete_multipart(&path, &upload_id, parts))
-                .map_err(|e| format!("{what}: completing the upload: {e}"))?;
-            Ok(content)
+            if let Err(e) = store.put_export(&done) {
+                tracing::error!(error = %e, "recording an export");
+            }
+            lock(&flags).remove(&done.id);
         });
-    match r {
-        Ok(content) => Ok((up.written, content, up.file_hash.finalize().into())),
-        Err(e) => {
-            let _ = handle.block_on(s3.abort_multipart(&path, &upload_id));
-            Err(e)
+    }
+
+    /// Cancel a running export: it stops at its next write; an S3 upload is aborted.
+    pub(super) async fn stop_export(&self, id: String) -> CommandResult<()> {
+        let Some(mut view) = self.store.export(&id)? else {
+            return Err(CommandError::NotFound {
+                message: format!("export {id}"),
+            });
+        };
+        if view.state != "running" {
+            return Err(CommandError::Conflict {
+                message: format!("export {id} is not running ({})", view.state),
+            });
         }
+        // Recorded first, so a restart before the export stops does not resume it.
+        view.state = "cancelled".into();
+        self.store.put_export(&view)?;
+        let flag = lock(&self.export_flags).get(&id).cloned();
+        match flag {
+            Some(f) => f.store(true, Ordering::Relaxed),
+            None => self.abandon_in_background(id.clone()),
+        }
+        tracing::info!(export = %id, "export cancel requested");
+        Ok(())
+    }
+
+    /// Abort the recorded upload of an export that will not run again.
+    fn abandon_in_background(&self, id: String) {
+        let Ok(Some(staging)) = self.settings_now().map(|s| s.staging) else {
+            return;
+        };
+        let (store, handle) = (self.store.clone(), self.handle.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = abandon_upload(&staging, &id, &store, &handle) {
+                tracing::warn!(export = %id, error = %e, "aborting the upload");
+            }
+        });
+    }
+
+    /// At start: exports cut short by a stop run again (an S3 upload resumes from its recorded
+    /// parts); cancelled ones whose upload is still recorded are aborted.
+    pub(super) fn resume_exports(&self) -> CommandResult<usize> {
+        let staging = self.settings_now()?.staging;
+        let mut resumed = 0;
+        for mut e in self.store.exports()? {
+            match e.state.as_str() {
+                "running" => {}
+                "cancelled" => {
+                    if self.store.upload_state(&e.id)?.is_some() {
+                        self.abandon_in_background(e.id.clone());
+                    }
+                    continue;
+                }
+                _ => continue,
+            }
+            let job = self.store.job(&e.job_id)?;
+            match (job, staging.clone()) {
+                (Some(j), Some(st)) => {
+                    tracing::info!(export = %e.id, destination = %e.destination, "resuming an export interrupted by a stop");
+                    self.spawn_export(e, j.vm, st);
+                    resumed += 1;
+                }
+                _ => {
+                    e.state = "failed".into();
+                    e.error =
+                        Some("interrupted by a stop; its job or the staging target is gone".into());
+                    self.store.put_export(&e)?;
+                }
+            }
+        }
+        Ok(resumed)
     }
 }

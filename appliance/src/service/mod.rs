@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod engine;
 pub mod export;
 pub mod logs;
+pub mod network;
 mod ops;
 pub mod sessions;
 pub mod sources;
@@ -22,9 +23,10 @@ pub mod validate;
 use engine::{Engine, EngineOptions};
 use godwit_webui::backend::*;
 use logs::LogRing;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use store::{Settings, StagingRecord, Store};
 
 /// What the service is told at start.
@@ -36,6 +38,9 @@ pub struct ApplianceConfig {
     pub engine: EngineOptions,
     /// Written to the settings at start when given (`--max-concurrent-jobs`).
     pub max_concurrent_jobs: Option<u32>,
+    /// On the appliance (`--system-network FILE`): network settings are saved to this file
+    /// (read at boot) and applied to the system; without it they are only stored.
+    pub system_network: Option<PathBuf>,
 }
 
 pub struct Appliance {
@@ -46,6 +51,15 @@ pub struct Appliance {
     inventory: tokio::sync::Mutex<Option<Vec<VmView>>>,
     http_requests: AtomicU64,
     handle: tokio::runtime::Handle,
+    /// Held while network settings are applied (one change at a time).
+    net_apply: Arc<tokio::sync::Mutex<()>>,
+    /// Running exports' cancel flags, by export id.
+    export_flags: Arc<std::sync::Mutex<HashMap<String, Arc<AtomicBool>>>>,
+}
+
+/// Lock a mutex, taking over one a panicking thread left poisoned (the data is plain).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Map a task join failure (a panic in blocking code) to a safe message.
@@ -98,6 +112,8 @@ impl Appliance {
             inventory: tokio::sync::Mutex::new(None),
             http_requests: AtomicU64::new(0),
             handle,
+            net_apply: Arc::default(),
+            export_flags: Arc::default(),
         }))
     }
 
@@ -162,6 +178,11 @@ impl Appliance {
             tracing::info!(snapshots = ?swept, "removed leftover snapshots");
         }
         tokio::spawn(self.engine.clone().run_owner());
+        match self.resume_exports() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} export(s) interrupted by a stop resumed"),
+            Err(e) => tracing::error!(error = %e, "resuming exports"),
+        }
     }
 
     /// Count one HTTP request (for the metrics).
@@ -191,6 +212,7 @@ impl Appliance {
     fn settings_view(s: &Settings) -> SettingsView {
         SettingsView {
             network: s.network.clone(),
+            network_status: s.network_status.clone(),
             staging: match &s.staging {
                 None => StagingView::None,
                 Some(StagingRecord::Server {
@@ -285,15 +307,7 @@ impl Backend for Appliance {
     }
 
     async fn set_network(&self, cmd: NetworkSettings) -> CommandResult<()> {
-        let n = validate::network(cmd)?;
-        self.store.update_settings(|s| {
-            s.network = Some(n);
-            Ok(())
-        })?;
-        // Applying the settings to the system is the appliance image's part (appliance/src/system,
-        // not present yet); the service stores them.
-        tracing::info!("network settings stored");
-        Ok(())
+        self.network(cmd).await
     }
 
     async fn set_staging(&self, cmd: SetStagingTarget) -> CommandResult<()> {
@@ -438,6 +452,10 @@ impl Backend for Appliance {
 
     async fn exports(&self) -> Vec<ExportView> {
         self.store.exports().unwrap_or_default()
+    }
+
+    async fn cancel_export(&self, id: String) -> CommandResult<()> {
+        self.stop_export(id).await
     }
 
     async fn logs(&self, lines: usize) -> Vec<String> {

@@ -14,7 +14,7 @@ const STAGING_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest schedule interval accepted (one year).
 const MAX_INTERVAL_HOURS: u32 = 24 * 365;
 
-fn export_format_name(f: ExportFormat) -> &'static str {
+pub(super) fn export_format_name(f: ExportFormat) -> &'static str {
     match f {
         ExportFormat::Vmdk => "vmdk",
         ExportFormat::Vhdx => "vhdx",
@@ -477,49 +477,14 @@ impl Appliance {
             job_id: job.id.clone(),
             disk: cmd.disk,
             format: cmd.format,
-            destination: dest.clone(),
+            destination: dest,
             state: "running".into(),
             sha256: None,
             file_sha256: None,
             error: None,
         };
         self.store.put_export(&view)?;
-        let store = self.store.clone();
-        let handle = self.handle.clone();
-        let mut done = view.clone();
-        tokio::spawn(async move {
-            let vm = job.vm.clone();
-            let h2 = handle.clone();
-            let format = export_format_name(done.format);
-            let disk = done.disk;
-            let r = tokio::task::spawn_blocking(move || {
-                super::export::run(&staging, &vm, disk, format, &dest, &h2)
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("export task failed: {e}")));
-            match r {
-                Ok(rep) => {
-                    done.state = "done".into();
-                    tracing::info!(
-                        export = %done.id,
-                        content_sha256 = %rep.content_sha256,
-                        file_sha256 = %rep.file_sha256,
-                        bytes = rep.bytes_written,
-                        "export done"
-                    );
-                    done.sha256 = Some(rep.content_sha256);
-                    done.file_sha256 = Some(rep.file_sha256);
-                }
-                Err(e) => {
-                    done.state = "failed".into();
-                    tracing::warn!(export = %done.id, error = %e, "export failed");
-                    done.error = Some(e);
-                }
-            }
-            if let Err(e) = store.put_export(&done) {
-                tracing::error!(error = %e, "recording an export");
-            }
-        });
+        self.spawn_export(view.clone(), job.vm, staging);
         Ok(view)
     }
 

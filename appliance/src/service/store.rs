@@ -1,12 +1,15 @@
 //! The service's persistent state in one redb file (`DATA/godwit.redb`, mode 0600): settings
-//! (secrets included — they live here and nowhere else), jobs, job events and exports.
+//! (secrets included — they live here and nowhere else), jobs, job events, exports and the
+//! multipart upload state of S3 exports (so a restarted service resumes them).
 //! Every write is one ACID transaction, so a `kill -9` leaves either the old or the new record.
 //!
 //! Records holding secrets have no `Debug` and are never logged; views are built from them
 //! field by field (see `super::views`).
 
+use godwit_transfer::s3_export::UploadState;
 use godwit_webui::backend::{
-    CommandError, ExportView, JobEvent, JobState, NetworkSettings, Schedule, SourceKind,
+    CommandError, ExportView, JobEvent, JobState, NetworkSettings, NetworkStatus, Schedule,
+    SourceKind,
 };
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -17,6 +20,8 @@ const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("job_events");
 const EXPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("exports");
+/// The multipart upload of a running S3 export (id, finished parts), by export id.
+const EXPORT_UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("export_uploads");
 const SETTINGS_KEY: &str = "settings";
 
 /// Most events kept per job (older ones are dropped as new ones arrive).
@@ -59,6 +64,9 @@ pub struct SourceRecord {
 #[derive(Clone, Serialize, Deserialize, Default)]
 pub struct Settings {
     pub network: Option<NetworkSettings>,
+    /// Whether `network` was applied to the system or only stored.
+    #[serde(default)]
+    pub network_status: Option<NetworkStatus>,
     pub staging: Option<StagingRecord>,
     #[serde(default)]
     pub sources: Vec<SourceRecord>,
@@ -183,6 +191,8 @@ impl Store {
             tx.open_table(EVENTS)
                 .map_err(|e| s.db_err("create tables", e))?;
             tx.open_table(EXPORTS)
+                .map_err(|e| s.db_err("create tables", e))?;
+            tx.open_table(EXPORT_UPLOADS)
                 .map_err(|e| s.db_err("create tables", e))?;
         }
         tx.commit().map_err(|e| s.db_err("commit", e))?;
@@ -376,6 +386,31 @@ impl Store {
     pub fn exports(&self) -> StoreResult<Vec<ExportView>> {
         self.read_all(EXPORTS)
     }
+
+    pub fn export(&self, id: &str) -> StoreResult<Option<ExportView>> {
+        self.read_one(EXPORTS, id)
+    }
+
+    /// The S3 upload state of export `id`, if one is recorded.
+    pub fn upload_state(&self, id: &str) -> StoreResult<Option<UploadState>> {
+        self.read_one(EXPORT_UPLOADS, id)
+    }
+
+    /// Record (`Some`) or drop (`None`) the S3 upload state of export `id`; durable on return.
+    pub fn put_upload_state(&self, id: &str, st: Option<&UploadState>) -> StoreResult<()> {
+        let tx = self.begin_write()?;
+        {
+            let mut t = tx
+                .open_table(EXPORT_UPLOADS)
+                .map_err(|e| self.db_err("open table", e))?;
+            match st {
+                Some(st) => t.insert(id, json(st).as_slice()).map(|_| ()),
+                None => t.remove(id).map(|_| ()),
+            }
+            .map_err(|e| self.db_err("insert", e))?;
+        }
+        tx.commit().map_err(|e| self.db_err("commit", e))
+    }
 }
 
 #[cfg(test)]
@@ -433,6 +468,36 @@ mod tests {
         assert!(s.job("a").unwrap().is_none());
         assert!(s.events("a").unwrap().is_empty());
         assert_eq!(s.events("b").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn upload_state_survives_reopen_and_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.redb");
+        let st = UploadState {
+            bucket: "b".into(),
+            key: "exports/x.raw".into(),
+            sync_id: "s1".into(),
+            format: "Raw".into(),
+            upload_id: "u-1".into(),
+            part_size: 8 << 20,
+            parts: vec![godwit_transfer::s3_export::PartRecord {
+                number: 0,
+                content_id: "etag-0".into(),
+                sha256: "ab".repeat(32),
+            }],
+        };
+        {
+            let s = Store::open(&p).unwrap();
+            assert_eq!(s.upload_state("exp-1").unwrap(), None);
+            s.put_upload_state("exp-1", Some(&st)).unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.upload_state("exp-1").unwrap(), Some(st));
+        s.put_upload_state("exp-1", None).unwrap();
+        assert_eq!(s.upload_state("exp-1").unwrap(), None);
+        // Dropping what is not there is no error.
+        s.put_upload_state("exp-1", None).unwrap();
     }
 
     #[test]

@@ -2,15 +2,15 @@
 
 use super::banner::{Banner, render};
 use super::host::{self, DATA};
+use super::net::{self, NET_FILE};
 use anyhow::Context;
 use godwit_image::slots::{self, BootKind, SlotState};
-use godwit_image::vapp::{Addressing, NetSettings, Settings};
+use godwit_image::vapp::{NetSettings, Settings};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-const NET_FILE: &str = "/data/system/network.json";
 const ENV_HASH_FILE: &str = "/data/system/ovf-env.sha256";
 const UPDATE_HASH_FILE: &str = "/data/system/update-bundle.sha256";
 /// Test hook: a slot whose initramfs holds this file fails its health check.
@@ -92,8 +92,7 @@ fn settings(notes: &mut Vec<String>) -> (NetSettings, Option<godwit_image::vapp:
         if seen.trim() != hash {
             match godwit_image::ovfenv::parse(&env).and_then(|p| Settings::from_properties(&p)) {
                 Ok(s) => {
-                    let json = serde_json::to_vec_pretty(&s.net).unwrap_or_default();
-                    if let Err(e) = host::write_atomic(Path::new(NET_FILE), &json) {
+                    if let Err(e) = net::save(Path::new(NET_FILE), &s.net) {
                         notes.push(format!("cannot save settings: {e}"));
                     }
                     let _ = host::write_atomic(Path::new(ENV_HASH_FILE), hash.as_bytes());
@@ -105,106 +104,7 @@ fn settings(notes: &mut Vec<String>) -> (NetSettings, Option<godwit_image::vapp:
             }
         }
     }
-    let saved = std::fs::read(NET_FILE)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<NetSettings>(&b).ok());
-    (saved.unwrap_or_default(), None)
-}
-
-/// Configure host name, address, DNS and NTP. Returns the interface and the mode shown.
-fn apply_network(net: &NetSettings, notes: &mut Vec<String>) -> (String, String) {
-    host::sh("hostname", &[&net.hostname]);
-    let _ = std::fs::write("/etc/hostname", format!("{}\n", net.hostname));
-    host::sh("ip", &["link", "set", "lo", "up"]);
-    let Some(nic) = host::first_nic(Duration::from_secs(10)) else {
-        notes.push("no network interface found (vmxnet3, virtio-net or Hyper-V netvsc)".into());
-        return ("none".into(), "none".into());
-    };
-    // A respawn after serve exited: the interface is already configured.
-    let configured =
-        !host::ipv4_addrs(&host::out("ip", &["-4", "-o", "addr", "show", "dev", &nic])).is_empty();
-    let _ = std::fs::remove_file("/run/godwit-static-dns");
-    if !net.dns.is_empty() {
-        let text: String = net
-            .dns
-            .iter()
-            .map(|d| format!("nameserver {d}\n"))
-            .collect();
-        let _ = std::fs::write("/etc/resolv.conf", text);
-        let _ = std::fs::write("/run/godwit-static-dns", b"1");
-    }
-    let mode = match &net.addressing {
-        Addressing::Dhcp => {
-            if !configured {
-                host::sh("ip", &["link", "set", &nic, "up"]);
-                // Through the shell: spawned directly, busybox udhcpc did not run its hook.
-                host::sh(
-                    "/bin/sh",
-                    &[
-                        "-c",
-                        &format!(
-                            "udhcpc -i {nic} -b -t 5 -T 2 -p /run/udhcpc.pid -s /usr/share/udhcpc/default.script"
-                        ),
-                    ],
-                );
-            }
-            "dhcp".to_string()
-        }
-        Addressing::Static {
-            address,
-            prefix,
-            gateway,
-        } => {
-            if !configured {
-                host::sh("ip", &["link", "set", &nic, "up"]);
-                host::sh(
-                    "ip",
-                    &["addr", "add", &format!("{address}/{prefix}"), "dev", &nic],
-                );
-                if let Some(g) = gateway {
-                    host::sh(
-                        "ip",
-                        &[
-                            "route",
-                            "replace",
-                            "default",
-                            "via",
-                            &g.to_string(),
-                            "dev",
-                            &nic,
-                        ],
-                    );
-                }
-            }
-            "static".to_string()
-        }
-    };
-    if !configured {
-        let mut servers = net.ntp.clone();
-        if servers.is_empty() {
-            servers = std::fs::read_to_string("/run/ntp.dhcp")
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
-        }
-        if servers.is_empty() {
-            servers.push("pool.ntp.org".into());
-        }
-        // busybox-static has no ntpd: set the clock once by SNTP, in the background.
-        std::thread::spawn(move || {
-            for server in servers {
-                match host::sntp_set_clock(&server) {
-                    Ok(offset) => {
-                        println!("godwit: clock set from {server} (offset {offset:+.3} s)");
-                        return;
-                    }
-                    Err(e) => eprintln!("godwit: NTP {server}: {e}"),
-                }
-            }
-        });
-    }
-    (nic, mode)
+    (net::load(Path::new(NET_FILE)).unwrap_or_default(), None)
 }
 
 fn load_slots() -> SlotState {
@@ -277,6 +177,8 @@ fn start_serve(password: Option<&Path>) -> anyhow::Result<Serve> {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/bin/godwit"));
     let mut cmd = Command::new(exe);
     cmd.args(["serve", "--data", SERVE_DATA, "--listen", "0.0.0.0:443"]);
+    // The wizard's network settings are saved where this boot reads them, and applied at once.
+    cmd.arg("--system-network").arg(NET_FILE);
     if let Some(p) = password {
         cmd.arg("--admin-password-file").arg(p);
     }
@@ -396,7 +298,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     }
 
     let (net, password) = settings(&mut notes);
-    let (nic, mode) = apply_network(&net, &mut notes);
+    let applied = net::apply(&net, false, &mut notes);
     let password_file = match &password {
         Some(p) => {
             use std::os::unix::fs::OpenOptionsExt;
@@ -418,7 +320,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
     if let Some(p) = &password_file {
         let _ = std::fs::remove_file(p);
     }
-    let addrs = host::ipv4_addrs(&host::out("ip", &["-4", "-o", "addr", "show", "dev", &nic]));
+    // Read again: a DHCP lease may have arrived meanwhile.
+    let addrs = host::ipv4_addrs(&host::out(
+        "ip",
+        &["-4", "-o", "addr", "show", "dev", &applied.interface],
+    ));
     notes_firmware(&mut notes_fw);
     let mut banner = Banner {
         firmware: notes_fw.pop().unwrap_or_default(),
@@ -427,9 +333,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
             .map(|s| s.name().to_string())
             .unwrap_or_else(|| "?".into()),
         hostname: net.hostname.clone(),
-        interface: nic,
+        interface: applied.interface,
         addresses: addrs,
-        mode,
+        mode: applied.mode,
         password_preset: password.is_some(),
         notes,
         ..Default::default()

@@ -7,6 +7,7 @@
 mod banner;
 mod boot;
 mod host;
+pub mod net;
 mod update;
 
 use std::process::ExitCode;

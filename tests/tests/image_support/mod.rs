@@ -1,4 +1,6 @@
-//! Peers the appliance image tests serve on loopback.
+//! Peers the appliance image tests serve on loopback, and qemu to boot the image ([`qemu`]).
+
+pub mod qemu;
 
 use std::time::Duration;
 
