@@ -7,9 +7,9 @@ use crate::{
     AppState,
     backend::{
         AddSource, Backend, CertificateView, CheckView, CommandError, CreateExport, CreateJob,
-        ExportView, JobEvent, JobView, LedgerEntryView, NetworkSettings, ProbeSource, Secret,
-        SetAdminPassword, SetStagingTarget, SettingsView, SetupStatus, SourceView,
-        ThroughputSample, VmView,
+        ExportView, HttpsCertificateView, InstallCertificate, JobEvent, JobView, LedgerEntryView,
+        NetworkSettings, ProbeSource, Secret, SetAdminPassword, SetStagingTarget, SettingsView,
+        SetupStatus, SourceView, ThroughputSample, VmView,
     },
     error::ApiError,
     routes::Routes,
@@ -63,6 +63,8 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .get("/api/v1/settings", settings::<B>)
         .put("/api/v1/settings/network", set_network::<B>)
         .put("/api/v1/settings/staging", set_staging::<B>)
+        .get("/api/v1/settings/certificate", https_certificate::<B>)
+        .put("/api/v1/settings/certificate", install_certificate::<B>)
         .post("/api/v1/sources/probe", probe_source::<B>)
         .post("/api/v1/sources", add_source::<B>)
         .delete("/api/v1/sources/{id}", remove_source::<B>)
@@ -197,6 +199,17 @@ async fn set_staging<B: Backend>(
     JsonBody(cmd): JsonBody<SetStagingTarget>,
 ) -> ApiResult<StatusCode> {
     no_content(st.backend.set_staging(cmd).await)
+}
+
+async fn https_certificate<B: Backend>(State(st): St<B>) -> ApiResult<Json<HttpsCertificateView>> {
+    Ok(Json(st.backend.https_certificate().await?))
+}
+
+async fn install_certificate<B: Backend>(
+    State(st): St<B>,
+    JsonBody(cmd): JsonBody<InstallCertificate>,
+) -> ApiResult<Json<HttpsCertificateView>> {
+    Ok(Json(st.backend.install_certificate(cmd).await?))
 }
 
 async fn probe_source<B: Backend>(

@@ -244,6 +244,31 @@ pub struct SourceView {
     pub fingerprint: String,
 }
 
+/// The appliance's own HTTPS certificate: generated at first start, or uploaded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HttpsCertificateView {
+    /// `SHA256:<hex>` of the leaf certificate, as the console prints it.
+    pub fingerprint: String,
+    pub subject: String,
+    pub issuer: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub subject_alt_names: Vec<String>,
+    /// Certificates served: the leaf and any intermediates.
+    pub chain_length: usize,
+    /// True when an administrator uploaded it; false for the generated self-signed one.
+    pub uploaded: bool,
+}
+
+/// Replace the HTTPS certificate. The chain is PEM, leaf first, then intermediates; the key
+/// is a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) that must match the leaf. The new
+/// certificate is served at once (no restart) and kept across restarts.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InstallCertificate {
+    pub certificate_pem: String,
+    pub private_key_pem: Secret,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SettingsView {
     pub network: Option<NetworkSettings>,
@@ -440,6 +465,15 @@ pub trait Backend: Send + Sync + 'static {
     fn run_checks(&self) -> impl Future<Output = CommandResult<Vec<CheckView>>> + Send;
     /// Marks the wizard finished; refused (Conflict) while earlier steps are missing.
     fn finish_wizard(&self) -> impl Future<Output = CommandResult<()>> + Send;
+    /// The certificate the HTTPS listener serves now.
+    fn https_certificate(&self)
+    -> impl Future<Output = CommandResult<HttpsCertificateView>> + Send;
+    /// Check and install an uploaded certificate; refusals name the field
+    /// (`certificate_pem` or `private_key_pem`) and never echo the key.
+    fn install_certificate(
+        &self,
+        cmd: InstallCertificate,
+    ) -> impl Future<Output = CommandResult<HttpsCertificateView>> + Send;
 
     // operation
     fn inventory(&self, refresh: bool) -> impl Future<Output = CommandResult<Vec<VmView>>> + Send;

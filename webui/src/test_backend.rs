@@ -28,6 +28,8 @@ struct State {
     staging: Option<StagingView>,
     sources: Vec<SourceView>,
     wizard_done: bool,
+    /// The uploaded certificate's PEM, once one was installed.
+    certificate: Option<String>,
     next_id: u32,
     jobs: Vec<TestJob>,
     exports: Vec<ExportView>,
@@ -123,6 +125,33 @@ impl TestBackend {
         let b = TestBackend::new(setup_code);
         b.lock().password = Some(password.to_owned());
         b
+    }
+
+    /// A made-up view of the generated or the uploaded certificate.
+    fn certificate_view(uploaded: Option<&str>) -> HttpsCertificateView {
+        use sha2::Digest;
+        let pem = uploaded.unwrap_or("generated");
+        HttpsCertificateView {
+            fingerprint: format!(
+                "SHA256:{}",
+                hex::encode(sha2::Sha256::digest(pem.as_bytes()))
+            ),
+            subject: if uploaded.is_some() {
+                "CN=godwit.example.test".into()
+            } else {
+                "CN=godwit".into()
+            },
+            issuer: if uploaded.is_some() {
+                "CN=Example Test CA".into()
+            } else {
+                "CN=godwit".into()
+            },
+            not_before: "2026-01-01 00:00:00 UTC".into(),
+            not_after: "2027-01-01 00:00:00 UTC".into(),
+            subject_alt_names: vec!["godwit.example.test".into()],
+            chain_length: if uploaded.is_some() { 2 } else { 1 },
+            uploaded: uploaded.is_some(),
+        }
     }
 
     /// Every secret value this backend was given (passwords, tokens, keys).
@@ -558,6 +587,48 @@ impl Backend for TestBackend {
         }
         s.wizard_done = true;
         Ok(())
+    }
+
+    async fn https_certificate(&self) -> CommandResult<HttpsCertificateView> {
+        Ok(Self::certificate_view(self.lock().certificate.as_deref()))
+    }
+
+    /// A stand-in for the real checks: PEM markers, `EXPIRED` in the chain is an expired
+    /// certificate, `MISMATCH` in the key a key of another certificate.
+    async fn install_certificate(
+        &self,
+        cmd: InstallCertificate,
+    ) -> CommandResult<HttpsCertificateView> {
+        let mut s = self.lock();
+        s.secrets.push(cmd.private_key_pem.expose().to_owned());
+        let cert = cmd.certificate_pem.trim();
+        if !cert.starts_with("-----BEGIN CERTIFICATE-----") {
+            return Err(CommandError::field(
+                "certificate_pem",
+                "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+            ));
+        }
+        if cert.contains("EXPIRED") {
+            return Err(CommandError::field(
+                "certificate_pem",
+                "the certificate expired on 2020-01-01 00:00:00 UTC",
+            ));
+        }
+        let key = cmd.private_key_pem.expose();
+        if !key.contains("PRIVATE KEY-----") {
+            return Err(CommandError::field(
+                "private_key_pem",
+                "no PEM private key found",
+            ));
+        }
+        if key.contains("MISMATCH") {
+            return Err(CommandError::field(
+                "private_key_pem",
+                "this key does not belong to the certificate",
+            ));
+        }
+        s.certificate = Some(cert.to_owned());
+        Ok(Self::certificate_view(Some(cert)))
     }
 
     async fn inventory(&self, _refresh: bool) -> CommandResult<Vec<VmView>> {

@@ -485,3 +485,94 @@ async fn a_source_is_added_only_after_explicit_approval() {
     let settings = c.get("/api/v1/settings").await.json();
     assert_eq!(settings["sources"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn the_settings_page_shows_the_https_certificate_and_takes_an_upload() {
+    let backend = Arc::new(TestBackend::configured(PASSWORD));
+    let app = app(backend.clone());
+    let mut c = Client::new(&app, "198.51.100.9");
+    c.login(PASSWORD).await;
+    let page = c.get("/settings").await.body;
+    assert!(page.contains("HTTPS certificate"), "{page}");
+    assert!(page.contains("generated at first start"), "{page}");
+    let before = c.get("/api/v1/settings/certificate").await.json();
+    assert_eq!(before["uploaded"], false);
+    assert!(page.contains(before["fingerprint"].as_str().unwrap()));
+
+    let cert = "-----BEGIN CERTIFICATE-----\nQUJDREVG\n-----END CERTIFICATE-----\n";
+    let bad_key =
+        "-----BEGIN PRIVATE KEY-----\nMISMATCH-secret-key-material\n-----END PRIVATE KEY-----\n";
+    // A key of another certificate: the error sits next to the key field, the pasted chain is
+    // shown again, the key is not.
+    let r = form(
+        &mut c,
+        "/settings/certificate",
+        &[("certificate_pem", cert), ("private_key_pem", bad_key)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_field_error(&r.body, "private_key_pem", "does not belong");
+    assert!(
+        r.body.contains("QUJDREVG"),
+        "the chain is kept in its field"
+    );
+    assert!(
+        !r.body.contains("MISMATCH-secret-key-material"),
+        "key echoed"
+    );
+    // An expired certificate: its field.
+    let expired = "-----BEGIN CERTIFICATE-----\nEXPIRED\n-----END CERTIFICATE-----\n";
+    let good_key = "-----BEGIN PRIVATE KEY-----\ngood-secret-key\n-----END PRIVATE KEY-----\n";
+    let r = form(
+        &mut c,
+        "/settings/certificate",
+        &[("certificate_pem", expired), ("private_key_pem", good_key)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_field_error(&r.body, "certificate_pem", "expired");
+
+    // Accepted: back to the settings, which now show the uploaded certificate.
+    let r = form(
+        &mut c,
+        "/settings/certificate",
+        &[("certificate_pem", cert), ("private_key_pem", good_key)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location(), "/settings?saved=certificate");
+    let after = c.get("/api/v1/settings/certificate").await.json();
+    assert_eq!(after["uploaded"], true);
+    assert_ne!(after["fingerprint"], before["fingerprint"]);
+    let page = c.get("/settings?saved=certificate").await.body;
+    assert!(page.contains(after["fingerprint"].as_str().unwrap()));
+    assert!(page.contains("Example Test CA"));
+    assert!(!page.contains("good-secret-key"), "key shown");
+
+    // The API refuses with 422 naming the field; without CSRF it is refused outright.
+    let r = c
+        .json(
+            "PUT",
+            "/api/v1/settings/certificate",
+            r#"{"certificate_pem":"not pem","private_key_pem":"nor this"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.json()["fields"][0]["field"], "certificate_pem");
+    let r = c
+        .request(
+            "PUT",
+            "/api/v1/settings/certificate",
+            &[("content-type", "application/json")],
+            r#"{"certificate_pem":"x","private_key_pem":"y"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        backend
+            .secrets_seen()
+            .iter()
+            .any(|s| s.contains("good-secret-key")),
+        "the key reached the backend as a secret"
+    );
+}

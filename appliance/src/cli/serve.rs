@@ -99,7 +99,8 @@ async fn serve(a: ServeArgs, ring: logs::LogRing) -> anyhow::Result<()> {
         names.push(a.listen.ip().to_string());
     }
     names.dedup();
-    let identity = Identity::load_or_create(&a.data.join("tls"), &names)?;
+    let tls_dir = a.data.join("tls");
+    let identity = Identity::load_or_create(&tls_dir, &names)?;
     let fingerprint = identity.fingerprint();
     let engine = EngineOptions {
         retry_base: Duration::from_secs(a.retry_base_secs.max(1)),
@@ -148,6 +149,11 @@ async fn serve(a: ServeArgs, ring: logs::LogRing) -> anyhow::Result<()> {
     ));
     let handle = axum_server::Handle::new();
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
+    appliance.attach_https(crate::service::https_identity::HttpsIdentity::new(
+        tls_dir,
+        identity,
+        tls.clone(),
+    ));
     let server = axum_server::bind_rustls(a.listen, tls).handle(handle.clone());
     let serving =
         tokio::spawn(server.serve(router.into_make_service_with_connect_info::<SocketAddr>()));

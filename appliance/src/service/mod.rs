@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bundle;
 pub mod engine;
 pub mod export;
+pub mod https_identity;
 pub mod logs;
 pub mod network;
 mod ops;
@@ -18,6 +19,7 @@ pub mod staging_target;
 pub mod store;
 pub mod time;
 pub mod tls;
+pub mod tls_upload;
 pub mod validate;
 
 use engine::{Engine, EngineOptions};
@@ -55,6 +57,8 @@ pub struct Appliance {
     net_apply: Arc<tokio::sync::Mutex<()>>,
     /// Running exports' cancel flags, by export id.
     export_flags: Arc<std::sync::Mutex<HashMap<String, Arc<AtomicBool>>>>,
+    /// The listener's certificate, once `godwit serve` attached it.
+    https: std::sync::Mutex<Option<https_identity::HttpsIdentity>>,
 }
 
 /// Lock a mutex, taking over one a panicking thread left poisoned (the data is plain).
@@ -114,6 +118,7 @@ impl Appliance {
             handle,
             net_apply: Arc::default(),
             export_flags: Arc::default(),
+            https: std::sync::Mutex::new(None),
         }))
     }
 
@@ -164,6 +169,11 @@ impl Appliance {
         let t =
             sessions::SessionTable::open(self.store.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(t)
+    }
+
+    /// Give the service the HTTPS listener's identity, so the settings can show and replace it.
+    pub fn attach_https(&self, https: https_identity::HttpsIdentity) {
+        *lock(&self.https) = Some(https);
     }
 
     /// Recover runs cut short by a stop, sweep leftover snapshots, then run the job engine.
@@ -308,6 +318,39 @@ impl Backend for Appliance {
 
     async fn set_network(&self, cmd: NetworkSettings) -> CommandResult<()> {
         self.network(cmd).await
+    }
+
+    async fn https_certificate(&self) -> CommandResult<HttpsCertificateView> {
+        let g = lock(&self.https);
+        g.as_ref()
+            .map(https_identity::HttpsIdentity::view)
+            .ok_or_else(|| CommandError::Internal {
+                message: "the HTTPS listener is not running".into(),
+            })
+    }
+
+    async fn install_certificate(
+        &self,
+        cmd: InstallCertificate,
+    ) -> CommandResult<HttpsCertificateView> {
+        let upload = tls_upload::check(
+            &cmd.certificate_pem,
+            cmd.private_key_pem.expose(),
+            std::time::SystemTime::now(),
+        )?;
+        let mut g = lock(&self.https);
+        let h = g.as_mut().ok_or_else(|| CommandError::Internal {
+            message: "the HTTPS listener is not running".into(),
+        })?;
+        let view = h.install(upload).map_err(|e| CommandError::Internal {
+            message: format!("installing the certificate: {e:#}"),
+        })?;
+        tracing::info!(
+            fingerprint = %view.fingerprint,
+            subject = %view.subject,
+            "HTTPS certificate replaced by upload"
+        );
+        Ok(view)
     }
 
     async fn set_staging(&self, cmd: SetStagingTarget) -> CommandResult<()> {

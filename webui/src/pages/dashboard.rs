@@ -4,15 +4,15 @@
 
 use super::{
     Layout, PasswordRefusal, error_page,
-    forms::{self, ExportForm, JobForm, PasswordForm, format_value},
+    forms::{self, CertificateForm, ExportForm, JobForm, PasswordForm, format_value},
     human_bytes, percent, render, see_other,
     wizard::SourceRow,
 };
 use crate::{
     AppState,
     backend::{
-        Backend, ExportView, JobEvent, JobState, JobView, LedgerEntryView, Schedule, SettingsView,
-        StagingView, ThroughputSample, VmView, WizardStep,
+        Backend, ExportView, HttpsCertificateView, JobEvent, JobState, JobView, LedgerEntryView,
+        Schedule, SettingsView, StagingView, ThroughputSample, VmView, WizardStep,
     },
     error::{FormErrors, status_of},
     routes::Routes,
@@ -44,6 +44,7 @@ pub(super) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .get("/ledger", ledger_page::<B>)
         .get("/settings", settings_page::<B>)
         .post("/settings/password", change_password::<B>)
+        .post("/settings/certificate", install_certificate::<B>)
         .get("/logs", logs_page::<B>)
         .get("/support-bundle", crate::api::support_bundle::<B>)
         .post("/logout", logout)
@@ -548,6 +549,10 @@ async fn ledger_page<B: Backend>(State(st): St<B>, session: Session) -> Response
 struct SettingsPage {
     layout: Layout,
     settings: SettingsView,
+    /// None when the backend could not say (shown as such).
+    certificate: Option<HttpsCertificateView>,
+    /// What was pasted into the certificate field, shown again after a refusal (never the key).
+    certificate_pem: String,
     sources: Vec<SourceRow>,
     errors: FormErrors,
     saved: bool,
@@ -577,7 +582,19 @@ async fn render_settings<B: Backend>(
     saved: bool,
     code: StatusCode,
 ) -> Response {
+    render_settings_with(st, session, errors, saved, code, String::new()).await
+}
+
+async fn render_settings_with<B: Backend>(
+    st: &AppState<B>,
+    session: &Session,
+    errors: FormErrors,
+    saved: bool,
+    code: StatusCode,
+    certificate_pem: String,
+) -> Response {
     let settings = st.backend.settings().await;
+    let certificate = st.backend.https_certificate().await.ok();
     let sources = settings
         .sources
         .iter()
@@ -590,6 +607,8 @@ async fn render_settings<B: Backend>(
         &SettingsPage {
             layout,
             settings,
+            certificate,
+            certificate_pem,
             sources,
             errors,
             saved,
@@ -628,6 +647,24 @@ async fn change_password<B: Backend>(
                 &["current_password", "new_password", "confirm_password"],
             );
             render_settings(&st, &session, errors, false, code).await
+        }
+    }
+}
+
+/// Paste a PEM chain and key; the new certificate is served at once. The browser's next
+/// request meets the new certificate, which it trusts only if the operator's CA is trusted.
+async fn install_certificate<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Form(form): Form<CertificateForm>,
+) -> Response {
+    let pem = form.certificate_pem.clone();
+    match st.backend.install_certificate(form.into_command()).await {
+        Ok(_) => see_other("/settings?saved=certificate"),
+        Err(e) => {
+            let code = status_of(&e);
+            let errors = FormErrors::from_error(e, &["certificate_pem", "private_key_pem"]);
+            render_settings_with(&st, &session, errors, false, code, pem).await
         }
     }
 }

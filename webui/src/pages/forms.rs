@@ -3,8 +3,9 @@
 //! typed, and the backend says what is wrong with them.
 
 use crate::backend::{
-    AddSource, AddressMode, CreateExport, CreateJob, ExportFormat, NetworkSettings, ProbeSource,
-    Schedule, Secret, SetAdminPassword, SetStagingTarget, SourceKind, StagingView,
+    AddSource, AddressMode, CreateExport, CreateJob, ExportFormat, InstallCertificate,
+    NetworkSettings, ProbeSource, Schedule, Secret, SetAdminPassword, SetStagingTarget, SourceKind,
+    StagingView,
 };
 use crate::error::FormErrors;
 use serde::Deserialize;
@@ -448,5 +449,22 @@ mod tests {
             ..Default::default()
         };
         assert!(f.to_command().unwrap_err().get("hours").is_some());
+    }
+}
+
+/// The settings page's certificate upload (pasted PEM text).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct CertificateForm {
+    pub certificate_pem: String,
+    pub private_key_pem: Secret,
+}
+
+impl CertificateForm {
+    pub(crate) fn into_command(self) -> InstallCertificate {
+        InstallCertificate {
+            certificate_pem: self.certificate_pem,
+            private_key_pem: self.private_key_pem,
+        }
     }
 }
