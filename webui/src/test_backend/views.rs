@@ -1,0 +1,148 @@
+//! The test double's views: the made-up certificate, a job's progress as time passes, and the
+//! inventory every source "has".
+
+use super::{DISK_BYTES, TestBackend, TestJob};
+use crate::backend::*;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub(super) fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Civil date from days since the epoch (Howard Hinnant's algorithm), UTC.
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+impl TestBackend {
+    /// A made-up view of the generated or the uploaded certificate.
+    pub(super) fn certificate_view(uploaded: Option<&str>) -> HttpsCertificateView {
+        use sha2::Digest;
+        let pem = uploaded.unwrap_or("generated");
+        HttpsCertificateView {
+            fingerprint: format!(
+                "SHA256:{}",
+                hex::encode(sha2::Sha256::digest(pem.as_bytes()))
+            ),
+            subject: if uploaded.is_some() {
+                "CN=godwit.example.test".into()
+            } else {
+                "CN=godwit".into()
+            },
+            issuer: if uploaded.is_some() {
+                "CN=Example Test CA".into()
+            } else {
+                "CN=godwit".into()
+            },
+            not_before: "2026-01-01 00:00:00 UTC".into(),
+            not_after: "2027-01-01 00:00:00 UTC".into(),
+            subject_alt_names: vec!["godwit.example.test".into()],
+            chain_length: if uploaded.is_some() { 2 } else { 1 },
+            uploaded: uploaded.is_some(),
+        }
+    }
+
+    pub(super) fn job_view(&self, j: &TestJob) -> JobView {
+        let elapsed = j.started.map(|t| t.elapsed());
+        let snapshot = Duration::from_millis(300);
+        let (state, done) = match elapsed {
+            _ if j.cancelled => (JobState::Cancelled, 0),
+            None => (JobState::Scheduled, 0),
+            Some(e) if e < snapshot => (JobState::Snapshotting, 0),
+            Some(e) if e < snapshot + self.job_duration => {
+                let ms = (e - snapshot).as_millis();
+                let total_ms = self.job_duration.as_millis().max(1);
+                let done = u128::from(DISK_BYTES) * ms / total_ms;
+                (
+                    JobState::Transferring,
+                    u64::try_from(done).unwrap_or(DISK_BYTES),
+                )
+            }
+            Some(_) => match j.schedule {
+                Schedule::Once => (JobState::Completed, DISK_BYTES),
+                Schedule::EveryHours { .. } => (JobState::Scheduled, DISK_BYTES),
+            },
+        };
+        let finished = done == DISK_BYTES;
+        let secs = self.job_duration.as_secs().max(1);
+        JobView {
+            id: j.id.clone(),
+            source_id: j.source_id.clone(),
+            vm: j.vm.clone(),
+            schedule: j.schedule.clone(),
+            state,
+            progress: j.started.map(|_| Progress {
+                bytes_done: done,
+                bytes_total: DISK_BYTES,
+                throughput_bps: if state == JobState::Transferring {
+                    DISK_BYTES / secs
+                } else {
+                    0
+                },
+            }),
+            runs_completed: u32::from(finished),
+            last_error: None,
+            next_run: match (&j.schedule, finished) {
+                (Schedule::EveryHours { hours }, true) => Some(format!("in {hours} h")),
+                _ => None,
+            },
+            last_sync: finished.then(now_rfc3339),
+        }
+    }
+
+    pub(super) fn inventory_of(source: &SourceView) -> Vec<VmView> {
+        let disk = |i: u32| DiskView {
+            index: i,
+            label: format!("Hard disk {}", i + 1),
+            capacity_bytes: DISK_BYTES,
+            backing: "[datastore1] vm/vm.vmdk".into(),
+        };
+        vec![
+            VmView {
+                source_id: source.id.clone(),
+                name: "web-01".into(),
+                power_state: "poweredOn".into(),
+                guest_os: "Debian GNU/Linux 12 (64-bit)".into(),
+                disks: vec![disk(0)],
+                eligible: true,
+                reasons: vec![],
+            },
+            VmView {
+                source_id: source.id.clone(),
+                name: "db-01".into(),
+                power_state: "poweredOn".into(),
+                guest_os: "Windows Server 2022".into(),
+                disks: vec![disk(0), disk(1)],
+                eligible: true,
+                reasons: vec!["CBT is off: the first run copies every block".into()],
+            },
+            VmView {
+                source_id: source.id.clone(),
+                name: "legacy-rdm".into(),
+                power_state: "poweredOff".into(),
+                guest_os: "Other (32-bit)".into(),
+                disks: vec![disk(0)],
+                eligible: false,
+                reasons: vec![
+                    "physical-mode RDM disk cannot be snapshotted".into(),
+                    "hardware version 4 is older than the minimum (7)".into(),
+                ],
+            },
+        ]
+    }
+}
