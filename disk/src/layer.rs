@@ -130,6 +130,13 @@ pub trait Layer: Send + Sync {
     fn page83(&self) -> Option<[u8; 16]> {
         None
     }
+
+    /// File byte ranges `(start, end)` of the per-block metadata [`Layer::map`] reads for
+    /// `[offset, offset + len)` (VHD sector bitmaps of a differencing disk), so a reader of a
+    /// remote file can fetch them in one go before mapping. Optional: the default says none.
+    fn map_metadata(&self, _offset: u64, _len: u64) -> Result<Vec<(u64, u64)>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Anything with a virtual size, an allocation map and data: a whole chain ([`crate::Disk`]), a

@@ -193,6 +193,81 @@ fn map_reports_parent_data_per_sector() {
     assert_eq!(runs[1].state, godwit_disk::RunState::Parent);
 }
 
+/// Local files whose reads are logged (offset, length).
+struct Recording(std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>);
+
+struct RecordingFile {
+    inner: std::sync::Arc<dyn godwit_disk::storage::ReadAt>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
+}
+
+impl godwit_disk::storage::ReadAt for RecordingFile {
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.log.lock().unwrap().push((offset, buf.len() as u64));
+        self.inner.read_exact_at(buf, offset)
+    }
+}
+
+impl godwit_disk::storage::Locator for Recording {
+    fn open(
+        &self,
+        name: &str,
+        relative_to: Option<&str>,
+    ) -> std::io::Result<godwit_disk::storage::Opened> {
+        let o = godwit_disk::storage::LocalFs.open(name, relative_to)?;
+        Ok(godwit_disk::storage::Opened {
+            name: o.name,
+            file: std::sync::Arc::new(RecordingFile {
+                inner: o.file,
+                log: self.0.clone(),
+            }),
+        })
+    }
+}
+
+#[test]
+fn map_metadata_names_the_sector_bitmaps_map_reads() {
+    let c = build(512);
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let disk = Disk::open_with(
+        &Recording(log.clone()),
+        &c.d1,
+        godwit_disk::FormatHint::Auto,
+    )
+    .unwrap();
+    let (top, base) = (&disk.layers()[0], &disk.layers()[1]);
+    // d1's writes allocate blocks 0, 1, 2, 5 and 9: one 512-byte bitmap each.
+    let meta = top.map_metadata(0, SIZE).unwrap();
+    assert_eq!(meta.len(), 5, "{meta:?}");
+    assert!(
+        meta.iter().all(|(a, b)| b - a == 512 && a % 512 == 0),
+        "{meta:?}"
+    );
+    assert_eq!(top.map_metadata(5 * MIB, MIB).unwrap().len(), 1);
+    // A dynamic (non-differencing) VHD reads no bitmaps.
+    assert!(base.map_metadata(0, SIZE).unwrap().is_empty());
+    // The bitmaps map() reads are exactly these ranges.
+    log.lock().unwrap().clear();
+    top.map(0, SIZE).unwrap();
+    let read: Vec<(u64, u64)> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, len)| *len == 512)
+        .map(|(o, len)| (*o, o + len))
+        .collect();
+    for m in &meta {
+        assert!(read.contains(m), "{m:?} not read by map: {read:?}");
+    }
+    assert!(
+        read.iter().all(|r| meta.contains(r)),
+        "{read:?} vs {meta:?}"
+    );
+}
+
 #[test]
 fn parent_identity_mismatch_and_loops_are_refused() {
     let d = tmp();

@@ -106,6 +106,14 @@ pub fn resolve_windows_path(name: &str, relative_to: Option<&str>) -> String {
     if unc { format!("\\\\{body}") } else { body }
 }
 
+/// What file-info.ps1 says of a host file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileInfo {
+    pub length: u64,
+    /// Last write, UTC, .NET ticks (100 ns since 0001-01-01); 0 when the host did not say.
+    pub last_write: u64,
+}
+
 struct Cache {
     blocks: HashMap<(String, u64), Arc<Vec<u8>>>,
     order: Vec<(String, u64)>,
@@ -180,7 +188,7 @@ impl<T: Transport + 'static> Inner<T> {
         Ok(o.stdout)
     }
 
-    fn file_len(&self, path: &str) -> Result<u64> {
+    fn file_info(&self, path: &str) -> Result<FileInfo> {
         let args = serde_json::json!({ "Path": path });
         let out = self.run("file-info.ps1", &with_args(FILE_INFO_SCRIPT, &args))?;
         let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| Error::BadOutput {
@@ -188,13 +196,19 @@ impl<T: Transport + 'static> Inner<T> {
             script: "file-info.ps1".into(),
             detail: e.to_string(),
         })?;
-        v.get("Length")
+        let length = v
+            .get("Length")
             .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| Error::BadOutput {
                 host: self.host.clone(),
                 script: "file-info.ps1".into(),
                 detail: format!("no Length in {v}"),
-            })
+            })?;
+        let last_write = v
+            .get("LastWriteTicks")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        Ok(FileInfo { length, last_write })
     }
 
     fn read_remote(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -297,21 +311,33 @@ impl<T: Transport + Send + Sync + 'static> ReadAt for HostFile<T> {
     }
 }
 
-impl<T: Transport + Send + Sync + 'static> Locator for HostFileLocator<T> {
-    fn open(&self, name: &str, relative_to: Option<&str>) -> io::Result<Opened> {
+impl<T: Transport + Send + Sync + 'static> HostFileLocator<T> {
+    /// Open `name` (against `relative_to`'s directory) and say what file-info.ps1 said of it.
+    pub fn open_with_info(
+        &self,
+        name: &str,
+        relative_to: Option<&str>,
+    ) -> io::Result<(Opened, FileInfo)> {
         let path = resolve_windows_path(name, relative_to);
-        let len = self
+        let info = self
             .inner
-            .file_len(&path)
+            .file_info(&path)
             .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e))?;
-        Ok(Opened {
+        let opened = Opened {
             name: path.clone(),
             file: Arc::new(HostFile {
                 inner: self.inner.clone(),
                 path,
-                len,
+                len: info.length,
             }),
-        })
+        };
+        Ok((opened, info))
+    }
+}
+
+impl<T: Transport + Send + Sync + 'static> Locator for HostFileLocator<T> {
+    fn open(&self, name: &str, relative_to: Option<&str>) -> io::Result<Opened> {
+        self.open_with_info(name, relative_to).map(|(o, _)| o)
     }
 }
 

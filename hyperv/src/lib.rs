@@ -6,14 +6,16 @@
 //! [`clixml`] (PowerShell error streams), [`powershell`] (encoded commands, pieces),
 //! [`transport`] (HTTPS with a pinned certificate, Basic auth), [`client`] (shell lifecycle),
 //! [`inventory`] (VMs, disks, eligibility), [`checkpoint`] + [`ledger`] (ledgered `godwit-`
-//! checkpoints), [`hostfile`] (frozen disks read over WinRM), [`replicate`] (one cycle). [`sim`] (feature `sim`) is a Hyper-V/WinRM
-//! simulator for tests.
+//! checkpoints), [`hostfile`] (frozen disks read over WinRM), [`ingest`] (the host-push data
+//! path: ingest endpoint, spool, uploader), [`replicate`] (one cycle). [`sim`] (feature `sim`)
+//! is a Hyper-V/WinRM simulator for tests.
 
 pub mod checkpoint;
 pub mod client;
 pub mod clixml;
 pub mod error;
 pub mod hostfile;
+pub mod ingest;
 pub mod inventory;
 pub mod ledger;
 pub mod ntlm;

@@ -7,11 +7,15 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::client::{Shell, WinRm};
 use crate::error::{Error, Result};
 use crate::hostfile::HostFileLocator;
+use crate::ingest::push::{
+    IngestConfig, PushLocator, PushReport, file_ranges, metadata_ranges, push_missing,
+};
 use crate::inventory::{INVENTORY_SCRIPT, Source, VmRecord, evaluate};
 use crate::ledger::{CHECKPOINT_PREFIX, Ledger, LedgerEntry};
 use crate::rct::{self, RctState, VmRct};
 use crate::transport::{Credentials, HttpsTransport, Transport};
 use crate::trust::Fingerprint;
+use godwit_disk::storage::Locator;
 use godwit_disk::{BlockSource, Disk, FormatHint};
 use std::ops::Range;
 use std::path::PathBuf;
@@ -43,6 +47,8 @@ pub struct CycleReport {
     pub changes: Vec<DiskChanges>,
     /// The RCT reference point this cycle's checkpoint became (the next cycle's baseline).
     pub reference_point: Option<String>,
+    /// The host-push data path's figures (all disks); `None` when everything went over WinRM.
+    pub push: Option<PushReport>,
 }
 
 /// What Resilient Change Tracking said about one disk in a cycle.
@@ -184,11 +190,25 @@ pub fn run_cycle<T: Transport + Send + Sync + 'static>(
     run_cycle_with(client, opts, &CycleExtras::default(), &mut sink)
 }
 
-/// One cycle with the optional parts in `extras` (RCT incrementals).
+/// One cycle with the optional parts in `extras` (RCT incrementals), disks read over WinRM.
 pub fn run_cycle_with<T: Transport + Send + Sync + 'static>(
     client: &Arc<WinRm<T>>,
     opts: &CycleOptions,
     extras: &CycleExtras,
+    per_disk: &mut RangeDiskSink<'_>,
+) -> Result<CycleReport> {
+    run_cycle_pushed(client, opts, extras, None, per_disk)
+}
+
+/// One cycle; with `ingest`, the host-push data path: the host pushes the data ranges to that
+/// ingest endpoint and the disks read from the spool (WinRM only for metadata and anything
+/// not pushed). Spools live under `spool_dir/<vm id>/` and are removed after a good copy
+/// (kept after a failure, so the next run asks only for what is missing).
+pub fn run_cycle_pushed<T: Transport + Send + Sync + 'static>(
+    client: &Arc<WinRm<T>>,
+    opts: &CycleOptions,
+    extras: &CycleExtras,
+    ingest: Option<&IngestConfig>,
     per_disk: &mut RangeDiskSink<'_>,
 ) -> Result<CycleReport> {
     let host = client.transport().authority();
@@ -216,8 +236,16 @@ pub fn run_cycle_with<T: Transport + Send + Sync + 'static>(
     let result = match created {
         Ok(cp) => {
             ledger.set_checkpoint_id(&name, &cp.id)?;
-            copy_disks(client, &shell, &vm, &cp, previous.as_ref(), per_disk)
-                .map(|copied| (cp, copied))
+            copy_disks(
+                client,
+                &shell,
+                &vm,
+                &cp,
+                previous.as_ref(),
+                ingest,
+                per_disk,
+            )
+            .map(|copied| (cp, copied))
         }
         Err(e) => Err(e),
     };
@@ -265,6 +293,7 @@ pub fn run_cycle_with<T: Transport + Send + Sync + 'static>(
         swept,
         changes: copied.changes,
         reference_point,
+        push: copied.push,
     })
 }
 
@@ -301,6 +330,7 @@ struct Copied {
     bytes_read: u64,
     read_commands: u64,
     changes: Vec<DiskChanges>,
+    push: Option<PushReport>,
 }
 
 fn copy_disks<T: Transport + Send + Sync + 'static>(
@@ -309,6 +339,7 @@ fn copy_disks<T: Transport + Send + Sync + 'static>(
     vm: &VmRecord,
     cp: &Checkpoint,
     previous: Option<&VmRct>,
+    ingest: Option<&IngestConfig>,
     per_disk: &mut RangeDiskSink<'_>,
 ) -> Result<Copied> {
     if cp.disks.is_empty() {
@@ -334,10 +365,24 @@ fn copy_disks<T: Transport + Send + Sync + 'static>(
             ))
     });
     let host = client.transport().authority();
-    let locator = HostFileLocator::new(client)?;
+    let host_files = HostFileLocator::new(client)?;
+    let pushed = ingest.map(|c| {
+        let mut dir = c.spool_dir.clone();
+        dir.push(vm.id.to_ascii_lowercase());
+        (
+            c.clone(),
+            dir.clone(),
+            PushLocator::new(host_files.clone(), dir),
+        )
+    });
+    let locator: &dyn Locator = match &pushed {
+        Some((_, _, p)) => p,
+        None => &host_files,
+    };
+    let mut push_report: Option<PushReport> = None;
     let mut changes = Vec::new();
     for (n, d) in disks.iter().enumerate() {
-        let disk = Disk::open_with(&locator, &d.path, FormatHint::Auto)?;
+        let disk = Disk::open_with(locator, &d.path, FormatHint::Auto)?;
         let drive = rct::drive_key(
             &d.controller_type,
             d.controller_number,
@@ -362,15 +407,48 @@ fn copy_disks<T: Transport + Send + Sync + 'static>(
                 .map(|r| r.iter().map(|x| x.end - x.start).sum()),
             ranges: ranges.as_ref().map(Vec::len),
         });
+        if let Some((cfg, _, push_locator)) = &pushed {
+            // First the sector bitmaps mapping will read (differencing VHDs), then the data.
+            let t = push_report.get_or_insert_with(PushReport::default);
+            let meta = metadata_ranges(&disk, ranges.as_deref(), cfg.align)?;
+            if !meta.is_empty() {
+                let r = push_missing(shell, &host, cfg, push_locator, &meta)?;
+                tracing::info!(disk = n, report = ?r, "sector bitmaps pushed");
+                t.add(&r);
+            }
+            let mut needed = file_ranges(&disk, ranges.as_deref(), cfg.align)?;
+            // (Bitmaps between data ranges were counted in the first round.)
+            for (name, set) in &mut needed {
+                if let Some(m) = meta.get(name) {
+                    *set = set.subtract(m);
+                }
+            }
+            let r = push_missing(shell, &host, cfg, push_locator, &needed)?;
+            tracing::info!(disk = n, report = ?r, "disk ranges pushed");
+            t.add(&r);
+        }
         per_disk(n, &disk, d, ranges.as_deref()).map_err(|source| Error::Sink {
             disk: n,
             file: d.path.clone(),
             source,
         })?;
     }
+    if let Some((_, dir, push_locator)) = &pushed {
+        if let Some(t) = push_report.as_mut() {
+            t.served_from_spool = push_locator.bytes_from_spool();
+        }
+        // Copied: the spooled bytes are in the store now. The VM's spool directory goes whole
+        // (also spools of file versions an earlier, interrupted run left).
+        if let Err(e) = std::fs::remove_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, dir = %dir.display(), "could not remove the spool");
+        }
+    }
     Ok(Copied {
-        bytes_read: locator.bytes_read(),
-        read_commands: locator.commands(),
+        bytes_read: host_files.bytes_read(),
+        read_commands: host_files.commands(),
         changes,
+        push: push_report,
     })
 }

@@ -68,6 +68,20 @@ pub struct ReplicateArgs {
     /// Chunks in flight (the server may allow fewer).
     #[arg(long, default_value_t = 8)]
     window: usize,
+    /// Hyper-V: listen here (e.g. `0.0.0.0:443`) for the host to push the disk data over HTTPS
+    /// (the default data path when given; without it the data is read over WinRM).
+    #[arg(long)]
+    ingest_listen: Option<String>,
+    /// Hyper-V: the URL the host pushes to (`https://CONNECTOR[:PORT]`; default
+    /// `https://<--ingest-listen>` unless that is a wildcard address).
+    #[arg(long)]
+    ingest_url: Option<String>,
+    /// Hyper-V: PEM certificate (and `--ingest-key`) of the ingest endpoint; default a
+    /// self-signed one made for this run. Either way the host pins its SHA-256.
+    #[arg(long, requires = "ingest_key")]
+    ingest_cert: Option<PathBuf>,
+    #[arg(long, requires = "ingest_cert")]
+    ingest_key: Option<PathBuf>,
     /// Only these byte ranges changed since the previous sync: a file of `OFFSET LENGTH` lines
     /// (what a CBT/RCT-aware source passes to the library).
     #[arg(long)]
@@ -218,6 +232,11 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let handle = rt.handle().clone();
+    anyhow::ensure!(
+        a.source.starts_with("hyperv://")
+            || (a.ingest_listen.is_none() && a.ingest_url.is_none() && a.ingest_cert.is_none()),
+        "--ingest-listen, --ingest-url and --ingest-cert are for hyperv:// sources"
+    );
     if a.source.starts_with("vsphere://") {
         return run_vsphere(&a, &target, &opts, &handle);
     }
@@ -236,6 +255,11 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
             vm: &a.vm,
             state_dir: a.state_dir.as_ref(),
             json: a.json,
+            ingest: super::replicate_hyperv::IngestArgs {
+                listen: a.ingest_listen.as_deref(),
+                url: a.ingest_url.as_deref(),
+                cert: a.ingest_cert.as_ref().zip(a.ingest_key.as_ref()),
+            },
         };
         return super::replicate_hyperv::run(&h, &target, &opts, &handle);
     }

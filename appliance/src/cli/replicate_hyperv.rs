@@ -4,16 +4,22 @@
 //! over WinRM and replicated as disk N of `--vm`, checkpoint removed on every path). With
 //! Resilient Change Tracking (always asked for; `STATE_DIR/hyperv-rct.json` keeps each VM's last
 //! reference point) a cycle after the first hands only the changed ranges to the transfer.
+//! With `--ingest-listen ADDR` (and `--ingest-url` when ADDR is a wildcard) the data path is
+//! the host push: the connector listens on HTTPS, the host's `push-ranges.ps1` pushes the
+//! data ranges with a one-time token and the certificate pinned, and WinRM carries only
+//! metadata (`godwit_hyperv::ingest`).
 //!
 //! Exit codes as for vSphere: 3 credentials refused, 4 certificate not trusted, 5 VM not
 //! found; other errors 2.
 
 use super::replicate_vsphere::{EXIT_AUTH, EXIT_NOT_FOUND, EXIT_TRUST};
 use anyhow::Context;
-use godwit_hyperv::replicate::{CycleExtras, CycleOptions, connect, run_cycle_with};
+use godwit_hyperv::ingest::{IngestConfig, IngestIdentity, IngestServer};
+use godwit_hyperv::replicate::{CycleExtras, CycleOptions, connect, run_cycle_pushed};
 use godwit_hyperv::{Credentials, Error as HypervError, Fingerprint, Source};
 use godwit_transfer::replicate::{Range, ReplicateOptions, replicate_disk};
 use godwit_transfer::target::Target;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -72,12 +78,100 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
     exit_code(e)
 }
 
+/// The host-push data path's options.
+#[derive(Default)]
+pub struct IngestArgs<'a> {
+    /// `--ingest-listen ADDR`: push is the data path when given.
+    pub listen: Option<&'a str>,
+    /// `--ingest-url URL`: what the host connects to.
+    pub url: Option<&'a str>,
+    /// `--ingest-cert PEM` and `--ingest-key PEM`.
+    pub cert: Option<(&'a PathBuf, &'a PathBuf)>,
+}
+
 /// What `godwit replicate` passes for a `hyperv://` source.
 pub struct HypervReplicate<'a> {
     pub source: HypervSourceArgs<'a>,
     pub vm: &'a str,
     pub state_dir: Option<&'a PathBuf>,
     pub json: bool,
+    pub ingest: IngestArgs<'a>,
+}
+
+/// Start the ingest endpoint of `--ingest-listen` (if given) for a cycle.
+fn start_ingest(
+    a: &IngestArgs<'_>,
+    state_dir: &std::path::Path,
+    align: u64,
+    json: bool,
+) -> anyhow::Result<Option<IngestConfig>> {
+    let Some(listen) = a.listen else {
+        anyhow::ensure!(
+            a.url.is_none() && a.cert.is_none(),
+            "--ingest-url and --ingest-cert need --ingest-listen ADDR (the address the connector listens on for the host's pushes)"
+        );
+        return Ok(None);
+    };
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--ingest-listen {listen:?} is not IP:PORT"))?;
+    let given_url = match a.url {
+        Some(u) => {
+            let u = u.trim_end_matches('/');
+            anyhow::ensure!(
+                u.starts_with("https://") && !u["https://".len()..].contains('/'),
+                "--ingest-url {u:?} is not https://HOST[:PORT] (the host pushes over HTTPS only)"
+            );
+            Some(u.to_string())
+        }
+        None => {
+            anyhow::ensure!(
+                !addr.ip().is_unspecified(),
+                "--ingest-listen {addr} is a wildcard address: say how the Hyper-V host reaches the connector with --ingest-url https://HOST[:PORT]"
+            );
+            None
+        }
+    };
+    let identity = match a.cert {
+        Some((cert, key)) => IngestIdentity::from_pem_files(cert, key)?,
+        None => {
+            let mut names = Vec::new();
+            if let Some(url) = &given_url {
+                let authority = &url["https://".len()..];
+                let host = match authority.rsplit_once(':') {
+                    Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+                    _ => authority,
+                };
+                names.push(host.trim_matches(['[', ']']).to_string());
+            }
+            if !addr.ip().is_unspecified() {
+                names.push(addr.ip().to_string());
+            }
+            IngestIdentity::generate(&names)?
+        }
+    };
+    let server = IngestServer::start(addr, identity)?;
+    // Without --ingest-url: the address actually bound (port 0 picks one).
+    let url = given_url.unwrap_or_else(|| format!("https://{}", server.local_addr()));
+    let msg = format!(
+        "ingest endpoint on {} for host pushes to {url}, certificate {}",
+        server.local_addr(),
+        server.fingerprint()
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "ingest", "listen": server.local_addr().to_string(), "url": url, "fingerprint": server.fingerprint().to_string()})
+        );
+    } else {
+        eprintln!("{msg}");
+    }
+    Ok(Some(IngestConfig {
+        server: std::sync::Arc::new(server),
+        url,
+        spool_dir: state_dir.join("hyperv-spool"),
+        align,
+    }))
 }
 
 /// One Hyper-V cycle: every disk of the VM replicated as disk N of `--vm`.
@@ -107,6 +201,7 @@ fn cycle(
         .unwrap_or_else(|| PathBuf::from("var/state"));
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    let ingest = start_ingest(&a.ingest, &state_dir, u64::from(opts.chunk_size), a.json)?;
     let client = connect(&src, &creds, pin)?;
     let copts = CycleOptions {
         vm_name: a.vm.to_string(),
@@ -136,7 +231,7 @@ fn cycle(
         disks += 1;
         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     };
-    let report = run_cycle_with(&client, &copts, &extras, &mut sink)?;
+    let report = run_cycle_pushed(&client, &copts, &extras, ingest.as_ref(), &mut sink)?;
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["event"] = "hyperv-cycle".into();
@@ -150,8 +245,14 @@ fn cycle(
                 _ => format!("disk {}: read in full", c.disk),
             })
             .collect();
+        let pushed = report.push.as_ref().map_or(String::new(), |p| {
+            format!(
+                ", {} bytes pushed by the host in {} pushes ({} resumed from the spool)",
+                p.pushed_bytes, p.pushes, p.resumed_bytes
+            )
+        });
         println!(
-            "Hyper-V cycle of {}: {disks} disk(s) ({}), checkpoint {} ({}) {}, {} bytes read over WinRM in {} commands{}",
+            "Hyper-V cycle of {}: {disks} disk(s) ({}), checkpoint {} ({}) {}, {} bytes read over WinRM in {} commands{pushed}{}",
             report.vm,
             rct.join("; "),
             report.checkpoint,

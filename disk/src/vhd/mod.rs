@@ -421,6 +421,26 @@ impl Layer for VhdLayer {
         check_range(&self.info, offset, len)?;
         Ok(Some(self.data_pieces(offset, len)?))
     }
+
+    /// A differencing disk's sector bitmaps of the allocated blocks in the range.
+    fn map_metadata(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        check_range(&self.info, offset, len)?;
+        let Some(s) = &self.sparse else {
+            return Ok(Vec::new());
+        };
+        if self.footer.disk_type != DiskType::Differencing || len == 0 {
+            return Ok(Vec::new());
+        }
+        let reader = |off: u64, b: &mut [u8]| read(&self.src, off, b, "BAT");
+        let mut out = Vec::new();
+        for block in offset / s.block_size..=(offset + len - 1) / s.block_size {
+            let entry = s.bat.entry(block, &reader)?;
+            if entry != u64::from(BAT_UNALLOCATED) {
+                out.push((entry * 512, entry * 512 + s.bitmap_size));
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl VhdLayer {

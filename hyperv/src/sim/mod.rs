@@ -1,11 +1,13 @@
 //! A Hyper-V host as WinRM clients see it, for tests: HTTPS `POST /wsman` with a self-signed
 //! certificate, Basic and NTLM (Negotiate) authentication, the WinRS shell protocol (Create, Command, Receive with
 //! optional OperationTimeout faults, Signal, Delete), and the PowerShell Godwit sends,
-//! recognised by its exact text, answered from an in-memory model ([`model`]). Limits are
-//! listed in `docs/hyperv.md`.
+//! recognised by its exact text, answered from an in-memory model ([`model`]); push-ranges.ps1
+//! is run in Rust (`push.rs`: the host's HTTPS pushes to the connector's ingest endpoint).
+//! Limits are listed in `docs/hyperv.md`.
 
 pub mod disks;
 pub mod model;
+mod push;
 mod scripts;
 
 pub use scripts::SimCheckpoint;
@@ -38,11 +40,15 @@ pub struct SimConfig {
     pub data_dir: PathBuf,
 }
 
+/// The outcome of a command still running (push-ranges.ps1), filled in when it ends.
+type Pending = Arc<Mutex<Option<scripts::Outcome>>>;
+
 struct Command {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     exit_code: i64,
     timeouts_left: u32,
+    pending: Option<Pending>,
 }
 
 #[derive(Default)]
@@ -407,12 +413,22 @@ async fn wsman_handler(
                 return not_found();
             }
             let (stdout, stderr, exit_code) = scripts::run_command_line(&sim, &mut st.host, &line);
+            let pending = st.host.pending_push.take().map(|job| {
+                let cell: Pending = Arc::new(Mutex::new(None));
+                let c2 = cell.clone();
+                tokio::spawn(async move {
+                    let out = push::run(job).await;
+                    *c2.lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+                });
+                cell
+            });
             let id = uuid::Uuid::new_v4().hyphenated().to_string().to_uppercase();
             let cmd = Command {
                 stdout,
                 stderr,
                 exit_code,
                 timeouts_left: sim.config.model.faults.receive_timeouts,
+                pending,
             };
             if let Some(shell) = st.shells.get_mut(&shell_key) {
                 shell.insert(id.clone(), cmd);
@@ -422,6 +438,54 @@ async fn wsman_handler(
             })
         }
         Body::Receive { command_id } => {
+            let pending = {
+                let st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.shells
+                    .get(&shell_key)
+                    .and_then(|s| s.get(&command_id.0))
+                    .and_then(|c| c.pending.clone())
+            };
+            if let Some(cell) = pending {
+                // A running command: wait up to the OperationTimeout for it to end.
+                let wait =
+                    std::time::Duration::from_secs(u64::from(req.operation_timeout.0).clamp(1, 60));
+                let t0 = std::time::Instant::now();
+                let done = loop {
+                    if let Some(o) = cell.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        break Some(o);
+                    }
+                    if t0.elapsed() >= wait {
+                        break None;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                };
+                let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(cmd) = st
+                    .shells
+                    .get_mut(&shell_key)
+                    .and_then(|s| s.get_mut(&command_id.0))
+                else {
+                    return not_found();
+                };
+                match done {
+                    Some((stdout, stderr, code)) => {
+                        cmd.pending = None;
+                        cmd.stdout = stdout;
+                        cmd.stderr = stderr;
+                        cmd.exit_code = code;
+                    }
+                    None => {
+                        let mut f = Fault::operation_timeout();
+                        f.code = "s:Receiver".into();
+                        let r = Reply {
+                            message_id: MessageId::random(),
+                            relates_to: relates.clone(),
+                            body: ReplyBody::Fault(f),
+                        };
+                        return soap(StatusCode::INTERNAL_SERVER_ERROR, &r);
+                    }
+                }
+            }
             let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
             let Some(cmd) = st
                 .shells

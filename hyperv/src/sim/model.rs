@@ -57,6 +57,9 @@ pub struct SimFaults {
     /// Delay before answering each Command (makes a replication slow enough to kill).
     #[serde(default)]
     pub command_delay_ms: u64,
+    /// Delay before each push of push-ranges.ps1 (a push slow enough to kill mid-way).
+    #[serde(default)]
+    pub push_delay_ms: u64,
 }
 
 /// `DIR/vms.json`.

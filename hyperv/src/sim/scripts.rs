@@ -7,6 +7,7 @@ use super::model;
 use crate::checkpoint::{CREATE_SCRIPT, REMOVE_SCRIPT};
 use crate::clixml::encode_error_stream;
 use crate::hostfile::{FILE_INFO_SCRIPT, READ_RANGE_SCRIPT, encode_range_output};
+use crate::ingest::push::PUSH_SCRIPT;
 use crate::inventory::INVENTORY_SCRIPT;
 use crate::powershell;
 use crate::rct::{CHANGES_SCRIPT, REFERENCE_SCRIPT};
@@ -46,6 +47,8 @@ pub struct HostState {
     pub checkpoints: Vec<SimCheckpoint>,
     /// The VMs' drive files, differencing children and RCT logs.
     pub drives: Drives,
+    /// A push-ranges.ps1 run the command handler starts (its output comes when it is done).
+    pub pending_push: Option<super::push::PushJob>,
 }
 
 pub fn run_command_line(sim: &Sim, host: &mut HostState, line: &str) -> Outcome {
@@ -82,6 +85,7 @@ fn run_script(sim: &Sim, host: &mut HostState, script: &str, depth: u32) -> Outc
             READ_RANGE_SCRIPT,
             REFERENCE_SCRIPT,
             CHANGES_SCRIPT,
+            PUSH_SCRIPT,
         ];
         if known.contains(&body) {
             return match run_with_args(sim, host, &args, body) {
@@ -298,10 +302,34 @@ fn run_with_args(
     if body == CHANGES_SCRIPT {
         return rct_changes(sim, host, args);
     }
+    if body == PUSH_SCRIPT {
+        let resolve = |path: &str| {
+            let m = &sim.config.model;
+            model::local_path(&m.windows_root, &sim.config.data_dir, path).ok_or_else(|| {
+                format!(
+                    "Exception calling \"Open\" with \"4\" argument(s): \"Could not find file '{path}'.\""
+                )
+            })
+        };
+        let job = super::push::job_of_args(args, sim.config.model.faults.push_delay_ms, &resolve)?;
+        host.pending_push = Some(job);
+        return Ok(String::new());
+    }
     if body == FILE_INFO_SCRIPT {
         let f = open_host_file(sim, arg_str(args, "Path")?)?;
-        let len = f.metadata().map_err(|e| e.to_string())?.len();
-        return Ok(format!("{{\"Length\":{len}}}\r\n"));
+        let meta = f.metadata().map_err(|e| e.to_string())?;
+        // .NET ticks: 100 ns since 0001-01-01 UTC.
+        let ticks = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| {
+                u64::try_from(d.as_nanos() / 100).unwrap_or(0) + 621_355_968_000_000_000
+            });
+        return Ok(format!(
+            "{{\"Length\":{},\"LastWriteTicks\":{ticks}}}\r\n",
+            meta.len()
+        ));
     }
     if body == READ_RANGE_SCRIPT {
         let path = arg_str(args, "Path")?;
