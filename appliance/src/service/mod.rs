@@ -178,6 +178,7 @@ impl Appliance {
 
     /// Recover runs cut short by a stop, sweep leftover snapshots, then run the job engine.
     pub async fn start(self: Arc<Self>) {
+        self.adopt_system_network();
         match self.engine.recover() {
             Ok(0) => {}
             Ok(n) => tracing::info!("{n} job run(s) interrupted by a stop will start again"),

@@ -97,6 +97,64 @@ impl Appliance {
     }
 }
 
+impl Appliance {
+    /// At start on the appliance: the boot applied `network.json`, which the vApp properties
+    /// (a new OVF environment) may have changed since the wizard last saved it. The settings
+    /// page must show what is in force, so a file that says otherwise replaces the stored
+    /// settings (the proxy, a service setting, is kept).
+    pub(super) fn adopt_system_network(&self) {
+        let Some(file) = self.cfg.system_network.as_deref() else {
+            return;
+        };
+        let Some(net) = crate::system::net::load(file) else {
+            return;
+        };
+        let r = self.store.update_settings(|s| {
+            let stored = s.network.as_ref().and_then(|n| to_net_settings(n).ok());
+            if stored.as_ref() == Some(&net) {
+                return Ok(());
+            }
+            let proxy = s.network.as_ref().and_then(|n| n.proxy.clone());
+            s.network = Some(from_net_settings(&net, proxy));
+            s.network_status = Some(NetworkStatus {
+                state: "applied".into(),
+                message: format!(
+                    "Applied at boot from {} (set there by the vApp properties or an earlier change).",
+                    file.display()
+                ),
+                at: time::rfc3339(time::now()),
+            });
+            tracing::info!(file = %file.display(), "network settings taken from the boot's file");
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!(error = %e, "reading the boot's network settings");
+        }
+    }
+}
+
+/// The wizard's form of the image's settings (the inverse of [`to_net_settings`]).
+pub fn from_net_settings(net: &NetSettings, proxy: Option<String>) -> NetworkSettings {
+    let address = match &net.addressing {
+        Addressing::Dhcp => AddressMode::Dhcp,
+        Addressing::Static {
+            address,
+            prefix,
+            gateway,
+        } => AddressMode::Static {
+            address: format!("{address}/{prefix}"),
+            gateway: gateway.map(|g| g.to_string()).unwrap_or_default(),
+        },
+    };
+    NetworkSettings {
+        hostname: net.hostname.clone(),
+        address,
+        dns_servers: net.dns.iter().map(ToString::to_string).collect(),
+        ntp_servers: net.ntp.clone(),
+        proxy,
+    }
+}
+
 /// The image's settings for validated wizard settings (`validate::network`). The appliance's
 /// interface is IPv4: a static IPv6 address, or a gateway outside the address's network, is a
 /// field error. The proxy is the service's own setting and has no place here.
@@ -226,6 +284,72 @@ mod tests {
                 fields.into_iter().map(|f| (f.field, f.message)).collect()
             }
             other => panic!("not invalid: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_boot_file_that_differs_replaces_the_stored_settings_at_start() {
+        use crate::service::engine::EngineOptions;
+        use crate::service::{ApplianceConfig, logs::LogRing};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("network.json");
+        let cfg = ApplianceConfig {
+            data: dir.path().join("data"),
+            hostname: "godwit".into(),
+            addresses: Vec::new(),
+            engine: EngineOptions::default(),
+            max_concurrent_jobs: None,
+            system_network: Some(file.clone()),
+        };
+        let a =
+            Appliance::open(cfg, LogRing::default(), tokio::runtime::Handle::current()).unwrap();
+        a.store
+            .update_settings(|s| {
+                s.network = Some(wizard(AddressMode::Dhcp));
+                Ok(())
+            })
+            .unwrap();
+        // The vApp properties changed the boot's file to a static address.
+        let net = NetSettings {
+            hostname: "vapp-01".into(),
+            addressing: Addressing::Static {
+                address: Ipv4Addr::new(192, 0, 2, 20),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            },
+            dns: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53))],
+            ntp: vec!["10.0.2.2".into()],
+        };
+        crate::system::net::save(&file, &net).unwrap();
+        a.adopt_system_network();
+        let s = a.store.settings().unwrap();
+        let n = s.network.clone().unwrap();
+        assert_eq!(to_net_settings(&n).unwrap(), net);
+        assert_eq!(n.proxy.as_deref(), Some("http://proxy:3128"), "proxy kept");
+        let st = s.network_status.unwrap();
+        assert_eq!(st.state, "applied");
+        assert!(st.message.contains("network.json"), "{}", st.message);
+        // Read again with nothing new: the stored settings and status stay as they are.
+        a.adopt_system_network();
+        let again = a.store.settings().unwrap();
+        assert_eq!(again.network, Some(n));
+        assert_eq!(again.network_status.unwrap().at, st.at);
+    }
+
+    #[test]
+    fn the_boot_file_converts_back_to_the_wizard_form() {
+        for n in [
+            wizard(AddressMode::Dhcp),
+            wizard(AddressMode::Static {
+                address: "192.0.2.10/24".into(),
+                gateway: "192.0.2.1".into(),
+            }),
+        ] {
+            let net = to_net_settings(&n).unwrap();
+            let back = from_net_settings(&net, n.proxy.clone());
+            assert_eq!(to_net_settings(&back).unwrap(), net);
+            assert_eq!(back.proxy, n.proxy);
+            assert_eq!(back.hostname, n.hostname);
         }
     }
 
