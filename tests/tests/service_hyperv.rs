@@ -6,7 +6,8 @@
 //! - the source is probed (certificate shown), approved and logged into; the inventory lists
 //!   the VM as eligible; a job for a VM that does not exist is refused on the `vm` field;
 //! - the job runs the same cycle as `godwit replicate --source hyperv://` (ledgered `godwit-`
-//!   checkpoint, frozen disk read over WinRM, checkpoint removed) to 100 %; exports (raw and
+//!   checkpoint, the frozen disk's data pushed by the host to the service's own HTTPS port —
+//!   `service_hyperv_push.rs` checks the push itself —, checkpoint removed) to 100 %; exports (raw and
 //!   VHDX) hold qemu-img's raw conversion of the VHDX (content SHA-256), and the file SHA-256
 //!   shown is `sha256sum` of the file; no checkpoint is left and the ledger is empty;
 //! - the guest rewrites 12 MiB; the next run is a Resilient Change Tracking incremental of

@@ -14,7 +14,7 @@
 
 use super::replicate_vsphere::{EXIT_AUTH, EXIT_NOT_FOUND, EXIT_TRUST};
 use anyhow::Context;
-use godwit_hyperv::ingest::{IngestConfig, IngestIdentity, IngestServer};
+use godwit_hyperv::ingest::{IngestConfig, IngestIdentity, IngestServer, check_ingest_url};
 use godwit_hyperv::replicate::{CycleExtras, CycleOptions, connect, run_cycle_pushed};
 use godwit_hyperv::{Credentials, Error as HypervError, Fingerprint, Source};
 use godwit_transfer::replicate::{Range, ReplicateOptions, replicate_disk};
@@ -98,13 +98,14 @@ pub struct HypervReplicate<'a> {
     pub ingest: IngestArgs<'a>,
 }
 
-/// Start the ingest endpoint of `--ingest-listen` (if given) for a cycle.
+/// Start the ingest endpoint of `--ingest-listen` (if given) for a cycle; the server runs
+/// until dropped.
 fn start_ingest(
     a: &IngestArgs<'_>,
     state_dir: &std::path::Path,
     align: u64,
     json: bool,
-) -> anyhow::Result<Option<IngestConfig>> {
+) -> anyhow::Result<Option<(IngestServer, IngestConfig)>> {
     let Some(listen) = a.listen else {
         anyhow::ensure!(
             a.url.is_none() && a.cert.is_none(),
@@ -116,14 +117,7 @@ fn start_ingest(
         .parse()
         .with_context(|| format!("--ingest-listen {listen:?} is not IP:PORT"))?;
     let given_url = match a.url {
-        Some(u) => {
-            let u = u.trim_end_matches('/');
-            anyhow::ensure!(
-                u.starts_with("https://") && !u["https://".len()..].contains('/'),
-                "--ingest-url {u:?} is not https://HOST[:PORT] (the host pushes over HTTPS only)"
-            );
-            Some(u.to_string())
-        }
+        Some(u) => Some(check_ingest_url(u, "--ingest-url")?),
         None => {
             anyhow::ensure!(
                 !addr.ip().is_unspecified(),
@@ -166,12 +160,14 @@ fn start_ingest(
     } else {
         eprintln!("{msg}");
     }
-    Ok(Some(IngestConfig {
-        server: std::sync::Arc::new(server),
+    let cfg = IngestConfig {
+        sessions: server.registry(),
+        pin: server.fingerprint(),
         url,
         spool_dir: state_dir.join("hyperv-spool"),
         align,
-    }))
+    };
+    Ok(Some((server, cfg)))
 }
 
 /// One Hyper-V cycle: every disk of the VM replicated as disk N of `--vm`.
@@ -231,7 +227,8 @@ fn cycle(
         disks += 1;
         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     };
-    let report = run_cycle_pushed(&client, &copts, &extras, ingest.as_ref(), &mut sink)?;
+    let cfg = ingest.as_ref().map(|(_, c)| c);
+    let report = run_cycle_pushed(&client, &copts, &extras, cfg, &mut sink)?;
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["event"] = "hyperv-cycle".into();

@@ -7,6 +7,10 @@
 //! setup code: XXXX-XXXX-XXXX-XXXX    (only while no admin password is set; one-time)
 //! ```
 //!
+//! The same listener takes the Hyper-V hosts' disk pushes (`PUT /ingest/v1/...`, design §3:
+//! one inbound HTTPS port), told to the hosts as `--ingest-url` (default: `https://` the
+//! listen address, or the host name when that is a wildcard, and the bound port).
+//!
 //! Stops on SIGINT or SIGTERM; runs interrupted by a stop start again at the next start.
 
 use crate::service::engine::EngineOptions;
@@ -51,6 +55,11 @@ pub struct ServeArgs {
     /// they are only stored.
     #[arg(long, value_name = "FILE")]
     system_network: Option<PathBuf>,
+    /// Where Hyper-V hosts push disk data, `https://HOST[:PORT]`: this service's address as
+    /// the hosts reach it (through NAT or a DNS name). Default: the listen address, or the
+    /// host name when listening on a wildcard address, with the listening port.
+    #[arg(long, value_name = "URL")]
+    ingest_url: Option<String>,
     /// TESTS ONLY: how many seconds an "hour" of a job's schedule lasts (so a periodic job's
     /// next run can be seen in seconds).
     #[arg(long, hide = true, default_value_t = 3600)]
@@ -74,6 +83,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         a.system_network.is_none() || std::path::Path::new(APPLIANCE_MARK).exists(),
         "--system-network is for the appliance only (there is no {APPLIANCE_MARK} here)"
     );
+    let ingest_url = a
+        .ingest_url
+        .as_deref()
+        .map(|u| godwit_hyperv::ingest::check_ingest_url(u, "--ingest-url"))
+        .transpose()?;
     std::fs::create_dir_all(&a.data).with_context(|| format!("creating {}", a.data.display()))?;
     let ring = logs::init(&a.data)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -81,13 +95,17 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(serve(a, ring))?;
+    rt.block_on(serve(a, ingest_url, ring))?;
     // Blocking runs still in flight are abandoned; they start again at the next start.
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(a: ServeArgs, ring: logs::LogRing) -> anyhow::Result<()> {
+async fn serve(
+    a: ServeArgs,
+    ingest_url: Option<String>,
+    ring: logs::LogRing,
+) -> anyhow::Result<()> {
     let host = hostname();
     let mut names = vec![
         host.clone(),
@@ -141,12 +159,18 @@ async fn serve(a: ServeArgs, ring: logs::LogRing) -> anyhow::Result<()> {
         session_vault: Some(appliance.session_vault()?),
         ..godwit_webui::WebConfig::default()
     };
-    let router = godwit_webui::router(appliance.clone(), web).layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            counter.count_request();
-            next.run(req)
-        },
-    ));
+    // The hosts' pushes: outside the web layer (no session, no CSRF; a one-time bearer token
+    // per push session instead), on the same port.
+    let ingest = crate::service::ingest::ServiceIngest::new();
+    appliance.attach_ingest(ingest.clone());
+    let router = godwit_webui::router(appliance.clone(), web)
+        .merge(crate::service::ingest::router(ingest.clone()))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                counter.count_request();
+                next.run(req)
+            },
+        ));
     let handle = axum_server::Handle::new();
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
     appliance.attach_https(crate::service::https_identity::HttpsIdentity::new(
@@ -165,6 +189,9 @@ async fn serve(a: ServeArgs, ring: logs::LogRing) -> anyhow::Result<()> {
             e.err()
         ));
     };
+    let ingest_url = ingest_url.unwrap_or_else(|| format!("https://{url_host}:{}", bound.port()));
+    tracing::info!(url = %ingest_url, "Hyper-V hosts push disk data to {ingest_url}/ingest/v1/");
+    ingest.set_url(ingest_url);
     let mut out = std::io::stdout().lock();
     writeln!(out, "url: https://{url_host}:{}/", bound.port())?;
     writeln!(out, "fingerprint: {fingerprint}")?;

@@ -23,6 +23,10 @@ pub struct MetricsInput {
     pub throughput_bps: u64,
     pub transfers_running: u64,
     pub http_requests: u64,
+    /// The Hyper-V host-push ingest's counters (when it is mounted).
+    pub ingest: Option<godwit_hyperv::ingest::IngestStats>,
+    /// Bytes Hyper-V runs read from hosts over WinRM.
+    pub winrm_read_bytes: u64,
 }
 
 pub fn metrics_text(m: &MetricsInput) -> String {
@@ -58,6 +62,32 @@ pub fn metrics_text(m: &MetricsInput) -> String {
         "http_requests",
         "HTTPS requests served since the service started",
         http,
+    );
+    if let Some(i) = &m.ingest {
+        let pushed = Counter::<u64>::default();
+        pushed.inc_by(i.accepted_bytes);
+        reg.register(
+            "ingest_pushed_bytes",
+            "Disk bytes Hyper-V hosts pushed to the ingest and the connector stored",
+            pushed,
+        );
+        let pushes = Counter::<u64>::default();
+        pushes.inc_by(i.accepted);
+        reg.register("ingest_pushes", "Pushes stored", pushes);
+        let refused = Counter::<u64>::default();
+        refused.inc_by(i.refused());
+        reg.register(
+            "ingest_refused",
+            "Pushes refused (bad request or token, range not asked for, checksum, truncated)",
+            refused,
+        );
+    }
+    let winrm = Counter::<u64>::default();
+    winrm.inc_by(m.winrm_read_bytes);
+    reg.register(
+        "hyperv_winrm_read_bytes",
+        "Bytes Hyper-V runs read from hosts over WinRM (metadata, and data not pushed)",
+        winrm,
     );
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -135,8 +165,20 @@ mod tests {
             throughput_bps: 5,
             transfers_running: 1,
             http_requests: 7,
+            ingest: Some(godwit_hyperv::ingest::IngestStats {
+                accepted: 3,
+                accepted_bytes: 300,
+                bad_token: 1,
+                truncated: 1,
+                ..Default::default()
+            }),
+            winrm_read_bytes: 42,
         });
         for want in [
+            "godwit_ingest_pushed_bytes_total 300",
+            "godwit_ingest_pushes_total 3",
+            "godwit_ingest_refused_total 2",
+            "godwit_hyperv_winrm_read_bytes_total 42",
             "godwit_jobs{state=\"scheduled\"} 2",
             "godwit_transferred_bytes_total 10",
             "godwit_throughput_bytes_per_second 5",

@@ -75,6 +75,10 @@ pub struct Engine {
     wake: Notify,
     samples: Mutex<VecDeque<ThroughputSample>>,
     bytes_transferred: AtomicU64,
+    /// The host-push ingest on the service's HTTPS port (Hyper-V jobs use it once set).
+    ingest: std::sync::OnceLock<Arc<super::ingest::ServiceIngest>>,
+    /// Bytes Hyper-V runs read from hosts over WinRM (metadata, and data not pushed).
+    winrm_read_bytes: AtomicU64,
 }
 
 /// How a run ended.
@@ -109,6 +113,8 @@ impl Engine {
             wake: Notify::new(),
             samples: Mutex::new(VecDeque::new()),
             bytes_transferred: AtomicU64::new(0),
+            ingest: std::sync::OnceLock::new(),
+            winrm_read_bytes: AtomicU64::new(0),
         })
     }
 
@@ -127,6 +133,19 @@ impl Engine {
 
     pub fn running_count(&self) -> usize {
         lock(&self.running).len()
+    }
+
+    /// Hyper-V runs from now on have the hosts push disk data to `ingest`.
+    pub fn set_ingest(&self, ingest: Arc<super::ingest::ServiceIngest>) {
+        let _ = self.ingest.set(ingest);
+    }
+
+    pub fn ingest(&self) -> Option<&Arc<super::ingest::ServiceIngest>> {
+        self.ingest.get()
+    }
+
+    pub fn winrm_read_bytes(&self) -> u64 {
+        self.winrm_read_bytes.load(Ordering::Relaxed)
     }
 
     pub fn bytes_transferred(&self) -> u64 {

@@ -20,6 +20,11 @@ impl HttpsIdentity {
         HttpsIdentity { dir, identity, tls }
     }
 
+    /// The DER leaf certificate served now (what a Hyper-V host's uploader pins).
+    pub fn leaf_der(&self) -> &[u8] {
+        self.identity.leaf_der()
+    }
+
     pub fn view(&self) -> HttpsCertificateView {
         self.identity.view()
     }

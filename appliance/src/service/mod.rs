@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod engine;
 pub mod export;
 pub mod https_identity;
+pub mod ingest;
 pub mod logs;
 pub mod network;
 mod ops;
@@ -59,6 +60,8 @@ pub struct Appliance {
     export_flags: Arc<std::sync::Mutex<HashMap<String, Arc<AtomicBool>>>>,
     /// The listener's certificate, once `godwit serve` attached it.
     https: std::sync::Mutex<Option<https_identity::HttpsIdentity>>,
+    /// The Hyper-V host-push ingest on the same listener, once attached.
+    ingest: std::sync::OnceLock<Arc<ingest::ServiceIngest>>,
 }
 
 /// Lock a mutex, taking over one a panicking thread left poisoned (the data is plain).
@@ -119,6 +122,7 @@ impl Appliance {
             net_apply: Arc::default(),
             export_flags: Arc::default(),
             https: std::sync::Mutex::new(None),
+            ingest: std::sync::OnceLock::new(),
         }))
     }
 
@@ -173,7 +177,21 @@ impl Appliance {
 
     /// Give the service the HTTPS listener's identity, so the settings can show and replace it.
     pub fn attach_https(&self, https: https_identity::HttpsIdentity) {
+        if let Some(i) = self.ingest.get() {
+            i.set_pin(https.leaf_der());
+        }
         *lock(&self.https) = Some(https);
+    }
+
+    /// Give the service the host-push ingest mounted on its listener (before
+    /// [`Appliance::attach_https`]): Hyper-V jobs push through it, and it pins the listener's
+    /// certificate, also after an upload replaced it.
+    pub fn attach_ingest(&self, ingest: Arc<ingest::ServiceIngest>) {
+        if let Some(h) = lock(&self.https).as_ref() {
+            ingest.set_pin(h.leaf_der());
+        }
+        let _ = self.ingest.set(ingest.clone());
+        self.engine.set_ingest(ingest);
     }
 
     /// Recover runs cut short by a stop, sweep leftover snapshots, then run the job engine.
@@ -346,6 +364,9 @@ impl Backend for Appliance {
         let view = h.install(upload).map_err(|e| CommandError::Internal {
             message: format!("installing the certificate: {e:#}"),
         })?;
+        if let Some(i) = self.ingest.get() {
+            i.set_pin(h.leaf_der());
+        }
         tracing::info!(
             fingerprint = %view.fingerprint,
             subject = %view.subject,

@@ -519,6 +519,8 @@ impl Appliance {
             http_requests: self
                 .http_requests
                 .load(std::sync::atomic::Ordering::Relaxed),
+            ingest: self.ingest.get().map(|i| i.stats()),
+            winrm_read_bytes: self.engine.winrm_read_bytes(),
         })
     }
 

@@ -4,15 +4,20 @@
 //! WinRM.
 //!
 //! [`codec`] (the request head, pure and fuzzed), [`ranges`] (range sets), [`spool`] (pushed
-//! bytes stored durably, resumable after a kill), [`server`] (the endpoint), [`push`] (which
-//! ranges a disk needs, the spool-first locator, running `scripts/push-ranges.ps1`).
+//! bytes stored durably, resumable after a kill), [`registry`] (sessions, tokens and what a
+//! push gets, whatever listener it came through), [`server`] (an endpoint on its own port, for
+//! `godwit replicate`; `godwit serve` mounts the registry on its one HTTPS port instead),
+//! [`push`] (which ranges a disk needs, the spool-first locator, running
+//! `scripts/push-ranges.ps1`).
 
 pub mod codec;
 pub mod push;
 pub mod ranges;
+pub mod registry;
 pub mod server;
 pub mod spool;
 
-pub use push::{IngestConfig, PushLocator, PushReport};
+pub use push::{IngestConfig, PushLocator, PushReport, check_ingest_url};
 pub use ranges::RangeSet;
-pub use server::{IngestIdentity, IngestServer, IngestStats};
+pub use registry::{IngestRegistry, IngestStats};
+pub use server::{IngestIdentity, IngestServer};

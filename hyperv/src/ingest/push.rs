@@ -5,13 +5,14 @@
 //! lacks ([`push_missing`]).
 
 use super::ranges::RangeSet;
-use super::server::{IngestServer, SessionFile};
+use super::registry::{IngestRegistry, SessionFile};
 use super::spool::SpoolFile;
 use crate::client::Shell;
 use crate::error::{Error, Result};
 use crate::hostfile::HostFileLocator;
 use crate::powershell::with_args;
 use crate::transport::Transport;
+use crate::trust::Fingerprint;
 use godwit_disk::storage::{Locator, Opened, ReadAt};
 use godwit_disk::{BlockSource, Disk, RunState};
 use std::collections::BTreeMap;
@@ -38,7 +39,11 @@ const MAP_STEP: u64 = 1 << 30;
 /// How a cycle reaches its ingest endpoint.
 #[derive(Clone, Debug)]
 pub struct IngestConfig {
-    pub server: Arc<IngestServer>,
+    /// The endpoint's sessions (behind `godwit replicate`'s own listener or `godwit serve`'s
+    /// HTTPS port).
+    pub sessions: Arc<IngestRegistry>,
+    /// The endpoint's certificate, which the uploader pins.
+    pub pin: Fingerprint,
     /// What the hosts connect to, e.g. `https://10.0.0.5:443` (no path).
     pub url: String,
     /// Where pushed bytes are spooled (kept after a failure, so a rerun resumes).
@@ -46,6 +51,38 @@ pub struct IngestConfig {
     /// The transfer's chunk size: changed ranges are widened to it (the transfer reads whole
     /// chunks).
     pub align: u64,
+}
+
+/// Check an ingest URL (`https://HOST[:PORT]`, no path: the hosts push over HTTPS only) and
+/// return it without a trailing `/`. `what` names the option in the error.
+pub fn check_ingest_url(url: &str, what: &str) -> Result<String> {
+    let u = url.trim_end_matches('/');
+    let authority = u.strip_prefix("https://").unwrap_or("");
+    let port_ok = |p: &str| p.parse::<u16>().is_ok_and(|p| p > 0);
+    let shape_ok = if let Some(rest) = authority.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, tail)) => {
+                !h.is_empty() && (tail.is_empty() || tail.strip_prefix(':').is_some_and(port_ok))
+            }
+            None => false,
+        }
+    } else {
+        match authority.split_once(':') {
+            None => !authority.is_empty(),
+            Some((h, p)) => !h.is_empty() && port_ok(p),
+        }
+    };
+    let odd = authority.bytes().any(|b| {
+        matches!(b, b'/' | b'?' | b'#' | b'@' | b'\\')
+            || b.is_ascii_whitespace()
+            || b.is_ascii_control()
+    });
+    if !shape_ok || odd {
+        return Err(Error::Usage(format!(
+            "{what} {url:?} is not https://HOST[:PORT] (the host pushes over HTTPS only)"
+        )));
+    }
+    Ok(u.to_string())
 }
 
 /// The virtual ranges the transfer reads: `virtual_ranges` (whole disk when `None`) widened
@@ -355,11 +392,11 @@ pub fn push_missing<T: Transport + Send + Sync + 'static>(
                 spool: files[*i].1.clone(),
             })
             .collect();
-        let ticket = cfg.server.open_session(session_files);
+        let ticket = cfg.sessions.open_session(session_files);
         let args = serde_json::json!({
             "Url": format!("{}/ingest/v1/{}", cfg.url.trim_end_matches('/'), ticket.id),
             "Token": ticket.token,
-            "Pin": hex::encode(cfg.server.fingerprint().0),
+            "Pin": hex::encode(cfg.pin.0),
             "Chunk": PUSH_CHUNK,
             "Retries": 5,
             "Files": per_file.iter().enumerate().map(|(id, (i, asked))| serde_json::json!({
@@ -370,7 +407,7 @@ pub fn push_missing<T: Transport + Send + Sync + 'static>(
         });
         report.commands += 1;
         let ran = shell.run_ps_json(SCRIPT, &with_args(PUSH_SCRIPT, &args));
-        let stats = cfg.server.close_session(&ticket.id).unwrap_or_default();
+        let stats = cfg.sessions.close_session(&ticket.id).unwrap_or_default();
         report.pushed_bytes += stats.bytes;
         report.pushes += stats.pushes;
         let out = ran?;
@@ -389,6 +426,41 @@ pub fn push_missing<T: Transport + Send + Sync + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ingest_urls_are_https_host_and_port_only() {
+        for (u, want) in [
+            ("https://10.0.0.5", "https://10.0.0.5"),
+            (
+                "https://godwit.example:8443/",
+                "https://godwit.example:8443",
+            ),
+            ("https://[fd00::5]:443", "https://[fd00::5]:443"),
+            ("https://[fd00::5]", "https://[fd00::5]"),
+        ] {
+            assert_eq!(check_ingest_url(u, "--ingest-url").unwrap(), want);
+        }
+        for bad in [
+            "http://10.0.0.5",
+            "https://",
+            "https://h/x",
+            "https://h:0",
+            "https://h:99999",
+            "https://h:",
+            "https://u@h",
+            "https://h?x",
+            "https://fd00::5",
+            "10.0.0.5:443",
+        ] {
+            let e = check_ingest_url(bad, "--ingest-url")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--ingest-url") && e.contains("not https://HOST[:PORT]"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn batches_bound_ranges_and_bytes_and_cut_large_ranges() {

@@ -3,27 +3,21 @@
 //! connection (at most [`MAX_CONNECTIONS`]), keep-alive, `Expect: 100-continue` answered after
 //! the head was checked (so a refused push does not send its body).
 //!
-//! Per push: the head is parsed ([`super::codec`]); the session must exist and the bearer
-//! token match (else 401, the same answer for both); the file id must be one of the
-//! session's and the range inside what the session asked for (else 409); the body must be
-//! exactly `Content-Length` bytes (a connection closed earlier stores nothing) with the
-//! announced SHA-256 (else 422). Then it is stored durably in the file's spool (201; a range
-//! already held answers 200). Refusals are counted ([`IngestStats`]) and logged.
+//! What a push gets is decided by [`super::registry`] (shared with the service's route on
+//! its own HTTPS port); this module is the listener and the HTTP/1.1 framing around it.
 
-use super::codec::{self, CodecError, PushRequest};
-use super::ranges::RangeSet;
-use super::spool::SpoolFile;
+use super::codec;
+use super::registry::{IngestRegistry, Reply};
+pub use super::registry::{IngestStats, SessionFile, SessionStats, SessionTicket};
 use crate::error::{Error, Result};
 use crate::trust::Fingerprint;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Connections served at once; more are closed at once.
@@ -81,59 +75,11 @@ impl IngestIdentity {
     }
 }
 
-/// Refusals and acceptances since the server started.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct IngestStats {
-    pub accepted: u64,
-    pub accepted_bytes: u64,
-    /// Pushes of ranges already held.
-    pub repeated: u64,
-    pub bad_request: u64,
-    pub bad_token: u64,
-    pub not_asked: u64,
-    pub bad_checksum: u64,
-    pub truncated: u64,
-}
-
-/// One file of a session: the ranges asked for and where they go.
-pub struct SessionFile {
-    pub asked: RangeSet,
-    pub spool: Arc<SpoolFile>,
-}
-
-/// What a session was pushed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct SessionStats {
-    pub pushes: u64,
-    pub bytes: u64,
-    pub repeated: u64,
-    pub refused: u64,
-}
-
-struct Session {
-    token: String,
-    files: Vec<SessionFile>,
-    stats: Mutex<SessionStats>,
-}
-
-#[derive(Default)]
-struct Counters {
-    accepted: AtomicU64,
-    accepted_bytes: AtomicU64,
-    repeated: AtomicU64,
-    bad_request: AtomicU64,
-    bad_token: AtomicU64,
-    not_asked: AtomicU64,
-    bad_checksum: AtomicU64,
-    truncated: AtomicU64,
-}
-
 struct Shared {
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    registry: Arc<IngestRegistry>,
     tls: Arc<rustls::ServerConfig>,
     connections: AtomicUsize,
     stop: AtomicBool,
-    counters: Counters,
 }
 
 /// A running ingest endpoint; stops when dropped.
@@ -142,13 +88,6 @@ pub struct IngestServer {
     fingerprint: Fingerprint,
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// A session's id and one-time token, for the uploader.
-#[derive(Debug, Clone)]
-pub struct SessionTicket {
-    pub id: String,
-    pub token: String,
 }
 
 impl IngestServer {
@@ -171,11 +110,10 @@ impl IngestServer {
             .local_addr()
             .map_err(|e| Error::Usage(format!("ingest endpoint: {e}")))?;
         let shared = Arc::new(Shared {
-            sessions: Mutex::new(HashMap::new()),
+            registry: Arc::new(IngestRegistry::new()),
             tls: Arc::new(tls),
             connections: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
-            counters: Counters::default(),
         });
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
@@ -200,52 +138,23 @@ impl IngestServer {
         self.fingerprint
     }
 
+    /// The sessions and counters behind this endpoint.
+    pub fn registry(&self) -> Arc<IngestRegistry> {
+        self.shared.registry.clone()
+    }
+
     /// Open a session for `files` (file id = index) with a fresh one-time token.
     pub fn open_session(&self, files: Vec<SessionFile>) -> SessionTicket {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let token = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let s = Arc::new(Session {
-            token: token.clone(),
-            files,
-            stats: Mutex::new(SessionStats::default()),
-        });
-        self.shared
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), s);
-        SessionTicket { id, token }
+        self.shared.registry.open_session(files)
     }
 
     /// End a session (its token stops working) and return what it received.
     pub fn close_session(&self, id: &str) -> Option<SessionStats> {
-        let s = self
-            .shared
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id)?;
-        let st = s.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Some(st)
+        self.shared.registry.close_session(id)
     }
 
     pub fn stats(&self) -> IngestStats {
-        let c = &self.shared.counters;
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        IngestStats {
-            accepted: g(&c.accepted),
-            accepted_bytes: g(&c.accepted_bytes),
-            repeated: g(&c.repeated),
-            bad_request: g(&c.bad_request),
-            bad_token: g(&c.bad_token),
-            not_asked: g(&c.not_asked),
-            bad_checksum: g(&c.bad_checksum),
-            truncated: g(&c.truncated),
-        }
+        self.shared.registry.stats()
     }
 }
 
@@ -298,54 +207,8 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 
 type Tls = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
 
-enum Verdict {
-    Accept(Arc<Session>, usize),
-    Refuse(u16, String),
-}
-
-fn check(shared: &Shared, r: &PushRequest) -> Verdict {
-    let c = &shared.counters;
-    let session = shared
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&r.session)
-        .cloned();
-    // Constant-time enough: compare digests of the tokens.
-    let ok = session
-        .as_ref()
-        .is_some_and(|s| Sha256::digest(&s.token) == Sha256::digest(&r.token));
-    let Some(s) = session.filter(|_| ok) else {
-        c.bad_token.fetch_add(1, Ordering::Relaxed);
-        return Verdict::Refuse(401, "unknown session or wrong token".into());
-    };
-    let end = r.offset + r.length;
-    let idx = usize::try_from(r.file_id).unwrap_or(usize::MAX);
-    let asked = s
-        .files
-        .get(idx)
-        .is_some_and(|f| f.asked.contains(r.offset, end));
-    if !asked || r.length == 0 {
-        c.not_asked.fetch_add(1, Ordering::Relaxed);
-        s.stats.lock().unwrap_or_else(|e| e.into_inner()).refused += 1;
-        return Verdict::Refuse(
-            409,
-            format!(
-                "range {}+{} of file {} was not asked for in this session",
-                r.offset, r.length, r.file_id
-            ),
-        );
-    }
-    Verdict::Accept(s, idx)
-}
-
-fn respond(
-    tls: &mut Tls,
-    status: u16,
-    body: serde_json::Value,
-    close: bool,
-) -> std::io::Result<()> {
-    tls.write_all(&codec::encode_response(status, &body, close))?;
+fn respond(tls: &mut Tls, r: &Reply) -> std::io::Result<()> {
+    tls.write_all(&codec::encode_response(r.status, &r.body, r.close))?;
     tls.flush()
 }
 
@@ -382,17 +245,14 @@ fn linger(tcp: &TcpStream) {
 
 fn serve_requests(tls: &mut Tls, shared: &Shared) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    let c = &shared.counters;
+    let registry = &shared.registry;
     loop {
         // Read a head.
         let (req, head_len) = loop {
             match codec::parse_request_head(&buf) {
                 Ok(Some(v)) => break v,
                 Ok(None) => {}
-                Err(e) => {
-                    c.bad_request.fetch_add(1, Ordering::Relaxed);
-                    return refuse_codec(tls, &e);
-                }
+                Err(e) => return respond(tls, &registry.bad_request(&e)),
             }
             let mut chunk = [0u8; 8192];
             let n = tls.read(&mut chunk)?;
@@ -402,16 +262,15 @@ fn serve_requests(tls: &mut Tls, shared: &Shared) -> std::io::Result<()> {
             buf.extend_from_slice(&chunk[..n]);
         };
         buf.drain(..head_len);
-        let (session, idx) = match check(shared, &req) {
-            Verdict::Accept(s, i) => (s, i),
-            Verdict::Refuse(status, msg) => {
+        let admitted = match registry.admit(&req) {
+            Ok(a) => a,
+            Err(reply) => {
                 // Without `Expect: 100-continue` the body is on its way: read it (bounded by
                 // the codec) so the sender sees the answer instead of a reset.
                 if !req.expect_continue {
                     drain(tls, &mut buf, req.length);
                 }
-                tracing::warn!(status, session = %req.session, file = req.file_id, offset = req.offset, len = req.length, "ingest push refused: {msg}");
-                return respond(tls, status, serde_json::json!({ "error": msg }), true);
+                return respond(tls, &reply);
             }
         };
         if req.expect_continue && buf.is_empty() {
@@ -428,84 +287,18 @@ fn serve_requests(tls: &mut Tls, shared: &Shared) -> std::io::Result<()> {
             let room = (want - body.len()).min(chunk.len());
             match tls.read(&mut chunk[..room]) {
                 Ok(0) | Err(_) => {
-                    c.truncated.fetch_add(1, Ordering::Relaxed);
-                    session
-                        .stats
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .refused += 1;
-                    tracing::warn!(session = %req.session, file = req.file_id, offset = req.offset, got = body.len(), want, "ingest push truncated: the connection ended before Content-Length; nothing stored");
-                    let msg = format!(
-                        "body ended after {} of {want} bytes; nothing stored",
-                        body.len()
-                    );
-                    let _ = respond(tls, 400, serde_json::json!({ "error": msg }), true);
+                    let _ = respond(tls, &admitted.truncated(body.len()));
                     return Ok(());
                 }
                 Ok(n) => body.extend_from_slice(&chunk[..n]),
             }
         }
-        let digest: [u8; 32] = Sha256::digest(&body).into();
-        if digest != req.sha256 {
-            c.bad_checksum.fetch_add(1, Ordering::Relaxed);
-            session
-                .stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .refused += 1;
-            let msg = format!(
-                "SHA-256 of the {} bytes is {}, not the announced {}; nothing stored",
-                body.len(),
-                hex::encode(digest),
-                hex::encode(req.sha256)
-            );
-            tracing::warn!(session = %req.session, file = req.file_id, offset = req.offset, "ingest push refused: {msg}");
-            respond(tls, 422, serde_json::json!({ "error": msg }), req.close)?;
-        } else {
-            let file = &session.files[idx];
-            match file.spool.store(req.offset, &body, digest) {
-                Ok(new) => {
-                    let mut st = session.stats.lock().unwrap_or_else(|e| e.into_inner());
-                    if new {
-                        c.accepted.fetch_add(1, Ordering::Relaxed);
-                        c.accepted_bytes.fetch_add(req.length, Ordering::Relaxed);
-                        st.pushes += 1;
-                        st.bytes += req.length;
-                    } else {
-                        c.repeated.fetch_add(1, Ordering::Relaxed);
-                        st.repeated += 1;
-                    }
-                    drop(st);
-                    let status = if new { 201 } else { 200 };
-                    respond(
-                        tls,
-                        status,
-                        serde_json::json!({ "stored": req.length }),
-                        req.close,
-                    )?;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "ingest spool write failed");
-                    let msg = format!("the connector could not store the range: {e}");
-                    respond(tls, 503, serde_json::json!({ "error": msg }), true)?;
-                    return Ok(());
-                }
-            }
-        }
-        if req.close {
+        let reply = admitted.store(&body);
+        respond(tls, &reply)?;
+        if reply.close {
             return Ok(());
         }
     }
-}
-
-fn refuse_codec(tls: &mut Tls, e: &CodecError) -> std::io::Result<()> {
-    tracing::warn!(status = e.status(), "ingest request refused: {e}");
-    respond(
-        tls,
-        e.status(),
-        serde_json::json!({ "error": e.to_string() }),
-        true,
-    )
 }
 
 fn drain(tls: &mut Tls, buf: &mut Vec<u8>, len: u64) {

@@ -101,6 +101,13 @@ impl Service {
         }
     }
 
+    /// Trust `fp` from now on (after the service's certificate was replaced by upload).
+    pub fn repin(&mut self, fp: &str) {
+        self.fingerprint = fp.to_string();
+        self.client = pinned_client(fp, false);
+        self.browser = pinned_client(fp, true);
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

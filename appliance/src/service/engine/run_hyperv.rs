@@ -1,9 +1,15 @@
 //! A run of a job on a Hyper-V source: the same cycle as `godwit replicate --source hyperv://`
-//! (`godwit_hyperv::replicate::run_cycle_with`: sweep, `godwit-` checkpoint recorded in the
-//! job's ledger before it exists, every frozen disk read over WinRM, checkpoint removed on
-//! every path — or, after a good cycle, turned into the RCT reference point the next cycle's
-//! changed ranges are asked against; `DATA/jobs/<id>/hyperv-rct.json`), each disk replicated
-//! through [`RunCtx::transfer`].
+//! (`godwit_hyperv::replicate::run_cycle_pushed`: sweep, `godwit-` checkpoint recorded in the
+//! job's ledger before it exists, every frozen disk opened, checkpoint removed on every path —
+//! or, after a good cycle, turned into the RCT reference point the next cycle's changed ranges
+//! are asked against; `DATA/jobs/<id>/hyperv-rct.json`), each disk replicated through
+//! [`RunCtx::transfer`].
+//!
+//! Disk data comes by the host push (design §3) once `godwit serve` mounted the ingest on its
+//! HTTPS port: the host's uploader pushes the data ranges there, pinning the service's
+//! certificate; they are spooled under `DATA/jobs/<id>/hyperv-spool/` (kept after a failure or
+//! a kill, so the next run asks only for what is missing) and WinRM carries only metadata.
+//! Without the ingest (it is always mounted by `godwit serve`) the data is read over WinRM.
 
 use super::jobrun::{RunCtx, SinkError};
 use super::run_vsphere::unreadable;
@@ -14,7 +20,7 @@ use crate::service::time::rfc3339;
 use godwit_hyperv::Error as HvError;
 use godwit_hyperv::checkpoint::FrozenDisk;
 use godwit_hyperv::ledger::Ledger;
-use godwit_hyperv::replicate::{CycleExtras, CycleOptions, connect, run_cycle_with};
+use godwit_hyperv::replicate::{CycleExtras, CycleOptions, connect, run_cycle_pushed};
 use godwit_webui::backend::{JobState, LedgerEntryView};
 use std::path::PathBuf;
 
@@ -110,6 +116,17 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
     let extras = CycleExtras {
         rct_state: Some(dir.join("hyperv-rct.json")),
     };
+    let ingest = run.engine.ingest().and_then(|i| {
+        i.config(
+            dir.join("hyperv-spool"),
+            u64::from(run.engine.opts.chunk_size),
+        )
+    });
+    let how = if ingest.is_some() {
+        "pushed by the host"
+    } else {
+        "read over WinRM"
+    };
     let store = run.engine.store.clone();
     let mut sink = |n: usize,
                     disk: &godwit_disk::Disk,
@@ -121,7 +138,7 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
             store.put_job(
                 job,
                 Some(&format!(
-                    "checkpoint taken; transferring {} disk(s) over WinRM",
+                    "checkpoint taken; transferring {} disk(s) {how}",
                     n_disks.map_or_else(|| "the".to_string(), |n| n.to_string())
                 )),
             )?;
@@ -143,18 +160,42 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
         store.put_job(job, Some(&msg))?;
         Ok(())
     };
-    let report = run_cycle_with(&c, &opts, &extras, &mut sink)?;
+    let report = run_cycle_pushed(&c, &opts, &extras, ingest.as_ref(), &mut sink)?;
+    run.engine
+        .winrm_read_bytes
+        .fetch_add(report.bytes_read, std::sync::atomic::Ordering::Relaxed);
     for name in &report.swept {
         let msg = format!("removed leftover checkpoint {name} before the run");
         store
             .put_job(job, Some(&msg))
             .map_err(|e| HvError::Usage(e.to_string()))?;
     }
+    let data_path = match &report.push {
+        Some(p) => format!(
+            "host push: {} bytes ({}) pushed in {} push(es), {} bytes resumed from the spool of an earlier run, {} bytes read from the spool; {} bytes read over WinRM in {} command(s)",
+            p.pushed_bytes,
+            super::mib(p.pushed_bytes),
+            p.pushes,
+            p.resumed_bytes,
+            p.served_from_spool,
+            report.bytes_read,
+            report.read_commands
+        ),
+        None => format!(
+            "{} read over WinRM in {} command(s)",
+            super::mib(report.bytes_read),
+            report.read_commands
+        ),
+    };
+    store
+        .put_job(job, Some(&data_path))
+        .map_err(|e| HvError::Usage(e.to_string()))?;
     tracing::info!(
         job = %job.id,
         checkpoint = %report.checkpoint,
         bytes_read = report.bytes_read,
         commands = report.read_commands,
+        push = ?report.push,
         reference_point = ?report.reference_point,
         "Hyper-V cycle done"
     );
