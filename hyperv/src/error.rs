@@ -19,6 +19,27 @@ pub enum Error {
         got: String,
     },
     #[error(
+        "VM {vm:?} runs on Hyper-V host {host} ({authority}), whose certificate is not pinned; \
+         its fingerprint is {fingerprint}. If that is the host's certificate, add the line \
+         `{authority} {fingerprint}` to the --trust-file"
+    )]
+    HostUnpinned {
+        vm: String,
+        host: String,
+        authority: String,
+        fingerprint: String,
+    },
+    #[error(
+        "VM {vm:?} runs on Hyper-V host {host} ({authority}), which cannot be reached over WinRM \
+         HTTPS: {detail}"
+    )]
+    HostUnreachable {
+        vm: String,
+        host: String,
+        authority: String,
+        detail: String,
+    },
+    #[error(
         "{host}: WinRM refused the credentials of user {user:?} (HTTP 401): wrong user or password, or Basic authentication is disabled on the host"
     )]
     AuthFailed { host: String, user: String },

@@ -83,9 +83,11 @@ pub struct Inventory {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceKind {
     HyperV,
+    /// An SCVMM server: it names the host of each VM, and Godwit then talks to that host.
+    Scvmm,
 }
 
-/// `hyperv://USER@HOST[:PORT]`.
+/// `hyperv://USER@HOST[:PORT]` or `scvmm://USER@HOST[:PORT]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
     pub kind: SourceKind,
@@ -98,12 +100,16 @@ impl Source {
     pub fn parse(url: &str) -> Result<Source> {
         let bad = |d: &str| {
             Error::Usage(format!(
-                "source {url:?}: {d}; expected hyperv://USER@HOST[:PORT]"
+                "source {url:?}: {d}; expected hyperv://USER@HOST[:PORT] or scvmm://USER@HOST[:PORT]"
             ))
         };
-        let rest = url
-            .strip_prefix("hyperv://")
-            .ok_or_else(|| bad("unknown scheme (scvmm:// is not supported yet)"))?;
+        let (kind, rest) = if let Some(r) = url.strip_prefix("hyperv://") {
+            (SourceKind::HyperV, r)
+        } else if let Some(r) = url.strip_prefix("scvmm://") {
+            (SourceKind::Scvmm, r)
+        } else {
+            return Err(bad("unknown scheme"));
+        };
         let (user, hostport) = rest.rsplit_once('@').ok_or_else(|| bad("no USER@"))?;
         if user.is_empty() {
             return Err(bad("empty user"));
@@ -125,7 +131,7 @@ impl Source {
             return Err(bad("empty host"));
         }
         Ok(Source {
-            kind: SourceKind::HyperV,
+            kind,
             user: user.to_string(),
             host,
             port,
@@ -318,6 +324,11 @@ mod tests {
         let s = Source::parse("hyperv://u@[::1]:5990").unwrap();
         assert_eq!((s.host.as_str(), s.port), ("::1", 5990));
         assert!(Source::parse("vi://u@h").is_err());
+        let s = Source::parse("scvmm://CORP\\admin@vmm01:5987").unwrap();
+        assert_eq!(
+            (s.kind, s.user.as_str(), s.host.as_str(), s.port),
+            (SourceKind::Scvmm, "CORP\\admin", "vmm01", 5987)
+        );
         assert!(Source::parse("hyperv://h").is_err());
     }
 }

@@ -75,6 +75,11 @@ impl Ledger {
             .update(name, |e| e.checkpoint_id = Some(id.to_string()))?)
     }
 
+    /// Record that the checkpoint named `name` is now on `host` (its VM moved there).
+    pub fn set_host(&mut self, name: &str, host: &str) -> Result<()> {
+        Ok(self.0.update(name, |e| e.host = host.to_string())?)
+    }
+
     /// Drop the entry named `name` durably.
     pub fn remove(&mut self, name: &str) -> Result<()> {
         Ok(self.0.remove(name)?)

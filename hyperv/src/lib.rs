@@ -7,7 +7,7 @@
 //! [`transport`] (HTTPS with a pinned certificate, Basic auth), [`client`] (shell lifecycle),
 //! [`inventory`] (VMs, disks, eligibility), [`checkpoint`] + [`ledger`] (ledgered `godwit-`
 //! checkpoints), [`hostfile`] (frozen disks read over WinRM), [`ingest`] (the host-push data
-//! path: ingest endpoint, spool, uploader), [`replicate`] (one cycle). [`sim`] (feature `sim`)
+//! path: ingest endpoint, spool, uploader), [`replicate`] (one cycle), [`scvmm`] (SCVMM names each VM's host). [`sim`] (feature `sim`)
 //! is a Hyper-V/WinRM simulator for tests.
 
 pub mod checkpoint;
@@ -23,6 +23,7 @@ pub mod ntlm_verify;
 pub mod powershell;
 pub mod rct;
 pub mod replicate;
+pub mod scvmm;
 pub mod transport;
 pub mod trust;
 pub mod wsman;

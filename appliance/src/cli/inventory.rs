@@ -1,5 +1,6 @@
-//! `godwit inventory --source vsphere://USER@HOST[:PORT]|hyperv://USER@HOST[:PORT] [--json]
-//! [--vm NAME]`: VMs, disks and eligibility (with the reasons when a VM is not eligible).
+//! `godwit inventory --source vsphere://USER@HOST[:PORT]|hyperv://USER@HOST[:PORT]|
+//! scvmm://USER@HOST[:PORT] [--json] [--vm NAME]`: VMs, disks and eligibility (with the reasons
+//! when a VM is not eligible); for SCVMM also the host each VM runs on.
 //!
 //! Exit codes: 0 listed; 2 error; 3 login rejected; 4 certificate not trusted (the message
 //! shows the fingerprint to pin); 5 `--vm` names no VM.
@@ -24,6 +25,20 @@ pub struct InventoryArgs {
 }
 
 pub fn run(args: InventoryArgs) -> anyhow::Result<ExitCode> {
+    if args.source.source.starts_with("scvmm://") {
+        let source = super::replicate_hyperv::HypervSourceArgs {
+            source: &args.source.source,
+            source_fingerprint: args.source.source_fingerprint.as_deref(),
+            password_file: args.source.password_file.as_ref(),
+        };
+        return Ok(super::replicate_scvmm::list(
+            &source,
+            args.source.trust_file.as_ref(),
+            args.vm.as_deref(),
+            args.json,
+        )
+        .unwrap_or_else(|e| super::replicate_hyperv::report_error(&e)));
+    }
     if args.source.source.starts_with("hyperv://") {
         // Same exit codes as vSphere: 3 login rejected, 4 certificate not trusted.
         return Ok(hyperv_list(&args).unwrap_or_else(|e| super::replicate_hyperv::report_error(&e)));

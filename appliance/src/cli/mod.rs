@@ -8,6 +8,7 @@ pub mod image;
 pub mod inventory;
 pub mod replicate;
 pub mod replicate_hyperv;
+pub mod replicate_scvmm;
 pub mod replicate_vsphere;
 pub mod serve;
 pub mod staging;

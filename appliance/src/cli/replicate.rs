@@ -18,15 +18,24 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct ReplicateArgs {
-    /// `file:///path/disk.{vmdk,vhd,vhdx,raw}`, `file:///dev/sdX` or `vsphere://USER@HOST[:PORT]`.
+    /// `file:///path/disk.{vmdk,vhd,vhdx,raw}`, `file:///dev/sdX`, `vsphere://USER@HOST[:PORT]`,
+    /// `hyperv://USER@HOST[:PORT]` or `scvmm://USER@HOST[:PORT]`.
     #[arg(long)]
     source: String,
     /// vSphere: SHA-256 fingerprint of the source's certificate (`SHA256:...`).
     #[arg(long)]
     source_fingerprint: Option<String>,
-    /// vSphere: known-hosts style trust file (`HOST[:PORT] SHA256:...` lines).
+    /// vSphere, SCVMM: known-hosts style trust file (`HOST[:PORT] SHA256:...` lines): the
+    /// vCenter and ESXi hosts, or the SCVMM server and its Hyper-V hosts.
     #[arg(long)]
     trust_file: Option<PathBuf>,
+    /// SCVMM: WinRM HTTPS port of the Hyper-V hosts.
+    #[arg(long, default_value_t = godwit_hyperv::inventory::DEFAULT_PORT)]
+    host_port: u16,
+    /// SCVMM: `HOST USER PASSWORD` lines (mode 0600) for hosts that do not take the SCVMM
+    /// credentials (HOST: VMM's host name or its address).
+    #[arg(long)]
+    host_credentials: Option<PathBuf>,
     /// vSphere: read the password from this file (else `GODWIT_PASSWORD`).
     #[arg(long)]
     password_file: Option<PathBuf>,
@@ -232,18 +241,26 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let handle = rt.handle().clone();
+    let scvmm = a.source.starts_with("scvmm://");
     anyhow::ensure!(
         a.source.starts_with("hyperv://")
+            || scvmm
             || (a.ingest_listen.is_none() && a.ingest_url.is_none() && a.ingest_cert.is_none()),
-        "--ingest-listen, --ingest-url and --ingest-cert are for hyperv:// sources"
+        "--ingest-listen, --ingest-url and --ingest-cert are for hyperv:// sources (and scvmm://)"
+    );
+    anyhow::ensure!(
+        scvmm
+            || (a.host_credentials.is_none()
+                && a.host_port == godwit_hyperv::inventory::DEFAULT_PORT),
+        "--host-port and --host-credentials are for scvmm:// sources"
     );
     if a.source.starts_with("vsphere://") {
         return run_vsphere(&a, &target, &opts, &handle);
     }
-    if a.source.starts_with("hyperv://") {
+    if a.source.starts_with("hyperv://") || scvmm {
         anyhow::ensure!(
             a.changed_ranges.is_none(),
-            "--changed-ranges is not for hyperv:// sources (they take their changes from Resilient Change Tracking, always on; --cbt is accepted and changes nothing)"
+            "--changed-ranges is not for hyperv:// or scvmm:// sources (they take their changes from Resilient Change Tracking, always on; --cbt is accepted and changes nothing)"
         );
         use super::replicate_hyperv::{HypervReplicate, HypervSourceArgs};
         let h = HypervReplicate {
@@ -260,6 +277,11 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 url: a.ingest_url.as_deref(),
                 cert: a.ingest_cert.as_ref().zip(a.ingest_key.as_ref()),
             },
+            scvmm: scvmm.then_some(super::replicate_scvmm::ScvmmArgs {
+                trust_file: a.trust_file.as_ref(),
+                host_port: a.host_port,
+                host_credentials: a.host_credentials.as_ref(),
+            }),
         };
         return super::replicate_hyperv::run(&h, &target, &opts, &handle);
     }

@@ -9,6 +9,9 @@
 //! data ranges with a one-time token and the certificate pinned, and WinRM carries only
 //! metadata (`godwit_hyperv::ingest`).
 //!
+//! `scvmm://` sources ask the VMM server for the VM's host first (`super::replicate_scvmm`),
+//! then run the same cycle on that host.
+//!
 //! Exit codes as for vSphere: 3 credentials refused, 4 certificate not trusted, 5 VM not
 //! found; other errors 2.
 
@@ -64,9 +67,11 @@ pub fn source_parts(
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
     match e.downcast_ref::<HypervError>() {
         Some(HypervError::AuthFailed { .. }) => ExitCode::from(EXIT_AUTH),
-        Some(HypervError::Unpinned { .. } | HypervError::PinMismatch { .. }) => {
-            ExitCode::from(EXIT_TRUST)
-        }
+        Some(
+            HypervError::Unpinned { .. }
+            | HypervError::PinMismatch { .. }
+            | HypervError::HostUnpinned { .. },
+        ) => ExitCode::from(EXIT_TRUST),
         Some(HypervError::NotFound { .. }) => ExitCode::from(EXIT_NOT_FOUND),
         _ => ExitCode::from(2),
     }
@@ -96,6 +101,8 @@ pub struct HypervReplicate<'a> {
     pub state_dir: Option<&'a PathBuf>,
     pub json: bool,
     pub ingest: IngestArgs<'a>,
+    /// Set for `scvmm://` sources: how to reach the VM's host.
+    pub scvmm: Option<super::replicate_scvmm::ScvmmArgs<'a>>,
 }
 
 /// Start the ingest endpoint of `--ingest-listen` (if given) for a cycle; the server runs
@@ -189,6 +196,7 @@ fn cycle(
     opts: &ReplicateOptions,
     handle: &tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
+    // The URL and password are checked before anything starts (SCVMM: the VMM server's).
     let (src, creds, pin) = source_parts(&a.source)?;
     let state_dir = a
         .state_dir
@@ -198,10 +206,15 @@ fn cycle(
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
     let ingest = start_ingest(&a.ingest, &state_dir, u64::from(opts.chunk_size), a.json)?;
-    let client = connect(&src, &creds, pin)?;
     let copts = CycleOptions {
         vm_name: a.vm.to_string(),
         ledger: state_dir.join("hyperv-checkpoint-ledger.json"),
+    };
+    let client = match &a.scvmm {
+        Some(s) => {
+            super::replicate_scvmm::connect_vm_host(&a.source, s, a.vm, &copts.ledger, a.json)?
+        }
+        None => connect(&src, &creds, pin)?,
     };
     let extras = CycleExtras {
         rct_state: Some(state_dir.join("hyperv-rct.json")),

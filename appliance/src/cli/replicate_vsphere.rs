@@ -26,14 +26,15 @@ pub const EXIT_NOT_FOUND: u8 = 5;
 /// How to reach and trust a vSphere source. Secrets come from `GODWIT_PASSWORD` or a file.
 #[derive(clap::Args, Clone, Debug)]
 pub struct VsphereSourceArgs {
-    /// `vsphere://USER@HOST[:PORT]`
+    /// `vsphere://USER@HOST[:PORT]` (also `hyperv://` and `scvmm://` for `godwit inventory`)
     #[arg(long)]
     pub source: String,
     /// SHA-256 fingerprint of the server certificate: `SHA256:AB:CD:...`, hex with or without
     /// colons, any case.
     #[arg(long)]
     pub source_fingerprint: Option<String>,
-    /// Known-hosts style file of `HOST[:PORT] SHA256:...` lines (vCenter, ESXi hosts).
+    /// Known-hosts style file of `HOST[:PORT] SHA256:...` lines (vCenter, ESXi hosts; an SCVMM
+    /// server).
     #[arg(long)]
     pub trust_file: Option<PathBuf>,
     /// Read the password from this file (first line); otherwise `GODWIT_PASSWORD`.

@@ -9,6 +9,7 @@ pub mod disks;
 pub mod model;
 mod push;
 mod scripts;
+pub mod scvmm;
 
 pub use scripts::SimCheckpoint;
 

@@ -69,6 +69,7 @@ pub struct SimModel {
     /// Host name the VM paths are shown under (`C:\VMs\...`).
     #[serde(default = "default_root")]
     pub windows_root: String,
+    #[serde(default)]
     pub vms: Vec<SimVm>,
     #[serde(default)]
     pub faults: SimFaults,
@@ -76,6 +77,10 @@ pub struct SimModel {
     /// NTLM/Negotiate only).
     #[serde(default = "default_auth")]
     pub auth: Vec<String>,
+    /// Present: this instance is an SCVMM server that answers `scvmm-inventory.ps1` from the
+    /// hosts listed here (see [`super::scvmm`]).
+    #[serde(default)]
+    pub scvmm: Option<super::scvmm::ScvmmModel>,
 }
 
 fn default_auth() -> Vec<String> {

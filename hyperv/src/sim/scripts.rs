@@ -11,6 +11,7 @@ use crate::ingest::push::PUSH_SCRIPT;
 use crate::inventory::INVENTORY_SCRIPT;
 use crate::powershell;
 use crate::rct::{CHANGES_SCRIPT, REFERENCE_SCRIPT};
+use crate::scvmm::SCVMM_INVENTORY_SCRIPT;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::collections::HashMap;
@@ -105,6 +106,23 @@ fn run_script(sim: &Sim, host: &mut HostState, script: &str, depth: u32) -> Outc
                 Err(e) => ps_error(&format!("ConvertTo-Json : {e}")),
             },
             // The script's catch block writes the error as plain text and exits 2.
+            Err(e) => (Vec::new(), format!("{e}\r\n").into_bytes(), 2),
+        };
+    }
+    if script == SCVMM_INVENTORY_SCRIPT {
+        // The scripts' catch block writes the error as plain text and exits 2.
+        let Some(m) = &sim.config.model.scvmm else {
+            return (
+                Vec::new(),
+                b"Import-Module : The specified module 'virtualmachinemanager' was not loaded because no valid module file was found in any module directory.\r\n".to_vec(),
+                2,
+            );
+        };
+        return match super::scvmm::report(m, &sim.config.data_dir) {
+            Ok(r) => match serde_json::to_string(&r) {
+                Ok(json) => (format!("{json}\r\n").into_bytes(), Vec::new(), 0),
+                Err(e) => ps_error(&format!("ConvertTo-Json : {e}")),
+            },
             Err(e) => (Vec::new(), format!("{e}\r\n").into_bytes(), 2),
         };
     }
