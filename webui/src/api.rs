@@ -6,10 +6,10 @@
 use crate::{
     AppState,
     backend::{
-        AddSource, Backend, CertificateView, CheckView, CommandError, CreateExport, CreateJob,
-        ExportView, HttpsCertificateView, InstallCertificate, JobEvent, JobView, LedgerEntryView,
-        NetworkSettings, ProbeSource, Secret, SetAdminPassword, SetStagingTarget, SettingsView,
-        SetupStatus, SourceView, ThroughputSample, VmView,
+        AddSource, ApproveHost, Backend, CertificateView, CheckView, CommandError, CreateExport,
+        CreateJob, ExportView, HttpsCertificateView, InstallCertificate, JobEvent, JobView,
+        LedgerEntryView, NetworkSettings, ProbeSource, Secret, SetAdminPassword, SetStagingTarget,
+        SettingsView, SetupStatus, SourceView, ThroughputSample, VmView,
     },
     error::ApiError,
     routes::Routes,
@@ -68,6 +68,7 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .post("/api/v1/sources/probe", probe_source::<B>)
         .post("/api/v1/sources", add_source::<B>)
         .delete("/api/v1/sources/{id}", remove_source::<B>)
+        .post("/api/v1/sources/{id}/hosts", approve_source_host::<B>)
         .post("/api/v1/checks", run_checks::<B>)
         .get("/api/v1/inventory", inventory::<B>)
         .get("/api/v1/jobs", jobs::<B>)
@@ -231,6 +232,14 @@ async fn remove_source<B: Backend>(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     no_content(st.backend.remove_source(id).await)
+}
+
+async fn approve_source_host<B: Backend>(
+    State(st): St<B>,
+    Path(id): Path<String>,
+    JsonBody(cmd): JsonBody<ApproveHost>,
+) -> ApiResult<Json<SourceView>> {
+    Ok(Json(st.backend.approve_source_host(id, cmd).await?))
 }
 
 async fn run_checks<B: Backend>(State(st): St<B>) -> ApiResult<Json<Vec<CheckView>>> {

@@ -233,6 +233,9 @@ pub struct AddSource {
     pub username: String,
     pub password: Secret,
     pub approved_fingerprint: String,
+    /// SCVMM only: the WinRM HTTPS port of the Hyper-V hosts VMM names (5986 when absent).
+    #[serde(default)]
+    pub host_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -242,6 +245,30 @@ pub struct SourceView {
     pub address: String,
     pub username: String,
     pub fingerprint: String,
+    /// SCVMM only: the Hyper-V hosts' WinRM HTTPS port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    /// SCVMM only: the hosts whose certificate the operator approved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_pins: Vec<HostPinView>,
+}
+
+/// A Hyper-V host of an SCVMM source and the certificate fingerprint approved for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostPinView {
+    /// VMM's name for the host, or its address (`host` or `host:port`).
+    pub host: String,
+    /// `SHA256:<hex>`
+    pub fingerprint: String,
+}
+
+/// Approve the certificate of one Hyper-V host of an SCVMM source (trust on approval: a job on
+/// that host is refused, naming the fingerprint to approve, until this is called).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApproveHost {
+    /// VMM's name for the host, or its address, as the refusal names it.
+    pub host: String,
+    pub approved_fingerprint: String,
 }
 
 /// The appliance's own HTTPS certificate: generated at first start, or uploaded.
@@ -315,6 +342,9 @@ pub struct VmView {
     pub eligible: bool,
     /// Why not eligible (or warnings when eligible).
     pub reasons: Vec<String>,
+    /// SCVMM sources: the Hyper-V host that runs the VM (`name (address)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -462,6 +492,13 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = CommandResult<CertificateView>> + Send;
     fn add_source(&self, cmd: AddSource) -> impl Future<Output = CommandResult<SourceView>> + Send;
     fn remove_source(&self, id: String) -> impl Future<Output = CommandResult<()>> + Send;
+    /// Pin a Hyper-V host of an SCVMM source (NotFound for an unknown source, Conflict for a
+    /// source that is not SCVMM, a field error for a malformed fingerprint or empty host).
+    fn approve_source_host(
+        &self,
+        id: String,
+        cmd: ApproveHost,
+    ) -> impl Future<Output = CommandResult<SourceView>> + Send;
     fn run_checks(&self) -> impl Future<Output = CommandResult<Vec<CheckView>>> + Send;
     /// Marks the wizard finished; refused (Conflict) while earlier steps are missing.
     fn finish_wizard(&self) -> impl Future<Output = CommandResult<()>> + Send;

@@ -544,12 +544,7 @@ impl Engine {
         let mut run = RunCtx::new(self, target.as_ref(), progress, cancel);
         match src.kind {
             SourceKind::Vsphere => run_vsphere::run(&mut run, &mut job, &src),
-            SourceKind::Hyperv => run_hyperv::run(&mut run, &mut job, &src),
-            SourceKind::Scvmm => fail(
-                "SCVMM sources can be inventoried but not replicated yet; add the Hyper-V host itself"
-                    .into(),
-                false,
-            ),
+            SourceKind::Hyperv | SourceKind::Scvmm => run_hyperv::run(&mut run, &mut job, &src),
         }
     }
 }

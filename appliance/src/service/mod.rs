@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod logs;
 pub mod network;
 mod ops;
+pub mod scvmm;
 pub mod sessions;
 pub mod sources;
 pub mod staging_target;
@@ -267,17 +268,7 @@ impl Appliance {
                     access_key_id: access_key_id.clone(),
                 },
             },
-            sources: s
-                .sources
-                .iter()
-                .map(|x| SourceView {
-                    id: x.id.clone(),
-                    kind: x.kind,
-                    address: x.address.clone(),
-                    username: x.username.clone(),
-                    fingerprint: x.fingerprint.clone(),
-                })
-                .collect(),
+            sources: s.sources.iter().map(store::SourceRecord::view).collect(),
             max_concurrent_jobs: s.max_concurrent(),
         }
     }
@@ -385,6 +376,10 @@ impl Backend for Appliance {
 
     async fn add_source(&self, cmd: AddSource) -> CommandResult<SourceView> {
         self.add(cmd).await
+    }
+
+    async fn approve_source_host(&self, id: String, cmd: ApproveHost) -> CommandResult<SourceView> {
+        self.approve_host(id, cmd).await
     }
 
     async fn remove_source(&self, id: String) -> CommandResult<()> {

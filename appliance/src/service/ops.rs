@@ -1,7 +1,7 @@
 //! The longer commands of [`Appliance`]: password, staging target, sources, checks, jobs,
 //! exports and the support bundle.
 
-use super::store::{JobRecord, SourceRecord, StagingRecord};
+use super::store::{HostPin, JobRecord, SourceRecord, StagingRecord};
 use super::validate::{Problems, authority, fingerprint, host_port};
 use super::{Appliance, auth, bundle, joined, random_id, sources, time};
 use godwit_transfer::replicate::Connect;
@@ -245,16 +245,15 @@ impl Appliance {
             username: user,
             password: cmd.password.expose().to_string(),
             fingerprint: fp,
+            host_port: match cmd.kind {
+                SourceKind::Scvmm => cmd.host_port,
+                _ => None,
+            },
+            host_pins: Vec::new(),
         };
         let r = record.clone();
         joined(tokio::task::spawn_blocking(move || sources::verify_login(&r)).await)??;
-        let view = SourceView {
-            id: record.id.clone(),
-            kind: record.kind,
-            address: record.address.clone(),
-            username: record.username.clone(),
-            fingerprint: record.fingerprint.clone(),
-        };
+        let view = record.view();
         self.store.update_settings(|s| {
             s.sources.push(record);
             Ok(())
@@ -262,6 +261,61 @@ impl Appliance {
         *self.inventory.lock().await = None;
         tracing::info!(source = %view.id, address = %view.address, "source added");
         Ok(view)
+    }
+
+    /// Pin one Hyper-V host of an SCVMM source: the operator approved the fingerprint a
+    /// refused job named (trust on approval). Replaces an earlier pin of the same host.
+    pub(super) async fn approve_host(
+        &self,
+        id: String,
+        cmd: ApproveHost,
+    ) -> CommandResult<SourceView> {
+        let mut p = Problems::default();
+        let host = cmd.host.trim().to_ascii_lowercase();
+        if host.is_empty() {
+            p.add("host", "required: VMM's name for the host or its address");
+        } else if host
+            .chars()
+            .any(|c| c.is_whitespace() || c == '#' || c == '/')
+        {
+            p.add("host", "a host name or address (`host` or `host:port`)");
+        }
+        let fp = fingerprint(&cmd.approved_fingerprint)
+            .map_err(|e| p.add("approved_fingerprint", e))
+            .ok();
+        p.finish()?;
+        let Some(fp) = fp else {
+            return Err(CommandError::Internal {
+                message: "validation".into(),
+            });
+        };
+        let mut view = None;
+        self.store.update_settings(|s| {
+            let Some(src) = s.sources.iter_mut().find(|x| x.id == id) else {
+                return Err(CommandError::NotFound {
+                    message: format!("source {id}"),
+                });
+            };
+            if src.kind != SourceKind::Scvmm {
+                return Err(CommandError::Conflict {
+                    message: format!(
+                        "source {id} is not an SCVMM source; its certificate is the one approved when it was added"
+                    ),
+                });
+            }
+            src.host_pins.retain(|x| x.host != host);
+            src.host_pins.push(HostPin {
+                host: host.clone(),
+                fingerprint: fp.clone(),
+            });
+            view = Some(src.view());
+            Ok(())
+        })?;
+        *self.inventory.lock().await = None;
+        tracing::info!(source = %id, host = %host, fingerprint = %fp, "SCVMM host certificate approved");
+        view.ok_or_else(|| CommandError::Internal {
+            message: "source vanished".into(),
+        })
     }
 
     pub(super) async fn checks(&self) -> CommandResult<Vec<CheckView>> {
@@ -359,11 +413,6 @@ impl Appliance {
                 message: "validation".into(),
             });
         };
-        if src.kind == SourceKind::Scvmm {
-            return Err(CommandError::Conflict {
-                message: "SCVMM sources can be inventoried but not replicated yet; add the Hyper-V host itself".into(),
-            });
-        }
         if s.staging.is_none() {
             return Err(CommandError::Conflict {
                 message: "configure the staging target first".into(),

@@ -1,4 +1,4 @@
-//! Sources (vCenter/ESXi, Hyper-V): probing a certificate without trusting it, logging in with
+//! Sources (vCenter/ESXi, Hyper-V, SCVMM in `super::scvmm`): probing a certificate without trusting it, logging in with
 //! the approved fingerprint pinned, and listing VMs with their eligibility.
 
 use super::store::SourceRecord;
@@ -141,13 +141,11 @@ pub fn verify_login(src: &SourceRecord) -> Result<(), CommandError> {
                 .map(|_| ())
                 .map_err(hyperv_error)
         }
-        SourceKind::Scvmm => Err(CommandError::Conflict {
-            message: "SCVMM sources are not supported yet; add the Hyper-V hosts directly".into(),
-        }),
+        SourceKind::Scvmm => super::scvmm::verify_login(src),
     }
 }
 
-fn hyperv_error(e: godwit_hyperv::Error) -> CommandError {
+pub(crate) fn hyperv_error(e: godwit_hyperv::Error) -> CommandError {
     use godwit_hyperv::Error as E;
     match e {
         E::AuthFailed { .. } => CommandError::field("password", e.to_string()),
@@ -186,7 +184,7 @@ pub fn inventory(src: &SourceRecord) -> Result<Vec<VmView>, CommandError> {
                 .map_err(hyperv_error)?;
             Ok(inv.vms.iter().map(|vm| hyperv_vm(&src.id, vm)).collect())
         }
-        SourceKind::Scvmm => Ok(Vec::new()),
+        SourceKind::Scvmm => super::scvmm::inventory(src),
     }
 }
 
@@ -223,10 +221,11 @@ fn vsphere_vm(source_id: &str, vm: &godwit_vmware::inventory::Vm) -> VmView {
             .collect(),
         eligible: el.eligible,
         reasons,
+        host: None,
     }
 }
 
-fn hyperv_vm(source_id: &str, vm: &godwit_hyperv::inventory::Vm) -> VmView {
+pub(crate) fn hyperv_vm(source_id: &str, vm: &godwit_hyperv::inventory::Vm) -> VmView {
     let r = &vm.record;
     let mut reasons = vm.reasons.clone();
     reasons.extend(vm.warnings.iter().cloned());
@@ -255,5 +254,6 @@ fn hyperv_vm(source_id: &str, vm: &godwit_hyperv::inventory::Vm) -> VmView {
             .collect(),
         eligible: vm.eligible,
         reasons,
+        host: None,
     }
 }

@@ -58,6 +58,43 @@ pub struct SourceRecord {
     pub password: String,
     /// `SHA256:<hex>` the operator approved.
     pub fingerprint: String,
+    /// SCVMM: the WinRM HTTPS port of the Hyper-V hosts (5986 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    /// SCVMM: the hosts whose certificate the operator approved (trust on approval).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_pins: Vec<HostPin>,
+}
+
+/// One approved Hyper-V host certificate of an SCVMM source.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostPin {
+    /// VMM's name for the host or its address (`host` or `host:port`), lower case.
+    pub host: String,
+    /// `SHA256:<hex>`
+    pub fingerprint: String,
+}
+
+impl SourceRecord {
+    /// What the API shows of it (no password).
+    pub fn view(&self) -> godwit_webui::backend::SourceView {
+        godwit_webui::backend::SourceView {
+            id: self.id.clone(),
+            kind: self.kind,
+            address: self.address.clone(),
+            username: self.username.clone(),
+            fingerprint: self.fingerprint.clone(),
+            host_port: self.host_port,
+            host_pins: self
+                .host_pins
+                .iter()
+                .map(|p| godwit_webui::backend::HostPinView {
+                    host: p.host.clone(),
+                    fingerprint: p.fingerprint.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Everything the wizard and the settings pages write.

@@ -278,6 +278,7 @@ impl AddSourceForm {
             username: self.username.trim().to_owned(),
             password: self.password.clone(),
             approved_fingerprint: self.approved_fingerprint.trim().to_owned(),
+            host_port: None,
         })
     }
 }

@@ -92,6 +92,8 @@ impl TestBackend {
                 address: "vcenter.example".into(),
                 username: "administrator@vsphere.local".into(),
                 fingerprint: TEST_FINGERPRINT.into(),
+                host_port: None,
+                host_pins: Vec::new(),
             });
             s.wizard_done = true;
             s.next_id = 2;
@@ -393,6 +395,8 @@ impl Backend for TestBackend {
             address: cmd.address,
             username: cmd.username,
             fingerprint: cmd.approved_fingerprint,
+            host_port: cmd.host_port,
+            host_pins: Vec::new(),
         };
         s.sources.push(view.clone());
         Ok(view)
@@ -408,6 +412,31 @@ impl Backend for TestBackend {
             });
         }
         Ok(())
+    }
+
+    async fn approve_source_host(&self, id: String, cmd: ApproveHost) -> CommandResult<SourceView> {
+        let mut s = self.lock();
+        let Some(src) = s.sources.iter_mut().find(|x| x.id == id) else {
+            return Err(CommandError::NotFound {
+                message: format!("no source {id}"),
+            });
+        };
+        if src.kind != SourceKind::Scvmm {
+            return Err(CommandError::Conflict {
+                message: format!("source {id} is not an SCVMM source"),
+            });
+        }
+        let host = cmd.host.trim().to_owned();
+        if host.is_empty() {
+            return Err(CommandError::field("host", "required"));
+        }
+        src.host_pins
+            .retain(|p| !p.host.eq_ignore_ascii_case(&host));
+        src.host_pins.push(HostPinView {
+            host,
+            fingerprint: cmd.approved_fingerprint,
+        });
+        Ok(src.clone())
     }
 
     async fn run_checks(&self) -> CommandResult<Vec<CheckView>> {

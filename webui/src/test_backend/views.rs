@@ -121,6 +121,7 @@ impl TestBackend {
                 disks: vec![disk(0)],
                 eligible: true,
                 reasons: vec![],
+                host: None,
             },
             VmView {
                 source_id: source.id.clone(),
@@ -130,6 +131,7 @@ impl TestBackend {
                 disks: vec![disk(0), disk(1)],
                 eligible: true,
                 reasons: vec!["CBT is off: the first run copies every block".into()],
+                host: None,
             },
             VmView {
                 source_id: source.id.clone(),
@@ -142,6 +144,7 @@ impl TestBackend {
                     "physical-mode RDM disk cannot be snapshotted".into(),
                     "hardware version 4 is older than the minimum (7)".into(),
                 ],
+                host: None,
             },
         ]
     }

@@ -3,7 +3,9 @@
 //! job's ledger before it exists, every frozen disk opened, checkpoint removed on every path —
 //! or, after a good cycle, turned into the RCT reference point the next cycle's changed ranges
 //! are asked against; `DATA/jobs/<id>/hyperv-rct.json`), each disk replicated through
-//! [`RunCtx::transfer`].
+//! [`RunCtx::transfer`]. On an SCVMM source the cycle runs on the host VMM says runs the VM
+//! (`crate::service::scvmm::connect_vm`: asked on every run, the host's certificate approved by
+//! the operator).
 //!
 //! Disk data comes by the host push (design §3) once `godwit serve` mounted the ingest on its
 //! HTTPS port: the host's uploader pushes the data ranges there, pinning the service's
@@ -14,6 +16,7 @@
 use super::jobrun::{RunCtx, SinkError};
 use super::run_vsphere::unreadable;
 use super::{Engine, Outcome};
+use crate::service::scvmm::HostClient as Client;
 use crate::service::sources::{certificate_changed, hyperv_pin, hyperv_source};
 use crate::service::store::{JobRecord, SourceRecord};
 use crate::service::time::rfc3339;
@@ -21,22 +24,32 @@ use godwit_hyperv::Error as HvError;
 use godwit_hyperv::checkpoint::FrozenDisk;
 use godwit_hyperv::ledger::Ledger;
 use godwit_hyperv::replicate::{CycleExtras, CycleOptions, connect, run_cycle_pushed};
-use godwit_webui::backend::{JobState, LedgerEntryView};
+use godwit_webui::backend::{JobState, LedgerEntryView, SourceKind};
 use std::path::PathBuf;
 
 pub(super) fn ledger_path(engine: &Engine, job_id: &str) -> PathBuf {
     engine.job_dir(job_id).join("hyperv-checkpoint-ledger.json")
 }
 
-fn client(
-    src: &SourceRecord,
-) -> Result<
-    std::sync::Arc<godwit_hyperv::client::WinRm<godwit_hyperv::transport::HttpsTransport>>,
-    HvError,
-> {
+fn client(src: &SourceRecord) -> Result<Client, HvError> {
     let (source, creds) = hyperv_source(src);
     let pin = hyperv_pin(src).map_err(|e| HvError::Usage(e.to_string()))?;
     connect(&source, &creds, Some(pin))
+}
+
+/// The client for the host that runs the job's VM (a Hyper-V source is that host; an SCVMM
+/// source says which host it is), and the VM's disk count and total size if known.
+fn connect_job(
+    engine: &Engine,
+    job: &JobRecord,
+    src: &SourceRecord,
+) -> Result<(Client, Option<(usize, u64)>), HvError> {
+    match src.kind {
+        SourceKind::Scvmm => {
+            crate::service::scvmm::connect_vm(src, &job.vm, &ledger_path(engine, &job.id))
+        }
+        _ => Ok((client(src)?, sizes(src, &job.vm))),
+    }
 }
 
 /// Remove the checkpoints the job's ledger records. Blocking.
@@ -49,7 +62,7 @@ pub(super) fn sweep(
     if ledger.entries().is_empty() {
         return Ok(Vec::new());
     }
-    let c = client(src).map_err(|e| e.to_string())?;
+    let (c, _) = connect_job(engine, job, src).map_err(|e| e.to_string())?;
     godwit_hyperv::replicate::sweep(&c, &mut ledger).map_err(|e| e.to_string())
 }
 
@@ -98,8 +111,8 @@ pub(super) fn run(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord)
 }
 
 fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Result<(), HvError> {
-    let c = client(src)?;
-    let n_disks = match sizes(src, &job.vm) {
+    let (c, sizes) = connect_job(run.engine, job, src)?;
+    let n_disks = match sizes {
         Some((n, total)) => {
             run.set_total(total);
             Some(n)
@@ -205,7 +218,22 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
 /// Turn a Hyper-V error into a run outcome: certificate, login, a missing or ineligible VM
 /// need the operator (no retry); everything else is retried with backoff.
 fn failure(src: &SourceRecord, e: &HvError) -> Outcome {
+    if let Some(message) = crate::service::scvmm::unpinned_message(src, e) {
+        return Outcome::Failed {
+            message,
+            retry: false,
+        };
+    }
     let (message, retry) = match e {
+        HvError::PinMismatch { .. } if src.kind == SourceKind::Scvmm => (
+            format!(
+                "{e}; if a Hyper-V host's certificate was replaced on purpose, approve the new \
+                 one (POST /api/v1/sources/{}/hosts), if the VMM server's, remove the source and \
+                 add it again",
+                src.id
+            ),
+            false,
+        ),
         HvError::Unpinned { .. } | HvError::PinMismatch { .. } => {
             (certificate_changed(src, &e.to_string()), false)
         }
@@ -217,6 +245,7 @@ fn failure(src: &SourceRecord, e: &HvError) -> Outcome {
             false,
         ),
         HvError::NotFound { .. } | HvError::Usage(_) => (e.to_string(), false),
+        HvError::HostUnreachable { .. } => (e.to_string(), true),
         _ => (e.to_string(), true),
     };
     Outcome::Failed { message, retry }
