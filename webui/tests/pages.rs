@@ -576,3 +576,123 @@ async fn the_settings_page_shows_the_https_certificate_and_takes_an_upload() {
         "the key reached the backend as a secret"
     );
 }
+
+#[tokio::test]
+async fn an_scvmm_host_certificate_is_approved_on_the_settings_page() {
+    let app = app(Arc::new(TestBackend::configured(PASSWORD)));
+    let mut c = Client::new(&app, "198.51.100.11");
+    c.login(PASSWORD).await;
+    form(
+        &mut c,
+        "/setup/sources/probe",
+        &[("kind", "scvmm"), ("address", "vmm.example")],
+    )
+    .await;
+    let r = form(
+        &mut c,
+        "/setup/sources/add",
+        &[
+            ("kind", "scvmm"),
+            ("address", "vmm.example"),
+            (
+                "approved_fingerprint",
+                godwit_webui::test_backend::TEST_FINGERPRINT,
+            ),
+            ("approve", "yes"),
+            ("username", "CORP\\vmmsvc"),
+            ("password", SOURCE_PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(r.location(), "/setup/sources", "{}", r.body);
+    let settings = c.get("/api/v1/settings").await.json();
+    let id = settings["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "scvmm")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let action = format!("/settings/sources/{id}/hosts");
+    let page = c.get("/settings").await.body;
+    assert!(page.contains(&format!("action=\"{action}\"")), "{page}");
+    assert!(
+        !page.contains("action=\"/settings/sources/src-1/hosts\""),
+        "a vSphere source has no host pins"
+    );
+
+    // A malformed fingerprint: the error sits next to that source's fingerprint field, with
+    // what was typed kept; nothing is pinned.
+    let host = "hv7.corp.example";
+    let r = form(
+        &mut c,
+        &action,
+        &[("host", host), ("approved_fingerprint", "SHA256:12zz")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let field = format!("pin-{id}-approved_fingerprint");
+    let err = r
+        .body
+        .find(&format!("<p class=\"error\" id=\"{field}-error\">"))
+        .unwrap_or_else(|| panic!("no fingerprint error:\n{}", r.body));
+    assert!(r.body[err..].contains("64 hex digits"));
+    let input = r.body.find(&format!("id=\"{field}\"")).unwrap();
+    let input_tag = &r.body[input..input + r.body[input..].find('>').unwrap()];
+    assert!(input_tag.contains(&format!("aria-describedby=\"{field}-error\"")));
+    assert!(input_tag.contains("value=\"SHA256:12zz\""), "{input_tag}");
+    assert!(input < err, "the error follows its field");
+    assert!(r.body.contains(&format!("value=\"{host}\"")), "host kept");
+    let settings = c.get("/api/v1/settings").await.json();
+    assert!(
+        !settings.to_string().contains("host_pins"),
+        "nothing pinned"
+    );
+
+    // Without the CSRF token: refused outright.
+    let fp = "SHA256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let r = c
+        .post_form(&action, &[("host", host), ("approved_fingerprint", fp)])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(!c.get("/settings").await.body.contains(host));
+
+    // Accepted: back to the settings, which list the pin; the API shows the same pin.
+    let r = form(
+        &mut c,
+        &action,
+        &[("host", host), ("approved_fingerprint", fp)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location(), "/settings?saved=host");
+    let page = c.get("/settings?saved=host").await.body;
+    let upper = fp.to_ascii_uppercase().replace("SHA256:", "");
+    assert!(page.contains(&format!("<td>{host}</td>")), "{page}");
+    assert!(page.contains(&upper), "{page}");
+    let settings = c.get("/api/v1/settings").await.json();
+    let src = settings["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(src["host_pins"][0]["host"], host);
+    assert_eq!(
+        src["host_pins"][0]["fingerprint"],
+        format!("SHA256:{upper}")
+    );
+
+    // The same command over the API on a vSphere source is a conflict, shown above the form.
+    let r = form(
+        &mut c,
+        "/settings/sources/src-1/hosts",
+        &[("host", host), ("approved_fingerprint", fp)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.body.contains("not an SCVMM source"), "{}", r.body);
+}

@@ -4,7 +4,7 @@
 
 use super::{
     Layout, PasswordRefusal, error_page,
-    forms::{self, CertificateForm, ExportForm, JobForm, PasswordForm, format_value},
+    forms::{self, CertificateForm, ExportForm, HostPinForm, JobForm, PasswordForm, format_value},
     human_bytes, percent, render, see_other,
     wizard::SourceRow,
 };
@@ -45,6 +45,7 @@ pub(super) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .get("/settings", settings_page::<B>)
         .post("/settings/password", change_password::<B>)
         .post("/settings/certificate", install_certificate::<B>)
+        .post("/settings/sources/{id}/hosts", approve_host::<B>)
         .get("/logs", logs_page::<B>)
         .get("/support-bundle", crate::api::support_bundle::<B>)
         .post("/logout", logout)
@@ -554,11 +555,30 @@ struct SettingsPage {
     /// What was pasted into the certificate field, shown again after a refusal (never the key).
     certificate_pem: String,
     sources: Vec<SourceRow>,
+    /// The host pin form that was refused: its source and what was typed.
+    pin: Option<(String, HostPinForm)>,
     errors: FormErrors,
     saved: bool,
 }
 
 impl SettingsPage {
+    /// A field error of the host pin form of `source` (only the refused form shows it).
+    fn pin_error(&self, source: &str, field: &str) -> Option<&str> {
+        match &self.pin {
+            Some((id, _)) if id == source => self.errors.get(field),
+            _ => None,
+        }
+    }
+
+    /// What was typed into the refused host pin form of `source` (empty for the others).
+    fn pin_value(&self, source: &str, field: &str) -> &str {
+        match &self.pin {
+            Some((id, f)) if id == source && field == "host" => &f.host,
+            Some((id, f)) if id == source => &f.approved_fingerprint,
+            _ => "",
+        }
+    }
+
     fn address_text(&self) -> String {
         match self.settings.network.as_ref().map(|n| &n.address) {
             None => "not set".into(),
@@ -582,7 +602,14 @@ async fn render_settings<B: Backend>(
     saved: bool,
     code: StatusCode,
 ) -> Response {
-    render_settings_with(st, session, errors, saved, code, String::new()).await
+    render_settings_with(st, session, errors, saved, code, SettingsEcho::default()).await
+}
+
+/// What a refused settings form typed, shown again (never a key or password).
+#[derive(Default)]
+struct SettingsEcho {
+    certificate_pem: String,
+    pin: Option<(String, HostPinForm)>,
 }
 
 async fn render_settings_with<B: Backend>(
@@ -591,7 +618,7 @@ async fn render_settings_with<B: Backend>(
     errors: FormErrors,
     saved: bool,
     code: StatusCode,
-    certificate_pem: String,
+    echo: SettingsEcho,
 ) -> Response {
     let settings = st.backend.settings().await;
     let certificate = st.backend.https_certificate().await.ok();
@@ -608,8 +635,9 @@ async fn render_settings_with<B: Backend>(
             layout,
             settings,
             certificate,
-            certificate_pem,
+            certificate_pem: echo.certificate_pem,
             sources,
+            pin: echo.pin,
             errors,
             saved,
         },
@@ -664,7 +692,37 @@ async fn install_certificate<B: Backend>(
         Err(e) => {
             let code = status_of(&e);
             let errors = FormErrors::from_error(e, &["certificate_pem", "private_key_pem"]);
-            render_settings_with(&st, &session, errors, false, code, pem).await
+            let echo = SettingsEcho {
+                certificate_pem: pem,
+                pin: None,
+            };
+            render_settings_with(&st, &session, errors, false, code, echo).await
+        }
+    }
+}
+
+/// Approve the certificate of one Hyper-V host of an SCVMM source (the host and fingerprint a
+/// refused job named); the same backend command as `POST /api/v1/sources/{id}/hosts`.
+async fn approve_host<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<HostPinForm>,
+) -> Response {
+    match st
+        .backend
+        .approve_source_host(id.clone(), form.clone().into_command())
+        .await
+    {
+        Ok(_) => see_other("/settings?saved=host"),
+        Err(e) => {
+            let code = status_of(&e);
+            let errors = FormErrors::from_error(e, &["host", "approved_fingerprint"]);
+            let echo = SettingsEcho {
+                certificate_pem: String::new(),
+                pin: Some((id, form)),
+            };
+            render_settings_with(&st, &session, errors, false, code, echo).await
         }
     }
 }

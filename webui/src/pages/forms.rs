@@ -3,7 +3,7 @@
 //! typed, and the backend says what is wrong with them.
 
 use crate::backend::{
-    AddSource, AddressMode, CreateExport, CreateJob, ExportFormat, InstallCertificate,
+    AddSource, AddressMode, ApproveHost, CreateExport, CreateJob, ExportFormat, InstallCertificate,
     NetworkSettings, ProbeSource, Schedule, Secret, SetAdminPassword, SetStagingTarget, SourceKind,
     StagingView,
 };
@@ -459,6 +459,23 @@ mod tests {
 pub(crate) struct CertificateForm {
     pub certificate_pem: String,
     pub private_key_pem: Secret,
+}
+
+/// The settings page's approval of one Hyper-V host certificate of an SCVMM source.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct HostPinForm {
+    pub host: String,
+    pub approved_fingerprint: String,
+}
+
+impl HostPinForm {
+    pub(crate) fn into_command(self) -> ApproveHost {
+        ApproveHost {
+            host: self.host,
+            approved_fingerprint: self.approved_fingerprint,
+        }
+    }
 }
 
 impl CertificateForm {

@@ -12,7 +12,10 @@ use super::{
 };
 use crate::{
     AppState,
-    backend::{Backend, CertificateView, CheckView, SetupStatus, SourceView, WizardStep},
+    backend::{
+        Backend, CertificateView, CheckView, HostPinView, SetupStatus, SourceKind, SourceView,
+        WizardStep,
+    },
     error::{FormErrors, status_of},
     routes::Routes,
     security::{self, ClientIp},
@@ -420,6 +423,9 @@ pub(crate) struct SourceRow {
     pub address: String,
     pub username: String,
     pub fingerprint: String,
+    /// SCVMM: its Hyper-V hosts' certificates are approved one by one (`host_pins`).
+    pub scvmm: bool,
+    pub host_pins: Vec<HostPinView>,
 }
 
 impl SourceRow {
@@ -430,6 +436,8 @@ impl SourceRow {
             address: s.address,
             username: s.username,
             fingerprint: s.fingerprint,
+            scvmm: s.kind == SourceKind::Scvmm,
+            host_pins: s.host_pins,
         }
     }
 }

@@ -415,28 +415,7 @@ impl Backend for TestBackend {
     }
 
     async fn approve_source_host(&self, id: String, cmd: ApproveHost) -> CommandResult<SourceView> {
-        let mut s = self.lock();
-        let Some(src) = s.sources.iter_mut().find(|x| x.id == id) else {
-            return Err(CommandError::NotFound {
-                message: format!("no source {id}"),
-            });
-        };
-        if src.kind != SourceKind::Scvmm {
-            return Err(CommandError::Conflict {
-                message: format!("source {id} is not an SCVMM source"),
-            });
-        }
-        let host = cmd.host.trim().to_owned();
-        if host.is_empty() {
-            return Err(CommandError::field("host", "required"));
-        }
-        src.host_pins
-            .retain(|p| !p.host.eq_ignore_ascii_case(&host));
-        src.host_pins.push(HostPinView {
-            host,
-            fingerprint: cmd.approved_fingerprint,
-        });
-        Ok(src.clone())
+        views::approve_host(&mut self.lock().sources, &id, cmd)
     }
 
     async fn run_checks(&self) -> CommandResult<Vec<CheckView>> {

@@ -149,3 +149,61 @@ impl TestBackend {
         ]
     }
 }
+
+/// Pin a Hyper-V host of an SCVMM source, with the real service's refusals: an unknown source,
+/// one that is not SCVMM, an empty or malformed host, a fingerprint that is not
+/// `SHA256:` and 64 hex digits.
+pub(super) fn approve_host(
+    sources: &mut [SourceView],
+    id: &str,
+    cmd: ApproveHost,
+) -> CommandResult<SourceView> {
+    let Some(src) = sources.iter_mut().find(|x| x.id == id) else {
+        return Err(CommandError::NotFound {
+            message: format!("no source {id}"),
+        });
+    };
+    if src.kind != SourceKind::Scvmm {
+        return Err(CommandError::Conflict {
+            message: format!("source {id} is not an SCVMM source"),
+        });
+    }
+    let mut fields = Vec::new();
+    let host = cmd.host.trim().to_ascii_lowercase();
+    if host.is_empty() {
+        fields.push(FieldError {
+            field: "host".into(),
+            message: "required: VMM's name for the host or its address".into(),
+        });
+    } else if host
+        .chars()
+        .any(|c| c.is_whitespace() || c == '#' || c == '/')
+    {
+        fields.push(FieldError {
+            field: "host".into(),
+            message: "a host name or address (`host` or `host:port`)".into(),
+        });
+    }
+    let fp = cmd.approved_fingerprint.trim();
+    let hex: String = fp
+        .strip_prefix("SHA256:")
+        .unwrap_or(fp)
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        fields.push(FieldError {
+            field: "approved_fingerprint".into(),
+            message: "SHA256: followed by 64 hex digits, as the refused job named it".into(),
+        });
+    }
+    if !fields.is_empty() {
+        return Err(CommandError::Invalid { fields });
+    }
+    src.host_pins.retain(|p| p.host != host);
+    src.host_pins.push(HostPinView {
+        host,
+        fingerprint: format!("SHA256:{}", hex.to_ascii_uppercase()),
+    });
+    Ok(src.clone())
+}
