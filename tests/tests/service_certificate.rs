@@ -5,112 +5,17 @@
 //! of another certificate, an expired certificate and a CA certificate are refused naming the
 //! field, and nothing is installed; the key is never echoed or logged.
 
+#[path = "vmware_harness/pki.rs"]
+mod pki;
 #[path = "vmware_harness/serve.rs"]
 mod service;
 mod vmware_harness;
 
+use pki::{make_ca, make_leaf, read};
 use serde_json::json;
-use service::{ADMIN_PASSWORD, Service, pinned_client};
+use service::{Service, pinned_client};
 use std::path::Path;
 use std::process::Command;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    openssl_at(dir, None, args);
-}
-
-/// openssl, under libfaketime's clock `at` when given (to sign a certificate in the past).
-fn openssl_at(dir: &Path, at: Option<&str>, args: &[&str]) {
-    let mut cmd = match at {
-        Some(t) => {
-            let mut c = Command::new("faketime");
-            c.args([t, "openssl"]);
-            c
-        }
-        None => Command::new("openssl"),
-    };
-    let out = cmd
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// ca.pem/ca.key: the operator's CA.
-fn make_ca(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=Operator Test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-}
-
-/// `name`.pem/.key: an RSA leaf for 127.0.0.1 and localhost (san.ext) signed by the CA, valid
-/// for `days` from `at` (a libfaketime date, or now).
-fn make_leaf(dir: &Path, name: &str, days: u32, at: Option<&str>) {
-    let (key, csr, pem) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            "/CN=godwit.test",
-        ],
-    );
-    let days = days.to_string();
-    let args = [
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        &pem,
-        "-extfile",
-        "san.ext",
-        "-days",
-        &days,
-    ];
-    openssl_at(dir, at, &args);
-}
 
 fn curl_status(dir: &Path, url: &str) -> (bool, String) {
     let out = Command::new("curl")
@@ -129,29 +34,16 @@ fn curl_status(dir: &Path, url: &str) -> (bool, String) {
     )
 }
 
-fn read(dir: &Path, f: &str) -> String {
-    std::fs::read_to_string(dir.join(f)).unwrap()
-}
-
 #[test]
 fn an_uploaded_certificate_is_served_at_once_and_after_a_restart() {
     let work = tempfile::tempdir().unwrap();
     let pki = work.path().join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    std::fs::write(
-        pki.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
     make_ca(&pki);
     make_leaf(&pki, "leaf", 30, None);
     make_leaf(&pki, "other", 30, None);
     make_leaf(&pki, "expired", 365, Some("2020-01-01 00:00:00"));
-    let pwfile = work.path().join("admin-password");
-    std::fs::write(&pwfile, ADMIN_PASSWORD).unwrap();
-    let data = work.path().join("data");
-    let args = ["--admin-password-file", pwfile.to_str().unwrap()];
-    let mut svc = Service::start(&data, &args, false);
+    let mut svc = Service::start_as_admin(work.path(), &[]);
+    let data = svc.data.clone();
 
     // The generated certificate: curl with the operator's CA refuses it.
     let (ok, detail) = curl_status(&pki, &svc.url);
@@ -233,7 +125,7 @@ fn an_uploaded_certificate_is_served_at_once_and_after_a_restart() {
 
     // After a restart: the console shows the uploaded certificate's fingerprint.
     svc.kill9();
-    let svc = Service::start(&data, &args, false);
+    let svc = svc.restart();
     assert_eq!(svc.fingerprint, new_fp, "the console line after a restart");
     let (ok, detail) = curl_status(&pki, &svc.url);
     assert!(ok, "after a restart: {detail}");

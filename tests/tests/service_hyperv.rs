@@ -25,7 +25,7 @@ use godwit_hyperv::sim::model::SimModel;
 use godwit_hyperv::sim::{RunningSim, SimConfig, start};
 use godwit_tests::peers::sha256_file;
 use serde_json::json;
-use service::{ADMIN_PASSWORD, Service, export_and_wait};
+use service::{Service, export_and_wait};
 use std::path::Path;
 use std::process::Command;
 use util::Server;
@@ -123,32 +123,24 @@ fn hyperv_job_replicates_exports_identical_disks_and_sweeps_after_kill9() {
     let staging = work.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let srv = Server::start(&staging, "127.0.0.1:0", &[]);
-    let data = work.path().join("svc");
-    let pw = work.path().join("admin-password");
-    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
-    let args = [
-        "--admin-password-file",
-        pw.to_str().unwrap(),
-        "--chunk-size",
-        "256K",
-        "--bwlimit",
-        "6M",
-        "--retry-base-secs",
-        "1",
-    ];
-    let mut svc = Service::start(&data, &args, false);
+    let mut svc = Service::start_as_admin(
+        work.path(),
+        &[
+            "--chunk-size",
+            "256K",
+            "--bwlimit",
+            "6M",
+            "--retry-base-secs",
+            "1",
+        ],
+    );
     svc.ok(
         "PUT",
         "/settings/network",
         Some(json!({"hostname": "godwit-hv", "mode": "dhcp",
                     "dns_servers": [], "ntp_servers": [], "proxy": null})),
     );
-    svc.ok(
-        "PUT",
-        "/settings/staging",
-        Some(json!({"kind": "server", "address": srv.addr,
-                    "fingerprint": srv.fingerprint, "token": srv.token})),
-    );
+    svc.use_staging_server(&srv.addr, &srv.fingerprint, &srv.token);
     let address = format!("127.0.0.1:{}", sim.addr.port());
     let cert = svc.ok(
         "POST",
@@ -266,7 +258,7 @@ fn hyperv_job_replicates_exports_identical_disks_and_sweeps_after_kill9() {
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].name.starts_with("godwit-"), "{left:?}");
     // The restart sweeps it before anything else, then the run starts again and completes.
-    let svc = Service::start(&data, &args, false);
+    let svc = svc.restart();
     let done = svc.wait_job(&id, 120, |j| j["state"] == "completed");
     assert_eq!(done["runs_completed"], json!(2), "{done}");
     let events = svc

@@ -17,6 +17,8 @@
 //!   read.
 
 mod hyperv_common;
+#[path = "vmware_harness/pki.rs"]
+mod pki;
 #[path = "vmware_harness/serve.rs"]
 mod service;
 #[path = "transfer_util.rs"]
@@ -187,89 +189,6 @@ fn base64_encode(b: &[u8]) -> String {
     out
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// An operator's CA and a leaf for 127.0.0.1 it signed: (chain PEM, key PEM).
-fn operator_certificate(dir: &Path) -> (String, String) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "30",
-        "-subj",
-        "/CN=Operator CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(dir, &ca);
-    let mut req = vec!["req"];
-    req.extend(ec);
-    req.extend([
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-        "-subj",
-        "/CN=godwit.test",
-    ]);
-    openssl(dir, &req);
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "leaf.pem",
-            "-extfile",
-            "san.ext",
-            "-days",
-            "30",
-        ],
-    );
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    (
-        format!("{}{}", read("leaf.pem"), read("ca.pem")),
-        read("leaf.key"),
-    )
-}
-
 fn spool_dir(data: &Path, job: &str, vm_id: &str) -> PathBuf {
     data.join("jobs")
         .join(job)
@@ -286,18 +205,10 @@ fn hyperv_jobs_take_host_pushes_on_the_service_port_and_resume_after_kill9() {
     let staging = work.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let srv = Server::start(&staging, "127.0.0.1:0", &[]);
-    let data = work.path().join("svc");
-    let pw = work.path().join("admin-password");
-    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
-    let args = [
-        "--admin-password-file",
-        pw.to_str().unwrap(),
-        "--chunk-size",
-        "256K",
-        "--retry-base-secs",
-        "1",
-    ];
-    let mut svc = Service::start(&data, &args, false);
+    let mut svc = Service::start_as_admin(
+        work.path(),
+        &["--chunk-size", "256K", "--retry-base-secs", "1"],
+    );
     ingest_route_is_separate_from_the_web_ui(&svc);
     svc.ok(
         "PUT",
@@ -305,12 +216,7 @@ fn hyperv_jobs_take_host_pushes_on_the_service_port_and_resume_after_kill9() {
         Some(json!({"hostname": "godwit-hv", "mode": "dhcp",
                     "dns_servers": [], "ntp_servers": [], "proxy": null})),
     );
-    svc.ok(
-        "PUT",
-        "/settings/staging",
-        Some(json!({"kind": "server", "address": srv.addr,
-                    "fingerprint": srv.fingerprint, "token": srv.token})),
-    );
+    svc.use_staging_server(&srv.addr, &srv.fingerprint, &srv.token);
     let address = format!("127.0.0.1:{}", sim.addr.port());
     let cert = svc.ok(
         "POST",
@@ -364,7 +270,7 @@ fn hyperv_jobs_take_host_pushes_on_the_service_port_and_resume_after_kill9() {
         .to_string();
     assert!(events.contains("disk(s) pushed by the host"), "{events}");
     no_checkpoint_and_empty_ledger(&svc, &sim);
-    let left = spool_dir(&data, &web, WEB_ID);
+    let left = spool_dir(&svc.data, &web, WEB_ID);
     assert!(
         !left.exists(),
         "spool left after a good run: {}",
@@ -382,7 +288,7 @@ fn hyperv_jobs_take_host_pushes_on_the_service_port_and_resume_after_kill9() {
     // The operator replaces the certificate: served at once, and the next run's uploader pins
     // it (a stale pin would stop the uploader before it sends anything, and no push would
     // ever be spooled below).
-    let (chain, key) = operator_certificate(&work.path().join("pki"));
+    let (chain, key) = pki::operator_certificate(&work.path().join("pki"));
     let view = svc.ok(
         "PUT",
         "/settings/certificate",
@@ -399,7 +305,7 @@ fn hyperv_jobs_take_host_pushes_on_the_service_port_and_resume_after_kill9() {
         Some(json!({"source_id": source, "vm": "db-gen1", "schedule": {"kind": "once"}})),
     );
     let db = job["id"].as_str().unwrap().to_string();
-    let spool = spool_dir(&data, &db, DB_ID);
+    let spool = spool_dir(&svc.data, &db, DB_ID);
     let t0 = Instant::now();
     // Killed once the sector bitmaps and some data are spooled (10 pushes in all).
     while spooled(&spool).0 < 5 {
@@ -414,7 +320,7 @@ fn hyperv_jobs_take_host_pushes_on_the_service_port_and_resume_after_kill9() {
     let (records, journaled) = spooled(&spool);
     let cps = sim.checkpoints();
     assert_eq!(cps.len(), 1, "{cps:?}");
-    let svc = Service::start(&data, &args, false);
+    let svc = svc.restart();
     assert_eq!(
         svc.fingerprint, new_fp,
         "the uploaded certificate after the restart"

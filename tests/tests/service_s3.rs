@@ -222,17 +222,7 @@ fn s3_export_resumes_after_kill_9_and_cancel_aborts_the_upload() {
     let v = Vcsim::start(false);
     let disk = random_disk(&v, VM, MIB);
     let raw_sha = sha256_hex(&qemu_raw(&disk, work.path()));
-    let pw = work.path().join("admin-password");
-    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
-    let args = [
-        "--admin-password-file",
-        pw.to_str().unwrap(),
-        "--chunk-size",
-        "1M",
-        "--no-cbt",
-    ];
-    let data = work.path().join("svc");
-    let mut svc = Service::start(&data, &args, false);
+    let mut svc = Service::start_as_admin(work.path(), &["--chunk-size", "1M", "--no-cbt"]);
     let source = setup_vsphere(
         &svc,
         &v,
@@ -266,7 +256,6 @@ fn s3_export_resumes_after_kill_9_and_cancel_aborts_the_upload() {
         std::thread::sleep(Duration::from_millis(5));
     }
     svc.kill9();
-    drop(svc);
     let before = proxy.parts();
     let upload = before[0].upload_id.clone();
     assert!(before.iter().all(|p| p.upload_id == upload), "{before:?}");
@@ -279,7 +268,7 @@ fn s3_export_resumes_after_kill_9_and_cancel_aborts_the_upload() {
 
     // Restarted, the service resumes the export by itself.
     let t_restart = Instant::now();
-    let svc = Service::start(&data, &args, false);
+    let svc = svc.restart();
     let done = wait_export(&svc, &ex, 120);
     let resumed_secs = t_restart.elapsed().as_secs_f64();
     assert_eq!(

@@ -31,7 +31,7 @@ use godwit_hyperv::sim::{RunningSim, SimConfig, start};
 use godwit_tests::peers::sha256_file;
 use hyperv_common::*;
 use serde_json::json;
-use service::{ADMIN_PASSWORD, Service, export_and_wait};
+use service::{Service, export_and_wait};
 use std::net::SocketAddr;
 use std::path::Path;
 use util::Server;
@@ -100,26 +100,18 @@ fn scvmm_source_inventories_through_vmm_and_replicates_on_an_approved_host() {
     let staging = work.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let srv = Server::start(&staging, "127.0.0.1:0", &[]);
-    let data = work.path().join("svc");
-    let pw = work.path().join("admin-password");
-    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
-    let args = [
-        "--admin-password-file",
-        pw.to_str().unwrap(),
-        "--chunk-size",
-        "256K",
-        "--bwlimit",
-        "6M",
-        "--retry-base-secs",
-        "1",
-    ];
-    let mut svc = Service::start(&data, &args, false);
-    svc.ok(
-        "PUT",
-        "/settings/staging",
-        Some(json!({"kind": "server", "address": srv.addr,
-                    "fingerprint": srv.fingerprint, "token": srv.token})),
+    let mut svc = Service::start_as_admin(
+        work.path(),
+        &[
+            "--chunk-size",
+            "256K",
+            "--bwlimit",
+            "6M",
+            "--retry-base-secs",
+            "1",
+        ],
     );
+    svc.use_staging_server(&srv.addr, &srv.fingerprint, &srv.token);
 
     // The VMM server: probed, approved, logged into.
     let address = format!("127.0.0.1:{}", vmm.addr.port());
@@ -318,7 +310,7 @@ fn scvmm_source_inventories_through_vmm_and_replicates_on_an_approved_host() {
     let left = b.checkpoints();
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].name.starts_with("godwit-"), "{left:?}");
-    let svc = Service::start(&data, &args, false);
+    let svc = svc.restart();
     let done = svc.wait_job(&id, 120, |j| j["state"] == "completed");
     assert_eq!(done["runs_completed"], json!(2), "{done}");
     let events = svc

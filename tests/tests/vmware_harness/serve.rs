@@ -26,6 +26,8 @@ pub struct Service {
     pub setup_code: Option<String>,
     pub data: PathBuf,
     pub stderr_log: PathBuf,
+    /// The flags it was started with (for [`Service::restart`]).
+    args: Vec<String>,
     client: reqwest::blocking::Client,
     /// Cookie-keeping client for the anonymous (session + CSRF token) calls.
     browser: reqwest::blocking::Client,
@@ -96,9 +98,37 @@ impl Service {
             setup_code: code,
             data: data.to_path_buf(),
             stderr_log,
+            args: extra.iter().map(ToString::to_string).collect(),
             client,
             browser,
         }
+    }
+
+    /// `godwit serve --data WORK/svc` with the admin password preset from
+    /// `WORK/admin-password` (so no setup code), and `extra` flags.
+    pub fn start_as_admin(work: &Path, extra: &[&str]) -> Service {
+        let pw = work.join("admin-password");
+        std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).expect("admin password file");
+        let pw = pw.to_str().expect("UTF-8 path").to_string();
+        let mut args = vec!["--admin-password-file", pw.as_str()];
+        args.extend_from_slice(extra);
+        Service::start(&work.join("svc"), &args, false)
+    }
+
+    /// Start again on the same data directory with the same flags (after [`Service::kill9`]).
+    pub fn restart(&self) -> Service {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Service::start(&self.data, &args, false)
+    }
+
+    /// The wizard's staging step with a `godwit staging serve` as the target.
+    pub fn use_staging_server(&self, address: &str, fingerprint: &str, token: &str) {
+        self.ok(
+            "PUT",
+            "/settings/staging",
+            Some(serde_json::json!({"kind": "server", "address": address,
+                                    "fingerprint": fingerprint, "token": token})),
+        );
     }
 
     /// Trust `fp` from now on (after the service's certificate was replaced by upload).
