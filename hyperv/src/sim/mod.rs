@@ -316,6 +316,19 @@ fn authenticate(sim: &Sim, peer: SocketAddr, headers: &HeaderMap) -> Auth {
     }
 }
 
+/// The WS-Management OperationTimeout fault a Receive gets while the command has no output
+/// yet (clients retry the Receive).
+fn operation_timeout(relates_to: Option<MessageId>) -> Response {
+    let mut f = Fault::operation_timeout();
+    f.code = "s:Receiver".into();
+    let r = Reply {
+        message_id: MessageId::random(),
+        relates_to,
+        body: ReplyBody::Fault(f),
+    };
+    soap(StatusCode::INTERNAL_SERVER_ERROR, &r)
+}
+
 fn unauthorized(sim: &Sim, challenge: Option<(String, Vec<u8>)>) -> Response {
     let mut h = HeaderMap::new();
     match challenge {
@@ -476,14 +489,7 @@ async fn wsman_handler(
                         cmd.exit_code = code;
                     }
                     None => {
-                        let mut f = Fault::operation_timeout();
-                        f.code = "s:Receiver".into();
-                        let r = Reply {
-                            message_id: MessageId::random(),
-                            relates_to: relates.clone(),
-                            body: ReplyBody::Fault(f),
-                        };
-                        return soap(StatusCode::INTERNAL_SERVER_ERROR, &r);
+                        return operation_timeout(relates.clone());
                     }
                 }
             }
@@ -497,14 +503,7 @@ async fn wsman_handler(
             };
             if cmd.timeouts_left > 0 {
                 cmd.timeouts_left -= 1;
-                let mut f = Fault::operation_timeout();
-                f.code = "s:Receiver".into();
-                let r = Reply {
-                    message_id: MessageId::random(),
-                    relates_to: relates.clone(),
-                    body: ReplyBody::Fault(f),
-                };
-                return soap(StatusCode::INTERNAL_SERVER_ERROR, &r);
+                return operation_timeout(relates.clone());
             }
             // Keep each reply within the client's MaxEnvelopeSize: base64 grows by 4/3.
             let budget = usize::try_from(req.max_envelope_size)
