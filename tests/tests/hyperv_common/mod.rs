@@ -136,31 +136,7 @@ pub fn fixture(dir: &Path) -> Fixture {
         &writes,
     );
     let db_ref = dir.join("db.ref.raw");
-    let script = r#"
-import sys, pyvhdi
-out = sys.argv[1]
-files = [pyvhdi.file() for _ in sys.argv[2:]]
-for f, name in zip(files, sys.argv[2:]):
-    f.open(name)
-for child, parent in zip(files, files[1:]):
-    child.set_parent(parent)
-f = files[0]
-size = f.get_media_size()
-with open(out, "wb") as o:
-    off = 0
-    while off < size:
-        n = min(1 << 20, size - off)
-        f.seek(off)
-        o.write(f.read(n))
-        off += n
-"#;
-    run_ok(
-        Command::new("/usr/bin/python3")
-            .args(["-c", script])
-            .arg(&db_ref)
-            .arg(&child)
-            .arg(&base),
-    );
+    libvhdi_read(&[&child, &base], &db_ref);
     // libvhdi and the generator agree on what the chain holds.
     let mut expect = std::fs::read(&raw).unwrap();
     expect.resize(usize::try_from(size).unwrap(), 0);
@@ -286,9 +262,8 @@ pub fn qemu_raw_sha(image: &Path, work: &Path) -> String {
     sha256_file(&out)
 }
 
-/// libvhdi's read of a chain (child first), SHA-256.
-pub fn libvhdi_sha(files: &[&Path], work: &Path) -> String {
-    let out = work.join("libvhdi-view.raw");
+/// libvhdi's read of a chain (child first), written to `out` (its Python binding, pyvhdi).
+pub fn libvhdi_read(files: &[&Path], out: &Path) {
     let script = r#"
 import sys, pyvhdi
 files = [pyvhdi.file() for _ in sys.argv[2:]]
@@ -309,9 +284,15 @@ with open(sys.argv[1], "wb") as o:
     run_ok(
         Command::new("/usr/bin/python3")
             .args(["-c", script])
-            .arg(&out)
+            .arg(out)
             .args(files),
     );
+}
+
+/// libvhdi's read of a chain (child first), SHA-256.
+pub fn libvhdi_sha(files: &[&Path], work: &Path) -> String {
+    let out = work.join("libvhdi-view.raw");
+    libvhdi_read(files, &out);
     sha256_file(&out)
 }
 
