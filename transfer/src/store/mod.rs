@@ -71,17 +71,10 @@ pub fn chunk_key(d: &ChunkDigest) -> String {
     format!("chunks/{}/{h}", &h[..2])
 }
 
-/// `%`-escape every byte outside `[A-Za-z0-9._-]` so any VM name is one safe key segment.
+/// Any VM name as one safe key segment (`%`-escaped; the one encoder for untrusted names,
+/// `godwit_safepath::Component::encode`).
 pub fn escape_segment(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && !o.is_empty()) {
-            o.push(char::from(b));
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
+    godwit_safepath::Component::encode(s).as_str().to_string()
 }
 
 pub fn sync_prefix(vm: &str, disk: u32) -> String {
