@@ -72,7 +72,7 @@ impl Component {
     }
 
     /// Any string as one safe component, reversibly ([`Component::decode`]): every byte outside
-    /// `[A-Za-z0-9_-]` and `.` (except a leading `.`) becomes `%XX`. A name whose encoding would be
+    /// `[A-Za-z0-9_-]` and `.` (except a leading `.`) becomes `%XX`; the empty name is `%`. A name whose encoding would be
     /// longer than [`MAX_LEN`] is cut and ends in `~` plus a hash of the whole name, so distinct
     /// long names stay distinct (such a component does not decode).
     pub fn encode(name: &str) -> Component {
@@ -87,7 +87,8 @@ impl Component {
             }
         }
         if o.is_empty() {
-            o.push_str("%00");
+            // A lone `%` is never produced otherwise (every escape has two hex digits).
+            o.push('%');
         }
         if o.len() > MAX_LEN {
             let tag = format!("~{:016x}", fnv1a(name.as_bytes()));
@@ -104,7 +105,7 @@ impl Component {
 
     /// The name [`Component::encode`] was given, when this component came from it.
     pub fn decode(&self) -> Option<String> {
-        if self.0 == "%00" {
+        if self.0 == "%" {
             return Some(String::new());
         }
         let b = self.0.as_bytes();
@@ -242,8 +243,10 @@ mod tests {
         assert_eq!(Component::encode("a/b c").as_str(), "a%2Fb%20c");
         assert_eq!(Component::encode("..").as_str(), "%2E.");
         assert_eq!(Component::encode("é").as_str(), "%C3%A9");
-        assert_eq!(Component::encode("").as_str(), "%00");
+        assert_eq!(Component::encode("").as_str(), "%");
         assert_eq!(Component::encode("").decode().as_deref(), Some(""));
+        assert_eq!(Component::encode("\0").as_str(), "%00");
+        assert_eq!(Component::encode("\0").decode().as_deref(), Some("\0"));
     }
 
     #[test]
