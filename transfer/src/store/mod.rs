@@ -40,8 +40,11 @@ use std::sync::{Arc, Mutex};
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
-/// Store format version written to `godwit-store.json`.
-pub const STORE_VERSION: u32 = 1;
+/// Store format version written to `godwit-store.json`. Version 2 added store-assigned sync
+/// ids, leases judged by the store's clock, GC fossils, tokens and owners; chunks and indexes
+/// are as in version 1, so a version 1 store is upgraded in place when opened (and from then
+/// on refused by version 1 builds, whose GC and server do not follow the version 2 rules).
+pub const STORE_VERSION: u32 = 2;
 /// A lease not refreshed for this long belongs to a dead writer: GC no longer waits for it.
 /// `GODWIT_LEASE_STALE_SECS` overrides it (tests).
 pub const LEASE_STALE_MS: u64 = 5 * 60 * 1000;
@@ -151,7 +154,7 @@ impl Store {
         // Several servers may open a new store at once: one creates the marker.
         let b = match backend.get("godwit-store.json").await? {
             Some(b) => b,
-            None if backend.put_new("godwit-store.json", fresh.clone()).await? => fresh,
+            None if backend.put_new("godwit-store.json", fresh.clone()).await? => fresh.clone(),
             None => backend
                 .get("godwit-store.json")
                 .await?
@@ -159,7 +162,10 @@ impl Store {
         };
         let m: Marker =
             serde_json::from_slice(&b).map_err(|e| Error::malformed(&what, 0, e.to_string()))?;
-        if m.format != "godwit-store" || m.version != STORE_VERSION {
+        if m.format == "godwit-store" && m.version == 1 {
+            tracing::info!("{what}: upgrading the store from version 1 to {STORE_VERSION}");
+            backend.put("godwit-store.json", fresh.clone()).await?;
+        } else if m.format != "godwit-store" || m.version != STORE_VERSION {
             return Err(Error::malformed(
                 &what,
                 0,

@@ -359,3 +359,29 @@ fn escaping_is_one_safe_segment() {
     assert_eq!(escape_segment(".."), "%2E.");
     assert_eq!(escape_segment("é"), "%C3%A9");
 }
+
+#[tokio::test]
+async fn a_version_1_store_is_upgraded_and_other_versions_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let b: Arc<dyn Backend> = Arc::new(local::LocalDir::create(dir.path()).unwrap());
+    b.put(
+        "godwit-store.json",
+        Bytes::from_static(br#"{"format":"godwit-store","version":1}"#),
+    )
+    .await
+    .unwrap();
+    Store::open(b.clone()).await.unwrap();
+    let m = b.get("godwit-store.json").await.unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&m).contains("\"version\": 2"),
+        "{m:?}"
+    );
+    b.put(
+        "godwit-store.json",
+        Bytes::from_static(br#"{"format":"godwit-store","version":3}"#),
+    )
+    .await
+    .unwrap();
+    let e = Store::open(b).await.err().unwrap();
+    assert!(e.to_string().contains("version 3"), "{e}");
+}
