@@ -123,7 +123,7 @@ fn tokens_are_per_connector_kept_in_the_store_and_revocable() {
     let id = rep["sync_id"].as_str().unwrap();
     let age = run_ok(Command::new("python3").arg("-c").arg(format!(
         "import datetime as d\nt=d.datetime.strptime('{}','%Y%m%dT%H%M%S.%fZ').replace(tzinfo=d.timezone.utc)\nprint(abs((d.datetime.now(d.timezone.utc)-t).total_seconds()))",
-        &id[..19]
+        &id[..20]
     )));
     let age: f64 = age.trim().parse().unwrap();
     assert!(age < 120.0, "sync id {id} is {age} s away from now");
