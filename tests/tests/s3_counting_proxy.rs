@@ -1,11 +1,13 @@
-//! A TCP proxy in front of an S3 server (moto) on loopback that records every UploadPart
-//! request (`PUT /BUCKET/KEY?partNumber=N&uploadId=ID`) for keys under a prefix, and holds each
-//! one back for a moment so a test can interrupt an upload between parts. Included with
+//! A TCP proxy in front of an S3 server (SeaweedFS or moto) on loopback that records every
+//! UploadPart request (`PUT /BUCKET/KEY?partNumber=N&uploadId=ID`) for keys under a prefix, and
+//! whether it carried an `x-amz-checksum-sha256` header, and holds each one back for a moment
+//! so a test can interrupt an upload between parts. Included with
 //! `#[path = "s3_counting_proxy.rs"] mod s3_proxy;`.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ pub struct PartPut {
 pub struct Proxy {
     pub endpoint: String,
     parts: Arc<Mutex<Vec<PartPut>>>,
+    checksummed: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -28,8 +31,10 @@ impl Proxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", l.local_addr().unwrap());
         let parts = Arc::new(Mutex::new(Vec::new()));
-        let (p2, up, needle) = (
+        let checksummed = Arc::new(AtomicUsize::new(0));
+        let (p2, c2s, up, needle) = (
             parts.clone(),
+            checksummed.clone(),
             upstream.to_string(),
             format!("PUT /{path_prefix}"),
         );
@@ -39,12 +44,21 @@ impl Proxy {
                     continue;
                 };
                 let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
-                let (p3, n2) = (p2.clone(), needle.clone());
-                std::thread::spawn(move || upload_side(c, s, &n2, &p3, hold));
+                let (p3, n2, k3) = (p2.clone(), needle.clone(), c2s.clone());
+                std::thread::spawn(move || upload_side(c, s, &n2, (&p3, &k3), hold));
                 std::thread::spawn(move || copy(s2, c2));
             }
         });
-        Proxy { endpoint, parts }
+        Proxy {
+            endpoint,
+            parts,
+            checksummed,
+        }
+    }
+
+    /// UploadPart requests seen whose headers carried `x-amz-checksum-sha256`.
+    pub fn checksummed_parts(&self) -> usize {
+        self.checksummed.load(Ordering::SeqCst)
     }
 
     /// Every UploadPart request seen so far, in order.
@@ -68,7 +82,7 @@ fn upload_side(
     mut from: TcpStream,
     mut to: TcpStream,
     needle: &str,
-    parts: &Mutex<Vec<PartPut>>,
+    (parts, checksummed): (&Mutex<Vec<PartPut>>, &AtomicUsize),
     hold: Duration,
 ) {
     let mut buf = vec![0u8; 64 << 10];
@@ -88,6 +102,14 @@ fn upload_side(
             };
             let line = String::from_utf8_lossy(&carry[start..start + end]).into_owned();
             if let Some(pp) = parse_part(&line) {
+                let head = &carry[start..];
+                let head = &head[..find(head, b"\r\n\r\n").unwrap_or(head.len())];
+                if String::from_utf8_lossy(head)
+                    .to_ascii_lowercase()
+                    .contains("\r\nx-amz-checksum-sha256:")
+                {
+                    checksummed.fetch_add(1, Ordering::SeqCst);
+                }
                 parts.lock().unwrap().push(pp);
                 held = true;
             }

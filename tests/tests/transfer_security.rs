@@ -35,7 +35,7 @@ except Exception as e:
 def frame(t, body): return struct.pack(">I", len(body) + 1) + bytes([t]) + body
 if cfg.get("token") is not None:
     tok = cfg["token"].encode()
-    s.sendall(frame(1, b"GODWIT1\n" + struct.pack(">HHH", 1, 1, len(tok)) + tok))
+    s.sendall(frame(1, b"GODWIT1\n" + struct.pack(">HHH", 2, 2, len(tok)) + tok))
 for h in cfg.get("sends", []):
     s.sendall(bytes.fromhex(h))
     time.sleep(cfg.get("pause", 0))
@@ -301,5 +301,86 @@ fn hostile_frames_leave_the_server_up_bounded_and_clean() {
     assert!(
         log.contains("rejected") && log.contains("slow client dropped"),
         "{log}"
+    );
+}
+
+/// Security issue, finding 4: unauthenticated sockets are not counted against the cap on
+/// paired connections. 25 idle TCP sockets against a server capped at 20 connections: a paired
+/// client still replicates (before the fix, the 20 idle sockets took every slot and it was
+/// refused at accept). The idle sockets are closed at the pre-auth timeout; sockets beyond the
+/// separate pre-auth cap are closed at once, with one aggregated log line, not one each.
+#[test]
+fn idle_sockets_do_not_lock_out_a_paired_client() {
+    if !need(&["qemu-img"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(
+        &tmp.path().join("staging"),
+        "127.0.0.1:0",
+        &["--max-connections", "20", "--handshake-timeout", "4"],
+    );
+    let t0 = Instant::now();
+    let idle: Vec<std::net::TcpStream> = (0..25)
+        .map(|_| std::net::TcpStream::connect(&srv.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let src = small_disk(tmp.path());
+    let rep = replicate_staging(&srv, &src, "paired", &["--retries", "1"]);
+    assert_eq!(rep["chunks_new"], 1, "{rep}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "the replication must have run while the idle sockets were open ({:?})",
+        t0.elapsed()
+    );
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut b = [0u8; 8];
+        let n = s.read(&mut b).unwrap_or(0);
+        assert_eq!(n, 0, "an idle socket got data");
+    }
+    let closed_after = t0.elapsed();
+    assert!(
+        closed_after >= Duration::from_secs(3) && closed_after < Duration::from_secs(10),
+        "idle sockets closed after {closed_after:?} (pre-auth timeout 4 s)"
+    );
+
+    // The pre-auth cap: 40 sockets against --max-preauth 8. The 32 over the cap are closed at
+    // once; a paired client that comes after the burst is served.
+    let srv2 = Server::start(
+        &tmp.path().join("staging2"),
+        "127.0.0.1:0",
+        &["--max-preauth", "8", "--handshake-timeout", "30"],
+    );
+    let burst: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&srv2.addr).unwrap())
+        .collect();
+    let t1 = Instant::now();
+    let mut closed_at_once = 0;
+    for s in &burst {
+        s.set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        let mut b = [0u8; 8];
+        if matches!((&*s).read(&mut b), Ok(0)) {
+            closed_at_once += 1;
+        }
+    }
+    assert_eq!(
+        closed_at_once, 32,
+        "sockets over the pre-auth cap closed at once"
+    );
+    assert!(t1.elapsed() < Duration::from_secs(20));
+    drop(burst);
+    std::thread::sleep(Duration::from_millis(300));
+    let rep = replicate_staging(&srv2, &src, "after-burst", &["--retries", "1"]);
+    assert_eq!(rep["chunks_new"], 1, "{rep}");
+    let log = srv2.log_text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("already in the TLS/Hello stage"))
+        .count();
+    assert!(
+        (1..=4).contains(&lines),
+        "32 refusals logged in {lines} lines:\n{log}"
     );
 }

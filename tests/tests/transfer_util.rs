@@ -20,6 +20,11 @@ pub struct Server {
 impl Server {
     /// Start `godwit staging serve` on `listen` (use port 0 for any) with `extra` options.
     pub fn start(data: &Path, listen: &str, extra: &[&str]) -> Server {
+        Server::start_with(data, listen, extra, &[])
+    }
+
+    /// [`Server::start`] with environment variables (S3 credentials for `--store s3://…`).
+    pub fn start_with(data: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let log = data.with_extension(format!("log{}", std::process::id()));
         let logf = std::fs::OpenOptions::new()
             .create(true)
@@ -30,6 +35,7 @@ impl Server {
             .args(["staging", "serve", "--listen", listen, "--data"])
             .arg(data)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(logf))
             .spawn()

@@ -42,6 +42,14 @@ pub enum Error {
     Disk(#[from] godwit_disk::Error),
     #[error("{0}")]
     Usage(String),
+    /// A sync cannot be committed because chunks it names are not (or no longer) stored, e.g.
+    /// collected after its writer lost its lease. Retryable: the writer checks again what the
+    /// store has and sends what is missing.
+    #[error("{what}: {reason}")]
+    MissingChunks { what: String, reason: String },
+    /// The credential is valid but does not allow this (another connector's VM).
+    #[error("{what}: {reason}")]
+    Forbidden { what: String, reason: String },
     /// The operation was cancelled at the caller's request (what was left behind is cleaned up).
     #[error("{what}: cancelled")]
     Cancelled { what: String },
@@ -82,6 +90,6 @@ impl Error {
     }
     /// Whether a replication should reconnect and resume after this error.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Network { .. })
+        matches!(self, Error::Network { .. } | Error::MissingChunks { .. })
     }
 }

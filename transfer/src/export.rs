@@ -284,10 +284,8 @@ pub async fn load_index(
 ) -> Result<SyncIndex> {
     let id = match sync {
         Some(s) => s.clone(),
-        None => store
-            .list_syncs(vm, disk)
-            .await?
-            .pop()
+        None => crate::index::newest(&store.list_syncs(vm, disk).await?, crate::index::now_ms())
+            .cloned()
             .ok_or_else(|| Error::NotFound {
                 what: format!("{}: no sync of {vm} disk {disk}", store.describe()),
             })?,

@@ -79,6 +79,52 @@ impl SyncId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A sync id for time `unix_ms` with the given 8 hex digits (the store derives them from
+    /// the writer's commit nonce, so a retried commit can be recognised).
+    pub fn with_suffix(unix_ms: u64, suffix: u32) -> SyncId {
+        SyncId(format!("{}-{suffix:08x}", utc_stamp(unix_ms)))
+    }
+
+    /// The 8 hex digits after the time.
+    pub fn suffix(&self) -> &str {
+        &self.0[21..]
+    }
+
+    /// The time in the id, Unix milliseconds (ids are validated, so this parses).
+    pub fn unix_ms(&self) -> u64 {
+        let n = |r: std::ops::Range<usize>| self.0[r].parse::<u64>().unwrap_or(0);
+        days_from_civil(n(0..4), n(4..6), n(6..8)) * 86_400_000
+            + n(9..11) * 3_600_000
+            + n(11..13) * 60_000
+            + n(13..15) * 1000
+            + n(16..19)
+    }
+}
+
+/// Syncs stamped further ahead of the reader's clock than this are never taken as the newest
+/// (the default for export and the parent of the next sync): a sync id from the far future,
+/// written by an older build or by hand, cannot pin a replica.
+pub const FUTURE_SLACK_MS: u64 = 24 * 3600 * 1000;
+
+/// The newest sync of a sorted list that is not stamped in the future (beyond
+/// [`FUTURE_SLACK_MS`] from `now`).
+pub fn newest(syncs: &[SyncId], now: u64) -> Option<&SyncId> {
+    syncs
+        .iter()
+        .rev()
+        .find(|s| s.unix_ms() <= now.saturating_add(FUTURE_SLACK_MS))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+    let y = if m <= 2 { y.saturating_sub(1) } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d.saturating_sub(1);
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).saturating_sub(719_468)
 }
 
 impl fmt::Display for SyncId {
@@ -485,6 +531,32 @@ mod tests {
         let id = SyncId::new(1_763_770_000_123);
         assert_eq!(SyncId::parse(id.as_str()).unwrap(), id);
         assert!(SyncId::parse("../../etc").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn sync_id_time_round_trips(ms in 0u64..253_402_300_799_999) {
+            let id = SyncId::with_suffix(ms, 0xabc);
+            prop_assert_eq!(id.unix_ms(), ms);
+            prop_assert_eq!(id.suffix(), "00000abc");
+        }
+    }
+
+    #[test]
+    fn newest_skips_ids_from_the_far_future() {
+        let now = 1_763_770_000_000;
+        let mut v = vec![
+            SyncId::with_suffix(now - 5000, 1),
+            SyncId::with_suffix(now + 60_000, 2),
+            SyncId::parse("99991231T235959.999Z-ffffffff").unwrap(),
+        ];
+        v.sort();
+        assert_eq!(
+            newest(&v, now),
+            Some(&v[1]),
+            "a minute ahead is clock skew, taken"
+        );
+        assert_eq!(newest(&v[2..], now), None);
     }
 
     #[test]

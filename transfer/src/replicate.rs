@@ -201,8 +201,14 @@ pub fn replicate_disk(
     let mut parent_loaded = false;
     let mut hash_state: Option<(Sha256, usize)> = None;
     let mut carried = 0u64;
+    let mut carried_at = vec![false; n];
     let mut attempt = 0u32;
-    let sync_id = SyncId::new(now_ms());
+    // The store names the sync at commit; the nonce lets a retried commit find the first.
+    let mut metadata = opts.metadata.clone();
+    metadata.insert(
+        crate::store::COMMIT_NONCE.to_string(),
+        hex::encode(rand::random::<[u8; 16]>()),
+    );
     loop {
         attempt += 1;
         let backoff = Duration::from_secs((1u64 << (attempt - 1).min(5)).min(30));
@@ -253,6 +259,7 @@ pub fn replicate_disk(
                         .any(|r| r.offset < end && r.offset.saturating_add(r.len) > start)
                     {
                         *slot = Some(p.entries[i]);
+                        carried_at[i] = true;
                         carried += 1;
                         shared.c.done.fetch_add(end - start, Ordering::Relaxed);
                         shared.c.skipped.fetch_add(end - start, Ordering::Relaxed);
@@ -277,6 +284,22 @@ pub fn replicate_disk(
                 continue;
             }
         };
+        // After a lost connection (or a commit refused for missing chunks): what earlier attempts
+        // learnt the store has may have been collected since (their lease ended with the
+        // connection). Ask again now this attempt's lease is visible; read again what is gone.
+        if attempt > 1
+            && let Err(e) = handle.block_on(revalidate(
+                &*store,
+                &shared,
+                &carried_at,
+                parent.as_ref(),
+                (u64::from(cs), disk_size),
+            ))
+        {
+            let _ = handle.block_on(store.end_sync(&lease));
+            retry(e)?;
+            continue;
+        }
         let pass = run_pass(
             source,
             &store,
@@ -305,7 +328,8 @@ pub fn replicate_disk(
             _ => None,
         };
         let idx = SyncIndex {
-            sync_id: sync_id.clone(),
+            // Replaced by the store's own id at commit.
+            sync_id: SyncId::new(now_ms()),
             parent: parent.as_ref().map(|p| p.sync_id.clone()),
             vm: vm.to_string(),
             disk,
@@ -313,25 +337,18 @@ pub fn replicate_disk(
             disk_size,
             created_ms: now_ms(),
             raw_sha256,
-            metadata: opts.metadata.clone(),
+            metadata: metadata.clone(),
             entries,
         };
-        let commit = handle.block_on(store.commit_index(Bytes::from(idx.encode())));
-        let commit = match commit {
-            Err(e) if attempt > 1 => {
-                // A commit that reached the server before the link broke shows up in the list.
-                match handle.block_on(store.list_syncs(vm, disk)) {
-                    Ok(l) if l.contains(&sync_id) => Ok(sync_id.clone()),
-                    _ => Err(e),
-                }
+        // A commit retried after its answer was lost gets the first one's id (same nonce).
+        let sync_id = match handle.block_on(store.commit_index(Bytes::from(idx.encode()))) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = handle.block_on(store.end_sync(&lease));
+                retry(e)?;
+                continue;
             }
-            r => r,
         };
-        if let Err(e) = commit {
-            let _ = handle.block_on(store.end_sync(&lease));
-            retry(e)?;
-            continue;
-        }
         let _ = handle.block_on(store.end_sync(&lease));
         let c = &shared.c;
         return Ok(ReplicateReport {
@@ -355,9 +372,78 @@ pub fn replicate_disk(
     }
 }
 
+/// Entries that earlier attempts filled from the store's answers (not carried from the
+/// parent): still stored? Those that are not are read and sent again by the next pass.
+async fn revalidate(
+    store: &dyn ChunkStore,
+    shared: &Shared,
+    carried_at: &[bool],
+    parent: Option<&SyncIndex>,
+    (cs, disk_size): (u64, u64),
+) -> Result<()> {
+    let filled: Vec<(usize, ChunkDigest)> = {
+        let v = shared
+            .entries
+            .lock()
+            .map_err(|_| Error::Usage("poisoned".into()))?;
+        v.iter()
+            .enumerate()
+            .filter(|(i, _)| !carried_at[*i])
+            .filter_map(|(i, e)| match e {
+                Some(Entry::Data(d)) => Some((i, *d)),
+                _ => None,
+            })
+            .collect()
+    };
+    // Only the parent's chunks (named by a committed index, never collected) stay known.
+    if let Ok(mut k) = shared.known.lock() {
+        k.clear();
+        if let Some(p) = parent {
+            k.extend(p.digests());
+        }
+    }
+    if filled.is_empty() {
+        return Ok(());
+    }
+    let mut distinct: Vec<ChunkDigest> = filled.iter().map(|(_, d)| *d).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let have = store.has_chunks(distinct.clone()).await?;
+    let gone: HashSet<ChunkDigest> = distinct
+        .into_iter()
+        .zip(have)
+        .filter(|(_, h)| !h)
+        .map(|(d, _)| d)
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "godwit: {} chunk(s) sent earlier are no longer stored; reading them again",
+        gone.len()
+    );
+    let mut v = shared
+        .entries
+        .lock()
+        .map_err(|_| Error::Usage("poisoned".into()))?;
+    for (i, d) in filled {
+        if gone.contains(&d) {
+            v[i] = None;
+            let len = disk_size.saturating_sub(i as u64 * cs).min(cs);
+            let _ = shared
+                .c
+                .done
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| {
+                    Some(x.saturating_sub(len))
+                });
+        }
+    }
+    Ok(())
+}
+
 async fn load_parent(store: &dyn ChunkStore, vm: &str, disk: u32) -> Result<Option<SyncIndex>> {
     let syncs = store.list_syncs(vm, disk).await?;
-    let Some(last) = syncs.last() else {
+    let Some(last) = crate::index::newest(&syncs, now_ms()) else {
         return Ok(None);
     };
     let b = store.get_index(vm, disk, last).await?;

@@ -14,12 +14,16 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
-    /// `staging://HOST:1500`, `file:///DIR` or `s3://BUCKET/PREFIX`.
-    #[arg(long)]
-    target: String,
+    /// `staging://HOST:1500`, `file:///DIR` or `s3://BUCKET/PREFIX`. Several staging servers
+    /// of one store: repeat `--target` or list them (`staging://a:1500,b:1500`); they are
+    /// tried in order and a replication resumes on the next when one goes down.
+    #[arg(long, required = true)]
+    target: Vec<String>,
+    /// The staging servers' certificate fingerprints, `SHA256:<hex>` (colons and case ignored;
+    /// several separated by commas, when the servers do not share one certificate).
     #[arg(long)]
     target_fingerprint: Option<String>,
-    /// File holding the pairing token (else GODWIT_TOKEN).
+    /// File holding the connector token (else the GODWIT_TOKEN variable).
     #[arg(long)]
     token_file: Option<PathBuf>,
     #[arg(long)]
@@ -42,7 +46,7 @@ pub struct ExportArgs {
 
 pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
     let token = super::replicate::read_token(a.token_file.as_ref())?;
-    let target = Target::parse(&a.target, a.target_fingerprint.as_deref(), token)?;
+    let target = Target::parse_many(&a.target, a.target_fingerprint.as_deref(), token)?;
     let sync = a.sync.as_deref().map(SyncId::parse).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -12,6 +12,7 @@ pub mod replicate_scvmm;
 pub mod replicate_vsphere;
 pub mod serve;
 pub mod staging;
+mod staging_list;
 
 /// Logs go to stderr; `GODWIT_LOG` (e.g. `debug`, `godwit_transfer=trace`) sets the filter.
 pub fn init_logging() {

@@ -53,13 +53,16 @@ pub struct ReplicateArgs {
     /// VM name the disks are stored under.
     #[arg(long)]
     vm: String,
-    /// `staging://HOST:1500`, `file:///DIR` or `s3://BUCKET/PREFIX`.
-    #[arg(long)]
-    target: String,
-    /// The staging server's certificate fingerprint, `SHA256:<hex>` (colons and case ignored).
+    /// `staging://HOST:1500`, `file:///DIR` or `s3://BUCKET/PREFIX`. Several staging servers
+    /// of one store: repeat `--target` or list them (`staging://a:1500,b:1500`); they are
+    /// tried in order and a replication resumes on the next when one goes down.
+    #[arg(long, required = true)]
+    target: Vec<String>,
+    /// The staging servers' certificate fingerprints, `SHA256:<hex>` (colons and case ignored;
+    /// several separated by commas, when the servers do not share one certificate).
     #[arg(long)]
     target_fingerprint: Option<String>,
-    /// File holding the pairing token (else the GODWIT_TOKEN variable).
+    /// File holding the connector token (else the GODWIT_TOKEN variable).
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// JSON lines: progress events, then a summary.
@@ -199,7 +202,7 @@ fn human(b: u64) -> String {
 
 pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let token = read_token(a.token_file.as_ref())?;
-    let target = Target::parse(&a.target, a.target_fingerprint.as_deref(), token)?;
+    let target = Target::parse_many(&a.target, a.target_fingerprint.as_deref(), token)?;
     let changed = a.changed_ranges.as_ref().map(read_ranges).transpose()?;
     let chunk_size = u32::try_from(parse_size(&a.chunk_size)?).context("chunk size")?;
     let json = a.json;

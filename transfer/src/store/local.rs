@@ -1,8 +1,9 @@
 //! A store in a local directory. Objects are files; `put` writes `tmp/<random>`, fsyncs it,
 //! renames it into place and fsyncs the directory, so a crash leaves the old object or the new
-//! one, never a torn file.
+//! one, never a torn file. `put_new` links the temporary file to its name instead (`link(2)`
+//! fails when the name exists), so of two writers exactly one creates the object.
 
-use super::{Backend, BoxFut};
+use super::{Backend, BoxFut, ObjectMeta};
 use crate::error::{Error, Result};
 use bytes::Bytes;
 use std::fs;
@@ -33,27 +34,68 @@ impl LocalDir {
         Ok(self.root.join(key))
     }
 
-    fn put_sync(&self, key: &str, data: &[u8]) -> Result<()> {
+    /// Write `data` to a fresh temporary file and fsync it.
+    fn write_tmp(&self, data: &[u8]) -> std::io::Result<PathBuf> {
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{:016x}.tmp", rand::random::<u64>()));
+        let r = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()
+        })();
+        match r {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    fn put_sync(&self, key: &str, data: &[u8], exclusive: bool) -> Result<bool> {
         let dst = self.path(key)?;
         let what = dst.display().to_string();
         let dir = dst.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| Error::io(&what, "create directory", e))?;
         let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{:016x}.tmp", rand::random::<u64>()));
-        let result = (|| {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, &dst)?;
-            fs::File::open(&dir)?.sync_all()
-        })();
-        if result.is_err() {
+            .write_tmp(data)
+            .map_err(|e| Error::io(&what, "write", e))?;
+        let placed = if exclusive {
+            let r = fs::hard_link(&tmp, &dst);
             let _ = fs::remove_file(&tmp);
+            match r {
+                Ok(()) => true,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(Error::io(&what, "link", e)),
+            }
+        } else {
+            if let Err(e) = fs::rename(&tmp, &dst) {
+                let _ = fs::remove_file(&tmp);
+                return Err(Error::io(&what, "rename", e));
+            }
+            true
+        };
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(&what, "fsync directory", e))?;
+        Ok(placed)
+    }
+
+    fn rename_sync(&self, from: &str, to: &str) -> Result<()> {
+        let (src, dst) = (self.path(from)?, self.path(to)?);
+        let what = src.display().to_string();
+        let dir = dst.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&what, "create directory", e))?;
+        match fs::rename(&src, &dst) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(Error::NotFound { what }),
+            Err(e) => return Err(Error::io(&what, "rename", e)),
         }
-        result.map_err(|e| Error::io(&what, "write", e))
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(&what, "fsync directory", e))
     }
 
     fn get_sync(&self, key: &str) -> Result<Option<Bytes>> {
@@ -65,7 +107,7 @@ impl LocalDir {
         }
     }
 
-    fn list_sync(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+    fn list_sync(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let mut out = Vec::new();
         // The prefix may end inside a name ("gc.lock") or at a directory ("chunks/").
         let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
@@ -107,7 +149,11 @@ impl LocalDir {
                         .ok()
                         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                    out.push((rel, mtime));
+                    out.push(ObjectMeta {
+                        key: rel,
+                        modified_ms: mtime,
+                        size: md.len(),
+                    });
                 }
             }
         }
@@ -131,7 +177,25 @@ impl Backend for LocalDir {
             root: self.root.clone(),
         };
         let key = key.to_string();
-        Box::pin(blocking(move || me.put_sync(&key, &data)))
+        Box::pin(blocking(move || {
+            me.put_sync(&key, &data, false).map(|_| ())
+        }))
+    }
+
+    fn put_new<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFut<'a, bool> {
+        let me = LocalDir {
+            root: self.root.clone(),
+        };
+        let key = key.to_string();
+        Box::pin(blocking(move || me.put_sync(&key, &data, true)))
+    }
+
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFut<'a, ()> {
+        let me = LocalDir {
+            root: self.root.clone(),
+        };
+        let (from, to) = (from.to_string(), to.to_string());
+        Box::pin(blocking(move || me.rename_sync(&from, &to)))
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Option<Bytes>> {
@@ -160,7 +224,7 @@ impl Backend for LocalDir {
         }))
     }
 
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Vec<(String, u64)>> {
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Vec<ObjectMeta>> {
         let me = LocalDir {
             root: self.root.clone(),
         };

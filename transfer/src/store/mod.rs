@@ -3,22 +3,34 @@
 //! ```text
 //! godwit-store.json                          format marker and version
 //! chunks/<2 hex>/<64 hex>                    chunk files (chunk.rs), named by content SHA-256
-//! syncs/<vm, %-escaped>/<disk>/<sync id>.idx sync indexes (index.rs), written last
-//! leases/<lease id>.json                     in-progress syncs (refreshed every 30 s)
+//! syncs/<vm, %-escaped>/<disk>/<sync id>.idx sync indexes (index.rs), written last, never replaced
+//! leases/<lease id>.json                     syncs in progress (refreshed every 30 s)
 //! gc.lock                                    a garbage collection is running
+//! gc/collections/<id>.json                   a GC run's fossil collection and the leases it waits for
+//! gc/fossils/<id>/<2 hex>/<64 hex>           chunks a GC found unreferenced, kept until safe to delete
+//! tokens/<token id>.json                     connector tokens (SHA-256 of the secret)
+//! owners/<vm, %-escaped>.json                which connector a VM belongs to
 //! ```
 //!
 //! [`ChunkStore`] is what the replication pipeline and export talk to; [`Store`] implements it
 //! over a [`Backend`] (a local directory, or an S3-compatible bucket), and the staging client
-//! implements it over the TCP 1500 protocol.
+//! implements it over the TCP 1500 protocol. Several staging servers (and direct writers) may
+//! share one store: commits never overwrite (`put_new`), sync ids are assigned at commit, and
+//! GC runs concurrently with syncs (gc.rs).
 
+pub mod access;
+mod commit;
 pub mod gc;
+mod lease;
 pub mod local;
 pub mod s3;
+pub mod usage;
+
+pub use commit::COMMIT_NONCE;
 
 use crate::digest::ChunkDigest;
 use crate::error::{Error, Result};
-use crate::index::{SyncId, SyncIndex, check_vm_name, now_ms};
+use crate::index::{SyncId, check_vm_name};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -28,23 +40,42 @@ use std::sync::{Arc, Mutex};
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
-/// Store format version written to `godwit-store.json`.
-pub const STORE_VERSION: u32 = 1;
-/// A lease not refreshed for this long belongs to a dead writer and no longer blocks GC.
+/// Store format version written to `godwit-store.json`. Version 2 added store-assigned sync
+/// ids, leases judged by the store's clock, GC fossils, tokens and owners; chunks and indexes
+/// are as in version 1, so a version 1 store is upgraded in place when opened (and from then
+/// on refused by version 1 builds, whose GC and server do not follow the version 2 rules).
+pub const STORE_VERSION: u32 = 2;
+/// A lease not refreshed for this long belongs to a dead writer: GC no longer waits for it.
+/// `GODWIT_LEASE_STALE_SECS` overrides it (tests).
 pub const LEASE_STALE_MS: u64 = 5 * 60 * 1000;
-const LEASE_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One object of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    /// Modification time by the store's clock, Unix milliseconds.
+    pub modified_ms: u64,
+    pub size: u64,
+}
 
 /// Objects under string keys (`/`-separated, relative). `put` is atomic and durable: readers see
 /// the old object, no object, or the whole new one.
 pub trait Backend: Send + Sync {
     fn describe(&self) -> String;
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFut<'a, ()>;
+    /// Create `key` only if no object has that name (a local `link(2)`, an S3 conditional PUT).
+    /// `Ok(false)`: another object is there (left unchanged). `Ok(true)` also when the object
+    /// there holds exactly `data` (a retried write of ours).
+    fn put_new<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFut<'a, bool>;
     fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Option<Bytes>>;
     /// Which of `keys` exist, in order.
     fn exists_many(&self, keys: Vec<String>) -> BoxFut<'_, Vec<bool>>;
-    /// Every key under `prefix`, with its modification time in Unix milliseconds.
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Vec<(String, u64)>>;
+    /// Every key under `prefix` (a string prefix: `"gc.lock"` or `"chunks/"`).
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Vec<ObjectMeta>>;
     fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, ()>;
+    /// Move an object to a new key (replacing any object there). `Error::NotFound` if `from`
+    /// is absent. Not atomic on S3 (copy, then delete): for a moment both keys exist.
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFut<'a, ()>;
 }
 
 /// What the replication pipeline, export and the staging server need from a store.
@@ -59,7 +90,11 @@ pub trait ChunkStore: Send + Sync {
     /// Syncs of one disk, oldest first.
     fn list_syncs<'a>(&'a self, vm: &'a str, disk: u32) -> BoxFut<'a, Vec<SyncId>>;
     fn get_index<'a>(&'a self, vm: &'a str, disk: u32, sync: &'a SyncId) -> BoxFut<'a, Bytes>;
-    /// Make a sync visible. Refused unless the index parses and every chunk it names is stored.
+    /// Make a sync visible, under a sync id the store assigns (later than every sync of the
+    /// disk; the id in the uploaded index is replaced). Refused unless the index parses and
+    /// every chunk it names is stored ([`Error::MissingChunks`] otherwise). Idempotent for an
+    /// index carrying the same commit nonce (metadata `godwit.commit`): a retried commit
+    /// returns the id of the first.
     fn commit_index(&self, index: Bytes) -> BoxFut<'_, SyncId>;
     /// Announce an in-progress sync (so GC keeps the chunks it is writing); returns a lease id.
     fn begin_sync<'a>(&'a self, vm: &'a str, disk: u32) -> BoxFut<'a, String>;
@@ -69,6 +104,14 @@ pub trait ChunkStore: Send + Sync {
 pub fn chunk_key(d: &ChunkDigest) -> String {
     let h = d.to_hex();
     format!("chunks/{}/{h}", &h[..2])
+}
+
+/// The digest a `chunks/<hh>/<hex>` key names (None for anything else).
+pub fn digest_of_chunk_key(k: &str) -> Option<ChunkDigest> {
+    let name = k.strip_prefix("chunks/")?.split('/').nth(1)?;
+    ChunkDigest::parse_hex(name)
+        .ok()
+        .filter(|d| chunk_key(d) == k)
 }
 
 /// Any VM name as one safe key segment (`%`-escaped; the one encoder for untrusted names,
@@ -88,7 +131,9 @@ pub fn index_key(vm: &str, disk: u32, sync: &SyncId) -> String {
 /// The store format over a backend.
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// Refresh tasks of the leases this process holds.
     leases: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    lease_stale_ms: u64,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -97,45 +142,47 @@ struct Marker {
     version: u32,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct LeaseRecord {
-    pub vm: String,
-    pub disk: u32,
-    pub started_ms: u64,
-    pub refreshed_ms: u64,
-}
-
 impl Store {
     /// Open (and on first use initialise) a store: checks the format marker.
     pub async fn open(backend: Arc<dyn Backend>) -> Result<Store> {
         let what = format!("{}/godwit-store.json", backend.describe());
-        match backend.get("godwit-store.json").await? {
-            Some(b) => {
-                let m: Marker = serde_json::from_slice(&b)
-                    .map_err(|e| Error::malformed(&what, 0, e.to_string()))?;
-                if m.format != "godwit-store" || m.version != STORE_VERSION {
-                    return Err(Error::malformed(
-                        &what,
-                        0,
-                        format!(
-                            "store format {} version {} (this build reads godwit-store {STORE_VERSION})",
-                            m.format, m.version
-                        ),
-                    ));
-                }
-            }
-            None => {
-                let m = Marker {
-                    format: "godwit-store".into(),
-                    version: STORE_VERSION,
-                };
-                let b = serde_json::to_vec_pretty(&m).unwrap_or_default();
-                backend.put("godwit-store.json", Bytes::from(b)).await?;
-            }
+        let fresh = Marker {
+            format: "godwit-store".into(),
+            version: STORE_VERSION,
+        };
+        let fresh = Bytes::from(serde_json::to_vec_pretty(&fresh).unwrap_or_default());
+        // Several servers may open a new store at once: one creates the marker.
+        let b = match backend.get("godwit-store.json").await? {
+            Some(b) => b,
+            None if backend.put_new("godwit-store.json", fresh.clone()).await? => fresh.clone(),
+            None => backend
+                .get("godwit-store.json")
+                .await?
+                .ok_or_else(|| Error::NotFound { what: what.clone() })?,
+        };
+        let m: Marker =
+            serde_json::from_slice(&b).map_err(|e| Error::malformed(&what, 0, e.to_string()))?;
+        if m.format == "godwit-store" && m.version == 1 {
+            tracing::info!("{what}: upgrading the store from version 1 to {STORE_VERSION}");
+            backend.put("godwit-store.json", fresh.clone()).await?;
+        } else if m.format != "godwit-store" || m.version != STORE_VERSION {
+            return Err(Error::malformed(
+                &what,
+                0,
+                format!(
+                    "store format {} version {} (this build reads godwit-store {STORE_VERSION})",
+                    m.format, m.version
+                ),
+            ));
         }
+        let lease_stale_ms = std::env::var("GODWIT_LEASE_STALE_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(LEASE_STALE_MS, |s| s.saturating_mul(1000).max(1000));
         Ok(Store {
             backend,
             leases: Mutex::new(HashMap::new()),
+            lease_stale_ms,
         })
     }
 
@@ -143,48 +190,33 @@ impl Store {
         &self.backend
     }
 
-    /// Every (vm key segment, disk, sync id) in the store.
+    /// Every index key in the store, sorted.
     pub async fn all_indexes(&self) -> Result<Vec<String>> {
         let mut v: Vec<String> = self
             .backend
             .list("syncs/")
             .await?
             .into_iter()
-            .map(|(k, _)| k)
+            .map(|m| m.key)
             .filter(|k| k.ends_with(".idx"))
             .collect();
         v.sort();
         Ok(v)
     }
 
-    async fn wait_for_gc(&self) -> Result<()> {
-        for _ in 0..600 {
-            let fresh = self
-                .backend
-                .list("gc.lock")
-                .await?
-                .into_iter()
-                .any(|(k, t)| k == "gc.lock" && now_ms().saturating_sub(t) < LEASE_STALE_MS);
-            if !fresh {
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
-        Err(Error::Usage(format!(
-            "{}: a garbage collection has held gc.lock for 10 minutes",
-            self.backend.describe()
-        )))
+    /// The store's clock: write `key` and read back its modification time, so that times
+    /// compared with other objects' (leases) come from one clock, whatever the skew between
+    /// the machines that wrote them.
+    async fn store_now(&self, key: &str, data: Bytes) -> Result<u64> {
+        self.backend.put(key, data).await?;
+        Ok(self
+            .backend
+            .list(key)
+            .await?
+            .into_iter()
+            .find(|m| m.key == key)
+            .map_or_else(crate::index::now_ms, |m| m.modified_ms))
     }
-}
-
-fn lease_bytes(vm: &str, disk: u32, started_ms: u64) -> Bytes {
-    let rec = LeaseRecord {
-        vm: vm.to_string(),
-        disk,
-        started_ms,
-        refreshed_ms: now_ms(),
-    };
-    Bytes::from(serde_json::to_vec(&rec).unwrap_or_default())
 }
 
 impl ChunkStore for Store {
@@ -213,12 +245,18 @@ impl ChunkStore for Store {
     fn get_chunk(&self, digest: ChunkDigest) -> BoxFut<'_, Bytes> {
         Box::pin(async move {
             let key = chunk_key(&digest);
-            self.backend
-                .get(&key)
-                .await?
-                .ok_or_else(|| Error::NotFound {
-                    what: format!("{}/{key}", self.backend.describe()),
-                })
+            if let Some(b) = self.backend.get(&key).await? {
+                return Ok(b);
+            }
+            // A chunk of a sync committed while a GC was collecting it: bring it back.
+            if self.restore_fossils(&[digest]).await?.is_empty()
+                && let Some(b) = self.backend.get(&key).await?
+            {
+                return Ok(b);
+            }
+            Err(Error::NotFound {
+                what: format!("{}/{key}", self.backend.describe()),
+            })
         })
     }
 
@@ -231,8 +269,9 @@ impl ChunkStore for Store {
                 .list(&prefix)
                 .await?
                 .into_iter()
-                .filter_map(|(k, _)| {
-                    k.strip_prefix(&prefix)
+                .filter_map(|m| {
+                    m.key
+                        .strip_prefix(&prefix)
                         .and_then(|n| n.strip_suffix(".idx"))
                         .and_then(|n| SyncId::parse(n).ok())
                 })
@@ -259,66 +298,15 @@ impl ChunkStore for Store {
     }
 
     fn commit_index(&self, index: Bytes) -> BoxFut<'_, SyncId> {
-        Box::pin(async move {
-            let idx = SyncIndex::parse(&index, "index to commit")?;
-            let digests = idx.digests();
-            for batch in digests.chunks(4096) {
-                let have = self.has_chunks(batch.to_vec()).await?;
-                if let Some(pos) = have.iter().position(|h| !h) {
-                    return Err(Error::integrity(
-                        format!("sync {} of {} disk {}", idx.sync_id, idx.vm, idx.disk),
-                        format!("chunk {} is not stored; refusing to commit", batch[pos]),
-                    ));
-                }
-            }
-            let key = index_key(&idx.vm, idx.disk, &idx.sync_id);
-            if self.backend.exists_many(vec![key.clone()]).await?.first() == Some(&true) {
-                return Err(Error::Usage(format!("sync {} already exists", idx.sync_id)));
-            }
-            self.backend.put(&key, index).await?;
-            Ok(idx.sync_id)
-        })
+        Box::pin(self.commit(index))
     }
 
     fn begin_sync<'a>(&'a self, vm: &'a str, disk: u32) -> BoxFut<'a, String> {
-        Box::pin(async move {
-            check_vm_name(vm)?;
-            let id = format!(
-                "{}-{:016x}",
-                crate::index::utc_stamp(now_ms()),
-                rand::random::<u64>()
-            );
-            let key = format!("leases/{id}.json");
-            let started = now_ms();
-            self.backend
-                .put(&key, lease_bytes(vm, disk, started))
-                .await?;
-            // The lease is visible before we look for a running GC: one of us sees the other.
-            self.wait_for_gc().await?;
-            let backend = self.backend.clone();
-            let vm2 = vm.to_string();
-            let h = tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(LEASE_REFRESH).await;
-                    if let Err(e) = backend.put(&key, lease_bytes(&vm2, disk, started)).await {
-                        tracing::warn!("refreshing lease {key}: {e}");
-                    }
-                }
-            });
-            if let Ok(mut m) = self.leases.lock() {
-                m.insert(id.clone(), h);
-            }
-            Ok(id)
-        })
+        Box::pin(self.take_lease(vm, disk))
     }
 
     fn end_sync<'a>(&'a self, lease: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            if let Some(h) = self.leases.lock().ok().and_then(|mut m| m.remove(lease)) {
-                h.abort();
-            }
-            self.backend.delete(&format!("leases/{lease}.json")).await
-        })
+        Box::pin(self.drop_lease(lease))
     }
 }
 
@@ -346,7 +334,8 @@ where
         .collect()
 }
 
-/// Open a store from a target URL: `file:///DIR` or `s3://BUCKET/PREFIX`.
+/// Open a store from a URL: `file:///DIR` or `s3://BUCKET/PREFIX` (credentials from
+/// [`s3::S3Config::from_env`]).
 pub async fn open_url(url: &str) -> Result<Store> {
     let backend: Arc<dyn Backend> = if let Some(path) = url.strip_prefix("file://") {
         Arc::new(local::LocalDir::create(std::path::Path::new(path))?)
@@ -361,65 +350,4 @@ pub async fn open_url(url: &str) -> Result<Store> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::chunk::encode_chunk;
-    use crate::index::{Entry, SyncIndex};
-
-    #[tokio::test]
-    async fn local_store_commits_only_complete_syncs() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(Arc::new(local::LocalDir::create(dir.path()).unwrap()))
-            .await
-            .unwrap();
-        let (d, enc) = encode_chunk(&[5u8; 8192]).unwrap();
-        let idx = SyncIndex {
-            sync_id: SyncId::new(now_ms()),
-            parent: None,
-            vm: "vm x".into(),
-            disk: 0,
-            chunk_size: 8192,
-            disk_size: 16384,
-            created_ms: now_ms(),
-            raw_sha256: None,
-            metadata: Default::default(),
-            entries: vec![Entry::Data(d), Entry::Zero],
-        };
-        let e = store
-            .commit_index(Bytes::from(idx.encode()))
-            .await
-            .unwrap_err();
-        assert!(e.to_string().contains("is not stored"), "{e}");
-        assert_eq!(store.has_chunks(vec![d]).await.unwrap(), vec![false]);
-        store.put_chunk(d, Bytes::from(enc.clone())).await.unwrap();
-        store.put_chunk(d, Bytes::from(enc)).await.unwrap();
-        assert_eq!(store.has_chunks(vec![d]).await.unwrap(), vec![true]);
-        let id = store.commit_index(Bytes::from(idx.encode())).await.unwrap();
-        assert_eq!(store.list_syncs("vm x", 0).await.unwrap(), vec![id.clone()]);
-        let back = SyncIndex::parse(&store.get_index("vm x", 0, &id).await.unwrap(), "t").unwrap();
-        assert_eq!(back, idx);
-        assert!(
-            store.commit_index(Bytes::from(idx.encode())).await.is_err(),
-            "a sync is written once"
-        );
-        let v = store.verify().await.unwrap();
-        assert!(
-            v.is_clean() && v.chunks_ok == 1 && v.indexes_ok == 1,
-            "{v:?}"
-        );
-        let lease = store.begin_sync("vm x", 0).await.unwrap();
-        assert!(!store.gc().await.unwrap().skipped_for_leases.is_empty());
-        store.end_sync(&lease).await.unwrap();
-        let g = store.gc().await.unwrap();
-        assert_eq!((g.chunks_kept, g.chunks_deleted), (1, 0));
-        assert!(dir.path().join("syncs/vm%20x/0").is_dir());
-    }
-
-    #[test]
-    fn escaping_is_one_safe_segment() {
-        assert_eq!(escape_segment("web-01"), "web-01");
-        assert_eq!(escape_segment("a/b c"), "a%2Fb%20c");
-        assert_eq!(escape_segment(".."), "%2E.");
-        assert_eq!(escape_segment("é"), "%C3%A9");
-    }
-}
+mod tests;

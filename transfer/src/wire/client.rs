@@ -34,6 +34,7 @@ type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
 
 pub struct StagingClient {
     peer: String,
+    connector: String,
     tx: mpsc::Sender<Vec<u8>>,
     pending: Pending,
     next_id: AtomicU32,
@@ -51,15 +52,16 @@ impl Drop for StagingClient {
 }
 
 impl StagingClient {
-    /// Connect to `addr` (`host:port`), check the certificate against `pin`, present `token`.
-    pub async fn connect(addr: &str, pin: Fingerprint, token: &str) -> Result<StagingClient> {
+    /// Connect to `addr` (`host:port`; a name with several addresses is tried address by
+    /// address), check the certificate against the pinned fingerprints, present `token`.
+    pub async fn connect(addr: &str, pins: &[Fingerprint], token: &str) -> Result<StagingClient> {
         let peer = addr.to_string();
         let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::network(&peer, "TCP connect timed out"))?
             .map_err(|e| Error::network(&peer, format!("TCP connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        let (cfg, verifier) = client_config(pin)?;
+        let (cfg, verifier) = client_config(pins)?;
         let connector = tokio_rustls::TlsConnector::from(cfg);
         let name = rustls::pki_types::ServerName::try_from("godwit-staging")
             .map_err(|e| Error::Usage(e.to_string()))?;
@@ -69,10 +71,14 @@ impl StagingClient {
             Ok(Err(e)) => {
                 let seen = verifier.seen.lock().ok().and_then(|s| *s);
                 return Err(match seen {
-                    Some(fp) if fp != pin => Error::protocol(
+                    Some(fp) if !pins.contains(&fp) => Error::protocol(
                         &peer,
                         format!(
-                            "server certificate fingerprint {fp} does not match the pinned {pin}; refusing to connect (check --target-fingerprint)"
+                            "server certificate fingerprint {fp} does not match the pinned {}; refusing to connect (check --target-fingerprint)",
+                            pins.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ),
                     _ => Error::network(&peer, format!("TLS handshake: {e}")),
@@ -92,19 +98,33 @@ impl StagingClient {
         wr.flush()
             .await
             .map_err(|e| Error::network(&peer, e.to_string()))?;
-        let window = match timeout(CONNECT_TIMEOUT, read_frame(&mut rd, &peer)).await {
+        let (window, connector) = match timeout(CONNECT_TIMEOUT, read_frame(&mut rd, &peer)).await {
             Err(_) => return Err(Error::network(&peer, "no answer to Hello")),
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(Frame::Welcome { version, window })) if version == PROTOCOL_VERSION => {
-                window.clamp(1, 256)
-            }
+            Ok(Ok(Frame::Welcome {
+                version,
+                window,
+                connector,
+            })) if version == PROTOCOL_VERSION => (window.clamp(1, 256), connector),
             Ok(Ok(Frame::Refused { code, message })) => {
-                let why = match code {
-                    ErrorCode::BadToken => "the staging server refused the pairing token (check --token-file or GODWIT_TOKEN)".to_string(),
-                    ErrorCode::BadVersion => format!("protocol version mismatch: {message}"),
-                    _ => format!("the staging server refused the connection: {message}"),
-                };
-                return Err(Error::protocol(&peer, why));
+                return Err(match code {
+                    ErrorCode::BadToken => Error::protocol(
+                        &peer,
+                        format!(
+                            "the staging server refused the pairing token (check --token-file or GODWIT_TOKEN): {message}"
+                        ),
+                    ),
+                    ErrorCode::BadVersion => {
+                        Error::protocol(&peer, format!("protocol version mismatch: {message}"))
+                    }
+                    ErrorCode::Busy => {
+                        Error::network(&peer, format!("the staging server is busy: {message}"))
+                    }
+                    _ => Error::protocol(
+                        &peer,
+                        format!("the staging server refused the connection: {message}"),
+                    ),
+                });
             }
             Ok(Ok(other)) => {
                 return Err(Error::protocol(
@@ -182,6 +202,7 @@ impl StagingClient {
         });
         Ok(StagingClient {
             peer,
+            connector,
             tx,
             pending,
             next_id: AtomicU32::new(1),
@@ -190,6 +211,11 @@ impl StagingClient {
             reader,
             writer,
         })
+    }
+
+    /// The connector the server knows our token by.
+    pub fn connector(&self) -> &str {
+        &self.connector
     }
 
     /// Chunk frames the server lets us keep in flight.
@@ -232,6 +258,15 @@ impl StagingClient {
             Ok(Ok(Frame::Failed { code, message, .. })) => Err(match code {
                 ErrorCode::NotFound => Error::NotFound { what: message },
                 ErrorCode::BadChunk => Error::integrity(&self.peer, message),
+                ErrorCode::MissingChunks => Error::MissingChunks {
+                    what: self.peer.clone(),
+                    reason: message,
+                },
+                ErrorCode::Forbidden => Error::Forbidden {
+                    what: self.peer.clone(),
+                    reason: message,
+                },
+                ErrorCode::Busy | ErrorCode::Internal => Error::network(&self.peer, message),
                 _ => Error::protocol(&self.peer, message),
             }),
             Ok(Ok(f)) => Ok(f),

@@ -12,7 +12,7 @@ use crate::digest::ChunkDigest;
 use crate::error::{Error, Result};
 
 /// Protocol versions this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame body: one encoded chunk of the largest size plus a little.
 pub const MAX_FRAME: u32 = crate::chunk::MAX_CHUNK_SIZE + crate::chunk::HEADER_LEN_U32 + 1024;
 /// Most digests in one `Have` question.
@@ -35,6 +35,10 @@ pub enum ErrorCode {
     NotFound = 5,
     Busy = 6,
     Internal = 7,
+    /// A commit names chunks the store does not hold (any more): ask `Have` again, send them.
+    MissingChunks = 8,
+    /// The token is good but this VM belongs to another connector.
+    Forbidden = 9,
 }
 
 impl ErrorCode {
@@ -46,6 +50,8 @@ impl ErrorCode {
             4 => ErrorCode::BadChunk,
             5 => ErrorCode::NotFound,
             6 => ErrorCode::Busy,
+            8 => ErrorCode::MissingChunks,
+            9 => ErrorCode::Forbidden,
             _ => ErrorCode::Internal,
         }
     }
@@ -60,10 +66,12 @@ pub enum Frame {
         max_version: u16,
         token: String,
     },
-    /// Server → client: accepted; the version chosen and the chunk window the server allows.
+    /// Server → client: accepted; the version chosen, the chunk window the server allows, and
+    /// the connector the token was issued for.
     Welcome {
         version: u16,
         window: u32,
+        connector: String,
     },
     /// Server → client, then close: refused (wrong token, version, protocol violation).
     Refused {
@@ -199,6 +207,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>> {
     Ok(Some((Frame::decode_body(body)?, 4 + n)))
 }
 
+/// The fuzz target's property: whatever parses as a frame encodes to bytes that parse to the
+/// same frame (the encoding is canonical up to unused bitmap bits and unknown error codes).
+/// Panics otherwise.
+pub fn fuzz_round_trip(bytes: &[u8]) {
+    if let Ok(Some((f, _))) = parse(bytes) {
+        let again = f.to_bytes();
+        assert_eq!(parse(&again).ok().flatten(), Some((f, again.len())));
+    }
+}
+
 struct R<'a> {
     b: &'a [u8],
     pos: usize,
@@ -294,6 +312,7 @@ impl Frame {
             t::WELCOME => Frame::Welcome {
                 version: r.u16("version")?,
                 window: r.u32("window")?,
+                connector: r.string("connector")?,
             },
             t::REFUSED => Frame::Refused {
                 code: ErrorCode::from_u16(r.u16("code")?),
@@ -442,10 +461,15 @@ impl Frame {
                 out.extend_from_slice(&max_version.to_be_bytes());
                 put_string(out, token);
             }
-            Frame::Welcome { version, window } => {
+            Frame::Welcome {
+                version,
+                window,
+                connector,
+            } => {
                 out.push(t::WELCOME);
                 out.extend_from_slice(&version.to_be_bytes());
                 out.extend_from_slice(&window.to_be_bytes());
+                put_string(out, connector);
             }
             Frame::Refused { code, message } => {
                 out.push(t::REFUSED);
@@ -605,8 +629,9 @@ mod tests {
                 token: "tok".into(),
             },
             Frame::Welcome {
-                version: 1,
+                version: 2,
                 window: 8,
+                connector: "site-a".into(),
             },
             Frame::Refused {
                 code: ErrorCode::BadToken,
@@ -769,10 +794,43 @@ mod tests {
         assert!(parse(&b).is_err());
     }
 
+    #[test]
+    fn unknown_error_codes_read_as_internal() {
+        let mut b = Frame::Failed {
+            id: 1,
+            code: ErrorCode::Forbidden,
+            message: "m".into(),
+        }
+        .to_bytes();
+        assert!(matches!(
+            parse(&b).unwrap(),
+            Some((
+                Frame::Failed {
+                    code: ErrorCode::Forbidden,
+                    ..
+                },
+                _
+            ))
+        ));
+        b[10] = 77;
+        assert!(matches!(
+            parse(&b).unwrap(),
+            Some((
+                Frame::Failed {
+                    code: ErrorCode::Internal,
+                    ..
+                },
+                _
+            ))
+        ));
+        fuzz_round_trip(&b);
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = parse(&bytes);
+            fuzz_round_trip(&bytes);
         }
 
         #[test]

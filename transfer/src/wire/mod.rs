@@ -3,4 +3,5 @@
 pub mod client;
 pub mod frame;
 pub mod server;
+mod session;
 pub mod tls;

@@ -20,11 +20,11 @@ pub fn provider() -> Arc<CryptoProvider> {
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// What `godwit staging serve` keeps in its data directory.
+/// What `godwit staging serve` keeps in its data directory: its certificate and key. (Tokens
+/// are kept in the store, so every server over one store accepts the same ones.)
 pub struct ServerIdentity {
     pub cert_der: Vec<u8>,
     pub key_der: Vec<u8>,
-    pub token: String,
 }
 
 impl ServerIdentity {
@@ -32,8 +32,9 @@ impl ServerIdentity {
         Fingerprint::of_der(&self.cert_der)
     }
 
-    /// Load `DIR/tls/{cert,key}.der` and `DIR/token`, creating them (key and token mode 0600)
-    /// on first start.
+    /// Load `DIR/tls/{cert,key}.der`, creating them (key mode 0600) on first start. Servers
+    /// that share a fingerprint (one DNS name for several servers) share this directory's
+    /// `tls/` (copied, mode 0600).
     pub fn load_or_create(dir: &Path) -> Result<ServerIdentity> {
         let tls = dir.join("tls");
         fs::create_dir_all(&tls).map_err(|e| Error::io(tls.display().to_string(), "create", e))?;
@@ -49,26 +50,7 @@ impl ServerIdentity {
             fs::read(&cert_p).map_err(|e| Error::io(cert_p.display().to_string(), "read", e))?;
         let key_der =
             fs::read(&key_p).map_err(|e| Error::io(key_p.display().to_string(), "read", e))?;
-        let tok_p = dir.join("token");
-        if !tok_p.exists() {
-            let t: [u8; 24] = rand::random();
-            write_private(&tok_p, format!("{}\n", hex::encode(t)).as_bytes())?;
-        }
-        let token = fs::read_to_string(&tok_p)
-            .map_err(|e| Error::io(tok_p.display().to_string(), "read", e))?
-            .trim()
-            .to_string();
-        if token.len() < 16 {
-            return Err(Error::Usage(format!(
-                "{}: the pairing token must be at least 16 characters",
-                tok_p.display()
-            )));
-        }
-        Ok(ServerIdentity {
-            cert_der,
-            key_der,
-            token,
-        })
+        Ok(ServerIdentity { cert_der, key_der })
     }
 
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
@@ -83,6 +65,21 @@ impl ServerIdentity {
             .map_err(|e| Error::Usage(format!("TLS certificate: {e}")))?;
         Ok(Arc::new(cfg))
     }
+}
+
+/// The token in `DIR/token` (mode 0600): the first token a staging server issued, or one from
+/// before tokens were kept in the store.
+pub fn read_token_file(dir: &Path) -> Result<Option<String>> {
+    let p = dir.join("token");
+    match fs::read_to_string(&p) {
+        Ok(t) => Ok(Some(t.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(p.display().to_string(), "read", e)),
+    }
+}
+
+pub fn write_token_file(dir: &Path, token: &str) -> Result<()> {
+    write_private(&dir.join("token"), format!("{token}\n").as_bytes())
 }
 
 fn write_private(p: &Path, data: &[u8]) -> Result<()> {
@@ -109,13 +106,17 @@ pub struct PinnedVerifier {
     pub seen: Arc<Mutex<Option<Fingerprint>>>,
 }
 
-/// A client configuration that trusts only the certificate with fingerprint `pin`.
-pub fn client_config(pin: Fingerprint) -> Result<(Arc<rustls::ClientConfig>, Arc<PinnedVerifier>)> {
+/// A client configuration that trusts only the certificates with these fingerprints.
+pub fn client_config(
+    pins: &[Fingerprint],
+) -> Result<(Arc<rustls::ClientConfig>, Arc<PinnedVerifier>)> {
     let p = provider();
     let seen = PinnedVerifier::default();
     let record = seen.seen.clone();
     let verifier = godwit_trust::PinnedVerifier::with_hook(
-        vec![godwit_trust::Fingerprint(pin.0)],
+        pins.iter()
+            .map(|p| godwit_trust::Fingerprint(p.0))
+            .collect(),
         move |fp| {
             if let Ok(mut s) = record.lock() {
                 *s = Some(Fingerprint(fp.0));
