@@ -109,6 +109,20 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "the Hyper-V host {host} cannot reach the connector's ingest URL {url}: {detail}. \
+         Let the host connect to the connector on TCP port {port} (firewall, proxy, NAT), or set \
+         the ingest URL (--ingest-url, or the ingest URL setting of the service) to an address \
+         and port that host can reach"
+    )]
+    IngestUnreachable {
+        host: String,
+        url: String,
+        port: u16,
+        detail: String,
+    },
+    #[error(transparent)]
+    NoSpace(#[from] crate::ingest::budget::NoSpace),
     #[error(transparent)]
     Disk(#[from] godwit_disk::Error),
     #[error("{0}")]

@@ -39,6 +39,14 @@ pub trait Transport {
     /// `host:port`, for error messages.
     fn authority(&self) -> String;
     fn post(&self, what: &str, body: String) -> Result<HttpReply>;
+    /// Another transport to the same host with its own connection (so a long-running command
+    /// does not hold up the requests of another phase), where the transport can make one.
+    fn another(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// WinRM over HTTPS (5986) with a pinned certificate and Basic auth.
@@ -49,6 +57,7 @@ pub struct HttpsTransport {
     client: reqwest::blocking::Client,
     pins: Vec<Fingerprint>,
     seen: SeenFingerprint,
+    read_timeout: Duration,
     /// Also serialises requests, so NTLM's legs stay on the one pooled connection.
     auth: Mutex<AuthMode>,
 }
@@ -85,6 +94,7 @@ impl HttpsTransport {
             client,
             pins,
             seen,
+            read_timeout,
             auth: Mutex::new(AuthMode::Basic),
         })
     }
@@ -271,6 +281,17 @@ impl HttpsTransport {
 impl Transport for HttpsTransport {
     fn authority(&self) -> String {
         authority(&self.host, self.port)
+    }
+
+    fn another(&self) -> Option<Self> {
+        HttpsTransport::new(
+            &self.host,
+            self.port,
+            self.creds.clone(),
+            self.pins.clone(),
+            self.read_timeout,
+        )
+        .ok()
     }
 
     fn post(&self, what: &str, body: String) -> Result<HttpReply> {
