@@ -570,6 +570,7 @@ fn push_disk<T: Transport + Send + Sync + 'static>(
     locator.release_planned();
     let fed = match (sunk, fed) {
         (Ok(()), Ok(r)) => r,
+        (Ok(()), Err(e @ (Error::IngestUnreachable { .. } | Error::NoSpace(_)))) => return Err(e),
         (Ok(()), Err(e)) => {
             tracing::warn!(error = %e, "the host's pushes ended with an error after the disk was copied");
             PushReport::default()

@@ -73,6 +73,20 @@ impl SpooledFile {
     /// Wait while a part of `[offset, end)` is not held but the host is still to push it.
     fn wait_for_pushes(&self, offset: u64, end: u64) -> io::Result<()> {
         let mut nap = Duration::from_millis(1);
+        // The host's pushes failed (it cannot reach the endpoint, the spool is out of room):
+        // a read of planned data fails with that, rather than going slowly over WinRM.
+        if let Some(e) = self.status.error() {
+            let planned = self
+                .plan
+                .release_on_read
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .overlap(offset, end);
+            let held = self.spool.received();
+            if planned.iter().any(|&(a, b)| !held.contains(a, b)) {
+                return Err(io::Error::other(e));
+            }
+        }
         loop {
             let held = self.spool.received();
             let waiting = {
