@@ -57,6 +57,18 @@ pub enum Error {
         status: u16,
         detail: String,
     },
+    #[error(
+        "{host}: WinRM refused {what} for user {user:?}: access is denied (WSManFault 5). The \
+         account must be a member of the host's local Administrators group; a local account \
+         other than the built-in Administrator also needs the registry value \
+         HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Policies\\System\\LocalAccountTokenFilterPolicy = 1 \
+         (UAC remote restrictions filter its token otherwise)"
+    )]
+    AccessDenied {
+        host: String,
+        what: String,
+        user: String,
+    },
     #[error("{host}: {what}: WinRM fault {code}{wsman}: {reason}")]
     Fault {
         host: String,

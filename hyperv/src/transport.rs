@@ -39,6 +39,10 @@ pub trait Transport {
     /// `host:port`, for error messages.
     fn authority(&self) -> String;
     fn post(&self, what: &str, body: String) -> Result<HttpReply>;
+    /// The user the transport authenticates as (for messages).
+    fn user(&self) -> String {
+        String::new()
+    }
     /// Another transport to the same host with its own connection (so a long-running command
     /// does not hold up the requests of another phase), where the transport can make one.
     fn another(&self) -> Option<Self>
@@ -246,9 +250,12 @@ impl HttpsTransport {
             if resp.status().as_u16() != 401 {
                 return Ok(resp);
             }
-            let (basic, ntlm) = offered(&resp);
+            let (_basic, ntlm) = offered(&resp);
             let _ = resp.bytes();
-            if basic || !ntlm {
+            // Basic was refused. When the host offers Negotiate, try NTLM: Windows accepts Basic
+            // only for local accounts, so a domain account is refused by Basic even where Basic
+            // is enabled, and passes with NTLM.
+            if !ntlm {
                 return Err(self.auth_failed());
             }
             tracing::debug!(host = %self.authority(), "host wants NTLM (Negotiate)");
@@ -281,6 +288,10 @@ impl HttpsTransport {
 impl Transport for HttpsTransport {
     fn authority(&self) -> String {
         authority(&self.host, self.port)
+    }
+
+    fn user(&self) -> String {
+        self.creds.user.clone()
     }
 
     fn another(&self) -> Option<Self> {

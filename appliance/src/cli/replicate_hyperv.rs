@@ -69,7 +69,9 @@ pub fn source_parts(
 /// The documented exit code for an error from a Hyper-V command.
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
     match e.downcast_ref::<HypervError>() {
-        Some(HypervError::AuthFailed { .. }) => ExitCode::from(EXIT_AUTH),
+        Some(HypervError::AuthFailed { .. } | HypervError::AccessDenied { .. }) => {
+            ExitCode::from(EXIT_AUTH)
+        }
         Some(
             HypervError::Unpinned { .. }
             | HypervError::PinMismatch { .. }

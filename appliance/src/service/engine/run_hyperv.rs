@@ -260,7 +260,9 @@ fn failure(src: &SourceRecord, e: &HvError) -> Outcome {
         HvError::NotFound { .. } | HvError::Usage(_) => (e.to_string(), false),
         // The hosts cannot reach the ingest URL, or the spool has no room: the operator must
         // act (firewall, the ingest URL setting, free space); retrying asks the same.
-        HvError::IngestUnreachable { .. } | HvError::NoSpace(_) => (e.to_string(), false),
+        HvError::IngestUnreachable { .. } | HvError::NoSpace(_) | HvError::AccessDenied { .. } => {
+            (e.to_string(), false)
+        }
         HvError::HostUnreachable { .. } => (e.to_string(), true),
         _ => (e.to_string(), true),
     };
