@@ -445,3 +445,94 @@ fn the_cli_ingest_listener_closes_idle_and_half_sent_connections_and_caps_them()
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A TCP relay to `to` that cuts the first connection that has carried more than `cut_after`
+/// bytes towards the server (a reset connection in the middle of a PUT). Returns its address
+/// and the number of connections it cut.
+fn cutting_relay(
+    to: SocketAddr,
+    cut_after: u64,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let cuts = Arc::new(AtomicU64::new(0));
+    let cut_once = Arc::new(AtomicBool::new(false));
+    let c2 = cuts.clone();
+    std::thread::spawn(move || {
+        for client in l.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(to) else {
+                continue;
+            };
+            let (cuts, cut_once) = (c2.clone(), cut_once.clone());
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                let mut sent = 0u64;
+                loop {
+                    let n = match c_in.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    sent += n as u64;
+                    if sent > cut_after && !cut_once.swap(true, Ordering::SeqCst) {
+                        cuts.fetch_add(1, Ordering::SeqCst);
+                        let _ = c_in.shutdown(std::net::Shutdown::Both);
+                        let _ = s_out.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_out.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (addr, cuts)
+}
+
+#[test]
+fn a_connection_reset_in_the_middle_of_a_put_is_retried_with_the_data_read_again() {
+    let work = tempfile::tempdir().unwrap();
+    let f = fixture(&work.path().join("host"));
+    let sim = start_sim(&f, 0);
+    let srv = Server::start(&work.path().join("staging"), "127.0.0.1:0", &[]);
+    let tf = token_file(work.path(), &srv.token);
+    let state = work.path().join("state");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = free.local_addr().unwrap();
+    drop(free);
+    // The host reaches the connector through a relay that cuts the first connection after
+    // 1 MiB towards the connector: in the middle of the first 4 MiB PUT.
+    let (relay, cuts) = cutting_relay(listen, 1 << 20);
+    let out = replicate_cmd(&sim, &srv.url(), &srv.fingerprint, &tf, &state, "web-gen2")
+        .args(["--json", "--ingest-listen", &listen.to_string()])
+        .args(["--ingest-url", &format!("https://{relay}")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        cuts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no PUT was cut"
+    );
+    let (_, cycle) = json_events(&stdout);
+    eprintln!("after a reset mid-PUT: {}", cycle["push"]);
+    assert_eq!(cycle["push"]["missing_bytes"], 0, "{cycle}");
+    assert_eq!(
+        export_sha(&srv, "web-gen2", work.path()),
+        sha256_file(&f.web_ref)
+    );
+    assert!(sim.checkpoints().is_empty());
+}
