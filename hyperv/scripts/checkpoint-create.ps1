@@ -6,7 +6,7 @@
 # Recognised verbatim by the simulator (hyperv/src/sim): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
-[Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false
+try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
 try {
   $vm = Get-VM -Id $GodwitArgs.VmId
   $type = [string]$vm.CheckpointType

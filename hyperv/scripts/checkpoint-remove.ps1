@@ -4,7 +4,7 @@
 # Recognised verbatim by the simulator (hyperv/src/sim): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
-[Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false
+try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
 try {
   if (-not $GodwitArgs.Name.StartsWith('godwit-')) { throw "refusing to remove checkpoint '$($GodwitArgs.Name)': not a Godwit checkpoint" }
   $vm = Get-VM -Id $GodwitArgs.VmId -ErrorAction SilentlyContinue
@@ -12,7 +12,8 @@ try {
   if ($vm) { $snaps = @(Get-VMSnapshot -VM $vm -Name $GodwitArgs.Name -ErrorAction SilentlyContinue) }
   foreach ($s in $snaps) { Remove-VMSnapshot -VMSnapshot $s -Confirm:$false }
   $deadline = (Get-Date).AddMinutes(30)
-  while ($vm -and ([string](Get-VM -Id $GodwitArgs.VmId).Status) -like '*Merging*') {
+  # Wait by the operational state (enum names are not localized; the Status text is).
+  while ($vm -and (@((Get-VM -Id $GodwitArgs.VmId).OperationalStatus | ForEach-Object { [string]$_ }) -contains 'MergingDisks')) {
     if ((Get-Date) -gt $deadline) { throw "the disks of VM '$($vm.Name)' are still merging after 30 minutes" }
     Start-Sleep -Seconds 2
   }

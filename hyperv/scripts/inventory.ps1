@@ -2,14 +2,19 @@
 # Recognised verbatim by the simulator (hyperv/src/sim): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
-[Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false
+try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
 try {
   $vms = @(Get-VM | ForEach-Object {
     $vm = $_
     $disks = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object {
       $drive = $_
       $vhd = $null
-      if ($drive.Path -and -not $drive.DiskNumber) { $vhd = Get-VHD -Path $drive.Path }
+      $err = $null
+      # A pass-through disk has a DiskNumber (0 is one too); a missing or unreadable VHD is
+      # this disk's error, not the whole host's.
+      if ($drive.Path -and $null -eq $drive.DiskNumber) {
+        try { $vhd = Get-VHD -Path $drive.Path } catch { $err = [string]$_ }
+      }
       [pscustomobject]@{
         ControllerType     = [string]$drive.ControllerType
         ControllerNumber   = $drive.ControllerNumber
@@ -23,6 +28,7 @@ try {
         FileSize           = if ($vhd) { $vhd.FileSize } else { $null }
         ParentPath         = if ($vhd) { $vhd.ParentPath } else { $null }
         LogicalSectorSize  = if ($vhd) { $vhd.LogicalSectorSize } else { $null }
+        Error              = $err
       }
     })
     [pscustomobject]@{

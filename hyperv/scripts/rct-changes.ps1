@@ -10,7 +10,7 @@
 # Recognised verbatim by the simulator (hyperv/src/sim): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
-[Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false
+try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
 try {
   $svc = Get-CimInstance -Namespace 'root\virtualization\v2' -ClassName Msvm_ImageManagementService
   $offsets = New-Object 'System.Collections.Generic.List[UInt64]'

@@ -9,10 +9,11 @@
 # Recognised verbatim by the simulator (hyperv/src/sim): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
-[Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false
+try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
 try {
   $ns = 'root\virtualization\v2'
-  $snap = Get-VMSnapshot -VMId $GodwitArgs.VmId -Name $GodwitArgs.Name
+  # Get-VMSnapshot has no -VMId parameter (its sets: -VMName, -VM, -Id, -ParentOf, -ChildOf).
+  $snap = Get-VMSnapshot -VM (Get-VM -Id $GodwitArgs.VmId) -Name $GodwitArgs.Name
   $byId = @{}
   foreach ($d in $snap.HardDrives) {
     $key = ([string](Get-VHD -Path $d.Path).DiskIdentifier).Trim('{}').ToUpperInvariant()

@@ -20,7 +20,9 @@ try {
       $n += $r
     }
   } finally { $f.Dispose() }
-  $sha = [BitConverter]::ToString([Security.Cryptography.SHA256]::Create().ComputeHash($buf)).Replace('-', '').ToLower()
+  # SHA256CryptoServiceProvider: the FIPS-validated implementation (SHA256.Create() may pick a
+  # managed one that FIPS-mode hosts refuse).
+  $sha = [BitConverter]::ToString((New-Object Security.Cryptography.SHA256CryptoServiceProvider).ComputeHash($buf)).Replace('-', '').ToLower()
   [Console]::Out.Write($sha + ':' + [Convert]::ToBase64String($buf))
 } catch {
   [Console]::Error.WriteLine($_)

@@ -4,7 +4,7 @@
 # Recognised verbatim by the simulator (hyperv/src/sim): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
-[Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false
+try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
 try {
   Import-Module virtualmachinemanager
   $server = Get-SCVMMServer -ComputerName localhost

@@ -15,6 +15,13 @@ pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
 pub const OPERATION_TIMEOUT: TimeoutSecs = TimeoutSecs(20);
 /// Receives that may time out in a row before the command is abandoned (90 x 20 s = 30 min).
 pub const MAX_RECEIVE_TIMEOUTS: u32 = 90;
+/// Times a request refused for a quota (MaxShellsPerUser, MaxConcurrentOperationsPerUser) is
+/// asked again, waiting [`QUOTA_WAIT`] doubled each time (about 2 minutes in all).
+pub const QUOTA_RETRIES: u32 = 7;
+pub const QUOTA_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The fault code [`WinRm::call`] gives a quota fault (waited out, then reported).
+const QUOTA_MARK: &str = "w:QuotaLimit";
 
 /// What a command printed and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +49,31 @@ impl<T: Transport> WinRm<T> {
         self.transport.authority()
     }
 
-    /// Send one request; faults become errors (the caller handles OperationTimeout).
+    /// Send one request; faults become errors (the caller handles OperationTimeout). A quota
+    /// fault is waited out and the request sent again (a new MessageID each time).
     fn call(&self, what: &str, req: &Request) -> Result<Reply> {
+        let mut wait = QUOTA_WAIT;
+        let mut attempt = 0;
+        loop {
+            match self.call_once(what, req) {
+                Err(Error::Fault { ref code, .. })
+                    if code == QUOTA_MARK && attempt < QUOTA_RETRIES =>
+                {
+                    attempt += 1;
+                    tracing::warn!(host = %self.host(), what, attempt, "WinRM quota exceeded on the host; waiting {wait:?}");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn call_once(&self, what: &str, req: &Request) -> Result<Reply> {
+        let req = &Request {
+            message_id: crate::wsman::MessageId::random(),
+            ..req.clone()
+        };
         let http = self.transport.post(what, req.encode())?;
         if http.status != 200 && http.status != 500 {
             return Err(Error::Http {
@@ -61,6 +91,32 @@ impl<T: Transport> WinRm<T> {
         if let ReplyBody::Fault(f) = &reply.body {
             if f.is_operation_timeout() {
                 return Ok(reply);
+            }
+            if f.is_access_denied() {
+                return Err(Error::AccessDenied {
+                    host: self.host(),
+                    what: what.to_string(),
+                    user: self.transport.user(),
+                });
+            }
+            if f.is_quota() {
+                return Err(Error::Fault {
+                    host: self.host(),
+                    what: what.to_string(),
+                    code: QUOTA_MARK.into(),
+                    wsman: f
+                        .wsman_code
+                        .map(|c| format!(" (WSMan {c:#X})"))
+                        .unwrap_or_default(),
+                    reason: format!(
+                        "{} (waited and asked again {QUOTA_RETRIES} times)",
+                        if f.message.is_empty() {
+                            &f.reason
+                        } else {
+                            &f.message
+                        }
+                    ),
+                });
             }
             return Err(Error::Fault {
                 host: self.host(),
@@ -127,7 +183,7 @@ impl<T: Transport> WinRm<T> {
         }
         .map(|id| Shell {
             client: ClientRef::Borrowed(self),
-            id,
+            id: std::sync::Mutex::new(id),
             open: true,
         })
     }
@@ -138,7 +194,7 @@ impl<T: Transport> WinRm<T> {
         borrowed.open = false;
         Ok(Shell {
             client: ClientRef::Shared(self.clone()),
-            id: borrowed.id.clone(),
+            id: std::sync::Mutex::new(borrowed.id()),
             open: true,
         })
     }
@@ -159,30 +215,47 @@ impl<T: Transport> std::ops::Deref for ClientRef<'_, T> {
     }
 }
 
-/// An open WinRS shell; deleted on [`Shell::close`] or drop.
+/// An open WinRS shell; deleted on [`Shell::close`] or drop. A shell the host deleted (its
+/// IdleTimeout passed: fault 0x8033805B) is opened again when the next command is refused for
+/// it, and that command sent once more (it had not started).
 pub struct Shell<'a, T: Transport> {
     client: ClientRef<'a, T>,
-    id: ShellId,
+    id: std::sync::Mutex<ShellId>,
     open: bool,
 }
 
 impl<T: Transport> Shell<'_, T> {
-    pub fn id(&self) -> &ShellId {
-        &self.id
+    pub fn id(&self) -> ShellId {
+        self.id.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn req(&self, body: Body) -> Request {
-        Request::new(body, Some(self.id.clone()), OPERATION_TIMEOUT)
+        Request::new(body, Some(self.id()), OPERATION_TIMEOUT)
     }
 
     /// Run one command line to completion.
     pub fn run(&self, command_line: &str) -> Result<Output> {
         let c = &*self.client;
-        let req = self.req(Body::Command {
+        let command = Body::Command {
             command: command_line.to_string(),
             arguments: vec![],
-        });
-        let command_id = match c.call("command", &req)?.body {
+        };
+        let started = match c.call("command", &self.req(command.clone())) {
+            Err(Error::Fault { wsman, .. })
+                if wsman.contains(&format!("{:#X}", crate::wsman::CODE_SHELL_NOT_FOUND)) =>
+            {
+                // The host deleted the shell (idle too long): a new one, the command again.
+                let old = self.id();
+                let fresh = c.open_shell()?;
+                let mut fresh = fresh;
+                fresh.open = false;
+                *self.id.lock().unwrap_or_else(|e| e.into_inner()) = fresh.id();
+                tracing::info!(host = %c.host(), old = %old.0, new = %self.id().0, "the host had deleted the WinRM shell (idle timeout); opened another");
+                c.call("command", &self.req(command))?
+            }
+            r => r?,
+        };
+        let command_id = match started.body {
             ReplyBody::CommandStarted { command_id } if !command_id.0.is_empty() => command_id,
             other => return Err(c.unexpected("command", &other)),
         };

@@ -64,8 +64,14 @@ pub fn decode_stderr(stderr: &[u8]) -> Result<String, ClixmlError> {
     let Some(rest) = trimmed.strip_prefix(HEADER) else {
         return Ok(text.trim_end().to_string());
     };
-    // PowerShell may write several <Objs> documents; wrap them in one root.
-    let wrapped = format!("<R>{}</R>", rest.trim());
+    // PowerShell may write several <Objs> documents; wrap them in one root. Text after the last
+    // one (a native program's stderr, a line written with [Console]::Error after the CLIXML) is
+    // kept as it is.
+    let (docs, tail) = match rest.rfind("</Objs>") {
+        Some(i) => rest.split_at(i + "</Objs>".len()),
+        None => (rest, ""),
+    };
+    let wrapped = format!("<R>{}</R>", docs.trim());
     let root = xml::parse(&wrapped).map_err(|e| ClixmlError(e.to_string()))?;
     let mut lines: Vec<String> = Vec::new();
     for objs in root.children.iter().filter(|c| c.name == "Objs") {
@@ -77,7 +83,14 @@ pub fn decode_stderr(stderr: &[u8]) -> Result<String, ClixmlError> {
             lines.push(t);
         }
     }
-    let joined: String = lines.concat();
+    let mut joined: String = lines.concat();
+    let tail = tail.trim();
+    if !tail.is_empty() {
+        if !joined.is_empty() && !joined.ends_with('\n') {
+            joined.push('\n');
+        }
+        joined.push_str(tail);
+    }
     Ok(joined.trim_end().to_string())
 }
 
@@ -110,6 +123,16 @@ mod tests {
         assert_eq!(
             decode_stderr(raw.as_bytes()).unwrap(),
             "boom\nAt line:1 char:1"
+        );
+    }
+
+    #[test]
+    fn text_after_the_clixml_block_is_kept() {
+        let mut raw = encode_error_stream(&["boom"]);
+        raw.extend_from_slice(b"\r\nthe connector at https://x did not answer\r\n");
+        assert_eq!(
+            decode_stderr(&raw).unwrap(),
+            "boom\nthe connector at https://x did not answer"
         );
     }
 

@@ -57,6 +57,18 @@ pub enum Error {
         status: u16,
         detail: String,
     },
+    #[error(
+        "{host}: WinRM refused {what} for user {user:?}: access is denied (WSManFault 5). The \
+         account must be a member of the host's local Administrators group; a local account \
+         other than the built-in Administrator also needs the registry value \
+         HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Policies\\System\\LocalAccountTokenFilterPolicy = 1 \
+         (UAC remote restrictions filter its token otherwise)"
+    )]
+    AccessDenied {
+        host: String,
+        what: String,
+        user: String,
+    },
     #[error("{host}: {what}: WinRM fault {code}{wsman}: {reason}")]
     Fault {
         host: String,
@@ -109,6 +121,20 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "the Hyper-V host {host} cannot reach the connector's ingest URL {url}: {detail}. \
+         Let the host connect to the connector on TCP port {port} (firewall, proxy, NAT), or set \
+         the ingest URL (--ingest-url, or the ingest URL setting of the service) to an address \
+         and port that host can reach"
+    )]
+    IngestUnreachable {
+        host: String,
+        url: String,
+        port: u16,
+        detail: String,
+    },
+    #[error(transparent)]
+    NoSpace(#[from] crate::ingest::budget::NoSpace),
     #[error(transparent)]
     Disk(#[from] godwit_disk::Error),
     #[error("{0}")]

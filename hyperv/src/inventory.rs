@@ -45,6 +45,10 @@ pub struct DiskRecord {
     pub file_size: Option<Bytes>,
     pub parent_path: Option<String>,
     pub logical_sector_size: Option<u32>,
+    /// Why `Get-VHD` could not describe this disk (a missing or unreadable file): this VM's
+    /// problem, not the whole host's inventory's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A VM as `Get-VM` describes it.
@@ -173,6 +177,10 @@ pub fn eligibility(r: &VmRecord) -> (Vec<String>, Vec<String>) {
             ));
             continue;
         }
+        if let Some(e) = &d.error {
+            reasons.push(format!("{at} cannot be read: {e}"));
+            continue;
+        }
         if d.shared {
             reasons.push(format!(
                 "{at} is a shared VHDX; guest clusters are not supported"
@@ -271,6 +279,7 @@ mod tests {
             file_size: Some(Bytes(4096)),
             parent_path: None,
             logical_sector_size: Some(512),
+            error: None,
         }
     }
 
@@ -311,6 +320,13 @@ mod tests {
         assert!(r[0].contains("2 TiB"), "{r:?}");
         let (r, _) = eligibility(&vm(vec![disk("VHDX", 1 << 30)]));
         assert!(r.is_empty());
+        let mut gone = disk("VHDX", 1 << 30);
+        gone.error = Some("Get-VHD : could not find the file".into());
+        let (r, _) = eligibility(&vm(vec![gone]));
+        assert!(
+            r[0].contains("disk 0 (SCSI 0:0) cannot be read: Get-VHD"),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -103,7 +103,20 @@ pub fn verify_authenticate(
     let nt = field(auth, 20, "AUTHENTICATE NtChallengeResponse")?;
     let domain = from_utf16le(field(auth, 28, "AUTHENTICATE DomainName")?, "DomainName")?;
     let wire_user = from_utf16le(field(auth, 36, "AUTHENTICATE UserName")?, "UserName")?;
-    if !wire_user.eq_ignore_ascii_case(user) {
+    // The account may be configured as `DOMAIN\user` or `user@domain` (a domain account): the
+    // message carries the user and the domain apart.
+    let (want_domain, want_user) = match (user.split_once('\\'), user.split_once('@')) {
+        (Some((d, u)), _) => (Some(d), u),
+        (None, Some((u, d))) => (Some(d), u),
+        _ => (None, user),
+    };
+    let domain_ok = want_domain.is_none_or(|d| {
+        d.eq_ignore_ascii_case(&domain)
+            || d.split('.')
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(&domain))
+    });
+    if !wire_user.eq_ignore_ascii_case(want_user) || !domain_ok {
         return Err(VerifyError::UnknownUser(wire_user));
     }
     // An NTLMv2 response: 16-byte proof, then the blob (at least 28 bytes).

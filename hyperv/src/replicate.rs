@@ -7,8 +7,11 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::client::{Shell, WinRm};
 use crate::error::{Error, Result};
 use crate::hostfile::HostFileLocator;
+use crate::ingest::PushLocator;
+use crate::ingest::budget::usable_limit;
+use crate::ingest::plan::{PlannedRange, metadata_ranges, ordered_ranges, without_held};
 use crate::ingest::push::{
-    IngestConfig, PushLocator, PushReport, file_ranges, metadata_ranges, push_missing,
+    Feeder, IngestConfig, MIN_SPOOL_BYTES, PushReport, Stopper, held, push_ranges,
 };
 use crate::inventory::{INVENTORY_SCRIPT, Source, VmRecord, evaluate};
 use crate::ledger::{CHECKPOINT_PREFIX, Ledger, LedgerEntry};
@@ -60,6 +63,8 @@ pub struct DiskChanges {
     /// Changed ranges and their bytes (`None`: the disk was read in full).
     pub ranges: Option<usize>,
     pub changed_bytes: Option<u64>,
+    /// Set when RCT was asked and failed, so the disk was read in full again: why.
+    pub full_reread: Option<String>,
 }
 
 /// Optional parts of a cycle; the default is what [`run_cycle`] does.
@@ -366,17 +371,12 @@ fn copy_disks<T: Transport + Send + Sync + 'static>(
     });
     let host = client.transport().authority();
     let host_files = HostFileLocator::new(client)?;
-    let pushed = ingest.map(|c| {
-        let mut dir = c.spool_dir.clone();
-        dir.push(vm.id.to_ascii_lowercase());
-        (
-            c.clone(),
-            dir.clone(),
-            PushLocator::new(host_files.clone(), dir),
-        )
-    });
+    let pushed = match ingest {
+        Some(c) => Some(push_setup(client, c, vm, cp, &host_files)?),
+        None => None,
+    };
     let locator: &dyn Locator = match &pushed {
-        Some((_, _, p)) => p,
+        Some(p) => &p.locator,
         None => &host_files,
     };
     let mut push_report: Option<PushReport> = None;
@@ -389,12 +389,14 @@ fn copy_disks<T: Transport + Send + Sync + 'static>(
             d.controller_location,
         );
         let since = previous.and_then(|p| p.disks.iter().find(|x| x.drive == drive));
+        let mut rct_failure = None;
         let ranges = match since {
             None => None,
             Some(s) => match rct::changes(shell, &host, &d.path, &s.rct_id, disk.virtual_size()) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::warn!(error = %e, disk = n, "RCT changes unavailable; reading the whole disk");
+                    rct_failure = Some(e.to_string());
                     None
                 }
             },
@@ -406,43 +408,41 @@ fn copy_disks<T: Transport + Send + Sync + 'static>(
                 .as_ref()
                 .map(|r| r.iter().map(|x| x.end - x.start).sum()),
             ranges: ranges.as_ref().map(Vec::len),
+            full_reread: rct_failure,
         });
-        if let Some((cfg, _, push_locator)) = &pushed {
-            // First the sector bitmaps mapping will read (differencing VHDs), then the data.
-            let t = push_report.get_or_insert_with(PushReport::default);
-            let meta = metadata_ranges(&disk, ranges.as_deref(), cfg.align)?;
-            if !meta.is_empty() {
-                let r = push_missing(shell, &host, cfg, push_locator, &meta)?;
-                tracing::info!(disk = n, report = ?r, "sector bitmaps pushed");
-                t.add(&r);
+        let sink = |per_disk: &mut RangeDiskSink<'_>| {
+            per_disk(n, &disk, d, ranges.as_deref()).map_err(|source| Error::Sink {
+                disk: n,
+                file: d.path.clone(),
+                source,
+            })
+        };
+        match &pushed {
+            Some(p) => {
+                let r = push_disk(client, shell, &host, p, &disk, ranges.as_deref(), || {
+                    sink(per_disk)
+                })?;
+                push_report.get_or_insert_with(PushReport::default).add(&r);
             }
-            let mut needed = file_ranges(&disk, ranges.as_deref(), cfg.align)?;
-            // (Bitmaps between data ranges were counted in the first round.)
-            for (name, set) in &mut needed {
-                if let Some(m) = meta.get(name) {
-                    *set = set.subtract(m);
-                }
-            }
-            let r = push_missing(shell, &host, cfg, push_locator, &needed)?;
-            tracing::info!(disk = n, report = ?r, "disk ranges pushed");
-            t.add(&r);
+            None => sink(per_disk)?,
         }
-        per_disk(n, &disk, d, ranges.as_deref()).map_err(|source| Error::Sink {
-            disk: n,
-            file: d.path.clone(),
-            source,
-        })?;
     }
-    if let Some((_, dir, push_locator)) = &pushed {
+    if let Some(p) = &pushed {
         if let Some(t) = push_report.as_mut() {
-            t.served_from_spool = push_locator.bytes_from_spool();
+            t.served_from_spool = p.locator.bytes_from_spool();
+            t.peak_spool_bytes = p.cfg.budget.peak();
+            t.spool_limit = p.cfg.budget.limit();
         }
-        // Copied: the spooled bytes are in the store now. The VM's spool directory goes whole
-        // (also spools of file versions an earlier, interrupted run left).
-        if let Err(e) = std::fs::remove_dir_all(dir)
+        // Copied: the spooled bytes are in the store now. The VM's spool directory goes whole.
+        for s in p.locator.spools() {
+            if let Err(e) = s.remove() {
+                tracing::warn!(error = %e, "could not remove a spool");
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&p.vm_dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(error = %e, dir = %dir.display(), "could not remove the spool");
+            tracing::warn!(error = %e, dir = %p.vm_dir.display(), "could not remove the spool");
         }
     }
     Ok(Copied {
@@ -451,4 +451,136 @@ fn copy_disks<T: Transport + Send + Sync + 'static>(
         changes,
         push: push_report,
     })
+}
+
+/// The push path of one cycle: the spool directory (the VM's, keyed by the checkpoint), the
+/// URL the host is told, the locator the disks read through.
+struct Pushed<T: Transport + Send + Sync + 'static> {
+    cfg: IngestConfig,
+    vm_dir: PathBuf,
+    url: String,
+    locator: PushLocator<T>,
+}
+
+/// Set up the push path: spools under `spool_dir/<VM id>/<checkpoint id>/` (both encoded as one
+/// safe path component each: the host names them), spools of other checkpoints of the VM
+/// removed (stale: a merge may have changed their files), the spool budget fitted to the free
+/// space, the URL resolved for this host.
+fn push_setup<T: Transport + Send + Sync + 'static>(
+    client: &Arc<WinRm<T>>,
+    c: &IngestConfig,
+    vm: &VmRecord,
+    cp: &Checkpoint,
+    host_files: &HostFileLocator<T>,
+) -> Result<Pushed<T>> {
+    use godwit_safepath::Component;
+    let vm_dir = Component::encode(&vm.id.to_ascii_lowercase()).join_to(&c.spool_dir);
+    let key = Component::encode(&cp.id.to_ascii_lowercase());
+    if let Ok(entries) = std::fs::read_dir(&vm_dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_str() != Some(key.as_str()) {
+                tracing::info!(spool = %e.path().display(), "removing the spool of another checkpoint");
+                let p = e.path();
+                let gone = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                if let Err(err) = gone {
+                    tracing::warn!(error = %err, spool = %p.display(), "could not remove a stale spool");
+                }
+            }
+        }
+    }
+    let dir = key.join_to(&vm_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, "create", e))?;
+    let limit = usable_limit(&dir, c.spool_limit, c.budget.used(), MIN_SPOOL_BYTES).map_err(
+        |(no, io)| match io {
+            Some(e) => Error::file(&dir, "check the free space of", e),
+            None => Error::NoSpace(no),
+        },
+    )?;
+    c.budget.set_limit(limit);
+    let url = c.url.resolve(&client.transport().authority())?;
+    tracing::info!(url, spool_limit = limit, "host pushes");
+    let locator = PushLocator::new(host_files.clone(), dir, &cp.id, c.budget.clone());
+    Ok(Pushed {
+        cfg: c.clone(),
+        vm_dir,
+        url,
+        locator,
+    })
+}
+
+/// One disk by push: the sector bitmaps mapping needs first (held for the cycle), then the
+/// data, pushed by a feeder thread in the order `sink` (the transfer) reads it while it runs.
+fn push_disk<T: Transport + Send + Sync + 'static>(
+    client: &Arc<WinRm<T>>,
+    shell: &Shell<'_, T>,
+    host: &str,
+    p: &Pushed<T>,
+    disk: &Disk,
+    ranges: Option<&[Range<u64>]>,
+    sink: impl FnOnce() -> Result<()>,
+) -> Result<PushReport> {
+    let (cfg, locator) = (&p.cfg, &p.locator);
+    let mut report = PushReport::default();
+    let mut meta: Vec<PlannedRange> = Vec::new();
+    for (file, set) in metadata_ranges(disk, ranges, cfg.align)? {
+        meta.extend(set.iter().map(|(a, b)| PlannedRange {
+            file: file.clone(),
+            start: a,
+            end: b,
+        }));
+    }
+    let meta = without_held(&meta, &held(&meta, locator));
+    if !meta.is_empty() {
+        let r = push_ranges(shell, host, cfg, &p.url, locator, meta, &Stopper::default())?;
+        tracing::info!(report = ?r, "sector bitmaps pushed");
+        report.add(&r);
+    }
+    let plan = ordered_ranges(disk, ranges, cfg.align)?;
+    let needed: u64 = plan.iter().map(|r| r.end - r.start).sum();
+    let todo = without_held(&plan, &held(&plan, locator));
+    let resumed = needed - todo.iter().map(|r| r.end - r.start).sum::<u64>();
+    // The feeder talks over a connection of its own where it can (its Receives wait).
+    let own = client
+        .transport()
+        .another()
+        .map(|t| Arc::new(WinRm::new(t)));
+    let feeder = Feeder {
+        client: own.as_ref().unwrap_or(client),
+        host,
+        cfg,
+        url: &p.url,
+        locator,
+    };
+    feeder.announce(&plan);
+    let stopper = Stopper::default();
+    let (sunk, fed, feeder_failed_first) = std::thread::scope(|s| {
+        let h = s.spawn(|| feeder.run(todo, &stopper));
+        let sunk = sink();
+        let failed_first = locator.status().error().is_some();
+        stopper.stop(&cfg.sessions);
+        let fed = h
+            .join()
+            .unwrap_or_else(|_| Err(Error::Usage("the push feeder panicked".into())));
+        (sunk, fed, failed_first)
+    });
+    locator.release_planned();
+    let fed = match (sunk, fed) {
+        (Ok(()), Ok(r)) => r,
+        (Ok(()), Err(e @ (Error::IngestUnreachable { .. } | Error::NoSpace(_)))) => return Err(e),
+        (Ok(()), Err(e)) => {
+            tracing::warn!(error = %e, "the host's pushes ended with an error after the disk was copied");
+            PushReport::default()
+        }
+        (Err(_), Err(f)) if feeder_failed_first => return Err(f),
+        (Err(s), _) => return Err(s),
+    };
+    report.add(&fed);
+    report.needed_bytes += needed;
+    report.resumed_bytes += resumed;
+    report.missing_bytes += needed.saturating_sub(resumed + fed.pushed_bytes);
+    Ok(report)
 }

@@ -162,6 +162,7 @@ impl ScvmmVmRecord {
                 file_size: d.size.map(Bytes),
                 parent_path: d.parent_location.clone(),
                 logical_sector_size: None,
+                error: None,
             })
             .collect();
         VmRecord {

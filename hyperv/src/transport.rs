@@ -39,6 +39,18 @@ pub trait Transport {
     /// `host:port`, for error messages.
     fn authority(&self) -> String;
     fn post(&self, what: &str, body: String) -> Result<HttpReply>;
+    /// The user the transport authenticates as (for messages).
+    fn user(&self) -> String {
+        String::new()
+    }
+    /// Another transport to the same host with its own connection (so a long-running command
+    /// does not hold up the requests of another phase), where the transport can make one.
+    fn another(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// WinRM over HTTPS (5986) with a pinned certificate and Basic auth.
@@ -49,6 +61,7 @@ pub struct HttpsTransport {
     client: reqwest::blocking::Client,
     pins: Vec<Fingerprint>,
     seen: SeenFingerprint,
+    read_timeout: Duration,
     /// Also serialises requests, so NTLM's legs stay on the one pooled connection.
     auth: Mutex<AuthMode>,
 }
@@ -85,6 +98,7 @@ impl HttpsTransport {
             client,
             pins,
             seen,
+            read_timeout,
             auth: Mutex::new(AuthMode::Basic),
         })
     }
@@ -236,9 +250,12 @@ impl HttpsTransport {
             if resp.status().as_u16() != 401 {
                 return Ok(resp);
             }
-            let (basic, ntlm) = offered(&resp);
+            let (_basic, ntlm) = offered(&resp);
             let _ = resp.bytes();
-            if basic || !ntlm {
+            // Basic was refused. When the host offers Negotiate, try NTLM: Windows accepts Basic
+            // only for local accounts, so a domain account is refused by Basic even where Basic
+            // is enabled, and passes with NTLM.
+            if !ntlm {
                 return Err(self.auth_failed());
             }
             tracing::debug!(host = %self.authority(), "host wants NTLM (Negotiate)");
@@ -271,6 +288,21 @@ impl HttpsTransport {
 impl Transport for HttpsTransport {
     fn authority(&self) -> String {
         authority(&self.host, self.port)
+    }
+
+    fn user(&self) -> String {
+        self.creds.user.clone()
+    }
+
+    fn another(&self) -> Option<Self> {
+        HttpsTransport::new(
+            &self.host,
+            self.port,
+            self.creds.clone(),
+            self.pins.clone(),
+            self.read_timeout,
+        )
+        .ok()
     }
 
     fn post(&self, what: &str, body: String) -> Result<HttpReply> {

@@ -24,6 +24,17 @@ pub const SIGNAL_TERMINATE: &str =
 pub const CODE_OPERATION_TIMEOUT: u32 = 2_150_858_793;
 /// WSManFault code for "the shell was not found" (0x8033805B).
 pub const CODE_SHELL_NOT_FOUND: u32 = 2_150_858_843;
+/// WSManFault code of "Access is denied" (ERROR_ACCESS_DENIED): the account is not allowed to
+/// use WinRM remotely (not a local Administrator, or UAC filters its token).
+pub const CODE_ACCESS_DENIED: u32 = 5;
+/// wsman:QuotaLimit faults (MS-WSMV 3.1.4.5.2.1): ERROR_WSMAN_QUOTA_MAX_SHELLS (MaxShellsPerUser),
+/// ERROR_WSMAN_QUOTA_MAX_OPERATIONS (MaxConcurrentOperationsPerUser),
+/// ERROR_WSMAN_QUOTA_MAX_SHELLUSERS (MaxConcurrentUsers), ERROR_WSMAN_QUOTA_LIMIT; values from
+/// Windows' wsman.h (windows-docs-rs `Win32::System::RemoteManagement` constants).
+pub const CODE_QUOTA_MAX_SHELLS: u32 = 2_150_859_173;
+pub const CODE_QUOTA_MAX_OPERATIONS: u32 = 2_150_859_174;
+pub const CODE_QUOTA_MAX_SHELLUSERS: u32 = 2_150_859_179;
+pub const CODE_QUOTA_LIMIT: u32 = 2_150_858_815;
 /// What pywinrm sends and Windows accepts by default (150 KiB).
 pub const DEFAULT_MAX_ENVELOPE_SIZE: u32 = 153_600;
 
@@ -362,6 +373,28 @@ pub struct Fault {
 impl Fault {
     pub fn is_operation_timeout(&self) -> bool {
         self.wsman_code == Some(CODE_OPERATION_TIMEOUT) || self.subcode.ends_with("TimedOut")
+    }
+
+    /// A quota the host enforces was exceeded: wait and ask again.
+    pub fn is_quota(&self) -> bool {
+        matches!(
+            self.wsman_code,
+            Some(
+                CODE_QUOTA_MAX_SHELLS
+                    | CODE_QUOTA_MAX_OPERATIONS
+                    | CODE_QUOTA_MAX_SHELLUSERS
+                    | CODE_QUOTA_LIMIT
+            )
+        ) || self.subcode.ends_with("QuotaLimit")
+    }
+
+    pub fn is_access_denied(&self) -> bool {
+        self.wsman_code == Some(CODE_ACCESS_DENIED) || self.subcode.ends_with("AccessDenied")
+    }
+
+    /// The shell is gone (deleted by the host after its IdleTimeout, or by an administrator).
+    pub fn is_shell_not_found(&self) -> bool {
+        self.wsman_code == Some(CODE_SHELL_NOT_FOUND)
     }
 
     pub fn operation_timeout() -> Self {

@@ -363,7 +363,12 @@ fn rct_incremental_sends_only_the_changed_blocks_and_the_export_equals_the_disk(
             .unwrap()
             .to_string();
     std::fs::write(&p, text.replace(&id, "rctX:00000000-dead:0")).unwrap();
-    let (again, _) = sync(None);
+    let (again, again_cycle) = sync(None);
+    // The forced RCT failure is a full re-read in the cycle's summary, saying why.
+    let why = again_cycle["changes"][0]["full_reread"]
+        .as_str()
+        .unwrap_or("");
+    assert!(why.contains("32773"), "{again_cycle}");
     // (The merged VHDX was rewritten with all-zero blocks unallocated: fewer bytes than the
     // first full read, but nothing carried over.)
     assert_eq!(again["chunks_carried"], 0, "{again}");

@@ -69,9 +69,15 @@ fn metric(svc: &Service, name: &str) -> u64 {
 }
 
 /// (records, bytes) the spool journals under `dir` hold.
+/// Journal records and bytes under a VM's spool (`<checkpoint id>/<file>.journal`).
 fn spooled(dir: &Path) -> (usize, u64) {
     let mut out = (0, 0);
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+    let files = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|cp| std::fs::read_dir(cp.path()).into_iter().flatten().flatten());
+    for e in files {
         if e.path().extension().is_some_and(|x| x == "journal") {
             let bytes = std::fs::read(e.path()).unwrap_or_default();
             let (records, _) = parse_journal(&bytes);
@@ -339,12 +345,14 @@ fn hyperv_jobs_take_host_pushes_on_the_service_port_and_resume_after_kill9() {
     eprintln!(
         "after kill -9 with {records} pushes ({journaled} bytes) spooled: {resumed} bytes resumed, {pushed} pushed"
     );
-    // Exactly what was spooled before the kill was not asked for again.
+    // The restart's sweep removed the killed run's checkpoint, so the spool keyed by it was
+    // stale (a merge may have changed its files) and went: the new checkpoint's data is pushed
+    // whole.
     assert_eq!(
-        resumed, journaled,
-        "resumed {resumed}, spooled before the kill {journaled}"
+        resumed, 0,
+        "resumed {resumed} from a removed checkpoint's spool"
     );
-    assert!(pushed > 0, "nothing left to push after the kill?");
+    assert!(pushed > 0, "nothing pushed after the kill?");
     no_checkpoint_and_empty_ledger(&svc, &sim);
     assert!(!spool.exists(), "spool left: {}", spool.display());
     let out = work.path().join("db.raw");

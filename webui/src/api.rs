@@ -7,9 +7,9 @@ use crate::{
     AppState,
     backend::{
         AddSource, ApproveHost, Backend, CertificateView, CheckView, CommandError, CreateExport,
-        CreateJob, ExportView, HttpsCertificateView, InstallCertificate, JobEvent, JobView,
-        LedgerEntryView, NetworkSettings, ProbeSource, Secret, SetAdminPassword, SetStagingTarget,
-        SettingsView, SetupStatus, SourceView, ThroughputSample, VmView,
+        CreateJob, ExportView, HttpsCertificateView, IngestSettings, InstallCertificate, JobEvent,
+        JobView, LedgerEntryView, NetworkSettings, ProbeSource, Secret, SetAdminPassword,
+        SetStagingTarget, SettingsView, SetupStatus, SourceView, ThroughputSample, VmView,
     },
     error::ApiError,
     routes::Routes,
@@ -63,6 +63,7 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .get("/api/v1/settings", settings::<B>)
         .put("/api/v1/settings/network", set_network::<B>)
         .put("/api/v1/settings/staging", set_staging::<B>)
+        .put("/api/v1/settings/ingest", set_ingest::<B>)
         .get("/api/v1/settings/certificate", https_certificate::<B>)
         .put("/api/v1/settings/certificate", install_certificate::<B>)
         .post("/api/v1/sources/probe", probe_source::<B>)
@@ -200,6 +201,13 @@ async fn set_staging<B: Backend>(
     JsonBody(cmd): JsonBody<SetStagingTarget>,
 ) -> ApiResult<StatusCode> {
     no_content(st.backend.set_staging(cmd).await)
+}
+
+async fn set_ingest<B: Backend>(
+    State(st): St<B>,
+    JsonBody(cmd): JsonBody<IngestSettings>,
+) -> ApiResult<Json<IngestSettings>> {
+    Ok(Json(st.backend.set_ingest(cmd).await?))
 }
 
 async fn https_certificate<B: Backend>(State(st): St<B>) -> ApiResult<Json<HttpsCertificateView>> {

@@ -296,6 +296,15 @@ pub struct InstallCertificate {
     pub private_key_pem: Secret,
 }
 
+/// Where the Hyper-V hosts push disk data: `https://HOST[:PORT]` as the hosts reach the
+/// appliance (NAT, DNS name), or `null` for the default (the address each host's WinRM
+/// connection comes from, and the service's port). Takes effect for the next run, no restart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IngestSettings {
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SettingsView {
     pub network: Option<NetworkSettings>,
@@ -306,6 +315,9 @@ pub struct SettingsView {
     pub sources: Vec<SourceView>,
     /// Max concurrent transfers (K).
     pub max_concurrent_jobs: u32,
+    /// The Hyper-V push URL setting.
+    #[serde(default)]
+    pub ingest: IngestSettings,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -486,6 +498,12 @@ pub trait Backend: Send + Sync + 'static {
     fn settings(&self) -> impl Future<Output = SettingsView> + Send;
     fn set_network(&self, cmd: NetworkSettings) -> impl Future<Output = CommandResult<()>> + Send;
     fn set_staging(&self, cmd: SetStagingTarget) -> impl Future<Output = CommandResult<()>> + Send;
+    /// Set (or with `url: null` clear) the URL Hyper-V hosts push to; a malformed URL is a
+    /// field error on `url`.
+    fn set_ingest(
+        &self,
+        cmd: IngestSettings,
+    ) -> impl Future<Output = CommandResult<IngestSettings>> + Send;
     fn probe_source(
         &self,
         cmd: ProbeSource,

@@ -94,6 +94,10 @@ pub struct ReplicateArgs {
     ingest_cert: Option<PathBuf>,
     #[arg(long, requires = "ingest_cert")]
     ingest_key: Option<PathBuf>,
+    /// Hyper-V push: the most pushed data held at once before it is stored (e.g. `256M`; less
+    /// when the state directory has less free space). Pushes beyond it wait.
+    #[arg(long)]
+    spool_limit: Option<String>,
     /// Only these byte ranges changed since the previous sync: a file of `OFFSET LENGTH` lines
     /// (what a CBT/RCT-aware source passes to the library).
     #[arg(long)]
@@ -248,8 +252,11 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         a.source.starts_with("hyperv://")
             || scvmm
-            || (a.ingest_listen.is_none() && a.ingest_url.is_none() && a.ingest_cert.is_none()),
-        "--ingest-listen, --ingest-url and --ingest-cert are for hyperv:// sources (and scvmm://)"
+            || (a.ingest_listen.is_none()
+                && a.ingest_url.is_none()
+                && a.ingest_cert.is_none()
+                && a.spool_limit.is_none()),
+        "--ingest-listen, --ingest-url, --ingest-cert and --spool-limit are for hyperv:// sources (and scvmm://)"
     );
     anyhow::ensure!(
         scvmm
@@ -279,6 +286,12 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 listen: a.ingest_listen.as_deref(),
                 url: a.ingest_url.as_deref(),
                 cert: a.ingest_cert.as_ref().zip(a.ingest_key.as_ref()),
+                spool_limit: a
+                    .spool_limit
+                    .as_deref()
+                    .map(parse_size)
+                    .transpose()
+                    .context("--spool-limit")?,
             },
             scvmm: scvmm.then_some(super::replicate_scvmm::ScvmmArgs {
                 trust_file: a.trust_file.as_ref(),

@@ -17,7 +17,10 @@
 
 use super::replicate_vsphere::{EXIT_AUTH, EXIT_NOT_FOUND, EXIT_TRUST};
 use anyhow::Context;
-use godwit_hyperv::ingest::{IngestConfig, IngestIdentity, IngestServer, check_ingest_url};
+use godwit_hyperv::ingest::budget::{DEFAULT_SPOOL_LIMIT, SpoolBudget};
+use godwit_hyperv::ingest::{
+    IngestConfig, IngestIdentity, IngestServer, IngestUrl, check_ingest_url,
+};
 use godwit_hyperv::replicate::{CycleExtras, CycleOptions, connect, run_cycle_pushed};
 use godwit_hyperv::{Credentials, Error as HypervError, Fingerprint, Source};
 use godwit_transfer::replicate::{Range, ReplicateOptions, replicate_disk};
@@ -66,7 +69,9 @@ pub fn source_parts(
 /// The documented exit code for an error from a Hyper-V command.
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
     match e.downcast_ref::<HypervError>() {
-        Some(HypervError::AuthFailed { .. }) => ExitCode::from(EXIT_AUTH),
+        Some(HypervError::AuthFailed { .. } | HypervError::AccessDenied { .. }) => {
+            ExitCode::from(EXIT_AUTH)
+        }
         Some(
             HypervError::Unpinned { .. }
             | HypervError::PinMismatch { .. }
@@ -92,6 +97,8 @@ pub struct IngestArgs<'a> {
     pub url: Option<&'a str>,
     /// `--ingest-cert PEM` and `--ingest-key PEM`.
     pub cert: Option<(&'a PathBuf, &'a PathBuf)>,
+    /// `--spool-limit`.
+    pub spool_limit: Option<u64>,
 }
 
 /// What `godwit replicate` passes for a `hyperv://` source.
@@ -115,24 +122,24 @@ fn start_ingest(
 ) -> anyhow::Result<Option<(IngestServer, IngestConfig)>> {
     let Some(listen) = a.listen else {
         anyhow::ensure!(
-            a.url.is_none() && a.cert.is_none(),
-            "--ingest-url and --ingest-cert need --ingest-listen ADDR (the address the connector listens on for the host's pushes)"
+            a.url.is_none() && a.cert.is_none() && a.spool_limit.is_none(),
+            "--ingest-url, --ingest-cert and --spool-limit need --ingest-listen ADDR (the address the connector listens on for the host's pushes)"
         );
         return Ok(None);
     };
     let addr: SocketAddr = listen
         .parse()
         .with_context(|| format!("--ingest-listen {listen:?} is not IP:PORT"))?;
-    let given_url = match a.url {
-        Some(u) => Some(check_ingest_url(u, "--ingest-url")?),
-        None => {
-            anyhow::ensure!(
-                !addr.ip().is_unspecified(),
-                "--ingest-listen {addr} is a wildcard address: say how the Hyper-V host reaches the connector with --ingest-url https://HOST[:PORT]"
-            );
-            None
-        }
-    };
+    let given_url = a
+        .url
+        .map(|u| check_ingest_url(u, "--ingest-url"))
+        .transpose()?;
+    let spool_limit = a.spool_limit.unwrap_or(DEFAULT_SPOOL_LIMIT);
+    anyhow::ensure!(
+        spool_limit >= godwit_hyperv::ingest::push::MIN_SPOOL_BYTES,
+        "--spool-limit {spool_limit} is less than {} bytes (two pushes)",
+        godwit_hyperv::ingest::push::MIN_SPOOL_BYTES
+    );
     let identity = match a.cert {
         Some((cert, key)) => IngestIdentity::from_pem_files(cert, key)?,
         None => {
@@ -152,20 +159,32 @@ fn start_ingest(
         }
     };
     let server = IngestServer::start(addr, identity)?;
-    // Without --ingest-url: the address actually bound (port 0 picks one).
-    let url = given_url.unwrap_or_else(|| format!("https://{}", server.local_addr()));
-    let msg = format!(
-        "ingest endpoint on {} for host pushes to {url}, certificate {}",
-        server.local_addr(),
-        server.fingerprint()
-    );
+    // Without --ingest-url: the address the host's WinRM connection comes from, with the
+    // port actually bound (port 0 picks one).
+    let url = match given_url {
+        Some(u) => IngestUrl::Fixed(u),
+        None => IngestUrl::LocalAddressOfWinRm {
+            port: server.local_addr().port(),
+        },
+    };
+    let shown = match &url {
+        IngestUrl::Fixed(u) => u.clone(),
+        IngestUrl::LocalAddressOfWinRm { port } => {
+            format!("https://<this connector's address as the host sees it>:{port}")
+        }
+    };
     if json {
         println!(
             "{}",
-            serde_json::json!({"event": "ingest", "listen": server.local_addr().to_string(), "url": url, "fingerprint": server.fingerprint().to_string()})
+            serde_json::json!({"event": "ingest", "listen": server.local_addr().to_string(), "url": shown,
+                "fingerprint": server.fingerprint().to_string(), "spool_limit": spool_limit})
         );
     } else {
-        eprintln!("{msg}");
+        eprintln!(
+            "ingest endpoint on {} for host pushes to {shown}, certificate {}, spool limit {spool_limit} bytes",
+            server.local_addr(),
+            server.fingerprint()
+        );
     }
     let cfg = IngestConfig {
         sessions: server.registry(),
@@ -173,6 +192,8 @@ fn start_ingest(
         url,
         spool_dir: state_dir.join("hyperv-spool"),
         align,
+        budget: std::sync::Arc::new(SpoolBudget::new(spool_limit)),
+        spool_limit,
     };
     Ok(Some((server, cfg)))
 }
@@ -250,15 +271,21 @@ fn cycle(
         let rct: Vec<String> = report
             .changes
             .iter()
-            .map(|c| match (c.ranges, c.changed_bytes) {
-                (Some(r), Some(b)) => format!("disk {}: {r} changed range(s), {b} bytes", c.disk),
+            .map(|c| match (c.ranges, c.changed_bytes, &c.full_reread) {
+                (Some(r), Some(b), _) => {
+                    format!("disk {}: {r} changed range(s), {b} bytes", c.disk)
+                }
+                (_, _, Some(why)) => format!(
+                    "disk {}: FULL RE-READ: Resilient Change Tracking failed ({why})",
+                    c.disk
+                ),
                 _ => format!("disk {}: read in full", c.disk),
             })
             .collect();
         let pushed = report.push.as_ref().map_or(String::new(), |p| {
             format!(
-                ", {} bytes pushed by the host in {} pushes ({} resumed from the spool)",
-                p.pushed_bytes, p.pushes, p.resumed_bytes
+                ", {} bytes pushed by the host in {} pushes ({} resumed from the spool; spool peak {} of {} bytes)",
+                p.pushed_bytes, p.pushes, p.resumed_bytes, p.peak_spool_bytes, p.spool_limit
             )
         });
         println!(

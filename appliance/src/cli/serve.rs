@@ -189,9 +189,17 @@ async fn serve(
             e.err()
         ));
     };
-    let ingest_url = ingest_url.unwrap_or_else(|| format!("https://{url_host}:{}", bound.port()));
-    tracing::info!(url = %ingest_url, "Hyper-V hosts push disk data to {ingest_url}/ingest/v1/");
-    ingest.set_url(ingest_url);
+    ingest.set_port(bound.port());
+    match &ingest_url {
+        Some(u) => {
+            tracing::info!(url = %u, "Hyper-V hosts push disk data to {u}/ingest/v1/ (unless the ingest URL setting says otherwise)")
+        }
+        None => tracing::info!(
+            port = bound.port(),
+            "Hyper-V hosts push disk data to this port at the address each host's WinRM connection comes from (unless the ingest URL setting says otherwise)"
+        ),
+    }
+    ingest.set_flag_url(ingest_url);
     let mut out = std::io::stdout().lock();
     writeln!(out, "url: https://{url_host}:{}/", bound.port())?;
     writeln!(out, "fingerprint: {fingerprint}")?;

@@ -8,19 +8,27 @@
 //! [`IO_TIMEOUT`].
 //!
 //! The uploader pins the certificate the listener serves now (an uploaded one included,
-//! [`ServiceIngest::set_pin`]); it is told the URL of `godwit serve --ingest-url`, by default
-//! the listen address or, when that is a wildcard, the host name, with the bound port.
+//! [`ServiceIngest::set_pin`]); it is told the ingest URL setting (`PUT /api/v1/settings/ingest`,
+//! changed without a restart, [`ServiceIngest::set_configured_url`]), else `godwit serve
+//! --ingest-url`, else the address of the service's WinRM connection to that host as the host
+//! sees it, with the bound port.
+//!
+//! Pushed bytes wait in the jobs' spools until their transfer has read them; all jobs share
+//! one [`SpoolBudget`] (256 MiB by default), so a push that would overflow it gets 503 with
+//! `Retry-After` and the host's uploader waits.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use godwit_hyperv::Fingerprint;
+use godwit_hyperv::ingest::budget::{DEFAULT_SPOOL_LIMIT, SpoolBudget};
 use godwit_hyperv::ingest::codec::{self, CodecError};
 use godwit_hyperv::ingest::registry::{Admitted, Reply};
-use godwit_hyperv::ingest::{IngestConfig, IngestRegistry};
+use godwit_hyperv::ingest::{IngestConfig, IngestRegistry, IngestUrl};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Pushes handled at once (each holds up to 8 MiB); more are answered 503 (the uploader
@@ -34,15 +42,24 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The service's ingest: the sessions, where hosts connect, the certificate they pin.
 pub struct ServiceIngest {
     registry: Arc<IngestRegistry>,
-    url: OnceLock<String>,
+    /// The ingest URL setting (wins over everything).
+    configured: RwLock<Option<String>>,
+    /// `godwit serve --ingest-url`.
+    flag: RwLock<Option<String>>,
+    /// The port the hosts reach the listener on, once bound.
+    port: RwLock<Option<u16>>,
     pin: Mutex<Option<Fingerprint>>,
     slots: tokio::sync::Semaphore,
+    budget: Arc<SpoolBudget>,
+    /// The most the spools of all jobs may hold at once (lowered to the data partition's free
+    /// space by each cycle).
+    spool_limit: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ServiceIngest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceIngest")
-            .field("url", &self.url.get())
+            .field("configured", &self.configured_url())
             .finish_non_exhaustive()
     }
 }
@@ -51,9 +68,13 @@ impl Default for ServiceIngest {
     fn default() -> Self {
         ServiceIngest {
             registry: Arc::new(IngestRegistry::new()),
-            url: OnceLock::new(),
+            configured: RwLock::new(None),
+            flag: RwLock::new(None),
+            port: RwLock::new(None),
             pin: Mutex::new(None),
             slots: tokio::sync::Semaphore::new(MAX_PUSHES),
+            budget: Arc::new(SpoolBudget::new(DEFAULT_SPOOL_LIMIT)),
+            spool_limit: std::sync::atomic::AtomicU64::new(DEFAULT_SPOOL_LIMIT),
         }
     }
 }
@@ -63,9 +84,43 @@ impl ServiceIngest {
         Arc::new(ServiceIngest::default())
     }
 
-    /// Where the hosts push (`https://HOST:PORT`), once the listener is bound.
-    pub fn set_url(&self, url: String) {
-        let _ = self.url.set(url);
+    /// `godwit serve --ingest-url` (`https://HOST[:PORT]`, checked), if given.
+    pub fn set_flag_url(&self, url: Option<String>) {
+        *self.flag.write().unwrap_or_else(|e| e.into_inner()) = url;
+    }
+
+    /// The port the listener was bound to.
+    pub fn set_port(&self, port: u16) {
+        *self.port.write().unwrap_or_else(|e| e.into_inner()) = Some(port);
+    }
+
+    /// The ingest URL setting (`None`: derived per host); takes effect for the next cycle.
+    pub fn set_configured_url(&self, url: Option<String>) {
+        *self.configured.write().unwrap_or_else(|e| e.into_inner()) = url;
+    }
+
+    /// The ingest URL setting, if set.
+    pub fn configured_url(&self) -> Option<String> {
+        self.configured
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `--ingest-url`, if given.
+    pub fn flag_url(&self) -> Option<String> {
+        self.flag.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The bound port, once the listener runs.
+    pub fn port(&self) -> Option<u16> {
+        *self.port.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The spool budget all jobs share.
+    #[cfg(test)]
+    pub fn budget(&self) -> Arc<SpoolBudget> {
+        self.budget.clone()
     }
 
     /// The certificate the listener serves (again after an upload replaced it).
@@ -77,15 +132,23 @@ impl ServiceIngest {
         self.registry.stats()
     }
 
-    /// A cycle's configuration (spools under `spool_dir`), once the listener is running.
+    /// A cycle's configuration (spools under `spool_dir`), once the listener is running: the
+    /// URL setting, else `--ingest-url`, else the WinRM connection's local address and the
+    /// bound port.
     pub fn config(&self, spool_dir: PathBuf, align: u64) -> Option<IngestConfig> {
         let pin = (*self.pin.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let url = match self.configured_url().or_else(|| self.flag_url()) {
+            Some(u) => IngestUrl::Fixed(u),
+            None => IngestUrl::LocalAddressOfWinRm { port: self.port()? },
+        };
         Some(IngestConfig {
             sessions: self.registry.clone(),
             pin,
-            url: self.url.get()?.clone(),
+            url,
             spool_dir,
             align,
+            budget: self.budget.clone(),
+            spool_limit: self.spool_limit.load(std::sync::atomic::Ordering::SeqCst),
         })
     }
 }
@@ -101,6 +164,9 @@ fn answer(r: &Reply, version: Version) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (status, axum::Json(r.body.clone())).into_response();
     let h = resp.headers_mut();
+    if let Some(secs) = r.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     if r.status == 401 {
         h.insert(
             header::WWW_AUTHENTICATE,
@@ -177,11 +243,15 @@ async fn drain(body: axum::body::Body, len: u64) {
 async fn push(State(ingest): State<Arc<ServiceIngest>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let version = parts.version;
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let r = match parse(&parts) {
         Ok(r) => r,
-        Err(e) => return answer(&ingest.registry.bad_request(&e), version),
+        Err(e) => return answer(&ingest.registry.bad_request(&e, peer), version),
     };
-    let admitted: Admitted = match ingest.registry.admit(&r) {
+    let admitted: Admitted = match ingest.registry.admit(&r, peer) {
         Ok(a) => a,
         Err(reply) => {
             // Without `Expect: 100-continue` the body is on its way: read it (the codec
@@ -197,11 +267,10 @@ async fn push(State(ingest): State<Arc<ServiceIngest>>, req: Request) -> Respons
         tracing::warn!(
             "ingest: {MAX_PUSHES} pushes are being stored already; one answered 503 (the host retries)"
         );
-        let reply = Reply {
-            status: 503,
-            body: serde_json::json!({ "error": "the connector is busy storing other pushes; retry" }),
-            close: true,
-        };
+        let reply = Reply::busy(
+            "the connector is busy storing other pushes; retry".into(),
+            godwit_hyperv::ingest::budget::RETRY_AFTER_SECS,
+        );
         return answer(&reply, version);
     };
     let want = usize::try_from(r.length).unwrap_or(usize::MAX);
@@ -212,6 +281,7 @@ async fn push(State(ingest): State<Arc<ServiceIngest>>, req: Request) -> Respons
                 status: 500,
                 body: serde_json::json!({ "error": format!("storing the push failed: {e}") }),
                 close: true,
+                retry_after: None,
             },
         },
         Err(got) => admitted.truncated(got),
@@ -236,7 +306,9 @@ mod tests {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ingest = ServiceIngest::new();
-        let spool = Arc::new(SpoolFile::open(dir.path(), r"C:\VMs\a.vhdx", 1 << 20, "1").unwrap());
+        let spool = Arc::new(
+            SpoolFile::open(dir.path(), r"C:\VMs\a.vhdx", 1 << 20, "1", ingest.budget()).unwrap(),
+        );
         let t = ingest.registry.open_session(vec![SessionFile {
             asked: RangeSet::from_ranges([(4096, 12288)]),
             spool: spool.clone(),

@@ -191,6 +191,7 @@ impl Appliance {
         if let Some(h) = lock(&self.https).as_ref() {
             ingest.set_pin(h.leaf_der());
         }
+        ingest.set_configured_url(self.store.settings().ok().and_then(|s| s.ingest_url));
         let _ = self.ingest.set(ingest.clone());
         self.engine.set_ingest(ingest);
     }
@@ -270,6 +271,9 @@ impl Appliance {
             },
             sources: s.sources.iter().map(store::SourceRecord::view).collect(),
             max_concurrent_jobs: s.max_concurrent(),
+            ingest: godwit_webui::backend::IngestSettings {
+                url: s.ingest_url.clone(),
+            },
         }
     }
 
@@ -368,6 +372,29 @@ impl Backend for Appliance {
 
     async fn set_staging(&self, cmd: SetStagingTarget) -> CommandResult<()> {
         self.staging(cmd).await
+    }
+
+    async fn set_ingest(
+        &self,
+        cmd: godwit_webui::backend::IngestSettings,
+    ) -> CommandResult<godwit_webui::backend::IngestSettings> {
+        let url = match cmd.url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(u) => Some(
+                godwit_hyperv::ingest::check_ingest_url(u, "the push URL")
+                    .map_err(|e| CommandError::field("url", e.to_string()))?,
+            ),
+        };
+        let stored = url.clone();
+        self.store.update_settings(move |s| {
+            s.ingest_url = stored;
+            Ok(())
+        })?;
+        if let Some(i) = self.ingest.get() {
+            i.set_configured_url(url.clone());
+        }
+        tracing::info!(url = ?url, "Hyper-V push URL set");
+        Ok(godwit_webui::backend::IngestSettings { url })
     }
 
     async fn probe_source(&self, cmd: ProbeSource) -> CommandResult<CertificateView> {

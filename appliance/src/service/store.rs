@@ -117,6 +117,9 @@ pub struct Settings {
     pub checks_run: bool,
     #[serde(default)]
     pub wizard_done: bool,
+    /// The URL Hyper-V hosts push to (`None`: each host's WinRM connection's local address).
+    #[serde(default)]
+    pub ingest_url: Option<String>,
 }
 
 impl Settings {

@@ -318,6 +318,16 @@ pub fn encode_request_head(r: &PushRequest, host: &str) -> String {
 
 /// A complete response: `status`, a one-line JSON body, `Connection: close` when `close`.
 pub fn encode_response(status: u16, body: &serde_json::Value, close: bool) -> Vec<u8> {
+    encode_response_with(status, body, close, None)
+}
+
+/// [`encode_response`] with a `Retry-After` header (seconds) when given.
+pub fn encode_response_with(
+    status: u16,
+    body: &serde_json::Value,
+    close: bool,
+    retry_after: Option<u32>,
+) -> Vec<u8> {
     let reason = match status {
         100 => "Continue",
         200 => "OK",
@@ -342,6 +352,9 @@ pub fn encode_response(status: u16, body: &serde_json::Value, close: bool) -> Ve
     );
     if status == 401 {
         head.push_str("WWW-Authenticate: Bearer realm=\"godwit-ingest\"\r\n");
+    }
+    if let Some(s) = retry_after {
+        head.push_str(&format!("Retry-After: {s}\r\n"));
     }
     if close {
         head.push_str("Connection: close\r\n");

@@ -1,40 +1,80 @@
-//! The connector's side of a pushed cycle: which FILE byte ranges hold the data a disk's
-//! transfer will read ([`file_ranges`]), a [`Locator`] that serves reads from the spool and
-//! falls back to WinRM for anything not pushed ([`PushLocator`]; headers, BATs and bitmaps
-//! stay on WinRM), and running `scripts/push-ranges.ps1` on the host for the ranges the spool
-//! lacks ([`push_missing`]).
+//! The connector's side of a pushed cycle: running `scripts/push-ranges.ps1` on the host for
+//! the planned file ranges, in time-bounded commands ([`push_ranges`]), the ingest URL the host
+//! is told ([`IngestUrl`]), and the figures ([`PushReport`]). The data of a disk is pushed by a
+//! feeder thread while the transfer reads it ([`Feeder`]); the spool budget
+//! ([`super::budget`]) keeps the bytes held between the two bounded.
 
+use super::budget::{self, SpoolBudget};
+use super::locator::PushLocator;
+use super::plan::{PlannedRange, Resume, rest_of};
 use super::ranges::RangeSet;
-use super::registry::{IngestRegistry, SessionFile};
-use super::spool::SpoolFile;
+use super::registry::{IngestRegistry, SessionFile, SessionStats};
 use crate::client::Shell;
 use crate::error::{Error, Result};
-use crate::hostfile::HostFileLocator;
 use crate::powershell::with_args;
 use crate::transport::Transport;
 use crate::trust::Fingerprint;
-use godwit_disk::storage::{Locator, Opened, ReadAt};
-use godwit_disk::{BlockSource, Disk, RunState};
 use std::collections::BTreeMap;
-use std::io;
-use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub const PUSH_SCRIPT: &str = include_str!("../../scripts/push-ranges.ps1");
 
-/// Ranges of one file closer than this are pushed as one (fewer requests; the bytes between
-/// are usually a VHD sector bitmap or a VHDX block the BAT lists next).
-pub const COALESCE_GAP: u64 = 64 * 1024;
 /// Bytes per PUT the uploader sends (the endpoint takes up to 8 MiB).
 pub const PUSH_CHUNK: u64 = 4 * 1024 * 1024;
-/// Ranges and bytes per push-ranges.ps1 command (bounds the script size and keeps each
-/// command well inside the WinRM receive limit of 30 minutes).
-pub const MAX_RANGES_PER_COMMAND: usize = 1000;
-pub const MAX_BYTES_PER_COMMAND: u64 = 8 << 30;
-/// Virtual bytes mapped per step when working out file ranges.
-const MAP_STEP: u64 = 1 << 30;
+/// Ranges per push-ranges.ps1 command (bounds the script's size).
+pub const MAX_RANGES_PER_COMMAND: usize = 500;
+/// Seconds one push-ranges.ps1 command pushes before it stops and reports where (so no
+/// WinRM command comes near the host's 30-minute MaxProcessesPerShell/timeout caps, whatever
+/// the link's speed); the next command goes on from there.
+pub const PUSH_COMMAND_SECONDS: u64 = 600;
+/// Attempts per PUT after errors (the data is read and hashed again each time).
+pub const PUSH_RETRIES: u32 = 5;
+/// The uploader's exit code when its probe PUT cannot reach the endpoint.
+pub const EXIT_UNREACHABLE: i64 = 3;
+/// The smallest spool budget a cycle runs with (two PUTs).
+pub const MIN_SPOOL_BYTES: u64 = 2 * PUSH_CHUNK;
+
+/// The URL the hosts push to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IngestUrl {
+    /// Given (`--ingest-url`, the service's setting): `https://HOST[:PORT]`.
+    Fixed(String),
+    /// Built per host: the local address of the connector's connection to the host's WinRM
+    /// port (the address that host already sees the connector at) and this port.
+    LocalAddressOfWinRm { port: u16 },
+}
+
+impl IngestUrl {
+    /// The URL for the host whose WinRM endpoint is `winrm` (`host:port` or `[v6]:port`).
+    pub fn resolve(&self, winrm: &str) -> Result<String> {
+        match self {
+            IngestUrl::Fixed(u) => Ok(u.clone()),
+            IngestUrl::LocalAddressOfWinRm { port } => {
+                use std::net::ToSocketAddrs;
+                let bad = |detail: String| Error::Protocol {
+                    host: winrm.to_string(),
+                    what: "ingest URL from the WinRM connection's local address".into(),
+                    detail,
+                };
+                let addr = winrm
+                    .to_socket_addrs()
+                    .map_err(|e| bad(e.to_string()))?
+                    .next()
+                    .ok_or_else(|| bad("no address".into()))?;
+                let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(15))
+                    .map_err(|e| bad(e.to_string()))?;
+                let local = tcp.local_addr().map_err(|e| bad(e.to_string()))?;
+                Ok(match local.ip() {
+                    std::net::IpAddr::V4(ip) => format!("https://{ip}:{port}"),
+                    std::net::IpAddr::V6(ip) => format!("https://[{ip}]:{port}"),
+                })
+            }
+        }
+    }
+}
 
 /// How a cycle reaches its ingest endpoint.
 #[derive(Clone, Debug)]
@@ -44,13 +84,18 @@ pub struct IngestConfig {
     pub sessions: Arc<IngestRegistry>,
     /// The endpoint's certificate, which the uploader pins.
     pub pin: Fingerprint,
-    /// What the hosts connect to, e.g. `https://10.0.0.5:443` (no path).
-    pub url: String,
+    /// What the hosts connect to (no path).
+    pub url: IngestUrl,
     /// Where pushed bytes are spooled (kept after a failure, so a rerun resumes).
     pub spool_dir: PathBuf,
     /// The transfer's chunk size: changed ranges are widened to it (the transfer reads whole
     /// chunks).
     pub align: u64,
+    /// What the spools may hold at once (shared by every cycle of the endpoint).
+    pub budget: Arc<SpoolBudget>,
+    /// The most the budget may be (`--spool-limit`, the service's setting); a cycle lowers it
+    /// to what the spool's file system has free.
+    pub spool_limit: u64,
 }
 
 /// Check an ingest URL (`https://HOST[:PORT]`, no path: the hosts push over HTTPS only) and
@@ -85,228 +130,27 @@ pub fn check_ingest_url(url: &str, what: &str) -> Result<String> {
     Ok(u.to_string())
 }
 
-/// The virtual ranges the transfer reads: `virtual_ranges` (whole disk when `None`) widened
-/// to `align`.
-fn wanted(disk: &Disk, virtual_ranges: Option<&[Range<u64>]>, align: u64) -> RangeSet {
-    let size = disk.virtual_size();
-    let align = align.max(1);
-    let mut wanted = RangeSet::new();
-    match virtual_ranges {
-        None => wanted.insert(0, size),
-        Some(rs) => {
-            for r in rs {
-                let s = r.start / align * align;
-                let e = r.end.div_ceil(align).saturating_mul(align).min(size);
-                wanted.insert(s, e);
-            }
-        }
-    }
-    wanted
-}
-
-/// The per-block metadata (VHD sector bitmaps) that mapping `virtual_ranges` reads, per file
-/// name, for every layer of the chain (an over-approximation: a layer is only consulted where
-/// the ones above it do not hold the data). Pushed before [`file_ranges`] maps the disk, so
-/// mapping reads them from the spool instead of one WinRM command per block.
-pub fn metadata_ranges(
-    disk: &Disk,
-    virtual_ranges: Option<&[Range<u64>]>,
-    align: u64,
-) -> Result<BTreeMap<String, RangeSet>> {
-    let wanted = wanted(disk, virtual_ranges, align);
-    let mut out: BTreeMap<String, RangeSet> = BTreeMap::new();
-    for l in disk.layers() {
-        let lsize = l.info().virtual_size;
-        for (start, end) in wanted.iter() {
-            let end = end.min(lsize);
-            if start >= end {
-                continue;
-            }
-            for (a, b) in l.map_metadata(start, end - start)? {
-                out.entry(l.info().file.clone()).or_default().insert(a, b);
-            }
-        }
-    }
-    Ok(out
-        .into_iter()
-        .map(|(k, v)| (k, v.coalesce(COALESCE_GAP)))
-        .collect())
-}
-
-/// The file ranges holding the data of `virtual_ranges` of `disk` (whole disk when `None`),
-/// widened to `align` first, per file name (the files of the parent chain included).
-pub fn file_ranges(
-    disk: &Disk,
-    virtual_ranges: Option<&[Range<u64>]>,
-    align: u64,
-) -> Result<BTreeMap<String, RangeSet>> {
-    let wanted = wanted(disk, virtual_ranges, align);
-    let mut out: BTreeMap<String, RangeSet> = BTreeMap::new();
-    for (start, end) in wanted.iter() {
-        let mut pos = start;
-        while pos < end {
-            let len = (end - pos).min(MAP_STEP);
-            for (run, layer) in disk.resolve(pos, len)? {
-                if run.state != RunState::Data {
-                    continue;
-                }
-                let l = &disk.layers()[layer];
-                let Some(pieces) = l.stored(run.offset, run.len)? else {
-                    continue;
-                };
-                let set = out.entry(l.info().file.clone()).or_default();
-                for p in pieces {
-                    set.insert(p.file_offset, p.file_offset + p.len);
-                }
-            }
-            pos += len;
-        }
-    }
-    Ok(out
-        .into_iter()
-        .map(|(k, v)| (k, v.coalesce(COALESCE_GAP)))
-        .collect())
-}
-
-fn piece(buf: &mut [u8], base: u64, a: u64, b: u64) -> io::Result<&mut [u8]> {
-    let s = usize::try_from(a - base).map_err(io::Error::other)?;
-    let e = usize::try_from(b - base).map_err(io::Error::other)?;
-    Ok(&mut buf[s..e])
-}
-
-/// Reads of one host file: from the spool where it holds them, else over WinRM.
-struct SpooledFile {
-    spool: Arc<SpoolFile>,
-    remote: Arc<dyn ReadAt>,
-    from_spool: Arc<AtomicU64>,
-}
-
-impl ReadAt for SpooledFile {
-    fn size(&self) -> io::Result<u64> {
-        Ok(self.spool.len)
-    }
-
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.spool.len)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("read past the end of {}", self.spool.name),
-                )
-            })?;
-        let held = self.spool.received();
-        let gaps = held.gaps(offset, end);
-        let mut pos = offset;
-        for (a, b) in gaps.iter().copied().chain([(end, end)]) {
-            if a > pos {
-                self.spool.read_at(piece(buf, offset, pos, a)?, pos)?;
-                self.from_spool.fetch_add(a - pos, Ordering::Relaxed);
-            }
-            if b > a {
-                self.remote.read_exact_at(piece(buf, offset, a, b)?, a)?;
-            }
-            pos = b;
-        }
-        Ok(())
-    }
-}
-
-/// A [`Locator`] over a [`HostFileLocator`] whose files read from their spools first.
-pub struct PushLocator<T: Transport + 'static> {
-    host: HostFileLocator<T>,
-    spool_dir: PathBuf,
-    spools: Mutex<BTreeMap<String, Arc<SpoolFile>>>,
-    from_spool: Arc<AtomicU64>,
-}
-
-impl<T: Transport + Send + Sync + 'static> PushLocator<T> {
-    pub fn new(host: HostFileLocator<T>, spool_dir: PathBuf) -> Self {
-        PushLocator {
-            host,
-            spool_dir,
-            spools: Mutex::new(BTreeMap::new()),
-            from_spool: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// The WinRM side (its byte and command counters).
-    pub fn host(&self) -> &HostFileLocator<T> {
-        &self.host
-    }
-
-    /// The spool of a file opened through this locator.
-    pub fn spool(&self, name: &str) -> Option<Arc<SpoolFile>> {
-        self.spools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
-    }
-
-    /// Every spool opened so far.
-    pub fn spools(&self) -> Vec<Arc<SpoolFile>> {
-        self.spools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// Bytes served from spools.
-    pub fn bytes_from_spool(&self) -> u64 {
-        self.from_spool.load(Ordering::Relaxed)
-    }
-}
-
-impl<T: Transport + Send + Sync + 'static> Locator for PushLocator<T> {
-    fn open(&self, name: &str, relative_to: Option<&str>) -> io::Result<Opened> {
-        let (opened, info) = self.host.open_with_info(name, relative_to)?;
-        let spool = {
-            let mut spools = self.spools.lock().unwrap_or_else(|e| e.into_inner());
-            match spools.get(&opened.name) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = Arc::new(SpoolFile::open(
-                        &self.spool_dir,
-                        &opened.name,
-                        info.length,
-                        &info.last_write.to_string(),
-                    )?);
-                    spools.insert(opened.name.clone(), s.clone());
-                    s
-                }
-            }
-        };
-        Ok(Opened {
-            name: opened.name,
-            file: Arc::new(SpooledFile {
-                spool,
-                remote: opened.file,
-                from_spool: self.from_spool.clone(),
-            }),
-        })
-    }
-}
-
 /// What pushing one disk's ranges took.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PushReport {
-    /// Bytes the transfer needs from the host's files (data ranges, coalesced).
+    /// Bytes the transfer needs from the host's files (data ranges).
     pub needed_bytes: u64,
-    /// Of those, already in the spool from an earlier (interrupted) run.
+    /// Of those, already in the spool from an earlier (interrupted) run of this checkpoint.
     pub resumed_bytes: u64,
     /// Bytes the host pushed and the endpoint stored in this run.
     pub pushed_bytes: u64,
     pub pushes: u64,
     /// push-ranges.ps1 commands run.
     pub commands: u64,
-    /// Asked for but not pushed (read over WinRM instead).
+    /// Planned but not pushed (read over WinRM instead).
     pub missing_bytes: u64,
     /// Bytes the disk reads took from spools (the rest came over WinRM).
     pub served_from_spool: u64,
+    /// Pushes the endpoint answered 503 because the spool was full (the uploader waited).
+    pub waits: u64,
+    /// The spool budget of the cycle, and the most it held at once.
+    pub spool_limit: u64,
+    pub peak_spool_bytes: u64,
 }
 
 impl PushReport {
@@ -319,108 +163,293 @@ impl PushReport {
         self.commands += r.commands;
         self.missing_bytes += r.missing_bytes;
         self.served_from_spool += r.served_from_spool;
+        self.waits += r.waits;
+        self.spool_limit = self.spool_limit.max(r.spool_limit);
+        self.peak_spool_bytes = self.peak_spool_bytes.max(r.peak_spool_bytes);
     }
 }
 
-/// Split the ranges of `files` (index, range) into batches of at most `max_ranges` ranges and
-/// `max_bytes` bytes (a range larger than `max_bytes` is cut).
-pub fn batches(
-    files: &[&RangeSet],
-    max_ranges: usize,
-    max_bytes: u64,
-) -> Vec<Vec<(usize, (u64, u64))>> {
-    let max_bytes = max_bytes.max(1);
-    let mut out: Vec<Vec<(usize, (u64, u64))>> = Vec::new();
-    let mut cur: Vec<(usize, (u64, u64))> = Vec::new();
-    let mut cur_bytes = 0u64;
-    for (i, set) in files.iter().enumerate() {
-        for (a, b) in set.iter() {
-            let mut s = a;
-            while s < b {
-                let e = b.min(s.saturating_add(max_bytes));
-                if !cur.is_empty() && (cur.len() >= max_ranges || cur_bytes + (e - s) > max_bytes) {
-                    out.push(std::mem::take(&mut cur));
-                    cur_bytes = 0;
-                }
-                cur.push((i, (s, e)));
-                cur_bytes += e - s;
-                s = e;
-            }
+/// Stops a running feeder: no new command, and the current session is closed (the
+/// uploader's next PUT gets 401 and it stops).
+#[derive(Default)]
+pub struct Stopper {
+    stop: AtomicBool,
+    session: Mutex<Option<String>>,
+}
+
+impl Stopper {
+    pub fn stop(&self, sessions: &IngestRegistry) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(id) = self
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            sessions.close_session(&id);
         }
     }
-    if !cur.is_empty() {
-        out.push(cur);
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
-    out
 }
 
-/// Ask the host to push what the spools of `needed` lack, and wait for it.
-pub fn push_missing<T: Transport + Send + Sync + 'static>(
+/// What one uploader command did.
+#[derive(Debug, Clone, Default)]
+struct CommandOutcome {
+    stats: SessionStats,
+    next: usize,
+    next_offset: u64,
+    waits: u64,
+}
+
+fn ranges_bytes(rs: &[PlannedRange]) -> u64 {
+    rs.iter().map(|r| r.end - r.start).sum()
+}
+
+/// Run one push-ranges.ps1 command for `batch` (in order) and say where it stopped.
+fn run_command<T: Transport + Send + Sync + 'static>(
     shell: &Shell<'_, T>,
     host: &str,
     cfg: &IngestConfig,
+    url: &str,
     locator: &PushLocator<T>,
-    needed: &BTreeMap<String, RangeSet>,
-) -> Result<PushReport> {
+    batch: &[PlannedRange],
+    stopper: &Stopper,
+) -> Result<CommandOutcome> {
     const SCRIPT: &str = "push-ranges.ps1";
-    let mut report = PushReport::default();
-    let mut files = Vec::new();
-    for (name, want) in needed {
+    let mut ids: Vec<&str> = Vec::new();
+    let mut asked: Vec<RangeSet> = Vec::new();
+    let mut flat: Vec<u64> = Vec::with_capacity(batch.len() * 3);
+    for r in batch {
+        let id = match ids.iter().position(|f| *f == r.file) {
+            Some(i) => i,
+            None => {
+                ids.push(&r.file);
+                asked.push(RangeSet::new());
+                ids.len() - 1
+            }
+        };
+        asked[id].insert(r.start, r.end);
+        flat.extend([id as u64, r.start, r.end - r.start]);
+    }
+    let mut session_files = Vec::with_capacity(ids.len());
+    for (name, asked) in ids.iter().zip(asked) {
         let spool = locator.spool(name).ok_or_else(|| {
             Error::Usage(format!(
                 "{host}: {name} was not opened through the push locator"
             ))
         })?;
-        let missing = want.subtract(&spool.received());
-        report.needed_bytes += want.total();
-        report.resumed_bytes += want.total() - missing.total();
-        if !missing.is_empty() {
-            files.push((name.clone(), spool, missing));
-        }
+        session_files.push(SessionFile { asked, spool });
     }
-    let sets: Vec<&RangeSet> = files.iter().map(|(_, _, m)| m).collect();
-    let batches = batches(&sets, MAX_RANGES_PER_COMMAND, MAX_BYTES_PER_COMMAND);
-    for batch in batches {
-        let mut per_file: BTreeMap<usize, RangeSet> = BTreeMap::new();
-        for (i, (a, b)) in &batch {
-            per_file.entry(*i).or_default().insert(*a, *b);
-        }
-        let session_files: Vec<SessionFile> = per_file
-            .iter()
-            .map(|(i, asked)| SessionFile {
-                asked: asked.clone(),
-                spool: files[*i].1.clone(),
-            })
-            .collect();
-        let ticket = cfg.sessions.open_session(session_files);
-        let args = serde_json::json!({
-            "Url": format!("{}/ingest/v1/{}", cfg.url.trim_end_matches('/'), ticket.id),
-            "Token": ticket.token,
-            "Pin": hex::encode(cfg.pin.0),
-            "Chunk": PUSH_CHUNK,
-            "Retries": 5,
-            "Files": per_file.iter().enumerate().map(|(id, (i, asked))| serde_json::json!({
-                "Id": id,
-                "Path": files[*i].0,
-                "Ranges": asked.iter().flat_map(|(a, b)| [a, b - a]).collect::<Vec<u64>>(),
-            })).collect::<Vec<_>>(),
+    let ticket = cfg.sessions.open_session(session_files);
+    *stopper.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(ticket.id.clone());
+    let args = serde_json::json!({
+        "Url": format!("{}/ingest/v1/{}", url.trim_end_matches('/'), ticket.id),
+        "Token": ticket.token,
+        "Pin": hex::encode(cfg.pin.0),
+        "Chunk": PUSH_CHUNK,
+        "Retries": PUSH_RETRIES,
+        "Seconds": PUSH_COMMAND_SECONDS,
+        "Files": ids.iter().enumerate().map(|(id, path)| serde_json::json!({"Id": id, "Path": path})).collect::<Vec<_>>(),
+        "Ranges": flat,
+    });
+    let ran = shell.run_ps(&with_args(PUSH_SCRIPT, &args));
+    stopper
+        .session
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let stats = cfg.sessions.close_session(&ticket.id).unwrap_or_default();
+    let o = ran?;
+    let message = || {
+        crate::clixml::decode_stderr(&o.stderr)
+            .unwrap_or_else(|e| e.to_string())
+            .trim()
+            .to_string()
+    };
+    if o.exit_code == EXIT_UNREACHABLE {
+        let port = url
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(443);
+        return Err(Error::IngestUnreachable {
+            host: host.to_string(),
+            url: url.to_string(),
+            port,
+            detail: message(),
         });
-        report.commands += 1;
-        let ran = shell.run_ps_json(SCRIPT, &with_args(PUSH_SCRIPT, &args));
-        let stats = cfg.sessions.close_session(&ticket.id).unwrap_or_default();
-        report.pushed_bytes += stats.bytes;
-        report.pushes += stats.pushes;
-        let out = ran?;
-        tracing::info!(host, pushes = stats.pushes, bytes = stats.bytes, uploader = %out, "host pushed ranges");
     }
-    for (name, spool, missing) in &files {
-        let left = missing.subtract(&spool.received()).total();
-        if left > 0 {
-            tracing::warn!(host, file = %name, bytes = left, "ranges not pushed; reading them over WinRM");
+    if o.exit_code != 0 {
+        return Err(Error::Script {
+            host: host.to_string(),
+            script: SCRIPT.into(),
+            exit_code: o.exit_code,
+            message: message(),
+        });
+    }
+    let bad = |detail: String| Error::BadOutput {
+        host: host.to_string(),
+        script: SCRIPT.into(),
+        detail,
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.trim_start_matches('\u{feff}').trim())
+        .map_err(|e| bad(e.to_string()))?;
+    let field = |n: &str| {
+        v.get(n)
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| bad(format!("no {n} in {v}")))
+    };
+    let next = usize::try_from(field("Next")?).map_err(|e| bad(e.to_string()))?;
+    if next > batch.len() {
+        return Err(bad(format!(
+            "Next {next} is past the {} ranges",
+            batch.len()
+        )));
+    }
+    tracing::info!(host, pushes = stats.pushes, bytes = stats.bytes, uploader = %v, "host pushed ranges");
+    Ok(CommandOutcome {
+        stats,
+        next,
+        next_offset: field("NextOffset")?,
+        waits: field("Waits").unwrap_or(0),
+    })
+}
+
+/// Push `plan` (in order) in time-bounded commands until it is done or `stopper` says stop.
+/// Each command is preceded by a check that the spool's file system has room.
+pub fn push_ranges<T: Transport + Send + Sync + 'static>(
+    shell: &Shell<'_, T>,
+    host: &str,
+    cfg: &IngestConfig,
+    url: &str,
+    locator: &PushLocator<T>,
+    plan: Vec<PlannedRange>,
+    stopper: &Stopper,
+) -> Result<PushReport> {
+    let mut report = PushReport::default();
+    let mut rest = plan;
+    while !rest.is_empty() && !stopper.stopped() {
+        let n = rest.len().min(MAX_RANGES_PER_COMMAND);
+        let batch: Vec<PlannedRange> = rest.drain(..n).collect();
+        let room = cfg.budget.limit().saturating_sub(cfg.budget.used());
+        let needed = ranges_bytes(&batch).min(room).clamp(1, PUSH_CHUNK);
+        let free = budget::free_space(&cfg.spool_dir).unwrap_or(u64::MAX);
+        if free < needed + budget::FREE_SPACE_RESERVE / 2 {
+            return Err(Error::NoSpace(budget::NoSpace {
+                dir: cfg.spool_dir.display().to_string(),
+                needed: needed + budget::FREE_SPACE_RESERVE / 2,
+                free,
+            }));
         }
-        report.missing_bytes += left;
+        let out = run_command(shell, host, cfg, url, locator, &batch, stopper)?;
+        report.commands += 1;
+        report.pushed_bytes += out.stats.bytes;
+        report.pushes += out.stats.pushes;
+        report.waits += out.waits;
+        let at = Resume {
+            next: out.next,
+            offset: out.next_offset,
+        };
+        let mut left = rest_of(&batch, at);
+        if !left.is_empty() && ranges_bytes(&left) == ranges_bytes(&batch) && !stopper.stopped() {
+            return Err(Error::Protocol {
+                host: host.to_string(),
+                what: "push-ranges.ps1".into(),
+                detail: format!(
+                    "the host pushed nothing in {PUSH_COMMAND_SECONDS} s ({} pushes waited for room in the connector's spool of {} bytes)",
+                    out.waits,
+                    cfg.budget.limit()
+                ),
+            });
+        }
+        left.append(&mut rest);
+        rest = left;
     }
     Ok(report)
+}
+
+/// The host's pushes of one disk's data, run while the transfer reads it: readers wait for
+/// ranges still to come (through the locator's plans), fail with the feeder's error.
+pub struct Feeder<'a, T: Transport + Send + Sync + 'static> {
+    pub client: &'a Arc<crate::client::WinRm<T>>,
+    pub host: &'a str,
+    pub cfg: &'a IngestConfig,
+    pub url: &'a str,
+    pub locator: &'a PushLocator<T>,
+}
+
+impl<T: Transport + Send + Sync + 'static> Feeder<'_, T> {
+    /// Plan `plan` in the locator (waited for, released once read), then push it on a shell of
+    /// its own; returns the figures. Meant to run on its own thread during the transfer.
+    pub fn run(&self, plan: Vec<PlannedRange>, stopper: &Stopper) -> Result<PushReport> {
+        let status = self.locator.status().clone();
+        let result = (|| {
+            if plan.is_empty() {
+                return Ok(PushReport::default());
+            }
+            let shell = self.client.open_shell()?;
+            let r = push_ranges(
+                &shell,
+                self.host,
+                self.cfg,
+                self.url,
+                self.locator,
+                plan,
+                stopper,
+            );
+            let closed = shell.close();
+            let r = r?;
+            closed?;
+            Ok(r)
+        })();
+        // Whatever was not pushed is read over WinRM from now on (or the readers fail).
+        for spool in self.locator.spools() {
+            if let Some((_, p)) = self.locator.entry(&spool.name) {
+                p.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(0, u64::MAX);
+            }
+        }
+        status.finish(result.as_ref().err().map(ToString::to_string));
+        result
+    }
+
+    /// Record `plan` in the locator's file plans (before the transfer starts reading).
+    pub fn announce(&self, plan: &[PlannedRange]) {
+        self.locator.status().start();
+        for r in plan {
+            if let Some((_, p)) = self.locator.entry(&r.file) {
+                p.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(r.start, r.end);
+                p.release_on_read
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(r.start, r.end);
+            }
+        }
+    }
+}
+
+/// The held ranges of the files `plan` names.
+pub fn held(
+    plan: &[PlannedRange],
+    locator: &PushLocator<impl Transport + Send + Sync + 'static>,
+) -> BTreeMap<String, RangeSet> {
+    let mut out = BTreeMap::new();
+    for r in plan {
+        if !out.contains_key(&r.file)
+            && let Some(s) = locator.spool(&r.file)
+        {
+            out.insert(r.file.clone(), s.received());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -463,22 +492,14 @@ mod tests {
     }
 
     #[test]
-    fn batches_bound_ranges_and_bytes_and_cut_large_ranges() {
-        let a = RangeSet::from_ranges([(0, 10), (20, 25), (30, 31)]);
-        let b = RangeSet::from_ranges([(100, 135)]);
-        let got = batches(&[&a, &b], 2, 16);
-        assert_eq!(
-            got,
-            vec![
-                vec![(0, (0, 10)), (0, (20, 25))],
-                vec![(0, (30, 31))],
-                vec![(1, (100, 116))],
-                vec![(1, (116, 132))],
-                vec![(1, (132, 135))],
-            ]
-        );
-        assert!(batches(&[&RangeSet::new()], 5, 5).is_empty());
-        let total: u64 = got.iter().flatten().map(|(_, (s, e))| e - s).sum();
-        assert_eq!(total, a.total() + b.total());
+    fn the_url_from_the_winrm_connection_is_its_local_address() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap().to_string();
+        let u = IngestUrl::LocalAddressOfWinRm { port: 8443 };
+        assert_eq!(u.resolve(&a).unwrap(), "https://127.0.0.1:8443");
+        let f = IngestUrl::Fixed("https://x:1".into());
+        assert_eq!(f.resolve("nowhere:1").unwrap(), "https://x:1");
+        drop(l);
+        assert!(u.resolve(&a).is_err());
     }
 }

@@ -73,6 +73,44 @@ impl RangeSet {
         out
     }
 
+    /// Take `[start, end)` out of the set.
+    pub fn remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        for &(a, b) in &self.ranges {
+            if b <= start || a >= end {
+                out.push((a, b));
+                continue;
+            }
+            if a < start {
+                out.push((a, start));
+            }
+            if b > end {
+                out.push((end, b));
+            }
+        }
+        self.ranges = out;
+    }
+
+    /// The parts of `[start, end)` that ARE in the set, in order.
+    pub fn overlap(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let i = self.ranges.partition_point(|&(_, e)| e <= start);
+        self.ranges[i..]
+            .iter()
+            .take_while(|&&(a, _)| a < end)
+            .map(|&(a, b)| (a.max(start), b.min(end)))
+            .filter(|(a, b)| a < b)
+            .collect()
+    }
+
+    /// The range of the set that holds `pos`, if any.
+    pub fn around(&self, pos: u64) -> Option<(u64, u64)> {
+        let i = self.ranges.partition_point(|&(_, e)| e <= pos);
+        self.ranges.get(i).copied().filter(|&(a, _)| a <= pos)
+    }
+
     /// `self` minus `other`.
     pub fn subtract(&self, other: &RangeSet) -> RangeSet {
         RangeSet {
@@ -175,6 +213,18 @@ mod tests {
             let mg: Vec<bool> = (0..N).map(|x| x >= lo && x < hi && !ma[ix(x)]).collect();
             prop_assert_eq!(model(&gaps), mg);
             prop_assert_eq!(s.total(), ma.iter().filter(|x| **x).count() as u64);
+            let over = s.overlap(lo, hi);
+            let mo: Vec<bool> = (0..N).map(|x| x >= lo && x < hi && ma[ix(x)]).collect();
+            prop_assert_eq!(model(&over), mo);
+            let mut r = s.clone();
+            r.remove(lo, hi);
+            let mr: Vec<bool> = (0..N).map(|x| ma[ix(x)] && !(x >= lo && x < hi)).collect();
+            prop_assert_eq!(model(&r.iter().collect::<Vec<_>>()), mr);
+            if let Some((a, b)) = s.around(lo) {
+                prop_assert!(a <= lo && lo < b && ma[ix(lo)]);
+            } else {
+                prop_assert!(!ma[ix(lo)]);
+            }
         }
     }
 }

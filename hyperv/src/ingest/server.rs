@@ -1,7 +1,13 @@
 //! The connector's inbound HTTPS ingest endpoint (443 on the appliance): Hyper-V hosts push
 //! the file ranges a session asked for. HTTP/1.1 over rustls (ring), one thread per
-//! connection (at most [`MAX_CONNECTIONS`]), keep-alive, `Expect: 100-continue` answered after
-//! the head was checked (so a refused push does not send its body).
+//! connection, keep-alive, `Expect: 100-continue` answered after the head was checked (so a
+//! refused push does not send its body).
+//!
+//! Anyone who reaches the port can open connections, so none can be hoarded: at most
+//! [`MAX_CONNECTIONS`] at once and [`MAX_PER_CLIENT`] from one address (more are closed at
+//! once); a TLS handshake must finish within [`HANDSHAKE_TIMEOUT`], a request head within
+//! [`HEAD_TIMEOUT`] of its first byte, a kept-alive connection sends its next request within
+//! [`IDLE_TIMEOUT`], and a body stalls at most [`IO_TIMEOUT`].
 //!
 //! What a push gets is decided by [`super::registry`] (shared with the service's route on
 //! its own HTTPS port); this module is the listener and the HTTP/1.1 framing around it.
@@ -13,17 +19,26 @@ use crate::error::{Error, Result};
 use crate::trust::Fingerprint;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 32;
-/// A connection idle (or a body stalled) this long is closed.
+/// Connections from one client address at once; more are closed at once.
+pub const MAX_PER_CLIENT: usize = 8;
+/// A body that stalls this long is dropped (nothing stored).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(120);
+/// The TLS handshake must be done this long after the connection was accepted.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request head must be complete this long after its first byte.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A kept-alive connection with no new request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The endpoint's certificate and key.
 pub struct IngestIdentity {
@@ -79,7 +94,40 @@ struct Shared {
     registry: Arc<IngestRegistry>,
     tls: Arc<rustls::ServerConfig>,
     connections: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
     stop: AtomicBool,
+}
+
+impl Shared {
+    /// Take a connection slot for `ip` (total and per client), or say why not.
+    fn admit(&self, ip: IpAddr) -> std::result::Result<(), String> {
+        let mut m = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = m.get(&ip).copied().unwrap_or(0);
+        if mine >= MAX_PER_CLIENT {
+            return Err(format!(
+                "{MAX_PER_CLIENT} connections from this address are open already; one closed"
+            ));
+        }
+        if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            self.connections.fetch_sub(1, Ordering::SeqCst);
+            return Err(format!(
+                "{MAX_CONNECTIONS} connections are open already; one closed"
+            ));
+        }
+        m.insert(ip, mine + 1);
+        Ok(())
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        let mut m = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+        self.connections.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A running ingest endpoint; stops when dropped.
@@ -113,6 +161,7 @@ impl IngestServer {
             registry: Arc::new(IngestRegistry::new()),
             tls: Arc::new(tls),
             connections: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
         });
         let s2 = shared.clone();
@@ -156,6 +205,11 @@ impl IngestServer {
     pub fn stats(&self) -> IngestStats {
         self.shared.registry.stats()
     }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
 }
 
 impl std::fmt::Debug for IngestServer {
@@ -184,23 +238,23 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             return;
         }
         let Ok(tcp) = conn else { continue };
-        if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!("ingest endpoint: too many connections; one closed");
+        let Ok(peer) = tcp.peer_addr() else { continue };
+        let ip = peer.ip();
+        if let Err(why) = shared.admit(ip) {
+            shared.registry.refusal_log().note(Some(ip), 503, &why);
             continue;
         }
         let s = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("ingest-conn".into())
             .spawn(move || {
-                let peer = tcp.peer_addr().ok();
                 if let Err(e) = serve_connection(tcp, &s) {
-                    tracing::debug!(?peer, error = %e, "ingest connection ended");
+                    tracing::debug!(%peer, error = %e, "ingest connection ended");
                 }
-                s.connections.fetch_sub(1, Ordering::SeqCst);
+                s.leave(ip);
             });
         if spawned.is_err() {
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            shared.leave(ip);
         }
     }
 }
@@ -208,17 +262,48 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 type Tls = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
 
 fn respond(tls: &mut Tls, r: &Reply) -> std::io::Result<()> {
-    tls.write_all(&codec::encode_response(r.status, &r.body, r.close))?;
+    tls.write_all(&codec::encode_response_with(
+        r.status,
+        &r.body,
+        r.close,
+        r.retry_after,
+    ))?;
     tls.flush()
 }
 
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_string())
+}
+
+/// Read timeout for the next read: what is left until `deadline`, at most `cap`.
+fn until(tcp: &TcpStream, deadline: Instant, cap: Duration, what: &str) -> std::io::Result<()> {
+    let left = deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| timed_out(what))?;
+    tcp.set_read_timeout(Some(left.min(cap)))
+}
+
 fn serve_connection(tcp: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    let peer = tcp.peer_addr().ok().map(|p| p.ip());
     tcp.set_write_timeout(Some(IO_TIMEOUT))?;
     tcp.set_nodelay(true)?;
-    let conn = rustls::ServerConnection::new(shared.tls.clone()).map_err(std::io::Error::other)?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let served = serve_requests(&mut tls, shared);
+    let mut conn =
+        rustls::ServerConnection::new(shared.tls.clone()).map_err(std::io::Error::other)?;
+    // The handshake, within its deadline (a client that never finishes it is closed).
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut sock = tcp;
+    while conn.is_handshaking() {
+        until(
+            &sock,
+            deadline,
+            HANDSHAKE_TIMEOUT,
+            "TLS handshake not finished",
+        )?;
+        conn.complete_io(&mut sock)?;
+    }
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let served = serve_requests(&mut tls, shared, peer);
     // End the TLS session cleanly whatever happened (the peer reads the last answer).
     tls.conn.send_close_notify();
     let _ = tls.flush();
@@ -243,16 +328,22 @@ fn linger(tcp: &TcpStream) {
     }
 }
 
-fn serve_requests(tls: &mut Tls, shared: &Shared) -> std::io::Result<()> {
+fn serve_requests(tls: &mut Tls, shared: &Shared, peer: Option<IpAddr>) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let registry = &shared.registry;
     loop {
-        // Read a head.
+        // Read a head: the first byte within the idle timeout, the rest within the head's.
+        let idle_deadline = Instant::now() + IDLE_TIMEOUT;
+        let mut head_deadline = (!buf.is_empty()).then(|| Instant::now() + HEAD_TIMEOUT);
         let (req, head_len) = loop {
             match codec::parse_request_head(&buf) {
                 Ok(Some(v)) => break v,
                 Ok(None) => {}
-                Err(e) => return respond(tls, &registry.bad_request(&e)),
+                Err(e) => return respond(tls, &registry.bad_request(&e, peer)),
+            }
+            match head_deadline {
+                Some(d) => until(&tls.sock, d, HEAD_TIMEOUT, "request head not finished")?,
+                None => until(&tls.sock, idle_deadline, IDLE_TIMEOUT, "idle connection")?,
             }
             let mut chunk = [0u8; 8192];
             let n = tls.read(&mut chunk)?;
@@ -260,9 +351,11 @@ fn serve_requests(tls: &mut Tls, shared: &Shared) -> std::io::Result<()> {
                 return Ok(());
             }
             buf.extend_from_slice(&chunk[..n]);
+            head_deadline.get_or_insert_with(|| Instant::now() + HEAD_TIMEOUT);
         };
         buf.drain(..head_len);
-        let admitted = match registry.admit(&req) {
+        tls.sock.set_read_timeout(Some(IO_TIMEOUT))?;
+        let admitted = match registry.admit(&req, peer) {
             Ok(a) => a,
             Err(reply) => {
                 // Without `Expect: 100-continue` the body is on its way: read it (bounded by
@@ -270,7 +363,11 @@ fn serve_requests(tls: &mut Tls, shared: &Shared) -> std::io::Result<()> {
                 if !req.expect_continue {
                     drain(tls, &mut buf, req.length);
                 }
-                return respond(tls, &reply);
+                respond(tls, &reply)?;
+                if reply.close || req.expect_continue {
+                    return Ok(());
+                }
+                continue;
             }
         };
         if req.expect_continue && buf.is_empty() {

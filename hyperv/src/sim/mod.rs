@@ -55,6 +55,10 @@ struct Command {
 #[derive(Default)]
 struct Shells {
     shells: HashMap<String, HashMap<String, Command>>,
+    /// When each shell last had a request (its IdleTimeout runs from there).
+    last_used: HashMap<String, std::time::Instant>,
+    /// Shells the host deleted after their IdleTimeout.
+    idle_deleted: usize,
     host: scripts::HostState,
     /// NTLM handshakes waiting for their AUTHENTICATE, per connection.
     ntlm_pending: HashMap<SocketAddr, crate::ntlm::NtlmServer>,
@@ -115,6 +119,12 @@ impl RunningSim {
             .drives
             .drive(&self.sim.config.model, vm_id, idx)
             .map(|d| d.active().to_string())
+    }
+
+    /// Shells the simulated host deleted because they were idle longer than the IdleTimeout.
+    pub fn idle_deleted_shells(&self) -> usize {
+        let st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.idle_deleted
     }
 
     /// WinRS shells open now (every client should have deleted its shells).
@@ -248,7 +258,13 @@ enum Auth {
     Refused,
 }
 
+/// Basic: the user and password, and only for a local account. Windows accepts Basic for local
+/// accounts only; a domain account (`DOMAIN\user`, `user@domain`) must use Negotiate
+/// (https://learn.microsoft.com/en-us/windows/win32/winrm/authentication-for-remote-connections).
 fn basic_ok(sim: &Sim, b64: &str) -> bool {
+    if sim.config.user.contains(['\\', '@']) {
+        return false;
+    }
     let Ok(raw) = B64.decode(b64.trim()) else {
         return false;
     };
@@ -392,14 +408,58 @@ async fn wsman_handler(
             relates.clone(),
             "w:InvalidSelectors",
             wsman::CODE_SHELL_NOT_FOUND,
-            &format!("The shell {shell_key:?} was not found."),
+            &format!(
+                "The request for the Windows Remote Shell with ShellId {shell_key} failed because the shell was not found on the server. Possible causes are: the specified ShellId is incorrect or the shell no longer exists on the server. Provide the correct ShellId or create a new shell and retry the operation."
+            ),
         )
     };
+    // The host's IdleTimeout: a shell without a request for that long is gone.
+    if !shell_key.is_empty() {
+        let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let idle = sim.config.model.faults.shell_idle_timeout_ms;
+        let expired = match (idle, st.last_used.get(&shell_key)) {
+            (Some(ms), Some(t)) => now.duration_since(*t) > std::time::Duration::from_millis(ms),
+            _ => false,
+        };
+        if expired && st.shells.remove(&shell_key).is_some() {
+            st.last_used.remove(&shell_key);
+            st.idle_deleted += 1;
+            tracing::info!(shell = %shell_key, "simulator: shell deleted after its IdleTimeout");
+            return not_found();
+        }
+        if st.shells.contains_key(&shell_key) {
+            st.last_used.insert(shell_key.clone(), now);
+        }
+    }
     match req.body {
         Body::CreateShell { .. } => {
+            if !sim.config.model.account_is_admin {
+                return fault_reply(
+                    relates.clone(),
+                    "w:AccessDenied",
+                    wsman::CODE_ACCESS_DENIED,
+                    "Access is denied.",
+                );
+            }
             let id = uuid::Uuid::new_v4().hyphenated().to_string().to_uppercase();
             let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+            let max = sim
+                .config
+                .model
+                .faults
+                .max_shells_per_user
+                .unwrap_or(model::DEFAULT_MAX_SHELLS_PER_USER);
+            if st.shells.len() >= max {
+                return fault_reply(
+                    relates.clone(),
+                    "w:QuotaLimit",
+                    wsman::CODE_QUOTA_MAX_SHELLS,
+                    "The Windows Remote Shell cannot process the request. The server is already executing the maximum number of concurrent shells a user can remotely open on the same system. Retry later.",
+                );
+            }
             st.shells.insert(id.clone(), HashMap::new());
+            st.last_used.insert(id.clone(), std::time::Instant::now());
             reply(ReplyBody::ShellCreated {
                 shell_id: ShellId(id),
             })
@@ -474,6 +534,11 @@ async fn wsman_handler(
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 };
                 let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+                // A Receive that waited is a request in progress, not idleness.
+                if st.shells.contains_key(&shell_key) {
+                    st.last_used
+                        .insert(shell_key.clone(), std::time::Instant::now());
+                }
                 let Some(cmd) = st
                     .shells
                     .get_mut(&shell_key)
@@ -561,6 +626,7 @@ async fn wsman_handler(
         }
         Body::Delete => {
             let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.last_used.remove(&shell_key);
             if st.shells.remove(&shell_key).is_none() {
                 return not_found();
             }

@@ -60,7 +60,20 @@ pub struct SimFaults {
     /// Delay before each push of push-ranges.ps1 (a push slow enough to kill mid-way).
     #[serde(default)]
     pub push_delay_ms: u64,
+    /// The WinRS IdleTimeout: a shell with no request for this long is deleted by the host,
+    /// and its next request answered with fault 0x8033805B. Windows' default is 180000 ms
+    /// (MS-WSMV 2.2.4.42 WinrsType, https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-wsmv/7ffb4acd-cf01-4fbe-9e48-7746f5001957);
+    /// unset here means no idle deletion.
+    #[serde(default)]
+    pub shell_idle_timeout_ms: Option<u64>,
+    /// MaxShellsPerUser (same page: default 30): a Create beyond it gets wsman:QuotaLimit
+    /// (MS-WSMV 3.1.4.5.2.1, https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-wsmv/77425799-79f6-4a9a-b164-3873e742d921).
+    #[serde(default)]
+    pub max_shells_per_user: Option<usize>,
 }
+
+/// Windows' MaxShellsPerUser default (MS-WSMV 2.2.4.42 WinrsType).
+pub const DEFAULT_MAX_SHELLS_PER_USER: usize = 30;
 
 /// `DIR/vms.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +94,13 @@ pub struct SimModel {
     /// hosts listed here (see [`super::scvmm`]).
     #[serde(default)]
     pub scvmm: Option<super::scvmm::ScvmmModel>,
+    /// `false`: the account is not a local Administrator (or a local account whose token UAC
+    /// filters, LocalAccountTokenFilterPolicy unset): WinRM refuses its shells with
+    /// "Access is denied" (WSManFault 5), as Windows does for such accounts (remote WinRM
+    /// access needs the Administrators or Remote Management Users group:
+    /// https://learn.microsoft.com/en-us/windows/win32/winrm/authentication-for-remote-connections).
+    #[serde(default = "yes")]
+    pub account_is_admin: bool,
 }
 
 fn default_auth() -> Vec<String> {
@@ -154,17 +174,24 @@ pub fn records_with(
                 file_size: None,
                 parent_path: None,
                 logical_sector_size: None,
+                error: None,
             };
             if let (Some(rel), None) = (path, d.disk_number) {
                 let file: PathBuf = dir.join(rel);
                 rec.path = Some(windows_path(&model.windows_root, rel));
                 let name = file.display().to_string();
-                let disk = godwit_disk::Disk::open(&name).map_err(|e| {
-                    format!(
-                        "Get-VHD : The file '{}' is not a virtual hard disk: {e}",
-                        windows_path(&model.windows_root, rel)
-                    )
-                })?;
+                // The script catches Get-VHD's error per disk (the VM is listed with it).
+                let disk = match godwit_disk::Disk::open(&name) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        rec.error = Some(format!(
+                            "Get-VHD : Getting the mounted storage instance for the path '{}' failed: {e}",
+                            windows_path(&model.windows_root, rel)
+                        ));
+                        disks.push(rec);
+                        continue;
+                    }
+                };
                 let top = disk.top();
                 rec.vhd_format = Some(
                     match top.format {

@@ -20,6 +20,74 @@ use std::os::unix::fs::FileExt;
 /// (stdout, stderr, exit code)
 pub type Outcome = (Vec<u8>, Vec<u8>, i64);
 
+/// The SHA-256 of each script text the simulator was written (and reviewed) against. The
+/// simulator recognises a script by its exact text, so an edited script would otherwise be
+/// answered by a simulator that follows the old one: it refuses to run a script whose hash is
+/// not pinned here, and `scripts_are_the_ones_the_simulator_was_reviewed_against` fails. After
+/// changing a script, review what the simulator does for it, then update its pin.
+pub const SCRIPT_PINS: &[(&str, &str, &str)] = &[
+    (
+        "checkpoint-create.ps1",
+        CREATE_SCRIPT,
+        "38f7c16095fff7953d5851c421604cc9bc4657c377ece69ffee51fc7b53a4815",
+    ),
+    (
+        "checkpoint-remove.ps1",
+        REMOVE_SCRIPT,
+        "b0cb60e7e6091935d665dfed7fc6694bbed11976b2fe31d670780d3f174c2236",
+    ),
+    (
+        "file-info.ps1",
+        FILE_INFO_SCRIPT,
+        "2569b54598c0312097c77756f6731525f62ec82e8d462cedcd314459559cec76",
+    ),
+    (
+        "inventory.ps1",
+        INVENTORY_SCRIPT,
+        "d8acdbeb03ccbccfadc95e678c1ac5908fdd83e6368adaab77b964a17a7a7ede",
+    ),
+    (
+        "push-ranges.ps1",
+        PUSH_SCRIPT,
+        "99e1148f1cf1c5fb2a74f7fb6438ab3f7b8ec887765cd295bf1c4a27d5175172",
+    ),
+    (
+        "rct-changes.ps1",
+        CHANGES_SCRIPT,
+        "5fff820ac94c3662bb148f4ef3bfc8a0df7ddc8a0cc93619ae7469b793b4eda1",
+    ),
+    (
+        "rct-reference.ps1",
+        REFERENCE_SCRIPT,
+        "ae5a32351b8f6d3672ae69a54aa511ad5e9d38f80cd5a3f5d1e34d729ffb80cf",
+    ),
+    (
+        "read-range.ps1",
+        READ_RANGE_SCRIPT,
+        "fec4b1dbd6c1b629f526b82311d9bbc2e2822acf613e25c643fcbdc4a2ae4442",
+    ),
+    (
+        "scvmm-inventory.ps1",
+        SCVMM_INVENTORY_SCRIPT,
+        "8eebe4f96b5507d9bff6b7f338ba81d5b5e7d5a3927c5938a3f604a555c6a611",
+    ),
+];
+
+/// The pinned script `text` is, if its hash matches its pin: `Err` names a script that
+/// changed since the simulator was reviewed.
+fn pinned(text: &str) -> Option<Result<&'static str, String>> {
+    use sha2::Digest;
+    let (name, _, pin) = SCRIPT_PINS.iter().find(|(_, t, _)| *t == text)?;
+    let got = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    Some(if got == *pin {
+        Ok(name)
+    } else {
+        Err(format!(
+            "simulator: {name} changed (SHA-256 {got}, reviewed {pin}); review what the simulator does for it, then update its pin in hyperv/src/sim/scripts.rs"
+        ))
+    })
+}
+
 /// Largest script the simulator collects from pieces.
 const MAX_PIECES_BYTES: usize = powershell::MAX_SCRIPT_BYTES * 2;
 
@@ -78,6 +146,10 @@ fn quoted_arg<'a>(script: &'a str, cmdlet: &str) -> Option<&'a str> {
 }
 
 fn run_script(sim: &Sim, host: &mut HostState, script: &str, depth: u32) -> Outcome {
+    let body = powershell::split_args(script).map_or(script, |(_, b)| b);
+    if let Some(Err(e)) = pinned(body) {
+        return ps_error(&e);
+    }
     if let Some((args, body)) = powershell::split_args(script) {
         let known = [
             CREATE_SCRIPT,
@@ -449,4 +521,36 @@ fn rct_changes(
         "Lengths": ranges.iter().map(|r| r.1).collect::<Vec<_>>(),
     });
     Ok(format!("{out}\r\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_are_the_ones_the_simulator_was_reviewed_against() {
+        for (name, text, _) in SCRIPT_PINS {
+            assert!(
+                matches!(pinned(text), Some(Ok(_))),
+                "{}",
+                pinned(text).unwrap().unwrap_err()
+            );
+            let _ = name;
+        }
+        // Every script Godwit sends is pinned.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".ps1"))
+            .collect();
+        files.sort();
+        let mut pinned_names: Vec<&str> = SCRIPT_PINS.iter().map(|(n, _, _)| *n).collect();
+        pinned_names.sort_unstable();
+        assert_eq!(files, pinned_names);
+        // An edited script is refused, naming it.
+        let edited = format!("{PUSH_SCRIPT}\n");
+        assert!(pinned(&edited).is_none());
+    }
 }

@@ -4,7 +4,10 @@
 
 use super::{
     Layout, PasswordRefusal, error_page,
-    forms::{self, CertificateForm, ExportForm, HostPinForm, JobForm, PasswordForm, format_value},
+    forms::{
+        self, CertificateForm, ExportForm, HostPinForm, IngestForm, JobForm, PasswordForm,
+        format_value,
+    },
     human_bytes, percent, render, see_other,
     wizard::SourceRow,
 };
@@ -45,6 +48,7 @@ pub(super) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .get("/settings", settings_page::<B>)
         .post("/settings/password", change_password::<B>)
         .post("/settings/certificate", install_certificate::<B>)
+        .post("/settings/ingest", set_ingest::<B>)
         .post("/settings/sources/{id}/hosts", approve_host::<B>)
         .get("/logs", logs_page::<B>)
         .get("/support-bundle", crate::api::support_bundle::<B>)
@@ -557,6 +561,8 @@ struct SettingsPage {
     sources: Vec<SourceRow>,
     /// The host pin form that was refused: its source and what was typed.
     pin: Option<(String, HostPinForm)>,
+    /// The push URL field: what was typed into a refused form, else the setting.
+    ingest_url: String,
     errors: FormErrors,
     saved: bool,
 }
@@ -610,6 +616,8 @@ async fn render_settings<B: Backend>(
 struct SettingsEcho {
     certificate_pem: String,
     pin: Option<(String, HostPinForm)>,
+    /// What was typed into a refused push URL form (empty: show the setting as stored).
+    ingest_url: String,
 }
 
 async fn render_settings_with<B: Backend>(
@@ -629,6 +637,11 @@ async fn render_settings_with<B: Backend>(
         .map(SourceRow::from_view)
         .collect();
     let layout = Layout::new(st, session, "Settings", Some("settings")).await;
+    let ingest_url = if echo.ingest_url.is_empty() {
+        settings.ingest.url.clone().unwrap_or_default()
+    } else {
+        echo.ingest_url
+    };
     render(
         code,
         &SettingsPage {
@@ -638,6 +651,7 @@ async fn render_settings_with<B: Backend>(
             certificate_pem: echo.certificate_pem,
             sources,
             pin: echo.pin,
+            ingest_url,
             errors,
             saved,
         },
@@ -694,7 +708,28 @@ async fn install_certificate<B: Backend>(
             let errors = FormErrors::from_error(e, &["certificate_pem", "private_key_pem"]);
             let echo = SettingsEcho {
                 certificate_pem: pem,
-                pin: None,
+                ..SettingsEcho::default()
+            };
+            render_settings_with(&st, &session, errors, false, code, echo).await
+        }
+    }
+}
+
+/// The Hyper-V push URL; the same backend command as `PUT /api/v1/settings/ingest`.
+async fn set_ingest<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Form(form): Form<IngestForm>,
+) -> Response {
+    let typed = form.url.clone();
+    match st.backend.set_ingest(form.into_command()).await {
+        Ok(_) => see_other("/settings?saved=ingest"),
+        Err(e) => {
+            let code = status_of(&e);
+            let errors = FormErrors::from_error(e, &["url"]);
+            let echo = SettingsEcho {
+                ingest_url: typed,
+                ..SettingsEcho::default()
             };
             render_settings_with(&st, &session, errors, false, code, echo).await
         }
@@ -719,8 +754,8 @@ async fn approve_host<B: Backend>(
             let code = status_of(&e);
             let errors = FormErrors::from_error(e, &["host", "approved_fingerprint"]);
             let echo = SettingsEcho {
-                certificate_pem: String::new(),
                 pin: Some((id, form)),
+                ..SettingsEcho::default()
             };
             render_settings_with(&st, &session, errors, false, code, echo).await
         }

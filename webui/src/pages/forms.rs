@@ -461,6 +461,22 @@ pub(crate) struct CertificateForm {
     pub private_key_pem: Secret,
 }
 
+/// The settings page's Hyper-V push URL (empty: the default).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct IngestForm {
+    pub url: String,
+}
+
+impl IngestForm {
+    pub(crate) fn into_command(self) -> crate::backend::IngestSettings {
+        let url = self.url.trim();
+        crate::backend::IngestSettings {
+            url: (!url.is_empty()).then(|| url.to_string()),
+        }
+    }
+}
+
 /// The settings page's approval of one Hyper-V host certificate of an SCVMM source.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]

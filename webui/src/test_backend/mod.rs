@@ -33,6 +33,8 @@ struct State {
     wizard_done: bool,
     /// The uploaded certificate's PEM, once one was installed.
     certificate: Option<String>,
+    /// The Hyper-V push URL setting.
+    ingest_url: Option<String>,
     next_id: u32,
     jobs: Vec<TestJob>,
     exports: Vec<ExportView>,
@@ -228,7 +230,46 @@ impl Backend for TestBackend {
             staging: s.staging.clone().unwrap_or(StagingView::None),
             sources: s.sources.clone(),
             max_concurrent_jobs: 2,
+            ingest: IngestSettings {
+                url: s.ingest_url.clone(),
+            },
         }
+    }
+
+    async fn set_ingest(&self, cmd: IngestSettings) -> CommandResult<IngestSettings> {
+        // The appliance's rule (godwit_hyperv::ingest::check_ingest_url): https://HOST[:PORT],
+        // no user, path, query or fragment; an empty string clears it.
+        let url = match cmd.url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(u) => {
+                let rest = u
+                    .trim_end_matches('/')
+                    .strip_prefix("https://")
+                    .unwrap_or("");
+                let (host, port) = match rest.rsplit_once(':') {
+                    Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
+                    _ => (rest, None),
+                };
+                let bad_host = host.is_empty()
+                    || host
+                        .bytes()
+                        .any(|b| matches!(b, b'/' | b'?' | b'#' | b'@' | b'\\') || b <= b' ');
+                let bad_port = port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0));
+                if bad_host || bad_port {
+                    return Err(CommandError::Invalid {
+                        fields: vec![fe(
+                            "url",
+                            &format!(
+                                "{u:?} is not https://HOST[:PORT] (the host pushes over HTTPS only)"
+                            ),
+                        )],
+                    });
+                }
+                Some(u.trim_end_matches('/').to_string())
+            }
+        };
+        self.lock().ingest_url = url.clone();
+        Ok(IngestSettings { url })
     }
 
     async fn set_network(&self, cmd: NetworkSettings) -> CommandResult<()> {

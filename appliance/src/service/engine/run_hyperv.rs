@@ -177,6 +177,17 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
     run.engine
         .winrm_read_bytes
         .fetch_add(report.bytes_read, std::sync::atomic::Ordering::Relaxed);
+    for c in &report.changes {
+        if let Some(why) = &c.full_reread {
+            let msg = format!(
+                "disk {}: FULL RE-READ instead of an incremental: Resilient Change Tracking failed ({why})",
+                c.disk
+            );
+            store
+                .put_job(job, Some(&msg))
+                .map_err(|e| HvError::Usage(e.to_string()))?;
+        }
+    }
     for name in &report.swept {
         let msg = format!("removed leftover checkpoint {name} before the run");
         store
@@ -185,12 +196,14 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
     }
     let data_path = match &report.push {
         Some(p) => format!(
-            "host push: {} bytes ({}) pushed in {} push(es), {} bytes resumed from the spool of an earlier run, {} bytes read from the spool; {} bytes read over WinRM in {} command(s)",
+            "host push: {} bytes ({}) pushed in {} push(es), {} bytes resumed from the spool of an earlier run, {} bytes read from the spool (at most {} held at once, limit {}); {} bytes read over WinRM in {} command(s)",
             p.pushed_bytes,
             super::mib(p.pushed_bytes),
             p.pushes,
             p.resumed_bytes,
             p.served_from_spool,
+            super::mib(p.peak_spool_bytes),
+            super::mib(p.spool_limit),
             report.bytes_read,
             report.read_commands
         ),
@@ -245,6 +258,11 @@ fn failure(src: &SourceRecord, e: &HvError) -> Outcome {
             false,
         ),
         HvError::NotFound { .. } | HvError::Usage(_) => (e.to_string(), false),
+        // The hosts cannot reach the ingest URL, or the spool has no room: the operator must
+        // act (firewall, the ingest URL setting, free space); retrying asks the same.
+        HvError::IngestUnreachable { .. } | HvError::NoSpace(_) | HvError::AccessDenied { .. } => {
+            (e.to_string(), false)
+        }
         HvError::HostUnreachable { .. } => (e.to_string(), true),
         _ => (e.to_string(), true),
     };

@@ -1,0 +1,115 @@
+//! The service's Hyper-V push URL setting (issue 15): `PUT /api/v1/settings/ingest` refuses a URL
+//! that is not https://HOST[:PORT] naming `url`; a URL the host cannot reach makes the next job
+//! fail at once (no retry) naming the URL, the host and the port, with no checkpoint left; the
+//! settings page shows the value; cleared again (null: the WinRM connection's local address),
+//! the same job runs to completion without a restart.
+
+mod hyperv_common;
+#[path = "vmware_harness/pki.rs"]
+mod pki;
+#[path = "vmware_harness/serve.rs"]
+mod service;
+#[path = "transfer_util.rs"]
+mod util;
+mod vmware_harness;
+
+use hyperv_common::{PASSWORD, fixture, start_sim};
+use serde_json::json;
+use service::Service;
+use util::Server;
+
+#[test]
+fn the_ingest_url_setting_is_honoured_at_once() {
+    let work = tempfile::tempdir().unwrap();
+    let f = fixture(&work.path().join("host"));
+    let sim = start_sim(&f, 0);
+    let staging = work.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let srv = Server::start(&staging, "127.0.0.1:0", &[]);
+    let svc = Service::start_as_admin(work.path(), &["--retry-base-secs", "1"]);
+    svc.ok(
+        "PUT",
+        "/settings/network",
+        Some(json!({"hostname": "godwit-hv", "mode": "dhcp",
+                    "dns_servers": [], "ntp_servers": [], "proxy": null})),
+    );
+    svc.use_staging_server(&srv.addr, &srv.fingerprint, &srv.token);
+    let address = format!("127.0.0.1:{}", sim.addr.port());
+    let cert = svc.ok(
+        "POST",
+        "/sources/probe",
+        Some(json!({"kind": "hyperv", "address": address})),
+    );
+    let src = svc.ok(
+        "POST",
+        "/sources",
+        Some(
+            json!({"kind": "hyperv", "address": address, "username": "Administrator",
+                    "password": PASSWORD, "approved_fingerprint": cert["fingerprint"]}),
+        ),
+    );
+    // A URL that is not https://HOST[:PORT]: 422 naming the field.
+    let (s, v) = svc.api(
+        "PUT",
+        "/settings/ingest",
+        Some(json!({"url": "http://10.0.0.5"})),
+    );
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("url"), "{v}");
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let url = format!("https://127.0.0.1:{port}");
+    let set = svc.ok("PUT", "/settings/ingest", Some(json!({ "url": url })));
+    assert_eq!(set["url"], json!(url));
+    assert_eq!(
+        svc.ok("GET", "/settings", None)["ingest"]["url"],
+        json!(url)
+    );
+    // The settings page, as a logged-in browser sees it (askama escapes the slashes).
+    let cookie = svc.login_cookie(service::ADMIN_PASSWORD);
+    let html = service::pinned_client(&svc.fingerprint, false)
+        .get(format!("{}/settings", svc.url))
+        .header("cookie", &cookie)
+        .send()
+        .and_then(|r| r.text())
+        .unwrap();
+    assert!(
+        html.contains(&format!("127.0.0.1:{port}")) && html.contains("Hyper-V push URL"),
+        "the settings page does not show the push URL: {}",
+        html.lines()
+            .filter(|l| l.contains("<h1") || l.contains("<h2") || l.contains("<title"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let job = svc.ok(
+        "POST",
+        "/jobs",
+        Some(json!({"source_id": src["id"], "vm": "web-gen2", "schedule": {"kind": "once"}})),
+    );
+    let id = job["id"].as_str().unwrap().to_string();
+    let failed = svc.wait_job(&id, 60, |j| j["state"] == "failed");
+    let err = failed["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains(&format!("cannot reach the connector's ingest URL {url}"))
+            && err.contains(&format!("TCP port {port}"))
+            && err.contains(&address),
+        "{failed}"
+    );
+    assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
+    // Cleared: the next run (no restart) pushes to the WinRM connection's local address.
+    let cleared = svc.ok("PUT", "/settings/ingest", Some(json!({ "url": null })));
+    assert!(cleared["url"].is_null(), "{cleared}");
+    svc.ok("POST", &format!("/jobs/{id}/run"), None);
+    let done = svc.wait_job(&id, 120, |j| j["state"] == "completed");
+    assert_eq!(done["runs_completed"], json!(1), "{done}");
+    let events = svc
+        .ok("GET", &format!("/jobs/{id}/events"), None)
+        .to_string();
+    assert!(events.contains("host push:"), "{events}");
+    assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
+}
