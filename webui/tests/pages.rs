@@ -244,9 +244,37 @@ async fn field_errors_are_shown_next_to_their_fields() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_field_error(&r.body, "setup_code", "wrong setup code");
-    assert_field_error(&r.body, "new_password", "at least 10");
+    // The policy is checked first: a refused new password checks no setup code.
+    assert_field_error(&r.body, "new_password", "at least 12");
     assert!(!r.body.contains("nope"), "setup code echoed");
+    // The requirements are on the page before anything is typed.
+    assert!(r.body.contains(godwit_webui::password::REQUIREMENTS));
+    // A long but common password: refused, saying why.
+    let r = form(
+        &mut c,
+        "/setup/password",
+        &[
+            ("setup_code", "nope"),
+            ("new_password", "password1234"),
+            ("confirm_password", "password1234"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_field_error(&r.body, "new_password", "too easy to guess");
+    assert_field_error(&r.body, "new_password", "common");
+    let r = form(
+        &mut c,
+        "/setup/password",
+        &[
+            ("setup_code", "nope"),
+            ("new_password", PASSWORD),
+            ("confirm_password", PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_field_error(&r.body, "setup_code", "wrong setup code");
 
     let r = form(
         &mut c,
