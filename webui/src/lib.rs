@@ -177,6 +177,7 @@ pub fn router<B: Backend>(backend: Arc<B>, cfg: WebConfig) -> Router {
         .with_state(state)
         .layer(middleware::from_fn(api::json_errors))
         .layer(sessions)
+        .layer(middleware::from_fn(security::catch_panics))
         .layer(middleware::from_fn(security::headers));
     if cfg.secure_cookies {
         router.layer(middleware::from_fn(security::hsts))

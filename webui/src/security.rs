@@ -393,6 +393,47 @@ pub(crate) async fn guard<B: Backend>(
     }
 }
 
+/// A handler (or a library under it) that panics answers 500 — JSON under `/api/` — instead of
+/// the connection being dropped without an answer; the panic is logged.
+pub(crate) async fn catch_panics(req: Request, next: Next) -> Response {
+    let api = is_api(req.uri().path());
+    match (CatchUnwind(Box::pin(next.run(req)))).await {
+        Ok(resp) => resp,
+        Err(()) => {
+            tracing::error!("a request handler panicked; answered 500");
+            let message = "internal error: the request could not be completed";
+            if api {
+                refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            } else {
+                crate::pages::message_page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal error",
+                    message,
+                )
+            }
+        }
+    }
+}
+
+/// A future whose panic becomes `Err(())`.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    }
+}
+
 /// Security headers on every response; `no-store` on everything but the static assets.
 pub(crate) async fn headers(req: Request, next: Next) -> Response {
     let cacheable = req.uri().path().starts_with("/static/");
@@ -470,6 +511,28 @@ mod tests {
         assert_eq!(cookie(&h, DEVICE_COOKIE), Some("abc"));
         assert_eq!(cookie(&h, "b"), Some("2"));
         assert_eq!(cookie(&h, "godwit"), None);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_json() {
+        use tower::ServiceExt as _;
+        async fn boom() -> &'static str {
+            panic!("a library under the handler panicked")
+        }
+        let app = axum::Router::new()
+            .route("/api/v1/boom", axum::routing::get(boom))
+            .route("/boom", axum::routing::get(boom))
+            .layer(axum::middleware::from_fn(catch_panics));
+        for (path, ct) in [("/api/v1/boom", "application/json"), ("/boom", "text/html")] {
+            let resp = app
+                .clone()
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            let got = resp.headers()[header::CONTENT_TYPE].to_str().unwrap();
+            assert!(got.starts_with(ct), "{path}: {got}");
+        }
     }
 
     #[test]

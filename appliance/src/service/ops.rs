@@ -144,16 +144,19 @@ impl Appliance {
                 access_key_id,
                 secret_access_key,
             } => {
-                let endpoint = endpoint
-                    .map(|e| e.trim().trim_end_matches('/').to_string())
-                    .filter(|e| !e.is_empty());
-                if let Some(e) = &endpoint
-                    && !(e.starts_with("https://") || e.starts_with("http://"))
-                {
-                    p.add("endpoint", "expected https://host[:port]");
+                let endpoint = endpoint.filter(|e| !e.trim().is_empty()).and_then(|e| {
+                    super::validate::s3_endpoint(&e)
+                        .map_err(|m| p.add("endpoint", m))
+                        .ok()
+                });
+                if let Err(m) = super::validate::s3_region(&region) {
+                    p.add("region", m);
                 }
-                if region.trim().is_empty() {
-                    p.add("region", "required (e.g. us-east-1)");
+                if let Err(m) = super::validate::printable(&prefix, 512) {
+                    p.add("prefix", m);
+                }
+                if let Err(m) = super::validate::printable(&access_key_id, 128) {
+                    p.add("access_key_id", m);
                 }
                 let b = bucket.trim();
                 if b.len() < 3
@@ -259,7 +262,12 @@ impl Appliance {
             host_pins: Vec::new(),
         };
         let r = record.clone();
-        joined(tokio::task::spawn_blocking(move || sources::verify_login(&r)).await)??;
+        joined(tokio::task::spawn_blocking(move || sources::verify_login(&r)).await)?.inspect_err(
+            |e| {
+                // Shown on the log page: a refused certificate or login of a source.
+                tracing::warn!(address = %record.address, "adding a source was refused: {e}");
+            },
+        )?;
         let view = record.view();
         self.store.update_settings(|s| {
             s.sources.push(record);
