@@ -526,6 +526,15 @@ async fn the_settings_page_shows_the_https_certificate_and_takes_an_upload() {
     let before = c.get("/api/v1/settings/certificate").await.json();
     assert_eq!(before["uploaded"], false);
     assert!(page.contains(before["fingerprint"].as_str().unwrap()));
+    // The test double's generated certificate ends in 12 days: the page says what happens.
+    assert!(page.contains("id=\"https-renewal-due\""), "{page}");
+    assert!(page.contains("expires in 12 days"), "{page}");
+    assert!(page.contains("generated automatically"), "{page}");
+    // The password policy is stated under the field.
+    assert!(
+        page.contains(godwit_webui::password::REQUIREMENTS),
+        "{page}"
+    );
 
     let cert = "-----BEGIN CERTIFICATE-----\nQUJDREVG\n-----END CERTIFICATE-----\n";
     let bad_key =
