@@ -7,7 +7,7 @@
 // playwright-core drives Debian's chromium (no browser download). Configuration by environment:
 //   GODWIT_URL                 base URL, e.g. https://127.0.0.1:8443 (self-signed certificates accepted)
 //   GODWIT_SETUP_CODE          the one-time setup code `godwit serve` printed
-//   GODWIT_ADMIN_PASSWORD      the password to set (>= 12 characters)
+//   GODWIT_ADMIN_PASSWORD      the password to set (must pass the policy: >= 12 characters, not guessable)
 //   GODWIT_STAGING_ADDRESS, GODWIT_STAGING_FINGERPRINT, GODWIT_STAGING_TOKEN
 //   GODWIT_SOURCE_KIND (vsphere), GODWIT_SOURCE_ADDRESS, GODWIT_SOURCE_USER, GODWIT_SOURCE_PASSWORD
 //   GODWIT_VM                  the VM to replicate
@@ -130,9 +130,16 @@ async function main() {
     await form.locator("#new_password").fill("short");
     await form.locator("#confirm_password").fill("short");
     await submit(page, form, "Save and continue");
-    await expectFieldError(page, "setup_code");
+    // The password policy is checked first (a weak password checks no setup code) and says why.
+    await expectFieldError(page, "new_password");
     if ((await page.locator("#new_password").inputValue()) !== "") fail("a password input echoed its value");
     await shot(page, "password-error");
+    form = page.locator('form[action="/setup/password"]');
+    await form.locator("#setup_code").fill("0000-wrong");
+    await form.locator("#new_password").fill(cfg.password);
+    await form.locator("#confirm_password").fill(cfg.password);
+    await submit(page, form, "Save and continue");
+    await expectFieldError(page, "setup_code");
     form = page.locator('form[action="/setup/password"]');
     await form.locator("#setup_code").fill(cfg.setupCode);
     await form.locator("#new_password").fill(cfg.password);

@@ -18,7 +18,8 @@ use crate::{
 use axum::{
     Json,
     extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, de::DeserializeOwned};
@@ -54,7 +55,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
     Routes::new()
         .get("/api/v1/openapi.json", openapi)
-        .get("/api/v1/session", session_info)
+        .get("/api/v1/session", session_info::<B>)
         .post("/api/v1/login", login::<B>)
         .post("/api/v1/logout", logout)
         .get("/api/v1/setup/status", setup_status::<B>)
@@ -89,6 +90,63 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .get("/metrics", metrics::<B>)
 }
 
+/// Every error answer under `/api/` and `/metrics` is JSON in the documented shape (`{"kind",
+/// "message"}`), also the ones axum's extractors and router answer in plain text: 400 for a
+/// query string or path segment that does not parse, 405, 413, 415.
+pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let api = path.starts_with("/api/") || path == "/metrics";
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !api || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, 16 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    // Only text is worth passing on (an HTML page's markup is not a message).
+    let message = if text.is_empty() || text.starts_with('<') {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut out = security::refusal(status, error_kind(status), &message);
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
+}
+
+/// The `kind` of an error answer made from a bare status.
+fn error_kind(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        409 => "conflict",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        429 => "rate_limited",
+        502 => "remote",
+        503 => "unavailable",
+        s if s >= 500 => "internal",
+        _ => "bad_request",
+    }
+}
+
 async fn openapi() -> Response {
     (
         [(
@@ -107,9 +165,9 @@ struct SessionInfo {
 }
 
 /// The caller's session state and CSRF token (creates an anonymous session if none).
-async fn session_info(session: Session) -> Json<SessionInfo> {
+async fn session_info<B: Backend>(State(st): St<B>, session: Session) -> Json<SessionInfo> {
     Json(SessionInfo {
-        authenticated: security::is_logged_in(&session).await,
+        authenticated: security::is_logged_in(&st, &session).await,
         csrf_token: security::csrf_token(&session).await,
     })
 }
@@ -122,22 +180,27 @@ struct LoginBody {
 async fn login<B: Backend>(
     State(st): St<B>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     session: Session,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> Response {
-    if let Err(wait) = st.limiter.check(ip) {
-        return security::too_many_attempts(wait, true);
-    }
-    if !st.backend.verify_admin_password(&body.password).await {
-        st.limiter.record_failure(ip);
-        return security::refusal(StatusCode::UNAUTHORIZED, "unauthorized", "wrong password");
+    let key = security::client_key(&st, ip, &headers);
+    match security::check_login(&st, key, ip, &body.password).await {
+        Ok(()) => {}
+        Err(security::Denied::Wait(wait)) => return security::too_many_attempts(wait, true),
+        Err(security::Denied::Wrong) => {
+            return security::refusal(StatusCode::UNAUTHORIZED, "unauthorized", "wrong password");
+        }
     }
     match security::log_in(&session).await {
-        Ok(csrf_token) => Json(SessionInfo {
-            authenticated: true,
-            csrf_token,
-        })
-        .into_response(),
+        Ok(csrf_token) => security::with_device_cookie(
+            &st,
+            Json(SessionInfo {
+                authenticated: true,
+                csrf_token,
+            })
+            .into_response(),
+        ),
         Err(e) => ApiError(CommandError::Internal {
             message: format!("session store: {e}"),
         })
@@ -161,15 +224,19 @@ async fn setup_status<B: Backend>(State(st): St<B>) -> Json<SetupStatus> {
 async fn set_password<B: Backend>(
     State(st): St<B>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     session: Session,
     JsonBody(cmd): JsonBody<SetAdminPassword>,
 ) -> Response {
-    match crate::pages::apply_password(&st, ip, &session, cmd).await {
-        Ok(()) => Json(SessionInfo {
-            authenticated: security::is_logged_in(&session).await,
-            csrf_token: security::csrf_token(&session).await,
-        })
-        .into_response(),
+    match crate::pages::apply_password(&st, ip, &headers, &session, cmd).await {
+        Ok(device) => crate::pages::with_cookie(
+            Json(SessionInfo {
+                authenticated: security::is_logged_in(&st, &session).await,
+                csrf_token: security::csrf_token(&session).await,
+            })
+            .into_response(),
+            device,
+        ),
         Err(crate::pages::PasswordRefusal::Limited(wait)) => {
             security::too_many_attempts(wait, true)
         }

@@ -4,13 +4,16 @@
 //! limiting, form parsing and rendering. It holds no business rules: every form or JSON body
 //! becomes one of the typed commands below and goes to a [`Backend`], which the `godwit serve`
 //! service in `appliance/` implements (settings store, job engine, sources, checks).
-//! Validation that is a business rule (password policy, address syntax, a fingerprint that
-//! must match the probed one) lives in the backend and comes back as [`CommandError::Invalid`]
-//! with per-field messages, which the pages show next to the field and the API returns as 422.
+//! Validation that is a business rule (address syntax, a fingerprint that must match the
+//! probed one) lives in the backend and comes back as [`CommandError::Invalid`] with per-field
+//! messages, which the pages show next to the field and the API returns as 422. Rules both
+//! sides must apply alike are validated types here ([`AdminPassword`], the password policy),
+//! so the service and the web layer's test double refuse the same input with the same message.
 //!
 //! Secrets (passwords, tokens, S3 keys) travel inward only, as [`Secret`]: views never carry
 //! them, `Secret` has no `Serialize` and its `Debug` is redacted.
 
+pub use crate::password::{AdminPassword, WeakPassword};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 
@@ -115,6 +118,35 @@ pub struct SetAdminPassword {
     pub current_password: Option<Secret>,
     pub new_password: Secret,
     pub confirm_password: Secret,
+}
+
+impl SetAdminPassword {
+    /// The new password when it passes the policy ([`crate::password`]) and the confirmation
+    /// matches; else the field errors (`new_password`, `confirm_password`). Every backend
+    /// runs this same rule before it checks the setup code or the current password.
+    pub fn checked_new_password(&self) -> Result<AdminPassword, Vec<FieldError>> {
+        match AdminPassword::try_from(self.new_password.clone()) {
+            Err(e) => Err(vec![FieldError {
+                field: "new_password".into(),
+                message: e.message().to_owned(),
+            }]),
+            Ok(_) if self.new_password != self.confirm_password => Err(vec![FieldError {
+                field: "confirm_password".into(),
+                message: "does not match the new password".into(),
+            }]),
+            Ok(p) => Ok(p),
+        }
+    }
+}
+
+/// What checking a password against the admin password found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordCheck {
+    Correct,
+    Wrong,
+    /// Too many password checks are running at once (each costs ~19 MiB and tens of ms); the
+    /// password was not checked. The web layer answers 429 with a short Retry-After.
+    Busy,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -285,7 +317,23 @@ pub struct HttpsCertificateView {
     pub chain_length: usize,
     /// True when an administrator uploaded it; false for the generated self-signed one.
     pub uploaded: bool,
+    /// Whole days until `not_after` (negative once it has expired).
+    #[serde(default)]
+    pub expires_in_days: i64,
+    /// True when it expires within [`RENEWAL_NOTICE_DAYS`]: the settings page and the console
+    /// say so.
+    #[serde(default)]
+    pub renewal_due: bool,
+    /// What happens before it expires, one sentence: a generated certificate is replaced by a
+    /// new one automatically (its fingerprint changes); an uploaded one must be replaced by
+    /// the administrator.
+    #[serde(default)]
+    pub renewal: String,
 }
+
+/// How many days before the HTTPS certificate expires it is renewed (generated) or the
+/// administrator is told to upload a new one (uploaded).
+pub const RENEWAL_NOTICE_DAYS: i64 = 30;
 
 /// Replace the HTTPS certificate. The chain is PEM, leaf first, then intermediates; the key
 /// is a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) that must match the leaf. The new
@@ -491,8 +539,13 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         cmd: SetAdminPassword,
     ) -> impl Future<Output = CommandResult<()>> + Send;
-    /// True when `password` is the admin password. Rate limiting is the web layer's job.
-    fn verify_admin_password(&self, password: &Secret) -> impl Future<Output = bool> + Send;
+    /// Whether `password` is the admin password. Rate limiting is the web layer's job (it counts
+    /// the attempt before calling this); bounding how many hashes run at once is the backend's
+    /// (`Busy` when it cannot check now).
+    fn verify_admin_password(
+        &self,
+        password: &Secret,
+    ) -> impl Future<Output = PasswordCheck> + Send;
 
     // settings and the wizard
     fn settings(&self) -> impl Future<Output = SettingsView> + Send;

@@ -14,9 +14,12 @@
 
 mod api;
 mod assets;
+pub mod audit;
 pub mod backend;
 pub mod error;
+mod limiter;
 mod pages;
+pub mod password;
 mod routes;
 pub mod security;
 mod session_store;
@@ -34,7 +37,7 @@ use axum::{
     response::Response,
 };
 use backend::Backend;
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite, cookie::time};
 
 /// How the web layer is set up by the service that serves it.
@@ -43,11 +46,14 @@ pub struct WebConfig {
     /// Mark the session cookie `Secure` and send `Strict-Transport-Security`. The real server is
     /// HTTPS only and keeps this on; only tests over plain loopback HTTP turn it off.
     pub secure_cookies: bool,
-    /// Failed logins (form, JSON, HTTP Basic, wrong setup code) allowed per client IP per minute;
-    /// further attempts get 429 until the minute has passed.
+    /// Failed logins (form, JSON, HTTP Basic, wrong setup code) allowed per client per minute,
+    /// counted before the password is checked; further attempts get 429 for a minute, then
+    /// longer (see the `limiter` module).
     pub login_failures_per_minute: u32,
     /// Idle time after which a session expires.
     pub session_idle_minutes: u32,
+    /// Absolute lifetime of a login, however busy the session (polling does not extend it).
+    pub session_max_age: Duration,
     /// Where logged-in sessions are also kept (hashed ids) so that they survive a restart;
     /// `None`: memory only.
     pub session_vault: Option<Arc<dyn SessionVault>>,
@@ -59,6 +65,7 @@ impl std::fmt::Debug for WebConfig {
             .field("secure_cookies", &self.secure_cookies)
             .field("login_failures_per_minute", &self.login_failures_per_minute)
             .field("session_idle_minutes", &self.session_idle_minutes)
+            .field("session_max_age", &self.session_max_age)
             .field("session_vault", &self.session_vault.is_some())
             .finish()
     }
@@ -70,6 +77,7 @@ impl Default for WebConfig {
             secure_cookies: true,
             login_failures_per_minute: 5,
             session_idle_minutes: 30,
+            session_max_age: Duration::from_secs(12 * 3600),
             session_vault: None,
         }
     }
@@ -81,10 +89,13 @@ const MAX_SESSIONS: usize = 10_000;
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "godwit_session";
 
-/// What every handler gets: the backend, the config and the login limiter.
+/// What every handler gets: the backend, the login limiter, the sessions, the event log.
 pub(crate) struct AppState<B> {
     pub(crate) backend: Arc<B>,
-    pub(crate) limiter: Arc<security::LoginLimiter>,
+    pub(crate) limiter: Arc<limiter::LoginLimiter>,
+    pub(crate) sessions: session_store::BoundedMemoryStore,
+    pub(crate) audit: Arc<audit::EventLog>,
+    pub(crate) secure_cookies: bool,
 }
 
 impl<B> Clone for AppState<B> {
@@ -92,6 +103,9 @@ impl<B> Clone for AppState<B> {
         AppState {
             backend: Arc::clone(&self.backend),
             limiter: Arc::clone(&self.limiter),
+            sessions: self.sessions.clone(),
+            audit: Arc::clone(&self.audit),
+            secure_cookies: self.secure_cookies,
         }
     }
 }
@@ -130,22 +144,29 @@ async fn not_found(uri: Uri) -> Response {
 /// The whole web application: pages, `/api/v1`, `/metrics`, static assets, with sessions, CSRF
 /// checks, login rate limiting and security headers applied.
 pub fn router<B: Backend>(backend: Arc<B>, cfg: WebConfig) -> Router {
-    let state = AppState {
-        backend,
-        limiter: Arc::new(security::LoginLimiter::new(cfg.login_failures_per_minute)),
-    };
-    let sessions = SessionManagerLayer::new(session_store::BoundedMemoryStore::new(
+    let store = session_store::BoundedMemoryStore::new(
         MAX_SESSIONS,
         cfg.session_vault.clone(),
-    ))
-    .with_name(SESSION_COOKIE)
-    .with_secure(cfg.secure_cookies)
-    .with_http_only(true)
-    .with_same_site(SameSite::Strict)
-    .with_path("/")
-    .with_expiry(Expiry::OnInactivity(time::Duration::minutes(i64::from(
-        cfg.session_idle_minutes.max(1),
-    ))));
+        cfg.session_max_age,
+    );
+    let audit = audit::EventLog::new(Duration::from_secs(60));
+    audit.spawn_flusher();
+    let state = AppState {
+        backend,
+        limiter: Arc::new(limiter::LoginLimiter::new(cfg.login_failures_per_minute)),
+        sessions: store.clone(),
+        audit,
+        secure_cookies: cfg.secure_cookies,
+    };
+    let sessions = SessionManagerLayer::new(store)
+        .with_name(SESSION_COOKIE)
+        .with_secure(cfg.secure_cookies)
+        .with_http_only(true)
+        .with_same_site(SameSite::Strict)
+        .with_path("/")
+        .with_expiry(Expiry::OnInactivity(time::Duration::minutes(i64::from(
+            cfg.session_idle_minutes.max(1),
+        ))));
     let router = app_routes::<B>()
         .router
         .fallback(not_found)
@@ -154,7 +175,9 @@ pub fn router<B: Backend>(backend: Arc<B>, cfg: WebConfig) -> Router {
             security::guard::<B>,
         ))
         .with_state(state)
+        .layer(middleware::from_fn(api::json_errors))
         .layer(sessions)
+        .layer(middleware::from_fn(security::catch_panics))
         .layer(middleware::from_fn(security::headers));
     if cfg.secure_cookies {
         router.layer(middleware::from_fn(security::hsts))

@@ -8,10 +8,19 @@
 //!   the session's CSRF token: the `csrf` field of a form, or the `X-CSRF-Token` header. Requests
 //!   authenticated by HTTP Basic carry no cookie and need no token (browsers never cache Basic
 //!   credentials for this site because it never sends a Basic challenge).
-//! - Failed logins (form, JSON, Basic, a wrong setup code) count per client IP; over the limit
-//!   every further attempt from that IP is answered 429 until the window has passed.
+//! - Every password check (form, JSON, Basic, the setup code, the current password of a change)
+//!   is counted by [`crate::limiter`] before it runs, per client and per account; over the
+//!   limit the attempt is answered 429 (with `Retry-After`) without checking anything. Failed
+//!   ones are logged through [`crate::audit`] (aggregated per address and minute).
+//! - A login lasts while the session is used (idle expiry) but never longer than its absolute
+//!   lifetime, and a password change ends every login made before it (see
+//!   [`crate::session_store`]).
 
-use crate::{AppState, backend::Backend};
+use crate::{
+    AppState,
+    backend::{Backend, PasswordCheck, Secret},
+    limiter::{ClientKey, DEVICE_COOKIE},
+};
 use axum::{
     body::{Body, Bytes},
     extract::{ConnectInfo, Request, State},
@@ -22,15 +31,15 @@ use axum::{
 use base64::Engine as _;
 use rand::RngCore as _;
 use std::{
-    collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::Mutex,
-    time::{Duration, Instant},
+    time::Duration,
 };
 use tower_sessions::Session;
 
 /// Session key: `true` once the admin logged in.
 pub(crate) const SESSION_AUTH: &str = "auth";
+/// Session key: when the admin logged in (ms since the Unix epoch), for the absolute lifetime.
+pub(crate) const SESSION_AUTH_AT: &str = "auth_at";
 /// Session key: the synchronizer CSRF token (64 hex digits).
 pub(crate) const SESSION_CSRF: &str = "csrf";
 /// Request header that carries the CSRF token for API calls.
@@ -39,8 +48,8 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub const CSRF_FIELD: &str = "csrf";
 /// Largest form body read while looking for the CSRF field.
 const MAX_FORM_BYTES: usize = 256 * 1024;
-/// Client IPs tracked by the login limiter at most; beyond, new clients are refused (fail closed).
-const MAX_TRACKED_CLIENTS: usize = 100_000;
+/// How long the device cookie is kept by the browser (one year).
+const DEVICE_COOKIE_MAX_AGE: u64 = 365 * 24 * 3600;
 
 /// The client's IP as the connection reported it (`ConnectInfo<SocketAddr>`), or 0.0.0.0 when
 /// the router was served without connect info (then all clients share one rate-limit bucket).
@@ -61,62 +70,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
         Ok(ClientIp(client_ip(&parts.extensions)))
-    }
-}
-
-/// Counts failed logins per client IP over a sliding window.
-pub(crate) struct LoginLimiter {
-    max_failures: usize,
-    window: Duration,
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
-}
-
-impl LoginLimiter {
-    pub(crate) fn new(max_failures_per_minute: u32) -> Self {
-        LoginLimiter {
-            max_failures: usize::try_from(max_failures_per_minute.max(1)).unwrap_or(usize::MAX),
-            window: Duration::from_secs(60),
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// `Err(retry_after)` while `ip` has used up its failures in the window.
-    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(times) = map.get_mut(&ip) {
-            while times
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= self.window)
-            {
-                times.pop_front();
-            }
-            if times.len() >= self.max_failures {
-                let oldest = times.front().copied().unwrap_or(now);
-                let wait = self.window.saturating_sub(now.duration_since(oldest));
-                return Err(wait.max(Duration::from_secs(1)));
-            }
-        } else if map.len() >= MAX_TRACKED_CLIENTS {
-            map.retain(|_, times| {
-                times
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < self.window)
-            });
-            if map.len() >= MAX_TRACKED_CLIENTS {
-                return Err(self.window);
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) fn record_failure(&self, ip: IpAddr) {
-        let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let times = map.entry(ip).or_default();
-        times.push_back(now);
-        while times.len() > self.max_failures {
-            times.pop_front();
-        }
     }
 }
 
@@ -141,17 +94,102 @@ pub(crate) async fn csrf_token(session: &Session) -> String {
     token
 }
 
-/// After a successful login: a new session id (no fixation) and a new CSRF token.
+/// After a successful login: a new session id (no fixation), the time of the login and a new
+/// CSRF token (returned).
 pub(crate) async fn log_in(session: &Session) -> Result<String, tower_sessions::session::Error> {
     session.cycle_id().await?;
     session.insert(SESSION_AUTH, true).await?;
+    session
+        .insert(SESSION_AUTH_AT, crate::session_store::now_ms())
+        .await?;
     let token = new_token();
     session.insert(SESSION_CSRF, &token).await?;
     Ok(token)
 }
 
-pub(crate) async fn is_logged_in(session: &Session) -> bool {
-    matches!(session.get::<bool>(SESSION_AUTH).await, Ok(Some(true)))
+/// Logged in, and the login still holds (not past its absolute lifetime, not from before a
+/// password change).
+pub(crate) async fn is_logged_in<B>(st: &AppState<B>, session: &Session) -> bool {
+    if !matches!(session.get::<bool>(SESSION_AUTH).await, Ok(Some(true))) {
+        return false;
+    }
+    match session.get::<i64>(SESSION_AUTH_AT).await {
+        Ok(Some(at)) => st.sessions.login_valid(at),
+        _ => false,
+    }
+}
+
+/// The value of a cookie in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// Whom a password check from this request is counted against (see [`crate::limiter`]).
+pub(crate) fn client_key<B>(st: &AppState<B>, ip: IpAddr, headers: &HeaderMap) -> ClientKey {
+    st.limiter.client_key(ip, cookie(headers, DEVICE_COOKIE))
+}
+
+/// Why a login was not let in.
+pub(crate) enum Denied {
+    /// The password was checked and is wrong.
+    Wrong,
+    /// Not checked: the client or the account must wait this long (or the backend was busy).
+    Wait(Duration),
+}
+
+/// Check `password` as a login: counted first, then checked; a failure is logged (aggregated).
+pub(crate) async fn check_login<B: Backend>(
+    st: &AppState<B>,
+    key: ClientKey,
+    ip: IpAddr,
+    password: &Secret,
+) -> Result<(), Denied> {
+    let attempt = st.limiter.begin(key).map_err(|wait| {
+        st.audit.note(&crate::audit::REFUSED_LOGIN, ip);
+        Denied::Wait(wait)
+    })?;
+    match st.backend.verify_admin_password(password).await {
+        PasswordCheck::Correct => {
+            attempt.succeeded();
+            Ok(())
+        }
+        PasswordCheck::Wrong => {
+            attempt.failed();
+            st.audit.note(&crate::audit::FAILED_LOGIN, ip);
+            Err(Denied::Wrong)
+        }
+        PasswordCheck::Busy => {
+            attempt.abandoned();
+            st.audit.note(&crate::audit::REFUSED_LOGIN, ip);
+            Err(Denied::Wait(Duration::from_secs(1)))
+        }
+    }
+}
+
+/// `Set-Cookie` for a fresh device cookie (a browser that just logged in correctly).
+pub(crate) fn device_cookie<B>(st: &AppState<B>) -> Option<HeaderValue> {
+    let token = st.limiter.issue_device();
+    let secure = if st.secure_cookies { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{DEVICE_COOKIE}={token}; Max-Age={DEVICE_COOKIE_MAX_AGE}; Path=/; HttpOnly; SameSite=Strict{secure}"
+    ))
+    .ok()
+}
+
+/// `resp` with a device cookie added.
+pub(crate) fn with_device_cookie<B>(st: &AppState<B>, mut resp: Response) -> Response {
+    if let Some(v) = device_cookie(st) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
 }
 
 /// Constant-time comparison of two tokens.
@@ -222,9 +260,11 @@ pub(crate) fn refusal(status: StatusCode, kind: &str, message: &str) -> Response
 }
 
 pub(crate) fn too_many_attempts(retry_after: Duration, api: bool) -> Response {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let retry_after = Duration::from_secs(secs.max(1));
     let message = format!(
-        "too many failed logins from this address; try again in {} s",
-        retry_after.as_secs().max(1)
+        "too many login attempts; try again in {} s",
+        retry_after.as_secs()
     );
     let mut resp = if api {
         refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limited", &message)
@@ -249,21 +289,26 @@ pub(crate) async fn guard<B: Backend>(
     let api = is_api(&path);
     let ip = client_ip(req.extensions());
 
-    let mut authed = is_logged_in(&session).await;
+    let mut authed = is_logged_in(&st, &session).await;
+    if !authed && matches!(session.get::<bool>(SESSION_AUTH).await, Ok(Some(true))) {
+        // A login past its absolute lifetime or from before a password change: forget it.
+        let _ = session.flush().await;
+    }
     let mut via_basic = false;
     if !authed
         && api
         && let Some(password) = basic_password(req.headers())
     {
-        if let Err(wait) = st.limiter.check(ip) {
-            return too_many_attempts(wait, true);
-        }
-        if st.backend.verify_admin_password(&password).await {
-            authed = true;
-            via_basic = true;
-        } else {
-            st.limiter.record_failure(ip);
-            return refusal(StatusCode::UNAUTHORIZED, "unauthorized", "wrong password");
+        let key = client_key(&st, ip, req.headers());
+        match check_login(&st, key, ip, &password).await {
+            Ok(()) => {
+                authed = true;
+                via_basic = true;
+            }
+            Err(Denied::Wait(wait)) => return too_many_attempts(wait, true),
+            Err(Denied::Wrong) => {
+                return refusal(StatusCode::UNAUTHORIZED, "unauthorized", "wrong password");
+            }
         }
     }
 
@@ -348,6 +393,47 @@ pub(crate) async fn guard<B: Backend>(
     }
 }
 
+/// A handler (or a library under it) that panics answers 500 — JSON under `/api/` — instead of
+/// the connection being dropped without an answer; the panic is logged.
+pub(crate) async fn catch_panics(req: Request, next: Next) -> Response {
+    let api = is_api(req.uri().path());
+    match (CatchUnwind(Box::pin(next.run(req)))).await {
+        Ok(resp) => resp,
+        Err(()) => {
+            tracing::error!("a request handler panicked; answered 500");
+            let message = "internal error: the request could not be completed";
+            if api {
+                refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            } else {
+                crate::pages::message_page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal error",
+                    message,
+                )
+            }
+        }
+    }
+}
+
+/// A future whose panic becomes `Err(())`.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    }
+}
+
 /// Security headers on every response; `no-store` on everything but the static assets.
 pub(crate) async fn headers(req: Request, next: Next) -> Response {
     let cacheable = req.uri().path().starts_with("/static/");
@@ -395,19 +481,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limiter_refuses_after_max_failures_and_only_that_ip() {
-        let l = LoginLimiter::new(3);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        for _ in 0..3 {
-            assert!(l.check(a).is_ok());
-            l.record_failure(a);
-        }
-        assert!(l.check(a).is_err());
-        assert!(l.check(b).is_ok());
-    }
-
-    #[test]
     fn csrf_field_found_among_others() {
         assert_eq!(form_csrf_field(b"a=1&csrf=abc&b=2"), Some("abc"));
         assert_eq!(form_csrf_field(b"a=1&b=2"), None);
@@ -425,6 +498,41 @@ mod tests {
         assert_eq!(basic_password(&h).unwrap().expose(), "s3cret:a");
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
         assert!(basic_password(&h).is_none());
+    }
+
+    #[test]
+    fn cookies_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; godwit_device=abc"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(cookie(&h, DEVICE_COOKIE), Some("abc"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "godwit"), None);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_json() {
+        use tower::ServiceExt as _;
+        async fn boom() -> &'static str {
+            panic!("a library under the handler panicked")
+        }
+        let app = axum::Router::new()
+            .route("/api/v1/boom", axum::routing::get(boom))
+            .route("/boom", axum::routing::get(boom))
+            .layer(axum::middleware::from_fn(catch_panics));
+        for (path, ct) in [("/api/v1/boom", "application/json"), ("/boom", "text/html")] {
+            let resp = app
+                .clone()
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            let got = resp.headers()[header::CONTENT_TYPE].to_str().unwrap();
+            assert!(got.starts_with(ct), "{path}: {got}");
+        }
     }
 
     #[test]

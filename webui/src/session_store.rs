@@ -9,12 +9,21 @@
 //! and a session the memory does not know is looked up there: a restart does not log the
 //! admin out. Anonymous sessions stay in memory only, and a session's rolling expiry is
 //! written at most once a minute, so page views do not become disk writes.
+//!
+//! A login also ends: its record carries the time of the login (`auth_at`), and a login older
+//! than the absolute lifetime (`max_age`, however busy the session was), or older than the
+//! last password change ([`BoundedMemoryStore::revoke_all`]), is not loaded again: such a
+//! session is anonymous from then on.
 
-use crate::security::SESSION_AUTH;
+use crate::security::{SESSION_AUTH, SESSION_AUTH_AT};
 use async_trait::async_trait;
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
 };
 use tower_sessions::{
     SessionStore,
@@ -31,6 +40,16 @@ pub trait SessionVault: Send + Sync + 'static {
     /// The record, if stored and not expired.
     fn get(&self, id_sha256: &str) -> Option<Vec<u8>>;
     fn remove(&self, id_sha256: &str);
+    /// Drop every stored session (the admin password changed).
+    fn remove_all(&self);
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Rolling expiry changes are written to the vault at most this often (seconds).
@@ -43,6 +62,10 @@ pub(crate) struct BoundedMemoryStore {
     vault: Option<Arc<dyn SessionVault>>,
     /// What the vault holds for each session id: (data as JSON, expiry written).
     written: Arc<Mutex<HashMap<Id, (String, i64)>>>,
+    /// Absolute lifetime of a login, in milliseconds.
+    max_age_ms: i64,
+    /// Logins before this (ms since the epoch) were revoked by a password change.
+    revoked_before_ms: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for BoundedMemoryStore {
@@ -61,12 +84,38 @@ pub(crate) fn id_sha256(id: &Id) -> String {
 }
 
 impl BoundedMemoryStore {
-    pub(crate) fn new(max: usize, vault: Option<Arc<dyn SessionVault>>) -> Self {
+    pub(crate) fn new(max: usize, vault: Option<Arc<dyn SessionVault>>, max_age: Duration) -> Self {
         BoundedMemoryStore {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             max: max.max(1),
             vault,
             written: Arc::new(Mutex::new(HashMap::new())),
+            max_age_ms: i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX),
+            revoked_before_ms: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    /// Whether a login made at `auth_at` (ms since the epoch) still holds now.
+    pub(crate) fn login_valid(&self, auth_at: i64) -> bool {
+        let now = now_ms();
+        auth_at >= self.revoked_before_ms.load(Ordering::SeqCst)
+            && auth_at <= now.saturating_add(60_000)
+            && now.saturating_sub(auth_at) < self.max_age_ms
+    }
+
+    /// A record that is logged in and whose login still holds.
+    fn valid(&self, r: &Record) -> bool {
+        logged_in(r) && auth_at(r).is_some_and(|t| self.login_valid(t))
+    }
+
+    /// End every login made until now (the password changed): from memory and the vault.
+    /// A login made afterwards (the session that changed the password logs in again) holds.
+    pub(crate) fn revoke_all(&self) {
+        self.revoked_before_ms.store(now_ms(), Ordering::SeqCst);
+        self.lock().retain(|_, r| !logged_in(r));
+        if let Some(vault) = &self.vault {
+            self.written().clear();
+            vault.remove_all();
         }
     }
 
@@ -78,14 +127,16 @@ impl BoundedMemoryStore {
     /// more than [`VAULT_REFRESH_SECS`]; forget a session that is no longer logged in.
     fn write_through(&self, record: &Record) {
         let Some(vault) = &self.vault else { return };
-        if !logged_in(record) {
-            if self.written().remove(&record.id).is_some() {
+        if !self.valid(record) {
+            if self.written().remove(&record.id).is_some() || logged_in(record) {
                 vault.remove(&id_sha256(&record.id));
             }
             return;
         }
         let data = serde_json::to_string(&record.data).unwrap_or_default();
-        let expires = record.expiry_date.unix_timestamp();
+        // Stored no longer than the login's absolute lifetime.
+        let absolute_end = auth_at(record).map_or(0, |t| t.saturating_add(self.max_age_ms) / 1000);
+        let expires = record.expiry_date.unix_timestamp().min(absolute_end);
         let fresh = self
             .written()
             .get(&record.id)
@@ -116,6 +167,12 @@ impl BoundedMemoryStore {
 
 fn logged_in(r: &Record) -> bool {
     r.data.get(SESSION_AUTH) == Some(&serde_json::Value::Bool(true))
+}
+
+fn auth_at(r: &Record) -> Option<i64> {
+    r.data
+        .get(SESSION_AUTH_AT)
+        .and_then(serde_json::Value::as_i64)
 }
 
 /// Makes room for one more session.
@@ -166,8 +223,16 @@ impl SessionStore for BoundedMemoryStore {
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
         let now = OffsetDateTime::now_utc();
-        if let Some(r) = self.lock().get(id) {
-            return Ok((r.expiry_date > now).then(|| r.clone()));
+        {
+            let mut map = self.lock();
+            if let Some(r) = map.get(id) {
+                if r.expiry_date <= now || (logged_in(r) && !self.valid(r)) {
+                    // Expired, or a login past its lifetime or revoked: gone.
+                    map.remove(id);
+                    return Ok(None);
+                }
+                return Ok(Some(r.clone()));
+            }
         }
         // Not in memory: a session from before a restart?
         let Some(vault) = &self.vault else {
@@ -180,7 +245,8 @@ impl SessionStore for BoundedMemoryStore {
             vault.remove(&id_sha256(id));
             return Ok(None);
         };
-        if r.id != *id || r.expiry_date <= now || !logged_in(&r) {
+        if r.id != *id || r.expiry_date <= now || !self.valid(&r) {
+            vault.remove(&id_sha256(id));
             return Ok(None);
         }
         let data = serde_json::to_string(&r.data).unwrap_or_default();
@@ -207,10 +273,13 @@ mod tests {
     use super::*;
     use tower_sessions::cookie::time::Duration;
 
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
     fn record(minutes: i64, auth: bool) -> Record {
         let mut data = HashMap::new();
         if auth {
             data.insert(SESSION_AUTH.to_owned(), serde_json::Value::Bool(true));
+            data.insert(SESSION_AUTH_AT.to_owned(), serde_json::json!(now_ms()));
         }
         Record {
             id: Id::default(),
@@ -221,7 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn never_holds_more_than_max_and_keeps_logged_in_sessions() {
-        let store = BoundedMemoryStore::new(100, None);
+        let store = BoundedMemoryStore::new(100, None, DAY);
         let mut admin = record(30, true);
         store.create(&mut admin).await.unwrap();
         for _ in 0..1000 {
@@ -237,7 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_sessions_are_not_loaded_and_go_first() {
-        let store = BoundedMemoryStore::new(2, None);
+        let store = BoundedMemoryStore::new(2, None, DAY);
         let mut old = record(-1, true);
         store.create(&mut old).await.unwrap();
         assert!(store.load(&old.id).await.unwrap().is_none());
@@ -265,12 +334,75 @@ mod tests {
         fn remove(&self, id: &str) {
             self.0.lock().unwrap().remove(id);
         }
+        fn remove_all(&self) {
+            self.0.lock().unwrap().clear();
+        }
+    }
+
+    #[tokio::test]
+    async fn revoking_ends_every_login_made_before_in_memory_and_in_the_vault() {
+        let vault = Arc::new(MapVault::default());
+        let store = BoundedMemoryStore::new(10, Some(vault.clone()), DAY);
+        let mut a = record(30, true);
+        let mut b = record(30, true);
+        let mut anon = record(30, false);
+        for r in [&mut a, &mut b, &mut anon] {
+            store.create(r).await.unwrap();
+        }
+        assert_eq!(vault.0.lock().unwrap().len(), 2);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        store.revoke_all();
+        assert!(vault.0.lock().unwrap().is_empty());
+        assert!(store.load(&a.id).await.unwrap().is_none());
+        assert!(
+            store.load(&anon.id).await.unwrap().is_some(),
+            "anonymous kept"
+        );
+        // A request of `b` still in flight saves it again: neither kept nor stored.
+        store.save(&b).await.unwrap();
+        assert!(store.load(&b.id).await.unwrap().is_none());
+        assert!(vault.0.lock().unwrap().is_empty());
+        // A login made after the change holds.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut c = record(30, true);
+        store.create(&mut c).await.unwrap();
+        assert!(store.load(&c.id).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_login_ends_at_its_absolute_lifetime_however_busy() {
+        let vault = Arc::new(MapVault::default());
+        let store = BoundedMemoryStore::new(
+            10,
+            Some(vault.clone()),
+            std::time::Duration::from_secs(3600),
+        );
+        let mut old = record(30, true);
+        // Logged in 61 minutes ago, active a second ago (idle expiry far away).
+        old.data.insert(
+            SESSION_AUTH_AT.to_owned(),
+            serde_json::json!(now_ms() - 61 * 60_000),
+        );
+        store.create(&mut old).await.unwrap();
+        assert!(vault.0.lock().unwrap().is_empty(), "not stored");
+        assert!(store.load(&old.id).await.unwrap().is_none());
+        // A login without its time (from before this rule) is not trusted either.
+        let mut untimed = record(30, true);
+        untimed.data.remove(SESSION_AUTH_AT);
+        store.create(&mut untimed).await.unwrap();
+        assert!(store.load(&untimed.id).await.unwrap().is_none());
+        // A fresh login is stored no longer than its lifetime.
+        let mut fresh = record(24 * 60, true);
+        store.create(&mut fresh).await.unwrap();
+        let stored = vault.0.lock().unwrap()[&id_sha256(&fresh.id)].1;
+        let end = now_ms() / 1000 + 3600;
+        assert!((end - stored).abs() <= 2, "{end} vs {stored}");
     }
 
     #[tokio::test]
     async fn logged_in_sessions_survive_a_new_store_under_their_hash_only() {
         let vault = Arc::new(MapVault::default());
-        let store = BoundedMemoryStore::new(10, Some(vault.clone()));
+        let store = BoundedMemoryStore::new(10, Some(vault.clone()), DAY);
         let mut admin = record(30, true);
         let mut anon = record(30, false);
         store.create(&mut admin).await.unwrap();
@@ -285,24 +417,24 @@ mod tests {
             let _ = v;
         }
         // A restart: a new memory store over the same vault.
-        let again = BoundedMemoryStore::new(10, Some(vault.clone()));
+        let again = BoundedMemoryStore::new(10, Some(vault.clone()), DAY);
         let got = again.load(&admin.id).await.unwrap().expect("session kept");
         assert_eq!(got.data, admin.data);
         assert!(again.load(&anon.id).await.unwrap().is_none());
         // Logout deletes it from the vault too.
         again.delete(&admin.id).await.unwrap();
         assert!(vault.0.lock().unwrap().is_empty());
-        let third = BoundedMemoryStore::new(10, Some(vault.clone()));
+        let third = BoundedMemoryStore::new(10, Some(vault.clone()), DAY);
         assert!(third.load(&admin.id).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn expired_vault_records_are_not_loaded_and_saves_are_throttled() {
         let vault = Arc::new(MapVault::default());
-        let store = BoundedMemoryStore::new(10, Some(vault.clone()));
+        let store = BoundedMemoryStore::new(10, Some(vault.clone()), DAY);
         let mut old = record(-1, true);
         store.create(&mut old).await.unwrap();
-        let fresh = BoundedMemoryStore::new(10, Some(vault.clone()));
+        let fresh = BoundedMemoryStore::new(10, Some(vault.clone()), DAY);
         assert!(fresh.load(&old.id).await.unwrap().is_none());
         // Saving the same data with an expiry a few seconds later writes nothing new.
         let mut s = record(30, true);

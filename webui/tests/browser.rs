@@ -46,7 +46,7 @@ async fn wizard_script_passes_in_chromium_against_the_router() {
         .current_dir(&browser_dir)
         .env("GODWIT_URL", format!("http://{addr}"))
         .env("GODWIT_SETUP_CODE", code)
-        .env("GODWIT_ADMIN_PASSWORD", "browser-test-password")
+        .env("GODWIT_ADMIN_PASSWORD", "browser-tangerine-orbit")
         .env("GODWIT_STAGING_ADDRESS", "192.0.2.20:1500")
         .env(
             "GODWIT_STAGING_FINGERPRINT",

@@ -244,9 +244,37 @@ async fn field_errors_are_shown_next_to_their_fields() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_field_error(&r.body, "setup_code", "wrong setup code");
-    assert_field_error(&r.body, "new_password", "at least 10");
+    // The policy is checked first: a refused new password checks no setup code.
+    assert_field_error(&r.body, "new_password", "at least 12");
     assert!(!r.body.contains("nope"), "setup code echoed");
+    // The requirements are on the page before anything is typed.
+    assert!(r.body.contains(godwit_webui::password::REQUIREMENTS));
+    // A long but common password: refused, saying why.
+    let r = form(
+        &mut c,
+        "/setup/password",
+        &[
+            ("setup_code", "nope"),
+            ("new_password", "password1234"),
+            ("confirm_password", "password1234"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_field_error(&r.body, "new_password", "too easy to guess");
+    assert_field_error(&r.body, "new_password", "common");
+    let r = form(
+        &mut c,
+        "/setup/password",
+        &[
+            ("setup_code", "nope"),
+            ("new_password", PASSWORD),
+            ("confirm_password", PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_field_error(&r.body, "setup_code", "wrong setup code");
 
     let r = form(
         &mut c,
@@ -498,6 +526,15 @@ async fn the_settings_page_shows_the_https_certificate_and_takes_an_upload() {
     let before = c.get("/api/v1/settings/certificate").await.json();
     assert_eq!(before["uploaded"], false);
     assert!(page.contains(before["fingerprint"].as_str().unwrap()));
+    // The test double's generated certificate ends in 12 days: the page says what happens.
+    assert!(page.contains("id=\"https-renewal-due\""), "{page}");
+    assert!(page.contains("expires in 12 days"), "{page}");
+    assert!(page.contains("generated automatically"), "{page}");
+    // The password policy is stated under the field.
+    assert!(
+        page.contains(godwit_webui::password::REQUIREMENTS),
+        "{page}"
+    );
 
     let cert = "-----BEGIN CERTIFICATE-----\nQUJDREVG\n-----END CERTIFICATE-----\n";
     let bad_key =

@@ -170,7 +170,7 @@ async fn a_token_from_another_session_is_refused() {
 }
 
 #[tokio::test]
-async fn logins_are_rate_limited_per_client_ip() {
+async fn logins_are_rate_limited_per_client_and_per_account() {
     let app = app(Arc::new(TestBackend::configured(PASSWORD)));
     let mut c = Client::new(&app, "192.0.2.10");
     for i in 0..5 {
@@ -184,10 +184,12 @@ async fn logins_are_rate_limited_per_client_ip() {
         StatusCode::TOO_MANY_REQUESTS,
         "6th attempt, even right"
     );
-    assert!(r.headers.contains_key("retry-after"));
+    let locked: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((55..=60).contains(&locked), "locked for {locked} s");
     // JSON login and HTTP Basic from the same address are limited too.
     let r = c.json("POST", "/api/v1/login", r#"{"password":"x"}"#).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.json()["kind"], "rate_limited");
     let r = c
         .request(
             "GET",
@@ -197,9 +199,195 @@ async fn logins_are_rate_limited_per_client_ip() {
         )
         .await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-    // Another address is not affected.
+    // Another address: the account's back-off makes it wait its turn (a second here), then
+    // the right password gets in.
     let mut other = Client::new(&app, "192.0.2.11");
+    let r = other.login(PASSWORD).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "account back-off");
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(wait <= 2, "waits {wait} s");
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
     assert_eq!(other.login(PASSWORD).await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_simultaneous_wrong_logins_checks_at_most_five_passwords() {
+    // Each check takes 50 ms, like a hash: the 100 requests overlap.
+    let backend = Arc::new(
+        TestBackend::configured(PASSWORD).with_verify_delay(std::time::Duration::from_millis(50)),
+    );
+    let app = app(backend.clone());
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::new(&app, "192.0.2.40");
+            if i % 2 == 0 {
+                let auth = basic("wrong-password");
+                c.request("GET", "/api/v1/jobs", &[("authorization", &auth)], "")
+                    .await
+                    .status
+            } else {
+                c.login("wrong-password").await.status
+            }
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(
+        backend.verifications() <= 5,
+        "{} checked",
+        backend.verifications()
+    );
+    assert_eq!(checked, backend.verifications());
+    assert_eq!(checked + limited, 100, "{statuses:?}");
+
+    // The same from 100 addresses: the account limit holds just as well.
+    let before = backend.verifications();
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::new(&app, &format!("198.51.100.{i}"));
+            c.login("wrong-password").await.status
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        backend.verifications() - before <= 1,
+        "{} more checked",
+        backend.verifications() - before
+    );
+}
+
+#[tokio::test]
+async fn a_known_browser_is_not_locked_out_by_an_attacker_at_its_address() {
+    let app = app(Arc::new(TestBackend::configured(PASSWORD)));
+    // The admin logged in from this office address before: the browser keeps a device cookie.
+    let mut admin = Client::new(&app, "192.0.2.60");
+    assert_eq!(admin.login(PASSWORD).await.status, StatusCode::SEE_OTHER);
+    let device = admin.device.clone().expect("a device cookie");
+    let set = admin.get("/").await;
+    assert_eq!(set.status, StatusCode::OK);
+    let t = admin.csrf().await;
+    admin.post_form("/logout", &[("csrf", &t)]).await;
+    // Someone else behind the same address guesses until locked out, then keeps trying.
+    let mut attacker = Client::new(&app, "192.0.2.60");
+    for _ in 0..20 {
+        attacker.login("guess-guess-guess").await;
+    }
+    assert_eq!(
+        attacker.login(PASSWORD).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The admin's browser gets in at once, and a forged device cookie is just the address.
+    assert_eq!(admin.device.as_deref(), Some(device.as_str()));
+    assert_eq!(admin.login(PASSWORD).await.status, StatusCode::SEE_OTHER);
+    attacker.device = Some("godwit_device=0123".into());
+    assert_eq!(
+        attacker.login(PASSWORD).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn changing_the_password_ends_every_other_session() {
+    let app = app(Arc::new(TestBackend::configured(PASSWORD)));
+    let mut a = Client::new(&app, "192.0.2.70");
+    let mut b = Client::new(&app, "192.0.2.71");
+    a.login(PASSWORD).await;
+    b.login(PASSWORD).await;
+    assert_eq!(b.get("/api/v1/jobs").await.status, StatusCode::OK);
+    const NEW: &str = "tangerine-orbit-cello";
+    let t = a.csrf().await;
+    let r = a
+        .post_form(
+            "/settings/password",
+            &[
+                ("csrf", &t),
+                ("current_password", PASSWORD),
+                ("new_password", NEW),
+                ("confirm_password", NEW),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    // The other browser is logged out; the one that changed it is not.
+    assert_eq!(b.get("/api/v1/jobs").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(b.get("/").await.location(), "/login");
+    assert_eq!(a.get("/api/v1/jobs").await.status, StatusCode::OK);
+    let r = a.get("/api/v1/session").await;
+    assert_eq!(r.json()["authenticated"], true);
+    // The old password no longer works over Basic; the new one does.
+    let r = b
+        .request(
+            "GET",
+            "/api/v1/jobs",
+            &[("authorization", &basic(PASSWORD))],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = b
+        .request("GET", "/api/v1/jobs", &[("authorization", &basic(NEW))], "")
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // A change through the API (Basic, no session) ends the browser's session too.
+    const NEWER: &str = "purple elephants juggle quietly";
+    let r = b
+        .request(
+            "POST",
+            "/api/v1/setup/password",
+            &[
+                ("authorization", &basic(NEW)),
+                ("content-type", "application/json"),
+            ],
+            &serde_json::json!({"current_password": NEW, "new_password": NEWER,
+                                "confirm_password": NEWER})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(a.get("/api/v1/jobs").await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_login_ends_at_its_absolute_lifetime_however_busy() {
+    let app = godwit_webui::router(
+        Arc::new(TestBackend::configured(PASSWORD)),
+        godwit_webui::WebConfig {
+            session_max_age: std::time::Duration::from_secs(2),
+            ..Default::default()
+        },
+    );
+    let mut c = Client::new(&app, "192.0.2.80");
+    c.login(PASSWORD).await;
+    let start = std::time::Instant::now();
+    // The dashboard polls: the idle expiry keeps moving, the absolute one does not.
+    while start.elapsed() < std::time::Duration::from_millis(1500) {
+        let r = c.get("/api/v1/jobs").await;
+        assert_eq!(r.status, StatusCode::OK);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(c.get("/api/v1/jobs").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(c.get("/").await.location(), "/login");
+    assert_eq!(
+        c.get("/api/v1/session").await.json()["authenticated"],
+        false
+    );
 }
 
 #[tokio::test]

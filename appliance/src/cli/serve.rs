@@ -4,8 +4,11 @@
 //! ```text
 //! url: https://HOST:PORT/
 //! fingerprint: SHA256:<hex>          (of its self-signed certificate)
+//! certificate expires: YYYY-MM-DD    (a generated one is renewed 30 days before)
 //! setup code: XXXX-XXXX-XXXX-XXXX    (only while no admin password is set; one-time)
 //! ```
+//!
+//! The listener has timeouts and connection caps (`crate::service::listener`).
 //!
 //! The same listener takes the Hyper-V hosts' disk pushes (`PUT /ingest/v1/...`, design §3:
 //! one inbound HTTPS port), told to the hosts as `--ingest-url` (default: `https://` the
@@ -15,7 +18,7 @@
 
 use crate::service::engine::EngineOptions;
 use crate::service::tls::Identity;
-use crate::service::{Appliance, ApplianceConfig, logs};
+use crate::service::{Appliance, ApplianceConfig, listener, logs};
 use anyhow::Context;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -65,6 +68,9 @@ pub struct ServeArgs {
     #[arg(long, hide = true, default_value_t = 3600)]
     schedule_hour_secs: u64,
 }
+
+/// How often a running service checks whether its generated certificate is due for renewal.
+const RENEWAL_CHECK: Duration = Duration::from_secs(6 * 3600);
 
 /// Present only in the appliance image.
 const APPLIANCE_MARK: &str = "/etc/godwit-version";
@@ -120,6 +126,7 @@ async fn serve(
     let tls_dir = a.data.join("tls");
     let identity = Identity::load_or_create(&tls_dir, &names)?;
     let fingerprint = identity.fingerprint();
+    let expires = identity.expiry_date();
     let engine = EngineOptions {
         retry_base: Duration::from_secs(a.retry_base_secs.max(1)),
         bandwidth_limit: a
@@ -175,10 +182,17 @@ async fn serve(
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
     appliance.attach_https(crate::service::https_identity::HttpsIdentity::new(
         tls_dir,
+        names.clone(),
         identity,
         tls.clone(),
     ));
-    let server = axum_server::bind_rustls(a.listen, tls).handle(handle.clone());
+    let limits = listener::Limits::default();
+    let events = godwit_webui::audit::EventLog::new(Duration::from_secs(60));
+    events.spawn_flusher();
+    let mut server = axum_server::bind(a.listen)
+        .acceptor(listener::LimitedTls::new(tls, limits.clone(), events))
+        .handle(handle.clone());
+    listener::configure_http(server.http_builder(), &limits);
     let serving =
         tokio::spawn(server.serve(router.into_make_service_with_connect_info::<SocketAddr>()));
     let Some(bound) = handle.listening().await else {
@@ -203,6 +217,7 @@ async fn serve(
     let mut out = std::io::stdout().lock();
     writeln!(out, "url: https://{url_host}:{}/", bound.port())?;
     writeln!(out, "fingerprint: {fingerprint}")?;
+    writeln!(out, "certificate expires: {expires}")?;
     if let Some(c) = &code {
         writeln!(out, "setup code: {c}")?;
     }
@@ -214,6 +229,14 @@ async fn serve(
         tracing::info!("a one-time setup code was printed on the console");
     }
     tokio::spawn(Arc::clone(&appliance).start());
+    // A generated certificate near its end is renewed while the service runs, too.
+    let renewing = appliance.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RENEWAL_CHECK).await;
+            renewing.renew_https_if_due();
+        }
+    });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -1,6 +1,12 @@
 //! Logging for `godwit serve`: tracing to stderr, to `DATA/logs/godwit.log` (mode 0600) and to
 //! an in-memory ring of recent lines that the dashboard and the support bundle read.
 //! Nothing logs a secret in the first place; the bundle scrubs known secrets once more.
+//!
+//! The file rotates by size while the service runs ([`RotatingFile`]: at [`ROTATE_BYTES`] it
+//! becomes `godwit.log.1`, the older `.1` becomes `.2`, and [`KEEP_ROTATED`] old files are
+//! kept), so the logs never take more than `(1 + KEEP_ROTATED) × ROTATE_BYTES` of the data
+//! disk. Events anyone can cause without logging in are aggregated before they are logged
+//! (`godwit_webui::audit`).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -13,8 +19,79 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// Lines kept in memory.
 pub const RING_LINES: usize = 2000;
-/// The log file is moved to `godwit.log.1` at start when larger than this.
-const ROTATE_BYTES: u64 = 20 << 20;
+/// The log file is moved to `godwit.log.1` when a write would make it larger than this.
+pub const ROTATE_BYTES: u64 = 20 << 20;
+/// Rotated files kept (`godwit.log.1` .. `godwit.log.N`).
+pub const KEEP_ROTATED: usize = 2;
+
+/// A log file that rotates by size (see the module docs).
+pub struct RotatingFile {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: usize,
+    file: std::fs::File,
+    size: u64,
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+impl RotatingFile {
+    pub fn open(path: &Path, max_bytes: u64, keep: usize) -> std::io::Result<RotatingFile> {
+        let file = open_append(path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingFile {
+            path: path.to_path_buf(),
+            max_bytes: max_bytes.max(1),
+            keep,
+            file,
+            size,
+        })
+    }
+
+    fn rotated(&self, n: usize) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    /// `path` → `path.1` → `path.2` ... (the oldest dropped), and a new empty `path`.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        if self.keep == 0 {
+            let _ = std::fs::remove_file(&self.path);
+        } else {
+            let _ = std::fs::remove_file(self.rotated(self.keep));
+            for n in (1..self.keep).rev() {
+                let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
+            }
+            std::fs::rename(&self.path, self.rotated(1))?;
+        }
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+impl Write for RotatingFile {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.size > 0 && self.size + b.len() as u64 > self.max_bytes {
+            // A failed rotation keeps writing to the file it has.
+            let _ = self.rotate();
+        }
+        let n = self.file.write(b)?;
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
 
 /// Recent log lines, shared between the tracing layer and the service.
 #[derive(Clone, Default)]
@@ -86,14 +163,7 @@ pub fn init(data: &Path) -> anyhow::Result<LogRing> {
     let path = log_file(data);
     let dir = path.parent().unwrap_or(data);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    if std::fs::metadata(&path).is_ok_and(|m| m.len() > ROTATE_BYTES) {
-        let _ = std::fs::rename(&path, path.with_extension("log.1"));
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
+    let file = RotatingFile::open(&path, ROTATE_BYTES, KEEP_ROTATED)
         .with_context(|| format!("opening {}", path.display()))?;
     let ring = LogRing::default();
     let filter = || {
@@ -137,5 +207,36 @@ mod tests {
             ]
         );
         assert_eq!(r.last(usize::MAX).len(), RING_LINES);
+    }
+
+    #[test]
+    fn the_file_rotates_by_size_while_written_and_keeps_two_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("godwit.log");
+        std::fs::write(&path, "x".repeat(900)).unwrap();
+        let mut f = RotatingFile::open(&path, 1000, 2).unwrap();
+        // Whole lines per write, as the tracing formatter writes each event.
+        for i in 0..100 {
+            f.write_all(format!("line {i:04} {}\n", "y".repeat(40)).as_bytes())
+                .unwrap();
+        }
+        f.flush().unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["godwit.log", "godwit.log.1", "godwit.log.2"]);
+        for n in &names {
+            let len = std::fs::metadata(dir.path().join(n)).unwrap().len();
+            assert!(len <= 1000, "{n}: {len} bytes");
+        }
+        // The newest lines are in the current file, whole.
+        let now = std::fs::read_to_string(&path).unwrap();
+        assert!(now.ends_with(&format!("line 0099 {}\n", "y".repeat(40))));
+        assert!(now.lines().all(|l| l.starts_with("line ")));
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.mode() & 0o777, 0o600);
     }
 }

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod export;
 pub mod https_identity;
 pub mod ingest;
+pub mod listener;
 pub mod logs;
 pub mod network;
 mod ops;
@@ -63,6 +64,8 @@ pub struct Appliance {
     https: std::sync::Mutex<Option<https_identity::HttpsIdentity>>,
     /// The Hyper-V host-push ingest on the same listener, once attached.
     ingest: std::sync::OnceLock<Arc<ingest::ServiceIngest>>,
+    /// Where every password hash and check runs (at most two at once).
+    hashes: auth::HashPool,
 }
 
 /// Lock a mutex, taking over one a panicking thread left poisoned (the data is plain).
@@ -124,11 +127,14 @@ impl Appliance {
             export_flags: Arc::default(),
             https: std::sync::Mutex::new(None),
             ingest: std::sync::OnceLock::new(),
+            hashes: auth::HashPool::default(),
         }))
     }
 
     /// Set the admin password from a file (first line) when none is set yet (the vApp
-    /// property path). Returns whether it was set.
+    /// property path). Returns whether it was set. A password the policy refuses is not set
+    /// (the error is logged and the one-time setup code is printed instead), so the appliance
+    /// stays reachable.
     pub fn preset_password(&self, file: &Path) -> anyhow::Result<bool> {
         use anyhow::Context;
         if self.store.settings()?.admin_password_hash.is_some() {
@@ -137,10 +143,17 @@ impl Appliance {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("reading the admin password file {}", file.display()))?;
         let pw = text.lines().next().unwrap_or("").to_string();
-        if let Some(p) = auth::password_problem(&pw) {
-            anyhow::bail!("the admin password in {}: {p}", file.display());
-        }
-        let h = auth::hash(&pw).map_err(anyhow::Error::msg)?;
+        let pw = match AdminPassword::try_from(pw) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(
+                    "the admin password in {} is not accepted ({e}); set one with the setup code instead",
+                    file.display()
+                );
+                return Ok(false);
+            }
+        };
+        let h = auth::hash(pw.expose()).map_err(anyhow::Error::msg)?;
         self.store
             .update_settings(|s| {
                 s.admin_password_hash = Some(h);
@@ -194,6 +207,21 @@ impl Appliance {
         ingest.set_configured_url(self.store.settings().ok().and_then(|s| s.ingest_url));
         let _ = self.ingest.set(ingest.clone());
         self.engine.set_ingest(ingest);
+    }
+
+    /// Renew the generated HTTPS certificate when it is due (the Hyper-V uploader's pin follows).
+    pub fn renew_https_if_due(&self) {
+        let mut g = lock(&self.https);
+        let Some(h) = g.as_mut() else { return };
+        match h.renew_if_due() {
+            Ok(Some(_)) => {
+                if let Some(i) = self.ingest.get() {
+                    i.set_pin(h.leaf_der());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("renewing the HTTPS certificate: {e:#}"),
+        }
     }
 
     /// Recover runs cut short by a stop, sweep leftover snapshots, then run the job engine.
@@ -313,17 +341,23 @@ impl Backend for Appliance {
         self.set_password(cmd).await
     }
 
-    async fn verify_admin_password(&self, password: &Secret) -> bool {
+    async fn verify_admin_password(&self, password: &Secret) -> PasswordCheck {
         let Ok(s) = self.store.settings() else {
-            return false;
+            return PasswordCheck::Wrong;
         };
         let Some(h) = s.admin_password_hash else {
-            return false;
+            return PasswordCheck::Wrong;
         };
         let pw = password.expose().to_string();
-        tokio::task::spawn_blocking(move || auth::verify(&pw, &h))
+        match self
+            .hashes
+            .run(auth::LOGIN_WAIT, move || auth::verify(&pw, &h))
             .await
-            .unwrap_or(false)
+        {
+            Some(true) => PasswordCheck::Correct,
+            Some(false) => PasswordCheck::Wrong,
+            None => PasswordCheck::Busy,
+        }
     }
 
     async fn settings(&self) -> SettingsView {
@@ -351,7 +385,8 @@ impl Backend for Appliance {
             &cmd.certificate_pem,
             cmd.private_key_pem.expose(),
             std::time::SystemTime::now(),
-        )?;
+        )
+        .inspect_err(|e| tracing::warn!("an uploaded HTTPS certificate was refused: {e}"))?;
         let mut g = lock(&self.https);
         let h = g.as_mut().ok_or_else(|| CommandError::Internal {
             message: "the HTTPS listener is not running".into(),

@@ -26,13 +26,11 @@ pub(super) fn export_format_name(f: ExportFormat) -> &'static str {
 impl Appliance {
     pub(super) async fn set_password(&self, cmd: SetAdminPassword) -> CommandResult<()> {
         let s = self.settings_now()?;
+        // The shared policy first: a refused new password hashes nothing.
+        let new = cmd
+            .checked_new_password()
+            .map_err(|fields| CommandError::Invalid { fields })?;
         let mut p = Problems::default();
-        if let Some(m) = auth::password_problem(cmd.new_password.expose()) {
-            p.add("new_password", m);
-        }
-        if cmd.new_password != cmd.confirm_password {
-            p.add("confirm_password", "does not match the new password");
-        }
         let (given, hash, field, wrong) = match &s.admin_password_hash {
             Some(h) => (
                 cmd.current_password
@@ -51,18 +49,27 @@ impl Appliance {
                 "wrong or already used setup code (it is printed on the console at start)",
             ),
         };
+        let busy = || CommandError::Internal {
+            message: "too many password checks at once; try again in a moment".into(),
+        };
         let ok = match (given, hash.clone()) {
-            (Some(g), Some(h)) if !g.is_empty() => {
-                joined(tokio::task::spawn_blocking(move || auth::verify(&g, &h)).await)?
-            }
+            (Some(g), Some(h)) if !g.is_empty() => self
+                .hashes
+                .run(auth::CHANGE_WAIT, move || auth::verify(&g, &h))
+                .await
+                .ok_or_else(busy)?,
             _ => false,
         };
         if !ok {
             p.add(field, wrong);
         }
         p.finish()?;
-        let new = cmd.new_password.expose().to_string();
-        let new_hash = joined(tokio::task::spawn_blocking(move || auth::hash(&new)).await)?
+        let new = new.expose().to_string();
+        let new_hash = self
+            .hashes
+            .run(auth::CHANGE_WAIT, move || auth::hash(&new))
+            .await
+            .ok_or_else(busy)?
             .map_err(|m| CommandError::Internal { message: m })?;
         self.store.update_settings(|st| {
             // The same code or password must still be in force (no concurrent change).
@@ -80,7 +87,7 @@ impl Appliance {
             st.setup_code_hash = None;
             Ok(())
         })?;
-        tracing::info!("admin password set");
+        tracing::info!("admin password set; every session logged in before was ended");
         Ok(())
     }
 
@@ -137,16 +144,19 @@ impl Appliance {
                 access_key_id,
                 secret_access_key,
             } => {
-                let endpoint = endpoint
-                    .map(|e| e.trim().trim_end_matches('/').to_string())
-                    .filter(|e| !e.is_empty());
-                if let Some(e) = &endpoint
-                    && !(e.starts_with("https://") || e.starts_with("http://"))
-                {
-                    p.add("endpoint", "expected https://host[:port]");
+                let endpoint = endpoint.filter(|e| !e.trim().is_empty()).and_then(|e| {
+                    super::validate::s3_endpoint(&e)
+                        .map_err(|m| p.add("endpoint", m))
+                        .ok()
+                });
+                if let Err(m) = super::validate::s3_region(&region) {
+                    p.add("region", m);
                 }
-                if region.trim().is_empty() {
-                    p.add("region", "required (e.g. us-east-1)");
+                if let Err(m) = super::validate::printable(&prefix, 512) {
+                    p.add("prefix", m);
+                }
+                if let Err(m) = super::validate::printable(&access_key_id, 128) {
+                    p.add("access_key_id", m);
                 }
                 let b = bucket.trim();
                 if b.len() < 3
@@ -252,7 +262,12 @@ impl Appliance {
             host_pins: Vec::new(),
         };
         let r = record.clone();
-        joined(tokio::task::spawn_blocking(move || sources::verify_login(&r)).await)??;
+        joined(tokio::task::spawn_blocking(move || sources::verify_login(&r)).await)?.inspect_err(
+            |e| {
+                // Shown on the log page: a refused certificate or login of a source.
+                tracing::warn!(address = %record.address, "adding a source was refused: {e}");
+            },
+        )?;
         let view = record.view();
         self.store.update_settings(|s| {
             s.sources.push(record);

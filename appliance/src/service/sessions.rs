@@ -118,6 +118,21 @@ impl SessionTable {
         tx.commit().map_err(|e| s.db_err("commit", e))
     }
 
+    fn try_remove_all(&self) -> StoreResult<()> {
+        let s = &self.store;
+        let tx = s
+            .db()
+            .begin_write()
+            .map_err(|e| s.db_err("begin write", e))?;
+        {
+            let mut t = tx
+                .open_table(SESSIONS)
+                .map_err(|e| s.db_err("open table", e))?;
+            t.retain(|_, _| false).map_err(|e| s.db_err("clear", e))?;
+        }
+        tx.commit().map_err(|e| s.db_err("commit", e))
+    }
+
     #[cfg(test)]
     fn keys(&self) -> Vec<String> {
         let s = &self.store;
@@ -172,6 +187,12 @@ impl SessionVault for SessionTable {
             tracing::warn!(error = %e, "removing a stored session");
         }
     }
+
+    fn remove_all(&self) {
+        if let Err(e) = self.try_remove_all() {
+            tracing::error!(error = %e, "removing every stored session");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -207,5 +228,8 @@ mod tests {
         }
         assert!(t.keys().len() <= 8, "{}", t.keys().len());
         assert!(t.get(&format!("{:064x}", 12)).is_some(), "the latest kept");
+        // A password change drops them all.
+        t.remove_all();
+        assert!(t.keys().is_empty());
     }
 }

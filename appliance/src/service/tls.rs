@@ -3,10 +3,15 @@
 //! (`DATA/tls/installed.pem`: the chain and the key, 0600, written atomically), which wins
 //! while it loads. An uploaded file that no longer loads is reported and the generated
 //! certificate is served instead, so the web UI stays reachable to fix it.
+//!
+//! A generated certificate is valid for [`GENERATED_VALIDITY_DAYS`] (from a day before it was
+//! made) and is generated anew [`RENEWAL_NOTICE_DAYS`] before it ends — at start, or live by
+//! [`super::https_identity::HttpsIdentity::renew_if_due`] — and so is one valid for longer
+//! than that bound (made by an older version, valid 1975–4096).
 
 use super::tls_upload::{CheckedUpload, describe};
 use anyhow::Context;
-use godwit_webui::backend::HttpsCertificateView;
+use godwit_webui::backend::{HttpsCertificateView, RENEWAL_NOTICE_DAYS};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
@@ -14,9 +19,12 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The uploaded chain and key, one PEM file.
 pub const INSTALLED_FILE: &str = "installed.pem";
+/// How long a generated certificate is valid.
+pub const GENERATED_VALIDITY_DAYS: u64 = 730;
 
 pub struct Identity {
     chain: Vec<CertificateDer<'static>>,
@@ -51,20 +59,60 @@ impl Identity {
         let cert_p = dir.join("cert.der");
         let key_p = dir.join("key.der");
         if !cert_p.exists() || !key_p.exists() {
-            let ck = rcgen::generate_simple_self_signed(names.to_vec())
-                .context("generating the HTTPS certificate")?;
-            write_private(&key_p, &ck.signing_key.serialize_der())?;
-            write_private(&cert_p, ck.cert.der())?;
+            generate(dir, names, SystemTime::now())?;
             tracing::info!("generated the HTTPS certificate in {}", dir.display());
         }
-        let cert =
-            std::fs::read(&cert_p).with_context(|| format!("reading {}", cert_p.display()))?;
-        let key = std::fs::read(&key_p).with_context(|| format!("reading {}", key_p.display()))?;
-        Ok(Identity {
-            chain: vec![CertificateDer::from(cert)],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
-            uploaded: false,
-        })
+        let id = load_generated(dir)?;
+        if let Some(why) = id.renewal_reason(SystemTime::now()) {
+            generate(dir, names, SystemTime::now())?;
+            let new = load_generated(dir)?;
+            tracing::warn!(
+                old = %id.fingerprint(),
+                new = %new.fingerprint(),
+                "renewed the HTTPS certificate ({why}); its fingerprint changed"
+            );
+            return Ok(new);
+        }
+        Ok(id)
+    }
+
+    /// Why a generated certificate must be generated anew now: it ends within
+    /// [`RENEWAL_NOTICE_DAYS`], or it is valid for longer than [`GENERATED_VALIDITY_DAYS`].
+    /// `None` for an uploaded one (the administrator renews it) or one that is fine.
+    pub fn renewal_reason(&self, now: SystemTime) -> Option<String> {
+        if self.uploaded {
+            return None;
+        }
+        let leaf = self.leaf_der();
+        let Ok(info) = godwit_netcheck::x509::parse_certificate(leaf) else {
+            return Some("it cannot be read".into());
+        };
+        let now_s = i64::try_from(now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
+            .unwrap_or(i64::MAX);
+        let days_left = (info.not_after.0 - now_s).div_euclid(86_400);
+        let span = (info.not_after.0 - info.not_before.0).div_euclid(86_400);
+        let bound = i64::try_from(GENERATED_VALIDITY_DAYS).unwrap_or(i64::MAX) + 2;
+        if days_left < RENEWAL_NOTICE_DAYS {
+            Some(format!("it expires in {days_left} days"))
+        } else if span > bound {
+            Some(format!(
+                "valid for {span} days, longer than {GENERATED_VALIDITY_DAYS}"
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// When the certificate served ends, `YYYY-MM-DD` (for the console).
+    pub fn expiry_date(&self) -> String {
+        let v = self.view();
+        v.not_after.get(..10).unwrap_or(&v.not_after).to_string()
+    }
+
+    /// Generate a new certificate in `dir` for `names` and return it (a renewal).
+    pub fn regenerate(dir: &Path, names: &[String]) -> anyhow::Result<Identity> {
+        generate(dir, names, SystemTime::now())?;
+        load_generated(dir)
     }
 
     /// Keep a checked upload in `dir` (atomically, 0600) and return it as the identity.
@@ -97,7 +145,7 @@ impl Identity {
 
     /// What the settings page and the API show.
     pub fn view(&self) -> HttpsCertificateView {
-        describe(&self.chain, self.uploaded)
+        describe(&self.chain, self.uploaded, SystemTime::now())
     }
 
     /// A rustls server config (ring, TLS 1.3 and 1.2, HTTP/2 and HTTP/1.1 by ALPN).
@@ -113,6 +161,53 @@ impl Identity {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
+}
+
+/// A self-signed certificate for `names`, valid from a day before `now` for
+/// [`GENERATED_VALIDITY_DAYS`], written to `dir/{key,cert}.der` (each replaced atomically,
+/// the key first).
+fn generate(dir: &Path, names: &[String], now: SystemTime) -> anyhow::Result<()> {
+    let mut p =
+        rcgen::CertificateParams::new(names.to_vec()).context("the HTTPS certificate's names")?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(
+        rcgen::DnType::CommonName,
+        names.first().map_or("godwit", String::as_str),
+    );
+    dn.push(rcgen::DnType::OrganizationName, "Godwit appliance");
+    p.distinguished_name = dn;
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    p.not_before = epoch + Duration::from_secs(secs.saturating_sub(86_400));
+    p.not_after = epoch + Duration::from_secs(secs + GENERATED_VALIDITY_DAYS * 86_400);
+    let key = rcgen::KeyPair::generate().context("generating the HTTPS key")?;
+    let cert = p
+        .self_signed(&key)
+        .context("generating the HTTPS certificate")?;
+    for (name, bytes) in [
+        ("key.der", key.serialize_der()),
+        ("cert.der", cert.der().to_vec()),
+    ] {
+        let tmp = dir.join(format!("{name}.tmp"));
+        write_private(&tmp, &bytes)?;
+        std::fs::rename(&tmp, dir.join(name))
+            .with_context(|| format!("renaming {}", tmp.display()))?;
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+fn load_generated(dir: &Path) -> anyhow::Result<Identity> {
+    let cert_p = dir.join("cert.der");
+    let key_p = dir.join("key.der");
+    let cert = std::fs::read(&cert_p).with_context(|| format!("reading {}", cert_p.display()))?;
+    let key = std::fs::read(&key_p).with_context(|| format!("reading {}", key_p.display()))?;
+    Ok(Identity {
+        chain: vec![CertificateDer::from(cert)],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        uploaded: false,
+    })
 }
 
 fn load_installed(path: &Path) -> anyhow::Result<Identity> {
@@ -171,6 +266,11 @@ mod tests {
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint().len(), 71);
         assert!(!a.view().uploaded);
+        // Valid two years (from a day before), not 1975-4096; nothing to renew.
+        let v = a.view();
+        assert!((728..=730).contains(&v.expires_in_days), "{v:?}");
+        assert!(!v.renewal_due);
+        assert!(a.renewal_reason(SystemTime::now()).is_none());
         let mode = std::fs::metadata(dir.path().join("key.der"))
             .unwrap()
             .permissions()
@@ -178,6 +278,38 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let _ = rustls::crypto::ring::default_provider().install_default();
         a.server_config().unwrap();
+    }
+
+    #[test]
+    fn a_generated_certificate_near_its_end_or_valid_too_long_is_renewed_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_string()];
+        // Made 710 days ago: 20 days left.
+        let then = SystemTime::now() - Duration::from_secs(710 * 86_400);
+        generate(dir.path(), &names, then).unwrap();
+        let old = load_generated(dir.path()).unwrap();
+        assert!(
+            old.renewal_reason(SystemTime::now())
+                .is_some_and(|r| r.contains("expires in")),
+            "{:?}",
+            old.renewal_reason(SystemTime::now())
+        );
+        let renewed = Identity::load_or_create(dir.path(), &names).unwrap();
+        assert_ne!(renewed.fingerprint(), old.fingerprint());
+        assert!(renewed.view().expires_in_days >= 728);
+        // An old version's certificate, valid 1975-4096: replaced too.
+        let ck = rcgen::generate_simple_self_signed(names.clone()).unwrap();
+        write_private(&dir.path().join("cert.der"), ck.cert.der()).unwrap();
+        write_private(&dir.path().join("key.der"), &ck.signing_key.serialize_der()).unwrap();
+        let forever = load_generated(dir.path()).unwrap();
+        assert!(
+            forever
+                .renewal_reason(SystemTime::now())
+                .is_some_and(|r| r.contains("longer than 730"))
+        );
+        let bounded = Identity::load_or_create(dir.path(), &names).unwrap();
+        assert_ne!(bounded.fingerprint(), forever.fingerprint());
+        assert!(bounded.renewal_reason(SystemTime::now()).is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! or that rustls/ring cannot sign with.
 
 use godwit_netcheck::x509::{CertInfo, UnixTime, parse_certificate};
-use godwit_webui::backend::{CommandError, HttpsCertificateView};
+use godwit_webui::backend::{CommandError, HttpsCertificateView, RENEWAL_NOTICE_DAYS};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
@@ -143,14 +143,20 @@ fn unix(t: SystemTime) -> UnixTime {
     )
 }
 
-/// Describe a chain for the settings page (the leaf; `chain_length` counts all).
-pub fn describe(chain: &[CertificateDer<'static>], uploaded: bool) -> HttpsCertificateView {
+/// Describe a chain for the settings page (the leaf; `chain_length` counts all) as of `now`,
+/// with when it expires and what happens before (see [`renewal_text`]).
+pub fn describe(
+    chain: &[CertificateDer<'static>],
+    uploaded: bool,
+    now: SystemTime,
+) -> HttpsCertificateView {
     let leaf = chain.first().map_or(&[][..], |c| c.as_ref());
     let fingerprint = format!("SHA256:{}", hex::encode(Sha256::digest(leaf)));
     match parse_certificate(leaf) {
         Ok(i) => {
             let mut names = i.dns_names.clone();
             names.extend(i.ip_addresses.iter().map(ToString::to_string));
+            let days = (i.not_after.0 - unix(now).0).div_euclid(86_400);
             HttpsCertificateView {
                 fingerprint,
                 subject: i.subject,
@@ -160,6 +166,9 @@ pub fn describe(chain: &[CertificateDer<'static>], uploaded: bool) -> HttpsCerti
                 subject_alt_names: names,
                 chain_length: chain.len(),
                 uploaded,
+                expires_in_days: days,
+                renewal_due: days < RENEWAL_NOTICE_DAYS,
+                renewal: renewal_text(uploaded, i.not_after, days),
             }
         }
         Err(e) => HttpsCertificateView {
@@ -171,7 +180,35 @@ pub fn describe(chain: &[CertificateDer<'static>], uploaded: bool) -> HttpsCerti
             subject_alt_names: Vec::new(),
             chain_length: chain.len(),
             uploaded,
+            expires_in_days: 0,
+            renewal_due: true,
+            renewal: "The certificate cannot be read; upload a new one.".into(),
         },
+    }
+}
+
+/// What happens before the certificate expires, in one sentence: a generated one is replaced
+/// by a new one [`RENEWAL_NOTICE_DAYS`] before its end (at start, or by the check every few
+/// hours); an uploaded one is the administrator's to replace.
+pub fn renewal_text(uploaded: bool, not_after: UnixTime, days_left: i64) -> String {
+    let end = not_after.to_utc_string();
+    let end = end.get(..10).unwrap_or(&end);
+    if uploaded {
+        if days_left < 0 {
+            format!("It expired on {end}: upload a renewed certificate.")
+        } else {
+            format!(
+                "Upload a renewed certificate before {end}; this one is not renewed automatically."
+            )
+        }
+    } else if days_left < RENEWAL_NOTICE_DAYS {
+        "A new certificate is being generated automatically (within hours, or at the next start); its fingerprint will change.".to_string()
+    } else {
+        let from = UnixTime(not_after.0 - RENEWAL_NOTICE_DAYS * 86_400).to_utc_string();
+        let from = from.get(..10).unwrap_or(&from);
+        format!(
+            "A new certificate is generated automatically from {from}, {RENEWAL_NOTICE_DAYS} days before it expires on {end}; its fingerprint will then change."
+        )
     }
 }
 
@@ -212,7 +249,7 @@ pub(crate) mod tests {
         let (c, k) = leaf_signed_by_a_ca();
         let up = check(&c, &k, SystemTime::now()).unwrap();
         assert_eq!(up.chain.len(), 2);
-        let v = describe(&up.chain, true);
+        let v = describe(&up.chain, true, SystemTime::now());
         assert_eq!(v.subject_alt_names, ["godwit.example.test"]);
         assert_eq!(v.chain_length, 2);
         assert!(v.subject.contains("godwit.example.test"), "{v:?}");
@@ -268,6 +305,46 @@ pub(crate) mod tests {
                 .unwrap(),
         );
         assert_eq!(f, CERT);
+    }
+
+    #[test]
+    fn the_view_says_when_it_expires_and_what_happens_before() {
+        // The CA-signed leaf is valid until 2099-01-01.
+        let (c, k) = leaf_signed_by_a_ca();
+        let up = check(&c, &k, SystemTime::now()).unwrap();
+        let end = UNIX_EPOCH + Duration::from_secs(4_070_908_800); // 2099-01-01
+        let v = describe(&up.chain, true, end - Duration::from_secs(40 * 86_400));
+        assert_eq!(v.expires_in_days, 40);
+        assert!(!v.renewal_due);
+        assert!(
+            v.renewal
+                .contains("Upload a renewed certificate before 2099-01-01"),
+            "{}",
+            v.renewal
+        );
+        let v = describe(&up.chain, true, end - Duration::from_secs(10 * 86_400 + 5));
+        assert_eq!(v.expires_in_days, 10);
+        assert!(v.renewal_due);
+        let v = describe(&up.chain, true, end + Duration::from_secs(86_400));
+        assert!(
+            v.expires_in_days < 0 && v.renewal.contains("expired"),
+            "{v:?}"
+        );
+        // A generated one is renewed 30 days ahead.
+        let v = describe(&up.chain, false, end - Duration::from_secs(400 * 86_400));
+        assert!(
+            v.renewal
+                .contains("generated automatically from 2098-12-02")
+                && v.renewal.contains("fingerprint will then change"),
+            "{}",
+            v.renewal
+        );
+        let v = describe(&up.chain, false, end - Duration::from_secs(5 * 86_400));
+        assert!(
+            v.renewal_due && v.renewal.contains("being generated"),
+            "{}",
+            v.renewal
+        );
     }
 
     #[test]

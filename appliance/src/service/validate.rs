@@ -63,10 +63,70 @@ pub fn host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
             _ => return Err(format!("{p:?} is not a port number (1-65535)")),
         },
     };
-    if host.parse::<IpAddr>().is_err() && !is_hostname(&host) {
-        return Err(format!("{host:?} is not a host name or IP address"));
+    match host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => {
+            return Err(format!(
+                "{host} is the unspecified address, not a host to connect to"
+            ));
+        }
+        Ok(_) => {}
+        // A name whose last label is all digits would be read as an address (`0` is 0.0.0.0,
+        // `10.1` is 10.0.0.1): not a host name (RFC 1123 2.1), and not a full address either.
+        Err(_) if !is_hostname(&host) || host.rsplit('.').next().is_some_and(all_digits) => {
+            return Err(format!("{host:?} is not a host name or IP address"));
+        }
+        Err(_) => {}
     }
     Ok((host, port))
+}
+
+/// An S3 endpoint: `http(s)://host[:port]` (no path, query or user), returned without a
+/// trailing slash. A URL the S3 client cannot build requests from must never reach it (found by
+/// schemathesis: `http://a b` made object_store panic).
+pub fn s3_endpoint(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    let (scheme, rest) = s
+        .split_once("://")
+        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
+        .ok_or("expected https://host[:port]")?;
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err("expected https://host[:port], without a path, query or user".into());
+    }
+    let (host, _) = host_port(rest, 443)?;
+    if host.contains(':') && !rest.starts_with('[') {
+        return Err("an IPv6 address goes in brackets: https://[2001:db8::1]:9000".into());
+    }
+    Ok(format!("{scheme}://{rest}"))
+}
+
+/// An S3 region name (AWS's `us-east-1`, or what an S3-compatible store calls its region).
+pub fn s3_region(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 64 {
+        return Err("required: 1-64 characters (e.g. us-east-1)".into());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("letters, digits, hyphens and underscores only (e.g. us-east-1)".into());
+    }
+    Ok(s.to_string())
+}
+
+/// Text that goes into requests or object names: printable, bounded.
+pub fn printable(s: &str, max: usize) -> Result<(), String> {
+    if s.chars().count() > max {
+        return Err(format!("at most {max} characters"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("no control characters".into());
+    }
+    Ok(())
+}
+
+fn all_digits(label: &str) -> bool {
+    !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// `host:port` with IPv6 in brackets.
@@ -234,6 +294,48 @@ mod tests {
         assert_eq!(host_port("[::1]:5986", 1).unwrap(), ("::1".into(), 5986));
         assert!(host_port("a b", 1).is_err());
         assert!(host_port("h:0", 1).is_err());
+        // Found by schemathesis: "0" was taken for a host name and connected to 0.0.0.0.
+        for bad in ["0", "0:443", "10.1", "192.168.1", "0.0.0.0", "[::]:443"] {
+            assert!(host_port(bad, 443).is_err(), "{bad}");
+        }
+        assert_eq!(host_port("host1.example", 1).unwrap().0, "host1.example");
+        assert_eq!(
+            host_port("1password.example", 1).unwrap().0,
+            "1password.example"
+        );
+    }
+
+    #[test]
+    fn s3_values() {
+        assert_eq!(
+            s3_endpoint("https://s3.example/").unwrap(),
+            "https://s3.example"
+        );
+        assert_eq!(
+            s3_endpoint("http://127.0.0.1:9000").unwrap(),
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(
+            s3_endpoint("http://[::1]:9000").unwrap(),
+            "http://[::1]:9000"
+        );
+        for bad in [
+            "http://a b",
+            "http://0",
+            "ftp://s3.example",
+            "s3.example",
+            "https://s3.example/bucket",
+            "https://user@s3.example",
+            "https://s3.example?x=1",
+            "https://",
+            "http://::1",
+        ] {
+            assert!(s3_endpoint(bad).is_err(), "{bad}");
+        }
+        assert_eq!(s3_region(" us-east-1 ").unwrap(), "us-east-1");
+        assert!(s3_region("us east").is_err() && s3_region("").is_err());
+        assert!(printable("a/b", 10).is_ok());
+        assert!(printable("a\u{1}", 10).is_err() && printable("abc", 2).is_err());
         let hex = "AB".repeat(32);
         let colons = hex
             .as_bytes()

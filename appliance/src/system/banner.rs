@@ -14,6 +14,8 @@ pub struct Banner {
     pub mode: String,
     pub url_port: Option<u16>,
     pub fingerprint: Option<String>,
+    /// When the HTTPS certificate ends (`YYYY-MM-DD`, as `godwit serve` printed it).
+    pub certificate_expires: Option<String>,
     pub setup_code: Option<String>,
     pub password_preset: bool,
     pub notes: Vec<String>,
@@ -52,6 +54,11 @@ pub fn render(b: &Banner) -> String {
             if let Some(f) = &b.fingerprint {
                 s.push_str(&format!("  Certificate:  {f}\n"));
             }
+            if let Some(e) = &b.certificate_expires {
+                s.push_str(&format!(
+                    "  Valid until:  {e} (a generated one is renewed 30 days before; its fingerprint then changes)\n"
+                ));
+            }
         }
         None => s.push_str("  Setup page:   not available (the service is not running)\n"),
     }
@@ -85,6 +92,7 @@ mod tests {
             mode: "dhcp".into(),
             url_port: Some(443),
             fingerprint: Some("SHA256:ab".into()),
+            certificate_expires: Some("2027-12-07".into()),
             setup_code: Some("ABCD-EFGH".into()),
             ..Default::default()
         };
@@ -93,6 +101,7 @@ mod tests {
         assert!(s.contains("Address:      10.0.2.15/24 on eth0 (dhcp)"));
         assert!(s.contains("Setup page:   https://10.0.2.15/"));
         assert!(s.contains("Setup code:   ABCD-EFGH"));
+        assert!(s.contains("Valid until:  2027-12-07 (a generated one is renewed"));
         assert!(s.ends_with("GODWIT READY\n"));
         let s = render(&Banner {
             password_preset: true,

@@ -169,6 +169,7 @@ struct Serve {
     child: std::process::Child,
     url: bool,
     fingerprint: Option<String>,
+    certificate_expires: Option<String>,
     setup_code: Option<String>,
 }
 
@@ -200,6 +201,7 @@ fn start_serve(password: Option<&Path>) -> anyhow::Result<Serve> {
         child,
         url: false,
         fingerprint: None,
+        certificate_expires: None,
         setup_code: None,
     };
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -210,6 +212,8 @@ fn start_serve(password: Option<&Path>) -> anyhow::Result<Serve> {
                     s.url = true;
                 } else if let Some(f) = l.strip_prefix("fingerprint:") {
                     s.fingerprint = Some(f.trim().to_string());
+                } else if let Some(e) = l.strip_prefix("certificate expires:") {
+                    s.certificate_expires = Some(e.trim().to_string());
                 } else if let Some(c) = l.strip_prefix("setup code:") {
                     s.setup_code = Some(c.trim().to_string());
                 }
@@ -353,6 +357,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         banner.url_port = Some(443);
     }
     banner.fingerprint = serve.fingerprint.clone();
+    banner.certificate_expires = serve.certificate_expires.clone();
     banner.setup_code = serve.setup_code.clone();
 
     if let BootKind::Trial(slot) = kind {

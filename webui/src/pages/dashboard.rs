@@ -565,6 +565,8 @@ struct SettingsPage {
     ingest_url: String,
     errors: FormErrors,
     saved: bool,
+    /// The password policy in one sentence, shown under the new password field.
+    password_hint: &'static str,
 }
 
 impl SettingsPage {
@@ -654,6 +656,7 @@ async fn render_settings_with<B: Backend>(
             ingest_url,
             errors,
             saved,
+            password_hint: crate::password::REQUIREMENTS,
         },
     )
 }
@@ -676,11 +679,12 @@ async fn settings_page<B: Backend>(
 async fn change_password<B: Backend>(
     State(st): St<B>,
     ClientIp(ip): ClientIp,
+    headers: axum::http::HeaderMap,
     session: Session,
     Form(form): Form<PasswordForm>,
 ) -> Response {
-    match super::apply_password(&st, ip, &session, form.into_command()).await {
-        Ok(()) => see_other("/settings?saved=password"),
+    match super::apply_password(&st, ip, &headers, &session, form.into_command()).await {
+        Ok(device) => super::with_cookie(see_other("/settings?saved=password"), device),
         Err(PasswordRefusal::Limited(wait)) => security::too_many_attempts(wait, false),
         Err(PasswordRefusal::Refused(e)) => {
             let code = status_of(&e);

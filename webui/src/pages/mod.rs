@@ -14,7 +14,7 @@ use crate::{
 };
 use askama::Template;
 use axum::{
-    http::StatusCode,
+    http::{HeaderMap, HeaderValue, StatusCode},
     response::{Html, IntoResponse, Redirect, Response},
 };
 use std::{net::IpAddr, time::Duration};
@@ -45,7 +45,7 @@ impl Layout {
         Layout {
             title: title.to_owned(),
             csrf: security::csrf_token(session).await,
-            logged_in: security::is_logged_in(session).await,
+            logged_in: security::is_logged_in(st, session).await,
             nav,
             version: st.version().await,
         }
@@ -125,6 +125,14 @@ pub(crate) fn see_other(to: &str) -> Response {
     Redirect::to(to).into_response()
 }
 
+/// `resp` with a `Set-Cookie` added, when there is one.
+pub(crate) fn with_cookie(mut resp: Response, cookie: Option<HeaderValue>) -> Response {
+    if let Some(v) = cookie {
+        resp.headers_mut().append(axum::http::header::SET_COOKIE, v);
+    }
+    resp
+}
+
 /// Where each wizard step lives.
 pub(crate) fn step_path(step: WizardStep) -> &'static str {
     match step {
@@ -143,26 +151,35 @@ pub(crate) enum PasswordRefusal {
 }
 
 /// Sets or changes the admin password (shared by the wizard, the settings page and the API).
-/// Without a session login this is the first-run step: rate limited like a login (a wrong setup
-/// code counts as a failure), and success logs the session in.
+/// Counted by the login limiter before the backend checks the setup code or the current
+/// password (a wrong one counts as a failed login; a refused new password checks nothing and
+/// is not counted). A success ends every login made before (other browsers, other sessions)
+/// and forgets the device cookies; this session is logged in afresh. Returns the response
+/// headers' device cookie for this browser.
 pub(crate) async fn apply_password<B: Backend>(
     st: &AppState<B>,
     ip: IpAddr,
+    headers: &HeaderMap,
     session: &Session,
     cmd: SetAdminPassword,
-) -> Result<(), PasswordRefusal> {
-    let logged_in = security::is_logged_in(session).await;
-    st.limiter.check(ip).map_err(PasswordRefusal::Limited)?;
+) -> Result<Option<HeaderValue>, PasswordRefusal> {
+    let key = security::client_key(st, ip, headers);
+    let attempt = st.limiter.begin(key).map_err(|wait| {
+        st.audit.note(&crate::audit::REFUSED_LOGIN, ip);
+        PasswordRefusal::Limited(wait)
+    })?;
     match st.backend.set_admin_password(cmd).await {
         Ok(()) => {
-            if !logged_in {
-                security::log_in(session).await.map_err(|e| {
-                    PasswordRefusal::Refused(CommandError::Internal {
-                        message: format!("session store: {e}"),
-                    })
-                })?;
-            }
-            Ok(())
+            attempt.succeeded();
+            st.sessions.revoke_all();
+            st.limiter.forget_devices();
+            tracing::info!("admin password changed: every other session was logged out");
+            security::log_in(session).await.map_err(|e| {
+                PasswordRefusal::Refused(CommandError::Internal {
+                    message: format!("session store: {e}"),
+                })
+            })?;
+            Ok(security::device_cookie(st))
         }
         Err(e) => {
             if let CommandError::Invalid { fields } = &e
@@ -170,7 +187,10 @@ pub(crate) async fn apply_password<B: Backend>(
                     .iter()
                     .any(|f| f.field == "setup_code" || f.field == "current_password")
             {
-                st.limiter.record_failure(ip);
+                attempt.failed();
+                st.audit.note(&crate::audit::FAILED_LOGIN, ip);
+            } else {
+                attempt.abandoned();
             }
             Err(PasswordRefusal::Refused(e))
         }

@@ -24,7 +24,7 @@ use askama::Template;
 use axum::{
     Form,
     extract::{Path, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::Response,
 };
 use serde::{Deserialize, Serialize};
@@ -118,7 +118,7 @@ async fn login_page<B: Backend>(State(st): St<B>, session: Session) -> Response 
     if !status.password_set {
         return see_other("/setup/password");
     }
-    if security::is_logged_in(&session).await {
+    if security::is_logged_in(&st, &session).await {
         return see_other("/");
     }
     let layout = Layout::new(&st, &session, "Log in", None).await;
@@ -135,26 +135,24 @@ async fn login_page<B: Backend>(State(st): St<B>, session: Session) -> Response 
 async fn login<B: Backend>(
     State(st): St<B>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     session: Session,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if let Err(wait) = st.limiter.check(ip) {
-        return security::too_many_attempts(wait, false);
-    }
-    let (status_code, errors) = if st.backend.verify_admin_password(&form.password).await {
-        match security::log_in(&session).await {
-            Ok(_) => return see_other("/"),
+    let key = security::client_key(&st, ip, &headers);
+    let (status_code, errors) = match security::check_login(&st, key, ip, &form.password).await {
+        Ok(()) => match security::log_in(&session).await {
+            Ok(_) => return security::with_device_cookie(&st, see_other("/")),
             Err(e) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 FormErrors::general(format!("could not start a session: {e}")),
             ),
-        }
-    } else {
-        st.limiter.record_failure(ip);
-        (
+        },
+        Err(security::Denied::Wait(wait)) => return security::too_many_attempts(wait, false),
+        Err(security::Denied::Wrong) => (
             StatusCode::UNAUTHORIZED,
             FormErrors::field("password", "wrong password"),
-        )
+        ),
     };
     let layout = Layout::new(&st, &session, "Log in", None).await;
     let status = st.backend.setup_status().await;
@@ -182,6 +180,8 @@ struct PasswordPage {
     layout: Layout,
     steps: Vec<StepItem>,
     password_set: bool,
+    /// The password policy in one sentence, shown under the field.
+    password_hint: &'static str,
     errors: FormErrors,
 }
 
@@ -204,6 +204,7 @@ async fn render_password<B: Backend>(
             layout,
             steps: steps(WizardStep::Password, status.next_step),
             password_set: status.password_set,
+            password_hint: crate::password::REQUIREMENTS,
             errors,
         },
     )
@@ -219,11 +220,12 @@ const PASSWORD_FIELDS: &[&str] = &[
 async fn set_password<B: Backend>(
     State(st): St<B>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     session: Session,
     Form(form): Form<PasswordForm>,
 ) -> Response {
-    match super::apply_password(&st, ip, &session, form.into_command()).await {
-        Ok(()) => see_other("/setup"),
+    match super::apply_password(&st, ip, &headers, &session, form.into_command()).await {
+        Ok(device) => super::with_cookie(see_other("/setup"), device),
         Err(PasswordRefusal::Limited(wait)) => security::too_many_attempts(wait, false),
         Err(PasswordRefusal::Refused(e)) => {
             let code = status_of(&e);

@@ -11,6 +11,7 @@ mod views;
 use crate::backend::*;
 use std::{
     sync::Mutex,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 use views::now_rfc3339;
@@ -21,6 +22,10 @@ const DISK_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 pub struct TestBackend {
     setup_code: String,
     job_duration: Duration,
+    /// How long a password check takes (0: at once).
+    verify_delay: Duration,
+    /// Password checks made so far.
+    verifications: AtomicUsize,
     state: Mutex<State>,
 }
 
@@ -61,8 +66,21 @@ impl TestBackend {
         TestBackend {
             setup_code: setup_code.to_owned(),
             job_duration: Duration::from_secs(6),
+            verify_delay: Duration::ZERO,
+            verifications: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Every password check takes `d` (as a real hash does), so concurrent logins overlap.
+    pub fn with_verify_delay(mut self, d: Duration) -> Self {
+        self.verify_delay = d;
+        self
+    }
+
+    /// How many times a password was checked against the admin password.
+    pub fn verifications(&self) -> usize {
+        self.verifications.load(Ordering::SeqCst)
     }
 
     /// How long a simulated transfer takes.
@@ -186,6 +204,11 @@ impl Backend for TestBackend {
     async fn set_admin_password(&self, cmd: SetAdminPassword) -> CommandResult<()> {
         let mut s = self.lock();
         Self::remember(&mut s, &cmd.new_password);
+        // The shared policy first: a refused new password is refused before any code or
+        // current password is checked (like the service, which then hashes nothing).
+        let new = cmd
+            .checked_new_password()
+            .map_err(|fields| CommandError::Invalid { fields })?;
         let mut errs = Vec::new();
         match &s.password {
             None => {
@@ -199,22 +222,27 @@ impl Backend for TestBackend {
                 }
             }
         }
-        if cmd.new_password.expose().chars().count() < 10 {
-            errs.push(fe("new_password", "use at least 10 characters"));
-        } else if cmd.new_password != cmd.confirm_password {
-            errs.push(fe("confirm_password", "the two passwords differ"));
-        }
         invalid(errs)?;
-        s.password = Some(cmd.new_password.expose().to_owned());
+        s.password = Some(new.expose().to_owned());
         s.logs.push(format!("{} admin password set", now_rfc3339()));
         Ok(())
     }
 
-    async fn verify_admin_password(&self, password: &Secret) -> bool {
+    async fn verify_admin_password(&self, password: &Secret) -> PasswordCheck {
+        self.verifications.fetch_add(1, Ordering::SeqCst);
+        if !self.verify_delay.is_zero() {
+            // A real check hashes for tens of milliseconds: concurrent logins overlap.
+            tokio::time::sleep(self.verify_delay).await;
+        }
         let s = self.lock();
-        s.password
+        if s.password
             .as_deref()
             .is_some_and(|p| p == password.expose())
+        {
+            PasswordCheck::Correct
+        } else {
+            PasswordCheck::Wrong
+        }
     }
 
     async fn settings(&self) -> SettingsView {

@@ -54,6 +54,16 @@ impl TestBackend {
             subject_alt_names: vec!["godwit.example.test".into()],
             chain_length: if uploaded.is_some() { 2 } else { 1 },
             uploaded: uploaded.is_some(),
+            // The generated one is near its end (so the page's renewal notice is seen).
+            expires_in_days: if uploaded.is_some() { 400 } else { 12 },
+            renewal_due: uploaded.is_none(),
+            renewal: if uploaded.is_some() {
+                "Upload a renewed certificate before 2027-01-01.".into()
+            } else {
+                "A new certificate is generated automatically from 2026-12-02; its fingerprint \
+                 will change."
+                    .into()
+            },
         }
     }
 

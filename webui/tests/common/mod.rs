@@ -38,7 +38,10 @@ impl Resp {
 /// One browser (one cookie jar) at one client address.
 pub struct Client {
     pub app: Router,
+    /// The session cookie (`godwit_session=...`).
     pub cookie: Option<String>,
+    /// The device cookie a correct login leaves (`godwit_device=...`).
+    pub device: Option<String>,
     pub ip: SocketAddr,
 }
 
@@ -57,23 +60,34 @@ impl Client {
         Client {
             app: app.clone(),
             cookie: None,
+            device: None,
             ip: format!("{ip}:40000").parse().unwrap(),
         }
     }
 
     pub async fn send(&mut self, mut req: Request<Body>) -> Resp {
         req.extensions_mut().insert(ConnectInfo(self.ip));
-        if let Some(c) = &self.cookie {
-            req.headers_mut().insert(header::COOKIE, c.parse().unwrap());
+        let jar: Vec<&str> = [&self.cookie, &self.device]
+            .into_iter()
+            .filter_map(|c| c.as_deref())
+            .collect();
+        if !jar.is_empty() {
+            req.headers_mut()
+                .insert(header::COOKIE, jar.join("; ").parse().unwrap());
         }
         let resp = self.app.clone().oneshot(req).await.unwrap();
-        if let Some(sc) = resp.headers().get(header::SET_COOKIE) {
+        for sc in resp.headers().get_all(header::SET_COOKIE) {
             let sc = sc.to_str().unwrap();
             let pair = sc.split(';').next().unwrap().to_owned();
-            if sc.contains("Max-Age=0") {
-                self.cookie = None;
+            let slot = if pair.starts_with("godwit_device=") {
+                &mut self.device
             } else {
-                self.cookie = Some(pair);
+                &mut self.cookie
+            };
+            if sc.contains("Max-Age=0") {
+                *slot = None;
+            } else {
+                *slot = Some(pair);
             }
         }
         let status = resp.status();
