@@ -301,3 +301,41 @@ fn device_urls_on_another_host_are_trusted_by_the_reported_thumbprint_or_a_pin()
     s.logout().unwrap();
     assert_clean(&v, work.path());
 }
+
+/// The lease lists the disks in another order than the VM's devices (STUB `order=reverse`;
+/// nothing promises an order, vCenter keys each URL by controller and unit), plus a non-disk
+/// file: each disk still gets its own bytes. And the lease is completed as soon as the disks
+/// are downloaded, before the first one is handed on (a slow staging server must not hold a
+/// lease on the host).
+#[test]
+fn device_urls_are_matched_by_key_and_the_lease_completes_before_the_disks_are_fed() {
+    let v = Vcsim::start(false);
+    let (a, b) = prepare_two_disks(&v);
+    let work = tempfile::tempdir().unwrap();
+    v.stub("/stub/nfc?order=reverse", Some(""));
+    let s = v.connect();
+    let mut images = Vec::new();
+    let mut completed_when_fed = Vec::new();
+    run_cycle_with(
+        &s,
+        &opts(work.path()),
+        DiskAccess::Nfc,
+        &mut |_, d: &dyn BlockSource, _| {
+            completed_when_fed.push(last_lease(&v)["completed"] == true);
+            images.push(read_all(d));
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(completed_when_fed, [true, true]);
+    assert!(
+        images[0] == qemu_raw(&a, work.path()),
+        "disk 0 got another disk's bytes"
+    );
+    assert!(
+        images[1] == qemu_raw(&b, work.path()),
+        "disk 1 got another disk's bytes"
+    );
+    s.logout().unwrap();
+    assert_clean(&v, work.path());
+}

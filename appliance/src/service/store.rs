@@ -150,7 +150,8 @@ impl Settings {
 pub struct JobRecord {
     pub id: String,
     pub source_id: String,
-    /// The VM's name (vSphere: as last seen; a renamed VM is followed by `vm_moref`).
+    /// The VM's name when the job was created, and what its disks are stored under in staging
+    /// (vSphere: a renamed VM is followed by `vm_moref`; this name stays).
     pub vm: String,
     /// vSphere: the VM's MoRef value, resolved when the job was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,9 +1,9 @@
 //! A run of a job on a vSphere source: one `godwit_vmware::replicate::run_cycle` (ledgered
 //! snapshot, every disk read frozen, CBT ranges for incrementals, snapshot removed on every
 //! path), each disk replicated through [`RunCtx::transfer`]. The job follows its VM by the
-//! MoRef and instance UUID resolved when it was created (a renamed VM keeps replicating and
-//! the job shows the new name); jobs stored before that resolve by name once and keep the
-//! identity from then on.
+//! MoRef and instance UUID resolved when it was created (a renamed VM keeps replicating, said
+//! in the job's events; its disks keep the name they are stored under in staging); jobs
+//! stored before that resolve by name once and keep the identity from then on.
 
 use super::jobrun::{RunCtx, SinkError};
 use super::{Engine, Outcome};
@@ -123,28 +123,28 @@ fn cycle(
         cbt: run.engine.opts.cbt,
         ..CycleOptions::default()
     };
-    if job.vm != vm.name || job.vm_moref.as_deref() != Some(vm.moref.value.as_str()) {
-        let was = std::mem::replace(&mut job.vm, vm.name.clone());
+    // `job.vm` stays the name the disks are stored under in staging (exports and incrementals
+    // find them by it); the VM itself is followed by MoRef and instance UUID.
+    let pinned = job.vm_moref.as_deref() == Some(vm.moref.value.as_str());
+    let event = match (pinned, job.vm == vm.name) {
+        (true, true) => None,
+        (false, _) => Some(format!(
+            "VM {:?} is {} (instance UUID {}); the job follows it by these from now on",
+            vm.name,
+            vm.moref.value,
+            vm.instance_uuid.as_deref().unwrap_or("unknown")
+        )),
+        (true, false) => Some(format!(
+            "VM {} is now named {:?}; the job follows it and keeps storing its disks as {:?}",
+            vm.moref.value, vm.name, job.vm
+        )),
+    };
+    if let Some(event) = event {
         job.vm_moref = Some(vm.moref.value.clone());
         job.vm_instance_uuid = vm.instance_uuid.clone();
-        run.engine
-            .store
-            .put_job(
-                job,
-                Some(&format!(
-                    "VM {} is now {:?} ({}); the job follows it",
-                    if was == vm.name {
-                        "identity recorded:".to_string()
-                    } else {
-                        format!("{was:?} was renamed:")
-                    },
-                    vm.name,
-                    vm.moref.value
-                )),
-            )
-            .map_err(|e| {
-                godwit_vmware::Error::Usage(format!("recording the VM's identity: {e}"))
-            })?;
+        run.engine.store.put_job(job, Some(&event)).map_err(|e| {
+            godwit_vmware::Error::Usage(format!("recording the VM's identity: {e}"))
+        })?;
     }
     let store = run.engine.store.clone();
     let mut sink = |n: usize,
