@@ -248,9 +248,15 @@ pub fn with_keepalive<T>(
                 }
             }
         });
-        let r = work(&ka);
-        ka.stop();
-        r
+        // Stop the thread however `work` ends (a panic too, or the scope would wait).
+        struct Stop<'a>(&'a KeepAlive);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.stop();
+            }
+        }
+        let _stop = Stop(&ka);
+        work(&ka)
     })
 }
 

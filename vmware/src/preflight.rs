@@ -61,9 +61,15 @@ pub fn check(
     let needed = privileges::required(vm, locator, cbt, nfc);
     match privileges::check(s, &needed) {
         Ok(answers) => reasons.extend(privileges::missing(&answers)),
-        // A server without an AuthorizationManager (or one that will not say) is not a
-        // reason to refuse; the calls themselves will fail if a privilege is missing.
-        Err(e) if e.kind() == ErrorKind::Protocol => {
+        // A server without an AuthorizationManager or HasPrivilegeOnEntity (an old ESXi) is
+        // not a reason to refuse; the calls themselves will fail if a privilege is missing.
+        Err(e)
+            if e.kind() == ErrorKind::Protocol
+                || matches!(
+                    e.fault_type(),
+                    Some("MethodNotFound" | "NotSupported" | "NotImplemented")
+                ) =>
+        {
             tracing::warn!(error = %e, "privileges could not be checked");
         }
         Err(e) => return Err(e),

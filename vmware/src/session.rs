@@ -387,9 +387,15 @@ impl Session {
                     }
                 }
             });
-            let r = work();
-            stop.store(true, Ordering::Relaxed);
-            r
+            // Stop the thread however `work` ends (a panic too, or the scope would wait).
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let _stop = Stop(&stop);
+            work()
         })
     }
 

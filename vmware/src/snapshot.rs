@@ -38,6 +38,17 @@ pub struct TakenSnapshot {
 /// Task faults that mean quiescing failed (both are SnapshotFaults).
 pub const QUIESCE_FAULTS: &[&str] = &["ApplicationQuiesceFault", "FilesystemQuiesceFault"];
 
+/// A quiesce fault, or another SnapshotFault whose message says quiescing failed (hosts also
+/// report a failed freeze as a generic snapshot fault, "An error occurred while quiescing the
+/// virtual machine").
+pub fn is_quiesce_fault(fault: &str, message: &str) -> bool {
+    QUIESCE_FAULTS.contains(&fault)
+        || (matches!(
+            fault,
+            "SnapshotFault" | "GenericVmConfigFault" | "SystemError"
+        ) && message.to_ascii_lowercase().contains("quiesc"))
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -63,7 +74,7 @@ pub fn snapshot_name() -> String {
 pub fn create(s: &Session, ledger: &mut Ledger, vm: &Vm, quiesce: bool) -> Result<TakenSnapshot> {
     match create_once(s, ledger, vm, quiesce) {
         Err(Error::TaskFailed { fault, message, .. })
-            if quiesce && QUIESCE_FAULTS.contains(&fault.as_str()) =>
+            if quiesce && is_quiesce_fault(&fault, &message) =>
         {
             tracing::warn!(vm = %vm.name, %fault, "quiescing failed; taking the snapshot without it");
             let mut snap = create_once(s, ledger, vm, false)?;
@@ -295,4 +306,22 @@ pub fn sweep(s: &Session, ledger: &mut Ledger) -> Result<SweepReport> {
         }
     }
     Ok(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiesce_faults_are_recognised() {
+        assert!(is_quiesce_fault("ApplicationQuiesceFault", ""));
+        assert!(is_quiesce_fault("FilesystemQuiesceFault", "x"));
+        assert!(is_quiesce_fault(
+            "SnapshotFault",
+            "An error occurred while quiescing the virtual machine."
+        ));
+        assert!(!is_quiesce_fault("SnapshotFault", "disk full"));
+        assert!(!is_quiesce_fault("InvalidPowerState", "quiesce"));
+        assert!(snapshot_name().starts_with(SNAPSHOT_PREFIX));
+    }
 }

@@ -178,7 +178,20 @@ fn privilege_results(session: &godwit_vmware::session::Session) -> anyhow::Resul
     let root = session.service_content().root_folder.clone();
     let ids: Vec<&str> = ALL.iter().map(|p| p.id).collect();
     let started = std::time::Instant::now();
-    let granted = session.has_privileges(&root, &ids)?;
+    let granted = match session.has_privileges(&root, &ids) {
+        Ok(g) => g,
+        Err(e) => {
+            return Ok(vec![serde_json::json!({
+                "check": "privilege",
+                "target": format!("{} (root folder)", session.endpoint().authority()),
+                "status": "warn",
+                "value": format!("privileges could not be checked: {e}"),
+                "remediation": Value::Null,
+                "purpose": "HasPrivilegeOnEntity",
+                "elapsed_ms": 0,
+            })]);
+        }
+    };
     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let host = session.endpoint().authority();
     Ok(ALL
@@ -311,7 +324,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let privileges_ok = privileges.iter().all(|p| p["status"] == "pass");
+    let privileges_ok = privileges.iter().all(|p| p["status"] != "fail");
     Ok(if all_passed(&results) && privileges_ok {
         ExitCode::SUCCESS
     } else {
