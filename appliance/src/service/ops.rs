@@ -632,11 +632,12 @@ fn pretty<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-/// Does the source have a VM of this name? (Checked before a job is created.) Blocking.
-/// Whether the VM exists; for vSphere its (name, MoRef, instance UUID), the VM named by name,
-/// MoRef or instance UUID (an ambiguous name is refused listing the candidates).
+/// A vSphere VM's (name, MoRef value, instance UUID).
 type VmIdentity = (String, String, Option<String>);
 
+/// Does the source have this VM? (Checked before a job is created.) For vSphere the VM may be
+/// named by name, MoRef or instance UUID (an ambiguous name is refused on the `vm` field
+/// listing the candidates) and its identity is returned. Blocking.
 fn vm_exists(src: &SourceRecord, vm: &str) -> CommandResult<Option<VmIdentity>> {
     let not_found = || CommandError::field("vm", format!("no VM named {vm:?} at {}", src.address));
     match src.kind {
