@@ -381,3 +381,69 @@ fn assert_bundle_free_of(bundle: &[u8], secrets: &[&str], work: &Path) -> Vec<St
     assert!(names.len() >= 5, "bundle has too few files: {names:?}");
     names
 }
+
+/// A job may name its VM by MoRef; it stores the VM's MoRef and instance UUID and follows the
+/// VM through a rename (the events say so; the disks keep the name they are stored under).
+#[test]
+fn a_job_named_by_moref_follows_its_vm_through_a_rename() {
+    let work = tempfile::tempdir().unwrap();
+    let v = Vcsim::start(false);
+    let disk = random_disk(&v, VM, 4);
+    let staging = work.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let srv = Server::start(&staging, "127.0.0.1:0", &[]);
+    let svc = Service::start_as_admin(work.path(), &["--chunk-size", "256K", "--no-cbt"]);
+    let source = service::setup_vsphere(
+        &svc,
+        &v,
+        json!({"kind": "server", "address": srv.addr, "fingerprint": srv.fingerprint,
+               "token": srv.token}),
+    );
+    let s = v.connect();
+    let vm = vm_by_name(&s, VM);
+    // A MoRef that names no VM is refused on the field.
+    let (st, e) = svc.api(
+        "POST",
+        "/jobs",
+        Some(json!({"source_id": source, "vm": "vm-999999", "schedule": {"kind": "once"}})),
+    );
+    assert_eq!(st, 422, "{e}");
+    assert!(e.to_string().contains("vm"), "{e}");
+    let job = svc.ok(
+        "POST",
+        "/jobs",
+        Some(json!({"source_id": source, "vm": vm.moref.value, "schedule": {"kind": "once"}})),
+    );
+    assert_eq!(job["vm"], VM, "the job shows the VM's name: {job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    svc.wait_job(&id, 120, |j| j["state"] == "completed");
+    // An administrator renames the VM; the next run still finds it.
+    vmware_harness::run_task(
+        &s,
+        "Rename_Task",
+        godwit_vmware::soap::envelope::envelope(
+            "Rename_Task",
+            &vm.moref,
+            "<newName>renamed-by-admin</newName>",
+        ),
+    );
+    util::write_random(&disk.with_file_name("data-flat.vmdk"), 0, 4);
+    svc.ok("POST", &format!("/jobs/{id}/run"), None);
+    let done = svc.wait_job(&id, 120, |j| {
+        j["state"] == "completed" && j["runs_completed"] == json!(2)
+    });
+    assert_eq!(done["vm"], VM, "{done}");
+    let events = svc
+        .ok("GET", &format!("/jobs/{id}/events"), None)
+        .to_string();
+    assert!(
+        events.contains("renamed-by-admin") && events.contains(&vm.moref.value),
+        "{events}"
+    );
+    // The second run's disk is the renamed VM's new data.
+    let out = work.path().join("export.raw");
+    service::export_and_wait(&svc, &id, "raw", out.to_str().unwrap());
+    assert!(std::fs::read(&out).unwrap() == qemu_raw(&disk, work.path()));
+    assert!(vm_by_name(&s, "renamed-by-admin").snapshots.is_empty());
+    s.logout().unwrap();
+}

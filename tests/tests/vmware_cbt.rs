@@ -7,7 +7,7 @@
 
 mod vmware_harness;
 
-use godwit_disk::{BlockSource, Disk, RunState};
+use godwit_disk::{BlockSource, RunState};
 use godwit_vmware::ledger::Ledger;
 use godwit_vmware::replicate::{CycleOptions, run_cycle};
 use std::ops::Range;
@@ -18,7 +18,7 @@ const VM: &str = "DC0_H0_VM0";
 const SPARSE_SIZE: u64 = 3 * 1024 * 1024 + 1024;
 const FLAT_SIZE: u64 = 5 * 1024 * 1024 + 65 * 1024;
 
-fn read_all(d: &Disk) -> Vec<u8> {
+fn read_all(d: &dyn BlockSource) -> Vec<u8> {
     let size = d.virtual_size();
     let mut out = vec![0u8; usize::try_from(size).unwrap()];
     for run in d.map(0, size).unwrap() {
@@ -57,12 +57,13 @@ fn cycle(
         ledger: work.join("ledger.json"),
         change_ids: work.join("ids.json"),
         cbt: true,
+        ..CycleOptions::default()
     };
     let mut seen = Vec::new();
     let report = run_cycle(
         &s,
         &opts,
-        &mut |n, d: &Disk, ranges: Option<&[Range<u64>]>| {
+        &mut |n, d: &dyn BlockSource, ranges: Option<&[Range<u64>]>| {
             seen.push(ranges.map(<[_]>::to_vec));
             match ranges {
                 None => {
@@ -249,13 +250,18 @@ fn cbt_is_not_enabled_while_a_snapshot_exists() {
         ledger: work.path().join("ledger.json"),
         change_ids: work.path().join("ids.json"),
         cbt: true,
+        ..CycleOptions::default()
     };
     let s = v.connect();
     let mut handed = 0;
-    let err = run_cycle(&s, &opts, &mut |_, _: &Disk, _: Option<&[Range<u64>]>| {
-        handed += 1;
-        Ok(())
-    })
+    let err = run_cycle(
+        &s,
+        &opts,
+        &mut |_, _: &dyn BlockSource, _: Option<&[Range<u64>]>| {
+            handed += 1;
+            Ok(())
+        },
+    )
     .expect_err("CBT must not be enabled while a snapshot exists");
     let msg = err.to_string();
     assert!(
@@ -270,4 +276,171 @@ fn cbt_is_not_enabled_while_a_snapshot_exists() {
     let ledger = Ledger::open(&opts.ledger).unwrap();
     assert!(ledger.entries().is_empty(), "nothing left in the ledger");
     s.logout().unwrap();
+}
+
+fn cbt_calls(v: &Vcsim, change_id: &str) -> u64 {
+    let st: serde_json::Value = serde_json::from_str(&v.stub("/stub/cbt-stats", None)).unwrap();
+    st["calls"][change_id].as_u64().unwrap_or(0)
+}
+
+/// A changeId is `<UUID>/<sequence>`. When the UUID differs from the recorded one (CBT was
+/// reset), the sequence went backwards (the VM was reverted) or the capacity changed, the old
+/// changeId is not used at all — not even asked about — and the disk is read whole, reported
+/// with the reason. The stub would happily answer for the old changeId (areas registered), as
+/// a vCenter can after a reset: a client that asked would copy a corrupt incremental.
+#[test]
+fn a_new_change_id_uuid_a_sequence_going_back_or_a_new_capacity_force_a_reported_full_read() {
+    let v = Vcsim::start(false);
+    let (ds, dir) = v.datastore();
+    let vmdir = dir.join(VM);
+    let d = vmware_harness::make_disk(&vmdir, "one", true, 2 << 20, &["write -P 0x11 0 1M"]);
+    let s = v.connect();
+    set_vm_disks(&s, VM, &[(&format!("[{ds}] {VM}/one.vmdk"), 2 << 20)]);
+    let vm = vm_by_name(&s, VM);
+    let key = vm.disks[0].key;
+    s.logout().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut images: Vec<Vec<u8>> = Vec::new();
+    let set = |id: &str| set_change_ids(&v, &vm.moref.value, &[key], &[id]);
+    let old = "52 aa aa aa aa aa aa aa-aa aa aa aa aa aa aa aa/4";
+    // Areas for every old changeId, so that using one would "work".
+    v.stub(
+        "/stub/cbt",
+        Some(&format!(
+            r#"{{"chunk":1048576,"areas":{{"{old}":[[0,4096]],"52 bb bb bb bb bb bb bb-bb bb bb bb bb bb bb bb/7":[[0,4096]]}}}}"#
+        )),
+    );
+    set(old);
+    let (seen, _) = cycle(&v, work.path(), &mut images);
+    assert_eq!(seen, vec![None]);
+
+    // 1. CBT reset: a new UUID.
+    qemu_io(&d, "vmdk", &["write -P 0x22 1M 4k"]);
+    set("52 bb bb bb bb bb bb bb-bb bb bb bb bb bb bb bb/7");
+    let (seen, rep) = cycle(&v, work.path(), &mut images);
+    assert_eq!(seen, vec![None], "read whole");
+    let why = rep.disks[0].full_read_reason.clone().unwrap_or_default();
+    assert!(why.contains("UUID changed"), "{why}");
+    assert_eq!(cbt_calls(&v, old), 0, "the old changeId was not used");
+    assert!(images[0] == qemu_raw(&d, work.path()));
+
+    // 2. The sequence went backwards (the VM was reverted to an earlier state).
+    set("52 bb bb bb bb bb bb bb-bb bb bb bb bb bb bb bb/3");
+    let (seen, rep) = cycle(&v, work.path(), &mut images);
+    assert_eq!(seen, vec![None]);
+    let why = rep.disks[0].full_read_reason.clone().unwrap_or_default();
+    assert!(why.contains("went backwards"), "{why}");
+    assert_eq!(
+        cbt_calls(&v, "52 bb bb bb bb bb bb bb-bb bb bb bb bb bb bb bb/7"),
+        0
+    );
+
+    // 3. The disk was extended (same device, same UUID, a later sequence): capacity changed.
+    // (qemu-img cannot resize a VMDK: the disk is made again, 3 MiB, same data.)
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        d.to_str().unwrap(),
+        "3M",
+    ]);
+    qemu_io(&d, "vmdk", &["write -P 0x11 0 1M", "write -P 0x22 1M 4k"]);
+    let s = v.connect();
+    let spec = format!(
+        r#"<spec><deviceChange><operation>edit</operation><device xsi:type="VirtualDisk"><key>{key}</key><deviceInfo><label>Hard disk 1</label><summary>3,072 KB</summary></deviceInfo><backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[{ds}] {VM}/one.vmdk</fileName><diskMode>persistent</diskMode><changeId>52 bb bb bb bb bb bb bb-bb bb bb bb bb bb bb bb/9</changeId></backing><controllerKey>{}</controllerKey><unitNumber>0</unitNumber><capacityInKB>3072</capacityInKB></device></deviceChange></spec>"#,
+        vm.disks[0].controller_key.unwrap()
+    );
+    vmware_harness::run_task(
+        &s,
+        "ReconfigVM_Task",
+        godwit_vmware::soap::envelope::envelope("ReconfigVM_Task", &vm.moref, &spec),
+    );
+    let now = vm_by_name(&s, VM);
+    assert_eq!(
+        (now.disks[0].key, now.disks[0].capacity_bytes),
+        (key, 3 << 20),
+        "vcsim edited the disk in place"
+    );
+    s.logout().unwrap();
+    set("52 bb bb bb bb bb bb bb-bb bb bb bb bb bb bb bb/9");
+    let (seen, rep) = cycle(&v, work.path(), &mut images);
+    assert_eq!(seen, vec![None]);
+    let why = rep.disks[0].full_read_reason.clone().unwrap_or_default();
+    assert!(why.contains("capacity changed"), "{why}");
+    assert!(images[0] == qemu_raw(&d, work.path()));
+}
+
+/// The first full read of a thin disk with CBT on asks QueryChangedDiskAreas("*") and reads
+/// only the areas in use: a 64 MiB thin disk with 1 MiB written costs about 1 MiB of /folder
+/// reads, not 64 MiB, and the copy is still byte-identical.
+#[test]
+fn the_first_full_read_of_a_thin_disk_reads_only_allocated_areas() {
+    let v = Vcsim::start(false);
+    let (ds, dir) = v.datastore();
+    let d = vmware_harness::make_disk(
+        &dir.join(VM),
+        "thin",
+        true,
+        64 << 20,
+        &["write -P 0x31 0 512k", "write -P 0x32 40M 512k"],
+    );
+    let s = v.connect();
+    set_vm_disks(&s, VM, &[(&format!("[{ds}] {VM}/thin.vmdk"), 64 << 20)]);
+    let vm = vm_by_name(&s, VM);
+    s.logout().unwrap();
+    set_change_ids(&v, &vm.moref.value, &[vm.disks[0].key], &["52 cc/1"]);
+    v.stub("/stub/reset-stats", Some(""));
+    let work = tempfile::tempdir().unwrap();
+    let mut images = Vec::new();
+    let (seen, rep) = cycle(&v, work.path(), &mut images);
+    assert_eq!(seen, vec![None]);
+    assert!(images[0] == qemu_raw(&d, work.path()), "thin disk differs");
+    let allocated = rep.disks[0].allocated_bytes.expect("allocated areas used");
+    assert!(
+        (1 << 20..=2 << 20).contains(&allocated),
+        "allocated {allocated}"
+    );
+    let (served, _) = v.folder_stats();
+    eprintln!(
+        "thin 64 MiB disk, 1 MiB written: /folder served {served} bytes, allocated {allocated}"
+    );
+    assert!(
+        served < 4 << 20,
+        "served {served} bytes for a 64 MiB thin disk"
+    );
+    assert!(cbt_calls(&v, "*") > 0);
+}
+
+/// vCenter sometimes reports a changed area whole in each answer it touches, past the range
+/// asked: the areas are clamped, the incremental is right, and a warning says so.
+#[test]
+fn changed_areas_past_the_asked_range_are_clamped_with_a_warning() {
+    let v = Vcsim::start(false);
+    let (ds, dir) = v.datastore();
+    let d = vmware_harness::make_disk(&dir.join(VM), "o", true, 3 << 20, &["write -P 0x11 0 3M"]);
+    let s = v.connect();
+    set_vm_disks(&s, VM, &[(&format!("[{ds}] {VM}/o.vmdk"), 3 << 20)]);
+    let vm = vm_by_name(&s, VM);
+    s.logout().unwrap();
+    let key = vm.disks[0].key;
+    let work = tempfile::tempdir().unwrap();
+    let mut images = Vec::new();
+    set_change_ids(&v, &vm.moref.value, &[key], &["52 dd/1"]);
+    cycle(&v, work.path(), &mut images);
+    // 64 KiB across the 1 MiB window boundary, reported unclipped in both answers.
+    qemu_io(&d, "vmdk", &["write -P 0x99 1015808 64k"]);
+    v.stub(
+        "/stub/cbt",
+        Some(r#"{"chunk":1048576,"overshoot":true,"areas":{"52 dd/1":[[1015808,65536]]}}"#),
+    );
+    set_change_ids(&v, &vm.moref.value, &[key], &["52 dd/2"]);
+    let (seen, rep) = cycle(&v, work.path(), &mut images);
+    let want: Vec<Range<u64>> = std::iter::once(1_015_808..1_081_344).collect();
+    assert_eq!(seen, vec![Some(want)]);
+    assert!(images[0] == qemu_raw(&d, work.path()));
+    let w = rep.disks[0].warnings.join("; ");
+    assert!(w.contains("clamped"), "{w}");
 }

@@ -162,3 +162,52 @@ fn esxi_hosts_that_resolve_but_refuse_get_the_port_remediation() {
     }
     assert_eq!(code, 1);
 }
+
+/// The privileges a replication needs are reported (HasPrivilegeOnEntity on the root folder,
+/// answered by our labelled STUB's deny list: vcsim grants everything), one result each; a
+/// missing one fails the check naming the privilege and what needs it.
+#[test]
+fn the_privileges_a_replication_needs_are_reported() {
+    let v = Vcsim::start(false);
+    let privileges = |results: &[Value]| -> Vec<Value> {
+        results
+            .iter()
+            .filter(|r| r["check"] == "privilege")
+            .cloned()
+            .collect()
+    };
+    let (_, results, stderr) = check(&v, &v.fingerprint_arg(), &[]);
+    let p = privileges(&results);
+    assert_eq!(p.len(), godwit_vmware::privileges::ALL.len(), "{stderr}");
+    for r in &p {
+        assert_eq!(r["status"], "pass", "{r:#}");
+    }
+    assert!(
+        p.iter().any(|r| r["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("VirtualMachine.State.CreateSnapshot")),
+        "{p:#?}"
+    );
+    v.stub(
+        "/stub/privileges?deny=VirtualMachine.State.RemoveSnapshot",
+        Some(""),
+    );
+    let (code, results, _) = check(&v, &v.fingerprint_arg(), &[]);
+    assert_eq!(code, 1);
+    let p = privileges(&results);
+    let failed: Vec<&Value> = p.iter().filter(|r| r["status"] == "fail").collect();
+    assert_eq!(failed.len(), 1, "{p:#?}");
+    assert!(
+        failed[0]["target"]
+            .as_str()
+            .unwrap()
+            .contains("VirtualMachine.State.RemoveSnapshot")
+            && failed[0]["remediation"]
+                .as_str()
+                .unwrap()
+                .contains("RemoveSnapshot_Task"),
+        "{:#}",
+        failed[0]
+    );
+}

@@ -14,7 +14,7 @@
 
 mod vmware_harness;
 
-use godwit_disk::Disk;
+use godwit_disk::BlockSource;
 use godwit_vmware::ErrorKind;
 use godwit_vmware::ledger::Ledger;
 use godwit_vmware::replicate::{CycleOptions, DiskAccess, run_cycle, run_cycle_with};
@@ -31,6 +31,7 @@ fn opts(dir: &Path) -> CycleOptions {
         ledger: dir.join("ledger.json"),
         change_ids: dir.join("change-ids.json"),
         cbt: false,
+        ..CycleOptions::default()
     }
 }
 
@@ -67,12 +68,17 @@ fn nfc_cycle(
 ) -> godwit_vmware::Result<(godwit_vmware::replicate::CycleReport, Vec<Vec<u8>>)> {
     let _ = v;
     let mut images = Vec::new();
-    let r = run_cycle_with(s, &opts(dir), access, &mut |n, d: &Disk, ranges| {
-        assert_eq!(n, images.len());
-        assert!(ranges.is_none());
-        images.push(read_all(d));
-        Ok(())
-    })?;
+    let r = run_cycle_with(
+        s,
+        &opts(dir),
+        access,
+        &mut |n, d: &dyn BlockSource, ranges| {
+            assert_eq!(n, images.len());
+            assert!(ranges.is_none());
+            images.push(read_all(d));
+            Ok(())
+        },
+    )?;
     Ok((r, images))
 }
 
@@ -217,36 +223,68 @@ fn powered_off_vm_goes_through_export_vm() {
     assert_clean(&v, work.path());
 }
 
+/// An ESXi host behind vCenter is trusted by the SHA-1 thumbprint vCenter reports for it in
+/// the lease (over the pinned vCenter session), or by its own SHA-256 pin — never otherwise:
+/// without either the run stops naming the host and its fingerprint; a reported thumbprint
+/// that does not match the host's certificate stops it too.
 #[test]
-fn device_urls_on_another_host_need_its_own_pin_and_auto_picks_nfc_for_vsan() {
+fn device_urls_on_another_host_are_trusted_by_the_reported_thumbprint_or_a_pin() {
     let v = Vcsim::start(false);
     let (a, _) = prepare_two_disks(&v);
     let work = tempfile::tempdir().unwrap();
     // Device URLs name "localhost:PORT": for the client another host than the vCenter it
     // logged in to (127.0.0.1:PORT), as an ESXi host behind vCenter would be.
     let other = format!("localhost:{}", v.port);
-    v.stub(&format!("/stub/nfc?host={other}"), Some(""));
+    let shown = Fingerprint::parse(&v.fingerprint).unwrap().to_string();
     let s = v.connect();
+
+    // No thumbprint reported, no pin: refused, naming the host and its fingerprint.
+    v.stub(&format!("/stub/nfc?host={other}&thumbprint=none"), Some(""));
     let err = nfc_cycle(&v, &s, work.path(), DiskAccess::Nfc).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Trust, "{err}");
     let msg = err.to_string();
-    let shown = Fingerprint::parse(&v.fingerprint).unwrap().to_string();
     assert!(
         msg.contains(&other) && msg.contains(&shown),
         "the error names the host and the fingerprint to pin ({shown}): {msg}"
     );
     assert_eq!(last_lease(&v)["aborted"], true);
     assert_clean(&v, work.path());
-    s.logout().unwrap();
 
-    // Pin that host too; and mark the datastore vSAN so `auto` has to choose NFC.
+    // A reported thumbprint that is not the host's certificate: refused the same way.
+    v.stub("/stub/nfc?thumbprint=wrong", Some(""));
+    let err = nfc_cycle(&v, &s, work.path(), DiskAccess::Nfc).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Trust, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&other) && msg.contains(&shown) && msg.contains("AB:AB:AB"),
+        "names the host, its fingerprint and the thumbprint vCenter reported: {msg}"
+    );
+    assert_clean(&v, work.path());
+
+    // The thumbprint vCenter reports (the real one): trusted without a pin.
+    v.stub("/stub/nfc?thumbprint=real", Some(""));
+    let (report, images) = nfc_cycle(&v, &s, work.path(), DiskAccess::Nfc).unwrap();
+    assert_eq!(report.disk_access, DiskAccess::Nfc);
+    assert!(images[0] == qemu_raw(&a, work.path()));
+    let lease = last_lease(&v);
+    assert_eq!(lease["completed"], true, "{lease}");
+    assert_eq!(
+        lease["cookie_seen"], false,
+        "the vCenter session cookie must not go to another host"
+    );
+    s.logout().unwrap();
+    assert_clean(&v, work.path());
+
+    // A pin of that host (and no thumbprint); and the datastore marked vSAN so `auto` has to
+    // choose NFC.
+    v.stub("/stub/nfc?thumbprint=none", Some(""));
     v.stub("/stub/datastore-type?name=LocalDS_0&type=vsan", Some(""));
     let mut o = v.connect_opts(vmware_harness::PASSWORD);
     o.trust
         .add(&other, Fingerprint::parse(&v.fingerprint).unwrap());
     let s = godwit_vmware::session::Session::connect(&o).unwrap();
     let mut first = Vec::new();
-    let report = run_cycle(&s, &opts(work.path()), &mut |n, d: &Disk, _| {
+    let report = run_cycle(&s, &opts(work.path()), &mut |n, d: &dyn BlockSource, _| {
         if n == 0 {
             first = read_all(d);
         }
@@ -259,11 +297,44 @@ fn device_urls_on_another_host_need_its_own_pin_and_auto_picks_nfc_for_vsan() {
         "auto chose NFC for vsan"
     );
     assert!(first == qemu_raw(&a, work.path()));
-    let lease = last_lease(&v);
-    assert_eq!(lease["completed"], true, "{lease}");
-    assert_eq!(
-        lease["cookie_seen"], false,
-        "the vCenter session cookie must not go to another host"
+    assert_eq!(last_lease(&v)["completed"], true);
+    s.logout().unwrap();
+    assert_clean(&v, work.path());
+}
+
+/// The lease lists the disks in another order than the VM's devices (STUB `order=reverse`;
+/// nothing promises an order, vCenter keys each URL by controller and unit), plus a non-disk
+/// file: each disk still gets its own bytes. And the lease is completed as soon as the disks
+/// are downloaded, before the first one is handed on (a slow staging server must not hold a
+/// lease on the host).
+#[test]
+fn device_urls_are_matched_by_key_and_the_lease_completes_before_the_disks_are_fed() {
+    let v = Vcsim::start(false);
+    let (a, b) = prepare_two_disks(&v);
+    let work = tempfile::tempdir().unwrap();
+    v.stub("/stub/nfc?order=reverse", Some(""));
+    let s = v.connect();
+    let mut images = Vec::new();
+    let mut completed_when_fed = Vec::new();
+    run_cycle_with(
+        &s,
+        &opts(work.path()),
+        DiskAccess::Nfc,
+        &mut |_, d: &dyn BlockSource, _| {
+            completed_when_fed.push(last_lease(&v)["completed"] == true);
+            images.push(read_all(d));
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(completed_when_fed, [true, true]);
+    assert!(
+        images[0] == qemu_raw(&a, work.path()),
+        "disk 0 got another disk's bytes"
+    );
+    assert!(
+        images[1] == qemu_raw(&b, work.path()),
+        "disk 1 got another disk's bytes"
     );
     s.logout().unwrap();
     assert_clean(&v, work.path());

@@ -76,7 +76,7 @@ fn prepare(v: &Vcsim) -> (PathBuf, PathBuf) {
 }
 
 /// Read a whole disk the way the transfer pipeline does: data runs only, zeros elsewhere.
-fn read_all(d: &Disk) -> Vec<u8> {
+fn read_all(d: &dyn BlockSource) -> Vec<u8> {
     let size = d.virtual_size();
     let mut out = vec![0u8; usize::try_from(size).unwrap()];
     for run in d.map(0, size).unwrap() {
@@ -95,6 +95,7 @@ fn opts(dir: &Path, cbt: bool) -> CycleOptions {
         ledger: dir.join("ledger.json"),
         change_ids: dir.join("change-ids.json"),
         cbt,
+        ..CycleOptions::default()
     }
 }
 
@@ -124,7 +125,7 @@ fn full_cycle_reads_both_disks_byte_identical_and_leaves_no_snapshot() {
     let mut images: Vec<Vec<u8>> = Vec::new();
     let mut snapshot_seen = Vec::new();
     let report = run_cycle(&s, &opts(work.path(), false), &mut |n,
-                                                                d: &Disk,
+                                                                d: &dyn BlockSource,
                                                                 ranges: Option<
         &[Range<u64>],
     >| {
@@ -166,14 +167,18 @@ fn failure_mid_read_removes_the_snapshot() {
     prepare(&v);
     let work = tempfile::tempdir().unwrap();
     let s = v.connect();
-    let err = run_cycle(&s, &opts(work.path(), false), &mut |n, d: &Disk, _| {
-        let mut buf = vec![0u8; 4096];
-        d.read_at(0, &mut buf)?;
-        if n == 1 {
-            return Err("staging server went away".into());
-        }
-        Ok(())
-    })
+    let err = run_cycle(
+        &s,
+        &opts(work.path(), false),
+        &mut |n, d: &dyn BlockSource, _| {
+            let mut buf = vec![0u8; 4096];
+            d.read_at(0, &mut buf)?;
+            if n == 1 {
+                return Err("staging server went away".into());
+            }
+            Ok(())
+        },
+    )
     .unwrap_err();
     let msg = err.to_string();
     assert!(
@@ -300,12 +305,16 @@ fn server_gone_mid_read_is_a_clear_error_and_the_ledger_keeps_the_snapshot() {
     let work = tempfile::tempdir().unwrap();
     let s = v.connect();
     let mut server = Some(v);
-    let err = run_cycle(&s, &opts(work.path(), false), &mut |_, d: &Disk, _| {
-        drop(server.take()); // vCenter goes away while we read
-        let mut buf = vec![0u8; 65536];
-        d.read_at(0, &mut buf)?;
-        Ok(())
-    })
+    let err = run_cycle(
+        &s,
+        &opts(work.path(), false),
+        &mut |_, d: &dyn BlockSource, _| {
+            drop(server.take()); // vCenter goes away while we read
+            let mut buf = vec![0u8; 65536];
+            d.read_at(0, &mut buf)?;
+            Ok(())
+        },
+    )
     .unwrap_err();
     let msg = format!("{err}: {:?}", std::error::Error::source(&err));
     assert!(msg.contains(&authority), "{msg}");

@@ -1,21 +1,35 @@
 // vcsim-godwit: govmomi's vCenter simulator (vcsim, Debian golang-github-vmware-govmomi-dev
 // 0.24.2) for Godwit's tests, over TLS, plus a clearly labelled STUB layer for what vcsim
-// lacks (main.go, nfc.go). Build: tests/vcsim/build.sh. Output on stdout, one per line:
-//   URL https://127.0.0.1:PORT/sdk
-//   FINGERPRINT <sha256 hex of the certificate>
-//   DATASTORE <name> <directory>
-//   READY
+// lacks or forgives (main.go, auth.go, cbt.go, nfc.go, paging.go, vmstate.go). Build:
+// tests/vcsim/build.sh. Output on stdout, one per line:
+//
+//	URL https://127.0.0.1:PORT/sdk
+//	FINGERPRINT <sha256 hex of the certificate>
+//	DATASTORE <name> <directory>
+//	DSDC <datacenter inventory path> <datastore MoRef> <name> <directory>
+//	READY
+//
 // It stops (removing its datastore directories) when stdin closes or on SIGINT/SIGTERM.
 //
+// vcsim's own behaviour used as is: -datacenters N / -folders N (Model.Datacenter /
+// Model.Folder: datacenters nested in folders, where /folder's dcPath must be the datacenter's
+// inventory path, e.g. F0/DC1; each datacenter has its own LocalDS_0), -session-idle-timeout
+// (SessionIdleTimeout), TerminateSession, CreateFolder / MoveIntoFolder_Task / Rename_Task
+// (duplicate VM names in different folders; vcsim refuses them within one folder, as vCenter).
+//
 // STUB (not vcsim, written by us after the published vSphere API):
-//   - QueryChangedDiskAreas on POST /sdk: answers DiskChangeInfo from the areas registered for
-//     the changeId with POST /stub/cbt; an unknown changeId gets a FileFault. Each answer
-//     covers at most `chunk` bytes so clients must loop over the capacity.
-//   - POST /stub/changeid {"vm":"vm-57","key":203,"change_id":"x"} sets backing.changeId.
+//   - QueryChangedDiskAreas, /stub/cbt, /stub/cbt-stats, /stub/changeid: see cbt.go.
+//   - /folder and NFC need a live session; HasPrivilegeOnEntity and its deny list
+//     (/stub/privileges): see auth.go.
+//   - /stub/vm-state (encryption keyIds, consolidationNeeded, FT state, tools) and
+//     /stub/snapshot (quiesce faults, slow snapshot tasks): see vmstate.go.
 //   - GET /stub/stats: {"folder_bytes":N,"folder_requests":N,"folder_max_in_flight":N} (the
 //     most /folder requests served at once); POST /stub/reset-stats.
 //   - POST /stub/folder-503?n=N: the next N /folder requests get 503 (backoff tests).
 //   - POST /stub/folder-delay?ms=N: each /folder request waits N ms (slow reads, restart tests).
+//   - POST /stub/folder-ignore-range?max=N[&partial=1]: a Range GET covering a whole file of
+//     at most N bytes (with partial=1: any range of it) is answered 200 with the whole file
+//     (servers vary here for small files).
 //   - ExportVm / ExportSnapshot / HttpNfcLease downloads: see nfc.go.
 //   - PropertyCollector result paging (vcsim ignores maxObjects): see paging.go.
 //   - POST /stub/malform?mode=garbage|truncated|oversized|missingset|noreturnval: the next
@@ -28,21 +42,20 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
-	"net"
-	"time"
+	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
-	"encoding/xml"
 	"flag"
 	"fmt"
 	"io/ioutil"
+	"math/big"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/signal"
@@ -51,15 +64,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
-
-type cbtState struct {
-	Chunk int64                 `json:"chunk"`
-	Areas map[string][][2]int64 `json:"areas"` // changeId -> [[start,len],...]
-}
 
 var (
 	malform                            atomic.Value // next /sdk reply replaced: see serveMalformed
@@ -67,7 +77,8 @@ var (
 	folderDelayMs                      int64
 	folderInFlight, folderMaxInFlight  int64
 	stubMu                             sync.Mutex
-	stub                               = cbtState{Chunk: 1 << 20, Areas: map[string][][2]int64{}}
+	folderIgnoreRangeMax               int64
+	folderIgnorePartial                int64
 )
 
 type countingWriter struct {
@@ -80,84 +91,10 @@ func (c countingWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-type qcda struct {
-	This        string `xml:"Body>QueryChangedDiskAreas>_this"`
-	DeviceKey   int32  `xml:"Body>QueryChangedDiskAreas>deviceKey"`
-	StartOffset int64  `xml:"Body>QueryChangedDiskAreas>startOffset"`
-	ChangeID    string `xml:"Body>QueryChangedDiskAreas>changeId"`
-}
-
 func soapFault(w http.ResponseWriter, typ, msg string) {
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	w.WriteHeader(500)
 	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>%s</faultstring><detail><%sFault xmlns="urn:vim25" xsi:type="%s"></%sFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>`, msg, typ, typ, typ)
-}
-
-func diskCapacity(vmID string, key int32) (int64, bool) {
-	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: vmID}
-	obj := simulator.Map.Get(ref)
-	vm, ok := obj.(*simulator.VirtualMachine)
-	if !ok {
-		return 0, false
-	}
-	var capacity int64
-	found := false
-	simulator.Map.WithLock(vm, func() {
-		for _, d := range vm.Config.Hardware.Device {
-			if disk, ok := d.(*types.VirtualDisk); ok && disk.Key == key {
-				capacity, found = disk.CapacityInKB*1024, true
-			}
-		}
-	})
-	return capacity, found
-}
-
-// STUB: QueryChangedDiskAreas after the published API (DiskChangeInfo, byte offsets).
-func serveQCDA(w http.ResponseWriter, body []byte) {
-	var q qcda
-	if err := xml.Unmarshal(body, &q); err != nil {
-		soapFault(w, "InvalidRequest", "stub: cannot parse QueryChangedDiskAreas")
-		return
-	}
-	capacity, ok := diskCapacity(strings.TrimSpace(q.This), q.DeviceKey)
-	if !ok {
-		soapFault(w, "InvalidArgument", "stub: no disk with that deviceKey")
-		return
-	}
-	stubMu.Lock()
-	areas, known := stub.Areas[q.ChangeID]
-	chunk := stub.Chunk
-	stubMu.Unlock()
-	if q.ChangeID == "*" {
-		areas, known = [][2]int64{{0, capacity}}, true
-	}
-	if !known {
-		soapFault(w, "FileFault", "stub: changeId "+q.ChangeID+" is not valid for this disk")
-		return
-	}
-	if q.StartOffset < 0 || q.StartOffset >= capacity {
-		soapFault(w, "InvalidArgument", "stub: startOffset beyond the disk capacity")
-		return
-	}
-	end := q.StartOffset + chunk
-	if end > capacity {
-		end = capacity
-	}
-	var sb strings.Builder
-	for _, a := range areas {
-		s, e := a[0], a[0]+a[1]
-		if s < q.StartOffset {
-			s = q.StartOffset
-		}
-		if e > end {
-			e = end
-		}
-		if s < e {
-			fmt.Fprintf(&sb, "<changedArea><start>%d</start><length>%d</length></changedArea>", s, e-s)
-		}
-	}
-	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
-	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><QueryChangedDiskAreasResponse xmlns="urn:vim25"><returnval><startOffset>%d</startOffset><length>%d</length>%s</returnval></QueryChangedDiskAreasResponse></soapenv:Body></soapenv:Envelope>`, q.StartOffset, end-q.StartOffset, sb.String())
 }
 
 // STUB: a hostile or broken server for the next /sdk reply.
@@ -184,38 +121,56 @@ func serveMalformed(w http.ResponseWriter, mode string) {
 	}
 }
 
-func setChangeID(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		VM       string `json:"vm"`
-		Key      int32  `json:"key"`
-		ChangeID string `json:"change_id"`
-	}
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		http.Error(w, err.Error(), 400)
+// folderRange: with /stub/folder-ignore-range?max=N, a Range GET covering the whole of a
+// file of at most N bytes is answered 200 with the file, as some servers do for small files;
+// with &partial=1 also a Range GET of part of it (a server ignoring Range altogether).
+func folderRange(r *http.Request, next http.Handler) {
+	max := atomic.LoadInt64(&folderIgnoreRangeMax)
+	rg := r.Header.Get("Range")
+	if max <= 0 || !strings.HasPrefix(rg, "bytes=0-") {
 		return
 	}
-	obj := simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachine", Value: req.VM})
-	vm, ok := obj.(*simulator.VirtualMachine)
-	if !ok {
-		http.Error(w, "no such vm", 404)
+	last, err := strconv.ParseInt(strings.TrimPrefix(rg, "bytes=0-"), 10, 64)
+	if err != nil {
 		return
 	}
-	done := false
-	simulator.Map.WithLock(vm, func() {
-		for _, d := range vm.Config.Hardware.Device {
-			if disk, ok := d.(*types.VirtualDisk); ok && disk.Key == req.Key {
-				if b, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
-					b.ChangeId, done = req.ChangeID, true
-				}
-			}
-		}
-	})
-	if !done {
-		http.Error(w, "no flat disk with that key", 404)
+	head := r.Clone(r.Context())
+	head.Method = http.MethodHead
+	head.Header.Del("Range")
+	rec := httptest.NewRecorder()
+	next.ServeHTTP(rec, head)
+	size, err := strconv.ParseInt(rec.Header().Get("Content-Length"), 10, 64)
+	if err == nil && size <= max && (last >= size-1 || atomic.LoadInt64(&folderIgnorePartial) != 0) {
+		r.Header.Del("Range")
 	}
 }
 
+// STUB: dcPath must be a datacenter's inventory path ("Inventory path to a datacenter ... For
+// a datacenter named YourDatacenter located in the folder NorthAmerica which is located in the
+// root folder, the dcPath value is NorthAmerica/YourDatacenter", "Datastore Access (/folder)",
+// https://vdc-download.vmware.com/vmwb-repository/dcr-public/5c1c7b8c-0d1b-4037-af84-5f43787eb378/fab98b61-56a7-4608-992f-818d3b40e4ae/GUID-5A1B6F74-ABDA-4203-85D9-1728AA6764D7.html).
+// vcsim's finder also finds a nested datacenter by its bare name; vCenter does not. On ESXi
+// dcPath is optional (it defaults to ha-datacenter).
+func checkDcPath(r *http.Request) string {
+	dc, given := r.URL.Query()["dcPath"]
+	if !given {
+		if esxMode {
+			return ""
+		}
+		return "stub: /folder needs dcPath on vCenter"
+	}
+	want := strings.TrimPrefix(dc[0], "/")
+	for _, e := range simulator.Map.All("Datacenter") {
+		ref := e.Reference()
+		if inventoryPath(&ref, "Datacenter") == want {
+			return ""
+		}
+	}
+	return "stub: no datacenter at inventory path " + dc[0]
+}
+
 func wrap(next http.Handler) http.Handler {
+	sdkHandler = next
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case strings.HasPrefix(r.URL.Path, "/folder"):
@@ -225,6 +180,20 @@ func wrap(next http.Handler) http.Handler {
 				return
 			}
 			atomic.StoreInt64(&folder503, 0)
+			// STUB (auth.go): a live session and the datastore privileges, as vCenter demands.
+			if !requestSessionLive(r) {
+				http.Error(w, "stub: no live vmware_soap_session", http.StatusUnauthorized)
+				return
+			}
+			if denied("Datastore.Browse") || denied("Datastore.FileManagement") {
+				http.Error(w, "stub: permission denied", http.StatusForbidden)
+				return
+			}
+			if msg := checkDcPath(r); msg != "" {
+				http.Error(w, msg, http.StatusNotFound)
+				return
+			}
+			folderRange(r, next)
 			n := atomic.AddInt64(&folderInFlight, 1)
 			for {
 				m := atomic.LoadInt64(&folderMaxInFlight)
@@ -248,6 +217,11 @@ func wrap(next http.Handler) http.Handler {
 		case r.URL.Path == "/stub/folder-delay":
 			n, _ := strconv.ParseInt(r.URL.Query().Get("ms"), 10, 64)
 			atomic.StoreInt64(&folderDelayMs, n)
+		case r.URL.Path == "/stub/folder-ignore-range":
+			n, _ := strconv.ParseInt(r.URL.Query().Get("max"), 10, 64)
+			atomic.StoreInt64(&folderIgnoreRangeMax, n)
+			p, _ := strconv.ParseInt(r.URL.Query().Get("partial"), 10, 64)
+			atomic.StoreInt64(&folderIgnorePartial, p)
 		case r.URL.Path == "/stub/stats":
 			fmt.Fprintf(w, `{"folder_bytes":%d,"folder_requests":%d,"folder_max_in_flight":%d}`, atomic.LoadInt64(&folderBytes), atomic.LoadInt64(&folderReqs), atomic.LoadInt64(&folderMaxInFlight))
 		case r.URL.Path == "/stub/reset-stats":
@@ -262,14 +236,17 @@ func wrap(next http.Handler) http.Handler {
 		case r.URL.Path == "/stub/changeid":
 			setChangeID(w, r)
 		case r.URL.Path == "/stub/cbt":
-			var s cbtState
-			if err := json.NewDecoder(r.Body).Decode(&s); err != nil {
-				http.Error(w, err.Error(), 400)
-				return
-			}
-			stubMu.Lock()
-			stub = s
-			stubMu.Unlock()
+			setCBT(w, r)
+		case r.URL.Path == "/stub/cbt-stats":
+			cbtStats(w)
+		case r.URL.Path == "/stub/vm-state":
+			setVMState(w, r)
+		case r.URL.Path == "/stub/snapshot":
+			setSnapshotStub(w, r)
+		case r.URL.Path == "/stub/privileges":
+			setDenied(w, r)
+		case r.URL.Path == "/stub/privilege-stats":
+			privilegeStats(w)
 		case r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/sdk"):
 			body, err := ioutil.ReadAll(r.Body)
 			if err != nil {
@@ -280,13 +257,20 @@ func wrap(next http.Handler) http.Handler {
 				serveMalformed(w, mode)
 				return
 			}
-			if bytes.Contains(body, []byte("<QueryChangedDiskAreas")) {
+			switch {
+			case bytes.Contains(body, []byte("<QueryChangedDiskAreas")):
 				serveQCDA(w, body)
 				return
-			}
-			if bytes.Contains(body, []byte("<ExportVm")) || bytes.Contains(body, []byte("<ExportSnapshot")) {
+			case bytes.Contains(body, []byte("<ExportVm")) || bytes.Contains(body, []byte("<ExportSnapshot")):
 				serveExport(w, r, body)
 				return
+			case bytes.Contains(body, []byte("<HasPrivilegeOnEntity")):
+				serveHasPrivilege(w, r, body)
+				return
+			case bytes.Contains(body, []byte("<CreateSnapshot_Task")):
+				if serveCreateSnapshot(w, r, body) {
+					return
+				}
 			}
 			r.Body = ioutil.NopCloser(bytes.NewReader(body))
 			if servePaged(w, r, body, next) {
@@ -302,6 +286,36 @@ func wrap(next http.Handler) http.Handler {
 // selfSigned returns the certificate kept in dir (cert.pem + key.pem) when there is one, so a
 // restarted simulator shows the same certificate as a restarted vCenter would; otherwise a
 // new one (saved there when dir is set).
+// inventoryPath: the path of the first ancestor of type kind (from ref up), names joined by
+// "/" from below the root folder, e.g. "F0/DC1".
+func inventoryPath(ref *types.ManagedObjectReference, kind string) string {
+	for ref != nil && ref.Type != kind {
+		e, ok := simulator.Map.Get(*ref).(mo.Entity)
+		if !ok {
+			return "?"
+		}
+		ref = e.Entity().Parent
+	}
+	var names []string
+	for ref != nil {
+		e, ok := simulator.Map.Get(*ref).(mo.Entity)
+		if !ok || e.Entity().Parent == nil {
+			break
+		}
+		names = append([]string{e.Entity().Name}, names...)
+		ref = e.Entity().Parent
+	}
+	return strings.Join(names, "/")
+}
+
+func colonHex(b []byte) string {
+	parts := make([]string, len(b))
+	for i, x := range b {
+		parts[i] = fmt.Sprintf("%02X", x)
+	}
+	return strings.Join(parts, ":")
+}
+
 func selfSigned(dir string) (tls.Certificate, error) {
 	if dir != "" {
 		if c, err := tls.LoadX509KeyPair(dir+"/cert.pem", dir+"/key.pem"); err == nil {
@@ -351,12 +365,20 @@ func main() {
 	certOut := flag.String("cert-out", "", "write the server certificate (PEM) here")
 	listen := flag.String("listen", "127.0.0.1:0", "address to listen on (a fixed port lets a test restart the simulator in place)")
 	tlsDir := flag.String("tls-dir", "", "keep the TLS certificate and key here and reuse them on restart")
+	datacenters := flag.Int("datacenters", 1, "datacenters in the VPX model (vcsim's Model.Datacenter)")
+	folders := flag.Int("folders", 0, "datacenters placed inside a folder (vcsim's Model.Folder: the last N get folder F<i>)")
+	idle := flag.Duration("session-idle-timeout", 0, "expire sessions idle this long (vcsim's SessionIdleTimeout; 0: never)")
 	flag.Parse()
 
 	model := simulator.VPX()
 	if *esx {
 		model = simulator.ESX()
+		esxMode = true
+	} else {
+		model.Datacenter = *datacenters
+		model.Folder = *folders
 	}
+	simulator.SessionIdleTimeout = *idle
 	model.Autostart = true
 	if err := model.Create(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -374,6 +396,7 @@ func main() {
 	if *cred != "" {
 		parts := strings.SplitN(*cred, ":", 2)
 		model.Service.Listen.User = url.UserPassword(parts[0], parts[1])
+		credUser, credPass = parts[0], parts[1]
 	}
 	srv := model.Service.NewServer()
 	srv.Config.Handler = wrap(srv.Config.Handler)
@@ -386,7 +409,10 @@ func main() {
 	}
 	u := *srv.URL
 	u.User = nil
+	ownHost = u.Host
 	nfcDefault = u.Host
+	sha1sum := sha1.Sum(srv.Certificate().Raw)
+	certSHA1 = colonHex(sha1sum[:])
 	if *esx {
 		nfcDefault = "*"
 	}
@@ -396,6 +422,8 @@ func main() {
 	for _, e := range simulator.Map.All("Datastore") {
 		ds := e.(*simulator.Datastore)
 		fmt.Printf("DATASTORE %s %s\n", ds.Name, ds.Info.GetDatastoreInfo().Url)
+		// The datacenter's inventory path (folders included) and the datastore's MoRef.
+		fmt.Printf("DSDC %s %s %s %s\n", inventoryPath(ds.Parent, "Datacenter"), ds.Self.Value, ds.Name, ds.Info.GetDatastoreInfo().Url)
 	}
 	fmt.Println("READY")
 

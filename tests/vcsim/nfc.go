@@ -8,10 +8,19 @@
 //     ExportSnapshot (running VMs; the disks as of the snapshot) return an HttpNfcLease in
 //     state "initializing". Each disk is converted to a streamOptimized VMDK with qemu-img (what
 //     a real host streams), then the lease turns "ready" with one deviceUrl per disk:
-//     https://<host>/nfc/<lease>/disk-<n>.vmdk, disk=true, key /<vm>/VirtualDisk:<n> (device
-//     order). <host> is "*" in ESX mode (clients substitute the host they connected to) and the
+//     https://<host>/nfc/<lease>/disk-<n>.vmdk, disk=true, targetId disk-<n>.vmdk and the key
+//     vCenter gives, /<vm>/<controller class><bus number>:<unit number> (e.g.
+//     /vm-70/VirtualLsiLogicController0:0: the format pyvmomi exporters parse, and Forklift's
+//     table of device IDs per bus), plus an nvram entry with disk=false. POST
+//     /stub/nfc?order=reverse lists the disks in the reverse of the VM's device order (nothing
+//     promises the order: HttpNfcLeaseDeviceUrl "provides a mapping from logical device IDs to
+//     URLs"). <host> is "*" in ESX mode (clients substitute the host they connected to) and the
 //     simulator's address otherwise, or what POST /stub/nfc?host= says (a second host name to
-//     pin, standing in for an ESXi host behind vCenter).
+//     pin, standing in for an ESXi host behind vCenter). sslThumbprint is the SHA-1 thumbprint of
+//     the certificate that host serves, as vCenter reports it ("SSL thumbprint for the host the
+//     URL refers to"); /stub/nfc?thumbprint=none|wrong|real reports none or a wrong one.
+//   - Downloads from the simulator's own address need a live session cookie (401 otherwise,
+//     see auth.go); other host names are authorised by the lease URL alone.
 //   - The lease expires (state error, files gone) when no HttpNfcLeaseProgress arrives within
 //     leaseTimeout seconds (POST /stub/nfc?timeout=S, default 300).
 //   - GET /nfc/<lease>/<file> streams the file (no Range, Content-Type
@@ -29,6 +38,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +57,8 @@ type nfcConfig struct {
 	Rate      int64  // bytes per second served, 0 = unthrottled
 	FailAfter int64  // cut the download after this many bytes, 0 = never
 	Host      string // deviceUrl host[:port] override
+	Order     string // "reverse": disks listed in reverse device order
+	Thumb     string // "real" (default), "none" or "wrong"
 }
 
 type leaseStats struct {
@@ -61,6 +73,8 @@ type leaseStats struct {
 	LastPercent   int32  `json:"last_percent"`
 	BytesServed   int64  `json:"bytes_served"`
 	CookieSeen    bool   `json:"cookie_seen"`
+	Unauthorized  int    `json:"unauthorized"`
+	CompletedAt   int64  `json:"completed_at_ms"`
 }
 
 type exportLease struct {
@@ -78,6 +92,8 @@ var (
 	nfcLeases  = map[string]*exportLease{}
 	nfcCounter int64
 	nfcDefault string // the simulator's host:port, or "*" in ESX mode
+	ownHost    string // the simulator's host:port
+	certSHA1   string // SHA-1 thumbprint of the simulator's certificate, colon hex
 )
 
 func (l *exportLease) setState(state types.HttpNfcLeaseState, fault string) {
@@ -136,6 +152,7 @@ func (l *exportLease) HttpNfcLeaseComplete(req *types.HttpNfcLeaseComplete) soap
 	l.mu.Lock()
 	l.stats.State = string(l.State)
 	l.stats.Completed = true
+	l.stats.CompletedAt = time.Now().UnixNano() / 1e6
 	l.mu.Unlock()
 	l.removeFiles()
 	body.Res = new(types.HttpNfcLeaseCompleteResponse)
@@ -167,10 +184,18 @@ type exportReq struct {
 type exportDisk struct {
 	descriptor string
 	capacityKB int64
+	key        string // /<vm>/<controller class><bus>:<unit>
 }
 
-// The file-backed disks of a device list, as local paths in vcsim's datastore directories.
-func exportDisks(devices []types.BaseVirtualDevice) ([]exportDisk, string) {
+// controllerName: the vim class name of a controller device (VirtualLsiLogicController,
+// ParaVirtualSCSIController, VirtualIDEController, ...).
+func controllerName(d types.BaseVirtualDevice) string {
+	return reflect.TypeOf(d).Elem().Name()
+}
+
+// The file-backed disks of a device list, as local paths in vcsim's datastore directories,
+// with the device key vCenter gives each in an export lease.
+func exportDisks(vmID string, devices []types.BaseVirtualDevice) ([]exportDisk, string) {
 	var out []exportDisk
 	for _, d := range devices {
 		disk, ok := d.(*types.VirtualDisk)
@@ -181,30 +206,34 @@ func exportDisks(devices []types.BaseVirtualDevice) ([]exportDisk, string) {
 		if !ok {
 			return nil, "stub: a disk has no file backing"
 		}
-		name := b.GetVirtualDeviceFileBackingInfo().FileName
-		if !strings.HasPrefix(name, "[") || !strings.Contains(name, "] ") {
-			return nil, "stub: bad datastore path " + name
+		path := localPath(b.GetVirtualDeviceFileBackingInfo())
+		if path == "" {
+			return nil, "stub: no datastore for " + b.GetVirtualDeviceFileBackingInfo().FileName
 		}
-		parts := strings.SplitN(name[1:], "] ", 2)
-		dir := ""
-		for _, e := range simulator.Map.All("Datastore") {
-			ds := e.(*simulator.Datastore)
-			if ds.Name == parts[0] {
-				dir = ds.Info.GetDatastoreInfo().Url
+		key := ""
+		for _, c := range devices {
+			if c.GetVirtualDevice().Key == disk.ControllerKey {
+				if vc, ok := c.(types.BaseVirtualController); ok && disk.UnitNumber != nil {
+					key = fmt.Sprintf("/%s/%s%d:%d", vmID, controllerName(c), vc.GetVirtualController().BusNumber, *disk.UnitNumber)
+				}
 			}
 		}
-		if dir == "" {
-			return nil, "stub: no datastore " + parts[0]
+		if key == "" {
+			return nil, "stub: a disk has no controller"
 		}
-		out = append(out, exportDisk{filepath.Join(dir, parts[1]), disk.CapacityInKB})
+		out = append(out, exportDisk{path, disk.CapacityInKB, key})
 	}
 	return out, ""
 }
 
 // STUB: ExportVm / ExportSnapshot on POST /sdk.
 func serveExport(w http.ResponseWriter, r *http.Request, body []byte) {
-	if _, err := r.Cookie("vmware_soap_session"); err != nil {
+	if !requestSessionLive(r) {
 		soapFault(w, "NotAuthenticated", "stub: no session")
+		return
+	}
+	if denied("VApp.Export") {
+		noPermission(w, "VApp.Export")
 		return
 	}
 	var q exportReq
@@ -244,7 +273,7 @@ func serveExport(w http.ResponseWriter, r *http.Request, body []byte) {
 			return
 		}
 	}
-	disks, bad := exportDisks(devices)
+	disks, bad := exportDisks(entity.Value, devices)
 	if bad != "" {
 		soapFault(w, "FileFault", bad)
 		return
@@ -282,6 +311,13 @@ func prepareLease(l *exportLease, entity types.ManagedObjectReference, disks []e
 	}
 	var urls []types.HttpNfcLeaseDeviceUrl
 	var total int64
+	thumb := certSHA1
+	switch cfg.Thumb {
+	case "none":
+		thumb = ""
+	case "wrong":
+		thumb = strings.Repeat("AB:", 19) + "AB"
+	}
 	for i, d := range disks {
 		name := fmt.Sprintf("disk-%d.vmdk", i)
 		out := filepath.Join(l.dir, name)
@@ -298,14 +334,31 @@ func prepareLease(l *exportLease, entity types.ManagedObjectReference, disks []e
 		l.files[name] = out
 		total += d.capacityKB
 		urls = append(urls, types.HttpNfcLeaseDeviceUrl{
-			Key:       fmt.Sprintf("/%s/VirtualDisk:%d", entity.Value, i),
-			ImportKey: fmt.Sprintf("/%s/VirtualDisk:%d", entity.Value, i),
-			Url:       fmt.Sprintf("https://%s/nfc/%s/%s", host, l.Self.Value, name),
-			Disk:      types.NewBool(true),
-			TargetId:  name,
-			FileSize:  st.Size(),
+			Key:           d.key,
+			Url:           fmt.Sprintf("https://%s/nfc/%s/%s", host, l.Self.Value, name),
+			SslThumbprint: thumb,
+			Disk:          types.NewBool(true),
+			TargetId:      name,
+			FileSize:      st.Size(),
 		})
 		simulator.Map.WithLock(l, func() { l.InitializeProgress = int32((i + 1) * 100 / len(disks)) })
+	}
+	if cfg.Order == "reverse" {
+		for i, j := 0, len(urls)-1; i < j; i, j = i+1, j-1 {
+			urls[i], urls[j] = urls[j], urls[i]
+		}
+	}
+	// A real export lists the VM's other files too (nvram, disk=false); clients skip them.
+	nvram := filepath.Join(l.dir, "nvram")
+	if err := os.WriteFile(nvram, []byte("stub nvram"), 0o600); err == nil {
+		l.files["nvram"] = nvram
+		urls = append(urls, types.HttpNfcLeaseDeviceUrl{
+			Key:           fmt.Sprintf("/%s/nvram", entity.Value),
+			Url:           fmt.Sprintf("https://%s/nfc/%s/nvram", host, l.Self.Value),
+			SslThumbprint: thumb,
+			Disk:          types.NewBool(false),
+			TargetId:      "nvram",
+		})
 	}
 	simulator.Map.WithLock(l, func() {
 		l.Info = &types.HttpNfcLeaseInfo{
@@ -364,6 +417,13 @@ func serveNfcDownload(w http.ResponseWriter, r *http.Request) {
 		l.mu.Lock()
 		l.stats.CookieSeen = true
 		l.mu.Unlock()
+	}
+	if r.Host == ownHost && !requestSessionLive(r) {
+		l.mu.Lock()
+		l.stats.Unauthorized++
+		l.mu.Unlock()
+		http.Error(w, "stub: no live vmware_soap_session", http.StatusUnauthorized)
+		return
 	}
 	f, err := os.Open(path)
 	if err != nil {
@@ -446,6 +506,12 @@ func serveNfcStub(w http.ResponseWriter, r *http.Request) {
 	}
 	if v, ok := q["host"]; ok {
 		nfcCfg.Host = v[0]
+	}
+	if v, ok := q["order"]; ok {
+		nfcCfg.Order = v[0]
+	}
+	if v, ok := q["thumbprint"]; ok {
+		nfcCfg.Thumb = v[0]
 	}
 }
 

@@ -3,10 +3,11 @@
 //! `Disk::open_with(&locator, "[datastore] vm/disk.vmdk", FormatHint::Auto)`.
 
 use crate::error::{Error, Result};
+use crate::moref::MoRef;
+use crate::paths::InventoryTree;
 use crate::session::Session;
 use crate::transport::Endpoint;
 use godwit_disk::storage::{Locator, Opened, ReadAt};
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,64 +67,131 @@ pub fn percent_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
-/// Opens datastore files of one vCenter / ESXi host.
+/// One datastore: its MoRef, name, the inventory path of its datacenter and `summary.type`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatastoreInfo {
+    pub moref: MoRef,
+    pub name: String,
+    /// `dcPath`: the datacenter's inventory path (`F0/DC1`), see [`crate::paths`].
+    pub datacenter: String,
+    pub datacenter_moref: Option<MoRef>,
+    /// `VMFS`, `NFS`, `vsan`, `VVOL`, ...
+    pub kind: Option<String>,
+}
+
+/// Opens datastore files of one vCenter / ESXi host. Datastores are told apart by MoRef: a
+/// name is unique only within a datacenter ("The scope of a datastore is a datacenter; the
+/// datastore is uniquely named within the datacenter", Datastore,
+/// <https://developer.broadcom.com/xapis/virtual-infrastructure-json-api/8.0.3/virtual-infrastructure/datastore>),
+/// so a locator [`scoped`](DatastoreLocator::for_datastore) to the datacenter of the disk it
+/// reads resolves `[name]` there, and an unscoped one refuses a name two datacenters share.
 #[derive(Clone)]
 pub struct DatastoreLocator {
     ep: Arc<Endpoint>,
-    /// Datastore name → datacenter path (`DC0`, `ha-datacenter`).
-    datacenters: HashMap<String, String>,
-    /// Datastore name → `summary.type` (`VMFS`, `NFS`, `vsan`, `VVOL`, ...).
-    types: HashMap<String, String>,
+    datastores: Arc<Vec<DatastoreInfo>>,
+    /// Resolve names within this datacenter (inventory path) only.
+    scope: Option<String>,
     bytes_read: Arc<AtomicU64>,
 }
 
 impl DatastoreLocator {
-    /// Learn which datacenter holds each datastore.
+    /// Learn every datastore and the datacenter (inventory path) that holds it.
     pub fn new(s: &Session) -> Result<Self> {
+        let tree = InventoryTree::load(s)?;
         let dcs = s.all_of_kind("Datacenter", &["name", "datastore"])?;
         let dss = s.all_of_kind("Datastore", &["name", "summary.type"])?;
-        let types = dss
-            .iter()
-            .filter_map(|o| {
-                Some((
-                    o.prop("name")?.text.trim().to_string(),
-                    o.prop("summary.type")?.text.trim().to_string(),
-                ))
-            })
-            .collect();
-        let ds_names: HashMap<_, _> = dss
-            .iter()
-            .filter_map(|o| {
-                o.prop("name")
-                    .map(|n| (o.obj.clone(), n.text.trim().to_string()))
-            })
-            .collect();
-        let mut datacenters = HashMap::new();
+        let mut datastores = Vec::new();
         for dc in &dcs {
-            let Some(name) = dc.prop("name").map(|n| n.text.trim().to_string()) else {
+            let path = tree.path(&dc.obj).unwrap_or_else(|| {
+                dc.prop("name")
+                    .map(|n| n.text.trim().to_string())
+                    .unwrap_or_default()
+            });
+            let Some(list) = dc.prop("datastore") else {
                 continue;
             };
-            if let Some(list) = dc.prop("datastore") {
-                for m in &list.children {
-                    if let Ok(m) = crate::soap::response::moref(m)
-                        && let Some(ds) = ds_names.get(&m)
-                    {
-                        datacenters.insert(ds.clone(), name.clone());
-                    }
-                }
+            for m in &list.children {
+                let Ok(m) = crate::soap::response::moref(m) else {
+                    continue;
+                };
+                let Some(o) = dss.iter().find(|o| o.obj == m) else {
+                    continue;
+                };
+                datastores.push(DatastoreInfo {
+                    moref: m,
+                    name: o
+                        .prop("name")
+                        .map(|n| n.text.trim().to_string())
+                        .unwrap_or_default(),
+                    datacenter: path.clone(),
+                    datacenter_moref: Some(dc.obj.clone()),
+                    kind: o.prop("summary.type").map(|t| t.text.trim().to_string()),
+                });
             }
         }
-        Ok(DatastoreLocator {
-            ep: s.endpoint().clone(),
-            datacenters,
-            types,
+        Ok(Self::from_parts(s.endpoint().clone(), datastores))
+    }
+
+    pub fn from_parts(ep: Arc<Endpoint>, datastores: Vec<DatastoreInfo>) -> Self {
+        DatastoreLocator {
+            ep,
+            datastores: Arc::new(datastores),
+            scope: None,
             bytes_read: Arc::new(AtomicU64::new(0)),
-        })
+        }
+    }
+
+    pub fn datastores(&self) -> &[DatastoreInfo] {
+        &self.datastores
+    }
+
+    /// A locator resolving names in the datacenter of datastore `ds` (the `backing.datastore`
+    /// of the disk to read); this one, unscoped, when `ds` is unknown. Shares the byte count.
+    pub fn for_datastore(&self, ds: Option<&MoRef>) -> Self {
+        let scope = ds
+            .and_then(|m| self.datastores.iter().find(|d| &d.moref == m))
+            .map(|d| d.datacenter.clone());
+        DatastoreLocator {
+            scope: scope.or_else(|| self.scope.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// The datastore a `[name]` means here.
+    pub fn resolve(&self, name: &str) -> io::Result<&DatastoreInfo> {
+        let all: Vec<&DatastoreInfo> = self
+            .datastores
+            .iter()
+            .filter(|d| d.name == name)
+            .filter(|d| self.scope.as_ref().is_none_or(|s| &d.datacenter == s))
+            .collect();
+        match all.as_slice() {
+            [one] => Ok(one),
+            [] => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{}: no datacenter{} holds datastore {name:?}",
+                    self.ep.authority(),
+                    self.scope
+                        .as_ref()
+                        .map(|s| format!(" {s:?}"))
+                        .unwrap_or_default()
+                ),
+            )),
+            many => Err(io::Error::other(format!(
+                "{}: datastore name {name:?} is used in several datacenters ({}); the disk's datastore MoRef is needed to tell them apart",
+                self.ep.authority(),
+                many.iter()
+                    .map(|d| format!("{} in {}", d.moref.value, d.datacenter))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 
     /// The datastore's `summary.type`, when the server reported one.
     pub fn datastore_type(&self, datastore: &str) -> Option<&str> {
-        self.types.get(datastore).map(String::as_str)
+        self.resolve(datastore).ok()?.kind.as_deref()
     }
 
     /// Whether `/folder` can serve the disk files of this datastore: vSAN and vVol keep disks
@@ -140,24 +208,42 @@ impl DatastoreLocator {
         self.bytes_read.load(Ordering::Relaxed)
     }
 
-    /// `/folder/<path>?dcPath=<dc>&dsName=<ds>`.
+    /// `/folder/<path>?dcPath=<datacenter inventory path>&dsName=<ds>`.
     pub fn url_path(&self, p: &DatastorePath) -> io::Result<String> {
-        let dc = self.datacenters.get(&p.datastore).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "{}: no datacenter holds datastore {:?}",
-                    self.ep.authority(),
-                    p.datastore
-                ),
-            )
-        })?;
+        let ds = self.resolve(&p.datastore)?;
         Ok(format!(
             "/folder/{}?dcPath={}&dsName={}",
             percent_encode(&p.path, true),
-            percent_encode(dc, false),
+            percent_encode(&ds.datacenter, false),
             percent_encode(&p.datastore, false)
         ))
+    }
+
+    /// The descriptor text of a disk file, at most `max` bytes: a text descriptor's start, or
+    /// the descriptor a hosted sparse file embeds (found through its KDMV header).
+    pub fn read_descriptor(&self, file_name: &str, max: u64) -> io::Result<Vec<u8>> {
+        let opened = self.open(file_name, None)?;
+        let size = opened.file.size()?;
+        let read = |offset: u64, len: u64| -> io::Result<Vec<u8>> {
+            let len = len.min(size.saturating_sub(offset));
+            let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+            opened.file.read_exact_at(&mut buf, offset)?;
+            Ok(buf)
+        };
+        let head = read(0, 512.min(max))?;
+        if let Ok(h) = godwit_disk::vmdk::header::SparseHeader::parse(&head) {
+            if h.descriptor_size == 0 {
+                return Ok(Vec::new());
+            }
+            return read(
+                h.descriptor_offset.saturating_mul(512),
+                h.descriptor_size.saturating_mul(512).min(max),
+            );
+        }
+        if size <= head.len() as u64 {
+            return Ok(head);
+        }
+        read(0, max)
     }
 }
 

@@ -18,8 +18,11 @@ pub enum ErrorKind {
     Fault,
     /// Network, HTTP status or local I/O failure.
     Io,
-    /// A caller asked for something impossible.
+    /// A caller asked for something impossible (also: an ambiguous VM name).
     Usage,
+    /// The VM or one of its disks cannot be replicated as it is (not eligible, encrypted, a
+    /// missing privilege, a disk whose size disagrees with vCenter). Retrying will not help.
+    Refused,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +108,32 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("{host}: VM {vm} refused: {}", reasons.join("; "))]
+    Refused {
+        host: String,
+        /// `"name" (vm-57)`.
+        vm: String,
+        /// Each names the disk (when one is concerned) and why.
+        reasons: Vec<String>,
+    },
+    #[error("{host}: {what} is ambiguous: {}; name one by its MoRef or instance UUID", candidates.join("; "))]
+    Ambiguous {
+        host: String,
+        what: String,
+        /// `vm-57 in folder DC0/vm` each.
+        candidates: Vec<String>,
+    },
+    #[error(
+        "{host}: the ESXi host's certificate (SHA-256 {fingerprint}, SHA-1 {sha1}) is not trusted: {why}. \
+         If it is the host's certificate, pin it (`{host} {fingerprint}` in the --trust-file, or \
+         approve it for the source)"
+    )]
+    HostUntrusted {
+        host: String,
+        fingerprint: String,
+        sha1: String,
+        why: String,
+    },
     #[error(transparent)]
     Disk(#[from] godwit_disk::Error),
     #[error("{0}")]
@@ -120,7 +149,11 @@ impl Error {
                 _ => ErrorKind::Fault,
             },
             Error::Malformed { .. } | Error::TooLarge { .. } => ErrorKind::Protocol,
-            Error::Unpinned { .. } | Error::PinMismatch { .. } => ErrorKind::Trust,
+            Error::Unpinned { .. } | Error::PinMismatch { .. } | Error::HostUntrusted { .. } => {
+                ErrorKind::Trust
+            }
+            Error::Refused { .. } => ErrorKind::Refused,
+            Error::Ambiguous { .. } => ErrorKind::Usage,
             Error::Http { .. } | Error::Transport { .. } | Error::File { .. } => ErrorKind::Io,
             Error::TaskFailed { .. } => ErrorKind::Fault,
             Error::Timeout { .. } => ErrorKind::Io,
@@ -144,6 +177,14 @@ impl Error {
             host: host.to_string(),
             method: method.to_string(),
             detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn refused(host: &str, vm: &str, reasons: Vec<String>) -> Self {
+        Error::Refused {
+            host: host.to_string(),
+            vm: vm.to_string(),
+            reasons,
         }
     }
 

@@ -1,14 +1,20 @@
-//! The VM inventory model, built from RetrievePropertiesEx objects (pure), and eligibility
-//! with the limits of the AWS SMS connector Godwit replaces (`seeds/002_*.txt`).
+//! The VM inventory model, built from RetrievePropertiesEx objects (pure). Eligibility is in
+//! [`crate::eligibility`] (re-exported here).
 
 use crate::moref::MoRef;
 use crate::soap::response::{MissingProperty, ObjectContent, ReplyError, moref};
 use crate::soap::xml::Element;
 use serde::Serialize;
 
+pub use crate::eligibility::{
+    Eligibility, MAX_BOOT_DISK_BYTES, MAX_DATA_DISK_BYTES, MAX_VOLUMES, SNAPSHOT_PREFIX,
+    eligibility,
+};
+
 /// Properties read for every VM, in one RetrievePropertiesEx.
 pub const VM_PROPERTIES: &[&str] = &[
     "name",
+    "parent",
     "config.uuid",
     "config.instanceUuid",
     "config.guestId",
@@ -18,20 +24,14 @@ pub const VM_PROPERTIES: &[&str] = &[
     "config.changeTrackingEnabled",
     "config.hardware.device",
     "config.extraConfig",
+    "config.keyId",
     "runtime.powerState",
+    "runtime.consolidationNeeded",
+    "runtime.faultToleranceState",
     "runtime.host",
     "snapshot",
     "guest.toolsRunningStatus",
 ];
-
-/// At most this many volumes per VM (seed: "fail for VMs with more than 22 volumes").
-pub const MAX_VOLUMES: usize = 22;
-/// MBR boot volume limit (seed: "cannot exceed 2 TiB").
-pub const MAX_BOOT_DISK_BYTES: u64 = 2 << 40;
-/// GPT non-boot volume limit (seed: "cannot be bigger than 4 TiB").
-pub const MAX_DATA_DISK_BYTES: u64 = 4 << 40;
-/// Snapshots Godwit creates carry this prefix; sweeps only ever remove these.
-pub const SNAPSHOT_PREFIX: &str = "godwit-";
 
 /// How a disk's bytes are stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -66,6 +66,30 @@ pub struct VmDisk {
     pub change_id: Option<String>,
     /// Parent backing files, nearest first; non-empty when the VM runs on snapshot deltas.
     pub parent_chain: Vec<String>,
+    /// The datastore the descriptor lives on (`backing.datastore`): names are unique only
+    /// within a datacenter.
+    pub datastore: Option<MoRef>,
+    /// `backing.keyId.keyId`: the disk is encrypted (VM encryption, vSphere 6.5+).
+    pub key_id: Option<String>,
+    /// `backing.sharing` (`sharingNone`, `sharingMultiWriter`).
+    pub sharing: Option<String>,
+    /// The controller the disk hangs on: its vim class and bus number (NFC device keys name
+    /// disks by `<class><bus>:<unit>`).
+    pub controller: Option<Controller>,
+    /// What the descriptor says about encryption (`encryption.keySafe`, the `vmwarevmcrypt`
+    /// I/O filter), when it was read (`replicate` reads it; a listing does so only for one VM).
+    pub descriptor_encryption: Option<String>,
+    /// Whether the descriptor was read for that.
+    #[serde(skip)]
+    pub descriptor_checked: bool,
+}
+
+/// A disk controller: `VirtualLsiLogicController`, `ParaVirtualSCSIController`, ... and its
+/// bus number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Controller {
+    pub type_name: String,
+    pub bus_number: i32,
 }
 
 impl VmDisk {
@@ -84,6 +108,10 @@ pub struct Snapshot {
 pub struct Vm {
     pub moref: MoRef,
     pub name: String,
+    /// The folder (or vApp) holding the VM.
+    pub parent: Option<MoRef>,
+    /// Its inventory path (`DC0/vm/Finance`), filled in by [`crate::paths`].
+    pub folder: Option<String>,
     pub uuid: Option<String>,
     pub instance_uuid: Option<String>,
     pub guest_id: Option<String>,
@@ -96,6 +124,13 @@ pub struct Vm {
     pub host_name: Option<String>,
     pub tools_running: bool,
     pub vcls_agent: bool,
+    /// `config.keyId.keyId`: the VM is encrypted.
+    pub key_id: Option<String>,
+    /// `runtime.consolidationNeeded`: deltas left behind by a snapshot removal.
+    pub consolidation_needed: bool,
+    /// `runtime.faultToleranceState` (`notConfigured`, `disabled`, `enabled`, `needSecondary`,
+    /// `starting`, `running`).
+    pub ft_state: Option<String>,
     pub snapshots: Vec<Snapshot>,
     pub disks: Vec<VmDisk>,
     #[serde(skip)]
@@ -127,12 +162,18 @@ pub fn vm_from_object(o: &ObjectContent) -> Result<Vm, ReplyError> {
     let ctx = format!("VM {name} ({})", o.obj);
     let mut disks = Vec::new();
     if let Some(devs) = o.prop("config.hardware.device") {
+        let controllers = controllers(devs, &ctx)?;
         for d in devs
             .children
             .iter()
             .filter(|d| d.xsi_type.as_deref() == Some("VirtualDisk"))
         {
-            disks.push(disk_from_device(d, &ctx)?);
+            let mut disk = disk_from_device(d, &ctx)?;
+            disk.controller = disk
+                .controller_key
+                .and_then(|k| controllers.iter().find(|(ck, _)| *ck == k))
+                .map(|(_, c)| c.clone());
+            disks.push(disk);
         }
     }
     let extra = o.prop("config.extraConfig");
@@ -153,6 +194,8 @@ pub fn vm_from_object(o: &ObjectContent) -> Result<Vm, ReplyError> {
     Ok(Vm {
         moref: o.obj.clone(),
         name,
+        parent: o.prop("parent").map(moref).transpose()?,
+        folder: None,
         uuid: text(o.prop("config.uuid")),
         instance_uuid: text(o.prop("config.instanceUuid")),
         guest_id: text(o.prop("config.guestId")),
@@ -166,10 +209,36 @@ pub fn vm_from_object(o: &ObjectContent) -> Result<Vm, ReplyError> {
         tools_running: text(o.prop("guest.toolsRunningStatus")).as_deref()
             == Some("guestToolsRunning"),
         vcls_agent,
+        key_id: o.prop("config.keyId").and_then(|k| text(k.child("keyId"))),
+        consolidation_needed: text(o.prop("runtime.consolidationNeeded")).as_deref()
+            == Some("true"),
+        ft_state: text(o.prop("runtime.faultToleranceState")),
         snapshots,
         disks,
         missing: o.missing.clone(),
     })
+}
+
+/// Every controller of a device list: (key, class and bus number). A device with
+/// `busNumber` is a controller (VirtualController); its class is the device's xsi:type.
+fn controllers(devs: &Element, ctx: &str) -> Result<Vec<(i32, Controller)>, ReplyError> {
+    let mut out = Vec::new();
+    for d in &devs.children {
+        let (Some(type_name), Some(bus)) = (d.xsi_type.as_ref(), int::<i32>(d, "busNumber", ctx)?)
+        else {
+            continue;
+        };
+        if let Some(key) = int::<i32>(d, "key", ctx)? {
+            out.push((
+                key,
+                Controller {
+                    type_name: type_name.clone(),
+                    bus_number: bus,
+                },
+            ));
+        }
+    }
+    Ok(out)
 }
 
 fn collect_snapshots(t: &Element, out: &mut Vec<Snapshot>, depth: usize) -> Result<(), ReplyError> {
@@ -243,96 +312,11 @@ fn disk_from_device(d: &Element, ctx: &str) -> Result<VmDisk, ReplyError> {
         uuid: text(b.child("uuid")),
         change_id: text(b.child("changeId")),
         parent_chain,
+        datastore: b.child("datastore").map(moref).transpose()?,
+        key_id: b.child("keyId").and_then(|k| text(k.child("keyId"))),
+        sharing: text(b.child("sharing")),
+        controller: None,
+        descriptor_encryption: None,
+        descriptor_checked: false,
     })
-}
-
-/// Why a VM cannot be replicated (or a caution that does not block it).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Eligibility {
-    pub eligible: bool,
-    pub reasons: Vec<String>,
-    pub warnings: Vec<String>,
-}
-
-/// Apply the seed's limits and Godwit's own snapshot rules.
-pub fn eligibility(vm: &Vm) -> Eligibility {
-    let mut reasons = Vec::new();
-    let mut warnings = Vec::new();
-    if !vm.missing.is_empty() {
-        let paths: Vec<String> = vm
-            .missing
-            .iter()
-            .map(|m| format!("{} ({})", m.path, m.fault))
-            .collect();
-        reasons.push(format!(
-            "properties could not be read: {}",
-            paths.join(", ")
-        ));
-    }
-    if vm.template {
-        reasons.push("is a template".into());
-    }
-    if vm.vcls_agent || vm.name.starts_with("vCLS") {
-        reasons.push("is a vSphere Cluster Services (vCLS) agent VM".into());
-    }
-    if vm.disks.is_empty() {
-        reasons.push("has no virtual disks".into());
-    }
-    if vm.disks.len() > MAX_VOLUMES {
-        reasons.push(format!(
-            "has {} disks; at most {MAX_VOLUMES} volumes are supported",
-            vm.disks.len()
-        ));
-    }
-    let foreign: Vec<&str> = vm
-        .snapshots
-        .iter()
-        .filter(|s| !s.name.starts_with(SNAPSHOT_PREFIX))
-        .map(|s| s.name.as_str())
-        .collect();
-    if !foreign.is_empty() {
-        reasons.push(format!(
-            "has pre-existing snapshots ({}); consolidate or delete them first",
-            foreign.join(", ")
-        ));
-    }
-    for (i, d) in vm.disks.iter().enumerate() {
-        match &d.backing {
-            Backing::Rdm { mode } => reasons.push(format!(
-                "disk {i} ({}) is a raw device mapping ({mode})",
-                d.label
-            )),
-            Backing::Other { type_name } => reasons.push(format!(
-                "disk {i} ({}) has unsupported backing {type_name}",
-                d.label
-            )),
-            _ => {}
-        }
-        if d.independent() {
-            reasons.push(format!(
-                "disk {i} ({}) is {}: snapshots do not cover it",
-                d.label, d.disk_mode
-            ));
-        }
-        if i == 0 && d.capacity_bytes > MAX_BOOT_DISK_BYTES {
-            reasons.push(format!(
-                "boot disk is larger than 2 TiB ({} bytes), beyond the MBR limit",
-                d.capacity_bytes
-            ));
-        }
-        if i > 0 && d.capacity_bytes > MAX_DATA_DISK_BYTES {
-            reasons.push(format!(
-                "disk {i} is larger than 4 TiB ({} bytes)",
-                d.capacity_bytes
-            ));
-        }
-    }
-    if vm.firmware.as_deref() == Some("efi") {
-        warnings.push("UEFI firmware: the boot disk is likely GPT; targets that need an MBR boot volume will not boot it".into());
-    }
-    Eligibility {
-        eligible: reasons.is_empty(),
-        reasons,
-        warnings,
-    }
 }

@@ -23,6 +23,10 @@ pub struct LedgerEntry {
     pub snapshot_name: String,
     /// Known once CreateSnapshot_Task succeeded.
     pub snapshot: Option<MoRef>,
+    /// The CreateSnapshot_Task, known once vCenter accepted the call: while it may still be
+    /// running (a create that timed out on our side) the entry stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<MoRef>,
     /// Seconds since the Unix epoch when the intent was recorded.
     pub created_unix: u64,
 }
@@ -74,6 +78,13 @@ impl Ledger {
             .update(snapshot_name, |e| e.snapshot = Some(snapshot.clone()))?)
     }
 
+    /// Set the CreateSnapshot_Task MoRef of the entry named `snapshot_name`.
+    pub fn set_task(&mut self, snapshot_name: &str, task: MoRef) -> Result<()> {
+        Ok(self
+            .0
+            .update(snapshot_name, |e| e.task = Some(task.clone()))?)
+    }
+
     /// Drop the entry named `snapshot_name` durably.
     pub fn remove(&mut self, snapshot_name: &str) -> Result<()> {
         Ok(self.0.remove(snapshot_name)?)
@@ -102,6 +113,7 @@ mod tests {
             vm_name: "web \"01\"".into(),
             snapshot_name: name.into(),
             snapshot: None,
+            task: None,
             created_unix: 1,
         }
     }

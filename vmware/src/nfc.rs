@@ -6,10 +6,13 @@
 //! `HttpNfcLeaseProgress` well inside `leaseTimeout`, and end with `HttpNfcLeaseComplete` on
 //! success or `HttpNfcLeaseAbort` on any failure (also when the lease is dropped unfinished).
 //!
-//! Device URLs on another host (an ESXi host behind vCenter) are fetched over HTTPS pinned to
-//! that host's own fingerprint from the trust store, without the vCenter session cookie (NFC
-//! URLs are authorised by the lease itself); an unpinned host stops the run with the
-//! fingerprint to pin.
+//! Device URLs on another host (an ESXi host behind vCenter) are fetched over HTTPS without the
+//! vCenter session cookie (NFC URLs are authorised by the lease itself), trusting the host by
+//! the SHA-1 thumbprint vCenter reports for it in the lease (`sslThumbprint`, received over the
+//! pinned vCenter session) or by its own SHA-256 pin from the trust store; a host with neither,
+//! or whose certificate matches neither, stops the run naming the host and its fingerprint
+//! (see [`crate::trust`]). Device URLs are matched to disks by their key (controller and unit),
+//! never by position.
 
 use crate::error::{Error, Result};
 use crate::moref::MoRef;
@@ -19,6 +22,7 @@ use crate::soap::lease::parse_lease_info;
 use crate::soap::lease::{DeviceAddress, DeviceUrl, LeaseInfo, LeaseState, device_address};
 use crate::soap::response as resp;
 use crate::transport::Endpoint;
+use crate::trust::Thumbprint;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -244,9 +248,15 @@ pub fn with_keepalive<T>(
                 }
             }
         });
-        let r = work(&ka);
-        ka.stop();
-        r
+        // Stop the thread however `work` ends (a panic too, or the scope would wait).
+        struct Stop<'a>(&'a KeepAlive);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.stop();
+            }
+        }
+        let _stop = Stop(&ka);
+        work(&ka)
     })
 }
 
@@ -265,7 +275,9 @@ impl<'s> DeviceEndpoints<'s> {
         }
     }
 
-    pub fn get(&mut self, a: &DeviceAddress) -> Result<Arc<Endpoint>> {
+    /// The endpoint for a device URL's host; `thumbprint` is the `sslThumbprint` vCenter gave
+    /// with it (may be empty).
+    pub fn get(&mut self, a: &DeviceAddress, thumbprint: &str) -> Result<Arc<Endpoint>> {
         let own = self.s.endpoint();
         if a.host.eq_ignore_ascii_case(&own.host) && a.port == own.port {
             return Ok(own.clone());
@@ -278,7 +290,14 @@ impl<'s> DeviceEndpoints<'s> {
             return Ok(e.clone());
         }
         let pins = self.s.trust.pins_for(&a.host, a.port);
-        let ep = Arc::new(Endpoint::new(&a.host, a.port, pins, 2)?);
+        let thumbprints: Vec<Thumbprint> = Thumbprint::parse(thumbprint).into_iter().collect();
+        let ep = Arc::new(Endpoint::with_thumbprints(
+            &a.host,
+            a.port,
+            pins,
+            thumbprints,
+            2,
+        )?);
         self.others.push(ep.clone());
         Ok(ep)
     }
@@ -295,7 +314,7 @@ pub fn download_disk(
     ka: &KeepAlive,
 ) -> Result<u64> {
     let addr = lease.address(device)?;
-    let ep = endpoints.get(&addr)?;
+    let ep = endpoints.get(&addr, &device.ssl_thumbprint)?;
     let limit = capacity_bytes
         .saturating_add(capacity_bytes / 8)
         .saturating_add(16 << 20);

@@ -1,24 +1,35 @@
-//! One replication cycle of a VM's disks, source side: sweep leftovers, snapshot (ledger
-//! first), open each frozen disk remotely, hand it to the caller with the changed ranges when
-//! CBT allows, record changeIds, and remove the snapshot on every path.
+//! One replication cycle of a VM's disks, source side: sweep leftovers, resolve the VM, refuse
+//! what cannot be copied faithfully (before any snapshot: see [`crate::preflight`]), snapshot
+//! (ledger first), open each frozen disk remotely and check it, hand it to the caller with the
+//! changed ranges when CBT allows, record changeIds, and remove the snapshot on every path.
 //!
 //! Order for incrementals: record changeIds → remove the old snapshot → create the new one.
 //! Each cycle records its changeIds and removes its own snapshot before it returns, so the
 //! next cycle's "create" always comes after the previous "record" and "remove".
+//!
+//! Nothing reaches the caller's sink before every disk of the snapshot was opened and checked
+//! (capacity, encryption), so a refusal writes nothing to the staging store.
 
-use crate::cbt::{ChangeIdStore, change_id_key, changed_ranges};
+use crate::cbt::{
+    AllocatedOnly, Areas, Basis, ChangeIdStore, FullReason, StoredChangeId, basis, change_id_key,
+    changed_ranges,
+};
 use crate::datastore::{DatastoreLocator, DatastorePath};
+use crate::eligibility::disk_name;
 use crate::error::{Error, Result};
-use crate::inventory::{VM_PROPERTIES, Vm, VmDisk, eligibility, vm_from_object};
+use crate::inventory::{Vm, VmDisk, vm_from_object};
 use crate::ledger::Ledger;
-use crate::nfc;
-use crate::session::{Session, map_reply};
+use crate::session::{KEEPALIVE_INTERVAL, Session, map_reply};
 use crate::snapshot::{self, TakenSnapshot};
 use crate::soap::envelope as env;
 use crate::soap::response as resp;
-use godwit_disk::{Disk, FormatHint};
+use crate::vmref::{self, VmTarget};
+use godwit_disk::{BlockSource, Disk, FormatHint};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use crate::vmref::find_vm;
 
 /// How disk bytes are read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,30 +69,75 @@ impl DiskAccess {
 /// Where the cycle keeps its state, and what it may do.
 #[derive(Clone, Debug)]
 pub struct CycleOptions {
+    /// The VM: a name, a MoRef value (`vm-123`) or an instance UUID.
     pub vm_name: String,
+    /// A MoRef value resolved earlier (a service job's): followed whatever the VM is called.
+    pub vm_moref: Option<String>,
+    /// The instance UUID resolved earlier (guards a reused MoRef, finds a re-registered VM).
+    pub vm_instance_uuid: Option<String>,
     /// The snapshot ledger (JSON).
     pub ledger: PathBuf,
     /// The changeId store (JSON).
     pub change_ids: PathBuf,
     /// Use CBT: enable it when off (only while the VM has no snapshots), query changed areas.
     pub cbt: bool,
+    /// Quiesce the guest (when VMware Tools run on a powered-on VM); a quiesce fault retries
+    /// once without.
+    pub quiesce: bool,
+    /// Keep the vCenter session alive with `CurrentTime` at this interval during the cycle.
+    pub keepalive: Option<Duration>,
+}
+
+impl Default for CycleOptions {
+    fn default() -> Self {
+        CycleOptions {
+            vm_name: String::new(),
+            vm_moref: None,
+            vm_instance_uuid: None,
+            ledger: PathBuf::from("vsphere-snapshot-ledger.json"),
+            change_ids: PathBuf::from("vsphere-change-ids.json"),
+            cbt: false,
+            quiesce: true,
+            keepalive: Some(KEEPALIVE_INTERVAL),
+        }
+    }
+}
+
+impl CycleOptions {
+    fn target(&self) -> VmTarget {
+        VmTarget {
+            query: self.vm_name.clone(),
+            moref: self.vm_moref.clone(),
+            instance_uuid: self.vm_instance_uuid.clone(),
+        }
+    }
 }
 
 /// What a cycle did, per disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiskReport {
     pub key: i32,
     pub file_name: String,
     pub capacity_bytes: u64,
     /// `Some(bytes)` when only changed ranges were handed over.
     pub changed_bytes: Option<u64>,
+    /// With CBT asked for, why this disk was read whole.
+    pub full_read_reason: Option<String>,
+    /// A full read limited to the areas in use (QueryChangedDiskAreas `*`): their size.
+    pub allocated_bytes: Option<u64>,
+    pub warnings: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CycleReport {
+    /// The VM's name now (a pinned VM may have been renamed).
     pub vm: String,
+    pub vm_moref: String,
+    pub vm_instance_uuid: Option<String>,
     pub snapshot: String,
     pub quiesced: bool,
+    /// Quiescing failed with this fault; the snapshot was taken without it.
+    pub quiesce_fallback: Option<String>,
     pub disks: Vec<DiskReport>,
     /// Bytes fetched from `/folder`.
     pub bytes_read: u64,
@@ -92,30 +148,18 @@ pub struct CycleReport {
     pub nfc_bytes: u64,
     /// The export lease, completed (NFC only).
     pub nfc_lease: Option<String>,
+    /// Times the session was re-established during the cycle.
+    pub relogins: u32,
 }
 
-/// The caller's per-disk work: (disk number, the opened disk, changed ranges or `None` = all).
+/// The caller's per-disk work: (disk number, the disk, changed ranges or `None` = all). The
+/// disk may be a view that reads unallocated areas as zeros (a first full read with CBT).
 pub type DiskSink<'a> = dyn FnMut(
         usize,
-        &Disk,
+        &dyn BlockSource,
         Option<&[Range<u64>]>,
     ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>
     + 'a;
-
-/// Find a VM by name.
-pub fn find_vm(s: &Session, name: &str) -> Result<Vm> {
-    let objs = s.all_of_kind("VirtualMachine", VM_PROPERTIES)?;
-    for o in &objs {
-        if o.prop("name").is_some_and(|n| n.text.trim() == name) {
-            return vm_from_object(o)
-                .map_err(|e| map_reply(s.endpoint(), "RetrievePropertiesEx", e));
-        }
-    }
-    Err(Error::NotFound {
-        host: s.endpoint().authority(),
-        what: format!("VM {name:?}"),
-    })
-}
 
 fn enable_cbt(s: &Session, ledger: &mut Ledger, vm: &Vm) -> Result<()> {
     if !vm.snapshots.is_empty() {
@@ -136,7 +180,7 @@ fn enable_cbt(s: &Session, ledger: &mut Ledger, vm: &Vm) -> Result<()> {
 }
 
 /// The disks of the snapshot's frozen configuration.
-fn snapshot_disks(s: &Session, snap: &TakenSnapshot) -> Result<Vec<VmDisk>> {
+pub(crate) fn snapshot_disks(s: &Session, snap: &TakenSnapshot) -> Result<Vec<VmDisk>> {
     let o = s.object_properties(&snap.moref, &["config.hardware.device"])?;
     if let Some(m) = o.missing.first() {
         return Err(Error::malformed(
@@ -163,11 +207,23 @@ pub fn run_cycle_with(
     access: DiskAccess,
     sink: &mut DiskSink<'_>,
 ) -> Result<CycleReport> {
+    let relogins_before = s.relogins();
+    let mut r = s.keepalive(opts.keepalive, || cycle(s, opts, access, sink))?;
+    r.relogins = s.relogins() - relogins_before;
+    Ok(r)
+}
+
+fn cycle(
+    s: &Session,
+    opts: &CycleOptions,
+    access: DiskAccess,
+    sink: &mut DiskSink<'_>,
+) -> Result<CycleReport> {
     let spool_dir = opts
         .ledger
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    remove_stale_spool(&spool_dir);
+    crate::replicate_nfc::remove_stale_spool(&spool_dir);
     let mut ledger = Ledger::open(&opts.ledger)?;
     let swept = snapshot::sweep(s, &mut ledger)?;
     if let Some(f) = swept.failed.first() {
@@ -175,34 +231,39 @@ pub fn run_cycle_with(
             "a leftover snapshot could not be removed: {f}"
         )));
     }
-    let mut vm = find_vm(s, &opts.vm_name)?;
-    let el = eligibility(&vm);
-    if !el.eligible {
-        return Err(Error::Usage(format!(
-            "VM {:?} is not eligible: {}",
-            vm.name,
-            el.reasons.join("; ")
-        )));
-    }
-    if opts.cbt && !vm.cbt_enabled {
-        enable_cbt(s, &mut ledger, &vm)?;
-        vm = find_vm(s, &opts.vm_name)?;
-    }
-    let quiesce = vm.tools_running && vm.power_state.as_deref() == Some("poweredOn");
-    let mut store = ChangeIdStore::open(&opts.change_ids)?;
+    let mut vm = vmref::resolve(s, &opts.target())?;
     let locator = DatastoreLocator::new(s)?;
     let use_nfc = match access {
         DiskAccess::Nfc => true,
         DiskAccess::Folder => false,
         DiskAccess::Auto => vm.disks.iter().any(|d| {
-            DatastorePath::parse(&d.file_name)
-                .is_some_and(|p| !locator.folder_can_serve(&p.datastore))
+            DatastorePath::parse(&d.file_name).is_some_and(|p| {
+                !locator
+                    .for_datastore(d.datastore.as_ref())
+                    .folder_can_serve(&p.datastore)
+            })
         }),
     };
+    // Everything that refuses the VM happens here, before a snapshot exists.
+    crate::preflight::check(s, &mut vm, &locator, opts.cbt, use_nfc)?;
+    if opts.cbt && !vm.cbt_enabled {
+        enable_cbt(s, &mut ledger, &vm)?;
+        vm = vmref::resolve(
+            s,
+            &VmTarget {
+                moref: Some(vm.moref.value.clone()),
+                instance_uuid: vm.instance_uuid.clone(),
+                ..opts.target()
+            },
+        )?;
+    }
+    let quiesce =
+        opts.quiesce && vm.tools_running && vm.power_state.as_deref() == Some("poweredOn");
+    let mut store = ChangeIdStore::open(&opts.change_ids)?;
     let snap = snapshot::create(s, &mut ledger, &vm, quiesce)?;
-    let mut nfc_done = NfcOutcome::default();
+    let mut nfc_done = crate::replicate_nfc::NfcOutcome::default();
     let result = if use_nfc {
-        read_disks_nfc(
+        crate::replicate_nfc::read_disks_nfc(
             s,
             opts,
             &vm,
@@ -220,8 +281,11 @@ pub fn run_cycle_with(
     removed?;
     Ok(CycleReport {
         vm: vm.name.clone(),
+        vm_moref: vm.moref.value.clone(),
+        vm_instance_uuid: vm.instance_uuid.clone(),
         snapshot: snap.name,
-        quiesced: quiesce,
+        quiesced: snap.quiesced,
+        quiesce_fallback: snap.quiesce_fallback,
         disks,
         bytes_read: locator.bytes_read(),
         swept: swept.removed,
@@ -232,30 +296,29 @@ pub fn run_cycle_with(
         },
         nfc_bytes: nfc_done.bytes,
         nfc_lease: nfc_done.lease,
+        relogins: 0,
     })
 }
 
-/// Remove NFC spool files a crashed cycle left in `dir`.
-fn remove_stale_spool(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("nfc-") && name.ends_with(".vmdk") {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+pub(crate) fn vm_uuid(vm: &Vm) -> String {
+    vm.instance_uuid
+        .clone()
+        .or_else(|| vm.uuid.clone())
+        .unwrap_or_else(|| vm.moref.value.clone())
 }
 
-#[derive(Default)]
-struct NfcOutcome {
-    bytes: u64,
-    lease: Option<String>,
+/// How one disk is read this cycle.
+pub(crate) enum Plan {
+    Changed(Areas),
+    Full {
+        reason: Option<FullReason>,
+        allocated: Option<Areas>,
+    },
 }
 
-/// Changed ranges for one disk when CBT has a previous changeId for it.
-fn cbt_ranges(
+/// Decide how to read disk `d` (QueryChangedDiskAreas as needed, while the snapshot exists).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan_disk(
     s: &Session,
     opts: &CycleOptions,
     vm: &Vm,
@@ -263,127 +326,89 @@ fn cbt_ranges(
     store: &ChangeIdStore,
     key: &str,
     d: &VmDisk,
-) -> Result<Option<Vec<Range<u64>>>> {
-    match (opts.cbt, store.get(key), d.change_id.as_deref()) {
-        (true, Some(prev), Some(_)) => {
-            changed_ranges(s, &vm.moref, &snap.moref, d.key, d.capacity_bytes, prev)
-        }
-        _ => Ok(None),
-    }
-}
-
-fn vm_uuid(vm: &Vm) -> String {
-    vm.instance_uuid
-        .clone()
-        .or_else(|| vm.uuid.clone())
-        .unwrap_or_else(|| vm.moref.value.clone())
-}
-
-/// The NFC path: one export lease for all disks, each downloaded to a spool file under a
-/// keep-alive and handed to the sink; Complete on success, Abort on any failure.
-#[allow(clippy::too_many_arguments)]
-fn read_disks_nfc(
-    s: &Session,
-    opts: &CycleOptions,
-    vm: &Vm,
-    snap: &TakenSnapshot,
-    spool_dir: &Path,
-    store: &mut ChangeIdStore,
-    sink: &mut DiskSink<'_>,
-    outcome: &mut NfcOutcome,
-) -> Result<Vec<DiskReport>> {
-    let disks = snapshot_disks(s, snap)?;
-    let lease = if vm.power_state.as_deref() == Some("poweredOff") {
-        nfc::export_vm(s, &vm.moref)?
-    } else {
-        nfc::export_snapshot(s, &snap.moref)?
-    };
-    outcome.lease = Some(lease.moref.value.clone());
-    let urls: Vec<_> = lease.disks().into_iter().cloned().collect();
-    if urls.len() != disks.len() {
-        let e = Error::malformed(
-            &s.endpoint().authority(),
-            "HttpNfcLease info",
-            format!(
-                "the lease offers {} disk URLs for {} disks",
-                urls.len(),
-                disks.len()
-            ),
-        );
-        let _ = lease.abort();
-        return Err(e);
-    }
-    let total: u64 = disks.iter().map(|d| d.capacity_bytes).sum();
-    let uuid = vm_uuid(vm);
-    let mut endpoints = nfc::DeviceEndpoints::new(s);
-    let result = nfc::with_keepalive(&lease, total, |ka| {
-        let mut reports = Vec::new();
-        let mut new_ids = Vec::new();
-        for (i, (d, url)) in disks.iter().zip(&urls).enumerate() {
-            let key = change_id_key(&uuid, d.key, d.uuid.as_deref());
-            let ranges = cbt_ranges(s, opts, vm, snap, store, &key, d)?;
-            let path = nfc::spool_path(spool_dir, &lease.moref, i);
-            nfc::download_disk(&mut endpoints, &lease, url, d.capacity_bytes, &path, ka)?;
-            let fed = feed_spooled(&path, i, d, ranges.as_deref(), sink);
-            let _ = std::fs::remove_file(&path);
-            fed?;
-            reports.push(DiskReport {
-                key: d.key,
-                file_name: d.file_name.clone(),
-                capacity_bytes: d.capacity_bytes,
-                changed_bytes: ranges.map(|r| r.iter().map(|x| x.end - x.start).sum()),
-            });
-            new_ids.push((key, d.change_id.clone()));
-        }
-        Ok((
-            reports,
-            new_ids,
-            ka.done_bytes.load(std::sync::atomic::Ordering::Relaxed),
-        ))
-    });
-    match result {
-        Ok((reports, new_ids, bytes)) => {
-            outcome.bytes = bytes;
-            lease.complete()?;
-            if opts.cbt {
-                store.record(new_ids)?;
-            }
-            Ok(reports)
-        }
-        Err(e) => {
-            if let Err(a) = lease.abort() {
-                tracing::warn!(error = %a, "could not abort the NFC lease");
-            }
-            Err(e)
-        }
-    }
-}
-
-/// Open a downloaded streamOptimized disk, check its size, and hand it to the sink.
-fn feed_spooled(
-    path: &Path,
-    i: usize,
-    d: &VmDisk,
-    ranges: Option<&[Range<u64>]>,
-    sink: &mut DiskSink<'_>,
-) -> Result<()> {
-    use godwit_disk::BlockSource;
-    let p = path.to_string_lossy();
-    let disk = Disk::open(&p)?;
-    if disk.virtual_size() != d.capacity_bytes {
-        return Err(Error::BadFile {
-            path: format!("{} (NFC export of {})", p, d.file_name),
-            detail: format!(
-                "virtual size {} differs from the disk capacity {}",
-                disk.virtual_size(),
-                d.capacity_bytes
-            ),
+    report: &mut DiskReport,
+) -> Result<Plan> {
+    if !opts.cbt {
+        return Ok(Plan::Full {
+            reason: None,
+            allocated: None,
         });
     }
-    sink(i, &disk, ranges).map_err(|e| Error::Sink {
+    let query = |id: &str| changed_ranges(s, &vm.moref, &snap.moref, d.key, d.capacity_bytes, id);
+    let reason = match basis(store.get(key), d.change_id.as_deref(), d.capacity_bytes) {
+        Basis::Incremental(prev) => match query(&prev)? {
+            Ok(areas) => {
+                if areas.clamped > 0 {
+                    report.warnings.push(format!(
+                        "vCenter reported {} changed area(s) reaching past the range asked; clamped to it",
+                        areas.clamped
+                    ));
+                }
+                return Ok(Plan::Changed(areas));
+            }
+            Err(fault) => FullReason::Rejected { fault },
+        },
+        Basis::Full(reason) => reason,
+    };
+    let allocated = match d.change_id {
+        Some(_) => match query("*")? {
+            Ok(a) => Some(a),
+            Err(fault) => {
+                report.warnings.push(format!(
+                    "QueryChangedDiskAreas(\"*\") refused ({fault}); the whole capacity is read"
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    Ok(Plan::Full {
+        reason: Some(reason),
+        allocated,
+    })
+}
+
+/// Hand one disk to the sink as `plan` says, filling in the report.
+pub(crate) fn feed(
+    i: usize,
+    d: &VmDisk,
+    disk: &dyn BlockSource,
+    plan: Plan,
+    report: &mut DiskReport,
+    sink: &mut DiskSink<'_>,
+) -> Result<()> {
+    let r = match plan {
+        Plan::Changed(areas) => {
+            report.changed_bytes = Some(areas.bytes());
+            sink(i, disk, Some(&areas.ranges))
+        }
+        Plan::Full { reason, allocated } => {
+            report.full_read_reason = reason.map(|r| r.to_string());
+            match allocated {
+                Some(areas) => {
+                    report.allocated_bytes = Some(areas.bytes());
+                    sink(i, &AllocatedOnly::new(disk, areas.ranges), None)
+                }
+                None => sink(i, disk, None),
+            }
+        }
+    };
+    r.map_err(|e| Error::Sink {
         disk: i,
         file: d.file_name.clone(),
         source: e,
+    })
+}
+
+/// The refusal for a disk whose size disagrees with vCenter's capacity: never padded, never
+/// truncated (a short read would replicate a truncated disk, e.g. 0 bytes for an empty file).
+pub(crate) fn capacity_refusal(i: usize, d: &VmDisk, virtual_size: u64) -> Option<String> {
+    (virtual_size != d.capacity_bytes).then(|| {
+        format!(
+            "{}: its files hold a disk of {virtual_size} bytes but vCenter's capacityInBytes is {} bytes; refusing to pad or truncate",
+            disk_name(i, d),
+            d.capacity_bytes
+        )
     })
 }
 
@@ -397,29 +422,62 @@ fn read_disks(
     sink: &mut DiskSink<'_>,
 ) -> Result<Vec<DiskReport>> {
     let disks = snapshot_disks(s, snap)?;
+    // Open and check every disk before any byte goes to the sink.
+    let mut opened = Vec::new();
+    let mut refusals = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        let loc = locator.for_datastore(d.datastore.as_ref());
+        // Descriptors read before the snapshot are not read again (the frozen disk is the same
+        // file); one that could not be read then (locked by the running VM) is read now.
+        let checked = vm
+            .disks
+            .iter()
+            .any(|x| x.descriptor_checked && x.file_name == d.file_name);
+        if !checked && let Some(why) = crate::preflight::descriptor_encryption(&loc, d)? {
+            refusals.push(format!(
+                "{} is encrypted (its descriptor has {why}): it would be copied as ciphertext",
+                disk_name(i, d)
+            ));
+            continue;
+        }
+        let disk = Disk::open_with(&loc, &d.file_name, FormatHint::Auto)?;
+        refusals.extend(capacity_refusal(i, d, disk.virtual_size()));
+        opened.push(disk);
+    }
+    if !refusals.is_empty() {
+        return Err(Error::refused(
+            &s.endpoint().authority(),
+            &format!("{:?} ({})", vm.name, vm.moref.value),
+            refusals,
+        ));
+    }
     let uuid = vm_uuid(vm);
     let mut reports = Vec::new();
     let mut new_ids = Vec::new();
-    for (i, d) in disks.iter().enumerate() {
+    for (i, (d, disk)) in disks.iter().zip(&opened).enumerate() {
         let key = change_id_key(&uuid, d.key, d.uuid.as_deref());
-        let ranges = cbt_ranges(s, opts, vm, snap, store, &key, d)?;
-        let disk = Disk::open_with(locator, &d.file_name, FormatHint::Auto)?;
-        sink(i, &disk, ranges.as_deref()).map_err(|e| Error::Sink {
-            disk: i,
-            file: d.file_name.clone(),
-            source: e,
-        })?;
-        reports.push(DiskReport {
+        let mut report = DiskReport {
             key: d.key,
             file_name: d.file_name.clone(),
             capacity_bytes: d.capacity_bytes,
-            changed_bytes: ranges.map(|r| r.iter().map(|x| x.end - x.start).sum()),
-        });
-        new_ids.push((key, d.change_id.clone()));
+            ..DiskReport::default()
+        };
+        let plan = plan_disk(s, opts, vm, snap, store, &key, d, &mut report)?;
+        feed(i, d, disk, plan, &mut report, sink)?;
+        reports.push(report);
+        new_ids.push((key, stored(d)));
     }
     // Record the changeIds before the snapshot goes (the order CBT needs).
     if opts.cbt {
         store.record(new_ids)?;
     }
     Ok(reports)
+}
+
+/// What to record for a disk after a good cycle.
+pub(crate) fn stored(d: &VmDisk) -> Option<StoredChangeId> {
+    d.change_id.as_ref().map(|c| StoredChangeId {
+        change_id: c.clone(),
+        capacity_bytes: Some(d.capacity_bytes),
+    })
 }

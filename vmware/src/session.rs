@@ -1,5 +1,13 @@
-//! A logged-in vSphere session: service content, Login with the session cookie, re-login once
-//! on `NotAuthenticated`, property retrieval with paging, task polling, Logout.
+//! A logged-in vSphere session: service content, Login with the session cookie, re-login on
+//! `NotAuthenticated` (SOAP) and on 401/403 to `/folder` or NFC reads (the endpoint's
+//! [`Reauth`]), a keep-alive for long cycles, property retrieval with paging, task polling,
+//! Logout.
+//!
+//! vCenter ends idle sessions (30 minutes by default) and an administrator may end one with
+//! `SessionManager.TerminateSession`; a cycle that spends long in the transfer between SOAP
+//! calls would lose its session. [`Session::keepalive`] sends `CurrentTime` at an interval,
+//! as govmomi's `session/keepalive` handler does; whatever still expires is re-established on
+//! the next call.
 
 use crate::error::{Error, Result};
 use crate::moref::MoRef;
@@ -7,11 +15,14 @@ use crate::soap::envelope as env;
 use crate::soap::response::{
     self as resp, MAX_REPLY_BYTES, ObjectContent, ReplyError, ServiceContent, TaskInfo,
 };
-use crate::transport::Endpoint;
+use crate::transport::{Endpoint, Reauth};
 use crate::trust::TrustStore;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Default keep-alive interval: well inside vCenter's default 30-minute idle timeout.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// `vsphere://USER@HOST[:PORT]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,13 +97,54 @@ pub struct ConnectOptions {
     pub task_timeout: Duration,
 }
 
-pub struct Session {
-    ep: Arc<Endpoint>,
-    sc: ServiceContent,
+/// Logs in on an endpoint; shared by the session (SOAP `NotAuthenticated`) and the endpoint
+/// (401/403 on `/folder` and NFC), and serialised so that parallel readers that all see the
+/// stale cookie cause one Login, not four.
+struct Login {
+    session_manager: MoRef,
     user: String,
     password: Secret,
     soap_action: String,
+    /// `UserSession.key` of the current session.
+    key: Mutex<Option<String>>,
     relogins: AtomicU32,
+    lock: Mutex<()>,
+}
+
+impl Login {
+    fn login(&self, ep: &Endpoint) -> Result<()> {
+        ep.set_cookie(None);
+        let body = env::login(&self.session_manager, &self.user, &self.password.0);
+        let reply = ep.post_soap("Login", &self.soap_action, body, MAX_REPLY_BYTES)?;
+        let key = resp::parse_login(&reply.body).map_err(|e| map_reply(ep, "Login", e))?;
+        let cookie = reply.set_cookie.ok_or_else(|| {
+            Error::malformed(
+                &ep.authority(),
+                "Login",
+                "no vmware_soap_session cookie in the reply",
+            )
+        })?;
+        ep.set_cookie(Some(cookie));
+        *self.key.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
+        Ok(())
+    }
+}
+
+impl Reauth for Login {
+    fn relogin(&self, ep: &Endpoint, failed_cookie: Option<&str>) -> Result<()> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if ep.cookie().as_deref() != failed_cookie {
+            return Ok(()); // someone else logged in since that request was sent
+        }
+        self.relogins.fetch_add(1, Ordering::Relaxed);
+        self.login(ep)
+    }
+}
+
+pub struct Session {
+    ep: Arc<Endpoint>,
+    sc: ServiceContent,
+    login: Arc<Login>,
     pub trust: TrustStore,
     pub task_timeout: Duration,
 }
@@ -116,18 +168,24 @@ impl Session {
         )?;
         let sc = resp::parse_service_content(&reply.body)
             .map_err(|e| map_reply(&ep, "RetrieveServiceContent", e))?;
-        let s = Session {
-            soap_action: format!("\"urn:vim25/{}\"", sc.api_version),
-            ep,
-            sc,
+        let login = Arc::new(Login {
+            session_manager: sc.session_manager.clone(),
             user: opts.url.user.clone(),
             password: opts.password.clone(),
+            soap_action: format!("\"urn:vim25/{}\"", sc.api_version),
+            key: Mutex::new(None),
             relogins: AtomicU32::new(0),
+            lock: Mutex::new(()),
+        });
+        login.login(&ep)?;
+        ep.set_reauth(Some(login.clone()));
+        Ok(Session {
+            ep,
+            sc,
+            login,
             trust: opts.trust.clone(),
             task_timeout: opts.task_timeout,
-        };
-        s.login()?;
-        Ok(s)
+        })
     }
 
     pub fn endpoint(&self) -> &Arc<Endpoint> {
@@ -145,25 +203,16 @@ impl Session {
 
     /// How many times the session expired and was re-established.
     pub fn relogins(&self) -> u32 {
-        self.relogins.load(Ordering::Relaxed)
+        self.login.relogins.load(Ordering::Relaxed)
     }
 
-    fn login(&self) -> Result<()> {
-        self.ep.set_cookie(None);
-        let body = env::login(&self.sc.session_manager, &self.user, &self.password.0);
-        let reply = self
-            .ep
-            .post_soap("Login", &self.soap_action, body, MAX_REPLY_BYTES)?;
-        resp::parse_reply(&reply.body, "Login").map_err(|e| map_reply(&self.ep, "Login", e))?;
-        let cookie = reply.set_cookie.ok_or_else(|| {
-            Error::malformed(
-                &self.ep.authority(),
-                "Login",
-                "no vmware_soap_session cookie in the reply",
-            )
-        })?;
-        self.ep.set_cookie(Some(cookie));
-        Ok(())
+    /// `UserSession.key` of the current session (HasPrivilegeOnEntity, TerminateSession).
+    pub fn session_key(&self) -> Option<String> {
+        self.login
+            .key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The current session cookie (tests use it to end the session behind our back).
@@ -174,7 +223,7 @@ impl Session {
     fn post(&self, method: &str, body: String) -> Result<Vec<u8>> {
         Ok(self
             .ep
-            .post_soap(method, &self.soap_action, body, MAX_REPLY_BYTES)?
+            .post_soap(method, &self.login.soap_action, body, MAX_REPLY_BYTES)?
             .body)
     }
 
@@ -186,12 +235,12 @@ impl Session {
         build: &dyn Fn(&ServiceContent) -> String,
         parse: &dyn Fn(&[u8]) -> std::result::Result<T, ReplyError>,
     ) -> Result<T> {
+        let sent = self.ep.cookie();
         let first = self.post(method, build(&self.sc))?;
         match parse(&first) {
             Err(ReplyError::Fault { fault, .. }) if fault == "NotAuthenticated" => {
                 tracing::info!(host = %self.ep.authority(), method, "session expired; logging in again");
-                self.relogins.fetch_add(1, Ordering::Relaxed);
-                self.login()?;
+                self.login.relogin(&self.ep, sent.as_deref())?;
                 let again = self.post(method, build(&self.sc))?;
                 parse(&again).map_err(|e| map_reply(&self.ep, method, e))
             }
@@ -313,9 +362,68 @@ impl Session {
         }
     }
 
+    /// Run `work` while a thread sends `CurrentTime` every `interval` (re-logging in when the
+    /// session was lost anyway). `None` runs `work` alone.
+    pub fn keepalive<T>(&self, interval: Option<Duration>, work: impl FnOnce() -> T) -> T {
+        let Some(interval) = interval else {
+            return work();
+        };
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let step = Duration::from_millis(50).min(interval);
+                let mut since = Duration::ZERO;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(step);
+                    since += step;
+                    if since < interval {
+                        continue;
+                    }
+                    since = Duration::ZERO;
+                    if let Err(e) = self.call("CurrentTime", &|_| env::current_time(), &|b| {
+                        resp::parse_empty_reply(b, "CurrentTime")
+                    }) {
+                        tracing::warn!(host = %self.ep.authority(), error = %e, "session keep-alive failed");
+                    }
+                }
+            });
+            // Stop the thread however `work` ends (a panic too, or the scope would wait).
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let _stop = Stop(&stop);
+            work()
+        })
+    }
+
+    /// `HasPrivilegeOnEntity` for this session: one answer per privilege, in order.
+    pub fn has_privileges(&self, entity: &MoRef, privileges: &[&str]) -> Result<Vec<bool>> {
+        let Some(am) = self.sc.authorization_manager.clone() else {
+            return Err(Error::malformed(
+                &self.ep.authority(),
+                "RetrieveServiceContent",
+                "the server names no AuthorizationManager; privileges cannot be checked",
+            ));
+        };
+        let n = privileges.len();
+        self.call(
+            "HasPrivilegeOnEntity",
+            &|_| {
+                // The key is read per attempt: a re-login changes it.
+                let key = self.session_key().unwrap_or_default();
+                env::has_privilege_on_entity(&am, entity, &key, privileges)
+            },
+            &|b| resp::parse_bool_list(b, "HasPrivilegeOnEntity", n),
+        )
+    }
+
     /// Log out (session slots are limited). Errors are reported but harmless.
     pub fn logout(&self) -> Result<()> {
         let r = self.post("Logout", env::logout(&self.sc.session_manager))?;
+        self.ep.set_reauth(None);
         self.ep.set_cookie(None);
         resp::parse_empty_reply(&r, "Logout").map_err(|e| map_reply(&self.ep, "Logout", e))
     }

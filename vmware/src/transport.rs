@@ -1,9 +1,14 @@
 //! The only code that talks to the network: HTTPS to one host (`host:port`) with a pinned
 //! certificate, the session cookie, bounded reply sizes, 503 backoff and a cap on parallel
 //! requests. SOAP bodies go in and out as bytes; parsing happens elsewhere.
+//!
+//! A `/folder` or NFC request answered 401 or 403 while a session cookie was sent means the
+//! vCenter session expired or was terminated (`SessionManager.TerminateSession`); when a
+//! [`Reauth`] is installed the endpoint logs in again (once per stale cookie, whoever notices
+//! first) and repeats the request once.
 
 use crate::error::{Error, Result};
-use crate::trust::{Fingerprint, PinnedVerifier};
+use crate::trust::{Fingerprint, HostVerifier, Seen, Thumbprint};
 use std::io::Read;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -47,15 +52,24 @@ impl Drop for Permit<'_> {
     }
 }
 
+/// Logs a session in again after the server stopped honouring its cookie.
+pub trait Reauth: Send + Sync {
+    /// Log in again, unless the cookie changed since `failed_cookie` was sent (another request
+    /// already did).
+    fn relogin(&self, ep: &Endpoint, failed_cookie: Option<&str>) -> Result<()>;
+}
+
 /// HTTPS to one `host:port`.
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
     client: reqwest::blocking::Client,
     pins: Vec<Fingerprint>,
-    seen: Arc<Mutex<Option<Fingerprint>>>,
+    thumbprints: Vec<Thumbprint>,
+    seen: Seen,
     limiter: Limiter,
     cookie: Mutex<Option<String>>,
+    reauth: Mutex<Option<Arc<dyn Reauth>>>,
 }
 
 /// An HTTP reply: status and body (bounded).
@@ -67,9 +81,25 @@ pub struct Reply {
 
 impl Endpoint {
     pub fn new(host: &str, port: u16, pins: Vec<Fingerprint>, max_parallel: usize) -> Result<Self> {
+        Self::with_thumbprints(host, port, pins, Vec::new(), max_parallel)
+    }
+
+    /// Trust the pinned SHA-256 fingerprints and, besides, the SHA-1 thumbprints vCenter
+    /// reported for this host (ESXi hosts behind vCenter, see [`crate::trust`]).
+    pub fn with_thumbprints(
+        host: &str,
+        port: u16,
+        pins: Vec<Fingerprint>,
+        thumbprints: Vec<Thumbprint>,
+        max_parallel: usize,
+    ) -> Result<Self> {
         install_crypto_provider();
-        let seen = Arc::new(Mutex::new(None));
-        let verifier = Arc::new(PinnedVerifier::new(pins.clone(), seen.clone()));
+        let seen: Seen = Arc::new(Mutex::new(None));
+        let verifier = Arc::new(HostVerifier::new(
+            pins.clone(),
+            thumbprints.clone(),
+            seen.clone(),
+        ));
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -94,6 +124,7 @@ impl Endpoint {
             port,
             client,
             pins,
+            thumbprints,
             seen,
             limiter: Limiter {
                 in_flight: Mutex::new(0),
@@ -101,7 +132,34 @@ impl Endpoint {
                 max: max_parallel.max(1),
             },
             cookie: Mutex::new(None),
+            reauth: Mutex::new(None),
         })
+    }
+
+    /// Install what logs the session in again on 401/403 (see the module doc).
+    pub fn set_reauth(&self, r: Option<Arc<dyn Reauth>>) {
+        *self.reauth.lock().unwrap_or_else(|e| e.into_inner()) = r;
+    }
+
+    fn reauth(&self) -> Option<Arc<dyn Reauth>> {
+        self.reauth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a 401/403 to a request that carried `sent_cookie`: log in again when that can
+    /// help. `Ok(true)` means repeat the request.
+    fn relogin_after(&self, status: u16, sent_cookie: Option<&str>) -> Result<bool> {
+        if !matches!(status, 401 | 403) || sent_cookie.is_none() {
+            return Ok(false);
+        }
+        let Some(r) = self.reauth() else {
+            return Ok(false);
+        };
+        tracing::info!(host = %self.authority(), status, "session no longer honoured; logging in again");
+        r.relogin(self, sent_cookie)?;
+        Ok(true)
     }
 
     /// `host:port` (IPv6 hosts in brackets).
@@ -126,14 +184,37 @@ impl Endpoint {
 
     /// The certificate fingerprint the server showed on the last handshake.
     pub fn seen_fingerprint(&self) -> Option<Fingerprint> {
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner())
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|(fp, _)| fp)
     }
 
     fn map_send_error(&self, what: &str, e: reqwest::Error) -> Error {
         let host = self.authority();
-        if let Some(fp) = self.seen_fingerprint()
+        let seen = *self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((fp, tp)) = seen
             && !self.pins.contains(&fp)
+            && !self.thumbprints.contains(&tp)
         {
+            if !self.thumbprints.is_empty() {
+                let reported: Vec<String> =
+                    self.thumbprints.iter().map(ToString::to_string).collect();
+                return Error::HostUntrusted {
+                    host,
+                    fingerprint: fp.to_string(),
+                    sha1: tp.to_string(),
+                    why: format!(
+                        "vCenter reports the SHA-1 thumbprint {} for it{}",
+                        reported.join(" or "),
+                        if self.pins.is_empty() {
+                            String::new()
+                        } else {
+                            " and it matches no pin either".to_string()
+                        }
+                    ),
+                };
+            }
             return if self.pins.is_empty() {
                 Error::Unpinned {
                     host,
@@ -159,18 +240,39 @@ impl Endpoint {
         }
     }
 
-    /// Send a request built by `build`, retrying 503 with backoff; read at most `limit` bytes.
+    /// Send a request built by `build`, retrying 503 with backoff and logging in again once
+    /// on 401/403 (see the module doc); read at most `limit` bytes.
     fn send(
         &self,
         what: &str,
         limit: u64,
         build: &dyn Fn(&reqwest::blocking::Client) -> reqwest::blocking::RequestBuilder,
     ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>)> {
+        let mut relogged = false;
+        loop {
+            let cookie = self.cookie();
+            let r = self.send_once(what, limit, build, cookie.as_deref())?;
+            if !relogged && self.relogin_after(r.0.as_u16(), cookie.as_deref())? {
+                relogged = true;
+                continue;
+            }
+            return Ok(r);
+        }
+    }
+
+    /// One request (503 retried), holding a slot of the per-host cap only while it runs.
+    fn send_once(
+        &self,
+        what: &str,
+        limit: u64,
+        build: &dyn Fn(&reqwest::blocking::Client) -> reqwest::blocking::RequestBuilder,
+        cookie: Option<&str>,
+    ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>)> {
         let _permit = self.limiter.acquire();
         let mut wait = Duration::from_millis(200);
         for attempt in 0..=RETRIES_ON_503 {
             let mut req = build(&self.client);
-            if let Some(c) = self.cookie() {
+            if let Some(c) = cookie {
                 req = req.header(reqwest::header::COOKIE, c);
             }
             let resp = req.send().map_err(|e| self.map_send_error(what, e))?;
@@ -282,7 +384,8 @@ impl Endpoint {
     }
 
     /// GET `len` bytes at `offset` with a Range request; insists on 206 and a matching
-    /// Content-Range (a 200 would be the whole file).
+    /// Content-Range. A 200 is the whole file: accepted only when the range asked for is the
+    /// whole file (from 0, and exactly `len` bytes came back), as servers vary for small files.
     pub fn get_range(
         &self,
         path_query: &str,
@@ -298,9 +401,15 @@ impl Endpoint {
             .ok_or_else(|| Error::Usage(format!("{what}: range {offset}+{len} overflows")))?;
         let url = format!("{}{path_query}", self.base_url());
         let range = format!("bytes={offset}-{last}");
-        let (status, headers, body) = self.send(what, len, &|c| {
-            c.get(&url).header(reqwest::header::RANGE, &range)
-        })?;
+        let ignored = "the server ignored the Range header and sent more than the range";
+        let (status, headers, body) = self
+            .send(what, len, &|c| {
+                c.get(&url).header(reqwest::header::RANGE, &range)
+            })
+            .map_err(|e| match e {
+                Error::TooLarge { .. } => self.http_err(what, 200, ignored),
+                e => e,
+            })?;
         match status.as_u16() {
             206 => {}
             404 => {
@@ -309,7 +418,8 @@ impl Endpoint {
                     what: what.to_string(),
                 });
             }
-            200 => return Err(self.http_err(what, 200, "the server ignored the Range header")),
+            200 if offset == 0 && body.len() as u64 == len => return Ok(body),
+            200 => return Err(self.http_err(what, 200, ignored)),
             s => return Err(self.http_err(what, s, &format!("range {range} failed"))),
         }
         let cr = headers
@@ -344,13 +454,28 @@ impl Endpoint {
         what: &str,
         progress: &dyn Fn(u64),
     ) -> Result<u64> {
-        let _permit = self.limiter.acquire();
         let url = format!("{}{path_query}", self.base_url());
-        let mut req = self.client.get(&url).timeout(time_limit);
-        if let Some(c) = self.cookie() {
-            req = req.header(reqwest::header::COOKIE, c);
-        }
-        let mut resp = req.send().map_err(|e| self.map_send_error(what, e))?;
+        let mut relogged = false;
+        let (_permit, mut resp) = loop {
+            let permit = self.limiter.acquire();
+            let cookie = self.cookie();
+            let mut req = self.client.get(&url).timeout(time_limit);
+            if let Some(c) = &cookie {
+                req = req.header(reqwest::header::COOKIE, c);
+            }
+            let resp = req.send().map_err(|e| self.map_send_error(what, e))?;
+            let status = resp.status().as_u16();
+            if !relogged && matches!(status, 401 | 403) && cookie.is_some() {
+                drop(resp);
+                drop(permit);
+                if self.relogin_after(status, cookie.as_deref())? {
+                    relogged = true;
+                    continue;
+                }
+                return Err(self.http_err(what, status, "download refused"));
+            }
+            break (permit, resp);
+        };
         let status = resp.status().as_u16();
         if status == 404 {
             return Err(Error::NotFound {

@@ -5,6 +5,7 @@
 use anyhow::Context;
 use godwit_netcheck::plan::{Endpoint, ProxyUrl, Target};
 use godwit_netcheck::{CheckResult, Plan, Settings, Status, all_passed, run_bound, run_checks};
+use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,8 +112,9 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn build_plan(args: &CheckArgs) -> anyhow::Result<Plan> {
+fn build_plan(args: &CheckArgs) -> anyhow::Result<(Plan, Vec<Value>)> {
     let mut plan = Plan::default();
+    let mut privileges = Vec::new();
     if let Some(path) = &args.config {
         let settings = Settings::load(path)?;
         settings.extend_plan(&mut plan, path)?;
@@ -145,11 +147,11 @@ fn build_plan(args: &CheckArgs) -> anyhow::Result<Plan> {
             .collect();
     }
     if let Some(url) = &args.vsphere_source {
-        add_vsphere_source(args, url, &mut plan)?;
+        privileges = add_vsphere_source(args, url, &mut plan)?;
     }
     plan.options.timeout = args.timeout;
     plan.options.ca_file.clone_from(&args.ca_file);
-    Ok(plan)
+    Ok((plan, privileges))
 }
 
 fn proxy_password(args: &CheckArgs) -> anyhow::Result<String> {
@@ -167,9 +169,54 @@ fn proxy_password(args: &CheckArgs) -> anyhow::Result<String> {
     }
 }
 
+/// The privileges a replication needs (`godwit_vmware::privileges::ALL`), asked with
+/// `HasPrivilegeOnEntity` on the root folder (privileges given there propagate to every VM and
+/// datastore; a cycle checks the VM and its datastores themselves before its snapshot). One
+/// result per privilege, in the shape of the network checks (`check: "privilege"`).
+fn privilege_results(session: &godwit_vmware::session::Session) -> anyhow::Result<Vec<Value>> {
+    use godwit_vmware::privileges::ALL;
+    let root = session.service_content().root_folder.clone();
+    let ids: Vec<&str> = ALL.iter().map(|p| p.id).collect();
+    let started = std::time::Instant::now();
+    let granted = match session.has_privileges(&root, &ids) {
+        Ok(g) => g,
+        Err(e) => {
+            return Ok(vec![serde_json::json!({
+                "check": "privilege",
+                "target": format!("{} (root folder)", session.endpoint().authority()),
+                "status": "warn",
+                "value": format!("privileges could not be checked: {e}"),
+                "remediation": Value::Null,
+                "purpose": "HasPrivilegeOnEntity",
+                "elapsed_ms": 0,
+            })]);
+        }
+    };
+    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let host = session.endpoint().authority();
+    Ok(ALL
+        .iter()
+        .zip(granted)
+        .map(|(p, g)| {
+            serde_json::json!({
+                "check": "privilege",
+                "target": format!("{} on {host} (root folder)", p.id),
+                "status": if g { "pass" } else { "fail" },
+                "value": if g { "granted" } else { "not granted" },
+                "remediation": if g { Value::Null } else { Value::String(format!(
+                    "give the account's role the privilege {} (needed for {}; {})",
+                    p.id, p.needed_for, p.source
+                )) },
+                "purpose": format!("needed for {}", p.needed_for),
+                "elapsed_ms": ms,
+            })
+        })
+        .collect())
+}
+
 /// The vCenter (pinned) and every ESXi host of its inventory, as a settings `[[vcenter]]`
-/// entry would add them.
-fn add_vsphere_source(args: &CheckArgs, url: &str, plan: &mut Plan) -> anyhow::Result<()> {
+/// entry would add them; returns the privilege results.
+fn add_vsphere_source(args: &CheckArgs, url: &str, plan: &mut Plan) -> anyhow::Result<Vec<Value>> {
     use godwit_netcheck::settings::VCenterSettings;
     let source = super::replicate_vsphere::VsphereSourceArgs {
         source: url.to_string(),
@@ -179,6 +226,7 @@ fn add_vsphere_source(args: &CheckArgs, url: &str, plan: &mut Plan) -> anyhow::R
     };
     let session = super::replicate_vsphere::connect(&source)?;
     let hosts = session.all_of_kind("HostSystem", &["name"]);
+    let privileges = privilege_results(&session);
     if let Err(e) = session.logout() {
         tracing::warn!(error = %e, "logout failed");
     }
@@ -221,11 +269,11 @@ fn add_vsphere_source(args: &CheckArgs, url: &str, plan: &mut Plan) -> anyhow::R
         ep.authority(),
         esxi_hosts.join(", ")
     );
-    Ok(())
+    privileges
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let plan = match build_plan(&args) {
+    let (plan, privileges) = match build_plan(&args) {
         Ok(p) => p,
         Err(e) if args.vsphere_source.is_some() => {
             return Ok(super::replicate_vsphere::report_error(&e));
@@ -255,12 +303,29 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     );
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &results)?;
+        let mut all: Vec<Value> = results
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        all.extend(privileges.iter().cloned());
+        serde_json::to_writer_pretty(&mut out, &all)?;
         writeln!(out)?;
     } else {
         write_table(&mut out, &results, std::io::stdout().is_terminal())?;
+        for p in &privileges {
+            writeln!(
+                out,
+                "privilege  {}  {}",
+                p["target"].as_str().unwrap_or("?"),
+                p["value"].as_str().unwrap_or("?")
+            )?;
+            if let Some(fix) = p["remediation"].as_str() {
+                writeln!(out, "           └─ {fix}")?;
+            }
+        }
     }
-    Ok(if all_passed(&results) {
+    let privileges_ok = privileges.iter().all(|p| p["status"] != "fail");
+    Ok(if all_passed(&results) && privileges_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -1,14 +1,19 @@
 //! `godwit inventory --source vsphere://USER@HOST[:PORT]|hyperv://USER@HOST[:PORT]|
 //! scvmm://USER@HOST[:PORT] [--json] [--vm NAME]`: VMs, disks and eligibility (with the reasons
-//! when a VM is not eligible); for SCVMM also the host each VM runs on.
+//! when a VM is not eligible); for SCVMM also the host each VM runs on. vSphere VMs carry
+//! their folder path; `--vm` takes a name, a MoRef (`vm-123`) or an instance UUID, refuses an
+//! ambiguous name listing each candidate, and reads the VM's disk descriptors too (so an
+//! encrypted descriptor shows as a reason).
 //!
-//! Exit codes: 0 listed; 2 error; 3 login rejected; 4 certificate not trusted (the message
-//! shows the fingerprint to pin); 5 `--vm` names no VM.
+//! Exit codes: 0 listed; 2 error (also an ambiguous `--vm` name); 3 login rejected; 4
+//! certificate not trusted (the message shows the fingerprint to pin); 5 `--vm` names no VM.
 
 use super::replicate_vsphere::{VsphereSourceArgs, connect, report_error};
-use godwit_vmware::Error as VmwareError;
-use godwit_vmware::inventory::{VM_PROPERTIES, Vm, eligibility, vm_from_object};
-use godwit_vmware::session::{Session, map_reply};
+use godwit_vmware::datastore::DatastoreLocator;
+use godwit_vmware::inventory::{Vm, eligibility};
+use godwit_vmware::paths::InventoryTree;
+use godwit_vmware::session::Session;
+use godwit_vmware::vmref;
 use std::collections::HashMap;
 use std::process::ExitCode;
 
@@ -78,9 +83,10 @@ fn list(args: &InventoryArgs) -> anyhow::Result<()> {
     for vm in &vms {
         let el = eligibility(vm);
         println!(
-            "{}  {}  power={} guest={} firmware={} host={} cbt={}  {}",
+            "{}  {}  folder={} power={} guest={} firmware={} host={} cbt={}  {}",
             vm.name,
             vm.moref.value,
+            vm.folder.as_deref().unwrap_or("?"),
             vm.power_state.as_deref().unwrap_or("?"),
             vm.guest_id.as_deref().unwrap_or("?"),
             vm.firmware.as_deref().unwrap_or("?"),
@@ -113,7 +119,9 @@ fn list(args: &InventoryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every VM of the session (or only `only`), sorted by name, with host names filled in.
+/// Every VM of the session (or only the one `only` names: name, MoRef or instance UUID),
+/// sorted by name, with host names and folder paths filled in. For one VM the disk
+/// descriptors are read as well (their encryption markers are eligibility reasons).
 pub fn collect(session: &Session, only: Option<&str>) -> anyhow::Result<Vec<Vm>> {
     let hosts: HashMap<_, _> = session
         .all_of_kind("HostSystem", &["name"])?
@@ -123,25 +131,31 @@ pub fn collect(session: &Session, only: Option<&str>) -> anyhow::Result<Vec<Vm>>
                 .map(|n| (o.obj.clone(), n.text.trim().to_string()))
         })
         .collect();
-    let mut vms = Vec::new();
-    for o in session.all_of_kind("VirtualMachine", VM_PROPERTIES)? {
-        let mut vm = vm_from_object(&o)
-            .map_err(|e| map_reply(session.endpoint(), "RetrievePropertiesEx", e))?;
+    let mut vms = match only {
+        Some(q) => {
+            let mut vm = vmref::find_vm(session, q)?;
+            let locator = DatastoreLocator::new(session)?;
+            for d in vm.disks.iter_mut().filter(|d| d.key_id.is_none()) {
+                let loc = locator.for_datastore(d.datastore.as_ref());
+                match godwit_vmware::preflight::descriptor_encryption(&loc, d) {
+                    Ok(found) => d.descriptor_encryption = found,
+                    Err(e) => {
+                        tracing::warn!(disk = %d.file_name, error = %e, "descriptor not read")
+                    }
+                }
+            }
+            vec![vm]
+        }
+        None => {
+            let mut vms = vmref::all_vms(session)?;
+            vmref::fill_folders(&InventoryTree::load(session)?, &mut vms);
+            vms
+        }
+    };
+    for vm in &mut vms {
         vm.host_name = vm.host.as_ref().and_then(|h| hosts.get(h).cloned());
-        if only.is_none_or(|n| n == vm.name) {
-            vms.push(vm);
-        }
     }
-    vms.sort_by(|a, b| a.name.cmp(&b.name));
-    if let Some(name) = only
-        && vms.is_empty()
-    {
-        return Err(VmwareError::NotFound {
-            host: session.endpoint().authority(),
-            what: format!("VM {name:?}"),
-        }
-        .into());
-    }
+    vms.sort_by(|a, b| a.name.cmp(&b.name).then(a.moref.cmp(&b.moref)));
     Ok(vms)
 }
 

@@ -42,6 +42,10 @@ pub struct ReplicateArgs {
     /// vSphere: use Changed Block Tracking for incremental cycles (enabled on the VM if needed).
     #[arg(long)]
     cbt: bool,
+    /// vSphere: never quiesce the guest (by default the snapshot is quiesced when VMware Tools
+    /// run; a quiesce fault falls back to a crash-consistent snapshot, reported).
+    #[arg(long)]
+    no_quiesce: bool,
     /// vSphere: how frozen disks are read — `auto` (datastore `/folder` range reads, or the NFC
     /// export lease for vSAN/VVOL/PMEM datastores), `folder` or `nfc`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "folder", "nfc"])]
@@ -50,7 +54,8 @@ pub struct ReplicateArgs {
     /// `./var/state`).
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// VM name the disks are stored under.
+    /// VM name the disks are stored under; vSphere: the VM by name, MoRef (`vm-123`) or
+    /// instance UUID (an ambiguous name is refused listing each candidate's MoRef and folder).
     #[arg(long)]
     vm: String,
     /// `staging://HOST:1500`, `file:///DIR` or `s3://BUCKET/PREFIX`. Several staging servers
@@ -381,6 +386,7 @@ fn run_vsphere(
         cbt: a.cbt,
         access: godwit_vmware::replicate::DiskAccess::parse(&a.disk_access)
             .context("--disk-access")?,
+        quiesce: !a.no_quiesce,
     };
     let mut reports = Vec::new();
     let result = replicate_vsphere(&source, &cycle, |n, disk, changed| {

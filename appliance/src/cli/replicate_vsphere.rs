@@ -6,7 +6,7 @@
 //! trusted (unpinned or mismatched), 5 VM or object not found; other errors 2.
 
 use anyhow::Context;
-use godwit_disk::Disk;
+use godwit_disk::BlockSource;
 use godwit_vmware::replicate::{CycleOptions, CycleReport, DiskAccess, run_cycle_with};
 use godwit_vmware::session::{ConnectOptions, Secret, Session, SourceUrl};
 use godwit_vmware::trust::{Fingerprint, TrustStore};
@@ -106,20 +106,23 @@ pub struct VsphereCycle {
     pub cbt: bool,
     /// `/folder`, NFC, or chosen per datastore (`--disk-access`).
     pub access: DiskAccess,
+    /// Quiesce the guest when VMware Tools run (`--no-quiesce` turns it off).
+    pub quiesce: bool,
 }
 
 /// One replication cycle of a vSphere VM (disks read as `cycle.access` says: `auto` —
 /// `/folder`, or the NFC export lease when a disk lives on a datastore `/folder` cannot serve —
-/// `folder` or `nfc`): ledger + snapshot, each frozen disk opened as a
-/// [`Disk`] and handed to `per_disk` with the changed ranges when CBT allows (`None` = read
-/// everything), changeIds recorded, snapshot removed on every path, logout.
+/// `folder` or `nfc`): ledger + snapshot, each frozen disk opened (a
+/// [`BlockSource`]) and handed to `per_disk` with the changed ranges when CBT allows (`None` =
+/// read everything), changeIds recorded, snapshot removed on every path, logout. `--vm` names
+/// the VM by name, MoRef or instance UUID.
 pub fn replicate_vsphere<F>(
     source: &VsphereSourceArgs,
     cycle: &VsphereCycle,
     mut per_disk: F,
 ) -> anyhow::Result<CycleReport>
 where
-    F: FnMut(usize, &Disk, Option<&[Range<u64>]>) -> anyhow::Result<()>,
+    F: FnMut(usize, &dyn BlockSource, Option<&[Range<u64>]>) -> anyhow::Result<()>,
 {
     let session = connect(source)?;
     let opts = CycleOptions {
@@ -127,19 +130,54 @@ where
         ledger: cycle.state_dir.join("vsphere-snapshot-ledger.json"),
         change_ids: cycle.state_dir.join("vsphere-change-ids.json"),
         cbt: cycle.cbt,
+        quiesce: cycle.quiesce,
+        ..CycleOptions::default()
     };
-    let mut sink =
-        |n: usize, d: &Disk, r: Option<&[Range<u64>]>| per_disk(n, d, r).map_err(Into::into);
+    let mut sink = |n: usize, d: &dyn BlockSource, r: Option<&[Range<u64>]>| {
+        per_disk(n, d, r).map_err(Into::into)
+    };
     let result = run_cycle_with(&session, &opts, cycle.access, &mut sink);
     if let Err(e) = session.logout() {
         tracing::warn!(error = %e, "logout failed");
     }
     let report = result?;
-    if let Some(lease) = &report.nfc_lease {
-        eprintln!(
-            "godwit: disks read through the NFC export lease {lease} ({} bytes downloaded, lease completed)",
-            report.nfc_bytes
-        );
+    for line in report_lines(&report) {
+        eprintln!("godwit: {line}");
     }
     Ok(report)
+}
+
+/// What an operator should know about a cycle besides the bytes: how each disk was read and
+/// why, quiesce fallbacks, leniencies applied, re-logins.
+pub fn report_lines(report: &CycleReport) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(lease) = &report.nfc_lease {
+        out.push(format!(
+            "disks read through the NFC export lease {lease} ({} bytes downloaded, lease completed)",
+            report.nfc_bytes
+        ));
+    }
+    if let Some(f) = &report.quiesce_fallback {
+        out.push(format!(
+            "quiescing the guest failed ({f}); the snapshot was taken without it (crash-consistent)"
+        ));
+    }
+    for (i, d) in report.disks.iter().enumerate() {
+        if let Some(why) = &d.full_read_reason {
+            let how = d.allocated_bytes.map_or(String::new(), |b| {
+                format!(", only the {b} bytes in use (QueryChangedDiskAreas \"*\")")
+            });
+            out.push(format!("disk {i} ({}): full read: {why}{how}", d.file_name));
+        }
+        for w in &d.warnings {
+            out.push(format!("disk {i} ({}): warning: {w}", d.file_name));
+        }
+    }
+    if report.relogins > 0 {
+        out.push(format!(
+            "the vCenter session was re-established {} time(s) during the cycle",
+            report.relogins
+        ));
+    }
+    out
 }

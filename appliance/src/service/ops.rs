@@ -311,10 +311,10 @@ impl Appliance {
                     message: format!("source {id}"),
                 });
             };
-            if src.kind != SourceKind::Scvmm {
+            if src.kind == SourceKind::Hyperv {
                 return Err(CommandError::Conflict {
                     message: format!(
-                        "source {id} is not an SCVMM source; its certificate is the one approved when it was added"
+                        "source {id} is a Hyper-V host, not an SCVMM source or a vCenter (whose ESXi hosts' certificates are approved here); its certificate is the one approved when it was added"
                     ),
                 });
             }
@@ -327,7 +327,7 @@ impl Appliance {
             Ok(())
         })?;
         *self.inventory.lock().await = None;
-        tracing::info!(source = %id, host = %host, fingerprint = %fp, "SCVMM host certificate approved");
+        tracing::info!(source = %id, host = %host, fingerprint = %fp, "host certificate approved");
         view.ok_or_else(|| CommandError::Internal {
             message: "source vanished".into(),
         })
@@ -433,10 +433,17 @@ impl Appliance {
                 message: "configure the staging target first".into(),
             });
         }
+        let (s2, vm2) = (src.clone(), vm.clone());
+        // vSphere: the VM resolved by name, MoRef or instance UUID; the job keeps its identity.
+        let identity = joined(tokio::task::spawn_blocking(move || vm_exists(&s2, &vm2)).await)??;
+        let (vm, vm_moref, vm_instance_uuid) = match identity {
+            Some((name, moref, uuid)) => (name, Some(moref), uuid),
+            None => (vm, None, None),
+        };
         let jobs = self.store.jobs()?;
         if let Some(j) = jobs.iter().find(|j| {
             j.source_id == src.id
-                && j.vm == vm
+                && (j.vm == vm || (vm_moref.is_some() && j.vm_moref == vm_moref))
                 && !matches!(
                     j.state,
                     JobState::Completed | JobState::Cancelled | JobState::Failed
@@ -446,13 +453,13 @@ impl Appliance {
                 message: format!("job {} already replicates this VM", j.id),
             });
         }
-        let (s2, vm2) = (src.clone(), vm.clone());
-        joined(tokio::task::spawn_blocking(move || vm_exists(&s2, &vm2)).await)??;
         let t = time::now();
         let job = JobRecord {
             id: random_id("job"),
             source_id: src.id.clone(),
             vm,
+            vm_moref,
+            vm_instance_uuid,
             schedule: cmd.schedule,
             state: JobState::Scheduled,
             runs_completed: 0,
@@ -640,8 +647,13 @@ fn pretty<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-/// Does the source have a VM of this name? (Checked before a job is created.) Blocking.
-fn vm_exists(src: &SourceRecord, vm: &str) -> CommandResult<()> {
+/// A vSphere VM's (name, MoRef value, instance UUID).
+type VmIdentity = (String, String, Option<String>);
+
+/// Does the source have this VM? (Checked before a job is created.) For vSphere the VM may be
+/// named by name, MoRef or instance UUID (an ambiguous name is refused on the `vm` field
+/// listing the candidates) and its identity is returned. Blocking.
+fn vm_exists(src: &SourceRecord, vm: &str) -> CommandResult<Option<VmIdentity>> {
     let not_found = || CommandError::field("vm", format!("no VM named {vm:?} at {}", src.address));
     match src.kind {
         SourceKind::Vsphere => {
@@ -655,8 +667,11 @@ fn vm_exists(src: &SourceRecord, vm: &str) -> CommandResult<()> {
             let found = godwit_vmware::replicate::find_vm(&session, vm);
             let _ = session.logout();
             match found {
-                Ok(_) => Ok(()),
+                Ok(v) => Ok(Some((v.name, v.moref.value, v.instance_uuid))),
                 Err(e) if e.kind() == godwit_vmware::ErrorKind::NotFound => Err(not_found()),
+                Err(e) if e.kind() == godwit_vmware::ErrorKind::Usage => {
+                    Err(CommandError::field("vm", e.to_string()))
+                }
                 Err(e) => Err(CommandError::Remote {
                     message: e.to_string(),
                 }),
@@ -664,7 +679,7 @@ fn vm_exists(src: &SourceRecord, vm: &str) -> CommandResult<()> {
         }
         SourceKind::Hyperv | SourceKind::Scvmm => {
             if sources::inventory(src)?.iter().any(|v| v.name == vm) {
-                Ok(())
+                Ok(None)
             } else {
                 Err(not_found())
             }

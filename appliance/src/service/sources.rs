@@ -61,13 +61,27 @@ fn split_authority(src: &SourceRecord) -> (String, u16) {
         .unwrap_or_else(|_| (src.address.clone(), default_port(src.kind)))
 }
 
-/// Log in to a vSphere source with its approved fingerprint pinned. Blocking.
-pub fn vsphere_session(src: &SourceRecord) -> godwit_vmware::Result<Session> {
+/// The trust a vSphere source's session uses: the approved vCenter fingerprint, and the ESXi
+/// host certificates the operator approved (`POST /api/v1/sources/{id}/hosts`; NFC device URLs
+/// on those hosts are trusted by them, besides the thumbprint vCenter reports).
+pub fn vsphere_trust(src: &SourceRecord) -> godwit_vmware::Result<TrustStore> {
     let (host, port) = split_authority(src);
     let mut trust = TrustStore::new();
     let fp = Fingerprint::parse(&src.fingerprint)
         .map_err(|e| godwit_vmware::Error::Usage(e.to_string()))?;
     trust.add(&godwit_vmware::transport::authority(&host, port), fp);
+    for p in &src.host_pins {
+        if let Ok(fp) = Fingerprint::parse(&p.fingerprint) {
+            trust.add(&p.host, fp);
+        }
+    }
+    Ok(trust)
+}
+
+/// Log in to a vSphere source with its approved fingerprint pinned. Blocking.
+pub fn vsphere_session(src: &SourceRecord) -> godwit_vmware::Result<Session> {
+    let (host, port) = split_authority(src);
+    let trust = vsphere_trust(src)?;
     Session::connect(&ConnectOptions {
         url: SourceUrl {
             user: src.username.clone(),
@@ -255,5 +269,48 @@ pub(crate) fn hyperv_vm(source_id: &str, vm: &godwit_hyperv::inventory::Vm) -> V
         eligible: vm.eligible,
         reasons,
         host: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::store::HostPin;
+
+    #[test]
+    fn vsphere_trust_holds_the_vcenter_and_the_approved_esxi_hosts() {
+        let fp = |b: u8| format!("SHA256:{}", hex::encode([b; 32]));
+        let src = SourceRecord {
+            id: "src-1".into(),
+            kind: SourceKind::Vsphere,
+            address: "vc.lab:8443".into(),
+            username: "u".into(),
+            password: "p".into(),
+            fingerprint: fp(1),
+            host_port: None,
+            host_pins: vec![
+                HostPin {
+                    host: "esx1.lab".into(),
+                    fingerprint: fp(2),
+                },
+                HostPin {
+                    host: "esx2.lab:9443".into(),
+                    fingerprint: fp(3),
+                },
+            ],
+        };
+        let t = vsphere_trust(&src).unwrap();
+        let one = |h: &str, p: u16| {
+            t.pins_for(h, p)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        let shown = |b: u8| Fingerprint::parse(&fp(b)).unwrap().to_string();
+        assert_eq!(one("vc.lab", 8443), [shown(1)]);
+        assert_eq!(one("esx1.lab", 443), [shown(2)]);
+        assert_eq!(one("esx2.lab", 9443), [shown(3)]);
+        assert!(one("esx2.lab", 443).is_empty());
+        assert!(one("esx3.lab", 443).is_empty());
     }
 }

@@ -153,7 +153,15 @@ impl Settings {
 pub struct JobRecord {
     pub id: String,
     pub source_id: String,
+    /// The VM's name when the job was created, and what its disks are stored under in staging
+    /// (vSphere: a renamed VM is followed by `vm_moref`; this name stays).
     pub vm: String,
+    /// vSphere: the VM's MoRef value, resolved when the job was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_moref: Option<String>,
+    /// vSphere: the VM's instance UUID (guards a reused MoRef; finds a re-registered VM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_instance_uuid: Option<String>,
     pub schedule: Schedule,
     pub state: JobState,
     pub runs_completed: u32,
@@ -462,6 +470,8 @@ mod tests {
             id: id.into(),
             source_id: "s".into(),
             vm: "vm".into(),
+            vm_moref: None,
+            vm_instance_uuid: None,
             schedule: Schedule::Once,
             state: JobState::Scheduled,
             runs_completed: 0,
@@ -550,6 +560,21 @@ mod tests {
         });
         assert!(r.is_err());
         assert!(!s.settings().unwrap().wizard_done);
+    }
+
+    #[test]
+    fn vsphere_jobs_keep_the_vm_identity_and_old_records_still_load() {
+        let mut j = job("j1");
+        j.vm_moref = Some("vm-60".into());
+        j.vm_instance_uuid = Some("5000aaaa-0000-0000-0000-000000000001".into());
+        let text = serde_json::to_string(&j).unwrap();
+        assert_eq!(serde_json::from_str::<JobRecord>(&text).unwrap(), j);
+        // A record written before the identity was kept.
+        let mut old: serde_json::Value = serde_json::to_value(job("j2")).unwrap();
+        old.as_object_mut().unwrap().remove("vm_moref");
+        let back: JobRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back.vm_moref, None);
+        assert!(!serde_json::to_string(&back).unwrap().contains("vm_moref"));
     }
 
     #[test]

@@ -56,8 +56,25 @@ pub struct Vcsim {
     pub fingerprint: String,
     pub cert: PathBuf,
     pub datastores: Vec<(String, PathBuf)>,
+    /// Every datastore with its datacenter's inventory path and MoRef: (dc path, MoRef value,
+    /// name, directory). Two datacenters may each have a `LocalDS_0`.
+    pub datastores_in: Vec<(String, String, String, PathBuf)>,
     pub esx: bool,
     pub dir: tempfile::TempDir,
+}
+
+/// How to start vcsim beyond the defaults (one datacenter at the root, sessions never idle out).
+#[derive(Clone, Debug, Default)]
+pub struct VcsimOptions<'a> {
+    pub esx: bool,
+    pub listen: Option<&'a str>,
+    pub tls_dir: Option<&'a Path>,
+    /// vcsim's Model.Datacenter (default 1).
+    pub datacenters: Option<u32>,
+    /// vcsim's Model.Folder: the last N datacenters sit in a folder `F<i>`.
+    pub folders: Option<u32>,
+    /// vcsim's SessionIdleTimeout.
+    pub session_idle_timeout: Option<Duration>,
 }
 
 impl Vcsim {
@@ -69,15 +86,34 @@ impl Vcsim {
     /// `tls_dir`, so a second start there looks like the same server restarted (same address,
     /// same certificate; vcsim's inventory state is in memory and starts fresh).
     pub fn start_with(esx: bool, listen: Option<&str>, tls_dir: Option<&Path>) -> Vcsim {
+        Self::start_opts(&VcsimOptions {
+            esx,
+            listen,
+            tls_dir,
+            ..VcsimOptions::default()
+        })
+    }
+
+    pub fn start_opts(o: &VcsimOptions<'_>) -> Vcsim {
+        let esx = o.esx;
         let bin = vcsim_binary();
         let dir = tempfile::tempdir().expect("tempdir");
         let cert = dir.path().join("cert.pem");
         let mut cmd = Command::new(bin);
-        if let Some(l) = listen {
+        if let Some(l) = o.listen {
             cmd.arg(format!("-listen={l}"));
         }
-        if let Some(t) = tls_dir {
+        if let Some(t) = o.tls_dir {
             cmd.arg(format!("-tls-dir={}", t.display()));
+        }
+        if let Some(n) = o.datacenters {
+            cmd.arg(format!("-datacenters={n}"));
+        }
+        if let Some(n) = o.folders {
+            cmd.arg(format!("-folders={n}"));
+        }
+        if let Some(t) = o.session_idle_timeout {
+            cmd.arg(format!("-session-idle-timeout={}ms", t.as_millis()));
         }
         cmd.arg(format!("-cred={USER}:{PASSWORD}"))
             .arg(format!("-cert-out={}", cert.display()))
@@ -98,11 +134,22 @@ impl Vcsim {
             fingerprint: String::new(),
             cert,
             datastores: Vec::new(),
+            datastores_in: Vec::new(),
             esx,
             dir,
         };
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("read vcsim output");
+            if let Some(rest) = line.strip_prefix("DSDC ") {
+                let f: Vec<&str> = rest.splitn(4, ' ').collect();
+                v.datastores_in.push((
+                    f[0].to_string(),
+                    f[1].to_string(),
+                    f[2].to_string(),
+                    PathBuf::from(f[3]),
+                ));
+                continue;
+            }
             let mut parts = line.splitn(3, ' ');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some("URL"), Some(u), _) => {
@@ -167,6 +214,31 @@ impl Vcsim {
     pub fn datastore(&self) -> (&str, &Path) {
         let (n, p) = &self.datastores[0];
         (n, p)
+    }
+
+    /// The directory of datastore `name` in the datacenter at inventory path `dc`.
+    pub fn datastore_in(&self, dc: &str, name: &str) -> &Path {
+        &self
+            .datastores_in
+            .iter()
+            .find(|(d, _, n, _)| d == dc && n == name)
+            .unwrap_or_else(|| panic!("no datastore {name} in {dc}: {:?}", self.datastores_in))
+            .3
+    }
+
+    /// End a session behind its owner's back, as an administrator does
+    /// (SessionManager.TerminateSession, vcsim's own method), from a session of our own.
+    pub fn terminate_session(&self, key: &str) {
+        let admin = self.connect();
+        let sm = admin.service_content().session_manager.clone();
+        admin
+            .call(
+                "TerminateSession",
+                &|_| env::terminate_session(&sm, &[key]),
+                &|b| resp::parse_empty_reply(b, "TerminateSession"),
+            )
+            .expect("TerminateSession");
+        admin.logout().unwrap();
     }
 
     /// curl against the simulator with its certificate as the only CA.
@@ -355,8 +427,8 @@ pub fn prepare_two_disks(v: &Vcsim) -> (PathBuf, PathBuf) {
 }
 
 /// Read a whole disk the way the transfer pipeline does: data runs only, zeros elsewhere.
-pub fn read_all(d: &godwit_disk::Disk) -> Vec<u8> {
-    use godwit_disk::{BlockSource, RunState};
+pub fn read_all(d: &dyn godwit_disk::BlockSource) -> Vec<u8> {
+    use godwit_disk::RunState;
     let size = d.virtual_size();
     let mut out = vec![0u8; usize::try_from(size).unwrap()];
     for run in d.map(0, size).unwrap() {
@@ -367,4 +439,150 @@ pub fn read_all(d: &godwit_disk::Disk) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Replace a VM's disks with existing VMDK files like [`set_vm_disks`], each with extra XML
+/// inside its backing element (e.g. `<sharing>sharingMultiWriter</sharing>` or a `<parent>`),
+/// through our own ReconfigVM_Task (vcsim stores the backing as given).
+pub fn set_vm_disks_ext(s: &Session, vm_name: &str, files: &[(&str, u64, &str)]) {
+    let vm = vm_by_name(s, vm_name);
+    set_vm_disks_of(s, &vm, files);
+}
+
+/// [`set_vm_disks_ext`] for a VM already looked up (names may be ambiguous).
+pub fn set_vm_disks_of(
+    s: &Session,
+    vm: &godwit_vmware::inventory::Vm,
+    files: &[(&str, u64, &str)],
+) {
+    let controller = vm
+        .disks
+        .first()
+        .and_then(|d| d.controller_key)
+        .unwrap_or(202);
+    for d in &vm.disks {
+        run_task(
+            s,
+            "ReconfigVM_Task",
+            env::reconfig_remove_device(&vm.moref, d.key),
+        );
+    }
+    for (i, (file, capacity, extra)) in files.iter().enumerate() {
+        let spec = format!(
+            r#"<spec><deviceChange><operation>add</operation><device xsi:type="VirtualDisk"><key>-1</key><backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>{}</fileName><diskMode>persistent</diskMode><thinProvisioned>true</thinProvisioned>{extra}</backing><controllerKey>{controller}</controllerKey><unitNumber>{i}</unitNumber><capacityInKB>{}</capacityInKB></device></deviceChange></spec>"#,
+            env::escape(file),
+            capacity / 1024
+        );
+        run_task(
+            s,
+            "ReconfigVM_Task",
+            env::envelope("ReconfigVM_Task", &vm.moref, &spec),
+        );
+    }
+}
+
+/// A disk made with qemu-img in `dir`: `flat` (monolithicFlat, a sparse -flat file: thin) or
+/// `sparse` (monolithicSparse, plus the empty `-flat.vmdk` vcsim wants to attach it), with
+/// qemu-io writes. Returns the descriptor's path.
+pub fn make_disk(dir: &Path, name: &str, flat: bool, size: u64, writes: &[&str]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join(format!("{name}.vmdk"));
+    let size = size.to_string();
+    if flat {
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicFlat",
+            p.to_str().unwrap(),
+            &size,
+        ]);
+    } else {
+        qemu_img(&["create", "-q", "-f", "vmdk", p.to_str().unwrap(), &size]);
+        std::fs::write(dir.join(format!("{name}-flat.vmdk")), b"").unwrap();
+    }
+    if !writes.is_empty() {
+        qemu_io(&p, "vmdk", writes);
+    }
+    p
+}
+
+/// STUB (tests/vcsim/vmstate.go): set VM state vcsim never sets (keyIds, consolidation, FT,
+/// tools).
+pub fn vm_state(v: &Vcsim, json: &str) {
+    v.stub("/stub/vm-state", Some(json));
+}
+
+/// Every regular file under `dir` (a file:// staging store), relative.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `godwit replicate` of `vm` (name, MoRef or UUID) from vcsim to a file:// store.
+pub fn replicate_cli(
+    v: &Vcsim,
+    vm: &str,
+    store: &Path,
+    state: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new(godwit_tests::peers::godwit_bin())
+        .env("GODWIT_PASSWORD", PASSWORD)
+        .args(["replicate", "--vm", vm, "--source", &v.source(USER)])
+        .args(["--source-fingerprint", &v.fingerprint_arg()])
+        .arg("--target")
+        .arg(format!("file://{}", store.display()))
+        .arg("--state-dir")
+        .arg(state)
+        .args(extra)
+        .output()
+        .expect("run godwit replicate")
+}
+
+/// `godwit export` of disk `disk` of `vm` from a file:// store, compared with `qemu-img
+/// convert -O raw` of `src`.
+pub fn export_equals(store: &Path, vm: &str, disk: usize, src: &Path, work: &Path) {
+    let out = work.join(format!("export-{vm}-{disk}.raw"));
+    godwit_tests::peers::run_ok(
+        Command::new(godwit_tests::peers::godwit_bin())
+            .args([
+                "export",
+                "--vm",
+                vm,
+                "--disk",
+                &disk.to_string(),
+                "--format",
+                "raw",
+            ])
+            .arg("--target")
+            .arg(format!("file://{}", store.display()))
+            .arg("--out")
+            .arg(&out),
+    );
+    let got = std::fs::read(&out).unwrap();
+    let want = qemu_raw(src, work);
+    assert_eq!(got.len(), want.len(), "disk {disk} of {vm}: size differs");
+    assert!(
+        got == want,
+        "disk {disk} of {vm}: export differs from qemu-img convert -O raw of {}",
+        src.display()
+    );
 }

@@ -60,6 +60,39 @@ pub fn login(session_manager: &MoRef, user: &str, password: &str) -> String {
     )
 }
 
+/// `CurrentTime` on the ServiceInstance: the cheapest authenticated call, used as the session
+/// keep-alive (govmomi's `session/keepalive` handler sends the same).
+pub fn current_time() -> String {
+    envelope(
+        "CurrentTime",
+        &MoRef::new("ServiceInstance", "ServiceInstance"),
+        "",
+    )
+}
+
+/// `TerminateSession` (an administrator ends other sessions; tests use it).
+pub fn terminate_session(session_manager: &MoRef, session_ids: &[&str]) -> String {
+    let ids: String = session_ids
+        .iter()
+        .map(|id| text_el("sessionId", id))
+        .collect();
+    envelope("TerminateSession", session_manager, &ids)
+}
+
+/// `HasPrivilegeOnEntity(entity, sessionId, privId[])` on the AuthorizationManager.
+pub fn has_privilege_on_entity(
+    authorization_manager: &MoRef,
+    entity: &MoRef,
+    session_id: &str,
+    privileges: &[&str],
+) -> String {
+    let mut params = moref_el("entity", entity) + &text_el("sessionId", session_id);
+    for p in privileges {
+        params.push_str(&text_el("privId", p));
+    }
+    envelope("HasPrivilegeOnEntity", authorization_manager, &params)
+}
+
 pub fn logout(session_manager: &MoRef) -> String {
     envelope("Logout", session_manager, "")
 }

@@ -137,6 +137,21 @@ pub fn encode_lease_info(info: &LeaseInfo) -> String {
     out
 }
 
+/// The device a disk URL's `key` names: vCenter keys exported disks by their controller and
+/// unit, `/vm-70/VirtualLsiLogicController0:0` (controller class, bus number, `:`, unit number;
+/// the form pyvmomi exporters parse and Forklift tabulates per bus, e.g.
+/// `/vm-5678/VirtualIDEController1:0`). `None` for any other form.
+pub fn device_key_slot(key: &str) -> Option<(&str, i32, i32)> {
+    let last = key.rsplit('/').next()?;
+    let (ctrl, unit) = last.rsplit_once(':')?;
+    let digits = ctrl.len() - ctrl.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 || digits == ctrl.len() {
+        return None;
+    }
+    let (class, bus) = ctrl.split_at(ctrl.len() - digits);
+    Some((class, bus.parse().ok()?, unit.parse().ok()?))
+}
+
 /// Where a device URL points: host (without brackets), port and path with query.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceAddress {
@@ -240,6 +255,31 @@ mod tests {
         assert!(LeaseState::parse("gone").is_err());
         for s in ["initializing", "ready", "done", "error"] {
             assert_eq!(LeaseState::parse(s).unwrap().as_str(), s);
+        }
+    }
+
+    #[test]
+    fn device_keys_name_controller_bus_and_unit() {
+        assert_eq!(
+            device_key_slot("/vm-70/VirtualLsiLogicController0:0"),
+            Some(("VirtualLsiLogicController", 0, 0))
+        );
+        assert_eq!(
+            device_key_slot("/vm-5678/VirtualIDEController1:1"),
+            Some(("VirtualIDEController", 1, 1))
+        );
+        assert_eq!(
+            device_key_slot("/8/ParaVirtualSCSIController12:15"),
+            Some(("ParaVirtualSCSIController", 12, 15))
+        );
+        for bad in [
+            "/vm-1/nvram",
+            "/vm-1/Controller:0",
+            "/vm-1/7:0",
+            "",
+            "/vm-1/X0:y",
+        ] {
+            assert_eq!(device_key_slot(bad), None, "{bad}");
         }
     }
 

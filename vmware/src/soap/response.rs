@@ -116,6 +116,8 @@ pub struct ServiceContent {
     pub property_collector: MoRef,
     pub view_manager: MoRef,
     pub session_manager: MoRef,
+    /// Absent on some ESXi builds; privileges cannot be checked without it.
+    pub authorization_manager: Option<MoRef>,
     /// `VirtualCenter` or `HostAgent`.
     pub api_type: String,
     pub api_version: String,
@@ -133,6 +135,7 @@ pub fn parse_service_content(bytes: &[u8]) -> Result<ServiceContent, ReplyError>
         property_collector: child_moref(rv, "propertyCollector")?,
         view_manager: child_moref(rv, "viewManager")?,
         session_manager: child_moref(rv, "sessionManager")?,
+        authorization_manager: rv.child("authorizationManager").map(moref).transpose()?,
         api_type: about.child_text("apiType").unwrap_or("").to_string(),
         api_version: about
             .child_text("apiVersion")
@@ -147,6 +150,43 @@ pub fn parse_service_content(bytes: &[u8]) -> Result<ServiceContent, ReplyError>
 pub fn parse_moref_reply(bytes: &[u8], method: &str) -> Result<MoRef, ReplyError> {
     let resp = parse_reply(bytes, method)?;
     moref(returnval(&resp)?)
+}
+
+/// `Login`: the `UserSession.key` of the new session (what HasPrivilegeOnEntity and
+/// TerminateSession name a session by).
+pub fn parse_login(bytes: &[u8]) -> Result<String, ReplyError> {
+    let resp = parse_reply(bytes, "Login")?;
+    returnval(&resp)?
+        .child_text("key")
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| malformed("the Login reply has no UserSession <key>"))
+}
+
+/// A reply whose `returnval`s are booleans (HasPrivilegeOnEntity), exactly `expected` of them.
+pub fn parse_bool_list(
+    bytes: &[u8],
+    method: &str,
+    expected: usize,
+) -> Result<Vec<bool>, ReplyError> {
+    let resp = parse_reply(bytes, method)?;
+    let out = resp
+        .children_named("returnval")
+        .map(|v| match v.text.trim() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            t => Err(malformed(format!(
+                "{method}: returnval {t:?} is not a boolean"
+            ))),
+        })
+        .collect::<Result<Vec<bool>, _>>()?;
+    if out.len() != expected {
+        return Err(malformed(format!(
+            "{method}: {} answers for {expected} questions",
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 /// A reply with no useful value (Logout, DestroyView); only faults matter.
@@ -283,6 +323,9 @@ pub struct DiskChangeInfo {
     pub length: u64,
     /// (start, length) in bytes, sorted, inside `[start_offset, start_offset + length)`.
     pub areas: Vec<(u64, u64)>,
+    /// Areas the server reported past the range the answer covers, clamped into it (servers
+    /// vary: a changed area is sometimes reported whole in each answer it touches).
+    pub clamped: u32,
 }
 
 fn u64_child(el: &Element, name: &str) -> Result<u64, ReplyError> {
@@ -297,8 +340,10 @@ fn u64_child(el: &Element, name: &str) -> Result<u64, ReplyError> {
     })
 }
 
-/// Parse a QueryChangedDiskAreas reply, checking that every area lies inside the range the
-/// answer covers (a bad area would make us read or skip the wrong bytes).
+/// Parse a QueryChangedDiskAreas reply. Areas reaching outside the range the answer covers are
+/// clamped into it and counted (leniency where vCenter varies; what lies outside is asked for
+/// by the next call anyway); areas out of order or overlapping after clamping are refused, as a
+/// bad area would make us read or skip the wrong bytes.
 pub fn parse_disk_change_info(bytes: &[u8]) -> Result<DiskChangeInfo, ReplyError> {
     let resp = parse_reply(bytes, "QueryChangedDiskAreas")?;
     let rv = returnval(&resp)?;
@@ -308,6 +353,7 @@ pub fn parse_disk_change_info(bytes: &[u8]) -> Result<DiskChangeInfo, ReplyError
         .checked_add(length)
         .ok_or_else(|| malformed("startOffset + length overflows"))?;
     let mut areas = Vec::new();
+    let mut clamped = 0u32;
     let mut last_end = start_offset;
     for a in rv.children_named("changedArea") {
         let s = u64_child(a, "start")?;
@@ -315,18 +361,26 @@ pub fn parse_disk_change_info(bytes: &[u8]) -> Result<DiskChangeInfo, ReplyError
         let e = s
             .checked_add(l)
             .ok_or_else(|| malformed(format!("changed area {s}+{l} overflows")))?;
-        if s < last_end || e > end {
+        let (cs, ce) = (s.max(start_offset), e.min(end));
+        if (cs, ce) != (s, e) {
+            clamped = clamped.saturating_add(1);
+        }
+        if cs >= ce {
+            continue; // wholly outside the answer's range
+        }
+        if cs < last_end {
             return Err(malformed(format!(
-                "changed area {s}+{l} is out of order or outside {start_offset}+{length}"
+                "changed area {s}+{l} is out of order or overlaps the one before it"
             )));
         }
-        last_end = e;
-        areas.push((s, l));
+        last_end = ce;
+        areas.push((cs, ce - cs));
     }
     Ok(DiskChangeInfo {
         start_offset,
         length,
         areas,
+        clamped,
     })
 }
 
@@ -362,6 +416,13 @@ pub fn fuzz_all_parsers(bytes: &[u8]) {
         }
     }
     let _ = parse_disk_change_info(bytes);
+    let _ = parse_login(bytes);
+    let _ = parse_bool_list(bytes, "HasPrivilegeOnEntity", 3);
+    // Other text from the server: descriptors, NFC device keys, changeIds.
+    let _ = crate::eligibility::descriptor_encryption(bytes);
+    let text = String::from_utf8_lossy(bytes);
+    let _ = super::lease::device_key_slot(&text);
+    let _ = crate::cbt::split_change_id(&text);
 }
 
 #[cfg(test)]

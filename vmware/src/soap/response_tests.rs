@@ -105,17 +105,35 @@ fn malformed_replies_say_what_is_wrong() {
             .to_string()
             .contains("limit")
     );
+    // An area past the answer's range is clamped into it and counted; one wholly outside is
+    // dropped; overlapping areas are refused.
+    let over = encode_disk_change_info(&DiskChangeInfo {
+        start_offset: 100,
+        length: 10,
+        areas: vec![(95, 7), (105, 10), (200, 5)],
+        clamped: 0,
+    });
+    let got = parse_disk_change_info(over.as_bytes()).unwrap();
+    assert_eq!(got.areas, vec![(100, 2), (105, 5)]);
+    assert_eq!(got.clamped, 3);
+    let overlap = encode_disk_change_info(&DiskChangeInfo {
+        start_offset: 0,
+        length: 10,
+        areas: vec![(0, 5), (3, 4)],
+        clamped: 0,
+    });
+    assert!(
+        parse_disk_change_info(overlap.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("overlaps")
+    );
     let bad_area = encode_disk_change_info(&DiskChangeInfo {
         start_offset: 0,
         length: 10,
         areas: vec![(5, 10)],
+        clamped: 0,
     });
-    assert!(
-        parse_disk_change_info(bad_area.as_bytes())
-            .unwrap_err()
-            .to_string()
-            .contains("outside")
-    );
     let neg = bad_area.replace("<start>5</start>", "<start>-5</start>");
     assert!(
         parse_disk_change_info(neg.as_bytes())
@@ -123,6 +141,27 @@ fn malformed_replies_say_what_is_wrong() {
             .to_string()
             .contains("not a non-negative")
     );
+}
+
+#[test]
+fn login_keys_and_privilege_answers() {
+    let login = r#"<Envelope><Body><LoginResponse><returnval><key>52c7-ab</key><userName>admin</userName></returnval></LoginResponse></Body></Envelope>"#;
+    assert_eq!(parse_login(login.as_bytes()).unwrap(), "52c7-ab");
+    let nokey = login.replace("<key>52c7-ab</key>", "");
+    assert!(
+        parse_login(nokey.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("key")
+    );
+    let privs = r#"<Envelope><Body><HasPrivilegeOnEntityResponse><returnval>true</returnval><returnval>false</returnval></HasPrivilegeOnEntityResponse></Body></Envelope>"#;
+    assert_eq!(
+        parse_bool_list(privs.as_bytes(), "HasPrivilegeOnEntity", 2).unwrap(),
+        vec![true, false]
+    );
+    assert!(parse_bool_list(privs.as_bytes(), "HasPrivilegeOnEntity", 3).is_err());
+    let odd = privs.replace(">false<", ">maybe<");
+    assert!(parse_bool_list(odd.as_bytes(), "HasPrivilegeOnEntity", 2).is_err());
 }
 
 #[test]
@@ -146,7 +185,7 @@ proptest! {
             areas.push((pos, len));
             pos += len;
         }
-        let info = DiskChangeInfo { start_offset: start, length: pos - start + 1, areas };
+        let info = DiskChangeInfo { start_offset: start, length: pos - start + 1, areas, clamped: 0 };
         prop_assert_eq!(parse_disk_change_info(encode_disk_change_info(&info).as_bytes()).unwrap(), info);
     }
 

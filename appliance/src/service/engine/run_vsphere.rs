@@ -1,16 +1,20 @@
 //! A run of a job on a vSphere source: one `godwit_vmware::replicate::run_cycle` (ledgered
 //! snapshot, every disk read frozen, CBT ranges for incrementals, snapshot removed on every
-//! path), each disk replicated through [`RunCtx::transfer`].
+//! path), each disk replicated through [`RunCtx::transfer`]. The job follows its VM by the
+//! MoRef and instance UUID resolved when it was created (a renamed VM keeps replicating, said
+//! in the job's events; its disks keep the name they are stored under in staging); jobs
+//! stored before that resolve by name once and keep the identity from then on.
 
 use super::jobrun::{RunCtx, SinkError};
 use super::{Engine, Outcome};
 use crate::service::sources::{certificate_changed, vsphere_session};
 use crate::service::store::{JobRecord, SourceRecord};
 use crate::service::time::rfc3339;
-use godwit_disk::Disk;
+use godwit_disk::BlockSource;
 use godwit_vmware::ErrorKind;
 use godwit_vmware::ledger::Ledger;
-use godwit_vmware::replicate::{CycleOptions, find_vm, run_cycle};
+use godwit_vmware::replicate::{CycleOptions, run_cycle};
+use godwit_vmware::vmref::{VmTarget, resolve};
 use godwit_webui::backend::{JobState, LedgerEntryView};
 use std::path::PathBuf;
 
@@ -98,7 +102,12 @@ fn cycle(
     job: &mut JobRecord,
     session: &godwit_vmware::session::Session,
 ) -> godwit_vmware::Result<()> {
-    let vm = find_vm(session, &job.vm)?;
+    let target = VmTarget {
+        query: job.vm.clone(),
+        moref: job.vm_moref.clone(),
+        instance_uuid: job.vm_instance_uuid.clone(),
+    };
+    let vm = resolve(session, &target)?;
     let n_disks = vm.disks.len();
     run.set_total(vm.disks.iter().map(|d| d.capacity_bytes).sum());
     let dir = run.engine.job_dir(&job.id);
@@ -106,13 +115,40 @@ fn cycle(
         .map_err(|e| godwit_vmware::Error::Usage(format!("creating {}: {e}", dir.display())))?;
     let opts = CycleOptions {
         vm_name: job.vm.clone(),
+        // Pinned from now on, also for a job stored before the identity was kept.
+        vm_moref: Some(vm.moref.value.clone()),
+        vm_instance_uuid: vm.instance_uuid.clone(),
         ledger: ledger_path(run.engine, &job.id),
         change_ids: dir.join("vsphere-change-ids.json"),
         cbt: run.engine.opts.cbt,
+        ..CycleOptions::default()
     };
+    // `job.vm` stays the name the disks are stored under in staging (exports and incrementals
+    // find them by it); the VM itself is followed by MoRef and instance UUID.
+    let pinned = job.vm_moref.as_deref() == Some(vm.moref.value.as_str());
+    let event = match (pinned, job.vm == vm.name) {
+        (true, true) => None,
+        (false, _) => Some(format!(
+            "VM {:?} is {} (instance UUID {}); the job follows it by these from now on",
+            vm.name,
+            vm.moref.value,
+            vm.instance_uuid.as_deref().unwrap_or("unknown")
+        )),
+        (true, false) => Some(format!(
+            "VM {} is now named {:?}; the job follows it and keeps storing its disks as {:?}",
+            vm.moref.value, vm.name, job.vm
+        )),
+    };
+    if let Some(event) = event {
+        job.vm_moref = Some(vm.moref.value.clone());
+        job.vm_instance_uuid = vm.instance_uuid.clone();
+        run.engine.store.put_job(job, Some(&event)).map_err(|e| {
+            godwit_vmware::Error::Usage(format!("recording the VM's identity: {e}"))
+        })?;
+    }
     let store = run.engine.store.clone();
     let mut sink = |n: usize,
-                    disk: &Disk,
+                    disk: &dyn BlockSource,
                     changed: Option<&[std::ops::Range<u64>]>|
      -> Result<(), SinkError> {
         if n == 0 {
@@ -130,7 +166,10 @@ fn cycle(
         store.put_job(job, Some(&msg))?;
         Ok(())
     };
-    run_cycle(session, &opts, &mut sink)?;
+    let report = run_cycle(session, &opts, &mut sink)?;
+    for line in crate::cli::replicate_vsphere::report_lines(&report) {
+        tracing::info!(job = %job.id, "{line}");
+    }
     if n_disks == 0 {
         // A VM without disks: nothing was transferred, the snapshot is gone.
         job.state = JobState::RemovingSnapshot;
@@ -153,7 +192,13 @@ fn failure(src: &SourceRecord, e: &godwit_vmware::Error) -> Outcome {
             ),
             retry: false,
         },
-        ErrorKind::NotFound => Outcome::Failed {
+        // Gone, refused (encrypted, missing privileges, a disk whose size disagrees...) or
+        // ambiguous: the same again would fail the same way.
+        ErrorKind::NotFound | ErrorKind::Refused => Outcome::Failed {
+            message: e.to_string(),
+            retry: false,
+        },
+        _ if matches!(e, godwit_vmware::Error::Ambiguous { .. }) => Outcome::Failed {
             message: e.to_string(),
             retry: false,
         },
