@@ -8,99 +8,13 @@
 
 mod image_support;
 
-use godwit_tests::peers::{godwit_bin, have, run_ok, sha256_file};
+use godwit_tests::peers::{godwit_bin, run_ok, sha256_file};
 use image_support::Sntp;
+use image_support::image::{build, image, ovf_env, tmp_root};
 use image_support::qemu::{BOOT_TIMEOUT, Firmware, Vm, boot, iso, overlay};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-fn tmp_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("godwit-image")
-}
-
-fn need_tools() {
-    for t in [
-        "qemu-system-x86_64",
-        "qemu-img",
-        "mkfs.fat",
-        "mcopy",
-        "syslinux",
-        "sgdisk",
-        "mkfs.ext4",
-        "cpio",
-        "zstd",
-        "depmod",
-        "faketime",
-        "xorriso",
-        "curl",
-        "tar",
-        "go",
-    ] {
-        assert!(
-            have(t),
-            "{t} is missing: run `make deps` (tests/deps/image.apt)"
-        );
-    }
-}
-
-/// Build into `name` (under the shared temp root) with the test's godwit binary.
-fn build(name: &str) -> PathBuf {
-    need_tools();
-    let out = tmp_root().join(name);
-    // Tests run one at a time (nextest group `image`); an image built by an earlier test
-    // process from this same godwit binary is reused rather than built again.
-    let sums = out.join("SHA256SUMS");
-    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(img), Some(bin)) = (fresh(&sums), fresh(&godwit_bin()))
-        && img > bin
-    {
-        return out;
-    }
-    let _ = std::fs::remove_dir_all(&out);
-    let cache = tmp_root().join("cache");
-    run_ok(
-        Command::new(godwit_bin())
-            .args(["image", "build", "--out"])
-            .arg(&out)
-            .arg("--cache")
-            .arg(&cache)
-            .arg("--godwit-bin")
-            .arg(godwit_bin())
-            .args(["--version", "0.0.0-test"])
-            .env("SOURCE_DATE_EPOCH", "1700000000"),
-    );
-    out
-}
-
-fn image() -> &'static Path {
-    static IMG: OnceLock<PathBuf> = OnceLock::new();
-    IMG.get_or_init(|| {
-        let out = build("a");
-        // The OVA's disk, extracted with tar (the same bytes vSphere reads).
-        run_ok(
-            Command::new("tar")
-                .arg("-xf")
-                .arg(out.join("godwit.ova"))
-                .arg("-C")
-                .arg(&out),
-        );
-        out
-    })
-}
-
-/// An OVF environment document with `settings` (key=value) written to `dir/ovf-env.xml`.
-fn ovf_env(dir: &Path, settings: &[String]) -> PathBuf {
-    let env = dir.join("ovf-env.xml");
-    let mut cmd = Command::new(godwit_bin());
-    cmd.args(["image", "ovfenv"]);
-    for s in settings {
-        cmd.arg("--set").arg(s);
-    }
-    run_ok(cmd.arg("--out").arg(&env));
-    env
-}
 
 #[test]
 fn ova_is_ordered_verified_and_parsed_by_govmomi() {

@@ -15,6 +15,7 @@
 mod api;
 mod assets;
 pub mod backend;
+pub mod download;
 pub mod error;
 mod pages;
 mod routes;

@@ -113,9 +113,17 @@ impl Vm {
     }
 }
 
-#[derive(Clone, Copy)]
+/// The virtual machine: firmware, disk controller and NIC.
+#[derive(Clone, Copy, Debug)]
 pub enum Firmware {
+    /// vSphere's BIOS VM: pvscsi disk, vmxnet3 NIC, IDE CD-ROM.
     SeaBios,
+    /// SeaBIOS with a virtio disk and NIC.
+    SeaBiosVirtio,
+    /// Hyper-V Generation 1-like: SeaBIOS, the disk on IDE (ata_piix), a virtio NIC (qemu has
+    /// no Hyper-V synthetic NIC).
+    SeaBiosIde,
+    /// Hyper-V Gen2-like: UEFI with Secure Boot enforced (Microsoft keys), virtio.
     OvmfSecureBoot,
 }
 
@@ -166,6 +174,26 @@ pub fn boot(
             ]);
             cmd.args(["-device", "vmxnet3,netdev=n0,romfile="]);
         }
+        Firmware::SeaBiosVirtio => {
+            cmd.args([
+                "-machine",
+                "pc",
+                "-device",
+                "virtio-blk-pci,drive=d0,bootindex=0",
+                "-device",
+                "virtio-net-pci,netdev=n0,romfile=",
+            ]);
+        }
+        Firmware::SeaBiosIde => {
+            cmd.args([
+                "-machine",
+                "pc",
+                "-device",
+                "ide-hd,drive=d0,bus=ide.0,unit=0,bootindex=0",
+                "-device",
+                "virtio-net-pci,netdev=n0,romfile=",
+            ]);
+        }
         Firmware::OvmfSecureBoot => {
             // Hyper-V Gen2-like: UEFI with Secure Boot enforced (Microsoft keys), virtio.
             let vars = dir.join(format!("{tag}-vars.fd"));
@@ -196,8 +224,11 @@ pub fn boot(
             iso.display()
         ));
         match fw {
-            // vSphere's IDE CD-ROM (ata_piix).
-            Firmware::SeaBios => cmd.args(["-device", "ide-cd,drive=cd0"]),
+            // vSphere's IDE CD-ROM (ata_piix); Gen1's disk is ide.0, its CD goes on ide.1.
+            Firmware::SeaBios | Firmware::SeaBiosVirtio => {
+                cmd.args(["-device", "ide-cd,drive=cd0"])
+            }
+            Firmware::SeaBiosIde => cmd.args(["-device", "ide-cd,drive=cd0,bus=ide.1,unit=0"]),
             // q35's IDE is AHCI, which the cloud kernel lacks: a SCSI CD as on Hyper-V Gen2.
             Firmware::OvmfSecureBoot => cmd.args([
                 "-device",
@@ -217,13 +248,21 @@ pub fn boot(
 
 /// A qcow2 overlay over `base` in a fresh directory.
 pub fn overlay(base: &Path, fmt: &str, dir: &Path) -> PathBuf {
+    overlay_sized(base, fmt, dir, None)
+}
+
+/// A qcow2 overlay over `base`, `size` bytes large when given: the disk the user enlarged
+/// before power-on.
+pub fn overlay_sized(base: &Path, fmt: &str, dir: &Path, size: Option<u64>) -> PathBuf {
     let o = dir.join("overlay.qcow2");
-    run_ok(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
-            .arg(base)
-            .arg(&o),
-    );
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
+        .arg(base)
+        .arg(&o);
+    if let Some(n) = size {
+        cmd.arg(n.to_string());
+    }
+    run_ok(&mut cmd);
     o
 }
 
