@@ -103,13 +103,15 @@ frozen syslinux --install --directory /boot/syslinux "$WORK/esp.img"
 
 # 4. Data partition (ext4): settings, job state, logs, spools, exports; fixed UUID, hash seed and
 # times. 4 KiB blocks and one inode per 64 KiB (its files are few and large), room reserved to
-# grow online to 2 TiB, no blocks reserved for root (the service is root), exports/ made ahead.
+# grow online to 2 TiB, a 16 MiB journal (online growth adds up to 16 groups per transaction,
+# about 260 journal credits; the default 4 MiB journal of a small file system allows 256), no
+# blocks reserved for root (the service is root), exports/ made ahead.
 mkdir -p "$WORK/data/system" "$WORK/data/service" "$WORK/data/exports"
 chmod 700 "$WORK/data/service" "$WORK/data/exports"
 echo "1" > "$WORK/data/system/layout-version"
 find "$WORK/data" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 rm -f "$WORK/data.img"
-E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH frozen mkfs.ext4 -q -F -L godwit-data -U "$EXT4_UUID" -b 4096 -i 65536 -m 0 \
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH frozen mkfs.ext4 -q -F -L godwit-data -U "$EXT4_UUID" -b 4096 -i 65536 -m 0 -J size=16 \
   -E "root_owner=0:0,hash_seed=$EXT4_UUID,lazy_itable_init=0,resize=536870912" -d "$WORK/data" "$WORK/data.img" 38M
 # mkfs.ext4 -d copies each source file's ctime (the real time it was made; faketime cannot
 # change what the kernel stamps): set it to SOURCE_DATE_EPOCH too.

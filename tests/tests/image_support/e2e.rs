@@ -3,6 +3,14 @@
 //! Hyper-V simulator with one Generation 2 VM (a dynamic VHDX qemu-img made), a `godwit staging
 //! serve`, an SNTP server; and what the tests read from the booted appliance: its banner, its
 //! API (pinned to the certificate the banner shows) and its memory figures (`/metrics`).
+//!
+//! The Hyper-V host pushes disk data to the appliance's HTTPS port at the address the appliance
+//! tells it (today: its host name, `https://godwit:443`). Behind qemu's NAT the host reaches the
+//! guest only through a forwarded port, so, as a site's DNS would, the simulated host resolves
+//! the appliance's names to a loopback address of its own (`127.a.b.c`, random per test) where
+//! qemu forwards port 443 to the guest: the simulator runs as a process in a private mount
+//! namespace (`unshare -m`) with its own `/etc/hosts`. (With `PUT /api/v1/settings/ingest`, the
+//! appliance can be told the forwarded address instead; see `check_push_path`.)
 #![allow(dead_code)]
 
 use crate::hyperv_common::{self, qemu_img};
@@ -11,11 +19,12 @@ use crate::image_support::qemu::{self, Vm};
 use crate::serve::{pinned_client, random_disk};
 use crate::util::Server;
 use crate::vmware_harness::Vcsim;
-use godwit_hyperv::sim::RunningSim;
-use godwit_tests::peers::run_ok;
+use godwit_tests::peers::{godwit_bin, run_ok};
 use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,9 +47,11 @@ pub struct Peers {
     pub vcsim: Vcsim,
     /// The vSphere VM's disk (monolithicFlat VMDK in vcsim's datastore).
     pub vsphere_disk: PathBuf,
-    pub sim: RunningSim,
+    pub sim: Sim,
     /// The Hyper-V VM's disk (dynamic VHDX in the simulator's data directory).
     pub hyperv_disk: PathBuf,
+    /// Where the simulated host reaches the appliance's port 443 (`127.a.b.c`).
+    pub appliance_from_host: String,
     pub staging: Server,
 }
 
@@ -71,16 +82,25 @@ impl Peers {
             raw.to_str().unwrap(),
             hyperv_disk.to_str().unwrap(),
         ]);
-        let sim = hyperv_common::start_sim_json(
-            &hv,
-            &format!(
+        std::fs::write(
+            hv.join("vms.json"),
+            format!(
                 r#"{{"vms":[{{"id":"6c1f2a8e-0000-4000-8000-0000000000e2","name":"{HYPERV_VM}","generation":2,
                   "state":"Running","processor_count":2,"memory_startup":2147483648,"version":"9.0",
                   "checkpoint_type":"Production",
                   "disks":[{{"controller_type":"SCSI","controller_number":0,"controller_location":0,"path":"vm/e2e-hv.vhdx"}}]}}],
                   "faults":{{}}}}"#
             ),
+        )
+        .unwrap();
+        let r: [u8; 3] = rand_bytes();
+        let appliance_from_host = format!(
+            "127.{}.{}.{}",
+            r[0] % 250 + 2,
+            r[1] % 250 + 2,
+            r[2] % 250 + 2
         );
+        let sim = Sim::start(&hv, &appliance_from_host);
         let staging_dir = work.join("staging");
         std::fs::create_dir_all(&staging_dir).unwrap();
         let staging = Server::start(&staging_dir, "127.0.0.1:0", &[]);
@@ -90,6 +110,7 @@ impl Peers {
             vsphere_disk,
             sim,
             hyperv_disk,
+            appliance_from_host,
             staging,
         }
     }
@@ -103,7 +124,12 @@ impl Peers {
         format!("{HOST}:{}", self.vcsim.port)
     }
     pub fn hyperv_address(&self) -> String {
-        format!("{HOST}:{}", self.sim.addr.port())
+        format!("{HOST}:{}", self.sim.port)
+    }
+
+    /// qemu's forward of the guest's 443 where the simulated host looks for the appliance.
+    pub fn hostfwd(&self) -> String {
+        format!("tcp:{}:443-:443", self.appliance_from_host)
     }
     pub fn staging_address(&self) -> String {
         format!("{HOST}:{}", Self::port(&self.staging.addr))
@@ -116,11 +142,94 @@ impl Peers {
     pub fn assert_nothing_left(&self) {
         let snaps = crate::vmware_harness::vm_by_name(&self.vcsim.connect(), VSPHERE_VM).snapshots;
         assert!(snaps.is_empty(), "vSphere snapshots left: {snaps:?}");
+        self.sim.assert_no_checkpoint();
+    }
+}
+
+fn rand_bytes() -> [u8; 3] {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let b = n.to_le_bytes();
+    [b[0], b[1] ^ b[3], b[2]]
+}
+
+/// The Hyper-V simulator (`godwit-hypervsim`) as a process in a private mount namespace whose
+/// `/etc/hosts` maps the appliance's host names to `appliance`; killed on drop.
+pub struct Sim {
+    child: Child,
+    pub port: u16,
+    pub fingerprint: String,
+    dir: PathBuf,
+}
+
+impl Sim {
+    fn start(dir: &Path, appliance: &str) -> Sim {
+        let bin = godwit_bin().with_file_name("godwit-hypervsim");
         assert!(
-            self.sim.checkpoints().is_empty(),
-            "Hyper-V checkpoints left: {:?}",
-            self.sim.checkpoints()
+            bin.exists(),
+            "{} is missing: cargo build -p godwit-hyperv --features sim --bins (make build does)",
+            bin.display()
         );
+        let hosts = dir.join("hosts");
+        std::fs::write(
+            &hosts,
+            format!("127.0.0.1 localhost\n{appliance} godwit godwit-e2e\n"),
+        )
+        .unwrap();
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount --bind \"$1\" /etc/hosts && exec \"$2\" --listen 127.0.0.1:0 --data \"$3\"")
+            .arg("sh")
+            .arg(&hosts)
+            .arg(&bin)
+            .arg(dir)
+            .env("GODWIT_SIM_PASSWORD", hyperv_common::PASSWORD)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("unshare (util-linux) starts the simulator");
+        let out = child.stdout.take().unwrap();
+        let (mut port, mut fingerprint) = (0, String::new());
+        for line in BufReader::new(out).lines() {
+            let line = line.expect("simulator output");
+            if let Some(f) = line.strip_prefix("fingerprint: ") {
+                fingerprint = f.to_string();
+            } else if let Some(a) = line.strip_prefix("listening: ") {
+                port = a.rsplit(':').next().unwrap().parse().unwrap();
+                break;
+            }
+        }
+        assert!(port != 0, "the simulator did not start");
+        Sim {
+            child,
+            port,
+            fingerprint,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The simulated host holds no checkpoint: its VM folder has only the VM's own disk (a
+    /// checkpoint is a real AVHDX child there until it is merged on removal).
+    pub fn assert_no_checkpoint(&self) {
+        let files: Vec<String> = std::fs::read_dir(self.dir.join("vm"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            files,
+            ["e2e-hv.vhdx"],
+            "checkpoint files left on the Hyper-V host"
+        );
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -206,7 +315,10 @@ pub fn wait_setup_page(vm: &mut Vm, powered_on: Instant) -> Duration {
 pub struct Appliance {
     pub base: String,
     pub fingerprint: String,
+    /// HTTP Basic, no cookies (a session cookie would make every call need its CSRF token).
     client: reqwest::blocking::Client,
+    /// A browser-like session for the setup code.
+    session: reqwest::blocking::Client,
 }
 
 impl Appliance {
@@ -214,21 +326,22 @@ impl Appliance {
         Appliance {
             base: format!("https://127.0.0.1:{}", vm.port),
             fingerprint: fingerprint.to_string(),
-            client: pinned_client(fingerprint, true),
+            client: pinned_client(fingerprint, false),
+            session: pinned_client(fingerprint, true),
         }
     }
 
     /// Set the admin password with the setup code (a browser session and its CSRF token).
     pub fn set_password(&self, setup_code: &str) {
         let s: Value = self
-            .client
+            .session
             .get(format!("{}/api/v1/session", self.base))
             .send()
             .and_then(|r| r.bytes())
             .map(|b| serde_json::from_slice(&b).unwrap_or(Value::Null))
             .expect("GET /api/v1/session");
         let r = self
-            .client
+            .session
             .post(format!("{}/api/v1/setup/password", self.base))
             .header("x-csrf-token", s["csrf_token"].as_str().unwrap())
             .header("content-type", "application/json")

@@ -136,6 +136,19 @@ pub fn boot(
     guest_ip: &str,
     tag: &str,
 ) -> Vm {
+    boot_with(dir, disk, fw, cdrom, guest_ip, tag, &[])
+}
+
+/// [`boot`] with more `hostfwd` rules for the guest (`tcp:HOSTADDR:PORT-:GUESTPORT`).
+pub fn boot_with(
+    dir: &Path,
+    disk: &Path,
+    fw: Firmware,
+    cdrom: Option<&Path>,
+    guest_ip: &str,
+    tag: &str,
+    extra_fwd: &[String],
+) -> Vm {
     let port = free_port();
     let log = dir.join(format!("{tag}-serial.log"));
     let _ = std::fs::remove_file(&log);
@@ -154,9 +167,11 @@ pub fn boot(
         "-nodefaults",
     ]);
     cmd.arg("-serial").arg(format!("file:{}", log.display()));
-    cmd.arg("-netdev").arg(format!(
-        "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-{guest_ip}:443"
-    ));
+    let mut netdev = format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-{guest_ip}:443");
+    for f in extra_fwd {
+        netdev.push_str(&format!(",hostfwd={f}"));
+    }
+    cmd.arg("-netdev").arg(netdev);
     cmd.arg("-drive").arg(format!(
         "file={},format=qcow2,if=none,id=d0",
         disk.display()

@@ -405,9 +405,7 @@ pub fn setup_vsphere(svc: &Service, v: &Vcsim, staging: Value) -> String {
     src["id"].as_str().unwrap().to_string()
 }
 
-/// Export disk 0 of a job through the service and wait for the end; returns the export view
-/// (asserts it is `done`).
-/// Export disk 0 of `job` and wait until done. `dest` is `s3://...`, or a local path of the
+/// Export disk 0 of `job` and wait until done (returns its view). `dest` is `s3://...`, or a local path of the
 /// test's: the service writes only under its export directory (DATA/exports), so the export
 /// is made there under `dest`'s file name and then moved to `dest`.
 pub fn export_and_wait(svc: &Service, job: &str, format: &str, dest: &str) -> Value {
