@@ -148,6 +148,8 @@ fn confined_and_downloadable(svc: &Service, job: &str, exports: &Path, work: &Pa
     let file = exports.join("dl/disk0.raw");
     assert_eq!(e["destination"], file.to_str().unwrap());
     let want = std::fs::read(&file).unwrap();
+    assert_eq!(want.len(), 12 << 20);
+    assert_eq!(e["size_bytes"], json!(12 << 20), "{e}");
     let sha = e["file_sha256"].as_str().unwrap();
     let url = format!("/api/v1/exports/{}/download", e["id"].as_str().unwrap());
     let c = serve::pinned_client(&svc.fingerprint, false);
@@ -197,7 +199,19 @@ fn exports_are_confined_downloadable_and_a_full_data_partition_fails_them_clearl
     let data = work.path().join("data");
     let _fs = Tmpfs::mount(&data, 40);
     let v = Vcsim::start(false);
-    random_disk(&v, VM, 12);
+    let disk = random_disk(&v, VM, 12);
+    // The last 4 MiB zero: a raw export leaves a hole there (its file is longer than the bytes
+    // written into it, and still downloads whole).
+    let ok = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!(
+            "of={}",
+            disk.with_file_name("data-flat.vmdk").display()
+        ))
+        .args(["bs=1M", "seek=8", "count=4", "conv=notrunc", "status=none"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
     let staging = work.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let srv = Server::start(&staging, "127.0.0.1:0", &[]);

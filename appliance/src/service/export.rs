@@ -30,6 +30,7 @@ use tokio::runtime::Handle;
 pub struct Exported {
     pub content_sha256: String,
     pub file_sha256: String,
+    /// Size of the exported file (or object).
     pub bytes_written: u64,
     /// S3 exports: parts kept from an interrupted upload, parts sent by this run.
     pub parts: Option<(usize, usize)>,
@@ -212,7 +213,7 @@ fn to_file(
     let mut w = std::io::BufWriter::with_capacity(1 << 20, guarded);
     let sparse = (format == OutputFormat::Raw).then_some(&f);
     let written = write_hashed(src, format, &mut w, sparse, out);
-    let (stats, content) = match written {
+    let (_, content) = match written {
         Ok(v) => v,
         Err(e) => return Err(explain_full(&dir, e.to_string())),
     };
@@ -224,7 +225,10 @@ fn to_file(
     drop(w);
     f.sync_all()
         .map_err(|e| explain_full(&dir, io("fsync", e)))?;
-    Ok((stats.written_bytes, content, sha256_of(&f, out)?))
+    // The file's length (a sparse raw file is longer than the bytes written into it): what a
+    // download serves and checks.
+    let len = f.metadata().map_err(|e| io("stat", e))?.len();
+    Ok((len, content, sha256_of(&f, out)?))
 }
 
 /// Bytes of the data partition an export leaves free for the service's own state (job store,

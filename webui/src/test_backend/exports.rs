@@ -103,6 +103,17 @@ pub(super) fn finished(
     Ok(view)
 }
 
+impl Drop for TestBackend {
+    /// The made-up export files go with the backend.
+    fn drop(&mut self) {
+        for e in &self.lock().exports {
+            if e.downloadable {
+                let _ = std::fs::remove_file(file_of(&e.id));
+            }
+        }
+    }
+}
+
 impl TestBackend {
     pub(super) fn open_export_file(&self, id: &str) -> CommandResult<ExportFile> {
         let s = self.lock();
