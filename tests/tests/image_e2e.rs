@@ -67,7 +67,6 @@ fn require_browser_tools() {
 /// A booted appliance: its console, setup code and certificate.
 struct Booted {
     vm: Vm,
-    to_setup_page: Duration,
     setup_code: Option<String>,
     fingerprint: String,
 }
@@ -91,7 +90,6 @@ fn power_on(work: &Path, peers: &Peers, disk: &Path, fw: Firmware, tag: &str) ->
     Booted {
         setup_code: banner_value(&log, "Setup code:"),
         fingerprint,
-        to_setup_page,
         vm,
     }
 }
@@ -225,7 +223,6 @@ fn browser_e2e(fw: Firmware, tag: &str) {
         .map(|j| serde_json::from_str(j).expect("RESULT is JSON"))
         .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}"));
 
-    eprintln!("{tag}: power-on to setup page {:.1?}", b.to_setup_page);
     for kind in ["vsphere", "hyperv"] {
         let j = &r["jobs"][kind];
         let secs =
