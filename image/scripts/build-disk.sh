@@ -8,16 +8,19 @@
 #   VERSION     version string shown on the console
 #   SOURCE_DATE_EPOCH  fixed time for every timestamp in the image
 #   OUT_RAW     the raw disk to write
+#   DISK_MIB    its virtual size in MiB (sparse: only the partitions' data is written)
 #   DISK_GUID ESP_GUID DATA_GUID FAT_SERIAL EXT4_UUID   fixed identifiers (reproducible builds)
-# Layout (MiB): 1 gap | ESP FAT32 1..97 (slots /A and /B, shim+GRUB, SYSLINUX) | data ext4 97..135 | 1 gap.
+# Layout (MiB): 1 gap | ESP FAT32 1..97 (slots /A and /B, shim+GRUB, SYSLINUX) | data ext4 97..135 |
+# the rest of the disk, unwritten: at boot `godwit system run` grows the data partition (GPT and
+# ext4, online) to fill the disk, whatever size the user gave it.
 set -euo pipefail
-: "${WORK:?}" "${DEBS:?}" "${GODWIT_BIN:?}" "${VERSION:?}" "${SOURCE_DATE_EPOCH:?}" "${OUT_RAW:?}" "${SCRIPTS:?}"
+: "${WORK:?}" "${DEBS:?}" "${GODWIT_BIN:?}" "${VERSION:?}" "${SOURCE_DATE_EPOCH:?}" "${OUT_RAW:?}" "${SCRIPTS:?}" "${DISK_MIB:?}"
 : "${DISK_GUID:?}" "${ESP_GUID:?}" "${DATA_GUID:?}" "${FAT_SERIAL:?}" "${EXT4_UUID:?}"
 export LC_ALL=C TZ=UTC
 step() { echo "image: $*" >&2; }
 need() { command -v "$1" >/dev/null || { echo "image: $1 not found (package $2; make deps installs it)" >&2; exit 3; }; }
 need apt-get apt; need dpkg-deb dpkg; need mkfs.fat dosfstools; need mcopy mtools; need syslinux syslinux
-need sgdisk gdisk; need mkfs.ext4 e2fsprogs; need cpio cpio; need zstd zstd; need depmod kmod; need faketime faketime; need debugfs e2fsprogs
+need sgdisk gdisk; need mkfs.ext4 e2fsprogs; need resize2fs e2fsprogs; need cpio cpio; need zstd zstd; need depmod kmod; need faketime faketime; need debugfs e2fsprogs
 BUSYBOX=/bin/busybox; [ -x "$BUSYBOX" ] || { echo "image: /bin/busybox not found (package busybox-static)" >&2; exit 3; }
 GPTMBR=/usr/lib/SYSLINUX/gptmbr.bin; [ -f $GPTMBR ] || GPTMBR=/usr/lib/syslinux/mbr/gptmbr.bin
 FROZEN="$(date -u -d "@$SOURCE_DATE_EPOCH" '+%Y-%m-%d %H:%M:%S')"
@@ -44,13 +47,20 @@ IR="$WORK/ir"
 mkdir -p "$IR"/{bin,sbin,dev,proc,sys,etc,tmp,run,data,mnt,lib64,usr/share/udhcpc}
 cp "$BUSYBOX" "$IR/bin/busybox"
 for a in sh mount umount modprobe insmod ip udhcpc hostname ntpd sleep cat echo mkdir reboot poweroff init \
-         blkid ls ps kill sync mdev setsid date; do ln -s busybox "$IR/bin/$a"; done
+         blkid ls ps kill sync mdev setsid date blockdev; do ln -s busybox "$IR/bin/$a"; done
 ln -s ../bin/busybox "$IR/sbin/init"
 strip -o "$IR/bin/godwit" "$GODWIT_BIN" 2>/dev/null || cp "$GODWIT_BIN" "$IR/bin/godwit"
 chmod 755 "$IR/bin/godwit"
 if ldd "$GODWIT_BIN" >/dev/null 2>&1; then
   for lib in $(ldd "$GODWIT_BIN" | grep -o '/[^ ]*' | sort -u); do install -D -m 755 "$lib" "$IR$lib"; done
 fi
+# resize2fs grows the mounted data file system online at boot (busybox has none); with its
+# shared libraries (e2fsprogs, libext2fs2, libc6).
+RESIZE2FS=$(command -v resize2fs)
+install -D -m 755 "$RESIZE2FS" "$IR/sbin/resize2fs"
+for lib in $(ldd "$RESIZE2FS" | grep -o '/[^ ]*' | sort -u); do
+  [ -e "$IR$lib" ] || install -D -m 755 "$lib" "$IR$lib"
+done
 install -m 755 "$SCRIPTS/init" "$IR/init"
 install -m 644 "$SCRIPTS/inittab" "$IR/etc/inittab"
 install -m 755 "$SCRIPTS/udhcpc.sh" "$IR/usr/share/udhcpc/default.script"
@@ -91,20 +101,25 @@ frozen mcopy -i "$WORK/esp.img" "$WORK/vmlinuz" ::/A/vmlinuz
 frozen mcopy -i "$WORK/esp.img" "$WORK/initrd.img" ::/A/initrd.img
 frozen syslinux --install --directory /boot/syslinux "$WORK/esp.img"
 
-# 4. Data partition (ext4): settings and job state; fixed UUID, hash seed and times.
-mkdir -p "$WORK/data/system" "$WORK/data/service"
+# 4. Data partition (ext4): settings, job state, logs, spools, exports; fixed UUID, hash seed and
+# times. 4 KiB blocks and one inode per 64 KiB (its files are few and large), room reserved to
+# grow online to 2 TiB, a 16 MiB journal (online growth adds up to 16 groups per transaction,
+# about 260 journal credits; the default 4 MiB journal of a small file system allows 256), no
+# blocks reserved for root (the service is root), exports/ made ahead.
+mkdir -p "$WORK/data/system" "$WORK/data/service" "$WORK/data/exports"
+chmod 700 "$WORK/data/service" "$WORK/data/exports"
 echo "1" > "$WORK/data/system/layout-version"
 find "$WORK/data" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 rm -f "$WORK/data.img"
-E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH frozen mkfs.ext4 -q -F -L godwit-data -U "$EXT4_UUID" \
-  -E "root_owner=0:0,hash_seed=$EXT4_UUID,lazy_itable_init=0" -d "$WORK/data" "$WORK/data.img" 38M
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH frozen mkfs.ext4 -q -F -L godwit-data -U "$EXT4_UUID" -b 4096 -i 65536 -m 0 -J size=16 \
+  -E "root_owner=0:0,hash_seed=$EXT4_UUID,lazy_itable_init=0,resize=536870912" -d "$WORK/data" "$WORK/data.img" 38M
 # mkfs.ext4 -d copies each source file's ctime (the real time it was made; faketime cannot
 # change what the kernel stamps): set it to SOURCE_DATE_EPOCH too.
 (cd "$WORK/data" && find . -mindepth 1 | sort | sed "s|^\.\(.*\)|sif \1 ctime @$SOURCE_DATE_EPOCH|") > "$WORK/data.sif"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$WORK/data.sif" "$WORK/data.img" >/dev/null 2>&1
 
 # 5. GPT disk: partitions placed with dd, SYSLINUX's GPT MBR, legacy-BIOS-bootable ESP.
-rm -f "$OUT_RAW"; truncate -s 136M "$OUT_RAW"
+rm -f "$OUT_RAW"; truncate -s "${DISK_MIB}M" "$OUT_RAW"
 sgdisk -Z -U "$DISK_GUID" \
   -n 1:2048:+96M -t 1:EF00 -c 1:esp -u "1:$ESP_GUID" -A 1:set:2 \
   -n 2:0:+38M -t 2:8300 -c 2:data -u "2:$DATA_GUID" "$OUT_RAW" >/dev/null

@@ -26,6 +26,11 @@ pub const VMDK_NAME: &str = "godwit-disk1.vmdk";
 pub const SUMS_NAME: &str = "SHA256SUMS";
 /// VHDX payload block size: small blocks keep the sparse ESP small in the file.
 pub const VHDX_BLOCK_SIZE: u64 = 1 << 20;
+/// The disk's default virtual size: thin (only the ~40 MB written are in the OVA and VHDX); the
+/// data partition grows to fill it at the first boot (and to fill a disk enlarged later).
+pub const DEFAULT_DISK_BYTES: u64 = 16 << 30;
+/// The disk's smallest size: the ESP (97 MiB with the gap) and the first data partition.
+pub const MIN_DISK_BYTES: u64 = 136 << 20;
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -42,6 +47,8 @@ pub struct Options {
     pub signing_key: PathBuf,
     pub source_date_epoch: u64,
     pub firmware: Firmware,
+    /// Virtual size of the disk (a multiple of 1 MiB, at least [`MIN_DISK_BYTES`]).
+    pub disk_bytes: u64,
 }
 
 /// What was built.
@@ -108,6 +115,16 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
 
 /// Run the whole pipeline.
 pub fn build(o: &Options) -> Result<Output> {
+    if o.disk_bytes < MIN_DISK_BYTES || !o.disk_bytes.is_multiple_of(1 << 20) {
+        return Err(Error::invalid(
+            "disk size",
+            format!(
+                "{} bytes: a whole number of MiB, at least {} MiB",
+                o.disk_bytes,
+                MIN_DISK_BYTES >> 20
+            ),
+        ));
+    }
     let seed = format!("{}\0{}", o.version, o.source_date_epoch);
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let work = o.out.join(".build");
@@ -151,6 +168,7 @@ pub fn build(o: &Options) -> Result<Output> {
         .env("VERSION", &o.version)
         .env("SOURCE_DATE_EPOCH", o.source_date_epoch.to_string())
         .env("OUT_RAW", &raw)
+        .env("DISK_MIB", (o.disk_bytes >> 20).to_string())
         .env("SCRIPTS", &scripts)
         .env("DISK_GUID", derived_uuid(&seed, "disk").to_string())
         .env("ESP_GUID", derived_uuid(&seed, "esp").to_string())
@@ -174,6 +192,11 @@ pub fn build(o: &Options) -> Result<Output> {
         .ok_or_else(|| Error::invalid("work directory", "is not UTF-8"))?;
     let disk = godwit_disk::Disk::open(raw_str)?;
     let capacity = godwit_disk::BlockSource::virtual_size(&disk);
+    let populated: u64 = godwit_disk::BlockSource::map(&disk, 0, capacity)?
+        .iter()
+        .filter(|r| r.state == godwit_disk::layer::RunState::Data)
+        .map(|r| r.len)
+        .sum();
 
     // streamOptimized VMDK (inside the OVA).
     let vmdk = work.join(VMDK_NAME);
@@ -213,6 +236,7 @@ pub fn build(o: &Options) -> Result<Output> {
     let (vmdk_sha, vmdk_bytes) = sha256_file(&vmdk)?;
     let mut spec = Spec::new(&o.version, VMDK_NAME, vmdk_bytes, capacity);
     spec.firmware = o.firmware;
+    spec.populated = Some(populated);
     let desc = ovf::descriptor(&spec);
     let desc_sha = hex::encode(digest(&SHA256, desc.as_bytes()).as_ref());
     let mf = manifest::encode(&[

@@ -8,11 +8,13 @@
 //! - [`ovfenv`]: the OVF environment document vSphere hands the VM, and [`vapp`], the typed
 //!   settings read from it;
 //! - [`bundle`]: signed A/B update bundles, and [`slots`], the A/B boot state machine;
+//! - [`gpt`]: the GUID partition table, and the growth of the data partition at boot;
 //! - [`build`]: the rootless pipeline (`godwit image build`).
 
 pub mod bootonce;
 pub mod build;
 pub mod bundle;
+pub mod gpt;
 pub mod ids;
 pub mod manifest;
 pub mod ova;

@@ -41,8 +41,11 @@ pub struct Spec {
     pub disk_file: String,
     /// Exact size of that file.
     pub disk_file_size: u64,
-    /// Virtual size of the disk in bytes.
+    /// Virtual size of the disk in bytes: the data partition grows to fill it at boot.
     pub capacity: u64,
+    /// Bytes of the disk that hold data (`ovf:populatedSize`): what a thin-provisioned
+    /// deployment takes at first, far less than `capacity`.
+    pub populated: Option<u64>,
     pub cpus: u32,
     pub memory_mib: u64,
     pub firmware: Firmware,
@@ -58,6 +61,7 @@ impl Spec {
             disk_file: disk_file.into(),
             disk_file_size,
             capacity,
+            populated: None,
             cpus: 2,
             memory_mib: 1024,
             firmware: Firmware::Bios,
@@ -93,10 +97,14 @@ pub fn descriptor(spec: &Spec) -> String {
         e(&spec.disk_file),
         spec.disk_file_size
     ));
+    let populated = spec
+        .populated
+        .map(|p| format!(" ovf:populatedSize=\"{p}\""))
+        .unwrap_or_default();
     o.push_str(&format!(
-        "  <DiskSection>\n    <Info>Virtual disk information</Info>\n    <Disk ovf:capacity=\"{}\" \
+        "  <DiskSection>\n    <Info>Virtual disk information (thin: the data partition grows to fill the disk at boot)</Info>\n    <Disk ovf:capacity=\"{}\" \
          ovf:capacityAllocationUnits=\"byte\" ovf:diskId=\"vmdisk1\" ovf:fileRef=\"file1\" \
-         ovf:format=\"http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized\"/>\n  </DiskSection>\n",
+         ovf:format=\"http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized\"{populated}/>\n  </DiskSection>\n",
         spec.capacity
     ));
     o.push_str(
@@ -293,6 +301,7 @@ mod tests {
     fn descriptor_is_well_formed_and_complete() {
         let mut spec = Spec::new("1.2.3 <dev>", "godwit-disk1.vmdk", 12345, 142_606_336);
         spec.firmware = Firmware::EfiSecureBoot;
+        spec.populated = Some(40 << 20);
         let d = descriptor(&spec);
         let (els, attrs, texts) = parse(&d);
         assert_eq!(els.iter().filter(|e| *e == "Item").count(), 8);
@@ -304,6 +313,7 @@ mod tests {
             |el: &str, a: &str, v: &str| attrs.iter().any(|(e, k, x)| e == el && k == a && x == v);
         assert!(has("File", "size", "12345"));
         assert!(has("Disk", "capacity", "142606336"));
+        assert!(has("Disk", "populatedSize", "41943040"));
         assert!(has("Property", "password", "true"));
         assert!(has("Property", "key", crate::vapp::ADMIN_PASSWORD));
         assert!(has("Config", "value", "efi"));

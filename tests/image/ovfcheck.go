@@ -25,7 +25,11 @@ func main() {
 	}
 	if e.Disk != nil {
 		for _, d := range e.Disk.Disks {
-			fmt.Printf("disk=%s capacity=%s\n", d.DiskID, d.Capacity)
+			populated := -1
+			if d.PopulatedSize != nil {
+				populated = *d.PopulatedSize
+			}
+			fmt.Printf("disk=%s capacity=%s populated=%d\n", d.DiskID, d.Capacity, populated)
 		}
 	}
 	vs := e.VirtualSystem

@@ -4,103 +4,18 @@
 //! Secure Boot enforced and the Microsoft keys, virtio as on Hyper-V Gen2), 512 MiB of RAM.
 //! The console banner is read from the serial log; the setup page is fetched through a
 //! forwarded port. One image is built per test run and shared; boots use copy-on-write
-//! overlays, so tests run in parallel.
+//! overlays. The VHDX on OVMF with Secure Boot enforced, and the whole migration in the booted
+//! image, are in image_e2e.rs.
 
 mod image_support;
 
-use godwit_tests::peers::{godwit_bin, have, run_ok, sha256_file};
+use godwit_tests::peers::{godwit_bin, run_ok, sha256_file};
 use image_support::Sntp;
+use image_support::image::{build, image, ovf_env, tmp_root};
 use image_support::qemu::{BOOT_TIMEOUT, Firmware, Vm, boot, iso, overlay};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-fn tmp_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("godwit-image")
-}
-
-fn need_tools() {
-    for t in [
-        "qemu-system-x86_64",
-        "qemu-img",
-        "mkfs.fat",
-        "mcopy",
-        "syslinux",
-        "sgdisk",
-        "mkfs.ext4",
-        "cpio",
-        "zstd",
-        "depmod",
-        "faketime",
-        "xorriso",
-        "curl",
-        "tar",
-        "go",
-    ] {
-        assert!(
-            have(t),
-            "{t} is missing: run `make deps` (tests/deps/image.apt)"
-        );
-    }
-}
-
-/// Build into `name` (under the shared temp root) with the test's godwit binary.
-fn build(name: &str) -> PathBuf {
-    need_tools();
-    let out = tmp_root().join(name);
-    // Tests run one at a time (nextest group `image`); an image built by an earlier test
-    // process from this same godwit binary is reused rather than built again.
-    let sums = out.join("SHA256SUMS");
-    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(img), Some(bin)) = (fresh(&sums), fresh(&godwit_bin()))
-        && img > bin
-    {
-        return out;
-    }
-    let _ = std::fs::remove_dir_all(&out);
-    let cache = tmp_root().join("cache");
-    run_ok(
-        Command::new(godwit_bin())
-            .args(["image", "build", "--out"])
-            .arg(&out)
-            .arg("--cache")
-            .arg(&cache)
-            .arg("--godwit-bin")
-            .arg(godwit_bin())
-            .args(["--version", "0.0.0-test"])
-            .env("SOURCE_DATE_EPOCH", "1700000000"),
-    );
-    out
-}
-
-fn image() -> &'static Path {
-    static IMG: OnceLock<PathBuf> = OnceLock::new();
-    IMG.get_or_init(|| {
-        let out = build("a");
-        // The OVA's disk, extracted with tar (the same bytes vSphere reads).
-        run_ok(
-            Command::new("tar")
-                .arg("-xf")
-                .arg(out.join("godwit.ova"))
-                .arg("-C")
-                .arg(&out),
-        );
-        out
-    })
-}
-
-/// An OVF environment document with `settings` (key=value) written to `dir/ovf-env.xml`.
-fn ovf_env(dir: &Path, settings: &[String]) -> PathBuf {
-    let env = dir.join("ovf-env.xml");
-    let mut cmd = Command::new(godwit_bin());
-    cmd.args(["image", "ovfenv"]);
-    for s in settings {
-        cmd.arg("--set").arg(s);
-    }
-    run_ok(cmd.arg("--out").arg(&env));
-    env
-}
 
 #[test]
 fn ova_is_ordered_verified_and_parsed_by_govmomi() {
@@ -142,6 +57,17 @@ fn ova_is_ordered_verified_and_parsed_by_govmomi() {
         "{report}"
     );
     assert!(report.contains("vsystype=vmx-13"), "{report}");
+    // A 16 GiB thin disk of which only the partitions' data is populated (about 40 MB).
+    let populated: u64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("disk=vmdisk1 capacity=17179869184 populated="))
+        .unwrap_or_else(|| panic!("16 GiB capacity and a populated size: {report}"))
+        .parse()
+        .unwrap();
+    assert!(
+        (20 << 20..100 << 20).contains(&populated),
+        "populated {populated}: {report}"
+    );
     // Only the CD-ROM transport, which the appliance reads (no guestinfo backdoor client).
     assert!(report.contains("transport=iso\n"), "{report}");
     assert!(
@@ -178,6 +104,10 @@ fn ova_is_ordered_verified_and_parsed_by_govmomi() {
     // Footprint.
     let ova_len = std::fs::metadata(img.join("godwit.ova")).unwrap().len();
     eprintln!("OVA {ova_len} bytes, VMDK {vmdk_size} bytes");
+    assert!(
+        ova_len < 40_000_000,
+        "design goal: OVA <= 40 MB, it is {ova_len}"
+    );
 }
 
 #[test]
@@ -272,40 +202,6 @@ fn vmdk_boots_on_seabios_with_pvscsi_and_serves_the_setup_page() {
     eprintln!("BIOS/pvscsi: setup page {code} after {:?}", start.elapsed());
     vm.wait_for(&format!("clock set from {}", sntp.guest_setting()));
     assert!(sntp.answered() > 0);
-}
-
-#[test]
-fn vhdx_boots_on_ovmf_with_secure_boot_enforced() {
-    let img = image();
-    let dir = tempfile::Builder::new()
-        .prefix("godwit-boot-sb-")
-        .tempdir()
-        .unwrap();
-    let sntp = Sntp::start();
-    let env = ovf_env(
-        dir.path(),
-        &[format!("godwit.ntp={}", sntp.guest_setting())],
-    );
-    let cd = iso(dir.path(), &[("ovf-env.xml", &env)], "ovfenv");
-    let disk = overlay(&img.join("godwit.vhdx"), "vhdx", dir.path());
-    let start = Instant::now();
-    let mut vm = boot(
-        dir.path(),
-        &disk,
-        Firmware::OvmfSecureBoot,
-        Some(&cd),
-        "",
-        "uefi-sb",
-    );
-    let log = vm.wait_ready(1);
-    assert!(log.contains("(slot A, UEFI, Secure Boot on)"), "{log}");
-    assert!(log.contains("Address:      10.0.2.15/24"), "{log}");
-    let code = vm.fetch_setup_page();
-    eprintln!(
-        "UEFI+SB/virtio: setup page {code} after {:?}",
-        start.elapsed()
-    );
-    vm.wait_for(&format!("clock set from {}", sntp.guest_setting()));
 }
 
 #[test]

@@ -254,11 +254,12 @@ fn job_replicates_from_vcsim_resumes_after_kill9_and_secrets_stay_out() {
     no_snapshot_and_empty_ledger(&svc, &v);
 
     // Export through the service: the raw image equals qemu-img's conversion of the source.
-    let out = work.path().join("export.raw");
+    // Written under the service's export directory (DATA/exports), named by the request.
+    let out = svc.data.join("exports/export.raw");
     let ex = svc.ok(
         "POST",
         "/exports",
-        Some(json!({"job_id": id, "disk": 0, "format": "raw", "destination": out})),
+        Some(json!({"job_id": id, "disk": 0, "format": "raw", "destination": "export.raw"})),
     );
     let ex_id = ex["id"].as_str().unwrap().to_string();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

@@ -65,7 +65,8 @@ fn browser_walks_the_wizard_replicates_a_vm_and_exports_it() {
 
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("webui-wizard-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
-    let export = work.path().join("export.vmdk");
+    // Exports are written under the service's export directory: the form is given a file name.
+    let export = svc.data.join("exports/export.vmdk");
     let out = Command::new("node")
         .arg(browser_dir().join("wizard.mjs"))
         .current_dir(browser_dir())
@@ -80,7 +81,7 @@ fn browser_walks_the_wizard_replicates_a_vm_and_exports_it() {
         .env("GODWIT_SOURCE_USER", USER)
         .env("GODWIT_SOURCE_PASSWORD", PASSWORD)
         .env("GODWIT_VM", VM)
-        .env("GODWIT_EXPORT_DEST", &export)
+        .env("GODWIT_EXPORT_DEST", "export.vmdk")
         .env("GODWIT_SCREENSHOTS", &shots)
         .env("GODWIT_DNS", "")
         .env("GODWIT_NTP", "")
@@ -121,7 +122,7 @@ fn browser_walks_the_wizard_replicates_a_vm_and_exports_it() {
     // The export the page showed exists and holds the source disk. Two hashes are shown: the
     // FILE's (what sha256sum of the download prints) and the disk CONTENT's (raw bytes; a
     // stream VMDK's own bytes differ from its content's).
-    assert_eq!(result["export_destination"], export.to_str().unwrap());
+    assert_eq!(result["export_destination"], "export.vmdk");
     assert!(export.exists(), "no export at {}", export.display());
     assert_eq!(
         result["export_file_sha256"].as_str().unwrap(),

@@ -85,6 +85,8 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .get("/api/v1/exports", exports::<B>)
         .post("/api/v1/exports", create_export::<B>)
         .post("/api/v1/exports/{id}/cancel", cancel_export::<B>)
+        .get("/api/v1/exports/{id}/download", download_export::<B>)
+        .delete("/api/v1/exports/{id}", delete_export::<B>)
         .get("/api/v1/logs", logs::<B>)
         .get("/api/v1/support-bundle", support_bundle::<B>)
         .get("/metrics", metrics::<B>)
@@ -398,6 +400,25 @@ async fn cancel_export<B: Backend>(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     no_content(st.backend.cancel_export(id).await)
+}
+
+/// A finished local export's file (Range, If-Range, Digest; see `download.rs`).
+async fn download_export<B: Backend>(
+    State(st): St<B>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    match st.backend.export_file(id).await {
+        Ok(f) => crate::download::respond(f, &headers).await,
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+async fn delete_export<B: Backend>(
+    State(st): St<B>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    no_content(st.backend.delete_export(id).await)
 }
 
 #[derive(Deserialize)]

@@ -366,6 +366,19 @@ pub struct SettingsView {
     /// The Hyper-V push URL setting.
     #[serde(default)]
     pub ingest: IngestSettings,
+    /// The data partition: job state, logs, spools and local exports live there.
+    #[serde(default)]
+    pub data_space: Option<DataSpaceView>,
+}
+
+/// Size and free space of the file system holding the service's data.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DataSpaceView {
+    /// Where local exports are written (`/data/exports` on the appliance).
+    pub exports_dir: String,
+    pub total_bytes: u64,
+    /// Available to the service now.
+    pub free_bytes: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -503,7 +516,8 @@ pub struct CreateExport {
     pub job_id: String,
     pub disk: u32,
     pub format: ExportFormat,
-    /// A file path on the appliance, or `s3://bucket/key`.
+    /// A file name or a path under the export directory (`/data/exports/` on the appliance;
+    /// made new, never overwriting a file), or `s3://bucket/key`.
     pub destination: String,
 }
 
@@ -524,6 +538,24 @@ pub struct ExportView {
     #[serde(default)]
     pub file_sha256: Option<String>,
     pub error: Option<String>,
+    /// Size of the exported file in bytes, once done.
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
+    /// A finished local export: `GET /api/v1/exports/{id}/download` serves its file.
+    #[serde(default)]
+    pub downloadable: bool,
+}
+
+/// A finished local export's file, opened for a download.
+#[derive(Debug)]
+pub struct ExportFile {
+    /// Opened read-only (never through a symlink).
+    pub file: std::fs::File,
+    pub len: u64,
+    /// The file's name, for `Content-Disposition`.
+    pub file_name: String,
+    /// Hex SHA-256 of the file's bytes, as recorded when it was written.
+    pub sha256: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -603,6 +635,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Cancel a running export (state `cancelled`; an S3 upload is aborted). NotFound for an
     /// unknown id, Conflict when it is not running.
     fn cancel_export(&self, id: String) -> impl Future<Output = CommandResult<()>> + Send;
+    /// The file of a finished local export, for a download. NotFound for an unknown id,
+    /// Conflict for an export that is not a finished local file (running, failed, S3) or
+    /// whose file changed since it was written.
+    fn export_file(&self, id: String) -> impl Future<Output = CommandResult<ExportFile>> + Send;
+    /// Delete an export to free space: its local file and its record (an S3 object is left
+    /// in the bucket). Conflict while it runs (cancel it first).
+    fn delete_export(&self, id: String) -> impl Future<Output = CommandResult<()>> + Send;
 
     // diagnostics
     /// The last `lines` log lines (structured log, secrets never logged in the first place).

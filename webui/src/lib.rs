@@ -16,6 +16,7 @@ mod api;
 mod assets;
 pub mod audit;
 pub mod backend;
+pub mod download;
 pub mod error;
 mod limiter;
 mod pages;

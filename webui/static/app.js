@@ -113,6 +113,8 @@
           if (badge) { badge.textContent = e.state; badge.className = "badge " + e.state; }
           set(row, "file_sha256", e.file_sha256 || "");
           set(row, "sha256", e.sha256 || "");
+          const link = row.querySelector('[data-field="download"]');
+          if (link) link.hidden = !e.downloadable;
         }
       });
     }

@@ -43,6 +43,9 @@ pub struct BuildArgs {
     /// Firmware the OVF asks vSphere for: bios, efi, efi-secureboot (the image boots on all).
     #[arg(long, default_value = "bios")]
     firmware: String,
+    /// Virtual size of the disk in GiB (thin: the data partition grows to fill it at boot).
+    #[arg(long, default_value_t = godwit_image::build::DEFAULT_DISK_BYTES >> 30)]
+    disk_gib: u64,
     /// Fixed timestamp for every file in the image.
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 1_700_000_000)]
     source_date_epoch: u64,
@@ -91,6 +94,7 @@ pub fn run(c: ImageCommand) -> anyhow::Result<ExitCode> {
                 cache,
                 source_date_epoch: a.source_date_epoch,
                 firmware: a.firmware.parse()?,
+                disk_bytes: a.disk_gib.saturating_mul(1 << 30),
             };
             let out = build::build(&opts)?;
             for p in [&out.ova, &out.vhdx, &out.sums] {

@@ -6,6 +6,8 @@
 //! fingerprint: SHA256:<hex>          (of its self-signed certificate)
 //! certificate expires: YYYY-MM-DD    (a generated one is renewed 30 days before)
 //! setup code: XXXX-XXXX-XXXX-XXXX    (only while no admin password is set; one-time)
+//! setup: pending                     (or `done`: the setup wizard is finished; printed
+//!                                     again as `setup: done` when it gets finished)
 //! ```
 //!
 //! The listener has timeouts and connection caps (`crate::service::listener`).
@@ -63,6 +65,10 @@ pub struct ServeArgs {
     /// host name when listening on a wildcard address, with the listening port.
     #[arg(long, value_name = "URL")]
     ingest_url: Option<String>,
+    /// Where local exports are written; an export's destination is a file name or a path
+    /// under it. Default: DATA/exports (`/data/exports` on the appliance).
+    #[arg(long, value_name = "DIR")]
+    exports_dir: Option<PathBuf>,
     /// TESTS ONLY: how many seconds an "hour" of a job's schedule lasts (so a periodic job's
     /// next run can be seen in seconds).
     #[arg(long, hide = true, default_value_t = 3600)]
@@ -154,6 +160,7 @@ async fn serve(
         engine,
         max_concurrent_jobs: a.max_concurrent_jobs,
         system_network: a.system_network.clone(),
+        exports_dir: a.exports_dir.clone(),
     };
     let appliance = Appliance::open(cfg, ring, tokio::runtime::Handle::current())?;
     if let Some(f) = &a.admin_password_file {
@@ -221,8 +228,22 @@ async fn serve(
     if let Some(c) = &code {
         writeln!(out, "setup code: {c}")?;
     }
+    let mut setup = appliance.setup_done();
+    let done = *setup.borrow_and_update();
+    writeln!(out, "setup: {}", if done { "done" } else { "pending" })?;
     out.flush()?;
     drop(out);
+    if !done {
+        // The console banner drops the setup code and the fingerprint once setup is done.
+        tokio::spawn(async move {
+            while setup.changed().await.is_ok() {
+                if *setup.borrow_and_update() {
+                    println!("setup: done");
+                    break;
+                }
+            }
+        });
+    }
     tracing::info!(url = %format!("https://{url_host}:{}/", bound.port()), %fingerprint, "listening");
     if code.is_some() {
         // The code itself goes to the console (stdout) only, never to a log.

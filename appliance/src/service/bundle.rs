@@ -27,6 +27,10 @@ pub struct MetricsInput {
     pub ingest: Option<godwit_hyperv::ingest::IngestStats>,
     /// Bytes Hyper-V runs read from hosts over WinRM.
     pub winrm_read_bytes: u64,
+    /// This process's and the system's memory.
+    pub memory: crate::system::memory::Memory,
+    /// The data partition: (available, total) bytes.
+    pub data_space: Option<(u64, u64)>,
 }
 
 pub fn metrics_text(m: &MetricsInput) -> String {
@@ -80,6 +84,43 @@ pub fn metrics_text(m: &MetricsInput) -> String {
             "ingest_refused",
             "Pushes refused (bad request or token, range not asked for, checksum, truncated)",
             refused,
+        );
+    }
+    let gauge = |v: u64| {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        g
+    };
+    reg.register(
+        "process_resident_memory_bytes",
+        "Resident memory of the service now (VmRSS)",
+        gauge(m.memory.rss),
+    );
+    reg.register(
+        "process_resident_memory_peak_bytes",
+        "Peak resident memory of the service since it started (VmHWM)",
+        gauge(m.memory.peak_rss),
+    );
+    reg.register(
+        "system_memory_available_bytes",
+        "Memory available for starting new work without swapping (MemAvailable)",
+        gauge(m.memory.available),
+    );
+    reg.register(
+        "system_memory_total_bytes",
+        "Usable RAM (MemTotal)",
+        gauge(m.memory.total),
+    );
+    if let Some((free, total)) = m.data_space {
+        reg.register(
+            "data_free_bytes",
+            "Free space on the data partition (job state, logs, spools, local exports)",
+            gauge(free),
+        );
+        reg.register(
+            "data_size_bytes",
+            "Size of the data partition",
+            gauge(total),
         );
     }
     let winrm = Counter::<u64>::default();
@@ -173,6 +214,13 @@ mod tests {
                 ..Default::default()
             }),
             winrm_read_bytes: 42,
+            memory: crate::system::memory::Memory {
+                rss: 11,
+                peak_rss: 12,
+                available: 13,
+                total: 14,
+            },
+            data_space: Some((15, 16)),
         });
         for want in [
             "godwit_ingest_pushed_bytes_total 300",
@@ -184,6 +232,12 @@ mod tests {
             "godwit_throughput_bytes_per_second 5",
             "godwit_transfers_running 1",
             "godwit_http_requests_total 7",
+            "godwit_process_resident_memory_bytes 11",
+            "godwit_process_resident_memory_peak_bytes 12",
+            "godwit_system_memory_available_bytes 13",
+            "godwit_system_memory_total_bytes 14",
+            "godwit_data_free_bytes 15",
+            "godwit_data_size_bytes 16",
         ] {
             assert!(t.contains(want), "{want} not in:\n{t}");
         }

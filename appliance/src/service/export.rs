@@ -18,7 +18,7 @@ use godwit_transfer::replicate::Connect;
 use godwit_transfer::s3_export::{self, Upload, UploadState, UploadStateStore};
 use godwit_transfer::store::ChunkStore;
 use godwit_transfer::target::Target;
-use godwit_webui::backend::{CommandError, CommandResult, ExportView};
+use godwit_webui::backend::{CommandError, CommandResult, DataSpaceView, ExportFile, ExportView};
 use object_store::aws::AmazonS3;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -30,6 +30,7 @@ use tokio::runtime::Handle;
 pub struct Exported {
     pub content_sha256: String,
     pub file_sha256: String,
+    /// Size of the exported file (or object).
     pub bytes_written: u64,
     /// S3 exports: parts kept from an interrupted upload, parts sent by this run.
     pub parts: Option<(usize, usize)>,
@@ -69,13 +70,16 @@ impl UploadStateStore for StoredState<'_> {
     }
 }
 
-/// Export disk `disk` of `vm` (its newest sync) in `format` to `dest`. Blocking.
+/// Export disk `disk` of `vm` (its newest sync) in `format` to `dest`: an `s3://` URL, or the
+/// local file `file` (made new by `export_files::create`; `dest` is its path). Blocking.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     staging: &StagingRecord,
     vm: &str,
     disk: u32,
     format: &str,
     dest: &str,
+    file: Option<std::fs::File>,
     handle: &Handle,
     ctl: &ExportRun,
 ) -> Result<Exported, String> {
@@ -131,7 +135,8 @@ pub fn run(
             Some((up.parts_reused, up.parts_sent)),
         )
     } else {
-        let (w, c, f) = to_file(&src, format, dest, ctl.cancelled)?;
+        let f = file.ok_or_else(|| format!("{dest}: the export file was not created"))?;
+        let (w, c, f) = to_file(&src, format, f, dest, ctl.cancelled)?;
         (w, c, f, None)
     };
     check_sha(&src.index, &content).map_err(|e| e.to_string())?;
@@ -168,58 +173,141 @@ pub fn abandon_upload(
     store.put_upload_state(id, None).map_err(|e| e.to_string())
 }
 
-/// Write a local file (raw is sparse), then hash the file as written.
+/// Write a local file (raw is sparse), then hash the file as written. The writes stop with a
+/// clear error before the data partition's last [`space_floor`] bytes are used.
 fn to_file(
     src: &IndexSource,
     format: OutputFormat,
+    f: std::fs::File,
     out: &str,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<(u64, [u8; 32], [u8; 32]), String> {
     let io = |op: &str, e: std::io::Error| format!("{out}: {op}: {e}");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .read(true)
-        .open(out)
-        .map_err(|e| io("create", e))?;
+    let dir = std::path::Path::new(out)
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .to_path_buf();
+    if format == OutputFormat::Raw {
+        // Written positionally, past the guard below: checked once, up front.
+        let data = src
+            .index
+            .entries
+            .iter()
+            .filter(|e| matches!(e, godwit_transfer::index::Entry::Data(_)))
+            .count() as u64
+            * u64::from(src.index.chunk_size);
+        if let Ok(s) = crate::system::space::space(&dir) {
+            let floor = space_floor(s.total);
+            if s.available < data.saturating_add(floor) {
+                return Err(format!(
+                    "{out}: the data partition is full for this export: it needs up to {} and {} is free, {} of which stays for the service's own state; delete exports to free space, or enlarge the appliance's disk",
+                    crate::system::space::human(data),
+                    crate::system::space::human(s.available),
+                    crate::system::space::human(floor)
+                ));
+            }
+        }
+    }
     let inner = f.try_clone().map_err(|e| io("open", e))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, Cancellable { inner, cancelled });
+    let guarded = SpaceGuard::new(inner, dir.clone(), cancelled);
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, guarded);
     let sparse = (format == OutputFormat::Raw).then_some(&f);
-    let (stats, content) =
-        write_hashed(src, format, &mut w, sparse, out).map_err(|e| e.to_string())?;
+    let written = write_hashed(src, format, &mut w, sparse, out);
+    let (_, content) = match written {
+        Ok(v) => v,
+        Err(e) => return Err(explain_full(&dir, e.to_string())),
+    };
     if cancelled() {
         // A sparse raw write goes to the file directly, past the writer.
         return Err(format!("{out}: cancelled"));
     }
-    w.flush().map_err(|e| io("write", e))?;
+    w.flush().map_err(|e| explain_full(&dir, io("write", e)))?;
     drop(w);
-    f.sync_all().map_err(|e| io("fsync", e))?;
-    drop(f);
-    Ok((stats.written_bytes, content, sha256_of_file(out)?))
+    f.sync_all()
+        .map_err(|e| explain_full(&dir, io("fsync", e)))?;
+    // The file's length (a sparse raw file is longer than the bytes written into it): what a
+    // download serves and checks.
+    let len = f.metadata().map_err(|e| io("stat", e))?.len();
+    Ok((len, content, sha256_of(&f, out)?))
 }
 
-/// A writer that fails once the export is cancelled.
-struct Cancellable<'a, W> {
+/// Bytes of the data partition an export leaves free for the service's own state (job store,
+/// logs, spools): 5 % of it, at least 8 MiB and at most 256 MiB.
+pub fn space_floor(total: u64) -> u64 {
+    (total / 20).clamp(8 << 20, 256 << 20)
+}
+
+/// Say plainly that the data partition is full (ENOSPC, or the floor reached).
+fn explain_full(dir: &std::path::Path, msg: String) -> String {
+    if !(msg.contains("No space left") || msg.contains("data partition is full")) {
+        return msg;
+    }
+    let free = crate::system::space::space(dir)
+        .map(|s| crate::system::space::human(s.available))
+        .unwrap_or_else(|_| "?".into());
+    if msg.contains("data partition is full") {
+        msg
+    } else {
+        format!(
+            "{msg} — the data partition is full ({free} free): delete exports to free space, or enlarge the appliance's disk"
+        )
+    }
+}
+
+/// A writer that fails once the export is cancelled, and before the data partition would be
+/// filled past [`space_floor`] (checked every 16 MiB).
+struct SpaceGuard<'a, W> {
     inner: W,
+    dir: std::path::PathBuf,
     cancelled: &'a dyn Fn() -> bool,
+    until_check: u64,
 }
 
-impl<W: Write> Write for Cancellable<'_, W> {
+const SPACE_CHECK_EVERY: u64 = 16 << 20;
+
+impl<'a, W> SpaceGuard<'a, W> {
+    fn new(inner: W, dir: std::path::PathBuf, cancelled: &'a dyn Fn() -> bool) -> Self {
+        SpaceGuard {
+            inner,
+            dir,
+            cancelled,
+            until_check: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for SpaceGuard<'_, W> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if (self.cancelled)() {
             return Err(std::io::Error::other("cancelled"));
         }
-        self.inner.write(data)
+        if self.until_check == 0 {
+            if let Ok(s) = crate::system::space::space(&self.dir) {
+                let floor = space_floor(s.total);
+                if s.available < floor + SPACE_CHECK_EVERY {
+                    return Err(std::io::Error::other(format!(
+                        "the data partition is full: {} free, and exports leave {} for the service's own state; delete exports to free space, or enlarge the appliance's disk",
+                        crate::system::space::human(s.available),
+                        crate::system::space::human(floor)
+                    )));
+                }
+            }
+            self.until_check = SPACE_CHECK_EVERY;
+        }
+        let n = self.inner.write(data)?;
+        self.until_check = self.until_check.saturating_sub(n as u64);
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
 }
 
-/// SHA-256 of a file's bytes, read back from disk.
-pub fn sha256_of_file(path: &str) -> Result<[u8; 32], String> {
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{path}: open: {e}"))?;
+/// SHA-256 of an open file's bytes, read back from disk from its start.
+fn sha256_of(f: &std::fs::File, path: &str) -> Result<[u8; 32], String> {
+    use std::io::Seek;
+    let mut f = f.try_clone().map_err(|e| format!("{path}: open: {e}"))?;
+    f.rewind().map_err(|e| format!("{path}: seek: {e}"))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -234,8 +322,15 @@ pub fn sha256_of_file(path: &str) -> Result<[u8; 32], String> {
 
 /// The service side: background runs, cancel, resumption at start.
 impl Appliance {
-    /// Run an export in the background; its final state is recorded when it ends.
-    pub(super) fn spawn_export(&self, view: ExportView, vm: String, staging: StagingRecord) {
+    /// Run an export in the background (to `file`, a local export's file made new); its final
+    /// state is recorded when it ends.
+    pub(super) fn spawn_export(
+        &self,
+        view: ExportView,
+        vm: String,
+        staging: StagingRecord,
+        file: Option<std::fs::File>,
+    ) {
         let store = self.store.clone();
         let handle = self.handle.clone();
         let flags = self.export_flags.clone();
@@ -254,14 +349,16 @@ impl Appliance {
                     store: &s2,
                     cancelled: &cancelled,
                 };
-                let r = run(&st2, &vm, disk, format, &dest, &h2, &ctl);
+                let r = run(&st2, &vm, disk, format, &dest, file, &h2, &ctl);
                 if r.is_err() {
                     // Not to be resumed: abort the upload (a cancelled one is aborted already).
                     if let Err(e) = abandon_upload(&st2, &id, &s2, &h2) {
                         tracing::warn!(export = %id, error = %e, "aborting the upload");
                     }
-                    if cancelled() && !dest.starts_with("s3://") {
-                        let _ = std::fs::remove_file(&dest);
+                    if !dest.starts_with("s3://") {
+                        // Nothing half-written is left to take space or be mistaken for a
+                        // finished image.
+                        let _ = super::export_files::remove(std::path::Path::new(&dest));
                     }
                 }
                 r
@@ -283,6 +380,8 @@ impl Appliance {
                     );
                     done.sha256 = Some(rep.content_sha256);
                     done.file_sha256 = Some(rep.file_sha256);
+                    done.size_bytes = Some(rep.bytes_written);
+                    done.downloadable = !done.destination.starts_with("s3://");
                 }
                 Err(_) if flag.load(Ordering::Relaxed) => {
                     done.state = "cancelled".into();
@@ -357,8 +456,17 @@ impl Appliance {
             let job = self.store.job(&e.job_id)?;
             match (job, staging.clone()) {
                 (Some(j), Some(st)) => {
+                    let file = match self.reopen_local(&e) {
+                        Ok(f) => f,
+                        Err(err) => {
+                            e.state = "failed".into();
+                            e.error = Some(format!("interrupted by a stop, and {err}"));
+                            self.store.put_export(&e)?;
+                            continue;
+                        }
+                    };
                     tracing::info!(export = %e.id, destination = %e.destination, "resuming an export interrupted by a stop");
-                    self.spawn_export(e, j.vm, st);
+                    self.spawn_export(e, j.vm, st, file);
                     resumed += 1;
                 }
                 _ => {
@@ -370,5 +478,124 @@ impl Appliance {
             }
         }
         Ok(resumed)
+    }
+
+    /// A resumed local export's file, made again (the partial one is ours; `None` for S3).
+    fn reopen_local(&self, e: &ExportView) -> Result<Option<std::fs::File>, String> {
+        if e.destination.starts_with("s3://") {
+            return Ok(None);
+        }
+        let dir = self.cfg.exports_dir();
+        match super::export_files::parse(&e.destination, &dir) {
+            Ok(super::export_files::Destination::Local(parts)) => {
+                super::export_files::recreate(&dir, &parts)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err(format!(
+                "its destination {} is no longer under {}",
+                e.destination,
+                dir.display()
+            )),
+        }
+    }
+
+    /// The local file of export `id` when it is a finished local export whose file is still
+    /// the one written (same size).
+    pub(super) fn open_export(&self, id: &str) -> CommandResult<ExportFile> {
+        let Some(e) = self.store.export(id)? else {
+            return Err(CommandError::NotFound {
+                message: format!("export {id}"),
+            });
+        };
+        let conflict = |m: String| CommandError::Conflict { message: m };
+        if e.state != "done" || !e.downloadable {
+            return Err(conflict(format!(
+                "export {id} has no file to download ({}, {})",
+                e.state, e.destination
+            )));
+        }
+        let dir = self.cfg.exports_dir();
+        let path = match super::export_files::parse(&e.destination, &dir) {
+            Ok(super::export_files::Destination::Local(parts)) => {
+                super::export_files::path_of(&dir, &parts)
+            }
+            _ => {
+                return Err(conflict(format!(
+                    "export {id}: {} is not under {}",
+                    e.destination,
+                    dir.display()
+                )));
+            }
+        };
+        let file = super::export_files::open(&path)
+            .map_err(|err| conflict(format!("export {id}: {}: {err}", path.display())))?;
+        let len = file
+            .metadata()
+            .map_err(|err| conflict(format!("export {id}: {}: {err}", path.display())))?
+            .len();
+        if e.size_bytes.is_some_and(|n| n != len) {
+            return Err(conflict(format!(
+                "export {id}: {} changed since it was written ({len} bytes, {} written)",
+                path.display(),
+                e.size_bytes.unwrap_or_default()
+            )));
+        }
+        Ok(ExportFile {
+            file,
+            len,
+            file_name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("{id}.img")),
+            sha256: e.file_sha256.unwrap_or_default(),
+        })
+    }
+
+    /// Delete export `id`: its local file, then its record.
+    pub(super) fn remove_export(&self, id: &str) -> CommandResult<()> {
+        let Some(e) = self.store.export(id)? else {
+            return Err(CommandError::NotFound {
+                message: format!("export {id}"),
+            });
+        };
+        if e.state == "running" {
+            return Err(CommandError::Conflict {
+                message: format!("export {id} is running: cancel it first"),
+            });
+        }
+        if !e.destination.starts_with("s3://") {
+            let dir = self.cfg.exports_dir();
+            if let Ok(super::export_files::Destination::Local(parts)) =
+                super::export_files::parse(&e.destination, &dir)
+            {
+                let path = super::export_files::path_of(&dir, &parts);
+                super::export_files::remove(&path).map_err(|err| CommandError::Internal {
+                    message: format!("removing {}: {err}", path.display()),
+                })?;
+            }
+        }
+        if self.store.upload_state(id)?.is_some() {
+            self.abandon_in_background(id.to_string());
+        }
+        self.store.delete_export(id)?;
+        tracing::info!(export = %id, destination = %e.destination, "export deleted");
+        Ok(())
+    }
+
+    /// Size and free space of the data partition (the file system of the export directory).
+    pub(super) fn data_space(&self) -> Option<DataSpaceView> {
+        let dir = self.cfg.exports_dir();
+        let probe = if dir.exists() {
+            dir.clone()
+        } else {
+            self.cfg.data.clone()
+        };
+        let s = crate::system::space::space(&probe).ok()?;
+        Some(DataSpaceView {
+            exports_dir: dir.display().to_string(),
+            total_bytes: s.total,
+            free_bytes: s.available,
+        })
     }
 }

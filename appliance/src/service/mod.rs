@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bundle;
 pub mod engine;
 pub mod export;
+pub mod export_files;
 pub mod https_identity;
 pub mod ingest;
 pub mod listener;
@@ -46,6 +47,17 @@ pub struct ApplianceConfig {
     /// On the appliance (`--system-network FILE`): network settings are saved to this file
     /// (read at boot) and applied to the system; without it they are only stored.
     pub system_network: Option<PathBuf>,
+    /// Where local exports are written (`--exports-dir`; default `DATA/exports`).
+    pub exports_dir: Option<PathBuf>,
+}
+
+impl ApplianceConfig {
+    /// The directory local exports go under.
+    pub fn exports_dir(&self) -> PathBuf {
+        self.exports_dir
+            .clone()
+            .unwrap_or_else(|| self.data.join("exports"))
+    }
 }
 
 pub struct Appliance {
@@ -66,6 +78,8 @@ pub struct Appliance {
     ingest: std::sync::OnceLock<Arc<ingest::ServiceIngest>>,
     /// Where every password hash and check runs (at most two at once).
     hashes: auth::HashPool,
+    /// Whether the setup wizard is finished (the console banner follows it).
+    setup_done: tokio::sync::watch::Sender<bool>,
 }
 
 /// Lock a mutex, taking over one a panicking thread left poisoned (the data is plain).
@@ -109,6 +123,7 @@ impl Appliance {
                 })
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+        let (setup_done, _) = tokio::sync::watch::channel(store.settings()?.wizard_done);
         let engine = Engine::new(
             store.clone(),
             cfg.data.clone(),
@@ -128,6 +143,7 @@ impl Appliance {
             https: std::sync::Mutex::new(None),
             ingest: std::sync::OnceLock::new(),
             hashes: auth::HashPool::default(),
+            setup_done,
         }))
     }
 
@@ -180,6 +196,11 @@ impl Appliance {
             })
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Some(code))
+    }
+
+    /// Follows whether the setup wizard is finished (`godwit serve` tells the console).
+    pub fn setup_done(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.setup_done.subscribe()
     }
 
     /// Where the web layer keeps logged-in sessions across restarts (hashed ids, expiry).
@@ -302,6 +323,7 @@ impl Appliance {
             ingest: godwit_webui::backend::IngestSettings {
                 url: s.ingest_url.clone(),
             },
+            data_space: None,
         }
     }
 
@@ -361,7 +383,9 @@ impl Backend for Appliance {
     }
 
     async fn settings(&self) -> SettingsView {
-        Self::settings_view(&self.store.settings().unwrap_or_default())
+        let mut v = Self::settings_view(&self.store.settings().unwrap_or_default());
+        v.data_space = self.data_space();
+        v
     }
 
     async fn set_network(&self, cmd: NetworkSettings) -> CommandResult<()> {
@@ -498,6 +522,7 @@ impl Backend for Appliance {
             Ok(())
         })?;
         tracing::info!("setup wizard finished");
+        self.setup_done.send_replace(true);
         Ok(())
     }
 
@@ -578,6 +603,14 @@ impl Backend for Appliance {
 
     async fn cancel_export(&self, id: String) -> CommandResult<()> {
         self.stop_export(id).await
+    }
+
+    async fn export_file(&self, id: String) -> CommandResult<ExportFile> {
+        self.open_export(&id)
+    }
+
+    async fn delete_export(&self, id: String) -> CommandResult<()> {
+        self.remove_export(&id)
     }
 
     async fn logs(&self, lines: usize) -> Vec<String> {

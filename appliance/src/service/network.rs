@@ -300,6 +300,7 @@ mod tests {
             engine: EngineOptions::default(),
             max_concurrent_jobs: None,
             system_network: Some(file.clone()),
+            exports_dir: None,
         };
         let a =
             Appliance::open(cfg, LogRing::default(), tokio::runtime::Handle::current()).unwrap();

@@ -7,6 +7,7 @@ use super::{Appliance, auth, bundle, joined, random_id, sources, time};
 use godwit_transfer::replicate::Connect;
 use godwit_transfer::target::Target;
 use godwit_webui::backend::*;
+use std::path::Path;
 use std::time::Duration;
 
 /// Longest a staging server may take to accept the pairing during `set_staging`.
@@ -519,20 +520,8 @@ impl Appliance {
                 format!("no job {:?}", cmd.job_id),
             ));
         };
-        let dest = cmd.destination.trim().to_string();
-        if let Some(rest) = dest.strip_prefix("s3://") {
-            if !rest.contains('/') {
-                return Err(CommandError::field(
-                    "destination",
-                    "expected s3://BUCKET/KEY",
-                ));
-            }
-        } else if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
-            return Err(CommandError::field(
-                "destination",
-                "an absolute file path on the appliance, or s3://BUCKET/KEY",
-            ));
-        }
+        let exports_dir = self.cfg.exports_dir();
+        let dest = super::export_files::parse(&cmd.destination, &exports_dir)?;
         if job.last_sync.is_none() {
             return Err(CommandError::Conflict {
                 message: format!("job {} has no replica yet", job.id),
@@ -543,19 +532,36 @@ impl Appliance {
                 message: "exports read from the staging target; none is configured".into(),
             });
         };
+        // A local file is made now (new, never through a symlink), so a refusal answers this
+        // request.
+        let (destination, file) = match &dest {
+            super::export_files::Destination::S3(url) => (url.clone(), None),
+            super::export_files::Destination::Local(parts) => {
+                let f = super::export_files::create(&exports_dir, parts)?;
+                let p = super::export_files::path_of(&exports_dir, parts);
+                (p.display().to_string(), Some(f))
+            }
+        };
         let view = ExportView {
             id: random_id("exp"),
             job_id: job.id.clone(),
             disk: cmd.disk,
             format: cmd.format,
-            destination: dest,
+            destination,
             state: "running".into(),
             sha256: None,
             file_sha256: None,
             error: None,
+            size_bytes: None,
+            downloadable: false,
         };
-        self.store.put_export(&view)?;
-        self.spawn_export(view.clone(), job.vm, staging);
+        if let Err(e) = self.store.put_export(&view) {
+            if file.is_some() {
+                let _ = super::export_files::remove(Path::new(&view.destination));
+            }
+            return Err(e.into());
+        }
+        self.spawn_export(view.clone(), job.vm, staging, file);
         Ok(view)
     }
 
@@ -592,6 +598,8 @@ impl Appliance {
                 .load(std::sync::atomic::Ordering::Relaxed),
             ingest: self.ingest.get().map(|i| i.stats()),
             winrm_read_bytes: self.engine.winrm_read_bytes(),
+            memory: crate::system::memory::now(),
+            data_space: self.data_space().map(|d| (d.free_bytes, d.total_bytes)),
         })
     }
 

@@ -431,6 +431,18 @@ impl Store {
         tx.commit().map_err(|e| self.db_err("commit", e))
     }
 
+    /// Drop export `id`'s record (an upload state is dropped by aborting its upload).
+    pub fn delete_export(&self, id: &str) -> StoreResult<()> {
+        let tx = self.begin_write()?;
+        {
+            let mut t = tx
+                .open_table(EXPORTS)
+                .map_err(|e| self.db_err("open table", e))?;
+            t.remove(id).map_err(|e| self.db_err("remove", e))?;
+        }
+        tx.commit().map_err(|e| self.db_err("commit", e))
+    }
+
     pub fn exports(&self) -> StoreResult<Vec<ExportView>> {
         self.read_all(EXPORTS)
     }

@@ -1,5 +1,9 @@
-//! The console banner: version, slot, host name, addresses, setup URL and the one-time setup
-//! code (or why there is none). Tests read it from the serial log.
+//! The console banner. Until the setup wizard is finished it shows what the person at the
+//! console needs to start it: the setup URL, the certificate fingerprint to check in the
+//! browser and the one-time setup code (or why there is none). After setup: the version, the
+//! URL of the web UI and the data space free. Tests read it from the serial log.
+
+use super::space::human;
 
 /// What the banner shows.
 #[derive(Clone, Debug, Default)]
@@ -18,6 +22,10 @@ pub struct Banner {
     pub certificate_expires: Option<String>,
     pub setup_code: Option<String>,
     pub password_preset: bool,
+    /// The setup wizard is finished.
+    pub setup_done: bool,
+    /// Data partition (available, total) bytes; `None` when it is not mounted.
+    pub data_space: Option<(u64, u64)>,
     pub notes: Vec<String>,
 }
 
@@ -40,6 +48,11 @@ pub fn render(b: &Banner) -> String {
             b.interface, b.mode
         ));
     }
+    let label = if b.setup_done {
+        "Web UI:      "
+    } else {
+        "Setup page:  "
+    };
     match b.url_port {
         Some(port) => {
             for a in &b.addresses {
@@ -49,9 +62,11 @@ pub fn render(b: &Banner) -> String {
                 } else {
                     format!(":{port}")
                 };
-                s.push_str(&format!("  Setup page:   https://{ip}{p}/\n"));
+                s.push_str(&format!("  {label} https://{ip}{p}/\n"));
             }
-            if let Some(f) = &b.fingerprint {
+            if !b.setup_done
+                && let Some(f) = &b.fingerprint
+            {
                 s.push_str(&format!("  Certificate:  {f}\n"));
             }
             if let Some(e) = &b.certificate_expires {
@@ -60,14 +75,26 @@ pub fn render(b: &Banner) -> String {
                 ));
             }
         }
-        None => s.push_str("  Setup page:   not available (the service is not running)\n"),
+        None => s.push_str(&format!(
+            "  {label} not available (the service is not running)\n"
+        )),
     }
-    if let Some(c) = &b.setup_code {
+    if b.setup_done {
+        s.push_str("  Setup:        done (sign in with the admin password)\n");
+    } else if let Some(c) = &b.setup_code {
         s.push_str(&format!("  Setup code:   {c}\n"));
     } else if b.password_preset {
         s.push_str("  Admin password: preset from the vApp properties (no setup code)\n");
     } else {
         s.push_str("  Admin password: set (sign in on the setup page)\n");
+    }
+    match b.data_space {
+        Some((free, total)) => s.push_str(&format!(
+            "  Data space:   {} free of {}\n",
+            human(free),
+            human(total)
+        )),
+        None => s.push_str("  Data space:   unknown (the data partition is not mounted)\n"),
     }
     for n in &b.notes {
         s.push_str(&format!("  Note:         {n}\n"));
@@ -91,24 +118,40 @@ mod tests {
             addresses: vec!["10.0.2.15/24".into()],
             mode: "dhcp".into(),
             url_port: Some(443),
-            fingerprint: Some("SHA256:ab".into()),
+            fingerprint: Some("SHA256:AB".into()),
             certificate_expires: Some("2027-12-07".into()),
             setup_code: Some("ABCD-EFGH".into()),
+            data_space: Some((15 << 30, 16 << 30)),
             ..Default::default()
         };
         let s = render(&b);
         assert!(s.contains("Godwit 0.1.0 (slot A, BIOS)"));
         assert!(s.contains("Address:      10.0.2.15/24 on eth0 (dhcp)"));
         assert!(s.contains("Setup page:   https://10.0.2.15/"));
+        assert!(s.contains("Certificate:  SHA256:AB"));
         assert!(s.contains("Setup code:   ABCD-EFGH"));
         assert!(s.contains("Valid until:  2027-12-07 (a generated one is renewed"));
+        assert!(s.contains("Data space:   15.0 GiB free of 16.0 GiB"));
         assert!(s.ends_with("GODWIT READY\n"));
         let s = render(&Banner {
             password_preset: true,
             url_port: None,
             setup_code: None,
-            ..b
+            data_space: None,
+            ..b.clone()
         });
         assert!(s.contains("preset from the vApp properties") && s.contains("not available"));
+        assert!(s.contains("Data space:   unknown"));
+        // After setup: the URL, the version and the space; no code, no fingerprint.
+        let s = render(&Banner {
+            setup_done: true,
+            ..b
+        });
+        assert!(s.contains("Godwit 0.1.0"));
+        assert!(s.contains("Web UI:       https://10.0.2.15/"));
+        assert!(s.contains("Data space:   15.0 GiB free of 16.0 GiB"));
+        assert!(
+            !s.contains("ABCD-EFGH") && !s.contains("Certificate:") && !s.contains("Setup page")
+        );
     }
 }

@@ -3,6 +3,7 @@
 use super::banner::{Banner, render};
 use super::host::{self, DATA};
 use super::net::{self, NET_FILE};
+use super::space;
 use anyhow::Context;
 use godwit_image::slots::{self, BootKind, SlotState};
 use godwit_image::vapp::{NetSettings, Settings};
@@ -18,6 +19,12 @@ const FORCE_UNHEALTHY: &str = "/etc/godwit-health-fail";
 pub const SLOTS_FILE: &str = "/data/system/slots.json";
 const PASSWORD_FILE: &str = "/run/godwit/admin-password";
 const SERVE_DATA: &str = "/data/service";
+/// Local exports: downloadable from the web UI, deleted there to free space.
+const EXPORTS_DIR: &str = "/data/exports";
+/// How often the banner's addresses and data space are looked at again.
+const BANNER_REFRESH: Duration = Duration::from_secs(20);
+/// A banner whose only change is the data space is printed again at most this often.
+const SPACE_REPRINT: Duration = Duration::from_secs(600);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Write to the serial console (stdout under init) and the screen (tty0).
@@ -171,6 +178,10 @@ struct Serve {
     fingerprint: Option<String>,
     certificate_expires: Option<String>,
     setup_code: Option<String>,
+    /// `setup: done` seen: the wizard is finished.
+    setup_done: bool,
+    /// serve's stdout lines, after the start lines (`setup: done` when the wizard finishes).
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 /// Start `godwit serve` and read its start lines (url, fingerprint, setup code).
@@ -178,6 +189,7 @@ fn start_serve(password: Option<&Path>) -> anyhow::Result<Serve> {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/bin/godwit"));
     let mut cmd = Command::new(exe);
     cmd.args(["serve", "--data", SERVE_DATA, "--listen", "0.0.0.0:443"]);
+    cmd.args(["--exports-dir", EXPORTS_DIR]);
     // The wizard's network settings are saved where this boot reads them, and applied at once.
     cmd.arg("--system-network").arg(NET_FILE);
     if let Some(p) = password {
@@ -203,10 +215,13 @@ fn start_serve(password: Option<&Path>) -> anyhow::Result<Serve> {
         fingerprint: None,
         certificate_expires: None,
         setup_code: None,
+        setup_done: false,
+        lines: rx,
     };
+    // url, fingerprint, [setup code], then `setup: pending|done` closes the start lines.
     let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(500)) {
+        match s.lines.recv_timeout(Duration::from_millis(500)) {
             Ok(l) => {
                 if l.starts_with("url:") {
                     s.url = true;
@@ -216,23 +231,12 @@ fn start_serve(password: Option<&Path>) -> anyhow::Result<Serve> {
                     s.certificate_expires = Some(e.trim().to_string());
                 } else if let Some(c) = l.strip_prefix("setup code:") {
                     s.setup_code = Some(c.trim().to_string());
-                }
-                // The setup code, when there is one, follows the url and fingerprint lines.
-                if s.url && s.fingerprint.is_some() && s.setup_code.is_some() {
+                } else if let Some(st) = l.strip_prefix("setup:") {
+                    s.setup_done = st.trim() == "done";
                     break;
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if s.url && s.fingerprint.is_some() {
-                    // No setup code within a moment of the url: a password is set.
-                    std::thread::sleep(Duration::from_millis(300));
-                    while let Ok(l) = rx.try_recv() {
-                        if let Some(c) = l.strip_prefix("setup code:") {
-                            s.setup_code = Some(c.trim().to_string());
-                        }
-                    }
-                    break;
-                }
                 if let Ok(Some(_)) = s.child.try_wait() {
                     break;
                 }
@@ -264,6 +268,65 @@ fn notes_firmware(out: &mut Vec<String>) {
     });
 }
 
+/// Mount the data partition, grown first to fill the disk (GPT before the mount, while
+/// nothing on the disk is in use; ext4 online after it). Problems become banner notes.
+fn mount_data(notes: &mut Vec<String>) {
+    if host::mounted(DATA) {
+        return; // a respawn: mounted and grown at boot
+    }
+    let Some(mut dev) = host::partition_by_name("data", Duration::from_secs(15)) else {
+        notes.push("no data partition found; settings will not persist".into());
+        return;
+    };
+    match space::parent_disk(&dev) {
+        Some((disk, sector)) => match space::grow_table(&disk, sector, "data") {
+            Ok(Some(g)) => {
+                // The kernel reads the table again (nothing on the disk is mounted yet).
+                host::sh("blockdev", &["--rereadpt", &disk.to_string_lossy()]);
+                if let Some(d) = host::partition_by_name("data", Duration::from_secs(10)) {
+                    dev = d;
+                }
+                console(&format!(
+                    "godwit: data partition grown from {} to {}\n",
+                    space::human(g.old_bytes),
+                    space::human(g.new_bytes)
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => notes.push(format!(
+                "the data partition was not grown to fill the disk: {e:#}"
+            )),
+        },
+        None => notes.push(format!("no disk found for {}", dev.display())),
+    }
+    if !host::mount(&dev, DATA, "ext4", "rw,noatime") {
+        notes.push(format!(
+            "cannot mount the data partition {}; settings will not persist",
+            dev.display()
+        ));
+        return;
+    }
+    // Online, so the file system matches the partition (a no-op when it does already).
+    let started = Instant::now();
+    if host::sh("resize2fs", &[&dev.to_string_lossy()]) {
+        let took = started.elapsed();
+        if took > Duration::from_secs(1) {
+            console(&format!("godwit: data file system resized in {took:.1?}\n"));
+        }
+    } else {
+        notes.push("the data file system was not resized (resize2fs failed)".into());
+    }
+    let _ = std::fs::create_dir_all(EXPORTS_DIR);
+}
+
+/// The data partition's size and free space, for the banner.
+fn data_space() -> Option<(u64, u64)> {
+    space::space(Path::new(DATA))
+        .ok()
+        .filter(|_| host::mounted(DATA))
+        .map(|s| (s.available, s.total))
+}
+
 fn serve_answers() -> bool {
     std::net::TcpStream::connect_timeout(
         &"127.0.0.1:443".parse().expect("addr"),
@@ -272,20 +335,57 @@ fn serve_answers() -> bool {
     .is_ok()
 }
 
+/// Show the banner and keep it current until `godwit serve` exits: printed again when the setup
+/// is finished (the setup code and fingerprint give way to the URL and version), when the
+/// addresses change, and now and then when only the data space changed.
+fn keep_banner(serve: &mut Serve, banner: &mut Banner) -> anyhow::Result<std::process::ExitStatus> {
+    let without_space = |b: &Banner| {
+        render(&Banner {
+            data_space: None,
+            ..b.clone()
+        })
+    };
+    console(&render(banner));
+    let mut shown = banner.clone();
+    let mut shown_at = Instant::now();
+    let mut looked = Instant::now();
+    loop {
+        if let Some(status) = serve.child.try_wait().context("waiting for godwit serve")? {
+            return Ok(status);
+        }
+        match serve.lines.recv_timeout(Duration::from_secs(1)) {
+            Ok(l) if l.trim() == "setup: done" => banner.setup_done = true,
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // serve closed its stdout: it is exiting.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return serve.child.wait().context("waiting for godwit serve");
+            }
+        }
+        if looked.elapsed() >= BANNER_REFRESH {
+            looked = Instant::now();
+            banner.addresses = host::ipv4_addrs(&host::out(
+                "ip",
+                &["-4", "-o", "addr", "show", "dev", &banner.interface],
+            ));
+            banner.data_space = data_space();
+        }
+        let changed = without_space(banner) != without_space(&shown);
+        let space_moved = render(banner) != render(&shown);
+        if changed || (space_moved && shown_at.elapsed() >= SPACE_REPRINT) {
+            console(&render(banner));
+            shown = banner.clone();
+            shown_at = Instant::now();
+        }
+    }
+}
+
 pub fn run() -> anyhow::Result<ExitCode> {
     let mut notes = Vec::new();
     let version = std::fs::read_to_string("/etc/godwit-version")
         .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").into());
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (booted, trial_flag) = slots::from_cmdline(&cmdline);
-    match host::partition_by_name("data", Duration::from_secs(15)) {
-        Some(dev) if host::mount(&dev, DATA, "ext4", "rw,noatime") => {}
-        Some(dev) => notes.push(format!(
-            "cannot mount the data partition {}; settings will not persist",
-            dev.display()
-        )),
-        None => notes.push("no data partition found; settings will not persist".into()),
-    }
+    mount_data(&mut notes);
     let _ = std::fs::create_dir_all("/data/system");
     let _ = std::fs::create_dir_all(SERVE_DATA);
 
@@ -359,6 +459,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
     banner.fingerprint = serve.fingerprint.clone();
     banner.certificate_expires = serve.certificate_expires.clone();
     banner.setup_code = serve.setup_code.clone();
+    banner.setup_done = serve.setup_done;
+    banner.data_space = data_space();
 
     if let BootKind::Trial(slot) = kind {
         let start = Instant::now();
@@ -397,8 +499,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     }
-    console(&render(&banner));
-    let status = serve.child.wait().context("waiting for godwit serve")?;
+    let status = keep_banner(&mut serve, &mut banner)?;
     console(&format!("godwit: serve exited ({status}); restarting\n"));
     std::thread::sleep(Duration::from_secs(2));
     Ok(ExitCode::from(1))

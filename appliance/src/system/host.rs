@@ -116,13 +116,17 @@ pub fn ipv4_addrs(ip_output: &str) -> Vec<String> {
         .collect()
 }
 
-/// Mount `dev` on `dir` (creating it) unless something is mounted there already.
-pub fn mount(dev: &Path, dir: &str, fstype: &str, opts: &str) -> bool {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts
+/// Whether something is mounted on `dir`.
+pub fn mounted(dir: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
         .lines()
         .any(|l| l.split_whitespace().nth(1) == Some(dir))
-    {
+}
+
+/// Mount `dev` on `dir` (creating it) unless something is mounted there already.
+pub fn mount(dev: &Path, dir: &str, fstype: &str, opts: &str) -> bool {
+    if mounted(dir) {
         return true;
     }
     let _ = std::fs::create_dir_all(dir);

@@ -7,7 +7,9 @@
 mod banner;
 mod boot;
 mod host;
+pub mod memory;
 pub mod net;
+pub mod space;
 mod update;
 
 use std::process::ExitCode;

@@ -1,5 +1,8 @@
-//! Peers the appliance image tests serve on loopback, and qemu to boot the image ([`qemu`]).
+//! Peers the appliance image tests serve on loopback, the image they boot ([`image`]), and
+//! qemu to boot it ([`qemu`]).
+#![allow(dead_code)]
 
+pub mod image;
 pub mod qemu;
 
 use std::time::Duration;

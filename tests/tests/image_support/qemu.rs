@@ -113,9 +113,17 @@ impl Vm {
     }
 }
 
-#[derive(Clone, Copy)]
+/// The virtual machine: firmware, disk controller and NIC.
+#[derive(Clone, Copy, Debug)]
 pub enum Firmware {
+    /// vSphere's BIOS VM: pvscsi disk, vmxnet3 NIC, IDE CD-ROM.
     SeaBios,
+    /// SeaBIOS with a virtio disk and NIC.
+    SeaBiosVirtio,
+    /// Hyper-V Generation 1-like: SeaBIOS, the disk on IDE (ata_piix), a virtio NIC (qemu has
+    /// no Hyper-V synthetic NIC).
+    SeaBiosIde,
+    /// Hyper-V Gen2-like: UEFI with Secure Boot enforced (Microsoft keys), virtio.
     OvmfSecureBoot,
 }
 
@@ -127,6 +135,19 @@ pub fn boot(
     cdrom: Option<&Path>,
     guest_ip: &str,
     tag: &str,
+) -> Vm {
+    boot_with(dir, disk, fw, cdrom, guest_ip, tag, &[])
+}
+
+/// [`boot`] with more `hostfwd` rules for the guest (`tcp:HOSTADDR:PORT-:GUESTPORT`).
+pub fn boot_with(
+    dir: &Path,
+    disk: &Path,
+    fw: Firmware,
+    cdrom: Option<&Path>,
+    guest_ip: &str,
+    tag: &str,
+    extra_fwd: &[String],
 ) -> Vm {
     let port = free_port();
     let log = dir.join(format!("{tag}-serial.log"));
@@ -146,9 +167,11 @@ pub fn boot(
         "-nodefaults",
     ]);
     cmd.arg("-serial").arg(format!("file:{}", log.display()));
-    cmd.arg("-netdev").arg(format!(
-        "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-{guest_ip}:443"
-    ));
+    let mut netdev = format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-{guest_ip}:443");
+    for f in extra_fwd {
+        netdev.push_str(&format!(",hostfwd={f}"));
+    }
+    cmd.arg("-netdev").arg(netdev);
     cmd.arg("-drive").arg(format!(
         "file={},format=qcow2,if=none,id=d0",
         disk.display()
@@ -165,6 +188,26 @@ pub fn boot(
                 "scsi-hd,drive=d0,bus=scsi0.0",
             ]);
             cmd.args(["-device", "vmxnet3,netdev=n0,romfile="]);
+        }
+        Firmware::SeaBiosVirtio => {
+            cmd.args([
+                "-machine",
+                "pc",
+                "-device",
+                "virtio-blk-pci,drive=d0,bootindex=0",
+                "-device",
+                "virtio-net-pci,netdev=n0,romfile=",
+            ]);
+        }
+        Firmware::SeaBiosIde => {
+            cmd.args([
+                "-machine",
+                "pc",
+                "-device",
+                "ide-hd,drive=d0,bus=ide.0,unit=0,bootindex=0",
+                "-device",
+                "virtio-net-pci,netdev=n0,romfile=",
+            ]);
         }
         Firmware::OvmfSecureBoot => {
             // Hyper-V Gen2-like: UEFI with Secure Boot enforced (Microsoft keys), virtio.
@@ -196,8 +239,11 @@ pub fn boot(
             iso.display()
         ));
         match fw {
-            // vSphere's IDE CD-ROM (ata_piix).
-            Firmware::SeaBios => cmd.args(["-device", "ide-cd,drive=cd0"]),
+            // vSphere's IDE CD-ROM (ata_piix); Gen1's disk is ide.0, its CD goes on ide.1.
+            Firmware::SeaBios | Firmware::SeaBiosVirtio => {
+                cmd.args(["-device", "ide-cd,drive=cd0"])
+            }
+            Firmware::SeaBiosIde => cmd.args(["-device", "ide-cd,drive=cd0,bus=ide.1,unit=0"]),
             // q35's IDE is AHCI, which the cloud kernel lacks: a SCSI CD as on Hyper-V Gen2.
             Firmware::OvmfSecureBoot => cmd.args([
                 "-device",
@@ -217,13 +263,21 @@ pub fn boot(
 
 /// A qcow2 overlay over `base` in a fresh directory.
 pub fn overlay(base: &Path, fmt: &str, dir: &Path) -> PathBuf {
+    overlay_sized(base, fmt, dir, None)
+}
+
+/// A qcow2 overlay over `base`, `size` bytes large when given: the disk the user enlarged
+/// before power-on.
+pub fn overlay_sized(base: &Path, fmt: &str, dir: &Path, size: Option<u64>) -> PathBuf {
     let o = dir.join("overlay.qcow2");
-    run_ok(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
-            .arg(base)
-            .arg(&o),
-    );
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
+        .arg(base)
+        .arg(&o);
+    if let Some(n) = size {
+        cmd.arg(n.to_string());
+    }
+    run_ok(&mut cmd);
     o
 }
 

@@ -405,13 +405,23 @@ pub fn setup_vsphere(svc: &Service, v: &Vcsim, staging: Value) -> String {
     src["id"].as_str().unwrap().to_string()
 }
 
-/// Export disk 0 of a job through the service and wait for the end; returns the export view
-/// (asserts it is `done`).
+/// Export disk 0 of `job` and wait until done (returns its view). `dest` is `s3://...`, or a local path of the
+/// test's: the service writes only under its export directory (DATA/exports), so the export
+/// is made there under `dest`'s file name and then moved to `dest`.
 pub fn export_and_wait(svc: &Service, job: &str, format: &str, dest: &str) -> Value {
+    let local = (!dest.starts_with("s3://")).then(|| {
+        let name = Path::new(dest)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a file name")
+            .to_string();
+        (svc.data.join("exports").join(&name), name)
+    });
+    let destination = local.as_ref().map_or(dest, |(_, n)| n.as_str());
     let ex = svc.ok(
         "POST",
         "/exports",
-        Some(serde_json::json!({"job_id": job, "disk": 0, "format": format, "destination": dest})),
+        Some(serde_json::json!({"job_id": job, "disk": 0, "format": format, "destination": destination})),
     );
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -425,6 +435,12 @@ pub fn export_and_wait(svc: &Service, job: &str, format: &str, dest: &str) -> Va
             .unwrap();
         if e["state"] != "running" {
             assert_eq!(e["state"], "done", "{e}");
+            if let Some((written, _)) = &local {
+                assert_eq!(e["destination"], written.to_str().unwrap(), "{e}");
+                if std::fs::rename(written, dest).is_err() {
+                    std::fs::copy(written, dest).expect("copying the export");
+                }
+            }
             return e;
         }
         assert!(Instant::now() < deadline, "export still running: {e}");

@@ -42,8 +42,6 @@ pub(super) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .post("/jobs/{id}/run", run_job::<B>)
         .post("/jobs/{id}/cancel", cancel_job::<B>)
         .post("/jobs/{id}/delete", delete_job::<B>)
-        .get("/exports", exports_page::<B>)
-        .post("/exports", create_export::<B>)
         .get("/ledger", ledger_page::<B>)
         .get("/settings", settings_page::<B>)
         .post("/settings/password", change_password::<B>)
@@ -471,68 +469,6 @@ async fn delete_job<B: Backend>(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Exports
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Template)]
-#[template(path = "exports.html")]
-struct ExportsPage {
-    layout: Layout,
-    exports: Vec<ExportView>,
-    jobs: Vec<JobView>,
-    form: ExportForm,
-    errors: FormErrors,
-}
-
-async fn render_exports<B: Backend>(
-    st: &AppState<B>,
-    session: &Session,
-    form: ExportForm,
-    errors: FormErrors,
-    code: StatusCode,
-) -> Response {
-    let layout = Layout::new(st, session, "Exports", Some("exports")).await;
-    render(
-        code,
-        &ExportsPage {
-            layout,
-            exports: st.backend.exports().await,
-            jobs: st.backend.jobs().await,
-            form,
-            errors,
-        },
-    )
-}
-
-async fn exports_page<B: Backend>(State(st): St<B>, session: Session) -> Response {
-    render_exports(
-        &st,
-        &session,
-        ExportForm::default(),
-        FormErrors::none(),
-        StatusCode::OK,
-    )
-    .await
-}
-
-const EXPORT_FIELDS: &[&str] = &["job_id", "disk", "format", "destination"];
-
-async fn create_export<B: Backend>(
-    State(st): St<B>,
-    session: Session,
-    Form(form): Form<ExportForm>,
-) -> Response {
-    let result = forms::submit(form.to_command(), EXPORT_FIELDS, |cmd| {
-        st.backend.create_export(cmd)
-    })
-    .await;
-    match result {
-        Ok(_) => see_other("/exports"),
-        Err((code, errors)) => render_exports(&st, &session, form, errors, code).await,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Ledger, settings, logs, logout
 // ---------------------------------------------------------------------------------------------
 
@@ -804,10 +740,6 @@ pub(crate) fn staging_text(v: &StagingView) -> String {
             endpoint.as_deref().unwrap_or("AWS")
         ),
     }
-}
-
-pub(crate) fn export_format(e: &ExportView) -> &'static str {
-    format_value(e.format)
 }
 
 #[cfg(test)]

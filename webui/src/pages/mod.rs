@@ -3,6 +3,7 @@
 //! POST (so a reload never sends a form twice).
 
 mod dashboard;
+pub(crate) mod exports;
 mod forms;
 mod wizard;
 
@@ -21,7 +22,9 @@ use std::{net::IpAddr, time::Duration};
 use tower_sessions::Session;
 
 pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
-    wizard::routes::<B>().merge(dashboard::routes::<B>())
+    wizard::routes::<B>()
+        .merge(dashboard::routes::<B>())
+        .merge(exports::routes::<B>())
 }
 
 /// What every page's frame needs.

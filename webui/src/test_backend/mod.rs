@@ -6,7 +6,10 @@
 //! Jobs "transfer" on a timer: a job reaches 100 % `job_seconds` after it starts. Every secret it
 //! is given is remembered ([`TestBackend::secrets_seen`]) so tests can check no page shows one.
 
+mod exports;
 mod views;
+
+pub use exports::{EXPORT_FILE_BYTES, EXPORTS_DIR, export_bytes};
 
 use crate::backend::*;
 use std::{
@@ -261,6 +264,11 @@ impl Backend for TestBackend {
             ingest: IngestSettings {
                 url: s.ingest_url.clone(),
             },
+            data_space: Some(DataSpaceView {
+                exports_dir: EXPORTS_DIR.into(),
+                total_bytes: 16 << 30,
+                free_bytes: 12 << 30,
+            }),
         }
     }
 
@@ -772,28 +780,10 @@ impl Backend for TestBackend {
                 message: "this job has no finished replica yet".into(),
             });
         }
-        if cmd.destination.is_empty() {
-            return Err(CommandError::field(
-                "destination",
-                "a file path such as /var/lib/godwit/exports/web-01.vmdk",
-            ));
-        }
+        let dest = exports::check_destination(&cmd.destination)?;
         s.next_id += 1;
-        let view = ExportView {
-            id: format!("exp-{}", s.next_id),
-            job_id: cmd.job_id,
-            disk: cmd.disk,
-            format: cmd.format,
-            destination: cmd.destination,
-            state: "done".into(),
-            sha256: Some("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into()),
-            file_sha256: Some(
-                "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752".into(),
-            ),
-            error: None,
-        };
-        s.exports.push(view.clone());
-        Ok(view)
+        let id = format!("exp-{}", s.next_id);
+        exports::finished(&mut s, id, cmd, dest)
     }
 
     async fn exports(&self) -> Vec<ExportView> {
@@ -816,6 +806,14 @@ impl Backend for TestBackend {
         }
         e.state = "cancelled".into();
         Ok(())
+    }
+
+    async fn export_file(&self, id: String) -> CommandResult<ExportFile> {
+        self.open_export_file(&id)
+    }
+
+    async fn delete_export(&self, id: String) -> CommandResult<()> {
+        self.remove_export(&id)
     }
 
     async fn logs(&self, lines: usize) -> Vec<String> {
