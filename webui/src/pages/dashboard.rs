@@ -4,10 +4,7 @@
 
 use super::{
     Layout, PasswordRefusal, error_page,
-    forms::{
-        self, CertificateForm, ExportForm, HostPinForm, IngestForm, JobForm, PasswordForm,
-        format_value,
-    },
+    forms::{self, CertificateForm, ExportForm, HostPinForm, IngestForm, JobForm, PasswordForm},
     human_bytes, percent, render, see_other,
     wizard::SourceRow,
 };
