@@ -200,6 +200,11 @@ impl BlockSource for Disk {
         self.layers[0].page83()
     }
 
+    /// Layers read through positional reads and lock only their table caches.
+    fn parallel_reads(&self) -> bool {
+        true
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let len = buf.len() as u64;
         for (run, layer) in self.resolve(offset, len)? {

@@ -159,6 +159,12 @@ pub trait BlockSource: Send + Sync {
     fn page83(&self) -> Option<[u8; 16]> {
         None
     }
+    /// Whether [`BlockSource::read_at`] may be called from several threads at once and out of
+    /// order at no extra cost, so a writer can read (and inflate) several pieces in parallel.
+    /// False by default: a source that fetches ahead or hashes as it goes wants reads in order.
+    fn parallel_reads(&self) -> bool {
+        false
+    }
 }
 
 /// Append `run` to `runs`, merging with the last one when they touch and share a state.

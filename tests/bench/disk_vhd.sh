@@ -1,61 +1,57 @@
 #!/usr/bin/env bash
 # Dynamic VHDX and dynamic VHD -> raw with `godwit disk convert`, against a plain `cp` of the
 # equivalent raw file (goal: within 1.2x of cp), with qemu-img convert alongside for reference.
-# Source: a 2 GiB disk, half allocated (64 MiB chunks alternating data and holes; the data is
-# half random, half repetitive). Page cache warm; median of 3 runs. Goals are reported
-# (PASS/MISS); the script fails only when an output differs from the source.
-set -euo pipefail
-here=$(cd "$(dirname "$0")/../.." && pwd)
-GODWIT=${GODWIT_BIN:-$here/target/release/godwit}
-[ -x "$GODWIT" ] || { echo "disk_vhd bench: $GODWIT not built (make bench builds it)"; exit 0; }
-work=$(mktemp -d "${TMPDIR:-/tmp}/godwit-bench-vhd.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# Source: the 2 GiB image of make_image.py (512 MiB random, 512 MiB OS binaries, 1 GiB holes),
+# converted to dynamic VHDX and VHD by qemu-img. Correctness first: godwit's outputs are
+# compared with the source (cmp) before any timing; the script exits 1 when one differs.
+# Outputs removed and `sync` before every run; ours and the references alternate; medians.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+bench_need qemu-img python3 bc cmp || exit 1
+W=$(mktemp -d "${TMPDIR:-/var/tmp}/godwit-bench-vhd.XXXXXX")
+trap 'rm -rf "$W"' EXIT
+fail() { echo "disk_vhd bench: FAILED: $*"; exit 1; }
 
-raw=$work/src.raw
-truncate -s 2G "$raw"
-python3 - "$raw" <<'PY'
-import os, sys
-f = open(sys.argv[1], "r+b")
-for i in range(0, 32, 2):  # 64 MiB data chunks at even positions, holes between
-    f.seek(i * 64 << 20)
-    for _ in range(64):
-        if i % 4 == 0:
-            f.write(os.urandom(1 << 20))
-        else:
-            f.write((b"godwit vhd bench %d " % i) * 47662 + bytes((1 << 20) - 47662 * len(b"godwit vhd bench %d " % i)))
-f.close()
-PY
-qemu-img convert -f raw -O vhdx -o subformat=dynamic "$raw" "$work/src.vhdx"
-qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on "$raw" "$work/src.vhd"
-
-# median of 3 wall-clock seconds of a command (after one warm-up run)
-median() {
-  local out=$1; shift
-  rm -f "$out"; "$@" >/dev/null 2>&1
-  local times=()
-  for _ in 1 2 3; do
-    rm -f "$out"
-    local t0 t1
-    t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N)
-    times+=("$(echo "$t1 - $t0" | bc -l)")
-  done
-  printf '%s\n' "${times[@]}" | sort -n | sed -n 2p
-}
-
-cp_t=$(median "$work/cp.raw" cp "$raw" "$work/cp.raw")
-printf 'cp raw (2 GiB, 1 GiB allocated)        %6.3f s\n' "$cp_t"
-# The same writer with a raw source isolates the cost of the reader from the raw writer's.
-rr=$(median "$work/rr.raw" "$GODWIT" disk convert -f raw "$raw" "$work/rr.raw" -O raw)
-printf 'godwit raw -> raw (writer alone)       %6.3f s  (%5.2fx cp)\n' "$rr" "$(echo "$rr / $cp_t" | bc -l)"
-status=0
+SRC=$(bench_image) || exit 1
 for fmt in vhdx vhd; do
-  q=$(median "$work/q.raw" qemu-img convert -O raw "$work/src.$fmt" "$work/q.raw")
-  o=$(median "$work/o.raw" "$GODWIT" disk convert "$work/src.$fmt" "$work/o.raw" -O raw)
-  cmp "$work/o.raw" "$raw" || { echo "disk_vhd: $fmt -> raw output differs"; status=1; }
-  ratio=$(echo "$o / $cp_t" | bc -l)
-  verdict=MISS
-  if [ "$(echo "$ratio <= 1.2" | bc -l)" = 1 ]; then verdict=PASS; fi
-  printf 'dynamic %-4s -> raw: godwit %6.3f s  qemu-img %6.3f s  godwit/cp %5.2fx  godwit/qemu %5.2fx  %s (goal <= 1.2x cp)\n' \
-    "$fmt" "$o" "$q" "$ratio" "$(echo "$o / $q" | bc -l)" "$verdict"
+  f=$BENCH_CACHE/bench.$fmt
+  if [ ! -f "$f" ] || [ "$SRC" -nt "$f" ]; then
+    case $fmt in
+      vhdx) qemu-img convert -f raw -O vhdx -o subformat=dynamic "$SRC" "$f" || exit 1 ;;
+      vhd) qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on "$SRC" "$f" || exit 1 ;;
+    esac
+  fi
 done
-exit $status
+SIZE=$(stat -c %s "$SRC")
+echo "== disk_vhd: $(mib "$SIZE") image, $(mib "$(alloc_bytes "$SRC")") allocated; $(nproc) CPUs, load $(load1)"
+OUT=$W/out
+for fmt in vhdx vhd raw; do
+  in=$BENCH_CACHE/bench.$fmt; [ "$fmt" = raw ] && in=$SRC
+  "$GODWIT_BIN" disk convert -f "$([ "$fmt" = vhd ] && echo vpc || echo "$fmt")" "$in" "$OUT.raw" -O raw || fail "$fmt -> raw"
+  cmp -s "$OUT.raw" "$SRC" || fail "$fmt -> raw output differs from the source"
+  rm -f "$OUT.raw"
+done
+echo "check: dynamic VHDX, dynamic VHD and raw -> raw outputs are identical to the source"
+
+cat "$SRC" "$BENCH_CACHE/bench.vhdx" "$BENCH_CACHE/bench.vhd" > /dev/null
+for _ in $(seq "$RUNS"); do
+  for fmt in vhdx vhd; do
+    rm -f "$OUT.raw"; sync; timed "$fmt" "$GODWIT_BIN" disk convert "$BENCH_CACHE/bench.$fmt" "$OUT.raw" -O raw || exit 1
+    rm -f "$OUT.raw"; sync; timed "${fmt}_q" qemu-img convert -O raw "$BENCH_CACHE/bench.$fmt" "$OUT.raw" || exit 1
+  done
+  # The same writer with a raw source isolates the cost of the readers from the raw writer's.
+  rm -f "$OUT.raw"; sync; timed rr "$GODWIT_BIN" disk convert -f raw "$SRC" "$OUT.raw" -O raw || exit 1
+  rm -f "$OUT.raw"; sync; timed cp cp --sparse=auto "$SRC" "$OUT.raw" || exit 1
+done
+rm -f "$OUT.raw"
+table_head
+row "dynamic VHDX -> raw (cp)" vhdx cp within 1.2
+row "dynamic VHDX -> raw (qemu)" vhdx vhdx_q speedup 1
+row "dynamic VHD -> raw (cp)" vhd cp within 1.2
+row "dynamic VHD -> raw (qemu)" vhd vhd_q speedup 1
+row "raw -> raw, writer alone (cp)" rr cp within 1.2
+table_foot
+echo
+echo "bytes of work: every row writes $(mib "$SIZE") virtual with $(mib "$(alloc_bytes "$SRC")") of data;" \
+  "inputs: vhdx $(mib "$(stat -c %s "$BENCH_CACHE/bench.vhdx")"), vhd $(mib "$(stat -c %s "$BENCH_CACHE/bench.vhd")"), raw $(mib "$SIZE") ($(mib "$(alloc_bytes "$SRC")") allocated)"
+exit 0

@@ -2,7 +2,9 @@
 # Appliance image benchmark: build time, artifact sizes (OVA, VHDX apparent and allocated,
 # kernel, initramfs), and boot-to-setup-page time under TCG with 512 MiB on SeaBIOS
 # (pvscsi + vmxnet3, the OVA's VMDK) and on OVMF with Secure Boot (virtio, the VHDX).
-# Reports; exits 0 unless the build fails. Goals: OVA < 40 MB; the setup page answers.
+# Correctness first: SHA256SUMS must match the artifacts and qemu-img must find the OVA's VMDK
+# and the VHDX consistent; a failed build or check, or an image that never shows the setup
+# page, exits 1. Goals (reported, PASS/MISS): OVA < 40 MB.
 #
 #   bash tests/bench/image.sh     (make bench builds target/release/godwit first)
 #
@@ -18,6 +20,12 @@ t0=$(date +%s.%N)
 "$GODWIT_BIN" image build --out "$OUT" --cache "$BENCH/cache" --godwit-bin "$GODWIT_BIN" >/dev/null || exit 1
 t1=$(date +%s.%N)
 (cd "$OUT" && tar -xf godwit.ova godwit-disk1.vmdk)
+(cd "$OUT" && sha256sum --quiet -c SHA256SUMS) || { echo "image bench: FAILED: SHA256SUMS does not match the artifacts"; exit 1; }
+for f in godwit-disk1.vmdk godwit.vhdx; do
+  qemu-img check -q "$OUT/$f" || { echo "image bench: FAILED: qemu-img check $f"; exit 1; }
+done
+echo "check: SHA256SUMS matches; qemu-img check finds the VMDK and the VHDX consistent"
+status=0
 size() { stat -c %s "$1"; }
 alloc() { echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); }
 printf '%-34s %14s\n' "artifact" "bytes"
@@ -48,7 +56,7 @@ boot() { # name disk fmt firmware-args...
   local end; end=$(date +%s.%N)
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
   if [ -n "$ok" ]; then printf '%-44s %6.1f s\n' "boot to setup page: $name" "$(echo "$end - $start" | bc)"
-  else echo "boot to setup page: $name: MISS (no answer in 120 s; log $BENCH/$name.log)"; fi
+  else echo "boot to setup page: $name: FAILED (no answer in 120 s; log $BENCH/$name.log)"; status=1; fi
 }
 boot "seabios-pvscsi-vmxnet3-vmdk" "$OUT/godwit-disk1.vmdk" vmdk -machine pc \
   -device pvscsi,id=s0 -device scsi-hd,drive=d0,bus=s0.0 -device vmxnet3,netdev=n0,romfile=
@@ -58,4 +66,4 @@ boot "ovmf-secureboot-virtio-vhdx" "$OUT/godwit.vhdx" vhdx -machine q35,smm=on \
   -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd \
   -drive "if=pflash,format=raw,unit=1,file=$BENCH/vars.fd" \
   -device virtio-blk-pci,drive=d0,bootindex=0 -device virtio-net-pci,netdev=n0,romfile=
-exit 0
+exit $status

@@ -114,6 +114,7 @@ fn s3_uses_only_configured_credentials() {
         c.args([
             "replicate",
             "--json",
+            "--raw-sha256",
             "--vm",
             "v",
             "--target",

@@ -140,6 +140,7 @@ fn replicate_cmd(
     c.args([
         "replicate",
         "--json",
+        "--raw-sha256",
         "--vm",
         vm,
         "--chunk-size",

@@ -53,7 +53,7 @@ fn every_readable_format_round_trips_through_staging() {
         let reference = tmp.path().join(format!("ref-{ext}.raw"));
         reference_raw(&src, fmt, &reference);
         let vm = format!("vm-{}", ext.replace('.', "-"));
-        let r = replicate_staging(&srv, &src, &vm, &["--chunk-size", "1M"]);
+        let r = replicate_staging(&srv, &src, &vm, &["--chunk-size", "1M", "--raw-sha256"]);
         let size = std::fs::metadata(&reference).unwrap().len();
         assert_eq!(r["disk_size"], size, "{r}");
         let out = tmp.path().join(format!("out-{ext}.raw"));

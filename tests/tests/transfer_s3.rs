@@ -39,6 +39,7 @@ fn s3_store_and_resumable_s3_export() {
             .args([
                 "replicate",
                 "--json",
+                "--raw-sha256",
                 "--vm",
                 "s3vm",
                 "--chunk-size",
@@ -63,6 +64,7 @@ fn s3_store_and_resumable_s3_export() {
             .args([
                 "replicate",
                 "--json",
+                "--raw-sha256",
                 "--vm",
                 "s3vm",
                 "--chunk-size",

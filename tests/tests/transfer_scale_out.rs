@@ -63,19 +63,26 @@ fn replicate_cmd(
     extra: &[&str],
 ) -> Command {
     let mut c = Command::new(godwit_bin());
-    c.args(["replicate", "--json", "--vm", vm, "--token-file"])
-        .arg(token)
-        .arg("--target-fingerprint")
-        .arg(
-            servers
-                .iter()
-                .map(|s| s.fingerprint.clone())
-                .collect::<Vec<_>>()
-                .join(","),
-        )
-        .arg("--source")
-        .arg(format!("file://{}", src.display()))
-        .args(extra);
+    c.args([
+        "replicate",
+        "--json",
+        "--raw-sha256",
+        "--vm",
+        vm,
+        "--token-file",
+    ])
+    .arg(token)
+    .arg("--target-fingerprint")
+    .arg(
+        servers
+            .iter()
+            .map(|s| s.fingerprint.clone())
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+    .arg("--source")
+    .arg(format!("file://{}", src.display()))
+    .args(extra);
     for s in servers {
         c.arg("--target").arg(s.url());
     }

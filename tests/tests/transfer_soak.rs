@@ -65,6 +65,7 @@ fn replicate(
     c.args([
         "replicate",
         "--json",
+        "--raw-sha256",
         "--chunk-size",
         "1M",
         "--bwlimit",

@@ -1,9 +1,14 @@
 //! One replication of one disk: read → zero-skip → SHA-256 → ask the store → zstd → send, on
-//! several worker threads, with a bounded window of chunks in flight. A repeat run sends only
-//! chunks the store lacks; a source that knows its changed ranges (VMware CBT, Hyper-V RCT)
-//! hands them in and only those chunks are read, the rest carried over from the previous sync.
-//! Network faults are retried with backoff: the next attempt reconnects and resumes with the
-//! chunks not yet stored.
+//! several worker threads, with a bounded window of chunks in flight. Only allocated data is
+//! read and hashed: chunks the source maps as holes are zero without a read, and the SHA-256 of
+//! the whole raw disk (which would hash every zero too) is computed only when asked
+//! ([`ReplicateOptions::raw_sha256`]). A repeat run sends only chunks the store lacks; a source
+//! that knows its changed ranges (VMware CBT, Hyper-V RCT, `--changed-ranges`) hands them in
+//! and only those chunks are read, the rest carried over from the previous sync. Without them
+//! every allocated byte is read and hashed again; the report says how much of that was
+//! unchanged and what it cost ([`ReplicateReport::bytes_unchanged`]). Network faults are
+//! retried with backoff: the next attempt reconnects and resumes with the chunks not yet
+//! stored.
 
 use crate::chunk::{ZSTD_LEVEL, encode_chunk_with, is_zero};
 use crate::digest::ChunkDigest;
@@ -74,6 +79,9 @@ pub struct ReplicateOptions {
     /// Bytes per second on the wire, if limited.
     pub bandwidth_limit: Option<u64>,
     pub progress: Option<ProgressFn>,
+    /// Also compute the SHA-256 of the whole raw disk (recorded in the index, checked by
+    /// export). Costs hashing every byte of the virtual disk, holes included, on one thread.
+    pub raw_sha256: bool,
 }
 
 impl Default for ReplicateOptions {
@@ -87,6 +95,7 @@ impl Default for ReplicateOptions {
             max_attempts: 10,
             bandwidth_limit: None,
             progress: None,
+            raw_sha256: false,
         }
     }
 }
@@ -106,7 +115,19 @@ pub struct ReplicateReport {
     pub chunks_carried: u64,
     pub bytes_read: u64,
     pub bytes_sent: u64,
-    /// SHA-256 of the whole raw disk content; absent when only changed ranges were read.
+    /// Bytes of data hashed to name chunks (zero chunks and holes are not hashed).
+    pub bytes_hashed: u64,
+    /// Bytes read and hashed in chunks that turned out identical to the previous sync's: the
+    /// cost of not knowing what changed (zero when changed ranges were given).
+    pub bytes_unchanged: u64,
+    /// Worker time spent reading and hashing those unchanged chunks, summed over workers.
+    pub seconds_unchanged: f64,
+    /// Worker time per stage, summed over workers: reading the source, SHA-256, zstd.
+    pub seconds_read: f64,
+    pub seconds_hash: f64,
+    pub seconds_compress: f64,
+    /// SHA-256 of the whole raw disk content; only when asked for
+    /// ([`ReplicateOptions::raw_sha256`]) and the whole disk was read.
     pub raw_sha256: Option<String>,
     pub attempts: u32,
     pub seconds: f64,
@@ -121,6 +142,21 @@ struct Counters {
     zero: AtomicU64,
     new: AtomicU64,
     reused: AtomicU64,
+    hashed: AtomicU64,
+    unchanged: AtomicU64,
+    nanos_unchanged: AtomicU64,
+    nanos_read: AtomicU64,
+    nanos_hash: AtomicU64,
+    nanos_compress: AtomicU64,
+}
+
+fn add_nanos(a: &AtomicU64, since: Instant) {
+    let n = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+fn secs(a: &AtomicU64) -> f64 {
+    a.load(Ordering::Relaxed) as f64 / 1e9
 }
 
 /// State shared by workers and the tasks that send chunks.
@@ -131,6 +167,9 @@ struct Shared {
     failed: AtomicBool,
     c: Counters,
     limiter: Option<Limiter>,
+    /// The previous sync's entries, when it has this disk's size and chunk size: a chunk read
+    /// again that hashes to the same digest at the same place was unchanged.
+    prior: std::sync::OnceLock<Arc<SyncIndex>>,
 }
 
 impl Shared {
@@ -196,8 +235,9 @@ pub fn replicate_disk(
             rate,
             next: Mutex::new(Instant::now()),
         }),
+        prior: std::sync::OnceLock::new(),
     });
-    let mut parent: Option<SyncIndex> = None;
+    let mut parent: Option<Arc<SyncIndex>> = None;
     let mut parent_loaded = false;
     let mut hash_state: Option<(Sha256, usize)> = None;
     let mut carried = 0u64;
@@ -234,7 +274,7 @@ pub fn replicate_disk(
         };
         if !parent_loaded {
             match handle.block_on(load_parent(&*store, vm, disk)) {
-                Ok(p) => parent = p,
+                Ok(p) => parent = p.map(Arc::new),
                 Err(e) => {
                     retry(e)?;
                     continue;
@@ -244,6 +284,9 @@ pub fn replicate_disk(
             let usable = parent
                 .as_ref()
                 .filter(|p| p.chunk_size == cs && p.disk_size == disk_size);
+            if let Some(p) = usable {
+                let _ = shared.prior.set(p.clone());
+            }
             if let (Some(ranges), Some(p)) = (changed, usable) {
                 let mut v = shared
                     .entries
@@ -271,7 +314,9 @@ pub fn replicate_disk(
                         "godwit: no previous sync of {vm} disk {disk} with the same size and chunk size: reading the whole disk"
                     );
                 }
-                hash_state = Some((Sha256::new(), 0));
+                if opts.raw_sha256 {
+                    hash_state = Some((Sha256::new(), 0));
+                }
             }
             if let (Some(p), Ok(mut k)) = (&parent, shared.known.lock()) {
                 k.extend(p.digests());
@@ -292,7 +337,7 @@ pub fn replicate_disk(
                 &*store,
                 &shared,
                 &carried_at,
-                parent.as_ref(),
+                parent.as_deref(),
                 (u64::from(cs), disk_size),
             ))
         {
@@ -365,6 +410,12 @@ pub fn replicate_disk(
             chunks_carried: carried,
             bytes_read: c.read.load(Ordering::Relaxed),
             bytes_sent: c.sent.load(Ordering::Relaxed),
+            bytes_hashed: c.hashed.load(Ordering::Relaxed),
+            bytes_unchanged: c.unchanged.load(Ordering::Relaxed),
+            seconds_unchanged: secs(&c.nanos_unchanged),
+            seconds_read: secs(&c.nanos_read),
+            seconds_hash: secs(&c.nanos_hash),
+            seconds_compress: secs(&c.nanos_compress),
             raw_sha256: idx.raw_sha256.map(hex::encode),
             attempts: attempt,
             seconds: t0.elapsed().as_secs_f64(),
@@ -563,11 +614,13 @@ fn run_pass(
         let mut workers = Vec::new();
         for _ in 0..opts.workers.max(1) {
             workers.push(s.spawn(|| {
+                let mut buf = Vec::new();
                 while !shared.failed.load(Ordering::SeqCst) {
                     let p = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&i) = list.get(p) else { break };
                     if let Err(e) = one_chunk(
                         i,
+                        &mut buf,
                         source,
                         store,
                         shared,
@@ -628,9 +681,12 @@ fn snapshot(shared: &Shared, disk_size: u64, t0: Instant, done0: u64, attempt: u
     }
 }
 
+/// One chunk: map it, read its data (into the worker's `buf`), name it, and hand it to the
+/// store unless the store has it.
 #[allow(clippy::too_many_arguments)]
 fn one_chunk(
     i: usize,
+    buf: &mut Vec<u8>,
     source: &dyn BlockSource,
     store: &Arc<dyn ChunkStore>,
     shared: &Arc<Shared>,
@@ -642,6 +698,7 @@ fn one_chunk(
     cs: u64,
     disk_size: u64,
 ) -> Result<()> {
+    let c = &shared.c;
     let start = i as u64 * cs;
     let len64 = (disk_size - start).min(cs);
     let len = usize::try_from(len64).map_err(|_| Error::Usage("chunk too large".into()))?;
@@ -651,43 +708,56 @@ fn one_chunk(
         .map(|v| v[i].is_none())
         .unwrap_or(true);
     let feed = hasher.filter(|_| hash_from.is_some_and(|h| i >= h));
+    let t_read = Instant::now();
     let runs = source.map(start, len64)?;
     let data_bytes: u64 = runs
         .iter()
         .filter(|r| r.state == RunState::Data)
         .map(|r| r.len)
         .sum();
-    let mut buf = vec![0u8; 0];
     let zero = if data_bytes == 0 {
         true
     } else {
         buf.resize(len, 0);
-        source.read_at(start, &mut buf)?;
-        shared.c.read.fetch_add(data_bytes, Ordering::Relaxed);
-        is_zero(&buf)
+        source.read_at(start, &mut buf[..len])?;
+        c.read.fetch_add(data_bytes, Ordering::Relaxed);
+        is_zero(&buf[..len])
     };
-    let buf = Arc::new(buf);
-    if let Some(h) = feed {
-        h.feed(
-            i,
+    add_nanos(&c.nanos_read, t_read);
+    // The whole-disk hash (when asked for) takes the buffer; the worker makes a new one.
+    let data: Arc<Vec<u8>>;
+    let bytes: &[u8] = match feed {
+        Some(h) => {
             if zero {
-                Piece::Zero(len)
+                h.feed(i, Piece::Zero(len));
+                &[]
             } else {
-                Piece::Data(buf.clone())
-            },
-        );
-    }
+                buf.truncate(len);
+                data = Arc::new(std::mem::take(buf));
+                h.feed(i, Piece::Data(data.clone()));
+                &data[..]
+            }
+        }
+        None => &buf[..len.min(buf.len())],
+    };
     if !need_store {
         return Ok(());
     }
     if zero {
         shared.set(i, Entry::Zero);
-        shared.c.zero.fetch_add(1, Ordering::Relaxed);
-        shared.c.done.fetch_add(len64, Ordering::Relaxed);
-        shared.c.skipped.fetch_add(len64, Ordering::Relaxed);
+        c.zero.fetch_add(1, Ordering::Relaxed);
+        c.done.fetch_add(len64, Ordering::Relaxed);
+        c.skipped.fetch_add(len64, Ordering::Relaxed);
         return Ok(());
     }
-    let d = ChunkDigest::of(&buf);
+    let t_hash = Instant::now();
+    let d = ChunkDigest::of(bytes);
+    c.hashed.fetch_add(len64, Ordering::Relaxed);
+    add_nanos(&c.nanos_hash, t_hash);
+    if shared.prior.get().and_then(|p| p.entries.get(i)) == Some(&Entry::Data(d)) {
+        c.unchanged.fetch_add(len64, Ordering::Relaxed);
+        add_nanos(&c.nanos_unchanged, t_read);
+    }
     let known = shared.known.lock().map(|k| k.contains(&d)).unwrap_or(false);
     let have = known || {
         let (s, r) = oneshot::channel();
@@ -699,13 +769,14 @@ fn one_chunk(
     };
     if have {
         shared.set(i, Entry::Data(d));
-        shared.c.reused.fetch_add(1, Ordering::Relaxed);
-        shared.c.done.fetch_add(len64, Ordering::Relaxed);
-        shared.c.skipped.fetch_add(len64, Ordering::Relaxed);
+        c.reused.fetch_add(1, Ordering::Relaxed);
+        c.done.fetch_add(len64, Ordering::Relaxed);
+        c.skipped.fetch_add(len64, Ordering::Relaxed);
         return Ok(());
     }
-    let enc = Bytes::from(encode_chunk_with(&buf, d, ZSTD_LEVEL)?);
-    drop(buf);
+    let t_zstd = Instant::now();
+    let enc = Bytes::from(encode_chunk_with(bytes, d, ZSTD_LEVEL)?);
+    add_nanos(&c.nanos_compress, t_zstd);
     let permit = handle
         .block_on(sem.clone().acquire_owned())
         .map_err(|_| Error::Usage("window closed".into()))?;

@@ -104,9 +104,15 @@ pub struct ReplicateArgs {
     #[arg(long)]
     spool_limit: Option<String>,
     /// Only these byte ranges changed since the previous sync: a file of `OFFSET LENGTH` lines
-    /// (what a CBT/RCT-aware source passes to the library).
+    /// (what a CBT/RCT-aware source passes to the library). Only the chunks they touch are
+    /// read and hashed; the rest is carried over from the previous sync.
     #[arg(long)]
     changed_ranges: Option<PathBuf>,
+    /// Also record the SHA-256 of the whole raw disk (export checks it). Hashes every byte of
+    /// the virtual disk, holes included; by default only allocated data is hashed (each chunk
+    /// is named and checked by its own SHA-256 all the same).
+    #[arg(long)]
+    raw_sha256: bool,
 }
 
 /// Parse `4M`, `64K`, `1G`, or plain bytes.
@@ -246,6 +252,7 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
         bandwidth_limit: a.bwlimit.as_deref().map(parse_size).transpose()?,
         metadata,
         progress: Some(progress),
+        raw_sha256: a.raw_sha256,
         ..ReplicateOptions::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -334,7 +341,7 @@ pub(super) fn print_report(
         println!("{v}");
     } else {
         println!(
-            "replicated {} disk {} as sync {}: {} chunks ({} new, {} reused, {} zero, {} carried), read {}, sent {} in {:.1} s{}",
+            "replicated {} disk {} as sync {}: {} chunks ({} new, {} reused, {} zero, {} carried), read {}, hashed {}, sent {} in {:.1} s{}",
             report.vm,
             report.disk,
             report.sync_id,
@@ -344,12 +351,22 @@ pub(super) fn print_report(
             report.chunks_zero,
             report.chunks_carried,
             human(report.bytes_read),
+            human(report.bytes_hashed),
             human(report.bytes_sent),
             report.seconds,
             report
                 .raw_sha256
                 .as_ref()
                 .map_or(String::new(), |s| format!(", sha256 {s}"))
+        );
+    }
+    if report.bytes_unchanged > 0 && report.chunks_carried == 0 {
+        eprintln!(
+            "godwit: {} of the {} read and hashed again had not changed since sync {} ({:.1} s of worker time); a source that knows its changed ranges (--changed-ranges, CBT, RCT) reads only those",
+            human(report.bytes_unchanged),
+            human(report.bytes_read),
+            report.parent.as_deref().unwrap_or("-"),
+            report.seconds_unchanged,
         );
     }
     Ok(())

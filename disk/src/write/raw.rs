@@ -3,10 +3,11 @@
 //! The sparse-file writer copies data that the source stores verbatim in a local file (raw,
 //! flat extents, uncompressed sparse grains: [`BlockSource::stored`]) with `copy_file_range`,
 //! file to file in the kernel, as `cp` does. Everything else (compressed grains, remote
-//! sources) goes through buffers: one thread fills them from the source (inflating in
-//! parallel), another writes them, skipping all-zero 4 KiB blocks so they stay holes, as
-//! `qemu-img convert` does. Buffers are recycled, so memory is a few chunks whatever the disk
-//! size.
+//! sources) goes through buffers, skipping all-zero 4 KiB blocks so they stay holes, as
+//! `qemu-img convert` does: a source that can be read in parallel ([`BlockSource::parallel_reads`],
+//! local images) is read, inflated and written by every core at once, each on its own 8 MiB
+//! piece; any other is read in disk order by one thread (inflating in parallel) while another
+//! writes. Buffers are recycled, so memory is a few pieces whatever the disk size.
 
 use crate::error::{Error, Result};
 use crate::layer::{BlockSource, RunState, Stored};
@@ -58,6 +59,78 @@ pub fn write_sparse_file(src: &dyn BlockSource, out: &File, name: &str) -> Resul
     if out.metadata().map(|m| m.len()).unwrap_or(1) > 0 {
         out.set_len(0).map_err(|e| Error::io(name, "truncate", e))?;
     }
+    let stats = if src.parallel_reads() {
+        write_sparse_parallel(src, out, name)?
+    } else {
+        write_sparse_in_order(src, out, name)?
+    };
+    out.set_len(size)
+        .map_err(|e| Error::io(name, "set length", e))?;
+    Ok(stats)
+}
+
+/// The data runs of `src` cut into pieces of at most [`COPY_BUF`] bytes.
+fn pieces(src: &dyn BlockSource) -> impl Iterator<Item = Result<(u64, usize)>> + Send + '_ {
+    Runs::new(src)
+        .filter(|r| !matches!(r, Ok(r) if r.state != RunState::Data))
+        .flat_map(|r| {
+            let v: Vec<Result<(u64, usize)>> = match r {
+                Err(e) => vec![Err(e)],
+                Ok(run) => (run.offset..run.end())
+                    .step_by(COPY_BUF)
+                    .map(|off| {
+                        let n = (run.end() - off).min(COPY_BUF as u64);
+                        Ok((off, usize::try_from(n).unwrap_or(COPY_BUF)))
+                    })
+                    .collect(),
+            };
+            v
+        })
+}
+
+/// Every core reads (and inflates) its own pieces and writes them positionally: for sources
+/// whose reads may run in parallel and out of order ([`BlockSource::parallel_reads`]).
+fn write_sparse_parallel(src: &dyn BlockSource, out: &File, name: &str) -> Result<WriteStats> {
+    use rayon::iter::{ParallelBridge, ParallelIterator};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let kernel_copy = AtomicBool::new(true);
+    let data = AtomicU64::new(0);
+    let written = AtomicU64::new(0);
+    pieces(src).par_bridge().try_for_each(|p| -> Result<()> {
+        let (off, n) = p?;
+        if kernel_copy.load(Ordering::Relaxed)
+            && let Some(stored) = src.stored(off, n as u64)?
+        {
+            match copy_stored(&stored, out) {
+                Copy::Done(bytes) => {
+                    data.fetch_add(n as u64, Ordering::Relaxed);
+                    written.fetch_add(bytes, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Copy::Unsupported => kernel_copy.store(false, Ordering::Relaxed),
+                Copy::Failed => {}
+            }
+        }
+        BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            b.resize(n, 0);
+            src.read_at(off, &mut b[..n])?;
+            data.fetch_add(n as u64, Ordering::Relaxed);
+            written.fetch_add(write_nonzero(out, name, off, &b[..n])?, Ordering::Relaxed);
+            Ok(())
+        })
+    })?;
+    Ok(WriteStats {
+        data_bytes: data.into_inner(),
+        written_bytes: written.into_inner(),
+    })
+}
+
+/// One thread reads the pieces in disk order (inflating in parallel), another writes them.
+fn write_sparse_in_order(src: &dyn BlockSource, out: &File, name: &str) -> Result<WriteStats> {
     let (full_tx, full_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(IN_FLIGHT);
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     let mut stats = WriteStats::default();
@@ -128,8 +201,6 @@ pub fn write_sparse_file(src: &dyn BlockSource, out: &File, name: &str) -> Resul
         read_result.and(w).map(|w| w + copied)
     })?;
     stats.written_bytes = written;
-    out.set_len(size)
-        .map_err(|e| Error::io(name, "set length", e))?;
     Ok(stats)
 }
 
