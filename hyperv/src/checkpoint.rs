@@ -1,5 +1,9 @@
-//! Checkpoints over WinRM: `scripts/checkpoint-create.ps1` (Checkpoint-VM; production where the
-//! VM's CheckpointType allows it, falling back to standard as Hyper-V does for `Production`)
+//! Checkpoints over WinRM: `scripts/checkpoint-create.ps1` (a recovery checkpoint through
+//! `Msvm_VirtualSystemSnapshotService.CreateSnapshot`, SnapshotType 32768, the kind backup
+//! products make and the only kind `ConvertToReferencePoint` accepts:
+//! https://learn.microsoft.com/en-us/windows/win32/hyperv_v2/msvm-virtualsystemsnapshotservice-converttoreferencepoint;
+//! application consistent where the VM's CheckpointType allows it, falling back to crash
+//! consistent as Hyper-V does for `Production`; or the kept checkpoint of an unfinished attempt)
 //! and `scripts/checkpoint-remove.ps1` (Remove-VMSnapshot, then wait for the merge).
 
 use crate::client::Shell;
@@ -30,8 +34,14 @@ pub struct Checkpoint {
     pub name: String,
     /// The VM's CheckpointType (`Production`, `ProductionOnly`, `Standard`).
     pub checkpoint_type: String,
-    /// The checkpoint's SnapshotType as Hyper-V reports it.
+    /// The checkpoint's SnapshotType as Hyper-V reports it (`Recovery`).
     pub snapshot_type: String,
+    /// `ApplicationConsistent` or `CrashConsistent` (empty for a resumed checkpoint).
+    #[serde(default)]
+    pub consistency: String,
+    /// The kept checkpoint of an unfinished earlier attempt, not a new one.
+    #[serde(default)]
+    pub resumed: bool,
     pub disks: Vec<FrozenDisk>,
 }
 
@@ -54,14 +64,16 @@ fn decode<D: serde::de::DeserializeOwned>(
     })
 }
 
-/// Create checkpoint `name` of the VM with id `vm_id`.
+/// Create checkpoint `name` of the VM with id `vm_id`; with `resume` (the id of a checkpoint of
+/// that name an unfinished attempt kept), that one when it is still there.
 pub fn create<T: Transport>(
     shell: &Shell<'_, T>,
     host: &str,
     vm_id: &str,
     name: &str,
+    resume: Option<&str>,
 ) -> Result<Checkpoint> {
-    let args = serde_json::json!({ "VmId": vm_id, "Name": name });
+    let args = serde_json::json!({ "VmId": vm_id, "Name": name, "Resume": resume.unwrap_or("") });
     let v = shell.run_ps_json("checkpoint-create.ps1", &with_args(CREATE_SCRIPT, &args))?;
     let cp: Checkpoint = decode(host, "checkpoint-create.ps1", v)?;
     if cp.name != name {
@@ -98,7 +110,9 @@ mod tests {
             id: "A".into(),
             name: "godwit-x".into(),
             checkpoint_type: "Production".into(),
-            snapshot_type: "Standard".into(),
+            snapshot_type: "Recovery".into(),
+            consistency: "CrashConsistent".into(),
+            resumed: false,
             disks: vec![FrozenDisk {
                 controller_type: "SCSI".into(),
                 controller_number: 0,

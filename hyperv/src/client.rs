@@ -20,6 +20,18 @@ pub const MAX_RECEIVE_TIMEOUTS: u32 = 90;
 pub const QUOTA_RETRIES: u32 = 7;
 pub const QUOTA_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The longest a shell is used: a command after that goes to a new shell (the old one is
+/// deleted), so a cycle of hours never depends on one shell's life (IdleTimeout,
+/// MaxShellRunTime, a WinRM service restart). `GODWIT_WINRM_SHELL_MAX_AGE_SECS` overrides it.
+pub const SHELL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn shell_max_age() -> std::time::Duration {
+    std::env::var("GODWIT_WINRM_SHELL_MAX_AGE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(SHELL_MAX_AGE, std::time::Duration::from_secs)
+}
+
 /// The fault code [`WinRm::call`] gives a quota fault (waited out, then reported).
 const QUOTA_MARK: &str = "w:QuotaLimit";
 
@@ -184,6 +196,7 @@ impl<T: Transport> WinRm<T> {
         .map(|id| Shell {
             client: ClientRef::Borrowed(self),
             id: std::sync::Mutex::new(id),
+            opened: std::sync::Mutex::new(std::time::Instant::now()),
             open: true,
         })
     }
@@ -195,6 +208,7 @@ impl<T: Transport> WinRm<T> {
         Ok(Shell {
             client: ClientRef::Shared(self.clone()),
             id: std::sync::Mutex::new(borrowed.id()),
+            opened: std::sync::Mutex::new(std::time::Instant::now()),
             open: true,
         })
     }
@@ -221,6 +235,8 @@ impl<T: Transport> std::ops::Deref for ClientRef<'_, T> {
 pub struct Shell<'a, T: Transport> {
     client: ClientRef<'a, T>,
     id: std::sync::Mutex<ShellId>,
+    /// When the shell in use was opened ([`SHELL_MAX_AGE`]).
+    opened: std::sync::Mutex<std::time::Instant>,
     open: bool,
 }
 
@@ -233,8 +249,31 @@ impl<T: Transport> Shell<'_, T> {
         Request::new(body, Some(self.id()), OPERATION_TIMEOUT)
     }
 
+    /// Replace the shell by a new one when it is older than [`SHELL_MAX_AGE`].
+    fn renew_if_old(&self) -> Result<()> {
+        let c = &*self.client;
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if opened.elapsed() < shell_max_age() {
+            return Ok(());
+        }
+        let mut fresh = c.open_shell()?;
+        fresh.open = false;
+        let old = std::mem::replace(
+            &mut *self.id.lock().unwrap_or_else(|e| e.into_inner()),
+            fresh.id(),
+        );
+        *opened = std::time::Instant::now();
+        let req = Request::new(Body::Delete, Some(old.clone()), OPERATION_TIMEOUT);
+        if let Err(e) = c.call("delete shell", &req) {
+            tracing::info!(host = %c.host(), shell = %old.0, error = %e, "could not delete an old WinRM shell (the host may have already)");
+        }
+        tracing::debug!(host = %c.host(), old = %old.0, new = %self.id().0, "WinRM shell renewed");
+        Ok(())
+    }
+
     /// Run one command line to completion.
     pub fn run(&self, command_line: &str) -> Result<Output> {
+        self.renew_if_old()?;
         let c = &*self.client;
         let command = Body::Command {
             command: command_line.to_string(),
@@ -250,6 +289,7 @@ impl<T: Transport> Shell<'_, T> {
                 let mut fresh = fresh;
                 fresh.open = false;
                 *self.id.lock().unwrap_or_else(|e| e.into_inner()) = fresh.id();
+                *self.opened.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
                 tracing::info!(host = %c.host(), old = %old.0, new = %self.id().0, "the host had deleted the WinRM shell (idle timeout); opened another");
                 c.call("command", &self.req(command))?
             }

@@ -152,3 +152,25 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Whether trying again later can succeed without the operator changing anything (a
+    /// network or host hiccup, a transfer that failed): a failed cycle keeps its checkpoint for
+    /// such a retry. Refusals that need the operator (certificates, credentials, rights, an
+    /// unreachable push URL, no space, a missing VM, bad input) are not.
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            Error::Unpinned { .. }
+                | Error::PinMismatch { .. }
+                | Error::HostUnpinned { .. }
+                | Error::AuthFailed { .. }
+                | Error::AccessDenied { .. }
+                | Error::NotFound { .. }
+                | Error::IngestUnreachable { .. }
+                | Error::NoSpace(_)
+                | Error::Usage(_)
+                | Error::BadFile { .. }
+        )
+    }
+}

@@ -26,6 +26,23 @@ pub struct LedgerEntry {
     pub checkpoint_id: Option<String>,
     /// Seconds since the Unix epoch when the intent was recorded.
     pub created_unix: u64,
+    /// Set when a failed cycle kept the checkpoint for its retry (seconds since the epoch): an
+    /// unfinished attempt, resumed by the next cycle of the VM (see [`LedgerEntry::resumable`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_for_retry_unix: Option<u64>,
+}
+
+/// How long a kept checkpoint may wait for its retry; older ones are leftovers (swept).
+pub const RESUME_WINDOW_SECS: u64 = 24 * 3600;
+
+impl LedgerEntry {
+    /// An unfinished attempt the next cycle of its VM may resume: the checkpoint exists (its id
+    /// was recorded) and the attempt is younger than [`RESUME_WINDOW_SECS`]. Anything else in
+    /// the ledger is a leftover to remove (creation that may have failed half-way, a stale one).
+    pub fn resumable(&self, now_unix: u64) -> bool {
+        let since = self.kept_for_retry_unix.unwrap_or(self.created_unix);
+        self.checkpoint_id.is_some() && now_unix.saturating_sub(since) < RESUME_WINDOW_SECS
+    }
 }
 
 impl godwit_ledger::Entry for LedgerEntry {
@@ -75,6 +92,13 @@ impl Ledger {
             .update(name, |e| e.checkpoint_id = Some(id.to_string()))?)
     }
 
+    /// Record that a failed cycle kept the checkpoint named `name` for its retry.
+    pub fn set_kept_for_retry(&mut self, name: &str, now_unix: u64) -> Result<()> {
+        Ok(self
+            .0
+            .update(name, |e| e.kept_for_retry_unix = Some(now_unix))?)
+    }
+
     /// Record that the checkpoint named `name` is now on `host` (its VM moved there).
     pub fn set_host(&mut self, name: &str, host: &str) -> Result<()> {
         Ok(self.0.update(name, |e| e.host = host.to_string())?)
@@ -108,6 +132,7 @@ mod tests {
             checkpoint_name: name.into(),
             checkpoint_id: None,
             created_unix: 1,
+            kept_for_retry_unix: None,
         }
     }
 
@@ -126,6 +151,27 @@ mod tests {
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(godwit_ledger::encode(&parse_ledger(&bytes).unwrap()), bytes);
         assert!(matches!(l.add(entry("mine")), Err(Error::Usage(_))));
+        // A kept attempt round-trips; an old ledger without the field still reads.
+        l.set_kept_for_retry("godwit-a", 7).unwrap();
+        let again = Ledger::open(&p).unwrap();
+        assert_eq!(again.entries()[0].kept_for_retry_unix, Some(7));
+        let old = br#"{"version":1,"entries":[{"host":"h","vm_id":"v","vm_name":"n","checkpoint_name":"godwit-o","checkpoint_id":"X","created_unix":5}]}"#;
+        let parsed = parse_ledger(old).unwrap();
+        assert_eq!(parsed[0].kept_for_retry_unix, None);
+    }
+
+    #[test]
+    fn resumable_means_created_and_young() {
+        let mut e = entry("godwit-r");
+        assert!(
+            !e.resumable(10),
+            "no checkpoint id: creation may have failed half-way"
+        );
+        e.checkpoint_id = Some("ID".into());
+        assert!(e.resumable(10));
+        assert!(!e.resumable(1 + RESUME_WINDOW_SECS));
+        e.kept_for_retry_unix = Some(RESUME_WINDOW_SECS);
+        assert!(e.resumable(RESUME_WINDOW_SECS + 10));
     }
 
     #[test]

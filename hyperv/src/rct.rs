@@ -34,6 +34,9 @@ pub struct ReferenceDisk {
 pub struct ReferencePoint {
     pub reference_point: String,
     pub disks: Vec<ReferenceDisk>,
+    /// Whether the previous reference point (the last cycle's) was destroyed.
+    #[serde(default)]
+    pub destroyed_previous: bool,
 }
 
 /// What rct-changes.ps1 prints.
@@ -115,15 +118,19 @@ pub fn changes<T: Transport>(
     Ok(ranges)
 }
 
-/// Convert checkpoint `name` of VM `vm_id` into a reference point (the checkpoint goes away).
+/// Convert recovery checkpoint `name` of VM `vm_id` into a reference point (the checkpoint
+/// goes away), then destroy `previous` (the VM's last reference point, whose ids are no longer
+/// needed).
 pub fn convert_to_reference_point<T: Transport>(
     shell: &Shell<'_, T>,
     host: &str,
     vm_id: &str,
     name: &str,
+    previous: Option<&str>,
 ) -> Result<ReferencePoint> {
     const SCRIPT: &str = "rct-reference.ps1";
-    let args = serde_json::json!({ "VmId": vm_id, "Name": name });
+    let args =
+        serde_json::json!({ "VmId": vm_id, "Name": name, "Previous": previous.unwrap_or("") });
     let v = shell.run_ps_json(SCRIPT, &with_args(REFERENCE_SCRIPT, &args))?;
     let rp: ReferencePoint =
         serde_json::from_value(v).map_err(|e| bad(host, SCRIPT, e.to_string()))?;

@@ -52,6 +52,11 @@ pub struct CycleReport {
     pub reference_point: Option<String>,
     /// The host-push data path's figures (all disks); `None` when everything went over WinRM.
     pub push: Option<PushReport>,
+    /// The cycle went on with the checkpoint an unfinished earlier attempt kept (its spool
+    /// resumed) instead of making a new one.
+    pub resumed_checkpoint: bool,
+    /// `ApplicationConsistent` or `CrashConsistent` (empty when resumed).
+    pub consistency: String,
 }
 
 /// What Resilient Change Tracking said about one disk in a cycle.
@@ -68,12 +73,25 @@ pub struct DiskChanges {
 }
 
 /// Optional parts of a cycle; the default is what [`run_cycle`] does.
-#[derive(Debug, Clone, Default)]
-pub struct CycleExtras {
+#[derive(Clone, Default)]
+pub struct CycleExtras<'a> {
     /// The RCT state file. When set, a good cycle's checkpoint becomes an RCT reference point
     /// (recorded here) instead of being removed, and the next cycle hands only the ranges
     /// changed since then to the sink.
     pub rct_state: Option<PathBuf>,
+    /// Asked with a failed cycle's error: `true` keeps its checkpoint (ledgered as an
+    /// unfinished attempt) for the retry, which resumes it and its spool. `None` (and `false`)
+    /// removes it, as after a cancel, a refusal that needs the operator, or a VM that is gone.
+    pub keep_failed: Option<&'a (dyn Fn(&Error) -> bool + Sync)>,
+}
+
+impl std::fmt::Debug for CycleExtras<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CycleExtras")
+            .field("rct_state", &self.rct_state)
+            .field("keep_failed", &self.keep_failed.is_some())
+            .finish()
+    }
 }
 
 /// Called with (disk number, the frozen disk, its record, the changed ranges or `None` to
@@ -116,17 +134,20 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Remove every checkpoint the ledger holds for this host (left by a crash or a failed
-/// removal). Entries leave the ledger only once removal succeeded.
-pub fn sweep<T: Transport + Send + Sync + 'static>(
+/// Remove the checkpoints the ledger holds for this host (left by a crash, a failed removal or
+/// an attempt nobody will resume), except those `keep` says an attempt will resume. Entries
+/// leave the ledger only once removal succeeded. A shell is opened only when something is
+/// removed.
+pub fn sweep_except<T: Transport + Send + Sync + 'static>(
     client: &Arc<WinRm<T>>,
     ledger: &mut Ledger,
+    keep: &dyn Fn(&LedgerEntry) -> bool,
 ) -> Result<Vec<String>> {
     let host = client.transport().authority();
     let mine: Vec<LedgerEntry> = ledger
         .entries()
         .iter()
-        .filter(|e| e.host == host)
+        .filter(|e| e.host == host && !keep(e))
         .cloned()
         .collect();
     let mut swept = Vec::new();
@@ -142,6 +163,25 @@ pub fn sweep<T: Transport + Send + Sync + 'static>(
     }
     shell.close()?;
     Ok(swept)
+}
+
+/// Remove every checkpoint the ledger holds for this host (a job deleted or cancelled, a VM
+/// gone: nothing will resume them).
+pub fn sweep<T: Transport + Send + Sync + 'static>(
+    client: &Arc<WinRm<T>>,
+    ledger: &mut Ledger,
+) -> Result<Vec<String>> {
+    sweep_except(client, ledger, &|_| false)
+}
+
+/// Remove what the ledger holds for this host except unfinished attempts a later cycle may
+/// resume ([`LedgerEntry::resumable`]): the sweep at a start (after a crash or a restart).
+pub fn sweep_leftovers<T: Transport + Send + Sync + 'static>(
+    client: &Arc<WinRm<T>>,
+    ledger: &mut Ledger,
+) -> Result<Vec<String>> {
+    let now = now_unix();
+    sweep_except(client, ledger, &|e| e.resumable(now))
 }
 
 fn find_vm<T: Transport>(client: &WinRm<T>, name: &str) -> Result<VmRecord> {
@@ -218,8 +258,37 @@ pub fn run_cycle_pushed<T: Transport + Send + Sync + 'static>(
 ) -> Result<CycleReport> {
     let host = client.transport().authority();
     let mut ledger = Ledger::open(&opts.ledger)?;
-    let swept = sweep(client, &mut ledger)?;
-    let vm = find_vm(client, &opts.vm_name)?;
+    let vm = match find_vm(client, &opts.vm_name) {
+        Ok(vm) => vm,
+        Err(e) => {
+            // The VM is gone (or not replicable): nothing will resume its checkpoints.
+            let name = opts.vm_name.clone();
+            let now = now_unix();
+            let gone = matches!(e, Error::NotFound { .. });
+            if let Err(s) = sweep_except(client, &mut ledger, &|x| {
+                !(gone && x.vm_name == name) && x.resumable(now)
+            }) {
+                tracing::warn!(error = %s, "could not sweep the ledger");
+            }
+            return Err(e);
+        }
+    };
+    // Leftovers go; the newest unfinished attempt of this VM (if any) is resumed; unfinished
+    // attempts of other VMs stay for their own next cycle.
+    let now = now_unix();
+    let resume = ledger
+        .entries()
+        .iter()
+        .filter(|e| e.host == host && e.vm_id.eq_ignore_ascii_case(&vm.id) && e.resumable(now))
+        .max_by_key(|e| e.created_unix)
+        .cloned();
+    let swept = sweep_except(client, &mut ledger, &|e| {
+        let this_vm = e.vm_id.eq_ignore_ascii_case(&vm.id);
+        match &resume {
+            Some(r) if this_vm => e.checkpoint_name == r.checkpoint_name,
+            _ => !this_vm && e.resumable(now),
+        }
+    })?;
     let mut rct_state = match &extras.rct_state {
         Some(p) => Some((p, RctState::load(p)?)),
         None => None,
@@ -227,32 +296,59 @@ pub fn run_cycle_pushed<T: Transport + Send + Sync + 'static>(
     let previous = rct_state
         .as_ref()
         .and_then(|(_, s)| s.get(&host, &vm.id).cloned());
-    let name = format!("{CHECKPOINT_PREFIX}{}", uuid::Uuid::new_v4().simple());
-    ledger.add(LedgerEntry {
-        host: host.clone(),
-        vm_id: vm.id.clone(),
-        vm_name: vm.name.clone(),
-        checkpoint_name: name.clone(),
-        checkpoint_id: None,
-        created_unix: now_unix(),
-    })?;
-    let shell = client.open_shell()?;
-    let created = checkpoint::create(&shell, &host, &vm.id, &name);
+    let name = match &resume {
+        Some(r) => r.checkpoint_name.clone(),
+        None => {
+            let name = format!("{CHECKPOINT_PREFIX}{}", uuid::Uuid::new_v4().simple());
+            ledger.add(LedgerEntry {
+                host: host.clone(),
+                vm_id: vm.id.clone(),
+                vm_name: vm.name.clone(),
+                checkpoint_name: name.clone(),
+                checkpoint_id: None,
+                created_unix: now_unix(),
+                kept_for_retry_unix: None,
+            })?;
+            name
+        }
+    };
+    // One shell per phase: a cycle of hours does not depend on one shell's life.
+    let created = with_shell(client, |sh| {
+        checkpoint::create(
+            sh,
+            &host,
+            &vm.id,
+            &name,
+            resume.as_ref().and_then(|r| r.checkpoint_id.as_deref()),
+        )
+    });
     let result = match created {
         Ok(cp) => {
-            ledger.set_checkpoint_id(&name, &cp.id)?;
-            copy_disks(
-                client,
-                &shell,
-                &vm,
-                &cp,
-                previous.as_ref(),
-                ingest,
-                per_disk,
-            )
-            .map(|copied| (cp, copied))
+            if cp.resumed {
+                tracing::info!(checkpoint = %name, id = %cp.id, "resuming the checkpoint of an unfinished attempt");
+            } else {
+                ledger.set_checkpoint_id(&name, &cp.id)?;
+            }
+            copy_disks(client, &vm, &cp, previous.as_ref(), ingest, per_disk)
+                .map(|copied| (cp, copied))
         }
         Err(e) => Err(e),
+    };
+    // A failed attempt keeps its checkpoint for the retry when the caller says so (and the
+    // checkpoint exists): the retry resumes it and its spool.
+    let result = match result {
+        Err(e)
+            if extras.keep_failed.is_some_and(|keep| keep(&e))
+                && ledger
+                    .entries()
+                    .iter()
+                    .any(|x| x.checkpoint_name == name && x.checkpoint_id.is_some()) =>
+        {
+            ledger.set_kept_for_retry(&name, now_unix())?;
+            tracing::warn!(error = %e, checkpoint = %name, "the cycle failed; its checkpoint is kept for the retry");
+            return Err(e);
+        }
+        r => r,
     };
     // After a good cycle with RCT, the checkpoint becomes a reference point (which removes
     // it); otherwise, and if that fails, it is removed on every path, also when creation
@@ -260,7 +356,10 @@ pub fn run_cycle_pushed<T: Transport + Send + Sync + 'static>(
     // the ledger if removal fails.
     let mut reference_point = None;
     if let (Ok((cp, _)), Some((path, state))) = (&result, rct_state.as_mut()) {
-        match rct::convert_to_reference_point(&shell, &host, &vm.id, &name) {
+        let old = previous.as_ref().map(|p| p.reference_point.as_str());
+        match with_shell(client, |sh| {
+            rct::convert_to_reference_point(sh, &host, &vm.id, &name, old)
+        }) {
             Ok(rp) => {
                 state.set(&host, &vm.id, Some(vm_rct(&host, &vm.id, cp, &rp)));
                 reference_point = Some(rp.reference_point);
@@ -275,9 +374,9 @@ pub fn run_cycle_pushed<T: Transport + Send + Sync + 'static>(
     let removed = if reference_point.is_some() {
         ledger.remove(&name)
     } else {
-        checkpoint::remove(&shell, &host, &vm.id, &name).and_then(|_| ledger.remove(&name))
+        with_shell(client, |sh| checkpoint::remove(sh, &host, &vm.id, &name))
+            .and_then(|_| ledger.remove(&name))
     };
-    let closed = shell.close();
     let (cp, copied) = match (result, removed) {
         (Err(e), Err(r)) => {
             tracing::warn!(error = %r, checkpoint = %name, "could not remove the checkpoint; the next run sweeps it");
@@ -287,7 +386,6 @@ pub fn run_cycle_pushed<T: Transport + Send + Sync + 'static>(
         (Ok(_), Err(r)) => return Err(r),
         (Ok(v), Ok(())) => v,
     };
-    closed?;
     Ok(CycleReport {
         vm: vm.name,
         checkpoint: name,
@@ -299,7 +397,22 @@ pub fn run_cycle_pushed<T: Transport + Send + Sync + 'static>(
         changes: copied.changes,
         reference_point,
         push: copied.push,
+        resumed_checkpoint: cp.resumed,
+        consistency: cp.consistency,
     })
+}
+
+/// Run `f` on a shell of its own, deleted afterwards (also when `f` failed).
+fn with_shell<T: Transport + Send + Sync + 'static, R>(
+    client: &Arc<WinRm<T>>,
+    f: impl FnOnce(&Shell<'_, T>) -> Result<R>,
+) -> Result<R> {
+    let shell = client.open_shell()?;
+    let r = f(&shell);
+    let closed = shell.close();
+    let r = r?;
+    closed?;
+    Ok(r)
 }
 
 /// The state to keep after a reference point: each frozen disk's RCT id under its drive.
@@ -340,7 +453,6 @@ struct Copied {
 
 fn copy_disks<T: Transport + Send + Sync + 'static>(
     client: &Arc<WinRm<T>>,
-    shell: &Shell<'_, T>,
     vm: &VmRecord,
     cp: &Checkpoint,
     previous: Option<&VmRct>,
@@ -392,7 +504,9 @@ fn copy_disks<T: Transport + Send + Sync + 'static>(
         let mut rct_failure = None;
         let ranges = match since {
             None => None,
-            Some(s) => match rct::changes(shell, &host, &d.path, &s.rct_id, disk.virtual_size()) {
+            Some(s) => match with_shell(client, |sh| {
+                rct::changes(sh, &host, &d.path, &s.rct_id, disk.virtual_size())
+            }) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::warn!(error = %e, disk = n, "RCT changes unavailable; reading the whole disk");
@@ -419,7 +533,7 @@ fn copy_disks<T: Transport + Send + Sync + 'static>(
         };
         match &pushed {
             Some(p) => {
-                let r = push_disk(client, shell, &host, p, &disk, ranges.as_deref(), || {
+                let r = push_disk(client, &host, p, &disk, ranges.as_deref(), || {
                     sink(per_disk)
                 })?;
                 push_report.get_or_insert_with(PushReport::default).add(&r);
@@ -516,7 +630,6 @@ fn push_setup<T: Transport + Send + Sync + 'static>(
 /// data, pushed by a feeder thread in the order `sink` (the transfer) reads it while it runs.
 fn push_disk<T: Transport + Send + Sync + 'static>(
     client: &Arc<WinRm<T>>,
-    shell: &Shell<'_, T>,
     host: &str,
     p: &Pushed<T>,
     disk: &Disk,
@@ -535,7 +648,9 @@ fn push_disk<T: Transport + Send + Sync + 'static>(
     }
     let meta = without_held(&meta, &held(&meta, locator));
     if !meta.is_empty() {
-        let r = push_ranges(shell, host, cfg, &p.url, locator, meta, &Stopper::default())?;
+        let r = with_shell(client, |sh| {
+            push_ranges(sh, host, cfg, &p.url, locator, meta, &Stopper::default())
+        })?;
         tracing::info!(report = ?r, "sector bitmaps pushed");
         report.add(&r);
     }

@@ -211,6 +211,7 @@ fn ledger_entries_follow_their_vm_to_its_new_host() {
         checkpoint_name: name.into(),
         checkpoint_id: None,
         created_unix: 1,
+        kept_for_retry_unix: None,
     };
     let mut l = Ledger::open(&p).unwrap();
     l.add(entry("godwit-a", "hv-a:5986", "VM-1")).unwrap();

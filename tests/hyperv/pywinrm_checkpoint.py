@@ -7,7 +7,7 @@ import winrm
 
 url, ca, scripts, vm_id = sys.argv[1:5]
 s = winrm.Session(url, auth=("Administrator", os.environ["GODWIT_SIM_PASSWORD"]),
-                  transport="basic", server_cert_validation="validate", ca_trust_path=ca)
+                  transport="ntlm", server_cert_validation="validate", ca_trust_path=ca)
 
 
 def run(name, args):

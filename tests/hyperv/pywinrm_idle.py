@@ -7,7 +7,7 @@ import json, os, sys, time
 from winrm.protocol import Protocol
 
 url, ca, idle = sys.argv[1], sys.argv[2], float(sys.argv[3])
-p = Protocol(endpoint=url, transport="basic", username="Administrator",
+p = Protocol(endpoint=url, transport="ntlm", username="Administrator",
              password=os.environ["GODWIT_SIM_PASSWORD"], server_cert_validation="validate",
              ca_trust_path=ca, read_timeout_sec=70, operation_timeout_sec=60)
 shell = p.open_shell()

@@ -7,7 +7,7 @@ import winrm
 
 url, ca, scripts, args = sys.argv[1:5]
 s = winrm.Session(url, auth=("Administrator", os.environ["GODWIT_SIM_PASSWORD"]),
-                  transport="basic", server_cert_validation="validate", ca_trust_path=ca,
+                  transport="ntlm", server_cert_validation="validate", ca_trust_path=ca,
                   read_timeout_sec=70, operation_timeout_sec=60)
 body = open(os.path.join(scripts, "push-ranges.ps1"), encoding="utf-8").read()
 js = json.dumps(json.loads(args), separators=(",", ":"), ensure_ascii=False)

@@ -6,7 +6,7 @@ import winrm
 
 url, ca, script = sys.argv[1:4]
 s = winrm.Session(url, auth=("Administrator", os.environ["GODWIT_SIM_PASSWORD"]),
-                  transport="basic", server_cert_validation="validate", ca_trust_path=ca)
+                  transport="ntlm", server_cert_validation="validate", ca_trust_path=ca)
 r = s.run_ps(open(script, encoding="utf-8").read())
 out = {"rc": r.status_code}
 if r.status_code == 0:

@@ -17,7 +17,8 @@ const PASSWORD: &str = "S3cret-sim";
 /// A simulator with no VMs, offering `auth` (`["basic","ntlm"]` by default).
 fn sim(dir: &Path, auth: Option<&str>) -> RunningSim {
     let json = match auth {
-        None => r#"{"vms":[]}"#.to_string(),
+        // Basic must be configured: Windows' (and the simulator's) default is Negotiate only.
+        None => r#"{"auth":["basic","ntlm"],"vms":[]}"#.to_string(),
         Some(a) => format!(r#"{{"auth":["{a}"],"vms":[]}}"#),
     };
     std::fs::write(dir.join("vms.json"), json).unwrap();

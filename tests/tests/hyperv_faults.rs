@@ -128,7 +128,7 @@ fn a_used_up_shell_quota_is_waited_out() {
             r#"
 import os, sys, time
 from winrm.protocol import Protocol
-p = Protocol(endpoint=sys.argv[1], transport="basic", username="Administrator",
+p = Protocol(endpoint=sys.argv[1], transport="ntlm", username="Administrator",
              password=os.environ["GODWIT_SIM_PASSWORD"], server_cert_validation="validate",
              ca_trust_path=sys.argv[2])
 s = p.open_shell()
@@ -166,6 +166,81 @@ p.close_shell(s)
     assert!(holder.0.wait().unwrap().success());
     assert!(sim.checkpoints().is_empty());
     assert_eq!(sim.open_shells(), 0);
+}
+
+#[test]
+fn a_used_up_operations_quota_is_waited_out() {
+    let work = tempfile::tempdir().unwrap();
+    let f = fixture(&work.path().join("host"));
+    // MaxConcurrentOperationsPerUser 1, and another client (pywinrm) keeps a command running
+    // for 3 s: every command of the cycle is refused with wsman:QuotaLimit
+    // (ERROR_WSMAN_QUOTA_MAX_OPERATIONS) until that one ends.
+    let sim = start_sim_json(
+        &f.dir,
+        &format!(
+            r#"{{"vms":[{}],"faults":{{"max_concurrent_operations_per_user":1}}}}"#,
+            web_vm()
+        ),
+    );
+    let ca = work.path().join("sim.pem");
+    std::fs::write(&ca, &sim.cert_pem).unwrap();
+    let holder = Command::new("python3")
+        .args([
+            "-c",
+            r#"
+import os, sys, time
+from winrm.protocol import Protocol
+p = Protocol(endpoint=sys.argv[1], transport="ntlm", username="Administrator",
+             password=os.environ["GODWIT_SIM_PASSWORD"], server_cert_validation="validate",
+             ca_trust_path=sys.argv[2])
+s = p.open_shell()
+c = p.run_command(s, "echo held")
+print("holding", flush=True)
+time.sleep(3)
+p.cleanup_command(s, c)
+p.close_shell(s)
+"#,
+        ])
+        .arg(format!("https://127.0.0.1:{}/wsman", sim.addr.port()))
+        .arg(&ca)
+        .env("GODWIT_SIM_PASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut holder = util::Guard(holder);
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(holder.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "holding");
+    }
+    let srv = Server::start(&work.path().join("staging"), "127.0.0.1:0", &[]);
+    let tf = token_file(work.path(), &srv.token);
+    let state = work.path().join("state");
+    let t0 = Instant::now();
+    let o = replicate_cmd(&sim, &srv.url(), &srv.fingerprint, &tf, &state, "web-gen2")
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let refused = sim.operation_quota_refusals();
+    eprintln!(
+        "a cycle that met MaxConcurrentOperationsPerUser ({refused} refusals) waited and finished in {took:?}"
+    );
+    assert!(refused >= 1, "the quota was never met");
+    assert!(
+        took >= Duration::from_secs(1),
+        "the quota was not waited out"
+    );
+    assert!(holder.0.wait().unwrap().success());
+    assert!(sim.checkpoints().is_empty());
+    assert_eq!(sim.open_shells(), 0);
+    assert_eq!(
+        export_sha(&srv, "web-gen2", work.path()),
+        sha256_file(&f.web_ref)
+    );
 }
 
 #[test]

@@ -405,7 +405,8 @@ fn killed_connector_mid_push_reruns_asking_only_for_the_missing_ranges() {
     // kill -9 right after the first push was made durable.
     guard.0.kill().unwrap();
     guard.0.wait().unwrap();
-    assert_eq!(sim.checkpoints().len(), 1);
+    let killed = sim.checkpoints();
+    assert_eq!(killed.len(), 1);
     let out = run_ok(&mut pushed_cmd(&sim, &srv, &tf, &state, "web-gen2"));
     let (_, cycle) = json_events(&out);
     let push = &cycle["push"];
@@ -415,12 +416,18 @@ fn killed_connector_mid_push_reruns_asking_only_for_the_missing_ranges() {
         push["resumed_bytes"].as_u64().unwrap(),
         push["pushed_bytes"].as_u64().unwrap(),
     );
-    // The killed run's checkpoint was swept, so its spool (keyed by that checkpoint) was stale
-    // and removed: everything is pushed again from the new checkpoint.
-    assert_eq!((resumed, pushed), (0, needed), "{push}");
+    // The killed run's checkpoint is still there: the rerun resumes it (nothing swept), so its
+    // spool is still good and only what is missing is asked for again.
+    assert_eq!(cycle["resumed_checkpoint"], true, "{cycle}");
+    assert!(cycle["swept"].as_array().unwrap().is_empty(), "{cycle}");
+    assert!(resumed > 0, "nothing resumed: {push}");
+    assert_eq!(resumed % (4 * MIB), 0, "whole pushes resumed: {push}");
+    assert_eq!(resumed + pushed, needed, "{push}");
     assert_eq!(push["missing_bytes"], 0, "{push}");
-    assert!(cycle["swept"][0].is_string(), "{cycle}");
+    assert_eq!(cycle["checkpoint"], killed[0].name.as_str(), "{cycle}");
     assert!(sim.checkpoints().is_empty());
+    assert_eq!(ledger_entries(&state), 0);
+    assert!(!spool.exists(), "spool left: {}", spool.display());
     assert_eq!(
         export_sha(&srv, "web-gen2", work.path()),
         sha256_file(&f.web_ref)

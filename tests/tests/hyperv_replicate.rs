@@ -70,8 +70,15 @@ fn hyperv_vms_replicate_to_staging_and_export_identical_disks_without_leftover_c
     assert_eq!(sim.open_shells(), 0, "shells left open");
 }
 
+/// The ledger's entries (JSON values).
+fn ledger(state: &std::path::Path) -> Vec<serde_json::Value> {
+    let p = state.join("hyperv-checkpoint-ledger.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    v["entries"].as_array().unwrap().clone()
+}
+
 #[test]
-fn failed_replication_removes_its_checkpoint() {
+fn failed_replication_keeps_its_checkpoint_for_the_retry_which_resumes_it_and_leaves_nothing() {
     let work = tempfile::tempdir().unwrap();
     let f = fixture(&work.path().join("host"));
     let sim = start_sim(&f, 0);
@@ -98,9 +105,22 @@ fn failed_replication_removes_its_checkpoint() {
         "replicate to a dead target succeeded: {err}"
     );
     assert!(err.contains("disk 0"), "{err}");
-    assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
-    assert_eq!(ledger_entries(&state), 0);
-    // A VM that does not exist: exit code 5, and no checkpoint either.
+    assert!(err.contains("kept on the host for the retry"), "{err}");
+    // The checkpoint stays, ledgered as an unfinished attempt.
+    let kept = sim.checkpoints();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let entries = ledger(&state);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["checkpoint_name"], kept[0].name.as_str());
+    assert!(entries[0]["kept_for_retry_unix"].is_u64(), "{entries:?}");
+    // A VM that does not exist: exit code 5; a kept checkpoint of a VM of that name that is
+    // gone (written here as if it had been) leaves the ledger, the other VM's stays.
+    let mut ghost = entries[0].clone();
+    ghost["vm_id"] = "6c1f2a8e-0000-4000-8000-0000000000ff".into();
+    ghost["vm_name"] = "nope".into();
+    ghost["checkpoint_name"] = "godwit-ghost".into();
+    let text = format!(r#"{{"version":1,"entries":[{},{}]}}"#, entries[0], ghost);
+    std::fs::write(state.join("hyperv-checkpoint-ledger.json"), text).unwrap();
     let o = run(&mut replicate_cmd(
         &sim,
         &format!("staging://127.0.0.1:{port}"),
@@ -115,11 +135,40 @@ fn failed_replication_removes_its_checkpoint() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(sim.checkpoints().is_empty());
+    let names: Vec<String> = ledger(&state)
+        .iter()
+        .map(|e| e["checkpoint_name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, vec![kept[0].name.clone()]);
+    assert_eq!(sim.checkpoints().len(), 1);
+    // The retry (a live target now) resumes the kept checkpoint and leaves nothing.
+    let srv = Server::start(&work.path().join("staging"), "127.0.0.1:0", &[]);
+    let tok = work.path().join("tok2");
+    std::fs::create_dir_all(&tok).unwrap();
+    let tf = token_file(&tok, &srv.token);
+    let out = run_ok(&mut replicate_cmd(
+        &sim,
+        &srv.url(),
+        &srv.fingerprint,
+        &tf,
+        &state,
+        "web-gen2",
+    ));
+    assert!(
+        out.contains(&format!("resumed kept checkpoint {}", kept[0].name)),
+        "{out}"
+    );
+    assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
+    assert_eq!(ledger_entries(&state), 0);
+    assert_eq!(
+        export_sha(&srv, "web-gen2", work.path()),
+        sha256_file(&f.web_ref)
+    );
+    assert_eq!(sim.open_shells(), 0);
 }
 
 #[test]
-fn killed_replication_leaves_a_ledgered_checkpoint_that_the_next_run_sweeps() {
+fn killed_replication_leaves_a_ledgered_checkpoint_that_the_next_run_resumes() {
     let work = tempfile::tempdir().unwrap();
     let f = fixture(&work.path().join("host"));
     let sim = start_sim(&f, 100);
@@ -133,7 +182,14 @@ fn killed_replication_leaves_a_ledgered_checkpoint_that_the_next_run_sweeps() {
         .unwrap();
     let mut guard = Guard(child);
     let t0 = Instant::now();
-    while sim.checkpoints().is_empty() {
+    // Killed once the checkpoint exists and its id is in the ledger (the disk being read).
+    let recorded = || {
+        std::fs::read(state.join("hyperv-checkpoint-ledger.json"))
+            .ok()
+            .and_then(|b| godwit_hyperv::ledger::parse_ledger(&b).ok())
+            .is_some_and(|l| l.iter().any(|e| e.checkpoint_id.is_some()))
+    };
+    while sim.checkpoints().is_empty() || !recorded() {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
             "no checkpoint was created"
@@ -164,7 +220,7 @@ fn killed_replication_leaves_a_ledgered_checkpoint_that_the_next_run_sweeps() {
         "web-gen2",
     ));
     assert!(
-        out.contains(&format!("swept leftover {}", left[0].name)),
+        out.contains(&format!("resumed kept checkpoint {}", left[0].name)),
         "{out}"
     );
     assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
@@ -240,8 +296,18 @@ fn checkpoint_freezes_the_parent_while_an_avhdx_child_takes_the_writes_and_remov
     let client = godwit_hyperv::replicate::connect(&source, &creds, Some(sim.fingerprint)).unwrap();
     let host = godwit_hyperv::transport::Transport::authority(client.transport());
     let shell = client.open_shell().unwrap();
-    let cp = godwit_hyperv::checkpoint::create(&shell, &host, WEB_ID, "godwit-t1").unwrap();
+    let cp = godwit_hyperv::checkpoint::create(&shell, &host, WEB_ID, "godwit-t1", None).unwrap();
     assert_eq!(cp.disks[0].path, "C:\\VMs\\web\\web.vhdx");
+    // A recovery checkpoint (CreateSnapshot, SnapshotType 32768), application consistent
+    // (the guest has VSS).
+    assert_eq!(
+        (cp.snapshot_type.as_str(), cp.consistency.as_str()),
+        ("Recovery", "ApplicationConsistent")
+    );
+    let frozen_mtime = std::fs::metadata(f.dir.join("web/web.vhdx"))
+        .unwrap()
+        .modified()
+        .unwrap();
     // The VM now runs on a real AVHDX child of the frozen file.
     let active = sim.active_file(WEB_ID, 0).unwrap();
     assert_eq!(active, format!("web/web_{}.avhdx", cp.id.to_uppercase()));
@@ -288,6 +354,12 @@ fn checkpoint_freezes_the_parent_while_an_avhdx_child_takes_the_writes_and_remov
     shell.close().unwrap();
     assert!(!child.exists(), "the AVHDX is still there after the merge");
     assert_eq!(sim.active_file(WEB_ID, 0).unwrap(), "web/web.vhdx");
+    // The merge rewrote the frozen parent: its LastWriteTime is new.
+    let merged_mtime = std::fs::metadata(&base).unwrap().modified().unwrap();
+    assert!(
+        merged_mtime > frozen_mtime,
+        "the merge left the parent's time"
+    );
     assert_eq!(qemu_raw_sha(&base, work.path()), sha256_file(&expect));
     assert!(sim.checkpoints().is_empty());
 }

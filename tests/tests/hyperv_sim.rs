@@ -28,6 +28,7 @@ fn model_json(receive_timeouts: u32, command_fault: Option<u32>) -> String {
    "memory_startup":2147483648,"version":"5.0","checkpoint_type":"Standard",
    "disks":[{{"controller_type":"IDE","controller_number":0,"controller_location":0,"path":"db/db.vhd"}},
             {{"controller_type":"IDE","controller_number":0,"controller_location":1,"disk_number":3}}]}}],
+ "auth":["basic","ntlm"],
  "faults":{{"receive_timeouts":{receive_timeouts},"command_fault":{fault}}}}}"#
     )
 }
@@ -266,10 +267,12 @@ fn godwit_inventory_cli_lists_the_simulated_host() {
     assert_eq!(v[1]["eligible"], false);
 }
 
-/// A host that, like Windows by default, accepts only NTLM (Negotiate), not Basic.
+/// A host as Windows' WinRM service is by default: Negotiate (NTLM) only, `Auth/Basic = false`
+/// (the simulator's default too: vms.json names no `auth`).
 fn ntlm_only_sim(dir: &Path) -> RunningSim {
     drop(sim_in(dir, 0, None));
-    let json = model_json(0, None).replacen("{\"vms\"", "{\"auth\":[\"ntlm\"],\"vms\"", 1);
+    let json = model_json(0, None).replacen("\"auth\":[\"basic\",\"ntlm\"],", "", 1);
+    assert!(!json.contains("\"auth\""), "{json}");
     std::fs::write(dir.join("vms.json"), json).unwrap();
     start(
         SimConfig {
@@ -309,6 +312,24 @@ fn ntlm_only_host_pywinrm_and_godwit_authenticate_with_ntlm() {
     let sim = ntlm_only_sim(dir.path());
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &sim.cert_pem).unwrap();
+    // Basic is refused (Windows' default), whatever the password: pywinrm's Basic transport
+    // gets 401.
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/hyperv/pywinrm_check.py"
+        ))
+        .arg(format!("https://127.0.0.1:{}/wsman", sim.addr.port()))
+        .arg(&ca)
+        .arg("basic")
+        .env("GODWIT_SIM_PASSWORD", PASSWORD)
+        .output()
+        .expect("python3 runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("InvalidCredentialsError"),
+        "Basic accepted by a default host: {err}"
+    );
     // pywinrm's NTLM transport (requests-ntlm / pyspnego) against the simulator's NTLM.
     let v = pywinrm_check(&sim, &ca, "ntlm");
     assert_eq!(v["hello"]["stdout"], "hello from sim\r\n", "{v}");

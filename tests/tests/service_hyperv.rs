@@ -12,8 +12,12 @@
 //!   shown is `sha256sum` of the file; no checkpoint is left and the ledger is empty;
 //! - the guest rewrites 12 MiB; the next run is a Resilient Change Tracking incremental of
 //!   those ranges (as `godwit replicate` does), killed with `kill -9` mid-transfer: the
-//!   checkpoint stays, the restarted service sweeps it at start, the run starts again and
-//!   completes, and the export equals the source with the writes.
+//!   checkpoint stays, the restarted service keeps it (the job runs again), the run resumes it
+//!   and completes, and the export equals the source with the writes;
+//! - the RCT ids are made ones the host refuses: the next run reads the disk in full and says
+//!   so in the job's timeline (`FULL RE-READ instead of an incremental`);
+//! - a host hiccup once the checkpoint exists: the failed run keeps its checkpoint for the
+//!   retry (the ledger says so); cancelling the job removes it.
 
 #[path = "vmware_harness/serve.rs"]
 mod service;
@@ -257,7 +261,8 @@ fn hyperv_job_replicates_exports_identical_disks_and_sweeps_after_kill9() {
     let left = sim.checkpoints();
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].name.starts_with("godwit-"), "{left:?}");
-    // The restart sweeps it before anything else, then the run starts again and completes.
+    // The restart keeps it (the job runs again): the run starts again, resumes it and
+    // completes.
     let svc = svc.restart();
     let done = svc.wait_job(&id, 120, |j| j["state"] == "completed");
     assert_eq!(done["runs_completed"], json!(2), "{done}");
@@ -266,8 +271,8 @@ fn hyperv_job_replicates_exports_identical_disks_and_sweeps_after_kill9() {
         .to_string();
     assert!(events.contains("the run starts again"), "{events}");
     assert!(
-        events.contains(&format!("removed leftover snapshot {}", left[0].name)),
-        "the start-up sweep is not in the timeline: {events}"
+        events.contains(&format!("resumed checkpoint {}", left[0].name)),
+        "the run did not resume the kept checkpoint: {events}"
     );
     assert!(
         events.contains("RCT: ") && events.contains("12.0 MiB)"),
@@ -282,6 +287,85 @@ fn hyperv_job_replicates_exports_identical_disks_and_sweeps_after_kill9() {
         "export after the incremental"
     );
     assert_eq!(ex["sha256"], json!(expect_sha));
+
+    // A forced RCT failure: the host refuses the stored ids, the run reads everything again
+    // and the job's timeline says so.
+    let rct = svc.data.join("jobs").join(&id).join("hyperv-rct.json");
+    let text = std::fs::read_to_string(&rct).unwrap();
+    let broken: String = text
+        .split('"')
+        .map(|part| {
+            if part.starts_with("rctX:") {
+                "rctX:00000000-dead:0".to_string()
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\"");
+    assert_ne!(broken, text, "no RCT id in {text}");
+    std::fs::write(&rct, broken).unwrap();
+    svc.ok("POST", &format!("/jobs/{id}/run"), None);
+    let done = svc.wait_job(&id, 120, |j| {
+        j["state"] == "completed" && j["runs_completed"] == json!(3)
+    });
+    let events = svc
+        .ok("GET", &format!("/jobs/{id}/events"), None)
+        .to_string();
+    assert!(
+        events.contains(
+            "disk 0: FULL RE-READ instead of an incremental: Resilient Change Tracking failed"
+        ) && events.contains("32773"),
+        "the forced RCT failure is not in the timeline: {events}"
+    );
+    no_checkpoint_and_empty_ledger(&svc, &sim);
+    let _ = done;
+
+    // A host hiccup once the checkpoint exists (the next WinRM command fails): the failed run
+    // keeps its checkpoint for the retry (the ledger says so)...
+    svc.ok("POST", &format!("/jobs/{id}/run"), None);
+    let t0 = std::time::Instant::now();
+    while sim.checkpoints().is_empty() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "no checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    sim.fail_next_commands(1, 2_150_858_751);
+    let t0 = std::time::Instant::now();
+    loop {
+        let ledger = svc.ok("GET", "/ledger", None).to_string();
+        if ledger.contains("kept for the retry") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "no kept checkpoint: {ledger} {}",
+            svc.ok("GET", &format!("/jobs/{id}/events"), None)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kept = sim.checkpoints();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    // ...and cancelling the job (waiting for its retry, or already in it) removes it. (If the
+    // retry won the race and completed, it removed the checkpoint itself.)
+    let (code, _) = svc.api("POST", &format!("/jobs/{id}/cancel"), None);
+    assert!(code == 200 || code == 204 || code == 409, "cancel: {code}");
+    let t0 = std::time::Instant::now();
+    while !sim.checkpoints().is_empty() || svc.ok("GET", "/ledger", None) != json!([]) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "a cancelled job kept its checkpoint: {:?} {}",
+            sim.checkpoints(),
+            svc.ok("GET", "/ledger", None)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let events = svc
+        .ok("GET", &format!("/jobs/{id}/events"), None)
+        .to_string();
+    eprintln!("after the hiccup and the cancel: {events}");
     // The source password is in no answer and no log.
     for text in [
         svc.ok("GET", "/settings", None).to_string(),

@@ -16,8 +16,9 @@
 //!   qemu-img's raw conversion of the VHDX (SHA-256), no checkpoint is left and the ledger is
 //!   empty; the host pin is shown with the source;
 //! - the guest rewrites 12 MiB and the next run is killed with `kill -9` mid-transfer: the
-//!   checkpoint stays on hv-b, the restarted service sweeps it there (the start-up sweep asks
-//!   VMM for the VM's host), the run completes and the export equals the source with the writes.
+//!   checkpoint stays on hv-b, the restarted service keeps it (the job runs again), the run
+//!   resumes it there (asking VMM for the VM's host) and completes, no checkpoint is left and
+//!   the export equals the source with the writes.
 
 mod hyperv_common;
 #[path = "vmware_harness/serve.rs"]
@@ -289,8 +290,8 @@ fn scvmm_source_inventories_through_vmm_and_replicates_on_an_approved_host() {
     assert_eq!(ex["sha256"], json!(ref_sha), "{ex}");
 
     // The guest rewrites 12 MiB; the next run (an RCT incremental on hv-b) is killed with
-    // kill -9 mid-transfer: the checkpoint stays on hv-b, the restarted service sweeps it there
-    // (asking VMM for the VM's host), the run starts again and completes.
+    // kill -9 mid-transfer: the checkpoint stays on hv-b, the restarted service keeps it and
+    // the run (on the host VMM names) resumes it and completes.
     let mut changed = vec![0u8; usize::try_from(12 * MIB).unwrap()];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut changed))
@@ -317,8 +318,8 @@ fn scvmm_source_inventories_through_vmm_and_replicates_on_an_approved_host() {
         .ok("GET", &format!("/jobs/{id}/events"), None)
         .to_string();
     assert!(
-        events.contains(&format!("removed leftover snapshot {}", left[0].name)),
-        "the start-up sweep is not in the timeline: {events}"
+        events.contains(&format!("resumed checkpoint {}", left[0].name)),
+        "the run did not resume the kept checkpoint on hv-b: {events}"
     );
     assert!(
         events.contains("RCT: ") && events.contains("12.0 MiB)"),

@@ -237,8 +237,13 @@ fn cycle(
         }
         None => connect(&src, &creds, pin)?,
     };
+    // A cycle that fails for a transient reason keeps its checkpoint (ledgered as an
+    // unfinished attempt): running the same command again resumes it and its spool; a later
+    // run on this host removes it once it is older than a day.
+    let keep = |e: &HypervError| e.is_transient();
     let extras = CycleExtras {
         rct_state: Some(state_dir.join("hyperv-rct.json")),
+        keep_failed: Some(&keep),
     };
     let mut disks = 0usize;
     let mut sink = |n: usize,
@@ -262,7 +267,15 @@ fn cycle(
         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     };
     let cfg = ingest.as_ref().map(|(_, c)| c);
-    let report = run_cycle_pushed(&client, &copts, &extras, cfg, &mut sink)?;
+    let report = run_cycle_pushed(&client, &copts, &extras, cfg, &mut sink).inspect_err(|e| {
+        if e.is_transient() {
+            eprintln!(
+                "godwit: the checkpoint of VM {:?} is kept on the host for the retry: run the same command again to resume (a run on this host removes it after {} hours)",
+                a.vm,
+                godwit_hyperv::ledger::RESUME_WINDOW_SECS / 3600
+            );
+        }
+    })?;
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["event"] = "hyperv-cycle".into();
@@ -289,9 +302,14 @@ fn cycle(
             )
         });
         println!(
-            "Hyper-V cycle of {}: {disks} disk(s) ({}), checkpoint {} ({}) {}, {} bytes read over WinRM in {} commands{pushed}{}",
+            "Hyper-V cycle of {}: {disks} disk(s) ({}), {} {} ({}) {}, {} bytes read over WinRM in {} commands{pushed}{}",
             report.vm,
             rct.join("; "),
+            if report.resumed_checkpoint {
+                "resumed kept checkpoint"
+            } else {
+                "recovery checkpoint"
+            },
             report.checkpoint,
             report.checkpoint_type,
             match &report.reference_point {

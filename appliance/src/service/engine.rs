@@ -225,7 +225,7 @@ impl Engine {
                 continue;
             }
             let me = self.clone();
-            let r = tokio::task::spawn_blocking(move || me.sweep_one(&job, &src)).await;
+            let r = tokio::task::spawn_blocking(move || me.sweep_one(&job, &src, true)).await;
             match r {
                 Ok(Ok(names)) => removed.extend(names),
                 Ok(Err(e)) => tracing::warn!(error = %e, "ledger sweep"),
@@ -243,15 +243,27 @@ impl Engine {
         }
     }
 
-    /// Sweep one job's ledger (blocking); records each removal in the job's timeline.
-    fn sweep_one(&self, job: &JobRecord, src: &SourceRecord) -> Result<Vec<String>, String> {
+    /// Sweep one job's ledger (blocking); records each removal in the job's timeline. With
+    /// `keep_resumable`, a checkpoint kept for the retry of a job that will run again stays.
+    fn sweep_one(
+        &self,
+        job: &JobRecord,
+        src: &SourceRecord,
+        keep_resumable: bool,
+    ) -> Result<Vec<String>, String> {
         let removed = match src.kind {
-            SourceKind::Hyperv | SourceKind::Scvmm => run_hyperv::sweep(self, job, src),
+            SourceKind::Hyperv | SourceKind::Scvmm => {
+                run_hyperv::sweep(self, job, src, keep_resumable)
+            }
             SourceKind::Vsphere => run_vsphere::sweep(self, job, src),
         }
         .map_err(|e| format!("job {}: {e}", job.id))?;
         for name in &removed {
-            let msg = format!("removed leftover snapshot {name} (ledger sweep at start)");
+            let msg = if keep_resumable {
+                format!("removed leftover snapshot {name} (ledger sweep at start)")
+            } else {
+                format!("removed snapshot {name} (the job was cancelled or is being deleted)")
+            };
             tracing::info!(job = %job.id, "{msg}");
             if let Ok(Some(j)) = self.store.job(&job.id) {
                 let _ = self.store.put_job(&j, Some(&msg));
@@ -270,7 +282,7 @@ impl Engine {
         if pending {
             let src =
                 src.ok_or("its source was removed, so its leftover snapshot cannot be removed")?;
-            self.sweep_one(job, src)?;
+            self.sweep_one(job, src, false)?;
         }
         Ok(())
     }

@@ -282,19 +282,31 @@ pub fn merge(
         return Err("simulator: only the newest checkpoint can be merged".into());
     }
     let child = drive.children.remove(pos);
-    if !child.writes.is_empty() {
-        match drive.children.last_mut() {
-            Some(parent) => {
-                parent.writes.extend(child.writes.iter().cloned());
-                write_child(parent, dir, root)?;
-            }
-            None if child.vhdx => rewrite_base(&dir.join(&drive.base), &child.writes)?,
-            None => return Err("simulator: merging writes into a VHD is not supported".into()),
+    // A merge writes the parent: its LastWriteTime changes even when the child holds no guest
+    // writes (Hyper-V updates the parent's headers/log while merging), so nothing may trust a
+    // frozen file's LastWriteTime across a removed checkpoint.
+    match drive.children.last_mut() {
+        Some(parent) => {
+            parent.writes.extend(child.writes.iter().cloned());
+            write_child(parent, dir, root)?;
         }
+        None if child.vhdx => rewrite_base(&dir.join(&drive.base), &child.writes)?,
+        None if child.writes.is_empty() => touch(&dir.join(&drive.base))?,
+        None => return Err("simulator: merging writes into a VHD is not supported".into()),
     }
     let p = dir.join(&child.rel);
     std::fs::remove_file(&p).map_err(|e| io(&p, e))?;
     Ok(true)
+}
+
+/// Set a file's modification time to now (a merge that wrote nothing but metadata).
+fn touch(path: &Path) -> Result<(), String> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io(path, e))?;
+    f.set_modified(std::time::SystemTime::now())
+        .map_err(|e| io(path, e))
 }
 
 /// The whole disk in memory, as a block source for the writer.

@@ -10,6 +10,7 @@ pub mod model;
 mod push;
 mod scripts;
 pub mod scvmm;
+mod wmi;
 
 pub use scripts::SimCheckpoint;
 
@@ -50,6 +51,8 @@ struct Command {
     exit_code: i64,
     timeouts_left: u32,
     pending: Option<Pending>,
+    /// The script's output is ready only then (its WMI jobs and merges take that long).
+    ready_at: Option<std::time::Instant>,
 }
 
 #[derive(Default)]
@@ -59,6 +62,16 @@ struct Shells {
     last_used: HashMap<String, std::time::Instant>,
     /// Shells the host deleted after their IdleTimeout.
     idle_deleted: usize,
+    /// Commands refused for MaxConcurrentOperationsPerUser.
+    quota_refusals: usize,
+    /// The next this many Commands are answered with this WSManFault code (a host hiccup a
+    /// test injects while a cycle runs).
+    fail_next: Option<(usize, u32)>,
+    /// When each open shell was created, shells created in all, and the longest a deleted
+    /// shell lived.
+    created_at: HashMap<String, std::time::Instant>,
+    shells_created: usize,
+    longest_shell: std::time::Duration,
     host: scripts::HostState,
     /// NTLM handshakes waiting for their AUTHENTICATE, per connection.
     ntlm_pending: HashMap<SocketAddr, crate::ntlm::NtlmServer>,
@@ -125,6 +138,36 @@ impl RunningSim {
     pub fn idle_deleted_shells(&self) -> usize {
         let st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
         st.idle_deleted
+    }
+
+    /// Answer the next `n` Commands with WSManFault `code` (a transient host failure in the
+    /// middle of a cycle; the shells stay).
+    pub fn fail_next_commands(&self, n: usize, code: u32) {
+        let mut st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.fail_next = (n > 0).then_some((n, code));
+    }
+
+    /// Shells created so far, and the longest any deleted shell lived.
+    pub fn shell_lives(&self) -> (usize, std::time::Duration) {
+        let st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
+        (st.shells_created, st.longest_shell)
+    }
+
+    /// Commands the host refused for MaxConcurrentOperationsPerUser.
+    pub fn operation_quota_refusals(&self) -> usize {
+        let st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.quota_refusals
+    }
+
+    /// The RCT reference points the host holds for a VM (InstanceIDs).
+    pub fn reference_points(&self, vm_id: &str) -> Vec<String> {
+        let st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.host
+            .reference_points
+            .iter()
+            .filter(|(v, _)| v.eq_ignore_ascii_case(vm_id))
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     /// WinRS shells open now (every client should have deleted its shells).
@@ -460,12 +503,24 @@ async fn wsman_handler(
             }
             st.shells.insert(id.clone(), HashMap::new());
             st.last_used.insert(id.clone(), std::time::Instant::now());
+            st.created_at.insert(id.clone(), std::time::Instant::now());
+            st.shells_created += 1;
             reply(ReplyBody::ShellCreated {
                 shell_id: ShellId(id),
             })
         }
         Body::Command { command, arguments } => {
-            if let Some(code) = sim.config.model.faults.command_fault {
+            let injected = {
+                let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+                match st.fail_next {
+                    Some((n, code)) => {
+                        st.fail_next = (n > 1).then_some((n - 1, code));
+                        Some(code)
+                    }
+                    None => None,
+                }
+            };
+            if let Some(code) = injected.or(sim.config.model.faults.command_fault) {
                 return fault_reply(
                     relates.clone(),
                     "w:InternalError",
@@ -486,7 +541,30 @@ async fn wsman_handler(
             if !st.shells.contains_key(&shell_key) {
                 return not_found();
             }
+            // MaxConcurrentOperationsPerUser: every command not yet ended and signalled is an
+            // operation of the (only) user (MS-WSMV 2.2.4.42 WinrsType; the fault is
+            // wsman:QuotaLimit, 3.1.4.5.2.1).
+            let max_ops = sim
+                .config
+                .model
+                .faults
+                .max_concurrent_operations_per_user
+                .unwrap_or(model::DEFAULT_MAX_CONCURRENT_OPERATIONS_PER_USER);
+            let running: usize = st.shells.values().map(HashMap::len).sum();
+            if running >= max_ops {
+                st.quota_refusals += 1;
+                return fault_reply(
+                    relates.clone(),
+                    "w:QuotaLimit",
+                    wsman::CODE_QUOTA_MAX_OPERATIONS,
+                    "The WS-Management service cannot process the request. This user is allowed a maximum number of concurrent operations, which has been exceeded. Close existing operations for this user, or raise the quota for this user.",
+                );
+            }
+            st.host.delay_ms = 0;
             let (stdout, stderr, exit_code) = scripts::run_command_line(&sim, &mut st.host, &line);
+            let delay = std::mem::take(&mut st.host.delay_ms);
+            let ready_at = (delay > 0)
+                .then(|| std::time::Instant::now() + std::time::Duration::from_millis(delay));
             let pending = st.host.pending_push.take().map(|job| {
                 let cell: Pending = Arc::new(Mutex::new(None));
                 let c2 = cell.clone();
@@ -503,6 +581,7 @@ async fn wsman_handler(
                 exit_code,
                 timeouts_left: sim.config.model.faults.receive_timeouts,
                 pending,
+                ready_at,
             };
             if let Some(shell) = st.shells.get_mut(&shell_key) {
                 shell.insert(id.clone(), cmd);
@@ -558,7 +637,35 @@ async fn wsman_handler(
                     }
                 }
             }
+            // A script whose WMI jobs (or a merge it waits for) still run: wait up to the
+            // OperationTimeout for them.
+            let ready_at = {
+                let st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.shells
+                    .get(&shell_key)
+                    .and_then(|s| s.get(&command_id.0))
+                    .and_then(|c| c.ready_at)
+            };
+            if let Some(at) = ready_at {
+                let wait =
+                    std::time::Duration::from_secs(u64::from(req.operation_timeout.0).clamp(1, 60));
+                let now = std::time::Instant::now();
+                if at > now + wait {
+                    tokio::time::sleep(wait).await;
+                    let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+                    if st.shells.contains_key(&shell_key) {
+                        st.last_used
+                            .insert(shell_key.clone(), std::time::Instant::now());
+                    }
+                    return operation_timeout(relates.clone());
+                }
+                tokio::time::sleep(at.saturating_duration_since(now)).await;
+            }
             let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+            if ready_at.is_some() && st.shells.contains_key(&shell_key) {
+                st.last_used
+                    .insert(shell_key.clone(), std::time::Instant::now());
+            }
             let Some(cmd) = st
                 .shells
                 .get_mut(&shell_key)
@@ -566,6 +673,7 @@ async fn wsman_handler(
             else {
                 return not_found();
             };
+            cmd.ready_at = None;
             if cmd.timeouts_left > 0 {
                 cmd.timeouts_left -= 1;
                 return operation_timeout(relates.clone());
@@ -627,6 +735,9 @@ async fn wsman_handler(
         Body::Delete => {
             let mut st = sim.state.lock().unwrap_or_else(|e| e.into_inner());
             st.last_used.remove(&shell_key);
+            if let Some(t) = st.created_at.remove(&shell_key) {
+                st.longest_shell = st.longest_shell.max(t.elapsed());
+            }
             if st.shells.remove(&shell_key).is_none() {
                 return not_found();
             }

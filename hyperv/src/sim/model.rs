@@ -70,10 +70,54 @@ pub struct SimFaults {
     /// (MS-WSMV 3.1.4.5.2.1, https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-wsmv/77425799-79f6-4a9a-b164-3873e742d921).
     #[serde(default)]
     pub max_shells_per_user: Option<usize>,
+    /// MaxConcurrentOperationsPerUser (same page: default 1500): a Command while this many of
+    /// the user's commands are still running gets wsman:QuotaLimit with
+    /// ERROR_WSMAN_QUOTA_MAX_OPERATIONS (2150859174).
+    #[serde(default)]
+    pub max_concurrent_operations_per_user: Option<usize>,
+    /// How long each Msvm_ConcreteJob of the WMI methods the scripts call (CreateSnapshot,
+    /// ConvertToReferencePoint, DestroyReferencePoint, GetVirtualDiskChanges) runs. These
+    /// methods answer 4096 ("Method Parameters Checked - Job Started") with the job
+    /// (https://learn.microsoft.com/en-us/windows/win32/hyperv_v2/createsnapshot-msvm-virtualsystemsnapshotservice,
+    /// https://learn.microsoft.com/en-us/windows/win32/hyperv_v2/msvm-virtualsystemsnapshotservice-converttoreferencepoint,
+    /// https://learn.microsoft.com/en-us/windows/win32/hyperv_v2/msvm-imagemanagementservice-getvirtualdiskchanges);
+    /// the script's output comes once its jobs ended (it waits for them).
+    #[serde(default = "default_wmi_job_ms")]
+    pub wmi_job_ms: u64,
+    /// This WMI method's job ends in JobState 10 (Exception) with this error.
+    #[serde(default)]
+    pub wmi_job_fail: Option<WmiJobFailure>,
+    /// How long a checkpoint's merge runs after Remove-VMSnapshot (the VM's OperationalStatus
+    /// shows MergingDisks meanwhile; a new checkpoint of the VM fails until it ends).
+    #[serde(default)]
+    pub merge_ms: u64,
+}
+
+fn default_wmi_job_ms() -> u64 {
+    50
+}
+
+/// A WMI job that fails (see [`SimFaults::wmi_job_fail`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WmiJobFailure {
+    /// `CreateSnapshot`, `ConvertToReferencePoint`, `DestroyReferencePoint` or
+    /// `GetVirtualDiskChanges`.
+    pub method: String,
+    /// Msvm_ConcreteJob.ErrorCode (32768 = Failed in the methods' value maps).
+    #[serde(default = "default_job_error")]
+    pub error_code: u32,
+    pub description: String,
+}
+
+fn default_job_error() -> u32 {
+    32768
 }
 
 /// Windows' MaxShellsPerUser default (MS-WSMV 2.2.4.42 WinrsType).
 pub const DEFAULT_MAX_SHELLS_PER_USER: usize = 30;
+/// Windows' MaxConcurrentOperationsPerUser default (MS-WSMV 2.2.4.42 WinrsType).
+pub const DEFAULT_MAX_CONCURRENT_OPERATIONS_PER_USER: usize = 1500;
 
 /// `DIR/vms.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -86,8 +130,10 @@ pub struct SimModel {
     pub vms: Vec<SimVm>,
     #[serde(default)]
     pub faults: SimFaults,
-    /// Authentication the host accepts: `basic`, `ntlm` (default both; Windows' default is
-    /// NTLM/Negotiate only).
+    /// Authentication the host accepts: `basic`, `ntlm`. The default is Windows' WinRM
+    /// service default: Negotiate (NTLM) only, `Auth/Basic = false`
+    /// (https://learn.microsoft.com/en-us/windows/win32/winrm/installation-and-configuration-for-windows-remote-management,
+    /// "Basic ... The default is FALSE"); a test that needs Basic configures `"auth": ["basic", "ntlm"]`.
     #[serde(default = "default_auth")]
     pub auth: Vec<String>,
     /// Present: this instance is an SCVMM server that answers `scvmm-inventory.ps1` from the
@@ -104,7 +150,7 @@ pub struct SimModel {
 }
 
 fn default_auth() -> Vec<String> {
-    vec!["basic".into(), "ntlm".into()]
+    vec!["ntlm".into()]
 }
 
 fn default_root() -> String {

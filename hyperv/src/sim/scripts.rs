@@ -29,7 +29,7 @@ pub const SCRIPT_PINS: &[(&str, &str, &str)] = &[
     (
         "checkpoint-create.ps1",
         CREATE_SCRIPT,
-        "38f7c16095fff7953d5851c421604cc9bc4657c377ece69ffee51fc7b53a4815",
+        "3351dc2a5608d20e78a6db64d5544a0d95c1eb6b3a2c28a2697a0a151d44714f",
     ),
     (
         "checkpoint-remove.ps1",
@@ -54,12 +54,12 @@ pub const SCRIPT_PINS: &[(&str, &str, &str)] = &[
     (
         "rct-changes.ps1",
         CHANGES_SCRIPT,
-        "5fff820ac94c3662bb148f4ef3bfc8a0df7ddc8a0cc93619ae7469b793b4eda1",
+        "b3f4d7396acde01181538f9e82cce3547bb544d47214b5ad959641c583b8495a",
     ),
     (
         "rct-reference.ps1",
         REFERENCE_SCRIPT,
-        "ae5a32351b8f6d3672ae69a54aa511ad5e9d38f80cd5a3f5d1e34d729ffb80cf",
+        "957d1caa105a16228b41ed43c54a4187865231b8de763a8dbd46c3384501d79e",
     ),
     (
         "read-range.ps1",
@@ -106,6 +106,10 @@ pub struct SimCheckpoint {
     pub disks: Vec<(String, u32, u32, String)>,
     /// Per frozen disk: (drive index in the VM, RCT log position when it was frozen).
     pub rct_positions: Vec<(usize, usize)>,
+    /// `Recovery` (CreateSnapshot with SnapshotType 32768, what the scripts make).
+    pub snapshot_type: String,
+    /// `ApplicationConsistent` or `CrashConsistent`.
+    pub consistency: String,
 }
 
 /// What the simulated host remembers between commands.
@@ -118,6 +122,13 @@ pub struct HostState {
     pub drives: Drives,
     /// A push-ranges.ps1 run the command handler starts (its output comes when it is done).
     pub pending_push: Option<super::push::PushJob>,
+    /// How long the script just run takes on the host (its WMI jobs, a merge it waits for):
+    /// the command handler holds its output back that long.
+    pub delay_ms: u64,
+    /// VMs whose disks are merging (VM id, lower case) and until when.
+    pub merging: HashMap<String, std::time::Instant>,
+    /// RCT reference points (Msvm_VirtualSystemReferencePoint) the host holds: (VM id, InstanceID).
+    pub reference_points: Vec<(String, String)>,
 }
 
 pub fn run_command_line(sim: &Sim, host: &mut HostState, line: &str) -> Outcome {
@@ -147,8 +158,14 @@ fn quoted_arg<'a>(script: &'a str, cmdlet: &str) -> Option<&'a str> {
 
 fn run_script(sim: &Sim, host: &mut HostState, script: &str, depth: u32) -> Outcome {
     let body = powershell::split_args(script).map_or(script, |(_, b)| b);
-    if let Some(Err(e)) = pinned(body) {
-        return ps_error(&e);
+    match pinned(body) {
+        Some(Err(e)) => return ps_error(&e),
+        Some(Ok(name)) => {
+            if let Err(e) = super::wmi::waits_for_jobs(body) {
+                return ps_error(&format!("simulator: {name}: {e}"));
+            }
+        }
+        None => {}
     }
     if let Some((args, body)) = powershell::split_args(script) {
         let known = [
@@ -260,17 +277,6 @@ fn arg_u64(args: &serde_json::Value, name: &str) -> Result<u64, String> {
         })
 }
 
-fn find_vm<'a>(sim: &'a Sim, id: &str) -> Result<&'a model::SimVm, String> {
-    sim.config
-        .model
-        .vms
-        .iter()
-        .find(|v| v.id.eq_ignore_ascii_case(id))
-        .ok_or_else(|| {
-            format!("Get-VM : Hyper-V was unable to find a virtual machine with ID \"{id}\".")
-        })
-}
-
 fn open_host_file(sim: &Sim, path: &str) -> Result<std::fs::File, String> {
     let m = &sim.config.model;
     let not_found = || {
@@ -291,62 +297,7 @@ fn run_with_args(
     body: &str,
 ) -> Result<String, String> {
     if body == CREATE_SCRIPT {
-        let vm = find_vm(sim, arg_str(args, "VmId")?)?;
-        let name = arg_str(args, "Name")?;
-        let kind = vm.checkpoint_type.as_str();
-        let snapshot_type = match (kind, vm.guest_vss) {
-            ("Disabled", _) => {
-                return Err(format!(
-                    "checkpoints are disabled on VM '{}' (CheckpointType Disabled); enable Production checkpoints",
-                    vm.name
-                ));
-            }
-            ("ProductionOnly", false) => {
-                return Err(format!(
-                    "Checkpoint-VM : Checkpoint operation failed. '{}' could not initiate a checkpoint operation: The guest cannot take a production checkpoint.",
-                    vm.name
-                ));
-            }
-            // Production falls back to a standard checkpoint when the guest has no VSS.
-            _ => "Standard",
-        };
-        let cp_id = uuid::Uuid::new_v4().hyphenated().to_string();
-        let (dir, root) = (&sim.config.data_dir, &sim.config.model.windows_root);
-        let mut disks = Vec::new();
-        let mut rct_positions = Vec::new();
-        for (idx, d) in vm.disks.iter().enumerate() {
-            let Some(drive) = host.drives.drive(&sim.config.model, &vm.id, idx) else {
-                continue;
-            };
-            let position = drive.changes.len();
-            let frozen = disks::freeze(drive, dir, root, &cp_id)?;
-            disks.push((
-                d.controller_type.clone(),
-                d.controller_number,
-                d.controller_location,
-                model::windows_path(root, &frozen),
-            ));
-            rct_positions.push((idx, position));
-        }
-        let cp = SimCheckpoint {
-            vm_id: vm.id.clone(),
-            vm_name: vm.name.clone(),
-            id: cp_id,
-            name: name.to_string(),
-            disks,
-            rct_positions,
-        };
-        let out = serde_json::json!({
-            "Id": cp.id,
-            "Name": cp.name,
-            "CheckpointType": kind,
-            "SnapshotType": snapshot_type,
-            "Disks": cp.disks.iter().map(|(t, n, l, p)| serde_json::json!({
-                "ControllerType": t, "ControllerNumber": n, "ControllerLocation": l, "Path": p
-            })).collect::<Vec<_>>(),
-        });
-        host.checkpoints.push(cp);
-        return Ok(format!("{out}\r\n"));
+        return super::wmi::create_checkpoint(sim, host, args);
     }
     if body == REMOVE_SCRIPT {
         let id = arg_str(args, "VmId")?;
@@ -357,37 +308,18 @@ fn run_with_args(
             ));
         }
         let removed = remove_checkpoints(sim, host, id, name)?;
+        if !removed.is_empty() {
+            // The merge runs on the host; the script waits while OperationalStatus says
+            // MergingDisks, so its output comes when the merge ended.
+            let ms = sim.config.model.faults.merge_ms;
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            host.merging.insert(id.to_ascii_lowercase(), until);
+            host.delay_ms += ms;
+        }
         return Ok(format!("{{\"Removed\":{}}}\r\n", removed.len()));
     }
     if body == REFERENCE_SCRIPT {
-        let id = arg_str(args, "VmId")?;
-        let name = arg_str(args, "Name")?;
-        let Some(cp) = host
-            .checkpoints
-            .iter()
-            .find(|c| c.vm_id.eq_ignore_ascii_case(id) && c.name == name)
-            .cloned()
-        else {
-            return Err(format!(
-                "Get-VMSnapshot : Unable to find a snapshot matching the given criteria. (VM {id}, name '{name}')"
-            ));
-        };
-        let mut out_disks = Vec::new();
-        for ((_, _, _, path), (idx, position)) in cp.disks.iter().zip(&cp.rct_positions) {
-            let Some(drive) = host.drives.drive(&sim.config.model, &cp.vm_id, *idx) else {
-                continue;
-            };
-            out_disks.push(serde_json::json!({
-                "Path": path,
-                "RctId": format!("rctX:{}:{position}", drive.rct_uuid),
-            }));
-        }
-        remove_checkpoints(sim, host, id, name)?;
-        let out = serde_json::json!({
-            "ReferencePoint": format!("Microsoft:{}", uuid::Uuid::new_v4().hyphenated()),
-            "Disks": out_disks,
-        });
-        return Ok(format!("{out}\r\n"));
+        return super::wmi::reference_point(sim, host, args);
     }
     if body == CHANGES_SCRIPT {
         return rct_changes(sim, host, args);
@@ -446,7 +378,7 @@ fn run_with_args(
 }
 
 /// Remove (merging each child into its parent) the checkpoints named `name` of VM `vm_id`.
-fn remove_checkpoints(
+pub(super) fn remove_checkpoints(
     sim: &Sim,
     host: &mut HostState,
     vm_id: &str,
@@ -516,6 +448,11 @@ fn rct_changes(
         return Err(failed(32773));
     }
     let ranges = disks::changed_ranges(&drive.changes, from, to, offset, length, size);
+    super::wmi::changes_job(
+        sim,
+        host,
+        &format!("GetVirtualDiskChanges on '{path}' since '{limit}'"),
+    )?;
     let out = serde_json::json!({
         "Offsets": ranges.iter().map(|r| r.0).collect::<Vec<_>>(),
         "Lengths": ranges.iter().map(|r| r.1).collect::<Vec<_>>(),

@@ -52,18 +52,37 @@ fn connect_job(
     }
 }
 
-/// Remove the checkpoints the job's ledger records. Blocking.
+/// Remove the checkpoints the job's ledger records (blocking). With `keep_resumable` (the
+/// sweep at a start) a checkpoint a failed or killed run kept for its retry stays when the job
+/// will run again (its next run resumes it and its spool); a cancelled, failed, completed or
+/// deleted job keeps none.
 pub(super) fn sweep(
     engine: &Engine,
     job: &JobRecord,
     src: &SourceRecord,
+    keep_resumable: bool,
 ) -> Result<Vec<String>, String> {
     let mut ledger = Ledger::open(&ledger_path(engine, &job.id)).map_err(|e| e.to_string())?;
     if ledger.entries().is_empty() {
         return Ok(Vec::new());
     }
+    let will_run = keep_resumable
+        && !job.cancel_requested
+        && matches!(
+            job.state,
+            JobState::Scheduled
+                | JobState::RetryWait
+                | JobState::Snapshotting
+                | JobState::Transferring
+                | JobState::RemovingSnapshot
+        );
     let (c, _) = connect_job(engine, job, src).map_err(|e| e.to_string())?;
-    godwit_hyperv::replicate::sweep(&c, &mut ledger).map_err(|e| e.to_string())
+    if will_run {
+        godwit_hyperv::replicate::sweep_leftovers(&c, &mut ledger)
+    } else {
+        godwit_hyperv::replicate::sweep(&c, &mut ledger)
+    }
+    .map_err(|e| e.to_string())
 }
 
 pub(super) fn entries(engine: &Engine, job: &JobRecord) -> Vec<LedgerEntryView> {
@@ -75,10 +94,10 @@ pub(super) fn entries(engine: &Engine, job: &JobRecord) -> Vec<LedgerEntryView> 
                 source_id: job.source_id.clone(),
                 vm: e.vm_name.clone(),
                 snapshot_name: e.checkpoint_name.clone(),
-                state: if e.checkpoint_id.is_some() {
-                    "created".into()
-                } else {
-                    "pending".into()
+                state: match (&e.checkpoint_id, e.kept_for_retry_unix) {
+                    (Some(_), Some(_)) => "kept for the retry".into(),
+                    (Some(_), None) => "created".into(),
+                    (None, _) => "pending".into(),
                 },
                 recorded_at: rfc3339(e.created_unix),
                 detail: Some(format!("job {} on {} (Hyper-V checkpoint)", job.id, e.host)),
@@ -126,8 +145,20 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
         vm_name: job.vm.clone(),
         ledger: ledger_path(run.engine, &job.id),
     };
+    // A failed run keeps its checkpoint for the retry (which resumes it and its spool) when
+    // the engine will retry: a transient error, not cancelled, retries left (or a next period).
+    let cancel = run.cancel;
+    let retries_left = job.failures + 1 < super::MAX_FAILURES
+        || matches!(
+            job.schedule,
+            godwit_webui::backend::Schedule::EveryHours { .. }
+        );
+    let keep = move |e: &HvError| {
+        e.is_transient() && !cancel.load(std::sync::atomic::Ordering::SeqCst) && retries_left
+    };
     let extras = CycleExtras {
         rct_state: Some(dir.join("hyperv-rct.json")),
+        keep_failed: Some(&keep),
     };
     let ingest = run.engine.ingest().and_then(|i| {
         i.config(
@@ -187,6 +218,15 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
                 .put_job(job, Some(&msg))
                 .map_err(|e| HvError::Usage(e.to_string()))?;
         }
+    }
+    if report.resumed_checkpoint {
+        let msg = format!(
+            "resumed checkpoint {} kept by the failed or interrupted run before",
+            report.checkpoint
+        );
+        store
+            .put_job(job, Some(&msg))
+            .map_err(|e| HvError::Usage(e.to_string()))?;
     }
     for name in &report.swept {
         let msg = format!("removed leftover checkpoint {name} before the run");
