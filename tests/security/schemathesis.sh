@@ -42,6 +42,8 @@ echo "schemathesis: logged in at $url"
 set +e
 # Logout would end the session the rest of the run uses; everything else is fuzzed.
 here=$(cd "$(dirname "$0")" && pwd)
+# schemathesis keeps a cache (.schemathesis/) in its working directory: the run's own, not the repo.
+cd "$work"
 schemathesis --config-file "$here/schemathesis.toml" run "$openapi" --url "$url" \
   --tls-verify "$work/ca.pem" \
   -H "Cookie: $cookie" -H "X-CSRF-Token: $token" \
