@@ -244,7 +244,9 @@ async function main() {
       for (const [kind, j] of Object.entries(result.jobs)) {
         const now = jobs.find((x) => x.id === j.id);
         if (!now) fail(`job ${j.id} is gone`);
-        if (now.state === "failed") {
+        // A once-job that waits for a retry has already failed a run: report it now, not after
+        // the deadline (a first run in this test has no reason to fail).
+        if (now.state === "failed" || now.state === "retry_wait") {
           await page.goto(cfg.url + `/jobs/${encodeURIComponent(j.id)}`);
           await shot(page, `${kind}-job-failed`);
           fail(`the ${kind} job failed: ${now.last_error}`);

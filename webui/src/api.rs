@@ -123,7 +123,14 @@ pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
         text
     };
     let mut out = security::refusal(status, error_kind(status), &message);
-    for name in [header::ALLOW, header::RETRY_AFTER] {
+    // Headers that carry meaning for the status: 405's Allow, 429/503's Retry-After, 416's
+    // Content-Range (`bytes */LEN`, RFC 9110 §15.5.17), 401's WWW-Authenticate.
+    for name in [
+        header::ALLOW,
+        header::RETRY_AFTER,
+        header::CONTENT_RANGE,
+        header::WWW_AUTHENTICATE,
+    ] {
         if let Some(v) = parts.headers.get(&name) {
             out.headers_mut().insert(name, v.clone());
         }
