@@ -367,7 +367,20 @@ impl Appliance {
                 .header("content-type", "application/json")
                 .body(b.to_string());
         }
-        let resp = r.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        // A GET is retried once after a transport error (a keep-alive connection that qemu's
+        // user-mode forwarder or the guest closed as the request was being sent); anything
+        // else, or a second failure, fails with the whole error chain.
+        let retry = (method == "GET").then(|| r.try_clone()).flatten();
+        let resp = match (r.send(), retry) {
+            (Ok(resp), _) => resp,
+            (Err(e), Some(again)) => {
+                eprintln!("{method} {path}: {}; retrying once", chain(&e));
+                again
+                    .send()
+                    .unwrap_or_else(|e| panic!("{method} {path}: {}", chain(&e)))
+            }
+            (Err(e), None) => panic!("{method} {path}: {}", chain(&e)),
+        };
         let status = resp.status().as_u16();
         let v = resp
             .bytes()
@@ -505,4 +518,16 @@ pub fn assert_no_oom(log: &str) {
 
 pub fn mib(b: u64) -> f64 {
     b as f64 / f64::from(1u32 << 20)
+}
+
+/// An error with its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }
