@@ -77,6 +77,9 @@ pub struct Engine {
     bytes_transferred: AtomicU64,
     /// The host-push ingest on the service's HTTPS port (Hyper-V jobs use it once set).
     ingest: std::sync::OnceLock<Arc<super::ingest::ServiceIngest>>,
+    /// Tests: called at named points so a test can force an interleaving.
+    #[cfg(test)]
+    race_hook: Mutex<Option<Arc<dyn Fn(&str) + Send + Sync>>>,
     /// Bytes Hyper-V runs read from hosts over WinRM (metadata, and data not pushed).
     winrm_read_bytes: AtomicU64,
 }
@@ -115,6 +118,8 @@ impl Engine {
             bytes_transferred: AtomicU64::new(0),
             ingest: std::sync::OnceLock::new(),
             winrm_read_bytes: AtomicU64::new(0),
+            #[cfg(test)]
+            race_hook: Mutex::new(None),
         })
     }
 
@@ -311,6 +316,7 @@ impl Engine {
     /// an idle one becomes `Cancelled` at once.
     pub fn cancel(&self, id: &str) -> Result<(), CommandError> {
         let mut job = self.job_or_404(id)?;
+        self.race_point("cancel: record read");
         if let Some(r) = lock(&self.running).get(id) {
             r.cancel.store(true, Ordering::SeqCst);
             job.cancel_requested = true;
@@ -506,9 +512,21 @@ impl Engine {
         job.cancel_requested = false;
         tracing::info!(job = %job.id, vm = %job.vm, "{msg}");
         self.store.put_job(&job, Some(&msg))?;
+        self.race_point("finish: record written");
         lock(&self.running).remove(id);
         Ok(())
     }
+
+    #[cfg(test)]
+    fn race_point(&self, name: &str) {
+        let hook = lock(&self.race_hook).clone();
+        if let Some(h) = hook {
+            h(name);
+        }
+    }
+
+    #[cfg(not(test))]
+    fn race_point(&self, _name: &str) {}
 
     fn schedule_next(&self, job: &mut JobRecord, started: u64, t: u64) {
         match job.schedule {
@@ -558,5 +576,108 @@ impl Engine {
             SourceKind::Vsphere => run_vsphere::run(&mut run, &mut job, &src),
             SourceKind::Hyperv | SourceKind::Scvmm => run_hyperv::run(&mut run, &mut job, &src),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn job(id: &str, state: JobState) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            source_id: "s".into(),
+            vm: "vm".into(),
+            vm_moref: None,
+            vm_instance_uuid: None,
+            schedule: Schedule::Once,
+            state,
+            runs_completed: 0,
+            failures: 0,
+            last_error: None,
+            next_run: None,
+            last_sync: None,
+            created: 1,
+            run_started: Some(1),
+            cancel_requested: false,
+        }
+    }
+
+    /// Issue #20: `cancel()` read the record outside the owner and wrote it back. A `finish()`
+    /// landing between the read and the write was overwritten: the job stayed `Transferring`
+    /// with no run behind it (start_due never picks it up again) and the completed run was lost.
+    #[test]
+    #[ignore = "reproduces issue #20 on this engine (fails: the job stays Transferring); the owner-task rewrite makes it pass"]
+    fn cancel_racing_finish_loses_no_update() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("g.redb")).unwrap());
+        store
+            .put_job(&job("j", JobState::Transferring), None)
+            .unwrap();
+        let engine = Engine::new(
+            store.clone(),
+            dir.path().to_path_buf(),
+            rt.handle().clone(),
+            EngineOptions::default(),
+        );
+        let (_tx, rx) = watch::channel(None);
+        lock(&engine.running).insert(
+            "j".into(),
+            Running {
+                progress: rx,
+                cancel: Arc::new(AtomicBool::new(false)),
+            },
+        );
+        // cancel pauses after its read until finish has written its record.
+        let (read_tx, read_rx) = mpsc::channel::<()>();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let (written_tx, written_rx) = mpsc::channel::<()>();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let done_rx = Mutex::new(done_rx);
+        let (read_tx, written_tx) = (Mutex::new(read_tx), Mutex::new(written_tx));
+        *lock(&engine.race_hook) = Some(Arc::new(move |p: &str| match p {
+            "cancel: record read" => {
+                lock(&read_tx).send(()).unwrap();
+                let _ = lock(&go_rx).recv();
+            }
+            "finish: record written" => {
+                lock(&written_tx).send(()).unwrap();
+                let _ = lock(&done_rx).recv();
+            }
+            _ => {}
+        }));
+        let e2 = engine.clone();
+        let canceller = std::thread::spawn(move || e2.cancel("j"));
+        read_rx.recv().unwrap();
+        let e3 = engine.clone();
+        let finisher = std::thread::spawn(move || {
+            e3.finish(
+                "j",
+                Outcome::Done {
+                    disks: 1,
+                    bytes_sent: 1,
+                },
+            )
+        });
+        written_rx.recv().unwrap();
+        go_tx.send(()).unwrap();
+        canceller.join().unwrap().unwrap();
+        done_tx.send(()).unwrap();
+        finisher.join().unwrap().unwrap();
+        let j = store.job("j").unwrap().unwrap();
+        assert!(!engine.is_running("j"));
+        assert!(
+            !matches!(
+                j.state,
+                JobState::Snapshotting | JobState::Transferring | JobState::RemovingSnapshot
+            ),
+            "no run is active but the job is {:?}: start_due never picks it up",
+            j.state
+        );
+        assert_eq!(j.runs_completed, 1, "the completed run was lost: {j:?}");
+        assert!(j.last_sync.is_some(), "the completed run was lost: {j:?}");
     }
 }
