@@ -183,7 +183,7 @@ pub fn inventory(src: &SourceRecord) -> Result<Vec<VmView>, CommandError> {
                     e.to_string()
                 },
             })?;
-            let vms = crate::cli::inventory::collect(&s, None);
+            let vms = godwit_vmware::vmref::collect(&s, None);
             if let Err(e) = s.logout() {
                 tracing::warn!(error = %e, "logout failed");
             }
@@ -275,7 +275,7 @@ pub(crate) fn hyperv_vm(source_id: &str, vm: &godwit_hyperv::inventory::Vm) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::store::HostPin;
+    use crate::store::HostPin;
 
     #[test]
     fn vsphere_trust_holds_the_vcenter_and_the_approved_esxi_hosts() {

@@ -7,9 +7,9 @@
 
 use super::jobrun::{RunCtx, SinkError};
 use super::{Engine, Outcome};
-use crate::service::sources::{certificate_changed, vsphere_session};
-use crate::service::store::{JobRecord, SourceRecord};
-use crate::service::time::rfc3339;
+use crate::sources::{certificate_changed, vsphere_session};
+use crate::store::{JobRecord, SourceRecord};
+use crate::time::rfc3339;
 use godwit_disk::BlockSource;
 use godwit_vmware::ErrorKind;
 use godwit_vmware::ledger::Ledger;
@@ -72,7 +72,7 @@ pub(super) fn unreadable(job: &JobRecord, e: &str) -> LedgerEntryView {
         vm: job.vm.clone(),
         snapshot_name: String::new(),
         state: "remove_failed".into(),
-        recorded_at: rfc3339(crate::service::time::now()),
+        recorded_at: rfc3339(crate::time::now()),
         detail: Some(format!("ledger unreadable: {e}")),
     }
 }
@@ -167,7 +167,7 @@ fn cycle(
         Ok(())
     };
     let report = run_cycle(session, &opts, &mut sink)?;
-    for line in crate::cli::replicate_vsphere::report_lines(&report) {
+    for line in report.lines() {
         tracing::info!(job = %job.id, "{line}");
     }
     if n_disks == 0 {

@@ -3,7 +3,7 @@
 //! and write the timeline line for it.
 
 use super::{Engine, mib};
-use crate::service::store::JobRecord;
+use crate::store::JobRecord;
 use godwit_disk::{BlockSource, Run};
 use godwit_transfer::replicate::{Connect, ProgressFn, ReplicateOptions, replicate_disk};
 use godwit_webui::backend::Progress;

@@ -4,7 +4,7 @@
 //! or, after a good cycle, turned into the RCT reference point the next cycle's changed ranges
 //! are asked against; `DATA/jobs/<id>/hyperv-rct.json`), each disk replicated through
 //! [`RunCtx::transfer`]. On an SCVMM source the cycle runs on the host VMM says runs the VM
-//! (`crate::service::scvmm::connect_vm`: asked on every run, the host's certificate approved by
+//! (`crate::scvmm::connect_vm`: asked on every run, the host's certificate approved by
 //! the operator).
 //!
 //! Disk data comes by the host push (design §3) once `godwit serve` mounted the ingest on its
@@ -16,10 +16,10 @@
 use super::jobrun::{RunCtx, SinkError};
 use super::run_vsphere::unreadable;
 use super::{Engine, Outcome};
-use crate::service::scvmm::HostClient as Client;
-use crate::service::sources::{certificate_changed, hyperv_pin, hyperv_source};
-use crate::service::store::{JobRecord, SourceRecord};
-use crate::service::time::rfc3339;
+use crate::scvmm::HostClient as Client;
+use crate::sources::{certificate_changed, hyperv_pin, hyperv_source};
+use crate::store::{JobRecord, SourceRecord};
+use crate::time::rfc3339;
 use godwit_hyperv::Error as HvError;
 use godwit_hyperv::checkpoint::FrozenDisk;
 use godwit_hyperv::ledger::Ledger;
@@ -45,9 +45,7 @@ fn connect_job(
     src: &SourceRecord,
 ) -> Result<(Client, Option<(usize, u64)>), HvError> {
     match src.kind {
-        SourceKind::Scvmm => {
-            crate::service::scvmm::connect_vm(src, &job.vm, &ledger_path(engine, &job.id))
-        }
+        SourceKind::Scvmm => crate::scvmm::connect_vm(src, &job.vm, &ledger_path(engine, &job.id)),
         _ => Ok((client(src)?, sizes(src, &job.vm))),
     }
 }
@@ -271,7 +269,7 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
 /// Turn a Hyper-V error into a run outcome: certificate, login, a missing or ineligible VM
 /// need the operator (no retry); everything else is retried with backoff.
 fn failure(src: &SourceRecord, e: &HvError) -> Outcome {
-    if let Some(message) = crate::service::scvmm::unpinned_message(src, e) {
+    if let Some(message) = crate::scvmm::unpinned_message(src, e) {
         return Outcome::Failed {
             message,
             retry: false,

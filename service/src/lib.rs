@@ -1,4 +1,6 @@
-//! `godwit serve`: the appliance core behind the web UI. [`Appliance`] implements the web
+//! # godwit-service
+//!
+//! The connector core behind `godwit serve` and the web UI. [`Appliance`] implements the web
 //! layer's [`Backend`] contract over the redb store ([`store`]), the job engine ([`engine`]),
 //! sources ([`sources`]), checks, exports and diagnostics ([`bundle`], [`logs`]).
 //!
@@ -10,15 +12,18 @@ pub mod bundle;
 pub mod engine;
 pub mod export;
 pub mod export_files;
+pub mod host_network;
 pub mod https_identity;
 pub mod ingest;
 pub mod listener;
 pub mod logs;
+pub mod memory;
 pub mod network;
 mod ops;
 pub mod scvmm;
 pub mod sessions;
 pub mod sources;
+pub mod space;
 pub mod staging_target;
 pub mod store;
 pub mod time;
@@ -47,6 +52,9 @@ pub struct ApplianceConfig {
     /// On the appliance (`--system-network FILE`): network settings are saved to this file
     /// (read at boot) and applied to the system; without it they are only stored.
     pub system_network: Option<PathBuf>,
+    /// What applies them to the system (the binary's `system::net`) when `system_network` is
+    /// set.
+    pub system: Option<Arc<dyn host_network::ApplyNetwork>>,
     /// Where local exports are written (`--exports-dir`; default `DATA/exports`).
     pub exports_dir: Option<PathBuf>,
 }

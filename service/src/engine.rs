@@ -79,6 +79,7 @@ pub struct Engine {
     ingest: std::sync::OnceLock<Arc<super::ingest::ServiceIngest>>,
     /// Tests: called at named points so a test can force an interleaving.
     #[cfg(test)]
+    #[allow(clippy::type_complexity)]
     race_hook: Mutex<Option<Arc<dyn Fn(&str) + Send + Sync>>>,
     /// Bytes Hyper-V runs read from hosts over WinRM (metadata, and data not pushed).
     winrm_read_bytes: AtomicU64,

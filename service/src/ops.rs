@@ -598,7 +598,7 @@ impl Appliance {
                 .load(std::sync::atomic::Ordering::Relaxed),
             ingest: self.ingest.get().map(|i| i.stats()),
             winrm_read_bytes: self.engine.winrm_read_bytes(),
-            memory: crate::system::memory::now(),
+            memory: crate::memory::now(),
             data_space: self.data_space().map(|d| (d.free_bytes, d.total_bytes)),
         })
     }
