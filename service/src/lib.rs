@@ -15,6 +15,7 @@ pub mod export_files;
 pub mod host_network;
 pub mod https_identity;
 pub mod ingest;
+pub mod job;
 pub mod listener;
 pub mod logs;
 pub mod memory;
@@ -253,19 +254,20 @@ impl Appliance {
         }
     }
 
-    /// Recover runs cut short by a stop, sweep leftover snapshots, then run the job engine.
+    /// Recover runs cut short by a stop, sweep leftover snapshots, then let the job engine
+    /// start due jobs.
     pub async fn start(self: Arc<Self>) {
         self.adopt_system_network();
-        match self.engine.recover() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("{n} job run(s) interrupted by a stop will start again"),
-            Err(e) => tracing::error!(error = %e, "recovering jobs"),
+        self.engine.spawn_owner();
+        match self.engine.recover().await {
+            0 => {}
+            n => tracing::info!("{n} job run(s) interrupted by a stop will start again"),
         }
         let swept = self.engine.sweep_ledgers().await;
         if !swept.is_empty() {
             tracing::info!(snapshots = ?swept, "removed leftover snapshots");
         }
-        tokio::spawn(self.engine.clone().run_owner());
+        self.engine.begin();
         match self.resume_exports() {
             Ok(0) => {}
             Ok(n) => tracing::info!("{n} export(s) interrupted by a stop resumed"),
@@ -582,24 +584,13 @@ impl Backend for Appliance {
     }
 
     async fn run_job_now(&self, id: String) -> CommandResult<()> {
-        self.engine.run_now(&id)
+        self.engine.run_now(&id).await
     }
 
+    /// An idle job loses a checkpoint kept for its retry as well (the engine clears its
+    /// ledger before answering).
     async fn cancel_job(&self, id: String) -> CommandResult<()> {
-        self.engine.cancel(&id)?;
-        // An idle job may hold a checkpoint kept for its retry: a cancelled job has none.
-        if !self.engine.is_running(&id)
-            && let Some(job) = self.store.job(&id)?
-        {
-            let src = self.settings_now()?.source(&job.source_id).cloned();
-            let engine = self.engine.clone();
-            let r =
-                tokio::task::spawn_blocking(move || engine.clear_ledger(&job, src.as_ref())).await;
-            if let Ok(Err(e)) | Err(e) = r.map_err(|e| e.to_string()) {
-                tracing::warn!(job = %id, error = %e, "cancel: the kept checkpoint could not be removed yet; the next start sweeps it");
-            }
-        }
-        Ok(())
+        self.engine.cancel(&id).await
     }
 
     async fn delete_job(&self, id: String) -> CommandResult<()> {

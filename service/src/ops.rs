@@ -441,19 +441,6 @@ impl Appliance {
             Some((name, moref, uuid)) => (name, Some(moref), uuid),
             None => (vm, None, None),
         };
-        let jobs = self.store.jobs()?;
-        if let Some(j) = jobs.iter().find(|j| {
-            j.source_id == src.id
-                && (j.vm == vm || (vm_moref.is_some() && j.vm_moref == vm_moref))
-                && !matches!(
-                    j.state,
-                    JobState::Completed | JobState::Cancelled | JobState::Failed
-                )
-        }) {
-            return Err(CommandError::Conflict {
-                message: format!("job {} already replicates this VM", j.id),
-            });
-        }
         let t = time::now();
         let job = JobRecord {
             id: random_id("job"),
@@ -472,43 +459,20 @@ impl Appliance {
             run_started: None,
             cancel_requested: false,
         };
-        self.store.put_job(
-            &job,
-            Some(&format!(
-                "created: replicate {} from {} ({:?})",
-                job.vm, src.address, job.schedule
-            )),
-        )?;
-        tracing::info!(job = %job.id, vm = %job.vm, "job created");
+        let message = format!(
+            "created: replicate {} from {} ({:?})",
+            job.vm, src.address, job.schedule
+        );
+        let job = self.engine.create(job, message).await?;
         self.engine.wake();
         Ok(job)
     }
 
     pub(super) async fn remove_job(&self, id: String) -> CommandResult<()> {
-        let Some(job) = self.store.job(&id)? else {
-            return Err(CommandError::NotFound {
-                message: format!("job {id}"),
-            });
-        };
-        if self.engine.is_running(&id) {
-            return Err(CommandError::Conflict {
-                message: format!("job {id} is running; cancel it first"),
-            });
-        }
-        let src = self.settings_now()?.source(&job.source_id).cloned();
-        let engine = self.engine.clone();
-        let j = job.clone();
-        joined(tokio::task::spawn_blocking(move || engine.clear_ledger(&j, src.as_ref())).await)?
-            .map_err(|e| CommandError::Conflict {
-            message: format!("job {id} still has a snapshot recorded: {e}"),
-        })?;
-        let dir = self.engine.job_dir(&id);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| CommandError::Internal {
-                message: format!("removing {}: {e}", dir.display()),
-            })?;
-        }
-        self.store.delete_job(&id)?;
+        let settings = self.settings_now()?;
+        self.engine
+            .delete(&id, |job| settings.source(&job.source_id).cloned())
+            .await?;
         tracing::info!(job = %id, "job deleted");
         Ok(())
     }
