@@ -8,10 +8,10 @@
 //!   equals `qemu-img convert -O raw` of the source piped through `sha256sum`), and
 //! - the SHA-256 of the exported FILE's bytes (what `sha256sum` of the download prints).
 
-use super::ops::export_format_name;
 use super::staging_target::{S3Access, open_s3_store};
 use super::store::{StagingRecord, Store};
 use super::{Appliance, lock};
+use crate::commands::export_format_name;
 use godwit_disk::write::OutputFormat;
 use godwit_transfer::export::{IndexSource, check_sha, load_index, write_hashed};
 use godwit_transfer::replicate::Connect;

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod bundle;
+mod commands;
 pub mod engine;
 pub mod export;
 pub mod export_files;
@@ -20,7 +21,6 @@ pub mod listener;
 pub mod logs;
 pub mod memory;
 pub mod network;
-mod ops;
 pub mod scvmm;
 pub mod sessions;
 pub mod sources;
@@ -30,7 +30,6 @@ pub mod store;
 pub mod time;
 pub mod tls;
 pub mod tls_upload;
-pub mod validate;
 
 use engine::{Engine, EngineOptions};
 use godwit_webui::backend::*;

@@ -4,12 +4,12 @@
 //! boot's own code (the binary's `system::net`, as a [`crate::host_network::ApplyNetwork`]). Without the flag (a dev machine) the settings are
 //! only stored. The settings page shows which of the two happened ([`NetworkStatus`]).
 
-use super::validate::Problems;
 use super::{Appliance, joined, time};
 use godwit_image::vapp::{Addressing, NetSettings};
 use godwit_webui::backend::{
     AddressMode, CommandError, CommandResult, NetworkSettings, NetworkStatus,
 };
+use godwit_webui::validate::Problems;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ impl Appliance {
     /// Validate and store network settings; on the appliance also save them for boot and
     /// apply them (in the background, after [`APPLY_DELAY`]).
     pub(super) async fn network(&self, cmd: NetworkSettings) -> CommandResult<()> {
-        let n = super::validate::network(cmd)?;
+        let n = godwit_webui::validate::network(cmd)?;
         let Some(file) = self.cfg.system_network.clone() else {
             self.store.update_settings(|s| {
                 s.network = Some(n);
