@@ -3,7 +3,6 @@
 //! 2 an error (bad usage, bad input, I/O). Subcommands may document more specific codes.
 
 mod cli;
-mod service;
 mod system;
 
 use clap::{Parser, Subcommand};

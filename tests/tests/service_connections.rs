@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What the service allows one client address at once (appliance/src/service/listener.rs).
+/// What the service allows one client address at once (service/src/listener.rs).
 const PER_CLIENT_CAP: usize = 32;
 
 fn port_of(svc: &Service) -> u16 {

@@ -152,6 +152,43 @@ pub struct CycleReport {
     pub relogins: u32,
 }
 
+impl CycleReport {
+    /// What the operator should know about the cycle beyond its numbers, one line each: the
+    /// NFC lease, a quiesce fallback, full reads and their reason, disk warnings, re-logins.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(lease) = &self.nfc_lease {
+            out.push(format!(
+                "disks read through the NFC export lease {lease} ({} bytes downloaded, lease completed)",
+                self.nfc_bytes
+            ));
+        }
+        if let Some(f) = &self.quiesce_fallback {
+            out.push(format!(
+                "quiescing the guest failed ({f}); the snapshot was taken without it (crash-consistent)"
+            ));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if let Some(why) = &d.full_read_reason {
+                let how = d.allocated_bytes.map_or(String::new(), |b| {
+                    format!(", only the {b} bytes in use (QueryChangedDiskAreas \"*\")")
+                });
+                out.push(format!("disk {i} ({}): full read: {why}{how}", d.file_name));
+            }
+            for w in &d.warnings {
+                out.push(format!("disk {i} ({}): warning: {w}", d.file_name));
+            }
+        }
+        if self.relogins > 0 {
+            out.push(format!(
+                "the vCenter session was re-established {} time(s) during the cycle",
+                self.relogins
+            ));
+        }
+        out
+    }
+}
+
 /// The caller's per-disk work: (disk number, the disk, changed ranges or `None` = all). The
 /// disk may be a view that reads unallocated areas as zeros (a first full read with CBT).
 pub type DiskSink<'a> = dyn FnMut(

@@ -162,6 +162,47 @@ pub fn find_vm(s: &Session, query: &str) -> Result<Vm> {
     resolve(s, &VmTarget::named(query))
 }
 
+/// Every VM of the session (or only the one `only` names: name, MoRef or instance UUID),
+/// sorted by name, with host names and folder paths filled in: the inventory `godwit
+/// inventory` prints and the service's dashboard lists. For one VM the disk descriptors are
+/// read as well (their encryption markers are eligibility reasons).
+pub fn collect(s: &Session, only: Option<&str>) -> Result<Vec<Vm>> {
+    let hosts: std::collections::HashMap<_, _> = s
+        .all_of_kind("HostSystem", &["name"])?
+        .into_iter()
+        .filter_map(|o| {
+            o.prop("name")
+                .map(|n| (o.obj.clone(), n.text.trim().to_string()))
+        })
+        .collect();
+    let mut vms = match only {
+        Some(q) => {
+            let mut vm = find_vm(s, q)?;
+            let locator = crate::datastore::DatastoreLocator::new(s)?;
+            for d in vm.disks.iter_mut().filter(|d| d.key_id.is_none()) {
+                let loc = locator.for_datastore(d.datastore.as_ref());
+                match crate::preflight::descriptor_encryption(&loc, d) {
+                    Ok(found) => d.descriptor_encryption = found,
+                    Err(e) => {
+                        tracing::warn!(disk = %d.file_name, error = %e, "descriptor not read")
+                    }
+                }
+            }
+            vec![vm]
+        }
+        None => {
+            let mut vms = all_vms(s)?;
+            fill_folders(&InventoryTree::load(s)?, &mut vms);
+            vms
+        }
+    };
+    for vm in &mut vms {
+        vm.host_name = vm.host.as_ref().and_then(|h| hosts.get(h).cloned());
+    }
+    vms.sort_by(|a, b| a.name.cmp(&b.name).then(a.moref.cmp(&b.moref)));
+    Ok(vms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,7 @@ mod session_store;
 pub use session_store::SessionVault;
 #[cfg(feature = "test-backend")]
 pub mod test_backend;
+pub mod validate;
 
 pub use api::OPENAPI_JSON;
 pub use routes::RouteInfo;

@@ -9,12 +9,8 @@
 //! certificate not trusted (the message shows the fingerprint to pin); 5 `--vm` names no VM.
 
 use super::replicate_vsphere::{VsphereSourceArgs, connect, report_error};
-use godwit_vmware::datastore::DatastoreLocator;
-use godwit_vmware::inventory::{Vm, eligibility};
-use godwit_vmware::paths::InventoryTree;
-use godwit_vmware::session::Session;
+use godwit_vmware::inventory::eligibility;
 use godwit_vmware::vmref;
-use std::collections::HashMap;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -56,7 +52,7 @@ pub fn run(args: InventoryArgs) -> anyhow::Result<ExitCode> {
 
 fn list(args: &InventoryArgs) -> anyhow::Result<()> {
     let session = connect(&args.source)?;
-    let result = collect(&session, args.vm.as_deref());
+    let result = vmref::collect(&session, args.vm.as_deref());
     if let Err(e) = session.logout() {
         tracing::warn!(error = %e, "logout failed");
     }
@@ -117,46 +113,6 @@ fn list(args: &InventoryArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Every VM of the session (or only the one `only` names: name, MoRef or instance UUID),
-/// sorted by name, with host names and folder paths filled in. For one VM the disk
-/// descriptors are read as well (their encryption markers are eligibility reasons).
-pub fn collect(session: &Session, only: Option<&str>) -> anyhow::Result<Vec<Vm>> {
-    let hosts: HashMap<_, _> = session
-        .all_of_kind("HostSystem", &["name"])?
-        .into_iter()
-        .filter_map(|o| {
-            o.prop("name")
-                .map(|n| (o.obj.clone(), n.text.trim().to_string()))
-        })
-        .collect();
-    let mut vms = match only {
-        Some(q) => {
-            let mut vm = vmref::find_vm(session, q)?;
-            let locator = DatastoreLocator::new(session)?;
-            for d in vm.disks.iter_mut().filter(|d| d.key_id.is_none()) {
-                let loc = locator.for_datastore(d.datastore.as_ref());
-                match godwit_vmware::preflight::descriptor_encryption(&loc, d) {
-                    Ok(found) => d.descriptor_encryption = found,
-                    Err(e) => {
-                        tracing::warn!(disk = %d.file_name, error = %e, "descriptor not read")
-                    }
-                }
-            }
-            vec![vm]
-        }
-        None => {
-            let mut vms = vmref::all_vms(session)?;
-            vmref::fill_folders(&InventoryTree::load(session)?, &mut vms);
-            vms
-        }
-    };
-    for vm in &mut vms {
-        vm.host_name = vm.host.as_ref().and_then(|h| hosts.get(h).cloned());
-    }
-    vms.sort_by(|a, b| a.name.cmp(&b.name).then(a.moref.cmp(&b.moref)));
-    Ok(vms)
 }
 
 /// Hyper-V over WinRM HTTPS 5986 (see `godwit_hyperv::inventory`).

@@ -141,43 +141,8 @@ where
         tracing::warn!(error = %e, "logout failed");
     }
     let report = result?;
-    for line in report_lines(&report) {
+    for line in report.lines() {
         eprintln!("godwit: {line}");
     }
     Ok(report)
-}
-
-/// What an operator should know about a cycle besides the bytes: how each disk was read and
-/// why, quiesce fallbacks, leniencies applied, re-logins.
-pub fn report_lines(report: &CycleReport) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(lease) = &report.nfc_lease {
-        out.push(format!(
-            "disks read through the NFC export lease {lease} ({} bytes downloaded, lease completed)",
-            report.nfc_bytes
-        ));
-    }
-    if let Some(f) = &report.quiesce_fallback {
-        out.push(format!(
-            "quiescing the guest failed ({f}); the snapshot was taken without it (crash-consistent)"
-        ));
-    }
-    for (i, d) in report.disks.iter().enumerate() {
-        if let Some(why) = &d.full_read_reason {
-            let how = d.allocated_bytes.map_or(String::new(), |b| {
-                format!(", only the {b} bytes in use (QueryChangedDiskAreas \"*\")")
-            });
-            out.push(format!("disk {i} ({}): full read: {why}{how}", d.file_name));
-        }
-        for w in &d.warnings {
-            out.push(format!("disk {i} ({}): warning: {w}", d.file_name));
-        }
-    }
-    if report.relogins > 0 {
-        out.push(format!(
-            "the vCenter session was re-established {} time(s) during the cycle",
-            report.relogins
-        ));
-    }
-    out
 }

@@ -10,7 +10,7 @@
 //!                                     again as `setup: done` when it gets finished)
 //! ```
 //!
-//! The listener has timeouts and connection caps (`crate::service::listener`).
+//! The listener has timeouts and connection caps (`godwit_service::listener`).
 //!
 //! The same listener takes the Hyper-V hosts' disk pushes (`PUT /ingest/v1/...`, design §3:
 //! one inbound HTTPS port), told to the hosts as `--ingest-url` (default: `https://` the
@@ -18,10 +18,10 @@
 //!
 //! Stops on SIGINT or SIGTERM; runs interrupted by a stop start again at the next start.
 
-use crate::service::engine::EngineOptions;
-use crate::service::tls::Identity;
-use crate::service::{Appliance, ApplianceConfig, listener, logs};
 use anyhow::Context;
+use godwit_service::engine::EngineOptions;
+use godwit_service::tls::Identity;
+use godwit_service::{Appliance, ApplianceConfig, listener, logs};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -160,6 +160,7 @@ async fn serve(
         engine,
         max_concurrent_jobs: a.max_concurrent_jobs,
         system_network: a.system_network.clone(),
+        system: Some(Arc::new(crate::system::net::SystemNet)),
         exports_dir: a.exports_dir.clone(),
     };
     let appliance = Appliance::open(cfg, ring, tokio::runtime::Handle::current())?;
@@ -175,10 +176,10 @@ async fn serve(
     };
     // The hosts' pushes: outside the web layer (no session, no CSRF; a one-time bearer token
     // per push session instead), on the same port.
-    let ingest = crate::service::ingest::ServiceIngest::new();
+    let ingest = godwit_service::ingest::ServiceIngest::new();
     appliance.attach_ingest(ingest.clone());
     let router = godwit_webui::router(appliance.clone(), web)
-        .merge(crate::service::ingest::router(ingest.clone()))
+        .merge(godwit_service::ingest::router(ingest.clone()))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 counter.count_request();
@@ -187,7 +188,7 @@ async fn serve(
         ));
     let handle = axum_server::Handle::new();
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
-    appliance.attach_https(crate::service::https_identity::HttpsIdentity::new(
+    appliance.attach_https(godwit_service::https_identity::HttpsIdentity::new(
         tls_dir,
         names.clone(),
         identity,

@@ -7,7 +7,6 @@
 mod banner;
 mod boot;
 mod host;
-pub mod memory;
 pub mod net;
 pub mod space;
 mod update;

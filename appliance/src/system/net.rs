@@ -5,36 +5,25 @@
 
 use super::host;
 use godwit_image::vapp::{Addressing, NetSettings};
-use std::path::Path;
 use std::time::Duration;
 
 /// Where the settings live on the appliance.
 pub const NET_FILE: &str = "/data/system/network.json";
 const DHCP_PID: &str = "/run/udhcpc.pid";
 
-/// How the settings were applied: the interface, `dhcp`/`static`/`none`, its IPv4 addresses.
-#[derive(Clone, Debug, Default)]
-pub struct Applied {
-    pub interface: String,
-    pub mode: String,
-    pub addresses: Vec<String>,
-}
+pub use godwit_service::host_network::{Applied, load, save};
 
-/// Save the settings atomically (temp file, fsync, rename, fsync of the directory).
-pub fn save(path: &Path, net: &NetSettings) -> std::io::Result<()> {
-    let json = serde_json::to_vec_pretty(net).map_err(std::io::Error::other)?;
-    host::write_atomic(path, &json)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+/// What `godwit serve --system-network` hands the service to apply settings with.
+#[derive(Debug)]
+pub struct SystemNet;
+
+impl godwit_service::host_network::ApplyNetwork for SystemNet {
+    fn apply(&self, net: &NetSettings, replace: bool, notes: &mut Vec<String>) -> Applied {
+        apply(net, replace, notes)
     }
-    Ok(())
-}
-
-/// The saved settings, if there are any and they parse.
-pub fn load(path: &Path) -> Option<NetSettings> {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+    fn set_clock(&self, servers: Vec<String>) {
+        set_clock(servers);
+    }
 }
 
 /// Configure host name, address, DNS and NTP. With `replace`, whatever the interface has now

@@ -163,17 +163,6 @@ impl TestBackend {
     }
 }
 
-fn is_hostname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
-}
-
 fn invalid(fields: Vec<FieldError>) -> CommandResult<()> {
     if fields.is_empty() {
         Ok(())
@@ -309,48 +298,8 @@ impl Backend for TestBackend {
     }
 
     async fn set_network(&self, cmd: NetworkSettings) -> CommandResult<()> {
-        let mut errs = Vec::new();
-        if !is_hostname(&cmd.hostname) {
-            errs.push(fe(
-                "hostname",
-                "letters, digits and hyphens only, labels separated by dots",
-            ));
-        }
-        if let AddressMode::Static { address, gateway } = &cmd.address {
-            let ok = address.split_once('/').is_some_and(|(ip, len)| {
-                ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
-            });
-            if !ok {
-                errs.push(fe(
-                    "address",
-                    "an IPv4 address with prefix length, e.g. 192.0.2.10/24",
-                ));
-            }
-            if gateway.parse::<std::net::Ipv4Addr>().is_err() {
-                errs.push(fe("gateway", "an IPv4 address, e.g. 192.0.2.1"));
-            }
-        }
-        if cmd.dns_servers.is_empty() {
-            errs.push(fe("dns_servers", "at least one DNS server"));
-        } else if let Some(bad) = cmd
-            .dns_servers
-            .iter()
-            .find(|d| d.parse::<std::net::IpAddr>().is_err())
-        {
-            errs.push(fe("dns_servers", &format!("{bad} is not an IP address")));
-        }
-        if let Some(bad) = cmd.ntp_servers.iter().find(|n| !is_hostname(n)) {
-            errs.push(fe(
-                "ntp_servers",
-                &format!("{bad} is not a host name or address"),
-            ));
-        }
-        if let Some(p) = &cmd.proxy
-            && !p.starts_with("http://")
-        {
-            errs.push(fe("proxy", "http://host:port"));
-        }
-        invalid(errs)?;
+        // The service's own rules (crate::validate), not a copy.
+        let cmd = crate::validate::network(cmd)?;
         self.lock().network = Some(cmd);
         Ok(())
     }
@@ -368,14 +317,8 @@ impl Backend for TestBackend {
                 if address.is_empty() {
                     errs.push(fe("address", "the staging server's host or host:port"));
                 }
-                let hex: String = fingerprint
-                    .strip_prefix("SHA256:")
-                    .unwrap_or(&fingerprint)
-                    .chars()
-                    .filter(|c| *c != ':')
-                    .collect();
-                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                    errs.push(fe("fingerprint", "SHA256: followed by 64 hex digits"));
+                if let Err(e) = crate::validate::Fingerprint::try_from(fingerprint.as_str()) {
+                    errs.push(fe("fingerprint", &e));
                 }
                 if token.is_empty() {
                     errs.push(fe("token", "the pairing token the staging server printed"));

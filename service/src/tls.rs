@@ -318,9 +318,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["localhost".to_string()];
         let generated = Identity::load_or_create(dir.path(), &names).unwrap();
-        let (cert_pem, key_pem) = super::super::tls_upload::tests::leaf_signed_by_a_ca();
-        let up = super::super::tls_upload::check(&cert_pem, &key_pem, std::time::SystemTime::now())
-            .unwrap();
+        let (cert_pem, key_pem) = crate::tls_upload::tests::leaf_signed_by_a_ca();
+        let up =
+            crate::tls_upload::check(&cert_pem, &key_pem, std::time::SystemTime::now()).unwrap();
         let installed = Identity::install(dir.path(), up).unwrap();
         assert!(installed.view().uploaded);
         assert_eq!(installed.view().chain_length, 2);

@@ -1,15 +1,15 @@
 //! Network settings on the appliance. `godwit system run` starts the service with
 //! `--system-network /data/system/network.json`; then what the wizard sets is converted to the
 //! image's [`NetSettings`], saved there (read again at every boot) and applied at once with the
-//! boot's own code (`crate::system::net`). Without the flag (a dev machine) the settings are
+//! boot's own code (the binary's `system::net`, as a [`crate::host_network::ApplyNetwork`]). Without the flag (a dev machine) the settings are
 //! only stored. The settings page shows which of the two happened ([`NetworkStatus`]).
 
-use super::validate::Problems;
 use super::{Appliance, joined, time};
 use godwit_image::vapp::{Addressing, NetSettings};
 use godwit_webui::backend::{
     AddressMode, CommandError, CommandResult, NetworkSettings, NetworkStatus,
 };
+use godwit_webui::validate::Problems;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ impl Appliance {
     /// Validate and store network settings; on the appliance also save them for boot and
     /// apply them (in the background, after [`APPLY_DELAY`]).
     pub(super) async fn network(&self, cmd: NetworkSettings) -> CommandResult<()> {
-        let n = super::validate::network(cmd)?;
+        let n = godwit_webui::validate::network(cmd)?;
         let Some(file) = self.cfg.system_network.clone() else {
             self.store.update_settings(|s| {
                 s.network = Some(n);
@@ -37,8 +37,8 @@ impl Appliance {
         // by the last change.
         let before = joined(
             tokio::task::spawn_blocking(move || {
-                let before = crate::system::net::load(&f2).unwrap_or_default();
-                crate::system::net::save(&f2, &net2).map(|()| before)
+                let before = crate::host_network::load(&f2).unwrap_or_default();
+                crate::host_network::save(&f2, &net2).map(|()| before)
             })
             .await,
         )?
@@ -53,6 +53,7 @@ impl Appliance {
         })?;
         tracing::info!(file = %shown, "network settings saved; applying them");
         let (store, lock) = (self.store.clone(), self.net_apply.clone());
+        let system = self.cfg.system.clone();
         tokio::spawn(async move {
             let _one_at_a_time = lock.lock().await;
             tokio::time::sleep(APPLY_DELAY).await;
@@ -62,9 +63,13 @@ impl Appliance {
                 // The address is redone only when the addressing changed (a new DHCP lease or
                 // a flushed interface would cut the browser off for nothing).
                 let readdress = before.addressing != net2.addressing;
-                let applied = crate::system::net::apply(&net2, readdress, &mut notes);
+                let Some(system) = system else {
+                    notes.push("no system to apply the settings to".to_string());
+                    return (crate::host_network::Applied::default(), notes);
+                };
+                let applied = system.apply(&net2, readdress, &mut notes);
                 if !readdress && before.ntp != net2.ntp {
-                    crate::system::net::set_clock(net2.ntp.clone());
+                    system.set_clock(net2.ntp.clone());
                 }
                 (applied, notes)
             })
@@ -106,7 +111,7 @@ impl Appliance {
         let Some(file) = self.cfg.system_network.as_deref() else {
             return;
         };
-        let Some(net) = crate::system::net::load(file) else {
+        let Some(net) = crate::host_network::load(file) else {
             return;
         };
         let r = self.store.update_settings(|s| {
@@ -234,7 +239,7 @@ pub fn applying(at: String, file: &str) -> NetworkStatus {
 pub fn outcome(
     at: String,
     net: &NetSettings,
-    applied: &crate::system::net::Applied,
+    applied: &crate::host_network::Applied,
     notes: &[String],
 ) -> NetworkStatus {
     let addrs = if applied.addresses.is_empty() {
@@ -289,8 +294,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_boot_file_that_differs_replaces_the_stored_settings_at_start() {
-        use crate::service::engine::EngineOptions;
-        use crate::service::{ApplianceConfig, logs::LogRing};
+        use crate::engine::EngineOptions;
+        use crate::{ApplianceConfig, logs::LogRing};
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("network.json");
         let cfg = ApplianceConfig {
@@ -300,6 +305,7 @@ mod tests {
             engine: EngineOptions::default(),
             max_concurrent_jobs: None,
             system_network: Some(file.clone()),
+            system: None,
             exports_dir: None,
         };
         let a =
@@ -321,7 +327,7 @@ mod tests {
             dns: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53))],
             ntp: vec!["10.0.2.2".into()],
         };
-        crate::system::net::save(&file, &net).unwrap();
+        crate::host_network::save(&file, &net).unwrap();
         a.adopt_system_network();
         let s = a.store.settings().unwrap();
         let n = s.network.clone().unwrap();
@@ -380,8 +386,8 @@ mod tests {
         // What boot reads back is what was saved.
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("system/network.json");
-        crate::system::net::save(&f, &net).unwrap();
-        assert_eq!(crate::system::net::load(&f), Some(net));
+        crate::host_network::save(&f, &net).unwrap();
+        assert_eq!(crate::host_network::load(&f), Some(net));
         assert!(!dir.path().join("system/network.tmp").exists());
     }
 

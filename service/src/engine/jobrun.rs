@@ -1,12 +1,15 @@
-//! What every run does per disk, whatever the source: report progress over all of the VM's
-//! disks, replicate one frozen disk to the staging target (reads fail at once after a cancel),
-//! and write the timeline line for it.
+//! What every run does, whatever the source: report its phases and timeline lines to the
+//! owner (each persisted before the run goes on), report progress over all of the VM's disks,
+//! replicate one frozen disk to the staging target (reads fail at once after a cancel), and
+//! turn the cycle's result into an [`Outcome`]. The vSphere and Hyper-V runners differ only in
+//! how they take, read and remove a snapshot/checkpoint.
 
 use super::{Engine, mib};
-use crate::service::store::JobRecord;
+use crate::job::{Event, Outcome};
+use crate::store::JobRecord;
 use godwit_disk::{BlockSource, Run};
 use godwit_transfer::replicate::{Connect, ProgressFn, ReplicateOptions, replicate_disk};
-use godwit_webui::backend::Progress;
+use godwit_webui::backend::{JobState, Progress};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
@@ -16,6 +19,8 @@ pub(super) type SinkError = Box<dyn std::error::Error + Send + Sync>;
 /// One run's shared state: where it writes, its progress and cancel flag, and its totals.
 pub(super) struct RunCtx<'a> {
     pub engine: &'a Engine,
+    /// The job as it was when the run started (read only: changes go to the owner).
+    pub job: &'a JobRecord,
     pub target: &'a dyn Connect,
     pub progress: &'a watch::Sender<Option<Progress>>,
     pub cancel: &'a AtomicBool,
@@ -30,12 +35,14 @@ pub(super) struct RunCtx<'a> {
 impl<'a> RunCtx<'a> {
     pub fn new(
         engine: &'a Engine,
+        job: &'a JobRecord,
         target: &'a dyn Connect,
         progress: &'a watch::Sender<Option<Progress>>,
         cancel: &'a Arc<AtomicBool>,
     ) -> Self {
         RunCtx {
             engine,
+            job,
             target,
             progress,
             cancel,
@@ -48,6 +55,67 @@ impl<'a> RunCtx<'a> {
 
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Have the owner step the job with `event`; returns once it is persisted.
+    pub fn report(&self, event: Event) -> Result<(), SinkError> {
+        Ok(self.engine.event_blocking(&self.job.id, event)?)
+    }
+
+    /// A timeline line.
+    pub fn note(&self, message: String) -> Result<(), SinkError> {
+        self.report(Event::Note { message })
+    }
+
+    /// The cycle's result as the run's outcome: done, cancelled (any error after a cancel is
+    /// the cancel), or what `failure` makes of the source's error.
+    pub fn outcome<E>(
+        &self,
+        result: Result<(), E>,
+        failure: impl FnOnce(&E) -> Outcome,
+    ) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Done {
+                disks: self.disks,
+                bytes_sent: self.bytes_sent,
+            },
+            Err(_) if self.cancelled() => Outcome::Cancelled,
+            Err(e) => failure(&e),
+        }
+    }
+
+    /// One frozen disk of the cycle, the same for every source: the first one moves the job to
+    /// `Transferring` (with `taken`, the line saying the snapshot/checkpoint exists), the disk
+    /// is replicated, its line (with `detail` appended) goes to the timeline, and the last one
+    /// (when the disk count is known) moves the job to `RemovingSnapshot` (`removing`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn disk(
+        &mut self,
+        n: usize,
+        n_disks: Option<usize>,
+        taken: impl FnOnce() -> String,
+        disk: &dyn BlockSource,
+        changed: Option<&[std::ops::Range<u64>]>,
+        detail: &str,
+        removing: &str,
+    ) -> Result<(), SinkError> {
+        if n == 0 {
+            self.report(Event::Phase {
+                state: JobState::Transferring,
+                message: taken(),
+            })?;
+        }
+        let mut message = self.transfer(n, disk, changed)?;
+        message.push_str(detail);
+        if n_disks == Some(n + 1) {
+            message.push_str(removing);
+            self.report(Event::Phase {
+                state: JobState::RemovingSnapshot,
+                message,
+            })
+        } else {
+            self.note(message)
+        }
     }
 
     /// The run knows how much it has to read.
@@ -64,7 +132,6 @@ impl<'a> RunCtx<'a> {
     /// Returns the timeline line.
     pub fn transfer(
         &mut self,
-        job: &JobRecord,
         n: usize,
         disk: &dyn BlockSource,
         changed: Option<&[std::ops::Range<u64>]>,
@@ -89,8 +156,8 @@ impl<'a> RunCtx<'a> {
             }));
         });
         let mut metadata = std::collections::BTreeMap::new();
-        metadata.insert("job".to_string(), job.id.clone());
-        metadata.insert("source".to_string(), job.source_id.clone());
+        metadata.insert("job".to_string(), self.job.id.clone());
+        metadata.insert("source".to_string(), self.job.source_id.clone());
         let opts = &self.engine.opts;
         let ropts = ReplicateOptions {
             chunk_size: opts.chunk_size,
@@ -108,7 +175,7 @@ impl<'a> RunCtx<'a> {
             &source,
             ranges.as_deref(),
             self.target,
-            &job.vm,
+            &self.job.vm,
             disk_no,
             &ropts,
             &self.engine.handle,

@@ -2,7 +2,6 @@
 //! the approved fingerprint pinned, and listing VMs with their eligibility.
 
 use super::store::SourceRecord;
-use super::validate::{authority, host_port};
 use godwit_netcheck::CheckKind;
 use godwit_netcheck::plan::{Endpoint, Target};
 use godwit_netcheck::tls::{TlsContext, handshake, judge};
@@ -10,6 +9,7 @@ use godwit_vmware::ErrorKind;
 use godwit_vmware::session::{ConnectOptions, Secret, Session, SourceUrl};
 use godwit_vmware::trust::{Fingerprint, TrustStore};
 use godwit_webui::backend::{CertificateView, CommandError, DiskView, SourceKind, VmView};
+use godwit_webui::validate::{authority, host_port};
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,7 +47,7 @@ pub async fn probe(kind: SourceKind, address: &str) -> Result<CertificateView, C
     sans.extend(d.ip_addresses.iter().cloned());
     Ok(CertificateView {
         address: addr,
-        fingerprint: super::validate::fingerprint(&d.fingerprint).unwrap_or(d.fingerprint),
+        fingerprint: godwit_webui::validate::fingerprint(&d.fingerprint).unwrap_or(d.fingerprint),
         subject: d.subject,
         issuer: d.issuer,
         not_before: d.not_before,
@@ -183,7 +183,7 @@ pub fn inventory(src: &SourceRecord) -> Result<Vec<VmView>, CommandError> {
                     e.to_string()
                 },
             })?;
-            let vms = crate::cli::inventory::collect(&s, None);
+            let vms = godwit_vmware::vmref::collect(&s, None);
             if let Err(e) = s.logout() {
                 tracing::warn!(error = %e, "logout failed");
             }
@@ -275,7 +275,7 @@ pub(crate) fn hyperv_vm(source_id: &str, vm: &godwit_hyperv::inventory::Vm) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::store::HostPin;
+    use crate::store::HostPin;
 
     #[test]
     fn vsphere_trust_holds_the_vcenter_and_the_approved_esxi_hosts() {

@@ -1,8 +1,128 @@
-//! Business-rule validation of wizard and settings input. Every problem names its form field
-//! (the same name as the JSON member), so the web layer can show it next to the field.
+//! Validation of wizard and settings input, defined once for both sides of
+//! [`crate::backend::Backend`]: the service and the web layer's test double run these same
+//! rules. Values are validated types (`TryFrom<&str>`, the error is the message shown next to
+//! the field): [`Hostname`], [`IpCidr`] (IPv4 or IPv6), [`Fingerprint`], [`Port`],
+//! [`HostPort`]; the admin password is [`crate::password::AdminPassword`]. Every problem names
+//! its form field (the same name as the JSON member), so the web layer can show it there.
 
-use godwit_webui::backend::{AddressMode, CommandError, FieldError, NetworkSettings};
+use crate::backend::{AddressMode, CommandError, FieldError, NetworkSettings};
 use std::net::IpAddr;
+
+/// What a host name may hold (the message of [`Hostname`]).
+pub const HOSTNAME_RULE: &str = "letters, digits and hyphens only, labels separated by dots";
+
+/// An RFC 1123 host name: labels of letters, digits and hyphens, up to 253 characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hostname(String);
+
+impl TryFrom<&str> for Hostname {
+    type Error = String;
+    fn try_from(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if is_hostname(s) {
+            Ok(Hostname(s.to_string()))
+        } else {
+            Err(HOSTNAME_RULE.into())
+        }
+    }
+}
+
+impl Hostname {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An address with its prefix length, IPv4 (`192.0.2.10/24`) or IPv6 (`2001:db8::10/64`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpCidr {
+    pub ip: IpAddr,
+    pub prefix: u8,
+}
+
+impl TryFrom<&str> for IpCidr {
+    type Error = String;
+    fn try_from(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .trim()
+            .split_once('/')
+            .ok_or("an IP address with prefix length, e.g. 192.0.2.10/24")?;
+        let ip: IpAddr = a.parse().map_err(|_| {
+            format!(
+                "{a:?} is not an IP address (an IP address with prefix length, e.g. 192.0.2.10/24)"
+            )
+        })?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        match p.parse::<u8>() {
+            Ok(prefix) if (1..=max).contains(&prefix) => Ok(IpCidr { ip, prefix }),
+            _ => Err(format!("prefix length must be 1-{max}")),
+        }
+    }
+}
+
+/// A certificate's SHA-256 fingerprint, normalised to `SHA256:<64 lower-case hex digits>`
+/// (accepted with or without the prefix, in any case, with or without colons).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fingerprint(String);
+
+impl TryFrom<&str> for Fingerprint {
+    type Error = String;
+    fn try_from(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let body = t
+            .strip_prefix("SHA256:")
+            .or_else(|| t.strip_prefix("sha256:"))
+            .unwrap_or(t);
+        let hex: String = body.chars().filter(|c| *c != ':').collect();
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err("expected SHA256: followed by 64 hex digits".into());
+        }
+        Ok(Fingerprint(format!("SHA256:{}", hex.to_ascii_lowercase())))
+    }
+}
+
+impl Fingerprint {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A TCP port, 1-65535.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Port(pub u16);
+
+impl TryFrom<&str> for Port {
+    type Error = String;
+    fn try_from(p: &str) -> Result<Self, String> {
+        match p.trim().parse::<u16>() {
+            Ok(n) if n > 0 => Ok(Port(n)),
+            _ => Err(format!("{p:?} is not a port number (1-65535)")),
+        }
+    }
+}
+
+/// A host to connect to and its port: `host`, `host:port`, `[v6]` or `[v6]:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Parse with `default_port` when none is given.
+    pub fn parse(s: &str, default_port: u16) -> Result<HostPort, String> {
+        host_port(s, default_port).map(|(host, port)| HostPort { host, port })
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&authority(&self.host, self.port))
+    }
+}
 
 /// Collects field errors; `finish` turns them into `CommandError::Invalid`.
 #[derive(Default)]
@@ -58,10 +178,7 @@ pub fn host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
     };
     let port = match port {
         None => default_port,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 => n,
-            _ => return Err(format!("{p:?} is not a port number (1-65535)")),
-        },
+        Some(p) => Port::try_from(p)?.0,
     };
     match host.parse::<IpAddr>() {
         Ok(ip) if ip.is_unspecified() => {
@@ -138,55 +255,32 @@ pub fn authority(host: &str, port: u16) -> String {
     }
 }
 
-/// `SHA256:<hex>` (any case, colons allowed) → `SHA256:<lower hex>`.
+/// `SHA256:<hex>` (any case, colons allowed) → `SHA256:<lower hex>` ([`Fingerprint`]).
 pub fn fingerprint(s: &str) -> Result<String, String> {
-    let t = s.trim();
-    let body = t
-        .strip_prefix("SHA256:")
-        .or_else(|| t.strip_prefix("sha256:"))
-        .unwrap_or(t);
-    let hex: String = body.chars().filter(|c| *c != ':').collect();
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err("expected SHA256: followed by 64 hex digits".into());
-    }
-    Ok(format!("SHA256:{}", hex.to_ascii_lowercase()))
-}
-
-fn cidr(s: &str) -> Result<(IpAddr, u8), String> {
-    let (a, p) = s
-        .split_once('/')
-        .ok_or("expected ADDRESS/PREFIX, e.g. 192.0.2.10/24")?;
-    let ip: IpAddr = a
-        .parse()
-        .map_err(|_| format!("{a:?} is not an IP address"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    match p.parse::<u8>() {
-        Ok(n) if (1..=max).contains(&n) => Ok((ip, n)),
-        _ => Err(format!("prefix length must be 1-{max}")),
-    }
+    Fingerprint::try_from(s).map(Fingerprint::into_string)
 }
 
 /// Check network settings; returns them normalised (trimmed, empty entries dropped).
 pub fn network(mut n: NetworkSettings) -> Result<NetworkSettings, CommandError> {
     let mut p = Problems::default();
     n.hostname = n.hostname.trim().to_string();
-    if !is_hostname(&n.hostname) {
-        p.add(
-            "hostname",
-            "letters, digits and hyphens, labels separated by dots",
-        );
+    if let Err(e) = Hostname::try_from(n.hostname.as_str()) {
+        p.add("hostname", e);
     }
     if let AddressMode::Static { address, gateway } = &mut n.address {
         *address = address.trim().to_string();
         *gateway = gateway.trim().to_string();
-        let addr = cidr(address);
+        let addr = IpCidr::try_from(address.as_str());
         if let Err(e) = &addr {
             p.add("address", e.clone());
         }
         match gateway.parse::<IpAddr>() {
-            Err(_) => p.add("gateway", format!("{gateway:?} is not an IP address")),
+            Err(_) => p.add(
+                "gateway",
+                format!("{gateway:?} is not an IP address (IPv4 or IPv6)"),
+            ),
             Ok(g) => {
-                if let Ok((a, _)) = addr
+                if let Ok(IpCidr { ip: a, .. }) = addr
                     && a.is_ipv4() != g.is_ipv4()
                 {
                     p.add("gateway", "must be the same IP version as the address");
@@ -303,6 +397,62 @@ mod tests {
             host_port("1password.example", 1).unwrap().0,
             "1password.example"
         );
+    }
+
+    #[test]
+    fn validated_types_and_their_messages() {
+        assert_eq!(
+            Hostname::try_from(" godwit-01.corp ").unwrap().as_str(),
+            "godwit-01.corp"
+        );
+        for bad in ["", "bad host", "-a", "a..b", &"a".repeat(64)] {
+            assert_eq!(Hostname::try_from(bad).unwrap_err(), HOSTNAME_RULE, "{bad}");
+        }
+        let v6 = IpCidr::try_from("2001:db8::10/64").unwrap();
+        assert_eq!((v6.ip.is_ipv6(), v6.prefix), (true, 64));
+        assert!(
+            IpCidr::try_from("192.0.2.300")
+                .unwrap_err()
+                .contains("prefix length")
+        );
+        assert!(
+            IpCidr::try_from("192.0.2.1/33")
+                .unwrap_err()
+                .contains("1-32")
+        );
+        assert!(
+            IpCidr::try_from("2001:db8::1/129")
+                .unwrap_err()
+                .contains("1-128")
+        );
+        assert!(
+            IpCidr::try_from("x/24")
+                .unwrap_err()
+                .contains("not an IP address")
+        );
+        assert_eq!(Port::try_from("5986"), Ok(Port(5986)));
+        assert!(Port::try_from("0").is_err() && Port::try_from("65536").is_err());
+        let hp = HostPort::parse("[2001:db8::1]:1500", 443).unwrap();
+        assert_eq!(hp.to_string(), "[2001:db8::1]:1500");
+        assert_eq!(HostPort::parse("vc", 443).unwrap().port, 443);
+        assert!(Fingerprint::try_from("SHA256:zz").is_err());
+    }
+
+    #[test]
+    fn static_ipv6_settings() {
+        let s = network(net(AddressMode::Static {
+            address: "2001:db8::10/64".into(),
+            gateway: "2001:db8::1".into(),
+        }));
+        assert!(s.is_ok(), "{s:?}");
+        let f = fields(
+            network(net(AddressMode::Static {
+                address: "2001:db8::10/64".into(),
+                gateway: "192.0.2.1".into(),
+            }))
+            .unwrap_err(),
+        );
+        assert_eq!(f, ["gateway"]);
     }
 
     #[test]

@@ -5,17 +5,18 @@
 //! in the job's events; its disks keep the name they are stored under in staging); jobs
 //! stored before that resolve by name once and keep the identity from then on.
 
+use super::Engine;
 use super::jobrun::{RunCtx, SinkError};
-use super::{Engine, Outcome};
-use crate::service::sources::{certificate_changed, vsphere_session};
-use crate::service::store::{JobRecord, SourceRecord};
-use crate::service::time::rfc3339;
+use crate::job::{Event, Outcome};
+use crate::sources::{certificate_changed, vsphere_session};
+use crate::store::{JobRecord, SourceRecord};
+use crate::time::rfc3339;
 use godwit_disk::BlockSource;
 use godwit_vmware::ErrorKind;
 use godwit_vmware::ledger::Ledger;
 use godwit_vmware::replicate::{CycleOptions, run_cycle};
 use godwit_vmware::vmref::{VmTarget, resolve};
-use godwit_webui::backend::{JobState, LedgerEntryView};
+use godwit_webui::backend::LedgerEntryView;
 use std::path::PathBuf;
 
 pub(super) fn ledger_path(engine: &Engine, job_id: &str) -> PathBuf {
@@ -72,36 +73,29 @@ pub(super) fn unreadable(job: &JobRecord, e: &str) -> LedgerEntryView {
         vm: job.vm.clone(),
         snapshot_name: String::new(),
         state: "remove_failed".into(),
-        recorded_at: rfc3339(crate::service::time::now()),
+        recorded_at: rfc3339(crate::time::now()),
         detail: Some(format!("ledger unreadable: {e}")),
     }
 }
 
 /// One run (blocking).
-pub(super) fn run(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Outcome {
+pub(super) fn run(run: &mut RunCtx<'_>, src: &SourceRecord) -> Outcome {
     let session = match vsphere_session(src) {
         Ok(s) => s,
         Err(e) => return failure(src, &e),
     };
-    let result = cycle(run, job, &session);
+    let result = cycle(run, &session);
     if let Err(e) = session.logout() {
         tracing::warn!(error = %e, "logout failed");
     }
-    match result {
-        Ok(()) => Outcome::Done {
-            disks: run.disks,
-            bytes_sent: run.bytes_sent,
-        },
-        Err(_) if run.cancelled() => Outcome::Cancelled,
-        Err(e) => failure(src, &e),
-    }
+    run.outcome(result, |e| failure(src, e))
 }
 
 fn cycle(
     run: &mut RunCtx<'_>,
-    job: &mut JobRecord,
     session: &godwit_vmware::session::Session,
 ) -> godwit_vmware::Result<()> {
+    let job = run.job;
     let target = VmTarget {
         query: job.vm.clone(),
         moref: job.vm_moref.clone(),
@@ -139,40 +133,31 @@ fn cycle(
             vm.moref.value, vm.name, job.vm
         )),
     };
-    if let Some(event) = event {
-        job.vm_moref = Some(vm.moref.value.clone());
-        job.vm_instance_uuid = vm.instance_uuid.clone();
-        run.engine.store.put_job(job, Some(&event)).map_err(|e| {
-            godwit_vmware::Error::Usage(format!("recording the VM's identity: {e}"))
-        })?;
+    if let Some(message) = event {
+        run.report(Event::Identity {
+            moref: vm.moref.value.clone(),
+            instance_uuid: vm.instance_uuid.clone(),
+            message,
+        })
+        .map_err(|e| godwit_vmware::Error::Usage(format!("recording the VM's identity: {e}")))?;
     }
-    let store = run.engine.store.clone();
     let mut sink = |n: usize,
                     disk: &dyn BlockSource,
                     changed: Option<&[std::ops::Range<u64>]>|
      -> Result<(), SinkError> {
-        if n == 0 {
-            job.state = JobState::Transferring;
-            store.put_job(
-                job,
-                Some(&format!("snapshot taken; transferring {n_disks} disk(s)")),
-            )?;
-        }
-        let mut msg = run.transfer(job, n, disk, changed)?;
-        if n + 1 == n_disks {
-            job.state = JobState::RemovingSnapshot;
-            msg.push_str("; removing the snapshot");
-        }
-        store.put_job(job, Some(&msg))?;
-        Ok(())
+        run.disk(
+            n,
+            Some(n_disks),
+            || format!("snapshot taken; transferring {n_disks} disk(s)"),
+            disk,
+            changed,
+            "",
+            "; removing the snapshot",
+        )
     };
     let report = run_cycle(session, &opts, &mut sink)?;
-    for line in crate::cli::replicate_vsphere::report_lines(&report) {
+    for line in report.lines() {
         tracing::info!(job = %job.id, "{line}");
-    }
-    if n_disks == 0 {
-        // A VM without disks: nothing was transferred, the snapshot is gone.
-        job.state = JobState::RemovingSnapshot;
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ pub struct MetricsInput {
     /// Bytes Hyper-V runs read from hosts over WinRM.
     pub winrm_read_bytes: u64,
     /// This process's and the system's memory.
-    pub memory: crate::system::memory::Memory,
+    pub memory: crate::memory::Memory,
     /// The data partition: (available, total) bytes.
     pub data_space: Option<(u64, u64)>,
 }
@@ -214,7 +214,7 @@ mod tests {
                 ..Default::default()
             }),
             winrm_read_bytes: 42,
-            memory: crate::system::memory::Memory {
+            memory: crate::memory::Memory {
                 rss: 11,
                 peak_rss: 12,
                 available: 13,

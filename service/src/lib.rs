@@ -1,4 +1,6 @@
-//! `godwit serve`: the appliance core behind the web UI. [`Appliance`] implements the web
+//! # godwit-service
+//!
+//! The connector core behind `godwit serve` and the web UI. [`Appliance`] implements the web
 //! layer's [`Backend`] contract over the redb store ([`store`]), the job engine ([`engine`]),
 //! sources ([`sources`]), checks, exports and diagnostics ([`bundle`], [`logs`]).
 //!
@@ -7,24 +9,27 @@
 
 pub mod auth;
 pub mod bundle;
+mod commands;
 pub mod engine;
 pub mod export;
 pub mod export_files;
+pub mod host_network;
 pub mod https_identity;
 pub mod ingest;
+pub mod job;
 pub mod listener;
 pub mod logs;
+pub mod memory;
 pub mod network;
-mod ops;
 pub mod scvmm;
 pub mod sessions;
 pub mod sources;
+pub mod space;
 pub mod staging_target;
 pub mod store;
 pub mod time;
 pub mod tls;
 pub mod tls_upload;
-pub mod validate;
 
 use engine::{Engine, EngineOptions};
 use godwit_webui::backend::*;
@@ -47,6 +52,9 @@ pub struct ApplianceConfig {
     /// On the appliance (`--system-network FILE`): network settings are saved to this file
     /// (read at boot) and applied to the system; without it they are only stored.
     pub system_network: Option<PathBuf>,
+    /// What applies them to the system (the binary's `system::net`) when `system_network` is
+    /// set.
+    pub system: Option<Arc<dyn host_network::ApplyNetwork>>,
     /// Where local exports are written (`--exports-dir`; default `DATA/exports`).
     pub exports_dir: Option<PathBuf>,
 }
@@ -245,19 +253,20 @@ impl Appliance {
         }
     }
 
-    /// Recover runs cut short by a stop, sweep leftover snapshots, then run the job engine.
+    /// Recover runs cut short by a stop, sweep leftover snapshots, then let the job engine
+    /// start due jobs.
     pub async fn start(self: Arc<Self>) {
         self.adopt_system_network();
-        match self.engine.recover() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("{n} job run(s) interrupted by a stop will start again"),
-            Err(e) => tracing::error!(error = %e, "recovering jobs"),
+        self.engine.spawn_owner();
+        match self.engine.recover().await {
+            0 => {}
+            n => tracing::info!("{n} job run(s) interrupted by a stop will start again"),
         }
         let swept = self.engine.sweep_ledgers().await;
         if !swept.is_empty() {
             tracing::info!(snapshots = ?swept, "removed leftover snapshots");
         }
-        tokio::spawn(self.engine.clone().run_owner());
+        self.engine.begin();
         match self.resume_exports() {
             Ok(0) => {}
             Ok(n) => tracing::info!("{n} export(s) interrupted by a stop resumed"),
@@ -574,24 +583,13 @@ impl Backend for Appliance {
     }
 
     async fn run_job_now(&self, id: String) -> CommandResult<()> {
-        self.engine.run_now(&id)
+        self.engine.run_now(&id).await
     }
 
+    /// An idle job loses a checkpoint kept for its retry as well (the engine clears its
+    /// ledger before answering).
     async fn cancel_job(&self, id: String) -> CommandResult<()> {
-        self.engine.cancel(&id)?;
-        // An idle job may hold a checkpoint kept for its retry: a cancelled job has none.
-        if !self.engine.is_running(&id)
-            && let Some(job) = self.store.job(&id)?
-        {
-            let src = self.settings_now()?.source(&job.source_id).cloned();
-            let engine = self.engine.clone();
-            let r =
-                tokio::task::spawn_blocking(move || engine.clear_ledger(&job, src.as_ref())).await;
-            if let Ok(Err(e)) | Err(e) = r.map_err(|e| e.to_string()) {
-                tracing::warn!(job = %id, error = %e, "cancel: the kept checkpoint could not be removed yet; the next start sweeps it");
-            }
-        }
-        Ok(())
+        self.engine.cancel(&id).await
     }
 
     async fn delete_job(&self, id: String) -> CommandResult<()> {

@@ -8,10 +8,10 @@
 //!   equals `qemu-img convert -O raw` of the source piped through `sha256sum`), and
 //! - the SHA-256 of the exported FILE's bytes (what `sha256sum` of the download prints).
 
-use super::ops::export_format_name;
 use super::staging_target::{S3Access, open_s3_store};
 use super::store::{StagingRecord, Store};
 use super::{Appliance, lock};
+use crate::commands::export_format_name;
 use godwit_disk::write::OutputFormat;
 use godwit_transfer::export::{IndexSource, check_sha, load_index, write_hashed};
 use godwit_transfer::replicate::Connect;
@@ -196,14 +196,14 @@ fn to_file(
             .filter(|e| matches!(e, godwit_transfer::index::Entry::Data(_)))
             .count() as u64
             * u64::from(src.index.chunk_size);
-        if let Ok(s) = crate::system::space::space(&dir) {
+        if let Ok(s) = crate::space::space(&dir) {
             let floor = space_floor(s.total);
             if s.available < data.saturating_add(floor) {
                 return Err(format!(
                     "{out}: the data partition is full for this export: it needs up to {} and {} is free, {} of which stays for the service's own state; delete exports to free space, or enlarge the appliance's disk",
-                    crate::system::space::human(data),
-                    crate::system::space::human(s.available),
-                    crate::system::space::human(floor)
+                    crate::space::human(data),
+                    crate::space::human(s.available),
+                    crate::space::human(floor)
                 ));
             }
         }
@@ -242,8 +242,8 @@ fn explain_full(dir: &std::path::Path, msg: String) -> String {
     if !(msg.contains("No space left") || msg.contains("data partition is full")) {
         return msg;
     }
-    let free = crate::system::space::space(dir)
-        .map(|s| crate::system::space::human(s.available))
+    let free = crate::space::space(dir)
+        .map(|s| crate::space::human(s.available))
         .unwrap_or_else(|_| "?".into());
     if msg.contains("data partition is full") {
         msg
@@ -282,13 +282,13 @@ impl<W: Write> Write for SpaceGuard<'_, W> {
             return Err(std::io::Error::other("cancelled"));
         }
         if self.until_check == 0 {
-            if let Ok(s) = crate::system::space::space(&self.dir) {
+            if let Ok(s) = crate::space::space(&self.dir) {
                 let floor = space_floor(s.total);
                 if s.available < floor + SPACE_CHECK_EVERY {
                     return Err(std::io::Error::other(format!(
                         "the data partition is full: {} free, and exports leave {} for the service's own state; delete exports to free space, or enlarge the appliance's disk",
-                        crate::system::space::human(s.available),
-                        crate::system::space::human(floor)
+                        crate::space::human(s.available),
+                        crate::space::human(floor)
                     )));
                 }
             }
@@ -591,7 +591,7 @@ impl Appliance {
         } else {
             self.cfg.data.clone()
         };
-        let s = crate::system::space::space(&probe).ok()?;
+        let s = crate::space::space(&probe).ok()?;
         Some(DataSpaceView {
             exports_dir: dir.display().to_string(),
             total_bytes: s.total,

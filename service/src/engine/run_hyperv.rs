@@ -4,7 +4,7 @@
 //! or, after a good cycle, turned into the RCT reference point the next cycle's changed ranges
 //! are asked against; `DATA/jobs/<id>/hyperv-rct.json`), each disk replicated through
 //! [`RunCtx::transfer`]. On an SCVMM source the cycle runs on the host VMM says runs the VM
-//! (`crate::service::scvmm::connect_vm`: asked on every run, the host's certificate approved by
+//! (`crate::scvmm::connect_vm`: asked on every run, the host's certificate approved by
 //! the operator).
 //!
 //! Disk data comes by the host push (design §3) once `godwit serve` mounted the ingest on its
@@ -13,13 +13,14 @@
 //! a kill, so the next run asks only for what is missing) and WinRM carries only metadata.
 //! Without the ingest (it is always mounted by `godwit serve`) the data is read over WinRM.
 
+use super::Engine;
 use super::jobrun::{RunCtx, SinkError};
 use super::run_vsphere::unreadable;
-use super::{Engine, Outcome};
-use crate::service::scvmm::HostClient as Client;
-use crate::service::sources::{certificate_changed, hyperv_pin, hyperv_source};
-use crate::service::store::{JobRecord, SourceRecord};
-use crate::service::time::rfc3339;
+use crate::job::Outcome;
+use crate::scvmm::HostClient as Client;
+use crate::sources::{certificate_changed, hyperv_pin, hyperv_source};
+use crate::store::{JobRecord, SourceRecord};
+use crate::time::rfc3339;
 use godwit_hyperv::Error as HvError;
 use godwit_hyperv::checkpoint::FrozenDisk;
 use godwit_hyperv::ledger::Ledger;
@@ -45,9 +46,7 @@ fn connect_job(
     src: &SourceRecord,
 ) -> Result<(Client, Option<(usize, u64)>), HvError> {
     match src.kind {
-        SourceKind::Scvmm => {
-            crate::service::scvmm::connect_vm(src, &job.vm, &ledger_path(engine, &job.id))
-        }
+        SourceKind::Scvmm => crate::scvmm::connect_vm(src, &job.vm, &ledger_path(engine, &job.id)),
         _ => Ok((client(src)?, sizes(src, &job.vm))),
     }
 }
@@ -118,18 +117,13 @@ fn sizes(src: &SourceRecord, vm: &str) -> Option<(usize, u64)> {
 }
 
 /// One run (blocking).
-pub(super) fn run(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Outcome {
-    match cycle(run, job, src) {
-        Ok(()) => Outcome::Done {
-            disks: run.disks,
-            bytes_sent: run.bytes_sent,
-        },
-        Err(_) if run.cancelled() => Outcome::Cancelled,
-        Err(e) => failure(src, &e),
-    }
+pub(super) fn run(run: &mut RunCtx<'_>, src: &SourceRecord) -> Outcome {
+    let result = cycle(run, src);
+    run.outcome(result, |e| failure(src, e))
 }
 
-fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Result<(), HvError> {
+fn cycle(run: &mut RunCtx<'_>, src: &SourceRecord) -> Result<(), HvError> {
+    let job = run.job;
     let (c, sizes) = connect_job(run.engine, job, src)?;
     let n_disks = match sizes {
         Some((n, total)) => {
@@ -148,7 +142,7 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
     // A failed run keeps its checkpoint for the retry (which resumes it and its spool) when
     // the engine will retry: a transient error, not cancelled, retries left (or a next period).
     let cancel = run.cancel;
-    let retries_left = job.failures + 1 < super::MAX_FAILURES
+    let retries_left = job.failures + 1 < crate::job::MAX_FAILURES
         || matches!(
             job.schedule,
             godwit_webui::backend::Schedule::EveryHours { .. }
@@ -171,68 +165,56 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
     } else {
         "read over WinRM"
     };
-    let store = run.engine.store.clone();
     let mut sink = |n: usize,
                     disk: &godwit_disk::Disk,
                     frozen: &FrozenDisk,
                     changed: Option<&[std::ops::Range<u64>]>|
      -> Result<(), SinkError> {
-        if n == 0 {
-            job.state = JobState::Transferring;
-            store.put_job(
-                job,
-                Some(&format!(
-                    "checkpoint taken; transferring {} disk(s) {how}",
-                    n_disks.map_or_else(|| "the".to_string(), |n| n.to_string())
-                )),
-            )?;
-        }
-        let mut msg = run.transfer(job, n, disk, changed)?;
-        msg.push_str(&format!(" from {}", frozen.path));
+        let mut detail = format!(" from {}", frozen.path);
         if let Some(r) = changed {
             let bytes: u64 = r.iter().map(|r| r.end - r.start).sum();
-            msg.push_str(&format!(
+            detail.push_str(&format!(
                 " (RCT: {} changed range(s), {})",
                 r.len(),
                 super::mib(bytes)
             ));
         }
-        if n_disks == Some(n + 1) {
-            job.state = JobState::RemovingSnapshot;
-            msg.push_str("; removing the checkpoint");
-        }
-        store.put_job(job, Some(&msg))?;
-        Ok(())
+        run.disk(
+            n,
+            n_disks,
+            || {
+                format!(
+                    "checkpoint taken; transferring {} disk(s) {how}",
+                    n_disks.map_or_else(|| "the".to_string(), |n| n.to_string())
+                )
+            },
+            disk,
+            changed,
+            &detail,
+            "; removing the checkpoint",
+        )
     };
     let report = run_cycle_pushed(&c, &opts, &extras, ingest.as_ref(), &mut sink)?;
     run.engine
         .winrm_read_bytes
         .fetch_add(report.bytes_read, std::sync::atomic::Ordering::Relaxed);
+    let note = |message: String| run.note(message).map_err(|e| HvError::Usage(e.to_string()));
     for c in &report.changes {
         if let Some(why) = &c.full_reread {
-            let msg = format!(
+            note(format!(
                 "disk {}: FULL RE-READ instead of an incremental: Resilient Change Tracking failed ({why})",
                 c.disk
-            );
-            store
-                .put_job(job, Some(&msg))
-                .map_err(|e| HvError::Usage(e.to_string()))?;
+            ))?;
         }
     }
     if report.resumed_checkpoint {
-        let msg = format!(
+        note(format!(
             "resumed checkpoint {} kept by the failed or interrupted run before",
             report.checkpoint
-        );
-        store
-            .put_job(job, Some(&msg))
-            .map_err(|e| HvError::Usage(e.to_string()))?;
+        ))?;
     }
     for name in &report.swept {
-        let msg = format!("removed leftover checkpoint {name} before the run");
-        store
-            .put_job(job, Some(&msg))
-            .map_err(|e| HvError::Usage(e.to_string()))?;
+        note(format!("removed leftover checkpoint {name} before the run"))?;
     }
     let data_path = match &report.push {
         Some(p) => format!(
@@ -253,9 +235,7 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
             report.read_commands
         ),
     };
-    store
-        .put_job(job, Some(&data_path))
-        .map_err(|e| HvError::Usage(e.to_string()))?;
+    note(data_path)?;
     tracing::info!(
         job = %job.id,
         checkpoint = %report.checkpoint,
@@ -271,7 +251,7 @@ fn cycle(run: &mut RunCtx<'_>, job: &mut JobRecord, src: &SourceRecord) -> Resul
 /// Turn a Hyper-V error into a run outcome: certificate, login, a missing or ineligible VM
 /// need the operator (no retry); everything else is retried with backoff.
 fn failure(src: &SourceRecord, e: &HvError) -> Outcome {
-    if let Some(message) = crate::service::scvmm::unpinned_message(src, e) {
+    if let Some(message) = crate::scvmm::unpinned_message(src, e) {
         return Outcome::Failed {
             message,
             retry: false,

@@ -1,0 +1,80 @@
+//! The prerequisite checks run from the wizard and the settings page.
+
+use crate::Appliance;
+use crate::store::StagingRecord;
+use godwit_webui::backend::*;
+
+impl Appliance {
+    pub(crate) async fn checks(&self) -> CommandResult<Vec<CheckView>> {
+        use godwit_netcheck::settings as nc;
+        let s = self.settings_now()?;
+        let mut cs = godwit_netcheck::Settings::default();
+        if let Some(n) = &s.network {
+            cs.network = nc::NetworkSettings {
+                ntp_servers: n.ntp_servers.clone(),
+                dns_servers: n.dns_servers.clone(),
+                proxy: n.proxy.clone(),
+            };
+        }
+        for src in &s.sources {
+            let h = nc::HostSettings {
+                host: src.address.clone(),
+                fingerprint: Some(src.fingerprint.clone()),
+            };
+            match src.kind {
+                SourceKind::Vsphere => cs.vcenter.push(nc::VCenterSettings {
+                    host: h.host,
+                    fingerprint: h.fingerprint,
+                    esxi_hosts: Vec::new(),
+                }),
+                SourceKind::Hyperv | SourceKind::Scvmm => cs.hyperv.push(h),
+            }
+        }
+        match &s.staging {
+            Some(StagingRecord::Server {
+                address,
+                fingerprint,
+                ..
+            }) => {
+                cs.staging = Some(nc::HostSettings {
+                    host: address.clone(),
+                    fingerprint: Some(fingerprint.clone()),
+                });
+            }
+            Some(StagingRecord::S3 {
+                endpoint, region, ..
+            }) => {
+                cs.s3 = Some(nc::S3Settings {
+                    endpoint: endpoint
+                        .clone()
+                        .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com")),
+                });
+            }
+            None => {}
+        }
+        let mut plan = godwit_netcheck::Plan::default();
+        cs.extend_plan(&mut plan, std::path::Path::new("settings"))
+            .map_err(|e| CommandError::Internal {
+                message: e.to_string(),
+            })?;
+        let results = godwit_netcheck::run_checks(&plan).await;
+        self.store.update_settings(|st| {
+            st.checks_run = true;
+            Ok(())
+        })?;
+        Ok(results
+            .into_iter()
+            .map(|r| CheckView {
+                check: r.check.to_string(),
+                target: if r.purpose.is_empty() {
+                    r.target
+                } else {
+                    format!("{} ({})", r.target, r.purpose)
+                },
+                status: r.status.to_string(),
+                value: r.value,
+                remediation: r.remediation.unwrap_or_default(),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,12 @@
+//! The commands of [`crate::Appliance`] that take more than a few lines, one module per
+//! concern: the wizard's password and staging target, sources, checks, jobs, exports, and
+//! diagnostics (metrics, support bundle).
+
+mod checks;
+mod diagnostics;
+mod exports;
+mod jobs;
+mod setup;
+mod sources;
+
+pub(crate) use exports::export_format_name;
