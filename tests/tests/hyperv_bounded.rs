@@ -12,7 +12,6 @@
 //! - the CLI ingest listener closes never-finished TLS handshakes, idle TLS connections and
 //!   half-sent heads, and caps connections per client and in total.
 
-mod hyperv_common;
 #[path = "transfer_util.rs"]
 mod util;
 
@@ -20,8 +19,8 @@ use godwit_hyperv::ingest::server::{
     HANDSHAKE_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PER_CLIENT,
 };
 use godwit_hyperv::ingest::{IngestIdentity, IngestServer};
+use godwit_tests::hyperv::*;
 use godwit_tests::peers::sha256_file;
-use hyperv_common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -29,6 +28,14 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use util::{Server, token_file};
+
+fn staging(srv: &Server) -> Staging {
+    Staging {
+        url: srv.url(),
+        fingerprint: srv.fingerprint.clone(),
+        token_file: token_file(srv.data.parent().unwrap(), &srv.token),
+    }
+}
 
 const BIG_ID: &str = "6c1f2a8e-0000-4000-8000-0000000000b1";
 
@@ -182,7 +189,7 @@ fn a_vm_larger_than_the_state_filesystem_replicates_through_a_bounded_spool() {
     // The URL was the local address of the WinRM connection (no --ingest-url given).
     assert_eq!(push["missing_bytes"], 0, "{push}");
     assert_eq!(
-        export_sha(&srv, "big-gen2", work.path()),
+        export_sha(&staging(&srv), "big-gen2", work.path()),
         sha256_file(&reference),
         "exported bytes differ from qemu-img's raw read"
     );
@@ -223,7 +230,7 @@ fn a_vm_larger_than_the_state_filesystem_replicates_through_a_bounded_spool() {
         "{push}"
     );
     assert_eq!(
-        export_sha(&srv, "big-gen2", work.path()),
+        export_sha(&staging(&srv), "big-gen2", work.path()),
         sha256_file(&reference)
     );
 }
@@ -531,7 +538,7 @@ fn a_connection_reset_in_the_middle_of_a_put_is_retried_with_the_data_read_again
     eprintln!("after a reset mid-PUT: {}", cycle["push"]);
     assert_eq!(cycle["push"]["missing_bytes"], 0, "{cycle}");
     assert_eq!(
-        export_sha(&srv, "web-gen2", work.path()),
+        export_sha(&staging(&srv), "web-gen2", work.path()),
         sha256_file(&f.web_ref)
     );
     assert!(sim.checkpoints().is_empty());

@@ -1,9 +1,9 @@
 //! The Hyper-V simulator proven by pywinrm, and Godwit's WinRM client and inventory against it.
 
 use godwit_hyperv::inventory::Source;
-use godwit_hyperv::sim::model::SimModel;
-use godwit_hyperv::sim::{RunningSim, SimConfig, start};
 use godwit_hyperv::{Credentials, Error, Fingerprint, inventory};
+use godwit_hyperv_sim::model::SimModel;
+use godwit_hyperv_sim::{RunningSim, SimConfig, start};
 use std::path::Path;
 use std::process::Command;
 
@@ -225,6 +225,39 @@ fn long_scripts_in_pieces_clixml_errors_and_malformed_envelopes() {
         s.contains("fails.ps1 failed with exit code 1: VM web not found"),
         "{s}"
     );
+    // A cmdlet called with a parameter it does not have fails at binding, worded as
+    // PowerShell does (Get-VMSnapshot has no -VMId: hyperv-sim/src/cmdlets.rs cites its page),
+    // also inside a script the simulator knows: checkpoint-create.ps1 with the old mistake.
+    let e = shell
+        .run_ps_json("snap.ps1", "Get-VMSnapshot -VMId 'a' -Name 'godwit-1'")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "Get-VMSnapshot : A parameter cannot be found that matches parameter name 'VMId'."
+        ),
+        "{e}"
+    );
+    let edited = godwit_hyperv::checkpoint::CREATE_SCRIPT.replace(
+        "Get-VMSnapshot -VM $vm -Name",
+        "Get-VMSnapshot -VMId $vm.Id -Name",
+    );
+    assert_ne!(edited, godwit_hyperv::checkpoint::CREATE_SCRIPT);
+    let args = serde_json::json!({"VmId": "x", "Name": "godwit-1", "Resume": "y"});
+    let e = shell
+        .run_ps_json(
+            "checkpoint-create.ps1",
+            &godwit_hyperv::powershell::with_args(&edited, &args),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("matches parameter name 'VMId'"), "{e}");
+    // PowerShell 7's additions do not bind on 5.1 either.
+    let e = shell
+        .run_ps_json("p.ps1", "1..2 | ForEach-Object -Parallel { $_ }")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("parameter name 'Parallel'"), "{e}");
     shell.close().unwrap();
     let r = client
         .transport()

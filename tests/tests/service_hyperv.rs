@@ -25,8 +25,8 @@ mod service;
 mod util;
 mod vmware_harness;
 
-use godwit_hyperv::sim::model::SimModel;
-use godwit_hyperv::sim::{RunningSim, SimConfig, start};
+use godwit_hyperv_sim::model::SimModel;
+use godwit_hyperv_sim::{RunningSim, SimConfig, start};
 use godwit_tests::peers::sha256_file;
 use serde_json::json;
 use service::{Service, export_and_wait};

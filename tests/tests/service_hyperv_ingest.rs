@@ -4,7 +4,6 @@
 //! settings page shows the value; cleared again (null: the WinRM connection's local address),
 //! the same job runs to completion without a restart.
 
-mod hyperv_common;
 #[path = "vmware_harness/pki.rs"]
 mod pki;
 #[path = "vmware_harness/serve.rs"]
@@ -13,7 +12,7 @@ mod service;
 mod util;
 mod vmware_harness;
 
-use hyperv_common::{PASSWORD, fixture, start_sim};
+use godwit_tests::hyperv::{PASSWORD, fixture, start_sim};
 use serde_json::json;
 use service::Service;
 use util::Server;
