@@ -22,6 +22,7 @@ use godwit_hyperv::ingest::{IngestIdentity, IngestServer};
 use godwit_tests::hyperv::*;
 use godwit_tests::peers::sha256_file;
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -335,6 +336,58 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> Option<Duration> {
     }
 }
 
+/// A TLS client config that takes any certificate: these clients only want the handshake done
+/// (the listener under test is the server; its pin is checked elsewhere).
+fn any_cert_tls() -> Arc<rustls::ClientConfig> {
+    // Any certificate: this client only wants the handshake done (the listener under
+    // test is the server; its pin is checked elsewhere).
+    #[derive(Debug)]
+    struct AnyCert;
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        .with_no_client_auth(),
+    )
+}
+
 #[test]
 fn the_cli_ingest_listener_closes_idle_and_half_sent_connections_and_caps_them() {
     let server = IngestServer::start(
@@ -343,57 +396,7 @@ fn the_cli_ingest_listener_closes_idle_and_half_sent_connections_and_caps_them()
     )
     .unwrap();
     let addr = server.local_addr();
-    let tls_config = {
-        // Any certificate: this client only wants the handshake done (the listener under
-        // test is the server; its pin is checked elsewhere).
-        #[derive(Debug)]
-        struct AnyCert;
-        impl rustls::client::danger::ServerCertVerifier for AnyCert {
-            fn verify_server_cert(
-                &self,
-                _: &rustls::pki_types::CertificateDer<'_>,
-                _: &[rustls::pki_types::CertificateDer<'_>],
-                _: &rustls::pki_types::ServerName<'_>,
-                _: &[u8],
-                _: rustls::pki_types::UnixTime,
-            ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-                Ok(rustls::client::danger::ServerCertVerified::assertion())
-            }
-            fn verify_tls12_signature(
-                &self,
-                _: &[u8],
-                _: &rustls::pki_types::CertificateDer<'_>,
-                _: &rustls::DigitallySignedStruct,
-            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
-            {
-                Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-            }
-            fn verify_tls13_signature(
-                &self,
-                _: &[u8],
-                _: &rustls::pki_types::CertificateDer<'_>,
-                _: &rustls::DigitallySignedStruct,
-            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
-            {
-                Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-            }
-            fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-                rustls::crypto::ring::default_provider()
-                    .signature_verification_algorithms
-                    .supported_schemes()
-            }
-        }
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert))
-            .with_no_client_auth(),
-        )
-    };
+    let tls_config = any_cert_tls();
     let t0 = Instant::now();
     // 1. A client that never finishes the TLS handshake: closed after HANDSHAKE_TIMEOUT.
     let mut silent = tcp(addr);
@@ -442,6 +445,145 @@ fn the_cli_ingest_listener_closes_idle_and_half_sent_connections_and_caps_them()
     assert!(h.is_some(), "a half-sent head stays open");
     assert!(i.is_some(), "an idle TLS connection stays open");
     assert!(t0.elapsed() < Duration::from_secs(60));
+    let t1 = Instant::now();
+    while server.open_connections() > 0 {
+        assert!(
+            t1.elapsed() < Duration::from_secs(5),
+            "{} open",
+            server.open_connections()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn tcp_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(from, 0).into())?;
+    sock.connect(&to.into())?;
+    Ok(sock.into())
+}
+
+/// A burst of 50 slow clients (25 that never start TLS, 25 that send half a request head and
+/// stall), each from its own loopback address, then 50 normal clients (each from its own
+/// address, retrying when turned away, as the uploader does): the listener never holds more
+/// than MAX_CONNECTIONS at once (sampled every 5 ms), closes the slow ones by its timeouts, and
+/// answers every normal client.
+#[test]
+fn the_cli_ingest_listener_holds_its_caps_under_a_burst_of_slow_and_normal_clients() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let server = Arc::new(
+        IngestServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            IngestIdentity::generate(&["127.0.0.1".into()]).unwrap(),
+        )
+        .unwrap(),
+    );
+    let addr = server.local_addr();
+    let tls = any_cert_tls();
+    let peak = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (server, peak, stop) = (server.clone(), peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                peak.fetch_max(server.open_connections(), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let ip = |net: u8, i: usize| IpAddr::from([127, 0, net, u8::try_from(i + 1).unwrap()]);
+    let t0 = Instant::now();
+    let mut slow = Vec::new();
+    for i in 0..50 {
+        let Ok(s) = tcp_from(ip(1, i), addr) else {
+            continue;
+        };
+        if i % 2 == 0 {
+            slow.push(s); // never starts TLS
+            continue;
+        }
+        let conn =
+            rustls::ClientConnection::new(tls.clone(), "localhost".try_into().unwrap()).unwrap();
+        let mut t = rustls::StreamOwned::new(conn, s);
+        // Turned away at once when the listener is full: nothing to hold then.
+        if t.write_all(b"PUT /ingest/v1/s/0/0 HTTP/1.1\r\nHost: x\r\n")
+            .is_ok()
+            && t.flush().is_ok()
+        {
+            slow.push(t.sock);
+        }
+    }
+    let normal: Vec<_> = (0..50)
+        .map(|i| {
+            let tls = tls.clone();
+            let from = ip(2, i);
+            std::thread::spawn(move || -> Option<(Duration, u32)> {
+                let mut tries = 0;
+                while t0.elapsed() < Duration::from_secs(60) {
+                    tries += 1;
+                    let answer = (|| -> Option<String> {
+                        let s = tcp_from(from, addr).ok()?;
+                        s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+                        let conn = rustls::ClientConnection::new(
+                            tls.clone(),
+                            "localhost".try_into().unwrap(),
+                        )
+                        .ok()?;
+                        let mut t = rustls::StreamOwned::new(conn, s);
+                        t.write_all(
+                            b"PUT /ingest/v1/nosuchsession/0/0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\nContent-Length: 0\r\n\r\n",
+                        )
+                        .ok()?;
+                        t.flush().ok()?;
+                        let mut buf = [0u8; 64];
+                        let n = t.read(&mut buf).ok()?;
+                        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    })();
+                    if let Some(a) = answer.filter(|a| a.starts_with("HTTP/1.1 ")) {
+                        assert!(!a.starts_with("HTTP/1.1 2"), "an unknown session got {a}");
+                        return Some((t0.elapsed(), tries));
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                None
+            })
+        })
+        .collect();
+    let answered: Vec<Option<(Duration, u32)>> =
+        normal.into_iter().map(|h| h.join().unwrap()).collect();
+    let slowest = answered.iter().flatten().map(|a| a.0).max();
+    let tries: u32 = answered.iter().flatten().map(|a| a.1).sum();
+    // The slow ones are closed by the listener's timeouts.
+    let mut still_open = 0;
+    for s in &mut slow {
+        if closed_within(
+            s,
+            HANDSHAKE_TIMEOUT.max(HEAD_TIMEOUT) + Duration::from_secs(5),
+        )
+        .is_none()
+        {
+            still_open += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::SeqCst);
+    eprintln!(
+        "burst: {} slow connections held, {} of 50 normal clients answered (slowest {slowest:?}, {tries} attempts), \
+         peak {peak} open (cap {MAX_CONNECTIONS}), {still_open} slow ones left open; {:?} in all",
+        slow.len(),
+        answered.iter().flatten().count(),
+        t0.elapsed()
+    );
+    assert!(peak <= MAX_CONNECTIONS, "{peak} connections open at once");
+    assert!(
+        answered.iter().all(Option::is_some),
+        "normal clients not answered: {}",
+        answered.iter().filter(|a| a.is_none()).count()
+    );
+    assert_eq!(still_open, 0, "slow connections left open");
+    // Every slot came back.
     let t1 = Instant::now();
     while server.open_connections() > 0 {
         assert!(

@@ -375,3 +375,66 @@ fn ntlm_only_host_pywinrm_and_godwit_authenticate_with_ntlm() {
     assert!(matches!(e, Error::AuthFailed { .. }), "{e}");
     assert_eq!(sim.open_shells(), 0);
 }
+
+/// One VM whose VHD is gone and one whose only disk is pass-through disk 0 (a `DiskNumber` of 0,
+/// which a truthiness test would miss) do not fail the host's inventory: `godwit inventory`
+/// lists every VM, the good one eligible, each of the others with its disk's own reason.
+#[test]
+fn a_missing_vhd_or_pass_through_disk_0_is_that_vms_reason_not_the_hosts_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let _ = sim_in(dir.path(), 0, None); // the disk files
+    std::fs::write(
+        dir.path().join("vms.json"),
+        r#"{"vms":[
+ {"id":"6c1f2a8e-0000-4000-8000-000000000002","name":"web-gen2","generation":2,"state":"Running","processor_count":4,
+   "memory_startup":4294967296,"version":"9.0","checkpoint_type":"Production",
+   "disks":[{"controller_type":"SCSI","controller_number":0,"controller_location":0,"path":"web/web.vhdx"}]},
+ {"id":"6c1f2a8e-0000-4000-8000-000000000003","name":"lost-vhd","generation":2,"state":"Running","processor_count":2,
+   "memory_startup":2147483648,"version":"9.0","checkpoint_type":"Production",
+   "disks":[{"controller_type":"SCSI","controller_number":0,"controller_location":0,"path":"lost/lost.vhdx"}]},
+ {"id":"6c1f2a8e-0000-4000-8000-000000000004","name":"passthru-0","generation":2,"state":"Running","processor_count":2,
+   "memory_startup":2147483648,"version":"9.0","checkpoint_type":"Production",
+   "disks":[{"controller_type":"SCSI","controller_number":0,"controller_location":0,"disk_number":0}]}]}"#,
+    )
+    .unwrap();
+    let sim = start(
+        SimConfig {
+            user: "Administrator".into(),
+            password: PASSWORD.into(),
+            model: SimModel::load(dir.path()).unwrap(),
+            data_dir: dir.path().to_path_buf(),
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let out = godwit_tests::peers::run_ok(
+        Command::new(godwit_tests::peers::godwit_bin())
+            .env("GODWIT_PASSWORD", PASSWORD)
+            .args(["inventory", "--json", "--source"])
+            .arg(format!(
+                "hyperv://Administrator@127.0.0.1:{}",
+                sim.addr.port()
+            ))
+            .arg("--source-fingerprint")
+            .arg(sim.fingerprint.to_string()),
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let vms = v.as_array().unwrap();
+    let by = |n: &str| {
+        vms.iter()
+            .find(|vm| vm["Name"] == n)
+            .unwrap_or_else(|| panic!("{n} not listed: {out}"))
+    };
+    assert_eq!(vms.len(), 3, "{out}");
+    assert_eq!(by("web-gen2")["eligible"], true, "{out}");
+    let lost = by("lost-vhd");
+    assert_eq!(lost["eligible"], false, "{lost}");
+    let text = lost.to_string();
+    assert!(
+        text.contains("Get-VHD") && text.contains("C:\\\\VMs\\\\lost\\\\lost.vhdx"),
+        "the missing VHD's own error names it: {lost}"
+    );
+    let pt = by("passthru-0");
+    assert_eq!(pt["eligible"], false, "{pt}");
+    assert!(pt.to_string().contains("pass-through"), "{pt}");
+}
