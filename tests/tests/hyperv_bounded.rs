@@ -236,6 +236,57 @@ fn a_vm_larger_than_the_state_filesystem_replicates_through_a_bounded_spool() {
     );
 }
 
+/// A state directory with too little free space for two pushes: the cycle stops before asking
+/// the host to push, with an error naming the directory, the bytes needed and the bytes free,
+/// and leaves no checkpoint on the host.
+#[test]
+fn too_little_free_space_for_the_spool_is_a_clear_error_that_leaves_nothing() {
+    util::need(&["qemu-img", "unshare", "mount", "head"]);
+    let work = tempfile::tempdir().unwrap();
+    let f = fixture(&work.path().join("host"));
+    let sim = start_sim(&f, 0);
+    let srv = Server::start(&work.path().join("staging"), "127.0.0.1:0", &[]);
+    let tf = token_file(work.path(), &srv.token);
+    let state = work.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // A 16 MiB tmpfs with 12 MiB taken: about 4 MiB free, less than two 4 MiB pushes.
+    let mut inner = replicate_cmd(&sim, &srv.url(), &srv.fingerprint, &tf, &state, "web-gen2");
+    inner.args(["--ingest-listen", "127.0.0.1:0"]);
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"mount -t tmpfs -o size=16m godwit-state "$0" && head -c 12582912 /dev/zero > "$0/filler" && exec "$@""#,
+        ])
+        .arg(&state)
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let needle = format!(
+        "not enough free space for the host-push spool in {}",
+        state.display()
+    );
+    assert!(
+        err.contains(&needle) && err.contains(" MiB) needed, ") && err.contains(" MiB) free;"),
+        "{err}"
+    );
+    eprintln!(
+        "{}",
+        err.lines()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_default()
+    );
+    assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
+    assert_eq!(sim.open_shells(), 0);
+}
+
 #[test]
 fn hostile_vm_ids_never_reach_outside_the_spool_directory() {
     let work = tempfile::tempdir().unwrap();
