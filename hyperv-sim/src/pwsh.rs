@@ -246,6 +246,34 @@ pub fn windows_powershell_5_1_findings(script: &str) -> Vec<String> {
     found
 }
 
+/// Whether `$ProgressPreference` is assigned before the script runs any command: the first use
+/// of a cmdlet can load its module, and a module's first load writes progress records
+/// ("Preparing modules for first use.") into the output stream a WinRM client reads
+/// (about_Preference_Variables, 5.1). `Err` names the command that comes first.
+pub fn progress_preference_first(script: &str) -> Result<(), String> {
+    let tree = parse(script)?;
+    let nodes = all_nodes(&tree);
+    let set_at = nodes
+        .iter()
+        .find(|n| {
+            n.kind() == "assignment_expression"
+                && text_of(n, script)
+                    .to_ascii_lowercase()
+                    .starts_with("$progresspreference")
+        })
+        .map(|n| n.start_byte());
+    let first_command = nodes.iter().find(|n| n.kind() == "command");
+    match (set_at, first_command) {
+        (_, None) => Ok(()),
+        (Some(at), Some(c)) if at < c.start_byte() => Ok(()),
+        (_, Some(c)) => Err(format!(
+            "line {}: {:?} runs before $ProgressPreference is set",
+            line_of(c),
+            text_of(c, script).chars().take(40).collect::<String>()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +304,19 @@ mod tests {
         let e = check_cmdlet_calls("Get-VMNetworkAdapter -VMName web").unwrap_err();
         assert!(e.contains("not recognized"), "{e}");
         check_cmdlet_calls("function Send-Godwit($a) { $a }\nSend-Godwit -Anything 1").unwrap();
+    }
+
+    #[test]
+    fn progress_preference_must_come_before_the_first_command() {
+        progress_preference_first("$ProgressPreference = 'SilentlyContinue'\n$x = Get-VM").unwrap();
+        progress_preference_first("# c\n$a = 1\n$ProgressPreference='SilentlyContinue'; Get-VM")
+            .unwrap();
+        let e = progress_preference_first(
+            "$a = ConvertFrom-Json '{}'\n$ProgressPreference = 'SilentlyContinue'",
+        )
+        .unwrap_err();
+        assert!(e.contains("ConvertFrom-Json"), "{e}");
+        assert!(progress_preference_first("Get-VM").is_err());
     }
 
     #[test]

@@ -93,11 +93,21 @@ fn embedded_csharp_compiles_as_csharp_5() {
 /// cmdlets do not have (`ForEach-Object -Parallel`, `-ProgressAction` …).
 #[test]
 fn every_script_parses_as_windows_powershell_5_1() {
-    use godwit_hyperv_sim::pwsh::{check_cmdlet_calls, windows_powershell_5_1_findings};
+    use godwit_hyperv_sim::pwsh::{
+        check_cmdlet_calls, progress_preference_first, windows_powershell_5_1_findings,
+    };
     for p in scripts() {
         let text = std::fs::read_to_string(&p).unwrap();
         let found = windows_powershell_5_1_findings(&text);
         assert!(found.is_empty(), "{}: {found:#?}", p.display());
+        // $ProgressPreference before anything that can load a module, also as sent (with
+        // the arguments line in front).
+        let sent = godwit_hyperv::powershell::with_args(&text, &serde_json::json!({}));
+        for t in [&text, &sent] {
+            if let Err(e) = progress_preference_first(t) {
+                panic!("{}: {e}", p.display());
+            }
+        }
         // Every cmdlet call binds to the cmdlet's documented parameters.
         if let Err(e) = check_cmdlet_calls(&text) {
             panic!("{}: {e}", p.display());
@@ -115,6 +125,7 @@ fn every_script_parses_as_windows_powershell_5_1() {
             "{wrapper}"
         );
         check_cmdlet_calls(&wrapper).unwrap();
+        progress_preference_first(&wrapper).unwrap();
     }
 }
 
