@@ -132,6 +132,17 @@ fn the_ingest_url_setting_is_honoured_at_once() {
         json!(8)
     );
     assert_eq!(metric(&svc, "godwit_ingest_spool_limit_bytes"), 8 << 20);
+    // The settings page shows it in its field.
+    let html = service::pinned_client(&svc.fingerprint, false)
+        .get(format!("{}/settings", svc.url))
+        .header("cookie", &cookie)
+        .send()
+        .and_then(|r| r.text())
+        .unwrap();
+    assert!(
+        html.contains(r#"id="spool_limit_mib" name="spool_limit_mib" type="text" value="8""#),
+        "the settings page does not show the spool limit"
+    );
     svc.ok("POST", &format!("/jobs/{id}/run"), None);
     let done = svc.wait_job(&id, 120, |j| j["state"] == "completed");
     assert_eq!(done["runs_completed"], json!(1), "{done}");
