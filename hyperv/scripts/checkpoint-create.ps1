@@ -12,7 +12,7 @@
 # The VM's CheckpointType decides the consistency: Production asks for application consistent
 # (VSS in the guest) and falls back to crash consistent, as Hyper-V does for production
 # checkpoints; ProductionOnly fails instead; Standard is crash consistent; Disabled is refused.
-# Recognised verbatim by the simulator (hyperv/src/sim, SHA-256 pinned): change both together.
+# Recognised verbatim by the simulator (hyperv-sim/src, SHA-256 pinned): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
 try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }

@@ -1,7 +1,7 @@
 # Godwit: remove a Godwit checkpoint (by name) and wait for the disk merge to finish.
 # Arguments (first line, added by Godwit): $GodwitArgs.VmId, $GodwitArgs.Name (godwit-...).
 # Prints {"Removed": N}; a VM or checkpoint that no longer exists is not an error (sweeps).
-# Recognised verbatim by the simulator (hyperv/src/sim): change both together.
+# Recognised verbatim by the simulator (hyperv-sim/src): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
 try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }

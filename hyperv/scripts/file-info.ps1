@@ -1,7 +1,7 @@
 # Godwit: the length and last-write time of one file on the host (a frozen VHD/VHDX or its
 # parent), as JSON.
 # Arguments (first line, added by Godwit): $GodwitArgs.Path.
-# Recognised verbatim by the simulator (hyperv/src/sim): change both together.
+# Recognised verbatim by the simulator (hyperv-sim/src): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
 try {

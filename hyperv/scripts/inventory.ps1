@@ -1,5 +1,5 @@
 # Godwit: Hyper-V host inventory. Prints one JSON array of VMs with their disks.
-# Recognised verbatim by the simulator (hyperv/src/sim): change both together.
+# Recognised verbatim by the simulator (hyperv-sim/src): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
 try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }

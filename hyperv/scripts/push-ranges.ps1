@@ -15,7 +15,7 @@
 # straight to the connector (no proxy). 503 = the connector's spool is full: wait Retry-After.
 # Prints {"Pushes","Bytes","Retries","Waits","Next","NextOffset"}: ranges before Next are pushed
 # whole, range Next up to NextOffset (Next = the number of ranges when all are done).
-# Recognised verbatim by the simulator (hyperv/src/sim, SHA-256 pinned): change both together.
+# Recognised verbatim by the simulator (hyperv-sim/src, SHA-256 pinned): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
 try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }

@@ -9,7 +9,7 @@
 # asked, so it is called again from there until the region is covered. It may answer 4096 and
 # an Msvm_ConcreteJob: waited for like the other WMI methods (the out parameters come with the
 # method's result).
-# Recognised verbatim by the simulator (hyperv/src/sim, SHA-256 pinned): change both together.
+# Recognised verbatim by the simulator (hyperv-sim/src, SHA-256 pinned): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
 try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }

@@ -12,7 +12,7 @@
 # identifier matched with Get-VHD's DiskIdentifier of the frozen files.
 # Msvm_VirtualSystemReferencePointService.DestroyReferencePoint(AffectedReferencePoint) removes
 # the previous one.
-# Recognised verbatim by the simulator (hyperv/src/sim, SHA-256 pinned): change both together.
+# Recognised verbatim by the simulator (hyperv-sim/src, SHA-256 pinned): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
 try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }

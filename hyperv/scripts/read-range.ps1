@@ -2,7 +2,7 @@
 # "<sha256 hex>:<base64>" (the first data path; see docs/hyperv.md). The file is opened for
 # reading with FileShare.ReadWrite, as a frozen checkpoint disk may be.
 # Arguments (first line, added by Godwit): $GodwitArgs.Path, .Offset, .Length.
-# Recognised verbatim by the simulator (hyperv/src/sim): change both together.
+# Recognised verbatim by the simulator (hyperv-sim/src): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
 try {

@@ -1,7 +1,7 @@
 # Godwit: SCVMM inventory, run on the VMM management server. Prints one JSON object: the VMM
 # server, its Hyper-V hosts (name, FQDN, state) and every VM with the host that runs it, its
 # status, generation, CPU, memory and virtual disk drives.
-# Recognised verbatim by the simulator (hyperv/src/sim): change both together.
+# Recognised verbatim by the simulator (hyperv-sim/src): change both together.
 $ProgressPreference = 'SilentlyContinue'
 $ErrorActionPreference = 'Stop'
 try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }

@@ -7,8 +7,8 @@
 //! [`transport`] (HTTPS with a pinned certificate, Basic auth), [`client`] (shell lifecycle),
 //! [`inventory`] (VMs, disks, eligibility), [`checkpoint`] + [`ledger`] (ledgered `godwit-`
 //! checkpoints), [`hostfile`] (frozen disks read over WinRM), [`ingest`] (the host-push data
-//! path: ingest endpoint, spool, uploader), [`replicate`] (one cycle), [`scvmm`] (SCVMM names each VM's host). [`sim`] (feature `sim`)
-//! is a Hyper-V/WinRM simulator for tests.
+//! path: ingest endpoint, spool, uploader), [`replicate`] (one cycle), [`scvmm`] (SCVMM names each VM's host).
+//! The Hyper-V/WinRM simulator the tests run is a separate crate, `godwit-hyperv-sim`.
 
 pub mod checkpoint;
 pub mod client;
@@ -19,7 +19,6 @@ pub mod ingest;
 pub mod inventory;
 pub mod ledger;
 pub mod ntlm;
-pub mod ntlm_verify;
 pub mod powershell;
 pub mod rct;
 pub mod replicate;
@@ -28,9 +27,6 @@ pub mod transport;
 pub mod trust;
 pub mod wsman;
 pub mod xml;
-
-#[cfg(feature = "sim")]
-pub mod sim;
 
 pub use error::{Error, Result};
 pub use inventory::{Inventory, Source, inventory};

@@ -69,10 +69,13 @@ pub fn command_line(script: &str) -> String {
     format!("{COMMAND_PREFIX}{}", encode_script(script))
 }
 
-const ARGS_HEAD: &str = "$GodwitArgs = ConvertFrom-Json '";
+/// `$ProgressPreference` first: `ConvertFrom-Json` can load Microsoft.PowerShell.Utility, whose
+/// first load writes progress records ("Preparing modules for first use") otherwise.
+const ARGS_HEAD: &str =
+    "$ProgressPreference = 'SilentlyContinue'\n$GodwitArgs = ConvertFrom-Json '";
 const ARGS_TAIL: &str = "'\n";
 
-/// Prefix `script` with a first line that sets `$GodwitArgs` from `args` (JSON in a
+/// Prefix `script` with a line that sets `$ProgressPreference` and one that sets `$GodwitArgs` from `args` (JSON in a
 /// single-quoted string). Every character PowerShell treats as a single quote (`'` and
 /// U+2018..U+201B) is written as a JSON `\uXXXX` escape, so no argument can end the string.
 pub fn with_args(script: &str, args: &serde_json::Value) -> String {
@@ -228,8 +231,14 @@ mod tests {
     fn arguments_cannot_escape_their_string() {
         let v = serde_json::json!({"Name": "it's \u{2019}x\u{2018}; Remove-VM *", "N": 3});
         let s = with_args("Get-VM", &v);
-        let first = s.lines().next().unwrap();
-        let inner = first
+        let mut lines = s.lines();
+        assert_eq!(
+            lines.next(),
+            Some("$ProgressPreference = 'SilentlyContinue'")
+        );
+        let inner = lines
+            .next()
+            .unwrap()
             .strip_prefix("$GodwitArgs = ConvertFrom-Json '")
             .unwrap()
             .strip_suffix('\'')
@@ -239,7 +248,7 @@ mod tests {
         assert_eq!(back, v);
         assert_eq!(body, "Get-VM");
         assert!(split_args("Get-VM").is_none());
-        assert!(split_args("$GodwitArgs = ConvertFrom-Json '{\"a\":'';x'\nGet-VM").is_none());
+        assert!(split_args("$ProgressPreference = 'SilentlyContinue'\n$GodwitArgs = ConvertFrom-Json '{\"a\":'';x'\nGet-VM").is_none());
     }
 
     proptest! {

@@ -27,6 +27,8 @@ pub struct MetricsInput {
     pub ingest: Option<godwit_hyperv::ingest::IngestStats>,
     /// Bytes Hyper-V runs read from hosts over WinRM.
     pub winrm_read_bytes: u64,
+    /// The host-push spools: (bytes held now, peak, limit setting), when the ingest is mounted.
+    pub spool: Option<(u64, u64, u64)>,
     /// This process's and the system's memory.
     pub memory: crate::memory::Memory,
     /// The data partition: (available, total) bytes.
@@ -91,6 +93,23 @@ pub fn metrics_text(m: &MetricsInput) -> String {
         g.set(i64::try_from(v).unwrap_or(i64::MAX));
         g
     };
+    if let Some((held, peak, limit)) = m.spool {
+        reg.register(
+            "ingest_spool_bytes",
+            "Pushed bytes the Hyper-V jobs' spools hold now (not yet stored)",
+            gauge(held),
+        );
+        reg.register(
+            "ingest_spool_peak_bytes",
+            "The most the spools held at once since the service started",
+            gauge(peak),
+        );
+        reg.register(
+            "ingest_spool_limit_bytes",
+            "The spool limit setting (each run lowers it to the data partition's free space)",
+            gauge(limit),
+        );
+    }
     reg.register(
         "process_resident_memory_bytes",
         "Resident memory of the service now (VmRSS)",
@@ -214,6 +233,7 @@ mod tests {
                 ..Default::default()
             }),
             winrm_read_bytes: 42,
+            spool: Some((1, 2, 3)),
             memory: crate::memory::Memory {
                 rss: 11,
                 peak_rss: 12,
@@ -227,6 +247,9 @@ mod tests {
             "godwit_ingest_pushes_total 3",
             "godwit_ingest_refused_total 2",
             "godwit_hyperv_winrm_read_bytes_total 42",
+            "godwit_ingest_spool_bytes 1",
+            "godwit_ingest_spool_peak_bytes 2",
+            "godwit_ingest_spool_limit_bytes 3",
             "godwit_jobs{state=\"scheduled\"} 2",
             "godwit_transferred_bytes_total 10",
             "godwit_throughput_bytes_per_second 5",

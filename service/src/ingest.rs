@@ -117,6 +117,29 @@ impl ServiceIngest {
         *self.port.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The spool limit setting (`None`: [`DEFAULT_SPOOL_LIMIT`]); the next cycle uses it, lowered
+    /// to the data partition's free space.
+    pub fn set_spool_limit(&self, bytes: Option<u64>) {
+        // The shared rule (IngestSettings::spool_limit_bytes) keeps it at two pushes or more.
+        const _: () = assert!(
+            godwit_hyperv::ingest::push::MIN_SPOOL_BYTES
+                <= godwit_webui::backend::SPOOL_LIMIT_MIN_MIB << 20
+        );
+        self.spool_limit.store(
+            bytes.unwrap_or(DEFAULT_SPOOL_LIMIT),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// The spools now: (bytes held, most held at once since the start, the limit setting).
+    pub fn spool_figures(&self) -> (u64, u64, u64) {
+        (
+            self.budget.used(),
+            self.budget.peak(),
+            self.spool_limit.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    }
+
     /// The spool budget all jobs share.
     #[cfg(test)]
     pub fn budget(&self) -> Arc<SpoolBudget> {

@@ -233,7 +233,9 @@ impl Appliance {
         if let Some(h) = lock(&self.https).as_ref() {
             ingest.set_pin(h.leaf_der());
         }
-        ingest.set_configured_url(self.store.settings().ok().and_then(|s| s.ingest_url));
+        let s = self.store.settings().ok();
+        ingest.set_configured_url(s.as_ref().and_then(|s| s.ingest_url.clone()));
+        ingest.set_spool_limit(s.and_then(|s| s.ingest_spool_limit_mib).map(|m| m << 20));
         let _ = self.ingest.set(ingest.clone());
         self.engine.set_ingest(ingest);
     }
@@ -331,6 +333,7 @@ impl Appliance {
             max_concurrent_jobs: s.max_concurrent(),
             ingest: godwit_webui::backend::IngestSettings {
                 url: s.ingest_url.clone(),
+                spool_limit_mib: s.ingest_spool_limit_mib,
             },
             data_space: None,
         }
@@ -453,16 +456,23 @@ impl Backend for Appliance {
                     .map_err(|e| CommandError::field("url", e.to_string()))?,
             ),
         };
+        let limit = cmd.spool_limit_bytes()?;
+        let mib = cmd.spool_limit_mib;
         let stored = url.clone();
         self.store.update_settings(move |s| {
             s.ingest_url = stored;
+            s.ingest_spool_limit_mib = mib;
             Ok(())
         })?;
         if let Some(i) = self.ingest.get() {
             i.set_configured_url(url.clone());
+            i.set_spool_limit(limit);
         }
-        tracing::info!(url = ?url, "Hyper-V push URL set");
-        Ok(godwit_webui::backend::IngestSettings { url })
+        tracing::info!(url = ?url, spool_limit_mib = ?mib, "Hyper-V push settings set");
+        Ok(godwit_webui::backend::IngestSettings {
+            url,
+            spool_limit_mib: mib,
+        })
     }
 
     async fn probe_source(&self, cmd: ProbeSource) -> CommandResult<CertificateView> {

@@ -120,6 +120,9 @@ pub struct Settings {
     /// The URL Hyper-V hosts push to (`None`: each host's WinRM connection's local address).
     #[serde(default)]
     pub ingest_url: Option<String>,
+    /// The spool limit of Hyper-V host pushes, MiB (`None`: 256 MiB).
+    #[serde(default)]
+    pub ingest_spool_limit_mib: Option<u64>,
 }
 
 impl Settings {

@@ -15,7 +15,7 @@ def run(name, args):
     js = json.dumps(args, separators=(",", ":"), ensure_ascii=False)
     for q in "'\u2018\u2019\u201a\u201b":
         js = js.replace(q, "\\u%04x" % ord(q))
-    r = s.run_ps("$GodwitArgs = ConvertFrom-Json '" + js + "'\n" + body)
+    r = s.run_ps("$ProgressPreference = 'SilentlyContinue'\n$GodwitArgs = ConvertFrom-Json '" + js + "'\n" + body)
     return r.status_code, r.std_out.decode(), r.std_err.decode()
 
 

@@ -13,5 +13,5 @@ body = open(os.path.join(scripts, "push-ranges.ps1"), encoding="utf-8").read()
 js = json.dumps(json.loads(args), separators=(",", ":"), ensure_ascii=False)
 for q in "'\u2018\u2019\u201a\u201b":
     js = js.replace(q, "\\u%04x" % ord(q))
-r = s.run_ps("$GodwitArgs = ConvertFrom-Json '" + js + "'\n" + body)
+r = s.run_ps("$ProgressPreference = 'SilentlyContinue'\n$GodwitArgs = ConvertFrom-Json '" + js + "'\n" + body)
 print(json.dumps({"rc": r.status_code, "stdout": r.std_out.decode(), "stderr": r.std_err.decode()}))

@@ -12,7 +12,6 @@
 //! - the CLI ingest listener closes never-finished TLS handshakes, idle TLS connections and
 //!   half-sent heads, and caps connections per client and in total.
 
-mod hyperv_common;
 #[path = "transfer_util.rs"]
 mod util;
 
@@ -20,15 +19,24 @@ use godwit_hyperv::ingest::server::{
     HANDSHAKE_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PER_CLIENT,
 };
 use godwit_hyperv::ingest::{IngestIdentity, IngestServer};
+use godwit_tests::hyperv::*;
 use godwit_tests::peers::sha256_file;
-use hyperv_common::*;
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use util::{Server, token_file};
+
+fn staging(srv: &Server) -> Staging {
+    Staging {
+        url: srv.url(),
+        fingerprint: srv.fingerprint.clone(),
+        token_file: token_file(srv.data.parent().unwrap(), &srv.token),
+    }
+}
 
 const BIG_ID: &str = "6c1f2a8e-0000-4000-8000-0000000000b1";
 
@@ -182,7 +190,7 @@ fn a_vm_larger_than_the_state_filesystem_replicates_through_a_bounded_spool() {
     // The URL was the local address of the WinRM connection (no --ingest-url given).
     assert_eq!(push["missing_bytes"], 0, "{push}");
     assert_eq!(
-        export_sha(&srv, "big-gen2", work.path()),
+        export_sha(&staging(&srv), "big-gen2", work.path()),
         sha256_file(&reference),
         "exported bytes differ from qemu-img's raw read"
     );
@@ -223,9 +231,60 @@ fn a_vm_larger_than_the_state_filesystem_replicates_through_a_bounded_spool() {
         "{push}"
     );
     assert_eq!(
-        export_sha(&srv, "big-gen2", work.path()),
+        export_sha(&staging(&srv), "big-gen2", work.path()),
         sha256_file(&reference)
     );
+}
+
+/// A state directory with too little free space for two pushes: the cycle stops before asking
+/// the host to push, with an error naming the directory, the bytes needed and the bytes free,
+/// and leaves no checkpoint on the host.
+#[test]
+fn too_little_free_space_for_the_spool_is_a_clear_error_that_leaves_nothing() {
+    util::need(&["qemu-img", "unshare", "mount", "head"]);
+    let work = tempfile::tempdir().unwrap();
+    let f = fixture(&work.path().join("host"));
+    let sim = start_sim(&f, 0);
+    let srv = Server::start(&work.path().join("staging"), "127.0.0.1:0", &[]);
+    let tf = token_file(work.path(), &srv.token);
+    let state = work.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // A 16 MiB tmpfs with 12 MiB taken: about 4 MiB free, less than two 4 MiB pushes.
+    let mut inner = replicate_cmd(&sim, &srv.url(), &srv.fingerprint, &tf, &state, "web-gen2");
+    inner.args(["--ingest-listen", "127.0.0.1:0"]);
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"mount -t tmpfs -o size=16m godwit-state "$0" && head -c 12582912 /dev/zero > "$0/filler" && exec "$@""#,
+        ])
+        .arg(&state)
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let needle = format!(
+        "not enough free space for the host-push spool in {}",
+        state.display()
+    );
+    assert!(
+        err.contains(&needle) && err.contains(" MiB) needed, ") && err.contains(" MiB) free;"),
+        "{err}"
+    );
+    eprintln!(
+        "{}",
+        err.lines()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_default()
+    );
+    assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
+    assert_eq!(sim.open_shells(), 0);
 }
 
 #[test]
@@ -328,6 +387,58 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> Option<Duration> {
     }
 }
 
+/// A TLS client config that takes any certificate: these clients only want the handshake done
+/// (the listener under test is the server; its pin is checked elsewhere).
+fn any_cert_tls() -> Arc<rustls::ClientConfig> {
+    // Any certificate: this client only wants the handshake done (the listener under
+    // test is the server; its pin is checked elsewhere).
+    #[derive(Debug)]
+    struct AnyCert;
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        .with_no_client_auth(),
+    )
+}
+
 #[test]
 fn the_cli_ingest_listener_closes_idle_and_half_sent_connections_and_caps_them() {
     let server = IngestServer::start(
@@ -336,57 +447,7 @@ fn the_cli_ingest_listener_closes_idle_and_half_sent_connections_and_caps_them()
     )
     .unwrap();
     let addr = server.local_addr();
-    let tls_config = {
-        // Any certificate: this client only wants the handshake done (the listener under
-        // test is the server; its pin is checked elsewhere).
-        #[derive(Debug)]
-        struct AnyCert;
-        impl rustls::client::danger::ServerCertVerifier for AnyCert {
-            fn verify_server_cert(
-                &self,
-                _: &rustls::pki_types::CertificateDer<'_>,
-                _: &[rustls::pki_types::CertificateDer<'_>],
-                _: &rustls::pki_types::ServerName<'_>,
-                _: &[u8],
-                _: rustls::pki_types::UnixTime,
-            ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-                Ok(rustls::client::danger::ServerCertVerified::assertion())
-            }
-            fn verify_tls12_signature(
-                &self,
-                _: &[u8],
-                _: &rustls::pki_types::CertificateDer<'_>,
-                _: &rustls::DigitallySignedStruct,
-            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
-            {
-                Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-            }
-            fn verify_tls13_signature(
-                &self,
-                _: &[u8],
-                _: &rustls::pki_types::CertificateDer<'_>,
-                _: &rustls::DigitallySignedStruct,
-            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
-            {
-                Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-            }
-            fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-                rustls::crypto::ring::default_provider()
-                    .signature_verification_algorithms
-                    .supported_schemes()
-            }
-        }
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert))
-            .with_no_client_auth(),
-        )
-    };
+    let tls_config = any_cert_tls();
     let t0 = Instant::now();
     // 1. A client that never finishes the TLS handshake: closed after HANDSHAKE_TIMEOUT.
     let mut silent = tcp(addr);
@@ -435,6 +496,145 @@ fn the_cli_ingest_listener_closes_idle_and_half_sent_connections_and_caps_them()
     assert!(h.is_some(), "a half-sent head stays open");
     assert!(i.is_some(), "an idle TLS connection stays open");
     assert!(t0.elapsed() < Duration::from_secs(60));
+    let t1 = Instant::now();
+    while server.open_connections() > 0 {
+        assert!(
+            t1.elapsed() < Duration::from_secs(5),
+            "{} open",
+            server.open_connections()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn tcp_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(from, 0).into())?;
+    sock.connect(&to.into())?;
+    Ok(sock.into())
+}
+
+/// A burst of 50 slow clients (25 that never start TLS, 25 that send half a request head and
+/// stall), each from its own loopback address, then 50 normal clients (each from its own
+/// address, retrying when turned away, as the uploader does): the listener never holds more
+/// than MAX_CONNECTIONS at once (sampled every 5 ms), closes the slow ones by its timeouts, and
+/// answers every normal client.
+#[test]
+fn the_cli_ingest_listener_holds_its_caps_under_a_burst_of_slow_and_normal_clients() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let server = Arc::new(
+        IngestServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            IngestIdentity::generate(&["127.0.0.1".into()]).unwrap(),
+        )
+        .unwrap(),
+    );
+    let addr = server.local_addr();
+    let tls = any_cert_tls();
+    let peak = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (server, peak, stop) = (server.clone(), peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                peak.fetch_max(server.open_connections(), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let ip = |net: u8, i: usize| IpAddr::from([127, 0, net, u8::try_from(i + 1).unwrap()]);
+    let t0 = Instant::now();
+    let mut slow = Vec::new();
+    for i in 0..50 {
+        let Ok(s) = tcp_from(ip(1, i), addr) else {
+            continue;
+        };
+        if i % 2 == 0 {
+            slow.push(s); // never starts TLS
+            continue;
+        }
+        let conn =
+            rustls::ClientConnection::new(tls.clone(), "localhost".try_into().unwrap()).unwrap();
+        let mut t = rustls::StreamOwned::new(conn, s);
+        // Turned away at once when the listener is full: nothing to hold then.
+        if t.write_all(b"PUT /ingest/v1/s/0/0 HTTP/1.1\r\nHost: x\r\n")
+            .is_ok()
+            && t.flush().is_ok()
+        {
+            slow.push(t.sock);
+        }
+    }
+    let normal: Vec<_> = (0..50)
+        .map(|i| {
+            let tls = tls.clone();
+            let from = ip(2, i);
+            std::thread::spawn(move || -> Option<(Duration, u32)> {
+                let mut tries = 0;
+                while t0.elapsed() < Duration::from_secs(60) {
+                    tries += 1;
+                    let answer = (|| -> Option<String> {
+                        let s = tcp_from(from, addr).ok()?;
+                        s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+                        let conn = rustls::ClientConnection::new(
+                            tls.clone(),
+                            "localhost".try_into().unwrap(),
+                        )
+                        .ok()?;
+                        let mut t = rustls::StreamOwned::new(conn, s);
+                        t.write_all(
+                            b"PUT /ingest/v1/nosuchsession/0/0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\nContent-Length: 0\r\n\r\n",
+                        )
+                        .ok()?;
+                        t.flush().ok()?;
+                        let mut buf = [0u8; 64];
+                        let n = t.read(&mut buf).ok()?;
+                        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    })();
+                    if let Some(a) = answer.filter(|a| a.starts_with("HTTP/1.1 ")) {
+                        assert!(!a.starts_with("HTTP/1.1 2"), "an unknown session got {a}");
+                        return Some((t0.elapsed(), tries));
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                None
+            })
+        })
+        .collect();
+    let answered: Vec<Option<(Duration, u32)>> =
+        normal.into_iter().map(|h| h.join().unwrap()).collect();
+    let slowest = answered.iter().flatten().map(|a| a.0).max();
+    let tries: u32 = answered.iter().flatten().map(|a| a.1).sum();
+    // The slow ones are closed by the listener's timeouts.
+    let mut still_open = 0;
+    for s in &mut slow {
+        if closed_within(
+            s,
+            HANDSHAKE_TIMEOUT.max(HEAD_TIMEOUT) + Duration::from_secs(5),
+        )
+        .is_none()
+        {
+            still_open += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::SeqCst);
+    eprintln!(
+        "burst: {} slow connections held, {} of 50 normal clients answered (slowest {slowest:?}, {tries} attempts), \
+         peak {peak} open (cap {MAX_CONNECTIONS}), {still_open} slow ones left open; {:?} in all",
+        slow.len(),
+        answered.iter().flatten().count(),
+        t0.elapsed()
+    );
+    assert!(peak <= MAX_CONNECTIONS, "{peak} connections open at once");
+    assert!(
+        answered.iter().all(Option::is_some),
+        "normal clients not answered: {}",
+        answered.iter().filter(|a| a.is_none()).count()
+    );
+    assert_eq!(still_open, 0, "slow connections left open");
+    // Every slot came back.
     let t1 = Instant::now();
     while server.open_connections() > 0 {
         assert!(
@@ -531,7 +731,7 @@ fn a_connection_reset_in_the_middle_of_a_put_is_retried_with_the_data_read_again
     eprintln!("after a reset mid-PUT: {}", cycle["push"]);
     assert_eq!(cycle["push"]["missing_bytes"], 0, "{cycle}");
     assert_eq!(
-        export_sha(&srv, "web-gen2", work.path()),
+        export_sha(&staging(&srv), "web-gen2", work.path()),
         sha256_file(&f.web_ref)
     );
     assert!(sim.checkpoints().is_empty());

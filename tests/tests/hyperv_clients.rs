@@ -6,8 +6,8 @@
 //! PowerShell (stdout, an error record on stderr as CLIXML, an exit code) and a cmd line, and a
 //! wrong password is refused as an authentication failure, not as a crash or a hang.
 
-use godwit_hyperv::sim::model::SimModel;
-use godwit_hyperv::sim::{RunningSim, SimConfig, start};
+use godwit_hyperv_sim::model::SimModel;
+use godwit_hyperv_sim::{RunningSim, SimConfig, start};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;

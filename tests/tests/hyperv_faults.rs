@@ -1,5 +1,5 @@
 //! Faults real Windows hosts send, as the simulator sends them (each rule cites Microsoft's
-//! page in `hyperv/src/sim`):
+//! page in `hyperv-sim/src`):
 //!
 //! - IdleTimeout: pywinrm shows the simulator really deletes an idle shell (fault 0x8033805B on
 //!   its next request); with the timeout below the transfer time (`--bwlimit`), a WinRM-read
@@ -10,17 +10,24 @@
 //!   with what to change, nothing retried, nothing left;
 //! - a domain account the host refuses over Basic passes with NTLM (Negotiate offered).
 
-mod hyperv_common;
 #[path = "transfer_util.rs"]
 mod util;
 
-use godwit_hyperv::sim::model::SimModel;
-use godwit_hyperv::sim::{SimConfig, start};
+use godwit_hyperv_sim::model::SimModel;
+use godwit_hyperv_sim::{SimConfig, start};
+use godwit_tests::hyperv::*;
 use godwit_tests::peers::sha256_file;
-use hyperv_common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use util::{Server, token_file};
+
+fn staging(srv: &Server) -> Staging {
+    Staging {
+        url: srv.url(),
+        fingerprint: srv.fingerprint.clone(),
+        token_file: token_file(srv.data.parent().unwrap(), &srv.token),
+    }
+}
 
 fn web_vm() -> String {
     format!(
@@ -101,7 +108,7 @@ fn idle_shells_are_deleted_by_the_host_and_cycles_open_new_ones() {
         assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
         assert_eq!(ledger_entries(&state), 0);
         assert_eq!(
-            export_sha(&srv, "web-gen2", work.path()),
+            export_sha(&staging(&srv), "web-gen2", work.path()),
             sha256_file(&f.web_ref)
         );
     }
@@ -238,7 +245,7 @@ p.close_shell(s)
     assert!(sim.checkpoints().is_empty());
     assert_eq!(sim.open_shells(), 0);
     assert_eq!(
-        export_sha(&srv, "web-gen2", work.path()),
+        export_sha(&staging(&srv), "web-gen2", work.path()),
         sha256_file(&f.web_ref)
     );
 }

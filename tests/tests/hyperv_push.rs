@@ -18,15 +18,14 @@
 //! - `kill -9` of the connector mid-push, then a rerun asks only for the ranges not yet
 //!   spooled, and the export is still equal.
 
-mod hyperv_common;
 #[path = "transfer_util.rs"]
 mod util;
 
 use godwit_hyperv::ingest::server::SessionFile;
 use godwit_hyperv::ingest::spool::SpoolFile;
 use godwit_hyperv::ingest::{IngestIdentity, IngestServer, RangeSet, SpoolBudget};
+use godwit_tests::hyperv::*;
 use godwit_tests::peers::{godwit_bin, run_ok, sha256_file};
-use hyperv_common::*;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -35,8 +34,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use util::{Guard, Server, token_file};
 
+fn staging(srv: &Server) -> Staging {
+    Staging {
+        url: srv.url(),
+        fingerprint: srv.fingerprint.clone(),
+        token_file: token_file(srv.data.parent().unwrap(), &srv.token),
+    }
+}
+
 fn pushed_cmd(
-    sim: &godwit_hyperv::sim::RunningSim,
+    sim: &godwit_hyperv_sim::RunningSim,
     srv: &Server,
     tf: &Path,
     state: &Path,
@@ -96,7 +103,7 @@ fn pushed_disks_export_identical_with_little_read_over_winrm() {
             "{vm}: {over_winrm} bytes over WinRM with push ({from_spool} from the spool) vs {winrm_read} without"
         );
         assert_eq!(
-            export_sha(&srv, vm, work.path()),
+            export_sha(&staging(&srv), vm, work.path()),
             sha256_file(reference),
             "{vm}: exported bytes differ"
         );
@@ -154,7 +161,7 @@ fn rct_incremental_pushes_only_the_changed_blocks() {
     let expect = work.path().join("expect.raw");
     with_writes(&f.web_ref, &writes, &expect);
     assert_eq!(
-        export_sha(&srv, "web-gen2", work.path()),
+        export_sha(&staging(&srv), "web-gen2", work.path()),
         sha256_file(&expect)
     );
     // Nothing changed: nothing pushed, no uploader started.
@@ -429,7 +436,7 @@ fn killed_connector_mid_push_reruns_asking_only_for_the_missing_ranges() {
     assert_eq!(ledger_entries(&state), 0);
     assert!(!spool.exists(), "spool left: {}", spool.display());
     assert_eq!(
-        export_sha(&srv, "web-gen2", work.path()),
+        export_sha(&staging(&srv), "web-gen2", work.path()),
         sha256_file(&f.web_ref)
     );
     let _ = godwit_bin();
@@ -509,7 +516,10 @@ fn differencing_vhd_bitmaps_are_pushed_not_read_block_by_block_over_winrm() {
         .arg("--json"),
     );
     let (_, winrm) = json_events(&out);
-    assert_eq!(export_sha(&srv, "big-gen1", work.path()), reference);
+    assert_eq!(
+        export_sha(&staging(&srv), "big-gen1", work.path()),
+        reference
+    );
     let out = run_ok(&mut pushed_cmd(
         &sim,
         &srv,
@@ -518,7 +528,10 @@ fn differencing_vhd_bitmaps_are_pushed_not_read_block_by_block_over_winrm() {
         "big-gen1",
     ));
     let (_, pushed) = json_events(&out);
-    assert_eq!(export_sha(&srv, "big-gen1", work.path()), reference);
+    assert_eq!(
+        export_sha(&staging(&srv), "big-gen1", work.path()),
+        reference
+    );
     eprintln!(
         "differencing VHD, {BLOCKS} blocks: WinRM path {} bytes in {} commands; push path {} bytes over WinRM in {} commands, push {}",
         winrm["bytes_read"],

@@ -6,15 +6,22 @@
 //! simulator holds no checkpoint and the ledger is empty — also after a failed run, and after a
 //! `kill -9` of the connector followed by a rerun (which sweeps the leftover checkpoint).
 
-mod hyperv_common;
 #[path = "transfer_util.rs"]
 mod util;
 
+use godwit_tests::hyperv::*;
 use godwit_tests::peers::{godwit_bin, run, run_ok, sha256_file};
-use hyperv_common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use util::{Guard, Server, token_file};
+
+fn staging(srv: &Server) -> Staging {
+    Staging {
+        url: srv.url(),
+        fingerprint: srv.fingerprint.clone(),
+        token_file: token_file(srv.data.parent().unwrap(), &srv.token),
+    }
+}
 
 #[test]
 fn hyperv_vms_replicate_to_staging_and_export_identical_disks_without_leftover_checkpoints() {
@@ -56,7 +63,7 @@ fn hyperv_vms_replicate_to_staging_and_export_identical_disks_without_leftover_c
             "{out}"
         );
         assert_eq!(
-            export_sha(&srv, vm, work.path()),
+            export_sha(&staging(&srv), vm, work.path()),
             sha256_file(reference),
             "{vm}: exported bytes differ"
         );
@@ -161,7 +168,7 @@ fn failed_replication_keeps_its_checkpoint_for_the_retry_which_resumes_it_and_le
     assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
     assert_eq!(ledger_entries(&state), 0);
     assert_eq!(
-        export_sha(&srv, "web-gen2", work.path()),
+        export_sha(&staging(&srv), "web-gen2", work.path()),
         sha256_file(&f.web_ref)
     );
     assert_eq!(sim.open_shells(), 0);
@@ -226,7 +233,7 @@ fn killed_replication_leaves_a_ledgered_checkpoint_that_the_next_run_resumes() {
     assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
     assert_eq!(ledger_entries(&state), 0);
     assert_eq!(
-        export_sha(&srv, "web-gen2", work.path()),
+        export_sha(&staging(&srv), "web-gen2", work.path()),
         sha256_file(&f.web_ref)
     );
 }
@@ -417,7 +424,7 @@ fn rct_incremental_sends_only_the_changed_blocks_and_the_export_equals_the_disk(
     let expect = work.path().join("expect.raw");
     with_writes(&f.web_ref, &writes, &expect);
     assert_eq!(
-        export_sha(&srv, "web-gen2", work.path()),
+        export_sha(&staging(&srv), "web-gen2", work.path()),
         sha256_file(&expect)
     );
     assert_eq!(
@@ -446,7 +453,7 @@ fn rct_incremental_sends_only_the_changed_blocks_and_the_export_equals_the_disk(
     assert_eq!(again["chunks_carried"], 0, "{again}");
     assert!(again["bytes_read"].as_u64().unwrap() >= 4 * MIB, "{again}");
     assert_eq!(
-        export_sha(&srv, "web-gen2", work.path()),
+        export_sha(&staging(&srv), "web-gen2", work.path()),
         sha256_file(&expect)
     );
 }

@@ -6,9 +6,11 @@
 //!   CodeDOM C# compiler, which takes C# 5 (no `$"..."`, `?.`, `nameof`, expression-bodied
 //!   members: https://learn.microsoft.com/en-us/powershell/module/microsoft.powershell.utility/add-type?view=powershell-5.1).
 //!   A C# 6 snippet is refused by the same command (the check bites).
-//! - No PowerShell 7-only syntax in any script (pipeline chain `&&`/`||`, `??`/`??=`,
-//!   `?.`/`?[]`, the ternary `a ? b : c`, `ForEach-Object -Parallel`, `Clean` blocks): a token
-//!   check outside comments, strings and here-strings. (Not a full parse: see docs/hyperv.md.)
+//! - Every script parses with tree-sitter-powershell (a grammar nobody here wrote), every
+//!   cmdlet call binds to the cmdlet's documented 5.1 parameters, and no PowerShell-7-only
+//!   syntax is in any script (pipeline chain `&&`/`||`, `??`/`??=`, `?.`/`?[]`, the ternary
+//!   `a ? b : c`, `ForEach-Object -Parallel`, `clean` blocks, `$PSStyle`): the check is
+//!   `godwit_hyperv_sim::pwsh`, the one the simulator runs on every script it is sent.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,102 +86,90 @@ fn embedded_csharp_compiles_as_csharp_5() {
     assert!(!o.status.success(), "mcs -langversion:5 accepted C# 6");
 }
 
-/// The script with comments, strings and here-strings blanked out (token check input).
-fn code_only(script: &str) -> String {
-    let mut out = String::with_capacity(script.len());
-    let b: Vec<char> = script.chars().collect();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        let next = b.get(i + 1).copied();
-        if c == '@' && (next == Some('\'') || next == Some('"')) && b.get(i + 2) == Some(&'\n') {
-            // here-string to `\n'@` / `\n"@`
-            let close = ['\n', next.unwrap_or('\''), '@'];
-            i += 3;
-            while i + 2 < b.len() && b[i..i + 3] != close {
-                i += 1;
-            }
-            i += 3;
-            out.push_str(" \"\" ");
-            continue;
-        }
-        if c == '#' {
-            while i < b.len() && b[i] != '\n' {
-                i += 1;
-            }
-            continue;
-        }
-        if c == '\'' || c == '"' {
-            i += 1;
-            while i < b.len() && b[i] != c {
-                if c == '"' && b[i] == '`' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i += 1;
-            out.push_str("''");
-            continue;
-        }
-        out.push(c);
-        i += 1;
-    }
-    out
-}
-
-fn ps7_only(code: &str) -> Vec<&'static str> {
-    let mut found = Vec::new();
-    let checks: [(&str, &'static str); 7] = [
-        ("&&", "pipeline chain operator &&"),
-        ("||", "pipeline chain operator ||"),
-        ("??", "null-coalescing ??"),
-        ("?.", "null-conditional ?."),
-        ("?[", "null-conditional ?[]"),
-        ("-Parallel", "ForEach-Object -Parallel"),
-        ("$PSStyle", "$PSStyle"),
-    ];
-    for (tok, what) in checks {
-        if code.contains(tok) {
-            found.push(what);
-        }
-    }
-    // The ternary: ` ? ` followed by ` : ` on the same line (`?` alone is also Where-Object's
-    // alias, used after a pipe: `| ?`).
-    for line in code.lines() {
-        if let Some(q) = line.find(" ? ")
-            && line[q..].contains(" : ")
-            && !line[..q].trim_end().ends_with('|')
-        {
-            found.push("ternary ? :");
-        }
-    }
-    found
-}
-
+/// Each script parses with tree-sitter-powershell (Airbus CERT's grammar, crates.io) with no
+/// error node, and nothing in it is PowerShell-7-only: pipeline chains `&&`/`||`, `??`/`??=`,
+/// `?.`/`?[]`, the ternary `a ? b : c` (none of which the grammar parses outside strings and
+/// comments), a `clean {}` block, `$PSStyle`, and any parameter Windows PowerShell 5.1's
+/// cmdlets do not have (`ForEach-Object -Parallel`, `-ProgressAction` …).
 #[test]
-fn no_script_uses_powershell_7_only_syntax() {
+fn every_script_parses_as_windows_powershell_5_1() {
+    use godwit_hyperv_sim::pwsh::{
+        check_cmdlet_calls, progress_preference_first, windows_powershell_5_1_findings,
+    };
     for p in scripts() {
         let text = std::fs::read_to_string(&p).unwrap();
-        let found = ps7_only(&code_only(&text));
-        assert!(found.is_empty(), "{}: {found:?}", p.display());
+        let found = windows_powershell_5_1_findings(&text);
+        assert!(found.is_empty(), "{}: {found:#?}", p.display());
+        // $ProgressPreference before anything that can load a module, also as sent (with
+        // the arguments line in front).
+        let sent = godwit_hyperv::powershell::with_args(&text, &serde_json::json!({}));
+        for t in [&text, &sent] {
+            if let Err(e) = progress_preference_first(t) {
+                panic!("{}: {e}", p.display());
+            }
+        }
+        // Every cmdlet call binds to the cmdlet's documented parameters.
+        if let Err(e) = check_cmdlet_calls(&text) {
+            panic!("{}: {e}", p.display());
+        }
     }
-    // The check bites: each of these is PowerShell 7 only.
+    // What the client wraps around them: the arguments line and the piece delivery.
+    let token = godwit_hyperv::powershell::PieceToken::random();
+    for wrapper in [
+        godwit_hyperv::powershell::with_args("exit 0", &serde_json::json!({"a": "b"})),
+        godwit_hyperv::powershell::piece_script(&token, "QUJD"),
+        godwit_hyperv::powershell::run_pieces_script(&token),
+    ] {
+        assert!(
+            windows_powershell_5_1_findings(&wrapper).is_empty(),
+            "{wrapper}"
+        );
+        check_cmdlet_calls(&wrapper).unwrap();
+        progress_preference_first(&wrapper).unwrap();
+    }
+}
+
+/// The check bites: each PowerShell-7-only construct put into a real script (at the start of
+/// its `try` block) is found, naming the line; the same text in a string or comment is not.
+#[test]
+fn powershell_7_only_syntax_put_in_a_script_is_refused() {
+    use godwit_hyperv_sim::pwsh::windows_powershell_5_1_findings;
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../hyperv/scripts/checkpoint-remove.ps1"),
+    )
+    .unwrap();
+    let at = base.find("try {\n").expect("a try block") + "try {\n".len();
+    let line = base[..at].lines().count() + 1;
     for bad in [
-        "Get-VM && Write-Output ok",
-        "$x = $a ?? 'b'",
-        "$n = $vm?.Name",
-        "$t = $ok ? 'y' : 'n'",
-        "1..3 | ForEach-Object -Parallel { $_ }",
+        "  Get-VM && Write-Output ok\n",
+        "  Get-VM || exit 3\n",
+        "  $x = $a ?? 'b'\n",
+        "  $x ??= 'b'\n",
+        "  $n = $vm?.Name\n",
+        "  $n = $list?[0]\n",
+        "  $t = $ok ? 'y' : 'n'\n",
+        "  1..3 | ForEach-Object -Parallel { $_ }\n",
+        "  Get-VM -ProgressAction SilentlyContinue\n",
+        "  function f { process { $_ } clean { 'x' } }\n",
+        "  $PSStyle.Reset\n",
     ] {
-        assert!(!ps7_only(&code_only(bad)).is_empty(), "{bad}");
+        let script = format!("{}{bad}{}", &base[..at], &base[at..]);
+        let found = windows_powershell_5_1_findings(&script);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.starts_with(&format!("line {line}:"))),
+            "{bad:?} not found at line {line}: {found:?}"
+        );
     }
-    // ...and these are fine in 5.1 (strings, comments, here-strings, `| ?`).
     for ok in [
-        "Write-Output 'a && b ?? c'",
-        "# x ?? y",
-        "Get-VM | ? { $_.State -eq 'Running' }",
-        "$s = @'\nx && y\n'@",
+        "  Write-Output 'a && b ?? c ? d : e'\n",
+        "  # x ?? y && z\n",
+        "  Get-VM | ? { $_.State -eq 'Running' } | % { $_.Name }\n",
+        "  $s = @'\nx && y ?? z\n'@\n",
     ] {
-        assert!(ps7_only(&code_only(ok)).is_empty(), "{ok}");
+        let script = format!("{}{ok}{}", &base[..at], &base[at..]);
+        let found = windows_powershell_5_1_findings(&script);
+        assert!(found.is_empty(), "{ok:?}: {found:?}");
     }
 }

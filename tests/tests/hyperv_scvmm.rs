@@ -9,20 +9,27 @@
 //! host not pinned (4, naming the host and its fingerprint), host pin mismatch (4), wrong
 //! password for VMM or for a host (3), unknown VM (5), host not reachable (2, naming it).
 
-mod hyperv_common;
 #[path = "transfer_util.rs"]
 mod util;
 
-use godwit_hyperv::sim::model::SimModel;
-use godwit_hyperv::sim::{RunningSim, SimConfig, start};
+use godwit_hyperv_sim::model::SimModel;
+use godwit_hyperv_sim::{RunningSim, SimConfig, start};
+use godwit_tests::hyperv::*;
 use godwit_tests::peers::{godwit_bin, run, run_ok, sha256_file};
-use hyperv_common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use util::{Guard, Server, token_file};
+
+fn staging(srv: &Server) -> Staging {
+    Staging {
+        url: srv.url(),
+        fingerprint: srv.fingerprint.clone(),
+        token_file: token_file(srv.data.parent().unwrap(), &srv.token),
+    }
+}
 
 /// hv-b's Administrator password (VMM's and hv-a's is `PASSWORD`).
 const HOST_B_PASSWORD: &str = "Other-host-pw";
@@ -326,7 +333,7 @@ fn replicate_through_scvmm_copies_from_the_host_that_runs_the_vm() {
     );
     assert_eq!(cycle["disks"][0], "C:\\VMs\\web\\web.vhdx", "{cycle}");
     assert_eq!(
-        export_sha(&lab.srv, "web-gen2", lab.work.path()),
+        export_sha(&staging(&lab.srv), "web-gen2", lab.work.path()),
         sha256_file(&lab.f.web_ref),
         "web-gen2: export differs from qemu-img's read"
     );
@@ -338,7 +345,7 @@ fn replicate_through_scvmm_copies_from_the_host_that_runs_the_vm() {
     assert!(out.contains("Hyper-V cycle of db-gen1: 1 disk(s)"), "{out}");
     assert!(out.contains("pushed by the host"), "{out}");
     assert_eq!(
-        export_sha(&lab.srv, "db-gen1", lab.work.path()),
+        export_sha(&staging(&lab.srv), "db-gen1", lab.work.path()),
         sha256_file(&lab.f.db_ref),
         "db-gen1: export differs from libvhdi's read"
     );
@@ -490,7 +497,7 @@ fn a_leftover_checkpoint_that_moved_with_its_vm_is_swept_on_the_new_host() {
     assert!(lab.a.checkpoints().is_empty());
     assert_eq!(ledger_entries(&state), 0);
     assert_eq!(
-        export_sha(&lab.srv, "web-gen2", lab.work.path()),
+        export_sha(&staging(&lab.srv), "web-gen2", lab.work.path()),
         sha256_file(&lab.f.web_ref)
     );
 }

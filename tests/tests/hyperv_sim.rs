@@ -1,9 +1,9 @@
 //! The Hyper-V simulator proven by pywinrm, and Godwit's WinRM client and inventory against it.
 
 use godwit_hyperv::inventory::Source;
-use godwit_hyperv::sim::model::SimModel;
-use godwit_hyperv::sim::{RunningSim, SimConfig, start};
 use godwit_hyperv::{Credentials, Error, Fingerprint, inventory};
+use godwit_hyperv_sim::model::SimModel;
+use godwit_hyperv_sim::{RunningSim, SimConfig, start};
 use std::path::Path;
 use std::process::Command;
 
@@ -225,6 +225,39 @@ fn long_scripts_in_pieces_clixml_errors_and_malformed_envelopes() {
         s.contains("fails.ps1 failed with exit code 1: VM web not found"),
         "{s}"
     );
+    // A cmdlet called with a parameter it does not have fails at binding, worded as
+    // PowerShell does (Get-VMSnapshot has no -VMId: hyperv-sim/src/cmdlets.rs cites its page),
+    // also inside a script the simulator knows: checkpoint-create.ps1 with the old mistake.
+    let e = shell
+        .run_ps_json("snap.ps1", "Get-VMSnapshot -VMId 'a' -Name 'godwit-1'")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "Get-VMSnapshot : A parameter cannot be found that matches parameter name 'VMId'."
+        ),
+        "{e}"
+    );
+    let edited = godwit_hyperv::checkpoint::CREATE_SCRIPT.replace(
+        "Get-VMSnapshot -VM $vm -Name",
+        "Get-VMSnapshot -VMId $vm.Id -Name",
+    );
+    assert_ne!(edited, godwit_hyperv::checkpoint::CREATE_SCRIPT);
+    let args = serde_json::json!({"VmId": "x", "Name": "godwit-1", "Resume": "y"});
+    let e = shell
+        .run_ps_json(
+            "checkpoint-create.ps1",
+            &godwit_hyperv::powershell::with_args(&edited, &args),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("matches parameter name 'VMId'"), "{e}");
+    // PowerShell 7's additions do not bind on 5.1 either.
+    let e = shell
+        .run_ps_json("p.ps1", "1..2 | ForEach-Object -Parallel { $_ }")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("parameter name 'Parallel'"), "{e}");
     shell.close().unwrap();
     let r = client
         .transport()
@@ -341,4 +374,67 @@ fn ntlm_only_host_pywinrm_and_godwit_authenticate_with_ntlm() {
     let e = inventory(&source(&sim), &creds("nope"), Some(sim.fingerprint)).unwrap_err();
     assert!(matches!(e, Error::AuthFailed { .. }), "{e}");
     assert_eq!(sim.open_shells(), 0);
+}
+
+/// One VM whose VHD is gone and one whose only disk is pass-through disk 0 (a `DiskNumber` of 0,
+/// which a truthiness test would miss) do not fail the host's inventory: `godwit inventory`
+/// lists every VM, the good one eligible, each of the others with its disk's own reason.
+#[test]
+fn a_missing_vhd_or_pass_through_disk_0_is_that_vms_reason_not_the_hosts_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let _ = sim_in(dir.path(), 0, None); // the disk files
+    std::fs::write(
+        dir.path().join("vms.json"),
+        r#"{"vms":[
+ {"id":"6c1f2a8e-0000-4000-8000-000000000002","name":"web-gen2","generation":2,"state":"Running","processor_count":4,
+   "memory_startup":4294967296,"version":"9.0","checkpoint_type":"Production",
+   "disks":[{"controller_type":"SCSI","controller_number":0,"controller_location":0,"path":"web/web.vhdx"}]},
+ {"id":"6c1f2a8e-0000-4000-8000-000000000003","name":"lost-vhd","generation":2,"state":"Running","processor_count":2,
+   "memory_startup":2147483648,"version":"9.0","checkpoint_type":"Production",
+   "disks":[{"controller_type":"SCSI","controller_number":0,"controller_location":0,"path":"lost/lost.vhdx"}]},
+ {"id":"6c1f2a8e-0000-4000-8000-000000000004","name":"passthru-0","generation":2,"state":"Running","processor_count":2,
+   "memory_startup":2147483648,"version":"9.0","checkpoint_type":"Production",
+   "disks":[{"controller_type":"SCSI","controller_number":0,"controller_location":0,"disk_number":0}]}]}"#,
+    )
+    .unwrap();
+    let sim = start(
+        SimConfig {
+            user: "Administrator".into(),
+            password: PASSWORD.into(),
+            model: SimModel::load(dir.path()).unwrap(),
+            data_dir: dir.path().to_path_buf(),
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let out = godwit_tests::peers::run_ok(
+        Command::new(godwit_tests::peers::godwit_bin())
+            .env("GODWIT_PASSWORD", PASSWORD)
+            .args(["inventory", "--json", "--source"])
+            .arg(format!(
+                "hyperv://Administrator@127.0.0.1:{}",
+                sim.addr.port()
+            ))
+            .arg("--source-fingerprint")
+            .arg(sim.fingerprint.to_string()),
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let vms = v.as_array().unwrap();
+    let by = |n: &str| {
+        vms.iter()
+            .find(|vm| vm["Name"] == n)
+            .unwrap_or_else(|| panic!("{n} not listed: {out}"))
+    };
+    assert_eq!(vms.len(), 3, "{out}");
+    assert_eq!(by("web-gen2")["eligible"], true, "{out}");
+    let lost = by("lost-vhd");
+    assert_eq!(lost["eligible"], false, "{lost}");
+    let text = lost.to_string();
+    assert!(
+        text.contains("Get-VHD") && text.contains("C:\\\\VMs\\\\lost\\\\lost.vhdx"),
+        "the missing VHD's own error names it: {lost}"
+    );
+    let pt = by("passthru-0");
+    assert_eq!(pt["eligible"], false, "{pt}");
+    assert!(pt.to_string().contains("pass-through"), "{pt}");
 }

@@ -20,7 +20,7 @@
 //!
 //! Times from power-on to the setup page and from "start job" to "completed" are printed.
 
-mod hyperv_common;
+use godwit_tests::hyperv as hyperv_common;
 mod image_support;
 #[path = "vmware_harness/serve.rs"]
 mod serve;

@@ -25,8 +25,8 @@ mod service;
 mod util;
 mod vmware_harness;
 
-use godwit_hyperv::sim::model::SimModel;
-use godwit_hyperv::sim::{RunningSim, SimConfig, start};
+use godwit_hyperv_sim::model::SimModel;
+use godwit_hyperv_sim::{RunningSim, SimConfig, start};
 use godwit_tests::peers::sha256_file;
 use serde_json::json;
 use service::{Service, export_and_wait};
@@ -374,4 +374,73 @@ fn hyperv_job_replicates_exports_identical_disks_and_sweeps_after_kill9() {
     ] {
         assert!(!text.contains(SIM_PASSWORD));
     }
+}
+
+/// The service's inventory of a host with one VM whose VHD is gone and one whose only disk is
+/// pass-through disk 0: every VM listed (the host's inventory does not fail), each of the two
+/// not eligible with its disk's reason, the good VM eligible.
+#[test]
+fn a_missing_vhd_or_pass_through_disk_0_does_not_fail_the_hosts_inventory() {
+    let work = tempfile::tempdir().unwrap();
+    let host = work.path().join("host");
+    fixture(&host);
+    std::fs::write(
+        host.join("vms.json"),
+        format!(
+            r#"{{"vms":[
+ {{"id":"{VM_ID}","name":"{VM}","generation":2,"state":"Running","processor_count":2,
+   "memory_startup":2147483648,"version":"9.0","checkpoint_type":"Production",
+   "disks":[{{"controller_type":"SCSI","controller_number":0,"controller_location":0,"path":"web/web.vhdx"}}]}},
+ {{"id":"6c1f2a8e-0000-4000-8000-0000000000c3","name":"lost-vhd","generation":2,"state":"Running","processor_count":2,
+   "memory_startup":2147483648,"version":"9.0","checkpoint_type":"Production",
+   "disks":[{{"controller_type":"SCSI","controller_number":0,"controller_location":0,"path":"lost/lost.vhdx"}}]}},
+ {{"id":"6c1f2a8e-0000-4000-8000-0000000000c4","name":"passthru-0","generation":1,"state":"Off","processor_count":2,
+   "memory_startup":2147483648,"version":"8.0","checkpoint_type":"Production",
+   "disks":[{{"controller_type":"IDE","controller_number":0,"controller_location":0,"disk_number":0}}]}}]}}"#
+        ),
+    )
+    .unwrap();
+    let sim = start(
+        SimConfig {
+            user: "Administrator".into(),
+            password: SIM_PASSWORD.into(),
+            model: SimModel::load(&host).unwrap(),
+            data_dir: host.clone(),
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let svc = Service::start_as_admin(work.path(), &[]);
+    let address = format!("127.0.0.1:{}", sim.addr.port());
+    let cert = svc.ok(
+        "POST",
+        "/sources/probe",
+        Some(json!({"kind": "hyperv", "address": address})),
+    );
+    svc.ok(
+        "POST",
+        "/sources",
+        Some(
+            json!({"kind": "hyperv", "address": address, "username": "Administrator",
+                    "password": SIM_PASSWORD, "approved_fingerprint": cert["fingerprint"]}),
+        ),
+    );
+    let inv = svc.ok("GET", "/inventory", None);
+    let vms = inv.as_array().unwrap();
+    let by = |n: &str| {
+        vms.iter()
+            .find(|v| v["name"] == n)
+            .unwrap_or_else(|| panic!("{n} not in the inventory: {inv}"))
+    };
+    assert_eq!(vms.len(), 3, "{inv}");
+    assert_eq!(by(VM)["eligible"], true, "{inv}");
+    let lost = by("lost-vhd");
+    assert_eq!(lost["eligible"], false, "{lost}");
+    assert!(
+        lost["reasons"].to_string().contains("Get-VHD"),
+        "the missing VHD's own error: {lost}"
+    );
+    let pt = by("passthru-0");
+    assert_eq!(pt["eligible"], false, "{pt}");
+    assert!(pt["reasons"].to_string().contains("pass-through"), "{pt}");
 }

@@ -4,7 +4,6 @@
 //! settings page shows the value; cleared again (null: the WinRM connection's local address),
 //! the same job runs to completion without a restart.
 
-mod hyperv_common;
 #[path = "vmware_harness/pki.rs"]
 mod pki;
 #[path = "vmware_harness/serve.rs"]
@@ -13,10 +12,20 @@ mod service;
 mod util;
 mod vmware_harness;
 
-use hyperv_common::{PASSWORD, fixture, start_sim};
+use godwit_tests::hyperv::{PASSWORD, fixture, start_sim};
 use serde_json::json;
 use service::Service;
 use util::Server;
+
+fn metric(svc: &Service, name: &str) -> u64 {
+    let (s, m) = svc.get_bytes("/metrics");
+    assert_eq!(s, 200);
+    let m = String::from_utf8_lossy(&m).into_owned();
+    m.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in the metrics:\n{m}"))
+}
 
 #[test]
 fn the_ingest_url_setting_is_honoured_at_once() {
@@ -101,9 +110,39 @@ fn the_ingest_url_setting_is_honoured_at_once() {
         "{failed}"
     );
     assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
-    // Cleared: the next run (no restart) pushes to the WinRM connection's local address.
-    let cleared = svc.ok("PUT", "/settings/ingest", Some(json!({ "url": null })));
+    // The spool limit: below two pushes is refused on its field; 8 MiB is kept.
+    let (s, v) = svc.api(
+        "PUT",
+        "/settings/ingest",
+        Some(json!({"url": null, "spool_limit_mib": 4})),
+    );
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("spool_limit_mib"), "{v}");
+    assert_eq!(metric(&svc, "godwit_ingest_spool_limit_bytes"), 256 << 20);
+    // Cleared URL: the next run (no restart) pushes to the WinRM connection's local address,
+    // holding at most 8 MiB of pushed data (the 24 MiB disk does not fit at once).
+    let cleared = svc.ok(
+        "PUT",
+        "/settings/ingest",
+        Some(json!({ "url": null, "spool_limit_mib": 8 })),
+    );
     assert!(cleared["url"].is_null(), "{cleared}");
+    assert_eq!(
+        svc.ok("GET", "/settings", None)["ingest"]["spool_limit_mib"],
+        json!(8)
+    );
+    assert_eq!(metric(&svc, "godwit_ingest_spool_limit_bytes"), 8 << 20);
+    // The settings page shows it in its field.
+    let html = service::pinned_client(&svc.fingerprint, false)
+        .get(format!("{}/settings", svc.url))
+        .header("cookie", &cookie)
+        .send()
+        .and_then(|r| r.text())
+        .unwrap();
+    assert!(
+        html.contains(r#"id="spool_limit_mib" name="spool_limit_mib" type="text" value="8""#),
+        "the settings page does not show the spool limit"
+    );
     svc.ok("POST", &format!("/jobs/{id}/run"), None);
     let done = svc.wait_job(&id, 120, |j| j["state"] == "completed");
     assert_eq!(done["runs_completed"], json!(1), "{done}");
@@ -111,5 +150,10 @@ fn the_ingest_url_setting_is_honoured_at_once() {
         .ok("GET", &format!("/jobs/{id}/events"), None)
         .to_string();
     assert!(events.contains("host push:"), "{events}");
+    assert!(events.contains("limit 8.0 MiB"), "{events}");
+    let peak = metric(&svc, "godwit_ingest_spool_peak_bytes");
+    eprintln!("spool peak {peak} bytes under an 8 MiB limit");
+    assert!(peak > 0 && peak <= 8 << 20, "spool peak {peak}");
+    assert_eq!(metric(&svc, "godwit_ingest_spool_bytes"), 0);
     assert!(sim.checkpoints().is_empty(), "{:?}", sim.checkpoints());
 }

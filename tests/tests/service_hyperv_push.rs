@@ -16,7 +16,6 @@
 //!   it and asks only for the ranges not yet spooled, no checkpoint is left, and the export
 //!   equals libvhdi's raw read.
 
-mod hyperv_common;
 #[path = "vmware_harness/pki.rs"]
 mod pki;
 #[path = "vmware_harness/serve.rs"]
@@ -26,9 +25,9 @@ mod util;
 mod vmware_harness;
 
 use godwit_hyperv::ingest::spool::parse_journal;
-use godwit_hyperv::sim::RunningSim;
+use godwit_hyperv_sim::RunningSim;
+use godwit_tests::hyperv::{DB_ID, MIB, PASSWORD, WEB_ID, fixture, start_sim_with};
 use godwit_tests::peers::sha256_file;
-use hyperv_common::{DB_ID, MIB, PASSWORD, WEB_ID, fixture, start_sim_with};
 use serde_json::{Value, json};
 use service::{ADMIN_PASSWORD, ADMIN_USER, Service, export_and_wait, pinned_client};
 use std::path::{Path, PathBuf};

@@ -20,17 +20,16 @@
 //!   resumes it there (asking VMM for the VM's host) and completes, no checkpoint is left and
 //!   the export equals the source with the writes.
 
-mod hyperv_common;
 #[path = "vmware_harness/serve.rs"]
 mod service;
 #[path = "transfer_util.rs"]
 mod util;
 mod vmware_harness;
 
-use godwit_hyperv::sim::model::SimModel;
-use godwit_hyperv::sim::{RunningSim, SimConfig, start};
+use godwit_hyperv_sim::model::SimModel;
+use godwit_hyperv_sim::{RunningSim, SimConfig, start};
+use godwit_tests::hyperv::*;
 use godwit_tests::peers::sha256_file;
-use hyperv_common::*;
 use serde_json::json;
 use service::{Service, export_and_wait};
 use std::net::SocketAddr;

@@ -351,6 +351,34 @@ pub struct InstallCertificate {
 pub struct IngestSettings {
     #[serde(default)]
     pub url: Option<String>,
+    /// The most pushed-but-not-yet-stored data all Hyper-V jobs may hold at once, in MiB
+    /// (`null`: 256 MiB); lowered by each cycle to what the data partition has free.
+    #[serde(default)]
+    pub spool_limit_mib: Option<u64>,
+}
+
+/// Smallest spool limit: two pushes of 4 MiB must fit.
+pub const SPOOL_LIMIT_MIN_MIB: u64 = 8;
+/// Largest spool limit (1 TiB).
+pub const SPOOL_LIMIT_MAX_MIB: u64 = 1 << 20;
+
+impl IngestSettings {
+    /// The spool limit in bytes (`None`: the default), or the field's error: one rule for
+    /// every backend.
+    pub fn spool_limit_bytes(&self) -> Result<Option<u64>, CommandError> {
+        match self.spool_limit_mib {
+            None => Ok(None),
+            Some(m) if (SPOOL_LIMIT_MIN_MIB..=SPOOL_LIMIT_MAX_MIB).contains(&m) => {
+                Ok(Some(m << 20))
+            }
+            Some(m) => Err(CommandError::field(
+                "spool_limit_mib",
+                format!(
+                    "the spool limit {m} MiB is not between {SPOOL_LIMIT_MIN_MIB} MiB (two pushes) and {SPOOL_LIMIT_MAX_MIB} MiB"
+                ),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -37,6 +37,7 @@ impl Appliance {
                 .load(std::sync::atomic::Ordering::Relaxed),
             ingest: self.ingest.get().map(|i| i.stats()),
             winrm_read_bytes: self.engine.winrm_read_bytes(),
+            spool: self.ingest.get().map(|i| i.spool_figures()),
             memory: crate::memory::now(),
             data_space: self.data_space().map(|d| (d.free_bytes, d.total_bytes)),
         })

@@ -170,7 +170,7 @@ impl Sim {
         let bin = godwit_bin().with_file_name("godwit-hypervsim");
         assert!(
             bin.exists(),
-            "{} is missing: cargo build -p godwit-hyperv --features sim --bins (make build does)",
+            "{} is missing: cargo build -p godwit-hyperv-sim (make build does)",
             bin.display()
         );
         let hosts = dir.join("hosts");

@@ -496,6 +496,8 @@ struct SettingsPage {
     pin: Option<(String, HostPinForm)>,
     /// The push URL field: what was typed into a refused form, else the setting.
     ingest_url: String,
+    /// The spool limit field (MiB): what was typed into a refused form, else the setting.
+    spool_limit_mib: String,
     errors: FormErrors,
     saved: bool,
     /// The password policy in one sentence, shown under the new password field.
@@ -553,6 +555,8 @@ struct SettingsEcho {
     pin: Option<(String, HostPinForm)>,
     /// What was typed into a refused push URL form (empty: show the setting as stored).
     ingest_url: String,
+    /// What was typed into the spool limit of a refused form.
+    spool_limit_mib: Option<String>,
 }
 
 async fn render_settings_with<B: Backend>(
@@ -577,6 +581,13 @@ async fn render_settings_with<B: Backend>(
     } else {
         echo.ingest_url
     };
+    let spool_limit_mib = echo.spool_limit_mib.unwrap_or_else(|| {
+        settings
+            .ingest
+            .spool_limit_mib
+            .map(|m| m.to_string())
+            .unwrap_or_default()
+    });
     render(
         code,
         &SettingsPage {
@@ -587,6 +598,7 @@ async fn render_settings_with<B: Backend>(
             sources,
             pin: echo.pin,
             ingest_url,
+            spool_limit_mib,
             errors,
             saved,
             password_hint: crate::password::REQUIREMENTS,
@@ -659,13 +671,19 @@ async fn set_ingest<B: Backend>(
     Form(form): Form<IngestForm>,
 ) -> Response {
     let typed = form.url.clone();
-    match st.backend.set_ingest(form.into_command()).await {
+    let typed_limit = form.spool_limit_mib.clone();
+    let result = match form.into_command() {
+        Ok(cmd) => st.backend.set_ingest(cmd).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(_) => see_other("/settings?saved=ingest"),
         Err(e) => {
             let code = status_of(&e);
-            let errors = FormErrors::from_error(e, &["url"]);
+            let errors = FormErrors::from_error(e, &["url", "spool_limit_mib"]);
             let echo = SettingsEcho {
                 ingest_url: typed,
+                spool_limit_mib: Some(typed_limit),
                 ..SettingsEcho::default()
             };
             render_settings_with(&st, &session, errors, false, code, echo).await

@@ -466,14 +466,30 @@ pub(crate) struct CertificateForm {
 #[serde(default)]
 pub(crate) struct IngestForm {
     pub url: String,
+    /// MiB; empty: the default.
+    pub spool_limit_mib: String,
 }
 
 impl IngestForm {
-    pub(crate) fn into_command(self) -> crate::backend::IngestSettings {
+    pub(crate) fn into_command(
+        self,
+    ) -> Result<crate::backend::IngestSettings, crate::backend::CommandError> {
         let url = self.url.trim();
-        crate::backend::IngestSettings {
+        let mib = self.spool_limit_mib.trim();
+        let spool_limit_mib = if mib.is_empty() {
+            None
+        } else {
+            Some(mib.parse::<u64>().map_err(|_| {
+                crate::backend::CommandError::field(
+                    "spool_limit_mib",
+                    format!("{mib:?} is not a whole number of MiB"),
+                )
+            })?)
+        };
+        Ok(crate::backend::IngestSettings {
             url: (!url.is_empty()).then(|| url.to_string()),
-        }
+            spool_limit_mib,
+        })
     }
 }
 

@@ -43,6 +43,7 @@ struct State {
     certificate: Option<String>,
     /// The Hyper-V push URL setting.
     ingest_url: Option<String>,
+    spool_limit_mib: Option<u64>,
     next_id: u32,
     jobs: Vec<TestJob>,
     exports: Vec<ExportView>,
@@ -252,6 +253,7 @@ impl Backend for TestBackend {
             max_concurrent_jobs: 2,
             ingest: IngestSettings {
                 url: s.ingest_url.clone(),
+                spool_limit_mib: s.spool_limit_mib,
             },
             data_space: Some(DataSpaceView {
                 exports_dir: EXPORTS_DIR.into(),
@@ -262,6 +264,7 @@ impl Backend for TestBackend {
     }
 
     async fn set_ingest(&self, cmd: IngestSettings) -> CommandResult<IngestSettings> {
+        cmd.spool_limit_bytes()?;
         // The appliance's rule (godwit_hyperv::ingest::check_ingest_url): https://HOST[:PORT],
         // no user, path, query or fragment; an empty string clears it.
         let url = match cmd.url.as_deref().map(str::trim) {
@@ -293,8 +296,13 @@ impl Backend for TestBackend {
                 Some(u.trim_end_matches('/').to_string())
             }
         };
-        self.lock().ingest_url = url.clone();
-        Ok(IngestSettings { url })
+        let mut st = self.lock();
+        st.ingest_url = url.clone();
+        st.spool_limit_mib = cmd.spool_limit_mib;
+        Ok(IngestSettings {
+            url,
+            spool_limit_mib: cmd.spool_limit_mib,
+        })
     }
 
     async fn set_network(&self, cmd: NetworkSettings) -> CommandResult<()> {

@@ -308,7 +308,7 @@ mod tests {
         for (name, text, _) in super::super::scripts::SCRIPT_PINS {
             waits_for_jobs(text).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
-        let create = crate::checkpoint::CREATE_SCRIPT;
+        let create = godwit_hyperv::checkpoint::CREATE_SCRIPT;
         // Not waiting for the CreateSnapshot job is refused...
         let no_wait = create.replace("$job = Wait-GodwitJob $r 'CreateSnapshot'", "$job = $r.Job");
         assert!(waits_for_jobs(&no_wait).unwrap_err().contains("not waited"));

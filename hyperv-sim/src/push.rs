@@ -8,7 +8,7 @@
 //! The command completes when the pushes are done; Receive waits for it meanwhile.
 
 use super::scripts::Outcome;
-use crate::trust::Fingerprint;
+use godwit_hyperv::trust::Fingerprint;
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;

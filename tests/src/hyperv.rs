@@ -1,18 +1,18 @@
 //! What the Hyper-V end-to-end tests share: the VM fixture (a Generation 2 VM with a dynamic
 //! VHDX from qemu-img, a Generation 1 VM with a differencing AVHD child of a dynamic VHD, and
 //! their raw references from qemu-img and libvhdi), the simulator, the `godwit replicate`
-//! command line and the peers' views (qemu-img, libvhdi) of images.
-#![allow(dead_code)]
+//! command line and the peers' views (qemu-img, libvhdi) of images. The simulator itself is the
+//! `godwit-hyperv-sim` crate (in process) or its `godwit-hypervsim` binary ([`hypervsim_bin`]).
 
-#[allow(dead_code, clippy::all)]
-#[path = "../../../disk/tests/common/vhd_gen.rs"]
+// The disk crate's VHD generator (differencing children for the Generation 1 fixture).
+#[allow(dead_code, clippy::all, clippy::pedantic)]
+#[path = "../../disk/tests/common/vhd_gen.rs"]
 pub mod vhd_gen;
 
-use crate::util::{Server, need, token_file};
+use crate::peers::{godwit_bin, have, run_ok, sha256_file};
 use godwit_hyperv::ledger::parse_ledger;
-use godwit_hyperv::sim::model::SimModel;
-use godwit_hyperv::sim::{RunningSim, SimConfig, start};
-use godwit_tests::peers::{godwit_bin, run_ok, sha256_file};
+use godwit_hyperv_sim::model::SimModel;
+use godwit_hyperv_sim::{RunningSim, SimConfig, start};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,6 +21,28 @@ pub const WEB_ID: &str = "6c1f2a8e-0000-4000-8000-0000000000a2";
 pub const DB_ID: &str = "6c1f2a8e-0000-4000-8000-0000000000a1";
 pub const CHILD: &str = "db_3F2504E0-4F89-11D3-9A0C-0305E82C3301.avhd";
 pub const MIB: u64 = 1 << 20;
+
+/// Panics unless every tool is installed (`make deps` installs them).
+pub fn need(tools: &[&str]) {
+    for t in tools {
+        assert!(
+            have(t),
+            "{t} is not installed: run `make deps` (tests/deps/install.sh)"
+        );
+    }
+}
+
+/// The `godwit-hypervsim` binary (crate `godwit-hyperv-sim`), next to `godwit`; `make build`
+/// builds both.
+pub fn hypervsim_bin() -> PathBuf {
+    let bin = godwit_bin().with_file_name("godwit-hypervsim");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build -p godwit-hyperv-sim (make build does)",
+        bin.display()
+    );
+    bin
+}
 
 pub fn qemu_img(args: &[&str]) {
     let o = Command::new("qemu-img")
@@ -211,20 +233,29 @@ pub fn replicate_cmd(
     c
 }
 
-pub fn export_sha(srv: &Server, vm: &str, work: &Path) -> String {
+/// Where `godwit export` reads from: a staging server's URL, its certificate's fingerprint and
+/// a file holding its token.
+#[derive(Debug, Clone)]
+pub struct Staging {
+    pub url: String,
+    pub fingerprint: String,
+    pub token_file: PathBuf,
+}
+
+/// SHA-256 of disk 0 of `vm` exported as raw from `staging` into `work`.
+pub fn export_sha(staging: &Staging, vm: &str, work: &Path) -> String {
     let out = work.join(format!("export-{vm}.raw"));
-    let tf = token_file(srv.data.parent().unwrap(), &srv.token);
     run_ok(
         Command::new(godwit_bin())
             .args(["export", "--vm", vm, "--disk", "0", "--format", "raw"])
             .args([
                 "--target",
-                &srv.url(),
+                &staging.url,
                 "--target-fingerprint",
-                &srv.fingerprint,
+                &staging.fingerprint,
             ])
             .arg("--token-file")
-            .arg(&tf)
+            .arg(&staging.token_file)
             .arg("--out")
             .arg(&out),
     );

@@ -4,16 +4,16 @@
 use super::Sim;
 use super::disks::{self, Drives};
 use super::model;
-use crate::checkpoint::{CREATE_SCRIPT, REMOVE_SCRIPT};
-use crate::clixml::encode_error_stream;
-use crate::hostfile::{FILE_INFO_SCRIPT, READ_RANGE_SCRIPT, encode_range_output};
-use crate::ingest::push::PUSH_SCRIPT;
-use crate::inventory::INVENTORY_SCRIPT;
-use crate::powershell;
-use crate::rct::{CHANGES_SCRIPT, REFERENCE_SCRIPT};
-use crate::scvmm::SCVMM_INVENTORY_SCRIPT;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use godwit_hyperv::checkpoint::{CREATE_SCRIPT, REMOVE_SCRIPT};
+use godwit_hyperv::clixml::encode_error_stream;
+use godwit_hyperv::hostfile::{FILE_INFO_SCRIPT, READ_RANGE_SCRIPT, encode_range_output};
+use godwit_hyperv::ingest::push::PUSH_SCRIPT;
+use godwit_hyperv::inventory::INVENTORY_SCRIPT;
+use godwit_hyperv::powershell;
+use godwit_hyperv::rct::{CHANGES_SCRIPT, REFERENCE_SCRIPT};
+use godwit_hyperv::scvmm::SCVMM_INVENTORY_SCRIPT;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 
@@ -29,47 +29,47 @@ pub const SCRIPT_PINS: &[(&str, &str, &str)] = &[
     (
         "checkpoint-create.ps1",
         CREATE_SCRIPT,
-        "3351dc2a5608d20e78a6db64d5544a0d95c1eb6b3a2c28a2697a0a151d44714f",
+        "5f2157f8474bef82fdcd884d9b5c12eb9a8ef1080c23c84dcb477f972805b4c2",
     ),
     (
         "checkpoint-remove.ps1",
         REMOVE_SCRIPT,
-        "b0cb60e7e6091935d665dfed7fc6694bbed11976b2fe31d670780d3f174c2236",
+        "06d2520a21175e5ec6b184899bb79db2233132609368cf441a3643f896106f08",
     ),
     (
         "file-info.ps1",
         FILE_INFO_SCRIPT,
-        "2569b54598c0312097c77756f6731525f62ec82e8d462cedcd314459559cec76",
+        "970717e3a2265a881ed1c1915e23ba6957d22bd4ecf14b231c32d7a6c89a8111",
     ),
     (
         "inventory.ps1",
         INVENTORY_SCRIPT,
-        "d8acdbeb03ccbccfadc95e678c1ac5908fdd83e6368adaab77b964a17a7a7ede",
+        "6858db4d51c499336d586df64395788971cd1db114137333201da8ce67f05d40",
     ),
     (
         "push-ranges.ps1",
         PUSH_SCRIPT,
-        "99e1148f1cf1c5fb2a74f7fb6438ab3f7b8ec887765cd295bf1c4a27d5175172",
+        "aaedca904fd41de0f6160fa3743124826801fd5c678512dc4767a07b7c9fe149",
     ),
     (
         "rct-changes.ps1",
         CHANGES_SCRIPT,
-        "b3f4d7396acde01181538f9e82cce3547bb544d47214b5ad959641c583b8495a",
+        "9b55239289b965204166c1b02fc4487b2a80dc4e3bc657737e3eb5ea10d9a4f1",
     ),
     (
         "rct-reference.ps1",
         REFERENCE_SCRIPT,
-        "957d1caa105a16228b41ed43c54a4187865231b8de763a8dbd46c3384501d79e",
+        "1fcdedc500d2f4fd727465759cb826ca10fc7cf0eb89d8157a06fbd60eb6b311",
     ),
     (
         "read-range.ps1",
         READ_RANGE_SCRIPT,
-        "fec4b1dbd6c1b629f526b82311d9bbc2e2822acf613e25c643fcbdc4a2ae4442",
+        "1a162379144384c452a9c5cb48180b2e21ef15c249544a1d92cb0107d5513846",
     ),
     (
         "scvmm-inventory.ps1",
         SCVMM_INVENTORY_SCRIPT,
-        "8eebe4f96b5507d9bff6b7f338ba81d5b5e7d5a3927c5938a3f604a555c6a611",
+        "0f9fa7f227a31f3471a8d96d905cb0b4cede63760403a72186b3b7e97dda6027",
     ),
 ];
 
@@ -83,7 +83,7 @@ fn pinned(text: &str) -> Option<Result<&'static str, String>> {
         Ok(name)
     } else {
         Err(format!(
-            "simulator: {name} changed (SHA-256 {got}, reviewed {pin}); review what the simulator does for it, then update its pin in hyperv/src/sim/scripts.rs"
+            "simulator: {name} changed (SHA-256 {got}, reviewed {pin}); review what the simulator does for it, then update its pin in hyperv-sim/src/scripts.rs"
         ))
     })
 }
@@ -157,6 +157,12 @@ fn quoted_arg<'a>(script: &'a str, cmdlet: &str) -> Option<&'a str> {
 }
 
 fn run_script(sim: &Sim, host: &mut HostState, script: &str, depth: u32) -> Outcome {
+    // Parameter binding comes before anything runs: a cmdlet called with a parameter it does
+    // not have fails as PowerShell words it (crate::cmdlets holds each cmdlet's documented
+    // parameters), whether or not the script is one the simulator knows.
+    if let Err(e) = crate::pwsh::check_cmdlet_calls(script) {
+        return ps_error(&e);
+    }
     let body = powershell::split_args(script).map_or(script, |(_, b)| b);
     match pinned(body) {
         Some(Err(e)) => return ps_error(&e),
@@ -475,7 +481,7 @@ mod tests {
             let _ = name;
         }
         // Every script Godwit sends is pinned.
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../hyperv/scripts");
         let mut files: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .flatten()

@@ -5,8 +5,8 @@
 //! agree by construction. Nothing of VMM's own behaviour (jobs, refresh, Run As accounts,
 //! placement, live migration) is simulated.
 
-use crate::inventory::VmRecord;
-use crate::scvmm::{ScvmmDrive, ScvmmHost, ScvmmReport, ScvmmVmRecord, vmm_vhd_type};
+use godwit_hyperv::inventory::VmRecord;
+use godwit_hyperv::scvmm::{ScvmmDrive, ScvmmHost, ScvmmReport, ScvmmVmRecord, vmm_vhd_type};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::Path;

@@ -3,26 +3,31 @@
 //! optional OperationTimeout faults, Signal, Delete), and the PowerShell Godwit sends,
 //! recognised by its exact text, answered from an in-memory model ([`model`]); push-ranges.ps1
 //! is run in Rust (`push.rs`: the host's HTTPS pushes to the connector's ingest endpoint).
-//! Limits are listed in `docs/hyperv.md`.
+//! Limits are listed in `docs/hyperv.md`. Not part of the appliance (`publish = false`): only
+//! the tests and the `godwit-hypervsim` binary use it.
 
+pub mod cmdlets;
 pub mod disks;
 pub mod model;
+pub mod ntlm_server;
+pub mod ntlm_verify;
 mod push;
+pub mod pwsh;
 mod scripts;
 pub mod scvmm;
 mod wmi;
 
 pub use scripts::SimCheckpoint;
 
-use crate::trust::Fingerprint;
-use crate::wsman::{
-    self, Body, CommandId, Fault, MessageId, Reply, ReplyBody, ShellId, StreamChunk, StreamName,
-};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use godwit_hyperv::trust::Fingerprint;
+use godwit_hyperv::wsman::{
+    self, Body, CommandId, Fault, MessageId, Reply, ReplyBody, ShellId, StreamChunk, StreamName,
+};
 use model::SimModel;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -74,7 +79,7 @@ struct Shells {
     longest_shell: std::time::Duration,
     host: scripts::HostState,
     /// NTLM handshakes waiting for their AUTHENTICATE, per connection.
-    ntlm_pending: HashMap<SocketAddr, crate::ntlm::NtlmServer>,
+    ntlm_pending: HashMap<SocketAddr, crate::ntlm_server::NtlmServer>,
     /// Connections that passed NTLM.
     ntlm_authenticated: std::collections::HashSet<SocketAddr>,
 }
@@ -346,14 +351,15 @@ fn authenticate(sim: &Sim, peer: SocketAddr, headers: &HeaderMap) -> Auth {
         return Auth::Refused;
     };
     st.ntlm_authenticated.remove(&peer);
-    match crate::ntlm::message_type(&token) {
+    match godwit_hyperv::ntlm::message_type(&token) {
         Some(1) => {
-            let server = crate::ntlm::NtlmServer::new(&sim.config.user, &sim.config.password);
+            let server =
+                crate::ntlm_server::NtlmServer::new(&sim.config.user, &sim.config.password);
             let Ok(mut server) = server else {
                 return Auth::Refused;
             };
             match server.step(&token) {
-                Ok(crate::ntlm::ServerStep::Challenge(ch)) => {
+                Ok(crate::ntlm_server::ServerStep::Challenge(ch)) => {
                     st.ntlm_pending.insert(peer, server);
                     Auth::Challenge(scheme.to_string(), ch)
                 }
@@ -361,7 +367,7 @@ fn authenticate(sim: &Sim, peer: SocketAddr, headers: &HeaderMap) -> Auth {
             }
         }
         Some(3) => match st.ntlm_pending.remove(&peer).map(|mut s| s.step(&token)) {
-            Some(Ok(crate::ntlm::ServerStep::Authenticated)) => {
+            Some(Ok(crate::ntlm_server::ServerStep::Authenticated)) => {
                 st.ntlm_authenticated.insert(peer);
                 Auth::Ok
             }

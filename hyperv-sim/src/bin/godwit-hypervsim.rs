@@ -1,4 +1,4 @@
 //! `godwit-hypervsim --listen ADDR --data DIR`: the Hyper-V/WinRM simulator as a process.
 fn main() {
-    std::process::exit(godwit_hyperv::sim::main_cli());
+    std::process::exit(godwit_hyperv_sim::main_cli());
 }

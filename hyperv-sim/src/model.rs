@@ -1,7 +1,7 @@
 //! The simulator's Hyper-V model: VMs and disks read from `DIR/vms.json`; `Get-VHD` facts are
 //! read from the real VHD/VHDX files with the disk crate.
 
-use crate::inventory::{Bytes, DiskRecord, VmRecord};
+use godwit_hyperv::inventory::{Bytes, DiskRecord, VmRecord};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -167,8 +167,8 @@ impl SimModel {
 
 /// The data-dir file behind a Windows path under `root` (`None` outside it or with `..`).
 pub fn local_path(root: &str, dir: &Path, windows: &str) -> Option<PathBuf> {
-    let folded = crate::hostfile::resolve_windows_path(windows, None);
-    let root = crate::hostfile::resolve_windows_path(root, None);
+    let folded = godwit_hyperv::hostfile::resolve_windows_path(windows, None);
+    let root = godwit_hyperv::hostfile::resolve_windows_path(root, None);
     let head = folded.get(..root.len())?;
     if !head.eq_ignore_ascii_case(&root) {
         return None;

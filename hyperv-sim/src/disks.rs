@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 #[allow(dead_code, clippy::all, clippy::pedantic)]
-#[path = "../../../disk/tests/common/vhd_gen.rs"]
+#[path = "../../disk/tests/common/vhd_gen.rs"]
 mod vhd_gen;
 
 /// RCT granularity of the simulator: changes are reported in whole 64 KiB blocks.
