@@ -22,7 +22,7 @@ mod vmware_harness;
 
 use godwit_tests::peers::{godwit_bin, run_ok, sha256_file};
 use serde_json::{Value, json};
-use service::{ADMIN_PASSWORD, ADMIN_USER, Service, rss_kib};
+use service::{ADMIN_PASSWORD, Service, rss_kib};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -39,15 +39,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 /// A second process polling the API (a pinned HTTPS keep-alive connection, `GET /api/v1/jobs`
-/// every 100 ms) until its stdin closes; then it prints its latencies as JSON.
+/// every 100 ms with a logged-in session's cookie, as the dashboard does: HTTP Basic would
+/// verify the password's Argon2 hash on every request) until its stdin closes; then it prints
+/// its latencies as JSON.
 const POLLER: &str = r#"
-import base64, hashlib, http.client, json, ssl, sys, threading, time
-host, port, fp, user, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+import hashlib, http.client, json, ssl, sys, threading, time
+host, port, fp, cookie = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 want = fp.replace("SHA256:", "").replace(":", "").lower()
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
-auth = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
 lat, errors, conn = [], 0, None
@@ -61,7 +62,7 @@ while not stop.is_set():
                 print(json.dumps({"error": "certificate mismatch " + got}), flush=True)
                 sys.exit(1)
         t = time.perf_counter()
-        conn.request("GET", "/api/v1/jobs", headers={"Authorization": auth})
+        conn.request("GET", "/api/v1/jobs", headers={"Cookie": cookie})
         r = conn.getresponse()
         r.read()
         lat.append(time.perf_counter() - t)
@@ -87,7 +88,12 @@ impl Poller {
             Command::new("python3")
                 .arg("-c")
                 .arg(POLLER)
-                .args([host, port, &svc.fingerprint, ADMIN_USER, ADMIN_PASSWORD])
+                .args([
+                    host,
+                    port,
+                    &svc.fingerprint,
+                    &svc.login_cookie(ADMIN_PASSWORD),
+                ])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()

@@ -32,7 +32,10 @@ fn vsphere_replication_reports_allocation_aware_progress_per_disk() {
     let (progress, done) = progress_events(&out);
     assert_eq!(done.len(), 2, "{out}");
     let sparse_alloc = qemu_allocated(&sparse, "vmdk");
-    assert!(sparse_alloc > 0 && sparse_alloc < SPARSE_SIZE / 4, "{sparse_alloc}");
+    assert!(
+        sparse_alloc > 0 && sparse_alloc < SPARSE_SIZE / 4,
+        "{sparse_alloc}"
+    );
     for (disk, size) in [(0u64, SPARSE_SIZE), (1, FLAT_SIZE)] {
         let events: Vec<_> = progress
             .iter()
@@ -40,7 +43,11 @@ fn vsphere_replication_reports_allocation_aware_progress_per_disk() {
             .cloned()
             .collect();
         let total = check_progress(&events, "replicate");
-        assert!(events.iter().all(|e| e["vm"] == VM && e["disk_size"] == size));
+        assert!(
+            events
+                .iter()
+                .all(|e| e["vm"] == VM && e["disk_size"] == size)
+        );
         assert!(total > 0 && total <= size, "disk {disk}: {total}");
         if disk == 0 {
             assert_eq!(total, sparse_alloc, "the sparse disk's allocated grains");

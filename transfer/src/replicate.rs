@@ -63,12 +63,14 @@ pub struct Progress {
     pub bytes_skipped: u64,
     pub rate_bytes_per_sec: u64,
     /// Seconds left, from the allocated bytes left to read and the rate they are read at
-    /// (`None` until something was read).
+    /// (with [`ReplicateOptions::measure_allocation`]; else from the virtual bytes left), `None`
+    /// until something was done.
     pub eta_secs: Option<u64>,
     pub attempt: u32,
     /// Allocated bytes this run has to read: holes, ranges the source maps as zero and chunks
     /// carried over from the previous sync are not counted, so a sparse disk is not
-    /// over-estimated. Grows only if chunks must be read again (gone from the store).
+    /// over-estimated. Grows only if chunks must be read again (gone from the store). Only with
+    /// [`ReplicateOptions::measure_allocation`] (else 0).
     pub read_total: u64,
     /// Of those, bytes read and stored (or found in the store already). Never decreases and
     /// ends at `read_total` when the run succeeds.
@@ -91,6 +93,11 @@ pub struct ReplicateOptions {
     /// Bytes per second on the wire, if limited.
     pub bandwidth_limit: Option<u64>,
     pub progress: Option<ProgressFn>,
+    /// Walk the source's allocation map once before reading, so that progress counts the
+    /// allocated bytes to read ([`Progress::read_total`], [`Progress::read_done`] and an ETA
+    /// from them). One more map walk: free for local images, grain/block table reads for a
+    /// remote sparse one. Without it `read_total` stays 0 and `eta_secs` `None`.
+    pub measure_allocation: bool,
     /// Also compute the SHA-256 of the whole raw disk (recorded in the index, checked by
     /// export). Costs hashing every byte of the virtual disk, holes included, on one thread.
     pub raw_sha256: bool,
@@ -107,6 +114,7 @@ impl Default for ReplicateOptions {
             max_attempts: 10,
             bandwidth_limit: None,
             progress: None,
+            measure_allocation: false,
             raw_sha256: false,
         }
     }
@@ -340,7 +348,7 @@ pub fn replicate_disk(
             if let (Some(p), Ok(mut k)) = (&parent, shared.known.lock()) {
                 k.extend(p.digests());
             }
-            if opts.progress.is_some() {
+            if opts.progress.is_some() && opts.measure_allocation {
                 let data_at = allocated_per_chunk(source, u64::from(cs), n)?;
                 let total: u64 = data_at
                     .iter()
@@ -726,7 +734,11 @@ fn snapshot(
         bytes_sent: c.sent.load(Ordering::Relaxed),
         bytes_skipped: c.skipped.load(Ordering::Relaxed),
         rate_bytes_per_sec: rate,
-        eta_secs: (read_rate > 0).then(|| (read_total - read_done) / read_rate),
+        eta_secs: if shared.data_at.get().is_some() {
+            (read_rate > 0).then(|| (read_total - read_done) / read_rate)
+        } else {
+            (rate > 0).then(|| disk_size.saturating_sub(done) / rate)
+        },
         attempt,
         read_total,
         read_done,

@@ -234,6 +234,7 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
         bandwidth_limit: a.bwlimit.as_deref().map(parse_size).transpose()?,
         metadata,
         progress: Some(progress),
+        measure_allocation: true,
         raw_sha256: a.raw_sha256,
         ..ReplicateOptions::default()
     };
