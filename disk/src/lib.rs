@@ -21,6 +21,7 @@ pub mod compare;
 pub mod error;
 pub mod layer;
 pub mod probe;
+pub mod progress;
 pub mod raw;
 pub mod storage;
 pub mod units;

@@ -4,5 +4,6 @@
 //! the real peers (qemu-img, qemu-io, libvhdi), scratch directories, hashing; [`hyperv`]: the
 //! Hyper-V fixture and simulator.
 
+pub mod cli;
 pub mod hyperv;
 pub mod peers;

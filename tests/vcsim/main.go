@@ -368,6 +368,7 @@ func main() {
 	datacenters := flag.Int("datacenters", 1, "datacenters in the VPX model (vcsim's Model.Datacenter)")
 	folders := flag.Int("folders", 0, "datacenters placed inside a folder (vcsim's Model.Folder: the last N get folder F<i>)")
 	idle := flag.Duration("session-idle-timeout", 0, "expire sessions idle this long (vcsim's SessionIdleTimeout; 0: never)")
+	vms := flag.Int("vm", 0, "VMs per standalone host and per cluster resource pool (vcsim's Model.Machine; 0: its default, 2)")
 	flag.Parse()
 
 	model := simulator.VPX()
@@ -377,6 +378,9 @@ func main() {
 	} else {
 		model.Datacenter = *datacenters
 		model.Folder = *folders
+	}
+	if *vms > 0 {
+		model.Machine = *vms
 	}
 	simulator.SessionIdleTimeout = *idle
 	model.Autostart = true

@@ -5,28 +5,87 @@
 //! at replication.
 
 use crate::chunk::decode_chunk;
+use crate::digest::ChunkDigest;
 use crate::error::{Error, Result};
 use crate::index::{Entry, SyncId, SyncIndex};
+use crate::replicate::Connect;
 use crate::store::ChunkStore;
 use godwit_disk::layer::push_run;
+use godwit_disk::progress::Meter;
 use godwit_disk::write::{OutputFormat, WriteStats};
 use godwit_disk::{BlockSource, Run, RunState};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 type Fetch = JoinHandle<Result<Arc<Vec<u8>>>>;
 
+/// The store chunks are fetched from; after a network fault, another connection (to the same
+/// or, for several staging servers of one store, another server) when a way to reconnect was
+/// given ([`IndexSource::with_reconnect`]).
+struct StoreSlot {
+    /// The connection and its generation (bumped at each reconnect, so that fetches failing
+    /// together reconnect once).
+    current: tokio::sync::Mutex<(u64, Arc<dyn ChunkStore>)>,
+    reconnect: Option<Arc<dyn Connect>>,
+    attempts: u32,
+}
+
+impl StoreSlot {
+    async fn get_chunk(&self, d: ChunkDigest) -> Result<bytes::Bytes> {
+        let mut attempt = 0u32;
+        loop {
+            let (generation, store) = {
+                let g = self.current.lock().await;
+                (g.0, g.1.clone())
+            };
+            let e = match store.get_chunk(d).await {
+                Ok(b) => return Ok(b),
+                Err(e) => e,
+            };
+            let Some(reconnect) = self.reconnect.as_ref().filter(|_| e.is_retryable()) else {
+                return Err(e);
+            };
+            attempt += 1;
+            if attempt >= self.attempts {
+                return Err(e);
+            }
+            let mut g = self.current.lock().await;
+            if g.0 != generation {
+                continue; // another fetch reconnected already
+            }
+            let backoff = Duration::from_secs((1u64 << (attempt - 1).min(4)).min(10));
+            eprintln!(
+                "godwit: {e}; reconnecting in {} s (attempt {attempt} of {})",
+                backoff.as_secs(),
+                self.attempts
+            );
+            tokio::time::sleep(backoff).await;
+            match reconnect.connect().await {
+                Ok(s) => {
+                    *g = (generation + 1, s);
+                }
+                Err(e) if e.is_retryable() => {
+                    eprintln!("godwit: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// A sync read back from a store.
 pub struct IndexSource {
     pub index: SyncIndex,
-    store: Arc<dyn ChunkStore>,
+    store: Arc<StoreSlot>,
     handle: Handle,
     readahead: usize,
     state: Mutex<FetchState>,
+    meter: Option<Arc<Meter>>,
 }
 
 #[derive(Default)]
@@ -43,11 +102,44 @@ impl IndexSource {
     pub fn new(index: SyncIndex, store: Arc<dyn ChunkStore>, handle: Handle) -> Self {
         IndexSource {
             index,
-            store,
+            store: Arc::new(StoreSlot {
+                current: tokio::sync::Mutex::new((0, store)),
+                reconnect: None,
+                attempts: 1,
+            }),
             handle,
             readahead: 4,
             state: Mutex::new(FetchState::default()),
+            meter: None,
         }
+    }
+
+    /// After a network fault, reconnect through `target` (which may pick another staging server
+    /// of the same store) and fetch the chunk again, up to `attempts` tries per chunk. Call
+    /// before any read.
+    pub fn with_reconnect(mut self, target: Arc<dyn Connect>, attempts: u32) -> Self {
+        if let Some(slot) = Arc::get_mut(&mut self.store) {
+            slot.reconnect = Some(target);
+            slot.attempts = attempts.max(1);
+        }
+        self
+    }
+
+    /// Count the data bytes writers read on `meter` (its total: [`IndexSource::data_bytes`]).
+    pub fn with_meter(mut self, meter: Arc<Meter>) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// Bytes of the disk held in data chunks: what an export reads from the store.
+    pub fn data_bytes(&self) -> u64 {
+        let cs = u64::from(self.index.chunk_size);
+        let size = self.index.disk_size;
+        (0u64..)
+            .zip(&self.index.entries)
+            .filter(|(_, e)| matches!(e, Entry::Data(_)))
+            .map(|(i, _)| size.saturating_sub(i * cs).min(cs))
+            .sum()
     }
 
     fn spawn_fetch(&self, i: usize) -> Option<Fetch> {
@@ -186,6 +278,9 @@ impl BlockSource for IndexSource {
                         )
                     })?;
                     dst.copy_from_slice(src);
+                    if let Some(m) = &self.meter {
+                        m.add(n as u64);
+                    }
                 }
                 _ => dst.fill(0),
             }

@@ -52,6 +52,8 @@ impl Connect for Direct {
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Progress {
+    /// The disk number being replicated (as given to [`replicate_disk`]).
+    pub disk: u32,
     pub disk_size: u64,
     /// Virtual bytes dealt with so far (read, or known zero, or carried over).
     pub bytes_done: u64,
@@ -60,8 +62,20 @@ pub struct Progress {
     /// Bytes not sent: zero chunks and chunks the store already had.
     pub bytes_skipped: u64,
     pub rate_bytes_per_sec: u64,
+    /// Seconds left, from the allocated bytes left to read and the rate they are read at
+    /// (with [`ReplicateOptions::measure_allocation`]; else from the virtual bytes left), `None`
+    /// until something was done.
     pub eta_secs: Option<u64>,
     pub attempt: u32,
+    /// Allocated bytes this run has to read: holes, ranges the source maps as zero and chunks
+    /// carried over from the previous sync are not counted, so a sparse disk is not
+    /// over-estimated. Grows only if chunks must be read again (gone from the store). Only with
+    /// [`ReplicateOptions::measure_allocation`] (else 0).
+    pub read_total: u64,
+    /// Of those, bytes read and stored (or found in the store already). Never decreases and
+    /// ends at `read_total` when the run succeeds.
+    pub read_done: u64,
+    pub read_rate_bytes_per_sec: u64,
 }
 
 pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
@@ -79,6 +93,11 @@ pub struct ReplicateOptions {
     /// Bytes per second on the wire, if limited.
     pub bandwidth_limit: Option<u64>,
     pub progress: Option<ProgressFn>,
+    /// Walk the source's allocation map once before reading, so that progress counts the
+    /// allocated bytes to read ([`Progress::read_total`], [`Progress::read_done`] and an ETA
+    /// from them). One more map walk: free for local images, grain/block table reads for a
+    /// remote sparse one. Without it `read_total` stays 0 and `eta_secs` `None`.
+    pub measure_allocation: bool,
     /// Also compute the SHA-256 of the whole raw disk (recorded in the index, checked by
     /// export). Costs hashing every byte of the virtual disk, holes included, on one thread.
     pub raw_sha256: bool,
@@ -95,6 +114,7 @@ impl Default for ReplicateOptions {
             max_attempts: 10,
             bandwidth_limit: None,
             progress: None,
+            measure_allocation: false,
             raw_sha256: false,
         }
     }
@@ -136,6 +156,8 @@ pub struct ReplicateReport {
 #[derive(Default)]
 struct Counters {
     done: AtomicU64,
+    read_total: AtomicU64,
+    read_done: AtomicU64,
     read: AtomicU64,
     sent: AtomicU64,
     skipped: AtomicU64,
@@ -170,6 +192,9 @@ struct Shared {
     /// The previous sync's entries, when it has this disk's size and chunk size: a chunk read
     /// again that hashes to the same digest at the same place was unchanged.
     prior: std::sync::OnceLock<Arc<SyncIndex>>,
+    /// Allocated bytes in each chunk (only when progress is reported).
+    data_at: std::sync::OnceLock<Vec<u32>>,
+    disk: u32,
 }
 
 impl Shared {
@@ -236,6 +261,8 @@ pub fn replicate_disk(
             next: Mutex::new(Instant::now()),
         }),
         prior: std::sync::OnceLock::new(),
+        data_at: std::sync::OnceLock::new(),
+        disk,
     });
     let mut parent: Option<Arc<SyncIndex>> = None;
     let mut parent_loaded = false;
@@ -320,6 +347,17 @@ pub fn replicate_disk(
             }
             if let (Some(p), Ok(mut k)) = (&parent, shared.known.lock()) {
                 k.extend(p.digests());
+            }
+            if opts.progress.is_some() && opts.measure_allocation {
+                let data_at = allocated_per_chunk(source, u64::from(cs), n)?;
+                let total: u64 = data_at
+                    .iter()
+                    .zip(&carried_at)
+                    .filter(|(_, c)| !**c)
+                    .map(|(d, _)| u64::from(*d))
+                    .sum();
+                shared.c.read_total.store(total, Ordering::Relaxed);
+                let _ = shared.data_at.set(data_at);
             }
         }
         let lease = match handle.block_on(store.begin_sync(vm, disk)) {
@@ -480,6 +518,13 @@ async fn revalidate(
     for (i, d) in filled {
         if gone.contains(&d) {
             v[i] = None;
+            let data = shared
+                .data_at
+                .get()
+                .and_then(|a| a.get(i))
+                .copied()
+                .map_or(0, u64::from);
+            shared.c.read_total.fetch_add(data, Ordering::Relaxed);
             let len = disk_size.saturating_sub(i as u64 * cs).min(cs);
             let _ = shared
                 .c
@@ -591,7 +636,10 @@ fn run_pass(
     let next = AtomicUsize::new(0);
     let finished = AtomicBool::new(false);
     let t0 = Instant::now();
-    let done0 = shared.c.done.load(Ordering::Relaxed);
+    let done0 = (
+        shared.c.done.load(Ordering::Relaxed),
+        shared.c.read_done.load(Ordering::Relaxed),
+    );
     std::thread::scope(|s| {
         if let Some(h) = &hasher {
             let h = h.clone();
@@ -662,22 +710,39 @@ fn run_pass(
     }
 }
 
-fn snapshot(shared: &Shared, disk_size: u64, t0: Instant, done0: u64, attempt: u32) -> Progress {
+fn snapshot(
+    shared: &Shared,
+    disk_size: u64,
+    t0: Instant,
+    (done0, read_done0): (u64, u64),
+    attempt: u32,
+) -> Progress {
     let c = &shared.c;
     let done = c.done.load(Ordering::Relaxed);
+    let read_total = c.read_total.load(Ordering::Relaxed);
+    let read_done = c.read_done.load(Ordering::Relaxed).min(read_total);
     let millis = u64::try_from(t0.elapsed().as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
     let rate = done.saturating_sub(done0).saturating_mul(1000) / millis;
+    let read_rate = read_done.saturating_sub(read_done0).saturating_mul(1000) / millis;
     Progress {
+        disk: shared.disk,
         disk_size,
         bytes_done: done,
         bytes_read: c.read.load(Ordering::Relaxed),
         bytes_sent: c.sent.load(Ordering::Relaxed),
         bytes_skipped: c.skipped.load(Ordering::Relaxed),
         rate_bytes_per_sec: rate,
-        eta_secs: (rate > 0).then(|| disk_size.saturating_sub(done) / rate),
+        eta_secs: if shared.data_at.get().is_some() {
+            (read_rate > 0).then(|| (read_total - read_done) / read_rate)
+        } else {
+            (rate > 0).then(|| disk_size.saturating_sub(done) / rate)
+        },
         attempt,
+        read_total,
+        read_done,
+        read_rate_bytes_per_sec: read_rate,
     }
 }
 
@@ -748,6 +813,7 @@ fn one_chunk(
         c.zero.fetch_add(1, Ordering::Relaxed);
         c.done.fetch_add(len64, Ordering::Relaxed);
         c.skipped.fetch_add(len64, Ordering::Relaxed);
+        c.read_done.fetch_add(data_bytes, Ordering::Relaxed);
         return Ok(());
     }
     let t_hash = Instant::now();
@@ -772,6 +838,7 @@ fn one_chunk(
         c.reused.fetch_add(1, Ordering::Relaxed);
         c.done.fetch_add(len64, Ordering::Relaxed);
         c.skipped.fetch_add(len64, Ordering::Relaxed);
+        c.read_done.fetch_add(data_bytes, Ordering::Relaxed);
         return Ok(());
     }
     let t_zstd = Instant::now();
@@ -798,12 +865,35 @@ fn one_chunk(
                 shared.c.sent.fetch_add(n, Ordering::Relaxed);
                 shared.c.new.fetch_add(1, Ordering::Relaxed);
                 shared.c.done.fetch_add(len64, Ordering::Relaxed);
+                shared.c.read_done.fetch_add(data_bytes, Ordering::Relaxed);
             }
             Err(e) => shared.fail(e),
         }
         drop(permit);
     });
     Ok(())
+}
+
+/// Allocated bytes of each chunk of `source` (its data runs), the map walked a window at a time.
+fn allocated_per_chunk(source: &dyn BlockSource, cs: u64, n: usize) -> Result<Vec<u32>> {
+    let mut v = vec![0u32; n];
+    for run in godwit_disk::write::Runs::new(source) {
+        let run = run?;
+        if run.state != RunState::Data {
+            continue;
+        }
+        let mut off = run.offset;
+        while off < run.end() {
+            let i = off / cs;
+            let end = ((i + 1) * cs).min(run.end());
+            if let Some(slot) = usize::try_from(i).ok().and_then(|i| v.get_mut(i)) {
+                // At most one chunk (8 MiB) per slot.
+                *slot = slot.saturating_add(u32::try_from(end - off).unwrap_or(u32::MAX));
+            }
+            off = end;
+        }
+    }
+    Ok(v)
 }
 
 impl From<std::ops::Range<u64>> for Range {

@@ -49,11 +49,16 @@ pub enum DiskCommand {
         /// adapter_type=, hwversion=, compression_level=1-12, cid=HEX.
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
+        /// Input format: `raw` reads the file as raw whatever it contains (a file no format
+        /// claims that holds text, an archive or a qcow2 image is refused otherwise).
         #[arg(short = 'f', long = "format")]
         format: Option<String>,
         /// Print what was read and written to stderr.
         #[arg(long)]
         stats: bool,
+        /// JSON lines on stdout: progress events, then a `done` event (not with `-` as output).
+        #[arg(long)]
+        json: bool,
     },
     /// Compare the contents of two images: exit 0 identical, 1 different, 2 error.
     Compare {
@@ -95,13 +100,14 @@ fn run_inner(cmd: DiskCommand) -> anyhow::Result<ExitCode> {
             options,
             format,
             stats,
+            json,
         } => convert(
             &src,
             &dst,
             &output_format,
             &options,
             format.as_deref(),
-            stats,
+            (stats, json),
         ),
         DiskCommand::Compare {
             a,
@@ -313,16 +319,48 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// A file no disk format claims is read as raw only if it could be a raw disk: text, an
+/// archive or an unsupported image format is refused unless `-f raw` says so.
+fn refuse_non_disk(disk: &Disk, format: Option<&str>) -> anyhow::Result<()> {
+    let top = disk.top();
+    if format.is_some() || top.format.name() != "raw" {
+        return Ok(());
+    }
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    let mut f = File::open(&top.file).with_context(|| format!("{}: open", top.file))?;
+    (&mut f)
+        .take(4096)
+        .read_to_end(&mut head)
+        .with_context(|| format!("{}: read", top.file))?;
+    if let Some(what) = godwit_disk::probe::non_disk_content(&head, top.virtual_size) {
+        bail!(
+            "{}: not a disk image: no VMDK, VHD or VHDX header, and the content looks like {what}; give -f raw to convert it as a raw disk anyway",
+            top.file
+        );
+    }
+    Ok(())
+}
+
 fn convert(
     src: &str,
     dst: &str,
     output_format: &str,
     options: &[String],
     format: Option<&str>,
-    stats: bool,
+    (stats, json): (bool, bool),
 ) -> anyhow::Result<ExitCode> {
+    use super::progress::{Figures, INTERVAL, Mode, Reporter};
+    use godwit_disk::progress::{CountingSource, Meter, ProgressFn, Snapshot, watch};
+    use std::sync::Arc;
+    if json && dst == "-" {
+        bail!(
+            "--json writes its events to stdout, which would mix them with the image: give an output file"
+        );
+    }
     let (fmt, mut opts) = write::parse_output(output_format, options)?;
     let disk = open(src, format)?;
+    refuse_non_disk(&disk, format)?;
     for layer in disk.layers() {
         for f in &layer.info().files {
             if same_file(Path::new(f), Path::new(dst)) {
@@ -337,10 +375,59 @@ fn convert(
         .filter(|n| n != "-")
         .unwrap_or_else(|| "disk.vmdk".into());
     let started = std::time::Instant::now();
-    let result = if dst == "-" {
+    let reporter = Reporter::new("convert", json);
+    let meter = Arc::new(Meter::pending());
+    let w = if reporter.mode() == Mode::Quiet {
+        None
+    } else {
+        meter.set_total(write::allocated_bytes(&disk)?);
+        let (r, label) = (reporter.clone(), src.to_string());
+        let (s2, d2) = (src.to_string(), dst.to_string());
+        let f: ProgressFn = Arc::new(move |s: &Snapshot| {
+            let mut f = Figures::from(s);
+            f.extra.insert("src".into(), s2.clone().into());
+            f.extra.insert("dst".into(), d2.clone().into());
+            r.update(&label, &f, false);
+        });
+        Some(watch(meter.clone(), INTERVAL, f))
+    };
+    let counted = CountingSource::new(&disk, &meter);
+    let result = convert_to(&counted, dst, fmt, &opts);
+    drop(w);
+    let last = reporter.finish();
+    let s = result?;
+    if json {
+        let report = json!({
+            "src": src, "dst": dst, "format": output_format,
+            "virtual_size": disk.virtual_size(),
+            "data_bytes": s.data_bytes, "written_bytes": s.written_bytes,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{}", reporter.done_json(report, last.as_ref()));
+    }
+    if stats {
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "godwit: read {} of data, wrote {} in {secs:.2} s ({:.0} MB/s of virtual disk)",
+            human(s.data_bytes),
+            human(s.written_bytes),
+            disk.virtual_size() as f64 / 1e6 / secs.max(1e-9)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Write `disk` as `fmt` to `dst` (`-`: stdout); a new file is removed again on failure.
+fn convert_to(
+    disk: &dyn BlockSource,
+    dst: &str,
+    fmt: OutputFormat,
+    opts: &write::WriteOptions,
+) -> anyhow::Result<write::WriteStats> {
+    if dst == "-" {
         let out = std::io::stdout();
         let mut out = BufWriter::with_capacity(1 << 20, out.lock());
-        write::write_image_with(&disk, fmt, &opts, &mut out)
+        write::write_image_with(disk, fmt, opts, &mut out)
             .map_err(anyhow::Error::from)
             .and_then(|s| out.flush().map(|_| s).context("stdout"))
     } else {
@@ -359,27 +446,16 @@ fn convert(
             file.set_len(0)
                 .with_context(|| format!("{dst}: truncate"))?;
         }
-        let r = write_to(&disk, fmt, &opts, file, dst, regular);
+        let r = write_to(disk, fmt, opts, file, dst, regular);
         if r.is_err() && regular && !existed {
             let _ = std::fs::remove_file(dst);
         }
         r
-    };
-    let s = result?;
-    if stats {
-        let secs = started.elapsed().as_secs_f64();
-        eprintln!(
-            "godwit: read {} of data, wrote {} in {secs:.2} s ({:.0} MB/s of virtual disk)",
-            human(s.data_bytes),
-            human(s.written_bytes),
-            disk.virtual_size() as f64 / 1e6 / secs.max(1e-9)
-        );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn write_to(
-    disk: &Disk,
+    disk: &dyn BlockSource,
     fmt: OutputFormat,
     opts: &write::WriteOptions,
     file: File,

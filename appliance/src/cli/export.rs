@@ -11,6 +11,10 @@ use godwit_transfer::target::Target;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::progress::{Figures, INTERVAL, Mode, Reporter};
+use godwit_disk::progress::{Meter, ProgressFn, Snapshot, watch};
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
@@ -46,13 +50,31 @@ pub struct ExportArgs {
 
 pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
     let token = super::replicate::read_token(a.token_file.as_ref())?;
-    let target = Target::parse_many(&a.target, a.target_fingerprint.as_deref(), token)?;
+    let target = Arc::new(Target::parse_many(
+        &a.target,
+        a.target_fingerprint.as_deref(),
+        token,
+    )?);
     let sync = a.sync.as_deref().map(SyncId::parse).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let report = export_disk(
+    let reporter = Reporter::new("export", a.json);
+    let meter = Arc::new(Meter::pending());
+    let watch = (reporter.mode() != Mode::Quiet).then(|| {
+        let (r, label) = (reporter.clone(), format!("{} disk {}", a.vm, a.disk));
+        let (vm, disk, fmt) = (a.vm.clone(), a.disk, a.format.clone());
+        let f: ProgressFn = Arc::new(move |s: &Snapshot| {
+            let mut f = Figures::from(s);
+            f.extra.insert("vm".into(), vm.clone().into());
+            f.extra.insert("disk".into(), disk.into());
+            f.extra.insert("format".into(), fmt.clone().into());
+            r.update(&label, &f, false);
+        });
+        watch(meter.clone(), INTERVAL, f)
+    });
+    let result = export_disk(
         &target,
         &a.vm,
         a.disk,
@@ -60,10 +82,17 @@ pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
         &a.format,
         &a.out,
         rt.handle(),
-    )?;
+        Some(meter),
+    );
+    drop(watch);
+    let last = reporter.finish();
+    let report = result?;
     let verified = report.verified;
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!(
+            "{}",
+            reporter.done_json(serde_json::to_value(&report)?, last.as_ref())
+        );
     } else {
         println!(
             "exported {} disk {} sync {} as {} to {}: {} bytes, sha256 {} ({})",
@@ -87,15 +116,18 @@ pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
 
 /// Export one kept sync (default: the newest) of `vm` disk `disk` from `target` as
 /// `format_name` to a file or `s3://BUCKET/KEY`, checking the SHA-256 recorded at
-/// replication. Blocking: call from a plain thread; `handle` runs the network side.
+/// replication. Blocking: call from a plain thread; `handle` runs the network side. `meter`
+/// gets the data bytes to read (the sync's data chunks) and counts those read.
+#[allow(clippy::too_many_arguments)]
 pub fn export_disk(
-    target: &Target,
+    target: &Arc<Target>,
     vm: &str,
     disk: u32,
     sync: Option<&SyncId>,
     format_name: &str,
     out: &str,
     handle: &tokio::runtime::Handle,
+    meter: Option<Arc<Meter>>,
 ) -> anyhow::Result<ExportReport> {
     let format = OutputFormat::parse(format_name, None)?;
     let (store, index) = handle.block_on(async {
@@ -103,7 +135,13 @@ pub fn export_disk(
         let index = load_index(&*store, vm, disk, sync).await?;
         Ok::<_, godwit_transfer::Error>((store, index))
     })?;
-    let src = IndexSource::new(index, store, handle.clone());
+    // A staging server going down mid-way: the export goes on through another server of the
+    // same store (or the same one once it is back), chunk by chunk.
+    let mut src = IndexSource::new(index, store, handle.clone()).with_reconnect(target.clone(), 10);
+    if let Some(m) = meter {
+        m.set_total(src.data_bytes());
+        src = src.with_meter(m);
+    }
     let (stats, sha) = if let Some(s3) = out.strip_prefix("s3://") {
         godwit_transfer::s3_export::export_to_s3(&src, format, s3, handle)?
     } else {
@@ -117,7 +155,10 @@ pub fn export_disk(
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f.try_clone()?);
         let r = write_hashed(&src, format, &mut w, Some(&f), out)?;
         w.flush().with_context(|| format!("writing {out}"))?;
-        f.sync_all().with_context(|| format!("fsync {out}"))?;
+        // A pipe or a device (`--out /dev/stdout`) has nothing to sync.
+        if f.metadata().is_ok_and(|m| m.is_file()) {
+            f.sync_all().with_context(|| format!("fsync {out}"))?;
+        }
         r
     };
     let verified = check_sha(&src.index, &sha)?;

@@ -10,7 +10,6 @@ use anyhow::Context;
 use godwit_disk::{BlockSource, Disk, Run, RunState};
 use godwit_transfer::replicate::{Progress, ReplicateOptions, replicate_disk};
 use godwit_transfer::target::Target;
-use std::io::IsTerminal;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -220,28 +219,11 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let target = Target::parse_many(&a.target, a.target_fingerprint.as_deref(), token)?;
     let changed = a.changed_ranges.as_ref().map(read_ranges).transpose()?;
     let chunk_size = u32::try_from(parse_size(&a.chunk_size)?).context("chunk size")?;
-    let json = a.json;
-    let tty = std::io::stderr().is_terminal();
+    let reporter = super::progress::Reporter::new("replicate", a.json);
+    super::progress::set_replicate(reporter.clone());
+    let vm = a.vm.clone();
     let progress: godwit_transfer::replicate::ProgressFn = Arc::new(move |p: &Progress| {
-        if json {
-            let mut v = serde_json::to_value(p).unwrap_or_default();
-            v["event"] = "progress".into();
-            println!("{v}");
-        } else if tty {
-            let pct = if p.disk_size > 0 {
-                p.bytes_done as f64 * 100.0 / p.disk_size as f64
-            } else {
-                100.0
-            };
-            eprint!(
-                "\r{pct:5.1}%  read {}  sent {}  skipped {}  {}/s  ETA {}s   ",
-                human(p.bytes_read),
-                human(p.bytes_sent),
-                human(p.bytes_skipped),
-                human(p.rate_bytes_per_sec),
-                p.eta_secs.map_or("?".into(), |e| e.to_string())
-            );
-        }
+        reporter.update(&format!("{vm} disk {}", p.disk), &figures(&vm, p), false)
     });
     let mut metadata = std::collections::BTreeMap::new();
     metadata.insert("source".to_string(), a.source.clone());
@@ -252,6 +234,7 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
         bandwidth_limit: a.bwlimit.as_deref().map(parse_size).transpose()?,
         metadata,
         progress: Some(progress),
+        measure_allocation: true,
         raw_sha256: a.raw_sha256,
         ..ReplicateOptions::default()
     };
@@ -323,21 +306,49 @@ pub fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
         &opts,
         &handle,
     )?;
-    if tty && !json {
-        eprintln!();
-    }
-    print_report(&report, json)?;
+    print_report(&report, a.json)?;
     drop(rt);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The figures of a replication's progress: allocated bytes read of those to read.
+fn figures(vm: &str, p: &Progress) -> super::progress::Figures {
+    let mut f = super::progress::Figures {
+        bytes_done: p.read_done,
+        bytes_total: p.read_total,
+        rate_bytes_per_sec: p.read_rate_bytes_per_sec,
+        eta_secs: p.eta_secs,
+        extra: serde_json::Map::new(),
+    };
+    for (k, v) in [
+        ("vm", serde_json::Value::from(vm)),
+        ("disk", p.disk.into()),
+        ("disk_size", p.disk_size.into()),
+        ("disk_bytes_done", p.bytes_done.into()),
+        ("bytes_sent", p.bytes_sent.into()),
+        ("bytes_skipped", p.bytes_skipped.into()),
+        ("attempt", p.attempt.into()),
+    ] {
+        f.extra.insert(k.into(), v);
+    }
+    f
 }
 
 pub(super) fn print_report(
     report: &godwit_transfer::replicate::ReplicateReport,
     json: bool,
 ) -> anyhow::Result<()> {
+    let last = super::progress::replicate().and_then(|r| r.finish());
     if json {
-        let mut v = serde_json::to_value(report)?;
-        v["event"] = "done".into();
+        let v = serde_json::to_value(report)?;
+        let v = match super::progress::replicate() {
+            Some(r) => r.done_json(v, last.as_ref()),
+            None => {
+                let mut v = v;
+                v["event"] = "done".into();
+                v
+            }
+        };
         println!("{v}");
     } else {
         println!(

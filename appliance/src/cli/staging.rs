@@ -146,10 +146,26 @@ async fn gc(a: &DataArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn verify(a: &DataArgs) -> anyhow::Result<ExitCode> {
+    use super::progress::{Figures, INTERVAL, Mode, Reporter};
+    use godwit_disk::progress::{Meter, ProgressFn, Snapshot, watch};
     let store = open(a).await?;
-    let r = store.verify().await?;
+    let reporter = Reporter::new("verify", a.json);
+    let meter = Arc::new(Meter::pending());
+    let w = (reporter.mode() != Mode::Quiet).then(|| {
+        let (r, label) = (reporter.clone(), format!("verify {}", store.describe()));
+        let f: ProgressFn =
+            Arc::new(move |s: &Snapshot| r.update(&label, &Figures::from(s), false));
+        watch(meter.clone(), INTERVAL, f)
+    });
+    let result = store.verify_with(Some(&meter)).await;
+    drop(w);
+    let last = reporter.finish();
+    let r = result?;
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        println!(
+            "{}",
+            reporter.done_json(serde_json::to_value(&r)?, last.as_ref())
+        );
     } else {
         println!(
             "verify: {} chunks ok, {} bad; {} syncs ok, {} bad",

@@ -3,7 +3,7 @@
 //! however many VMs and syncs name it), and the syncs in progress.
 
 use godwit_transfer::index::{SyncIndex, now_ms, utc_stamp};
-use godwit_transfer::store::Store;
+use godwit_transfer::store::{ChunkStore, Store};
 use std::process::ExitCode;
 
 fn mib(b: u64) -> String {
@@ -46,27 +46,47 @@ pub async fn list(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
+    let mut syncs = Table::new(&[
+        "VM",
+        "DISK",
+        "SYNC",
+        "PARENT",
+        "SIZE",
+        "CREATED (UTC)",
+        "SHA-256",
+    ]);
     for r in &rows {
-        println!(
-            "{}\t{}\t{}\t{}",
-            r["vm"].as_str().unwrap_or(""),
-            r["disk"],
-            r["sync"].as_str().unwrap_or(""),
-            r["disk_size"]
-        );
+        syncs.row(vec![
+            r["vm"].as_str().unwrap_or("").to_string(),
+            r["disk"].to_string(),
+            r["sync"].as_str().unwrap_or("").to_string(),
+            r["parent"].as_str().unwrap_or("-").to_string(),
+            r["disk_size"].as_u64().map_or("?".into(), mib),
+            r["created_ms"].as_u64().map_or("?".into(), utc_stamp),
+            r["raw_sha256"]
+                .as_str()
+                .map_or("-".into(), |h| format!("{}…", &h[..h.len().min(16)])),
+        ]);
+    }
+    if rows.is_empty() {
+        println!("no syncs kept in {}", store.describe());
+    } else {
+        syncs.print();
     }
     println!();
-    println!("VM\tDISKS\tSYNCS\tLOGICAL\tREFERENCED\tUNIQUE");
+    let mut vms = Table::new(&["VM", "DISKS", "SYNCS", "LOGICAL", "REFERENCED", "UNIQUE"]);
     for v in &usage.vms {
-        println!(
-            "{}\t{}\t{}\t{}\t{}\t{}",
-            v.vm,
-            v.disks,
-            v.syncs,
+        vms.row(vec![
+            v.vm.clone(),
+            v.disks.to_string(),
+            v.syncs.to_string(),
             mib(v.logical_bytes),
             mib(v.referenced_bytes),
-            mib(v.unique_bytes)
-        );
+            mib(v.unique_bytes),
+        ]);
+    }
+    if !usage.vms.is_empty() {
+        vms.print();
     }
     let ratio = if usage.stored_bytes > 0 {
         usage.logical_bytes_all_syncs as f64 / usage.stored_bytes as f64
@@ -95,4 +115,70 @@ pub async fn list(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A text table: a header, then rows, each column padded to its widest cell (two spaces
+/// between columns, the last column not padded).
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            rows: vec![header.iter().map(|h| (*h).to_string()).collect()],
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for r in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in r.iter().enumerate() {
+                line.push_str(cell);
+                if c + 1 < r.len() {
+                    let pad = widths[c].saturating_sub(cell.chars().count()) + 2;
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn print(&self) {
+        print!("{}", self.render());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns_under_the_header() {
+        let mut t = Table::new(&["VM", "DISK", "SIZE"]);
+        t.row(vec!["web-01".into(), "0".into(), "1.0 MiB".into()]);
+        t.row(vec!["db".into(), "12".into(), "-".into()]);
+        assert_eq!(
+            t.render(),
+            "VM      DISK  SIZE\nweb-01  0     1.0 MiB\ndb      12    -\n"
+        );
+    }
 }

@@ -75,6 +75,9 @@ pub struct VcsimOptions<'a> {
     pub folders: Option<u32>,
     /// vcsim's SessionIdleTimeout.
     pub session_idle_timeout: Option<Duration>,
+    /// vcsim's Model.Machine: VMs per standalone host and per cluster resource pool (the
+    /// default model has one of each, so 2N VMs).
+    pub vms_per_pool: Option<u32>,
 }
 
 impl Vcsim {
@@ -111,6 +114,9 @@ impl Vcsim {
         }
         if let Some(n) = o.folders {
             cmd.arg(format!("-folders={n}"));
+        }
+        if let Some(n) = o.vms_per_pool {
+            cmd.arg(format!("-vm={n}"));
         }
         if let Some(t) = o.session_idle_timeout {
             cmd.arg(format!("-session-idle-timeout={}ms", t.as_millis()));

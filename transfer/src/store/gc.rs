@@ -22,6 +22,7 @@ use crate::digest::ChunkDigest;
 use crate::error::{Error, Result};
 use crate::index::{SyncIndex, now_ms, utc_stamp};
 use bytes::Bytes;
+use godwit_disk::progress::Meter;
 use std::collections::{BTreeMap, HashSet};
 
 pub const FOSSILS: &str = "gc/fossils/";
@@ -284,6 +285,12 @@ impl Store {
     /// listed first, so a sync committed during the check cannot name a chunk stored after
     /// the chunk listing.
     pub async fn verify(&self) -> Result<VerifyReport> {
+        self.verify_with(None).await
+    }
+
+    /// [`Store::verify`], counting the stored bytes of the chunks checked on `meter` (its total
+    /// set from the chunk listing: the bytes the check reads).
+    pub async fn verify_with(&self, meter: Option<&Meter>) -> Result<VerifyReport> {
         let mut rep = VerifyReport::default();
         let mut indexes = Vec::new();
         for k in self.all_indexes().await? {
@@ -297,7 +304,14 @@ impl Store {
             }
         }
         let mut good: HashSet<ChunkDigest> = HashSet::new();
-        for m in self.backend.list("chunks/").await? {
+        let chunks = self.backend.list("chunks/").await?;
+        if let Some(meter) = meter {
+            meter.set_total(chunks.iter().map(|m| m.size).sum());
+        }
+        for m in chunks {
+            if let Some(meter) = meter {
+                meter.add(m.size);
+            }
             let what = format!("{}/{}", self.describe(), m.key);
             let Some(d) = digest_of_chunk_key(&m.key) else {
                 rep.chunks_bad.push(format!("{what}: not a chunk name"));

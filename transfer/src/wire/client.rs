@@ -30,6 +30,56 @@ pub fn reply_timeout() -> Duration {
     Duration::from_secs(secs)
 }
 
+/// With several addresses for one name, how long each may take to answer before the next is
+/// tried: a dead first address (no RST: a host down, a firewall dropping) must not use up the
+/// whole [`CONNECT_TIMEOUT`]. `GODWIT_CONNECT_ADDRESS_TIMEOUT_SECS` overrides it.
+fn per_address_timeout() -> Duration {
+    let secs = std::env::var("GODWIT_CONNECT_ADDRESS_TIMEOUT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    Duration::from_secs(secs)
+}
+
+/// TCP to `addr` (`host:port`): the name resolved (system resolver: /etc/hosts, DNS), then each
+/// address tried in the resolver's order, each with its own timeout when there are several.
+/// The error names every address tried and why it failed.
+async fn connect_tcp(addr: &str) -> Result<TcpStream> {
+    let addrs: Vec<std::net::SocketAddr> = timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(addr))
+        .await
+        .map_err(|_| Error::network(addr, "name resolution timed out"))?
+        .map_err(|e| Error::network(addr, format!("resolving the name: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::network(addr, "the name resolves to no address"));
+    }
+    let each = if addrs.len() > 1 {
+        per_address_timeout().min(CONNECT_TIMEOUT)
+    } else {
+        CONNECT_TIMEOUT
+    };
+    let mut failed = Vec::new();
+    for a in &addrs {
+        match timeout(each, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => {
+                if !failed.is_empty() {
+                    eprintln!(
+                        "godwit: {addr}: connected to {a} (tried first: {})",
+                        failed.join("; ")
+                    );
+                }
+                return Ok(s);
+            }
+            Ok(Err(e)) => failed.push(format!("{a}: {e}")),
+            Err(_) => failed.push(format!("{a}: timed out after {} s", each.as_secs())),
+        }
+    }
+    Err(Error::network(
+        addr,
+        format!("TCP connect: {}", failed.join("; ")),
+    ))
+}
+
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
 
 pub struct StagingClient {
@@ -56,10 +106,7 @@ impl StagingClient {
     /// address), check the certificate against the pinned fingerprints, present `token`.
     pub async fn connect(addr: &str, pins: &[Fingerprint], token: &str) -> Result<StagingClient> {
         let peer = addr.to_string();
-        let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| Error::network(&peer, "TCP connect timed out"))?
-            .map_err(|e| Error::network(&peer, format!("TCP connect: {e}")))?;
+        let tcp = connect_tcp(addr).await?;
         let _ = tcp.set_nodelay(true);
         let (cfg, verifier) = client_config(pins)?;
         let connector = tokio_rustls::TlsConnector::from(cfg);
