@@ -9,8 +9,6 @@ all: build
 
 build:
 	$(CARGO) build --workspace --bins
-	# The Hyper-V simulator the image end-to-end tests run as a process (a feature-gated bin).
-	$(CARGO) build -p godwit-hyperv --features sim --bins
 
 ## run: the service with a local staging server and ./var as its data directory.
 run:

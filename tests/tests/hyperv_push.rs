@@ -412,6 +412,10 @@ fn killed_connector_mid_push_reruns_asking_only_for_the_missing_ranges() {
     // kill -9 right after the first push was made durable.
     guard.0.kill().unwrap();
     guard.0.wait().unwrap();
+    // What the killed run left in its spool that is still good (journaled and its bytes intact):
+    // on a loaded machine the transfer may already have stored and released the first push
+    // before the kill lands, and then there is nothing to resume from the spool.
+    let held = held_spool_bytes(&spool);
     let killed = sim.checkpoints();
     assert_eq!(killed.len(), 1);
     let out = run_ok(&mut pushed_cmd(&sim, &srv, &tf, &state, "web-gen2"));
@@ -427,7 +431,13 @@ fn killed_connector_mid_push_reruns_asking_only_for_the_missing_ranges() {
     // spool is still good and only what is missing is asked for again.
     assert_eq!(cycle["resumed_checkpoint"], true, "{cycle}");
     assert!(cycle["swept"].as_array().unwrap().is_empty(), "{cycle}");
-    assert!(resumed > 0, "nothing resumed: {push}");
+    eprintln!("spool bytes still good after the kill: {held}");
+    assert_eq!(resumed, held, "resumed what the spool held: {push}");
+    if held == 0 {
+        eprintln!(
+            "the kill landed after the pushed range was stored and released: nothing to resume"
+        );
+    }
     assert_eq!(resumed % (4 * MIB), 0, "whole pushes resumed: {push}");
     assert_eq!(resumed + pushed, needed, "{push}");
     assert_eq!(push["missing_bytes"], 0, "{push}");
@@ -440,6 +450,35 @@ fn killed_connector_mid_push_reruns_asking_only_for_the_missing_ranges() {
         sha256_file(&f.web_ref)
     );
     let _ = godwit_bin();
+}
+
+/// Bytes of the spools under `spool` (`<checkpoint>/<key>.journal` + `.data`) whose journal
+/// record is whole and whose bytes still have the recorded SHA-256.
+fn held_spool_bytes(spool: &Path) -> u64 {
+    use godwit_hyperv::ingest::spool::parse_journal;
+    use std::os::unix::fs::FileExt;
+    let mut held = 0;
+    for cp in std::fs::read_dir(spool).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(cp.path()).into_iter().flatten().flatten() {
+            let j = e.path();
+            if j.extension().is_none_or(|x| x != "journal") {
+                continue;
+            }
+            let Ok(data) = std::fs::File::open(j.with_extension("data")) else {
+                continue;
+            };
+            let (records, _) = parse_journal(&std::fs::read(&j).unwrap());
+            for r in records {
+                let mut buf = vec![0u8; usize::try_from(r.len).unwrap()];
+                if data.read_exact_at(&mut buf, r.offset).is_ok()
+                    && Sha256::digest(&buf).as_slice() == r.sha256
+                {
+                    held += r.len;
+                }
+            }
+        }
+    }
+    held
 }
 
 #[test]
