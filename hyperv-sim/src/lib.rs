@@ -69,6 +69,8 @@ struct Shells {
     idle_deleted: usize,
     /// Commands refused for MaxConcurrentOperationsPerUser.
     quota_refusals: usize,
+    /// Shell Creates refused for MaxShellsPerUser.
+    shell_quota_refusals: usize,
     /// The next this many Commands are answered with this WSManFault code (a host hiccup a
     /// test injects while a cycle runs).
     fail_next: Option<(usize, u32)>,
@@ -156,6 +158,12 @@ impl RunningSim {
     pub fn shell_lives(&self) -> (usize, std::time::Duration) {
         let st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
         (st.shells_created, st.longest_shell)
+    }
+
+    /// Shell Creates the host refused for MaxShellsPerUser.
+    pub fn shell_quota_refusals(&self) -> usize {
+        let st = self.sim.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.shell_quota_refusals
     }
 
     /// Commands the host refused for MaxConcurrentOperationsPerUser.
@@ -500,6 +508,7 @@ async fn wsman_handler(
                 .max_shells_per_user
                 .unwrap_or(model::DEFAULT_MAX_SHELLS_PER_USER);
             if st.shells.len() >= max {
+                st.shell_quota_refusals += 1;
                 return fault_reply(
                     relates.clone(),
                     "w:QuotaLimit",

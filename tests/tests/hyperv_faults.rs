@@ -100,8 +100,9 @@ fn idle_shells_are_deleted_by_the_host_and_cycles_open_new_ones() {
             "push={push}: {:.1} s with IdleTimeout {idle_ms} ms: the host deleted {deleted} idle shell(s), the cycle went on",
             took.as_secs_f64()
         );
+        // A shell idled out, so the cycle lasted at least the idle time.
         assert!(
-            took > Duration::from_millis(2 * idle_ms),
+            took > Duration::from_millis(idle_ms),
             "the transfer was not slower than the idle time"
         );
         assert!(deleted >= 1, "no shell went idle long enough (push={push})");
@@ -118,12 +119,12 @@ fn idle_shells_are_deleted_by_the_host_and_cycles_open_new_ones() {
 fn a_used_up_shell_quota_is_waited_out() {
     let work = tempfile::tempdir().unwrap();
     let f = fixture(&work.path().join("host"));
-    // MaxShellsPerUser 2, and another client holds one shell for 3 s: the cycle's second shell
-    // is refused with wsman:QuotaLimit until that one is closed.
+    // MaxShellsPerUser 1, and another client holds one shell for 3 s: the cycle's shell (one
+    // per phase) is refused with wsman:QuotaLimit until that one is closed.
     let sim = start_sim_json(
         &f.dir,
         &format!(
-            r#"{{"vms":[{}],"faults":{{"max_shells_per_user":2}}}}"#,
+            r#"{{"vms":[{}],"faults":{{"max_shells_per_user":1}}}}"#,
             web_vm()
         ),
     );
@@ -169,7 +170,7 @@ p.close_shell(s)
     let took = t0.elapsed();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     eprintln!("a cycle that met MaxShellsPerUser waited and finished in {took:?}");
-    assert!(took >= Duration::from_secs(1), "the quota was never met");
+    assert!(sim.shell_quota_refusals() >= 1, "the quota was never met");
     assert!(holder.0.wait().unwrap().success());
     assert!(sim.checkpoints().is_empty());
     assert_eq!(sim.open_shells(), 0);
