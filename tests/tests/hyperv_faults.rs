@@ -14,9 +14,10 @@
 mod util;
 
 use godwit_hyperv_sim::model::SimModel;
-use godwit_hyperv_sim::{SimConfig, start};
+use godwit_hyperv_sim::{RunningSim, SimConfig, start};
 use godwit_tests::hyperv::*;
 use godwit_tests::peers::sha256_file;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use util::{Server, token_file};
@@ -130,36 +131,7 @@ fn a_used_up_shell_quota_is_waited_out() {
     );
     let ca = work.path().join("sim.pem");
     std::fs::write(&ca, &sim.cert_pem).unwrap();
-    let holder = Command::new("python3")
-        .args([
-            "-c",
-            r#"
-import os, sys, time
-from winrm.protocol import Protocol
-p = Protocol(endpoint=sys.argv[1], transport="ntlm", username="Administrator",
-             password=os.environ["GODWIT_SIM_PASSWORD"], server_cert_validation="validate",
-             ca_trust_path=sys.argv[2])
-s = p.open_shell()
-print("holding", flush=True)
-time.sleep(3)
-p.close_shell(s)
-"#,
-        ])
-        .arg(format!("https://127.0.0.1:{}/wsman", sim.addr.port()))
-        .arg(&ca)
-        .env("GODWIT_SIM_PASSWORD", PASSWORD)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut holder = util::Guard(holder);
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(holder.0.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "holding");
-    }
+    let mut holder = hold_for_3s(&sim, &ca, false);
     let srv = Server::start(&work.path().join("staging"), "127.0.0.1:0", &[]);
     let tf = token_file(work.path(), &srv.token);
     let state = work.path().join("state");
@@ -192,38 +164,7 @@ fn a_used_up_operations_quota_is_waited_out() {
     );
     let ca = work.path().join("sim.pem");
     std::fs::write(&ca, &sim.cert_pem).unwrap();
-    let holder = Command::new("python3")
-        .args([
-            "-c",
-            r#"
-import os, sys, time
-from winrm.protocol import Protocol
-p = Protocol(endpoint=sys.argv[1], transport="ntlm", username="Administrator",
-             password=os.environ["GODWIT_SIM_PASSWORD"], server_cert_validation="validate",
-             ca_trust_path=sys.argv[2])
-s = p.open_shell()
-c = p.run_command(s, "echo held")
-print("holding", flush=True)
-time.sleep(3)
-p.cleanup_command(s, c)
-p.close_shell(s)
-"#,
-        ])
-        .arg(format!("https://127.0.0.1:{}/wsman", sim.addr.port()))
-        .arg(&ca)
-        .env("GODWIT_SIM_PASSWORD", PASSWORD)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut holder = util::Guard(holder);
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(holder.0.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "holding");
-    }
+    let mut holder = hold_for_3s(&sim, &ca, true);
     let srv = Server::start(&work.path().join("staging"), "127.0.0.1:0", &[]);
     let tf = token_file(work.path(), &srv.token);
     let state = work.path().join("state");
@@ -312,4 +253,40 @@ fn a_domain_account_refused_over_basic_passes_with_ntlm() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v.to_string().contains("web-gen2"), "{v}");
     assert_eq!(sim.open_shells(), 0);
+}
+
+/// Another WinRM client (pywinrm) that opens one shell, and with `command` also runs a command
+/// in it, holds them for 3 s and closes them; returned once it holds them.
+fn hold_for_3s(sim: &RunningSim, ca: &Path, command: bool) -> util::Guard {
+    const SCRIPT: &str = r#"
+import os, sys, time
+from winrm.protocol import Protocol
+p = Protocol(endpoint=sys.argv[1], transport="ntlm", username="Administrator",
+             password=os.environ["GODWIT_SIM_PASSWORD"], server_cert_validation="validate",
+             ca_trust_path=sys.argv[2])
+s = p.open_shell()
+c = p.run_command(s, "echo held") if sys.argv[3] == "1" else None
+print("holding", flush=True)
+time.sleep(3)
+if c is not None:
+    p.cleanup_command(s, c)
+p.close_shell(s)
+"#;
+    let child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(format!("https://127.0.0.1:{}/wsman", sim.addr.port()))
+        .arg(ca)
+        .arg(if command { "1" } else { "0" })
+        .env("GODWIT_SIM_PASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut holder = util::Guard(child);
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(holder.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "holding");
+    holder
 }
