@@ -7,6 +7,9 @@
 //! the tests and the `godwit-hypervsim` binary use it.
 
 pub mod cmdlets;
+#[rustfmt::skip]
+pub mod cmdlet_sets;
+pub mod binding;
 pub mod disks;
 pub mod model;
 pub mod ntlm_server;

@@ -4,14 +4,11 @@
 //! [`windows_powershell_5_1_findings`] lists what Windows PowerShell 5.1 cannot parse or run
 //! (a parse error, PowerShell-7-only syntax).
 //!
-//! Parameter binding follows about_Parameters / about_CommonParameters
-//! (<https://learn.microsoft.com/en-us/powershell/module/microsoft.powershell.core/about/about_parameters?view=powershell-5.1>):
-//! a named parameter matches a parameter name or alias, case-insensitively, or an unambiguous
-//! prefix of one; anything else fails binding with "A parameter cannot be found that matches
-//! parameter name 'X'." (NamedParameterNotFound), an ambiguous prefix with "Parameter cannot be
-//! processed because the parameter name 'X' is ambiguous." (AmbiguousParameter).
+//! Parameter binding (names, parameter sets, positions, switches, mandatory parameters) is
+//! [`crate::binding`].
 
-use crate::cmdlets::{self, Cmdlet};
+use crate::binding::{self, Element};
+use crate::cmdlets;
 use tree_sitter::{Node, Parser, Tree};
 
 /// `text` parsed with the PowerShell grammar.
@@ -48,13 +45,62 @@ fn all_nodes(tree: &Tree) -> Vec<Node<'_>> {
     v
 }
 
-/// One cmdlet call as written: its name and the named parameters given (without the `-`
-/// and a trailing `:`).
+/// One cmdlet call as written: its name, its elements and whether it follows a `|`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
     pub name: String,
-    pub parameters: Vec<String>,
+    pub elements: Vec<Element>,
+    /// A later command of a pipeline: it receives pipeline input.
+    pub piped: bool,
     pub line: usize,
+}
+
+/// The elements of a command (after its name) as binding sees them. In this grammar
+/// `-Name:value` is a `command_parameter`, a `command_argument_sep` holding the `:`, then the
+/// value; a script block argument is an expression whose text starts with `{`; `--` ends the
+/// parameters (what follows is positional).
+fn elements_of(list: &Node<'_>, src: &str) -> Vec<Element> {
+    let mut out = Vec::new();
+    let mut only_arguments = false;
+    let mut c = list.walk();
+    for e in list.children(&mut c) {
+        let text = text_of(&e, src);
+        match e.kind() {
+            "command_parameter" if !only_arguments => {
+                let p = text.strip_prefix('-').unwrap_or(text);
+                if p == "-" {
+                    only_arguments = true;
+                    continue;
+                }
+                out.push(Element::Parameter {
+                    name: p.trim_end_matches(':').to_string(),
+                    colon: p.ends_with(':'),
+                });
+            }
+            "command_argument_sep" => {
+                if text.contains(':')
+                    && let Some(Element::Parameter { colon, .. }) = out.last_mut()
+                {
+                    *colon = true;
+                }
+            }
+            "comment" => {}
+            k if k.contains("redirection") => {}
+            _ if text.trim().is_empty() => {}
+            _ if text.starts_with('@')
+                && !["@(", "@{", "@'", "@\""]
+                    .iter()
+                    .any(|o| text.starts_with(o)) =>
+            {
+                out.push(Element::Splat);
+            }
+            _ => out.push(Element::Argument {
+                text: text.to_string(),
+                script_block: text.trim_start().starts_with('{'),
+            }),
+        }
+    }
+    out
 }
 
 /// The calls in `tree`, and the names of the functions the script defines.
@@ -73,20 +119,15 @@ pub fn calls(tree: &Tree, src: &str) -> (Vec<Call>, Vec<String>) {
                 let Some(name) = n.child_by_field_name("command_name") else {
                     continue; // `& $x`, `. (...)`: nothing named to bind
                 };
-                let mut parameters = Vec::new();
-                if let Some(elements) = n.child_by_field_name("command_elements") {
-                    let mut c = elements.walk();
-                    for e in elements.children(&mut c) {
-                        if e.kind() == "command_parameter" {
-                            let p = text_of(&e, src);
-                            let p = p.strip_prefix('-').unwrap_or(p);
-                            parameters.push(p.trim_end_matches(':').to_string());
-                        }
-                    }
-                }
+                let elements = n
+                    .child_by_field_name("command_elements")
+                    .map(|list| elements_of(&list, src))
+                    .unwrap_or_default();
+                let piped = n.prev_sibling().is_some_and(|p| p.kind() == "|");
                 calls.push(Call {
                     name: text_of(&name, src).to_string(),
-                    parameters,
+                    elements,
+                    piped,
                     line: line_of(&n),
                 });
             }
@@ -96,47 +137,7 @@ pub fn calls(tree: &Tree, src: &str) -> (Vec<Call>, Vec<String>) {
     (calls, functions)
 }
 
-/// Bind `given` (as written, without `-`) to one of `cmdlet`'s parameters, as PowerShell does:
-/// the name or an alias exactly, else the only parameter or alias it is a prefix of.
-pub fn bind<'c>(cmdlet: &'c Cmdlet, given: &str) -> Result<&'c str, String> {
-    let all = cmdlet.all_parameters();
-    if let Some((name, _)) = all.iter().find(|(name, aliases)| {
-        name.eq_ignore_ascii_case(given) || aliases.iter().any(|a| a.eq_ignore_ascii_case(given))
-    }) {
-        return Ok(name);
-    }
-    let lower = given.to_ascii_lowercase();
-    let mut matches: Vec<&str> = all
-        .iter()
-        .filter(|(name, aliases)| {
-            name.to_ascii_lowercase().starts_with(&lower)
-                || aliases
-                    .iter()
-                    .any(|a| a.to_ascii_lowercase().starts_with(&lower))
-        })
-        .map(|(name, _)| *name)
-        .collect();
-    matches.dedup();
-    match matches.as_slice() {
-        [one] if !given.is_empty() => Ok(one),
-        [] | [_] => Err(format!(
-            "{} : A parameter cannot be found that matches parameter name '{given}'.\r\n    + CategoryInfo          : InvalidArgument: (:) [{}], ParameterBindingException\r\n    + FullyQualifiedErrorId : NamedParameterNotFound,{}",
-            cmdlet.name, cmdlet.name, cmdlet.name
-        )),
-        many => Err(format!(
-            "{} : Parameter cannot be processed because the parameter name '{given}' is ambiguous. Possible matches include: {}.\r\n    + CategoryInfo          : InvalidArgument: (:) [{}], ParameterBindingException\r\n    + FullyQualifiedErrorId : AmbiguousParameter,{}",
-            cmdlet.name,
-            many.iter()
-                .map(|m| format!("-{m}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-            cmdlet.name,
-            cmdlet.name
-        )),
-    }
-}
-
-/// Every cmdlet call in `script` against its documented parameters: the first call that
+/// Every cmdlet call in `script` bound against its documented parameter sets: the first call that
 /// Windows PowerShell would refuse to bind, as PowerShell words it. A `Verb-Noun` command
 /// that is neither a known cmdlet nor a function of the script is refused too (the simulator
 /// cannot vouch for a cmdlet it has no parameter table for).
@@ -149,9 +150,7 @@ pub fn check_cmdlet_calls(script: &str) -> Result<(), String> {
         }
         match cmdlets::find(&call.name) {
             Some(c) => {
-                for p in &call.parameters {
-                    bind(c, p)?;
-                }
+                binding::bind_call(c, &call.elements, call.piped)?;
             }
             None if looks_like_cmdlet(&call.name) => {
                 return Err(format!(
@@ -231,16 +230,14 @@ pub fn windows_powershell_5_1_findings(script: &str) -> Vec<String> {
         if functions.iter().any(|f| f.eq_ignore_ascii_case(&call.name)) {
             continue;
         }
-        if let Some(c) = cmdlets::find(&call.name) {
-            for p in &call.parameters {
-                if let Err(e) = bind(c, p) {
-                    found.push(format!(
-                        "line {}: {}",
-                        call.line,
-                        e.lines().next().unwrap_or("")
-                    ));
-                }
-            }
+        if let Some(c) = cmdlets::find(&call.name)
+            && let Err(e) = binding::bind_call(c, &call.elements, call.piped)
+        {
+            found.push(format!(
+                "line {}: {}",
+                call.line,
+                e.lines().next().unwrap_or("")
+            ));
         }
     }
     found
@@ -340,5 +337,68 @@ mod tests {
             assert!(!f.is_empty(), "not found: {bad:?}");
             assert!(f.iter().any(|x| x.contains(what)), "{bad:?}: {f:?}");
         }
+    }
+}
+#[cfg(test)]
+mod elements {
+    use super::*;
+
+    fn elements(src: &str) -> Vec<(Vec<Element>, bool)> {
+        let t = parse(src).unwrap();
+        calls(&t, src)
+            .0
+            .into_iter()
+            .map(|c| (c.elements, c.piped))
+            .collect()
+    }
+
+    #[test]
+    fn colons_script_blocks_pipes_and_double_dash_are_read_as_powershell_reads_them() {
+        let e = elements("Remove-VMSnapshot -VMSnapshot $s -Confirm:$false 2>&1 | Out-Null");
+        assert_eq!(
+            e[0].0,
+            vec![
+                Element::Parameter {
+                    name: "VMSnapshot".into(),
+                    colon: false
+                },
+                Element::Argument {
+                    text: "$s".into(),
+                    script_block: false
+                },
+                Element::Parameter {
+                    name: "Confirm".into(),
+                    colon: true
+                },
+                Element::Argument {
+                    text: "$false".into(),
+                    script_block: false
+                },
+            ]
+        );
+        assert_eq!((e[0].1, e[1].1), (false, true));
+        let e = elements("$a = @(Get-VM | % { 1 })");
+        assert!(
+            matches!(
+                &e[1].0[..],
+                [Element::Argument {
+                    script_block: true,
+                    ..
+                }]
+            ),
+            "{e:?}"
+        );
+        assert!(e[1].1);
+        let e = elements("Write-Output -- -b @x");
+        assert_eq!(
+            e[0].0,
+            vec![
+                Element::Argument {
+                    text: "-b".into(),
+                    script_block: false
+                },
+                Element::Splat,
+            ]
+        );
     }
 }
