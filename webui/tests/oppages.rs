@@ -409,3 +409,61 @@ async fn transfer_settings_and_source_credentials() {
     assert_eq!(s["sources"][0]["username"], "other@vsphere.local");
     assert!(!c.get("/settings").await.body.contains("new-secret-1"));
 }
+
+/// The limit in force: the business-hours one Monday to Friday in its hours (the lower of the
+/// two), the all-day one otherwise; Mbit/s to bytes/s.
+#[test]
+fn bandwidth_limit_follows_business_hours() {
+    use godwit_webui::backend::TransferSettings;
+    let t = TransferSettings {
+        bandwidth_limit_mbps: Some(800),
+        business_hours_limit_mbps: Some(100),
+        business_hours_start: 8,
+        business_hours_end: 18,
+        max_concurrent_jobs: 2,
+    };
+    // 2026-12-07T00:00:00Z, a Monday.
+    let monday = 1_796_601_600;
+    assert_eq!(
+        t.limit_bytes_per_sec_at(monday + 9 * 3600 + 1800),
+        Some(12_500_000)
+    );
+    assert_eq!(
+        t.limit_bytes_per_sec_at(monday + 20 * 3600),
+        Some(100_000_000)
+    );
+    // Saturday 09:00.
+    assert_eq!(
+        t.limit_bytes_per_sec_at(monday - 2 * 86_400 + 9 * 3600),
+        Some(100_000_000)
+    );
+    assert_eq!(
+        t.limit_bytes_per_sec_at(monday + 18 * 3600),
+        Some(100_000_000)
+    );
+    let none = TransferSettings {
+        bandwidth_limit_mbps: None,
+        business_hours_limit_mbps: None,
+        ..t.clone()
+    };
+    assert_eq!(none.limit_bytes_per_sec_at(monday + 10 * 3600), None);
+    let only_day = TransferSettings {
+        bandwidth_limit_mbps: None,
+        ..t
+    };
+    assert_eq!(
+        only_day.limit_bytes_per_sec_at(monday + 10 * 3600),
+        Some(12_500_000)
+    );
+    assert_eq!(only_day.limit_bytes_per_sec_at(monday + 22 * 3600), None);
+}
+
+#[test]
+fn source_names_are_the_host_of_the_address() {
+    use godwit_webui::backend::source_name;
+    assert_eq!(source_name("vcenter.example"), "vcenter.example");
+    assert_eq!(source_name("vcenter.example:443"), "vcenter.example");
+    assert_eq!(source_name("10.0.0.5:5986"), "10.0.0.5");
+    assert_eq!(source_name("[2001:db8::1]:443"), "2001:db8::1");
+    assert_eq!(source_name("2001:db8::1"), "2001:db8::1");
+}
