@@ -42,6 +42,9 @@ pub struct ExportRun<'a> {
     pub id: &'a str,
     pub store: &'a Store,
     pub cancelled: &'a dyn Fn() -> bool,
+    /// Counts the content bytes read (issue 18: the page's progress); its total is set to the
+    /// replica's allocated data once the index is loaded.
+    pub meter: Option<Arc<godwit_disk::progress::Meter>>,
 }
 
 /// An S3 export's upload state, kept in the store under the export's id.
@@ -105,7 +108,11 @@ pub fn run(
     let index = handle
         .block_on(load_index(&*store, vm, disk, None))
         .map_err(|e| e.to_string())?;
-    let src = IndexSource::new(index, store, handle.clone());
+    let mut src = IndexSource::new(index, store, handle.clone());
+    if let Some(m) = &ctl.meter {
+        m.set_total(src.data_bytes());
+        src = src.with_meter(m.clone());
+    }
     let (written, content, file, parts) = if let Some(rest) = dest.strip_prefix("s3://") {
         let (bucket, key) = s3_export::bucket_key(rest).map_err(|e| e.to_string())?;
         let s3 = s3_client(staging, bucket)?;
@@ -336,6 +343,9 @@ impl Appliance {
         let flags = self.export_flags.clone();
         let flag = Arc::new(AtomicBool::new(false));
         lock(&flags).insert(view.id.clone(), flag.clone());
+        let meters = self.export_meters.clone();
+        let meter = Arc::new(godwit_disk::progress::Meter::pending());
+        lock(&meters).insert(view.id.clone(), meter.clone());
         let mut done = view;
         tokio::spawn(async move {
             let (h2, s2, st2, f2) = (handle.clone(), store.clone(), staging.clone(), flag.clone());
@@ -348,6 +358,7 @@ impl Appliance {
                     id: &id,
                     store: &s2,
                     cancelled: &cancelled,
+                    meter: Some(meter.clone()),
                 };
                 let r = run(&st2, &vm, disk, format, &dest, file, &h2, &ctl);
                 if r.is_err() {
@@ -365,6 +376,14 @@ impl Appliance {
             })
             .await
             .unwrap_or_else(|e| Err(format!("export task failed: {e}")));
+            let last = lock(&meters).remove(&done.id).map(|m| m.snapshot());
+            if let Some(p) = last {
+                done.bytes_done = p.bytes_done;
+                done.bytes_total = p.bytes_total;
+                done.throughput_bps = p.rate_bytes_per_sec;
+            }
+            done.eta_seconds = None;
+            done.finished_at = Some(crate::time::rfc3339(crate::time::now()));
             match r {
                 Ok(rep) => {
                     done.state = "done".into();

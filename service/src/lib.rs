@@ -80,6 +80,8 @@ pub struct Appliance {
     net_apply: Arc<tokio::sync::Mutex<()>>,
     /// Running exports' cancel flags, by export id.
     export_flags: Arc<std::sync::Mutex<HashMap<String, Arc<AtomicBool>>>>,
+    /// Running exports' progress, by export id (issue 18).
+    export_meters: Arc<std::sync::Mutex<HashMap<String, Arc<godwit_disk::progress::Meter>>>>,
     /// The listener's certificate, once `godwit serve` attached it.
     https: std::sync::Mutex<Option<https_identity::HttpsIdentity>>,
     /// The Hyper-V host-push ingest on the same listener, once attached.
@@ -148,6 +150,7 @@ impl Appliance {
             handle,
             net_apply: Arc::default(),
             export_flags: Arc::default(),
+            export_meters: Arc::default(),
             https: std::sync::Mutex::new(None),
             ingest: std::sync::OnceLock::new(),
             hashes: auth::HashPool::default(),
@@ -297,6 +300,15 @@ impl Appliance {
             last_error: j.last_error.clone(),
             next_run: j.next_run.map(time::rfc3339),
             last_sync: j.last_sync.map(time::rfc3339),
+            source_name: self
+                .store
+                .settings()
+                .ok()
+                .and_then(|s| {
+                    s.source(&j.source_id)
+                        .map(|x| godwit_webui::backend::source_name(&x.address))
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -312,7 +324,7 @@ impl Appliance {
                     ..
                 }) => StagingView::Server {
                     address: address.clone(),
-                    fingerprint: fingerprint.clone(),
+                    fingerprint: godwit_webui::validate::Fingerprint::display(fingerprint),
                 },
                 Some(StagingRecord::S3 {
                     endpoint,
@@ -619,7 +631,18 @@ impl Backend for Appliance {
     }
 
     async fn exports(&self) -> Vec<ExportView> {
-        self.store.exports().unwrap_or_default()
+        let mut all = self.store.exports().unwrap_or_default();
+        // Running ones: their progress now (issue 18).
+        let meters = lock(&self.export_meters);
+        for e in all.iter_mut().filter(|e| e.state == "running") {
+            if let Some(p) = meters.get(&e.id).map(|m| m.snapshot()) {
+                e.bytes_done = p.bytes_done;
+                e.bytes_total = p.bytes_total;
+                e.throughput_bps = p.rate_bytes_per_sec;
+                e.eta_seconds = p.eta_secs;
+            }
+        }
+        all
     }
 
     async fn cancel_export(&self, id: String) -> CommandResult<()> {
@@ -644,5 +667,29 @@ impl Backend for Appliance {
 
     async fn metrics(&self) -> String {
         self.metrics_text()
+    }
+
+    // Operator pages (issue 18).
+    async fn last_checks(&self) -> Option<ChecksReport> {
+        self.store.settings().ok().and_then(|s| s.last_checks)
+    }
+
+    async fn transfer_settings(&self) -> TransferSettings {
+        self.transfer_view().unwrap_or_default()
+    }
+
+    async fn set_transfer_settings(
+        &self,
+        cmd: TransferSettings,
+    ) -> CommandResult<TransferSettings> {
+        self.put_transfer(cmd)
+    }
+
+    async fn set_source_credentials(
+        &self,
+        id: String,
+        cmd: SetSourceCredentials,
+    ) -> CommandResult<SourceView> {
+        self.put_credentials(id, cmd).await
     }
 }

@@ -174,6 +174,16 @@ pub(crate) fn hyperv_error(e: godwit_hyperv::Error) -> CommandError {
 
 /// Every VM of one source, as the dashboard shows it. Blocking.
 pub fn inventory(src: &SourceRecord) -> Result<Vec<VmView>, CommandError> {
+    let name = godwit_webui::backend::source_name(&src.address);
+    inventory_of(src).map(|mut vms| {
+        for v in &mut vms {
+            v.source_name.clone_from(&name);
+        }
+        vms
+    })
+}
+
+fn inventory_of(src: &SourceRecord) -> Result<Vec<VmView>, CommandError> {
     match src.kind {
         SourceKind::Vsphere => {
             let s = vsphere_session(src).map_err(|e| CommandError::Remote {
@@ -196,7 +206,15 @@ pub fn inventory(src: &SourceRecord) -> Result<Vec<VmView>, CommandError> {
             let (source, creds) = hyperv_source(src);
             let inv = godwit_hyperv::inventory(&source, &creds, Some(hyperv_pin(src)?))
                 .map_err(hyperv_error)?;
-            Ok(inv.vms.iter().map(|vm| hyperv_vm(&src.id, vm)).collect())
+            Ok(inv
+                .vms
+                .iter()
+                .map(|vm| VmView {
+                    // The tree's host: the Hyper-V host the inventory came from.
+                    host: Some(inv.host.clone()),
+                    ..hyperv_vm(&src.id, vm)
+                })
+                .collect())
         }
         SourceKind::Scvmm => super::scvmm::inventory(src),
     }
@@ -235,7 +253,9 @@ fn vsphere_vm(source_id: &str, vm: &godwit_vmware::inventory::Vm) -> VmView {
             .collect(),
         eligible: el.eligible,
         reasons,
-        host: None,
+        host: vm.host_name.clone(),
+        source_name: String::new(),
+        folder: vm.folder.clone(),
     }
 }
 
@@ -269,6 +289,8 @@ pub(crate) fn hyperv_vm(source_id: &str, vm: &godwit_hyperv::inventory::Vm) -> V
         eligible: vm.eligible,
         reasons,
         host: None,
+        source_name: String::new(),
+        folder: None,
     }
 }
 

@@ -83,16 +83,17 @@ impl SourceRecord {
             kind: self.kind,
             address: self.address.clone(),
             username: self.username.clone(),
-            fingerprint: self.fingerprint.clone(),
+            fingerprint: godwit_webui::validate::Fingerprint::display(&self.fingerprint),
             host_port: self.host_port,
             host_pins: self
                 .host_pins
                 .iter()
                 .map(|p| godwit_webui::backend::HostPinView {
                     host: p.host.clone(),
-                    fingerprint: p.fingerprint.clone(),
+                    fingerprint: godwit_webui::validate::Fingerprint::display(&p.fingerprint),
                 })
                 .collect(),
+            name: godwit_webui::backend::source_name(&self.address),
         }
     }
 }
@@ -123,6 +124,13 @@ pub struct Settings {
     /// The spool limit of Hyper-V host pushes, MiB (`None`: 256 MiB).
     #[serde(default)]
     pub ingest_spool_limit_mib: Option<u64>,
+    // Operator pages (issue 18).
+    /// Bandwidth limits (the concurrency is `max_concurrent_jobs`).
+    #[serde(default)]
+    pub transfer: Option<godwit_webui::backend::TransferSettings>,
+    /// The last checks run, shown again on every visit.
+    #[serde(default)]
+    pub last_checks: Option<godwit_webui::backend::ChecksReport>,
 }
 
 impl Settings {

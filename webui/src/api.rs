@@ -90,6 +90,62 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .get("/api/v1/logs", logs::<B>)
         .get("/api/v1/support-bundle", support_bundle::<B>)
         .get("/metrics", metrics::<B>)
+        .merge(operator_routes::<B>())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator pages (issue 18): bulk jobs, last checks, transfer settings, source credentials.
+// ---------------------------------------------------------------------------------------------
+
+fn operator_routes<B: Backend>() -> Routes<AppState<B>> {
+    Routes::new()
+        .post("/api/v1/jobs/bulk", create_jobs::<B>)
+        .get("/api/v1/checks", last_checks::<B>)
+        .get("/api/v1/settings/transfer", transfer_settings::<B>)
+        .put("/api/v1/settings/transfer", set_transfer_settings::<B>)
+        .put(
+            "/api/v1/sources/{id}/credentials",
+            set_source_credentials::<B>,
+        )
+}
+
+/// One job per VM with one schedule: 200 with every VM's outcome (created or refused, with the
+/// reason); 422 only when the list itself is refused.
+async fn create_jobs<B: Backend>(
+    State(st): St<B>,
+    JsonBody(cmd): JsonBody<crate::backend::CreateJobs>,
+) -> ApiResult<Json<Vec<crate::backend::BulkJobResult>>> {
+    Ok(Json(st.backend.create_jobs(cmd).await?))
+}
+
+/// The last checks run and when (404 before any ran).
+async fn last_checks<B: Backend>(
+    State(st): St<B>,
+) -> ApiResult<Json<crate::backend::ChecksReport>> {
+    st.backend.last_checks().await.map(Json).ok_or_else(|| {
+        ApiError(CommandError::NotFound {
+            message: "no checks have run yet: POST /api/v1/checks".into(),
+        })
+    })
+}
+
+async fn transfer_settings<B: Backend>(State(st): St<B>) -> Json<crate::backend::TransferSettings> {
+    Json(st.backend.transfer_settings().await)
+}
+
+async fn set_transfer_settings<B: Backend>(
+    State(st): St<B>,
+    JsonBody(cmd): JsonBody<crate::backend::TransferSettings>,
+) -> ApiResult<Json<crate::backend::TransferSettings>> {
+    Ok(Json(st.backend.set_transfer_settings(cmd).await?))
+}
+
+async fn set_source_credentials<B: Backend>(
+    State(st): St<B>,
+    Path(id): Path<String>,
+    JsonBody(cmd): JsonBody<crate::backend::SetSourceCredentials>,
+) -> ApiResult<Json<SourceView>> {
+    Ok(Json(st.backend.set_source_credentials(id, cmd).await?))
 }
 
 /// Every error answer under `/api/` and `/metrics` is JSON in the documented shape (`{"kind",

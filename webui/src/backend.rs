@@ -283,6 +283,10 @@ pub struct SourceView {
     /// SCVMM only: the hosts whose certificate the operator approved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_pins: Vec<HostPinView>,
+    /// What the operator knows the source by: its vCenter / Hyper-V host / VMM name (the host
+    /// part of `address`), shown instead of `id` (issue 18).
+    #[serde(default)]
+    pub name: String,
 }
 
 /// A Hyper-V host of an SCVMM source and the certificate fingerprint approved for it.
@@ -446,6 +450,12 @@ pub struct VmView {
     /// SCVMM sources: the Hyper-V host that runs the VM (`name (address)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The source's name ([`SourceView::name`]), shown instead of `source_id`.
+    #[serde(default)]
+    pub source_name: String,
+    /// vSphere: the VM's inventory folder path (`DC0/vm/Finance`), for the inventory tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -500,6 +510,9 @@ pub struct JobView {
     /// RFC 3339
     pub next_run: Option<String>,
     pub last_sync: Option<String>,
+    /// The source's name ([`SourceView::name`]), shown instead of `source_id`.
+    #[serde(default)]
+    pub source_name: String,
 }
 
 /// One entry of a job's timeline (history).
@@ -572,6 +585,26 @@ pub struct ExportView {
     /// A finished local export: `GET /api/v1/exports/{id}/download` serves its file.
     #[serde(default)]
     pub downloadable: bool,
+    /// The VM whose disk this is (the job's VM).
+    #[serde(default)]
+    pub vm: String,
+    /// Bytes of the disk's content read so far, and in all (allocated data, so a sparse disk is
+    /// not over-estimated); both 0 until known.
+    #[serde(default)]
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub bytes_total: u64,
+    /// Bytes per second since the export started (0 when unknown).
+    #[serde(default)]
+    pub throughput_bps: u64,
+    /// Seconds left at the current rate (`null` when unknown or finished).
+    #[serde(default)]
+    pub eta_seconds: Option<u64>,
+    /// RFC 3339: when it started, and when it ended (done, failed or cancelled).
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
 }
 
 /// A finished local export's file, opened for a download.
@@ -584,6 +617,220 @@ pub struct ExportFile {
     pub file_name: String,
     /// Hex SHA-256 of the file's bytes, as recorded when it was written.
     pub sha256: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator pages (issue 18): source names, bulk job creation, persisted check results, transfer
+// settings, editing a source's credentials.
+// ---------------------------------------------------------------------------------------------
+
+/// What the operator knows a source by: the host part of its `host[:port]` address (the
+/// vCenter's, Hyper-V host's or VMM server's name), shown instead of its id.
+pub fn source_name(address: &str) -> String {
+    let a = address.trim();
+    if let Some(rest) = a.strip_prefix('[') {
+        // `[v6]:port`
+        return rest.split(']').next().unwrap_or(rest).to_string();
+    }
+    match a.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host.into(),
+        _ => a.to_string(),
+    }
+}
+
+/// One VM of a bulk job creation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmRef {
+    pub source_id: String,
+    pub vm: String,
+}
+
+/// Create one job per VM, all with the same schedule; each VM's outcome is reported.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateJobs {
+    pub vms: Vec<VmRef>,
+    pub schedule: Schedule,
+}
+
+/// Most VMs one bulk creation may name.
+pub const MAX_BULK_VMS: usize = 1000;
+
+impl CreateJobs {
+    /// The shared rule: at least one VM, at most [`MAX_BULK_VMS`], each named once.
+    pub fn check(&self) -> CommandResult<()> {
+        if self.vms.is_empty() {
+            return Err(CommandError::field("vms", "select at least one VM"));
+        }
+        if self.vms.len() > MAX_BULK_VMS {
+            return Err(CommandError::field(
+                "vms",
+                format!(
+                    "{} VMs selected; at most {MAX_BULK_VMS} at once",
+                    self.vms.len()
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for v in &self.vms {
+            if !seen.insert((&v.source_id, &v.vm)) {
+                return Err(CommandError::field(
+                    "vms",
+                    format!("{} is selected twice", v.vm),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What became of one VM of a [`CreateJobs`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BulkJobResult {
+    pub source_id: String,
+    pub vm: String,
+    /// `created` or `refused`
+    pub outcome: String,
+    /// The new job (created).
+    #[serde(default)]
+    pub job_id: Option<String>,
+    /// Why not (refused): the backend's message.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The last prerequisite checks run, kept so the pages show them again, with when they ran.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChecksReport {
+    /// RFC 3339
+    pub at: String,
+    pub results: Vec<CheckView>,
+}
+
+impl ChecksReport {
+    /// How many checks failed.
+    pub fn failed(&self) -> usize {
+        self.results.iter().filter(|c| c.status == "fail").count()
+    }
+}
+
+/// Bandwidth and concurrency of replication, applied from the next disk a job reads (no
+/// restart).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TransferSettings {
+    /// Limit of each transfer in Mbit/s (`null`: none).
+    #[serde(default)]
+    pub bandwidth_limit_mbps: Option<u64>,
+    /// A lower limit during business hours (`null`: the same all day), Mbit/s.
+    #[serde(default)]
+    pub business_hours_limit_mbps: Option<u64>,
+    /// Business hours in the appliance's clock (UTC), Monday to Friday: `[start, end)` hours.
+    #[serde(default = "default_business_start")]
+    pub business_hours_start: u8,
+    #[serde(default = "default_business_end")]
+    pub business_hours_end: u8,
+    /// How many jobs transfer at once.
+    pub max_concurrent_jobs: u32,
+}
+
+fn default_business_start() -> u8 {
+    8
+}
+fn default_business_end() -> u8 {
+    18
+}
+
+/// Largest limit (100 Gbit/s) and most concurrent transfers accepted.
+pub const MAX_LIMIT_MBPS: u64 = 100_000;
+pub const MAX_CONCURRENT_JOBS: u32 = 64;
+
+impl TransferSettings {
+    /// The shared rule for every backend; field errors name the JSON members.
+    pub fn check(&self) -> CommandResult<()> {
+        let mut fields = Vec::new();
+        let mut bad = |f: &str, m: String| {
+            fields.push(FieldError {
+                field: f.into(),
+                message: m,
+            })
+        };
+        for (f, v) in [
+            ("bandwidth_limit_mbps", self.bandwidth_limit_mbps),
+            ("business_hours_limit_mbps", self.business_hours_limit_mbps),
+        ] {
+            if let Some(v) = v
+                && !(1..=MAX_LIMIT_MBPS).contains(&v)
+            {
+                bad(
+                    f,
+                    format!("{v} Mbit/s is not between 1 and {MAX_LIMIT_MBPS} Mbit/s"),
+                );
+            }
+        }
+        if self.business_hours_start > 23 || self.business_hours_end > 24 {
+            bad(
+                "business_hours_start",
+                "hours are 0 to 23 (start) and 1 to 24 (end)".into(),
+            );
+        } else if self.business_hours_start >= self.business_hours_end {
+            bad(
+                "business_hours_end",
+                "business hours must end after they start".into(),
+            );
+        }
+        if !(1..=MAX_CONCURRENT_JOBS).contains(&self.max_concurrent_jobs) {
+            bad(
+                "max_concurrent_jobs",
+                format!("between 1 and {MAX_CONCURRENT_JOBS}"),
+            );
+        }
+        if fields.is_empty() {
+            Ok(())
+        } else {
+            Err(CommandError::Invalid { fields })
+        }
+    }
+
+    /// The limit in bytes per second at `unix_secs` (UTC), `None` for no limit.
+    pub fn limit_bytes_per_sec_at(&self, unix_secs: u64) -> Option<u64> {
+        let day = unix_secs / 86_400;
+        // 1970-01-01 was a Thursday: 0 = Thursday, so Monday..Friday are 4,5,6,0,1.
+        let weekday = (day + 3) % 7; // 0 = Monday
+        let hour = (unix_secs % 86_400) / 3600;
+        let business = weekday < 5
+            && hour >= u64::from(self.business_hours_start)
+            && hour < u64::from(self.business_hours_end);
+        let mbps = match (business, self.business_hours_limit_mbps) {
+            (true, Some(b)) => Some(self.bandwidth_limit_mbps.map_or(b, |l| l.min(b))),
+            _ => self.bandwidth_limit_mbps,
+        };
+        mbps.map(|m| m.saturating_mul(125_000))
+    }
+}
+
+/// An export's disk must be one of the VM's disks: else a refusal on the `disk` field naming
+/// the ones it has (the rule every backend applies when the form is posted).
+pub fn check_disk(vm: &VmView, disk: u32) -> CommandResult<()> {
+    if vm.disks.iter().any(|d| d.index == disk) {
+        return Ok(());
+    }
+    let have = vm
+        .disks
+        .iter()
+        .map(|d| format!("{} ({})", d.index, d.label))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(CommandError::field(
+        "disk",
+        format!("{} has no disk {disk}; its disks are {have}", vm.name),
+    ))
+}
+
+/// New credentials for a source: checked by logging in with them (the approved certificate
+/// pinned) before they replace the stored ones.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SetSourceCredentials {
+    pub username: String,
+    pub password: Secret,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -678,4 +925,66 @@ pub trait Backend: Send + Sync + 'static {
     fn support_bundle(&self) -> impl Future<Output = CommandResult<Vec<u8>>> + Send;
     /// Prometheus text exposition.
     fn metrics(&self) -> impl Future<Output = String> + Send;
+    // operator pages (issue 18)
+    /// Create one job per VM with one schedule; every VM's outcome is reported (one refused
+    /// VM does not stop the others). Refused as a whole only when the list itself is bad.
+    fn create_jobs(
+        &self,
+        cmd: CreateJobs,
+    ) -> impl Future<Output = CommandResult<Vec<BulkJobResult>>> + Send {
+        async move {
+            cmd.check()?;
+            let mut out = Vec::with_capacity(cmd.vms.len());
+            for v in cmd.vms {
+                let r = self
+                    .create_job(CreateJob {
+                        source_id: v.source_id.clone(),
+                        vm: v.vm.clone(),
+                        schedule: cmd.schedule.clone(),
+                    })
+                    .await;
+                out.push(match r {
+                    Ok(j) => BulkJobResult {
+                        source_id: v.source_id,
+                        vm: v.vm,
+                        outcome: "created".into(),
+                        job_id: Some(j.id),
+                        reason: None,
+                    },
+                    Err(e) => BulkJobResult {
+                        source_id: v.source_id,
+                        vm: v.vm,
+                        outcome: "refused".into(),
+                        job_id: None,
+                        reason: Some(match e {
+                            CommandError::Invalid { fields } => fields
+                                .iter()
+                                .map(|f| format!("{}: {}", f.field, f.message))
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                            CommandError::NotFound { message }
+                            | CommandError::Conflict { message }
+                            | CommandError::Remote { message }
+                            | CommandError::Internal { message } => message,
+                        }),
+                    },
+                });
+            }
+            Ok(out)
+        }
+    }
+    /// The last checks run (by the wizard, the settings page or the API), `None` before any.
+    fn last_checks(&self) -> impl Future<Output = Option<ChecksReport>> + Send;
+    fn transfer_settings(&self) -> impl Future<Output = TransferSettings> + Send;
+    /// Store and apply (no restart) bandwidth and concurrency settings.
+    fn set_transfer_settings(
+        &self,
+        cmd: TransferSettings,
+    ) -> impl Future<Output = CommandResult<TransferSettings>> + Send;
+    /// Replace a source's user name and password after logging in with them.
+    fn set_source_credentials(
+        &self,
+        id: String,
+        cmd: SetSourceCredentials,
+    ) -> impl Future<Output = CommandResult<SourceView>> + Send;
 }

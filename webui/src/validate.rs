@@ -60,28 +60,53 @@ impl TryFrom<&str> for IpCidr {
     }
 }
 
-/// A certificate's SHA-256 fingerprint, normalised to `SHA256:<64 lower-case hex digits>`
-/// (accepted with or without the prefix, in any case, with or without colons).
+/// A certificate's SHA-256 fingerprint in the one format Godwit shows everywhere (UI, API, logs),
+/// as vCenter shows thumbprints: `SHA256:` and upper-case hex pairs separated by colons
+/// (`SHA256:3F:A1:…:02`). Accepted with or without the prefix (any case), in any case, with or
+/// without colons.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fingerprint(String);
+
+/// What a fingerprint must look like (the message shown next to the field).
+pub const FINGERPRINT_RULE: &str =
+    "expected SHA256: followed by 64 hex digits (32 pairs; colons and case do not matter)";
 
 impl TryFrom<&str> for Fingerprint {
     type Error = String;
     fn try_from(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let body = t
-            .strip_prefix("SHA256:")
-            .or_else(|| t.strip_prefix("sha256:"))
-            .unwrap_or(t);
+        let body = match t.get(..7) {
+            Some(p) if p.eq_ignore_ascii_case("sha256:") => &t[7..],
+            _ => t,
+        };
         let hex: String = body.chars().filter(|c| *c != ':').collect();
         if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err("expected SHA256: followed by 64 hex digits".into());
+            return Err(FINGERPRINT_RULE.into());
         }
-        Ok(Fingerprint(format!("SHA256:{}", hex.to_ascii_lowercase())))
+        Ok(Fingerprint(canonical_fingerprint_hex(&hex)))
     }
 }
 
+/// `SHA256:AB:CD:…` of 64 hex digits (any case, no separators).
+fn canonical_fingerprint_hex(hex: &str) -> String {
+    let upper = hex.to_ascii_uppercase();
+    let pairs: Vec<&str> = (0..upper.len() / 2)
+        .filter_map(|i| upper.get(2 * i..2 * i + 2))
+        .collect();
+    format!("SHA256:{}", pairs.join(":"))
+}
+
 impl Fingerprint {
+    /// The fingerprint of 32 digest bytes.
+    pub fn of_digest(bytes: &[u8; 32]) -> Fingerprint {
+        Fingerprint(canonical_fingerprint_hex(&hex::encode(bytes)))
+    }
+
+    /// `s` in the one format when it is a fingerprint, else `s` unchanged (for views of
+    /// records stored before the format was settled).
+    pub fn display(s: &str) -> String {
+        Fingerprint::try_from(s).map_or_else(|_| s.to_string(), Fingerprint::into_string)
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -255,7 +280,7 @@ pub fn authority(host: &str, port: u16) -> String {
     }
 }
 
-/// `SHA256:<hex>` (any case, colons allowed) → `SHA256:<lower hex>` ([`Fingerprint`]).
+/// `SHA256:<hex>` (any case, colons allowed) → `SHA256:AB:CD:…` ([`Fingerprint`]).
 pub fn fingerprint(s: &str) -> Result<String, String> {
     Fingerprint::try_from(s).map(Fingerprint::into_string)
 }
@@ -495,8 +520,52 @@ mod tests {
             .join(":");
         assert_eq!(
             fingerprint(&format!("SHA256:{colons}")).unwrap(),
-            format!("SHA256:{}", "ab".repeat(32))
+            format!("SHA256:{colons}")
         );
         assert!(fingerprint("SHA256:abc").is_err());
+    }
+
+    /// One format everywhere: `SHA256:` + upper-case hex pairs with colons, whatever was typed.
+    #[test]
+    fn fingerprints_take_any_form_and_show_one() {
+        let want = "SHA256:3F:A1:09:5C:7E:22:B4:D0:11:8A:6B:C3:2E:F0:94:57:A8:1D:63:CE:05:B9:72:4F:E6:30:8D:1B:C4:59:AE:02";
+        let bare = want.trim_start_matches("SHA256:").replace(':', "");
+        for typed in [
+            want.to_string(),
+            want.to_ascii_lowercase(),
+            bare.clone(),
+            bare.to_ascii_lowercase(),
+            format!("sha256:{}", bare.to_ascii_lowercase()),
+            format!("Sha256:{bare}"),
+            format!(
+                "  {}  ",
+                want.trim_start_matches("SHA256:").to_ascii_lowercase()
+            ),
+        ] {
+            assert_eq!(
+                Fingerprint::try_from(typed.as_str()).unwrap().as_str(),
+                want,
+                "{typed}"
+            );
+        }
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(&bare, &mut bytes).unwrap();
+        assert_eq!(Fingerprint::of_digest(&bytes).as_str(), want);
+        assert_eq!(Fingerprint::display(&bare), want);
+        assert_eq!(Fingerprint::display("not one"), "not one");
+        for bad in [
+            "",
+            "SHA256:",
+            "SHA1:ab",
+            &format!("{bare}00"),
+            &bare[2..],
+            &format!("{}zz", &bare[2..]),
+        ] {
+            assert_eq!(
+                Fingerprint::try_from(bad).unwrap_err(),
+                FINGERPRINT_RULE,
+                "{bad}"
+            );
+        }
     }
 }

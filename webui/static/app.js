@@ -87,7 +87,53 @@
     if (empty && n > 0) empty.hidden = true;
   }
 
+  // An export's progress (allocation-aware bytes, %, rate, ETA) and its cancel button.
+  function showExportProgress(row, e) {
+    const running = e.state === "running";
+    const box = row.querySelector(".export-progress");
+    if (box) box.hidden = !running;
+    const cancel = row.querySelector("form.cancel-export");
+    if (cancel) cancel.hidden = !running;
+    const total = e.bytes_total || 0;
+    const pct = e.state === "done" ? 100 : (total > 0 ? Math.floor(Math.min(e.bytes_done, total) * 100 / total) : 0);
+    const bar = row.querySelector("progress.export");
+    if (bar) { bar.value = pct; bar.textContent = pct + " %"; }
+    set(row, "progress", total > 0 ? pct + " % (" + units(e.bytes_done) + " of " + units(total) + ")" : "");
+    set(row, "rate", e.throughput_bps > 0 ? units(e.throughput_bps) + "/s" : "");
+    set(row, "eta", e.eta_seconds == null ? "" : eta(e.eta_seconds));
+    if (e.size_bytes != null) set(row, "size", units(e.size_bytes));
+    if (e.started_at) set(row, "time", e.finished_at ? e.started_at + " – " + e.finished_at : "since " + e.started_at);
+  }
+
+  function eta(secs) {
+    const h = Math.floor(secs / 3600), m = Math.floor(secs % 3600 / 60), s = secs % 60;
+    const two = (n) => (n < 10 ? "0" : "") + n;
+    if (h > 0) return h + " h " + two(m) + " min left";
+    if (m > 0) return m + " min " + two(s) + " s left";
+    return s + " s left";
+  }
+
+  // The export form's disk list shows the chosen job's disks only.
+  function filterDisks() {
+    const job = document.querySelector('form[action="/exports"] select[name="job_id"]');
+    const disk = document.querySelector('form[action="/exports"] select[name="disk"]');
+    if (!job || !disk) return;
+    const update = () => {
+      let firstShown = null;
+      for (const o of disk.options) {
+        o.hidden = o.dataset.job !== job.value;
+        o.disabled = o.hidden;
+        if (!o.hidden && firstShown === null) firstShown = o;
+      }
+      const sel = disk.selectedOptions[0];
+      if ((!sel || sel.hidden) && firstShown) firstShown.selected = true;
+    };
+    job.addEventListener("change", update);
+    update();
+  }
+
   function start() {
+    filterDisks();
     const jobs = document.querySelector("table#jobs[data-poll]");
     if (jobs) {
       poll(jobs.dataset.poll, (list) => {
@@ -115,6 +161,7 @@
           set(row, "sha256", e.sha256 || "");
           const link = row.querySelector('[data-field="download"]');
           if (link) link.hidden = !e.downloadable;
+          showExportProgress(row, e);
         }
       });
     }

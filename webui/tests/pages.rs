@@ -717,7 +717,8 @@ async fn an_scvmm_host_certificate_is_approved_on_the_settings_page() {
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     assert_eq!(r.location(), "/settings?saved=host");
     let page = c.get("/settings?saved=host").await.body;
-    let upper = fp.to_ascii_uppercase().replace("SHA256:", "");
+    // Shown in the one fingerprint format (issue 18): upper-case pairs with colons.
+    let upper = godwit_webui::validate::Fingerprint::display(fp).replace("SHA256:", "");
     assert!(page.contains(&format!("<td>{host}</td>")), "{page}");
     assert!(page.contains(&upper), "{page}");
     let settings = c.get("/api/v1/settings").await.json();

@@ -8,6 +8,9 @@ impl Appliance {
     pub(crate) async fn checks(&self) -> CommandResult<Vec<CheckView>> {
         use godwit_netcheck::settings as nc;
         let s = self.settings_now()?;
+        // vSphere sources: their ESXi hosts (checked on 443 and 902) and the account's
+        // privileges (issue 18).
+        let mut facts = self.vsphere_checks(&s).await;
         let mut cs = godwit_netcheck::Settings::default();
         if let Some(n) = &s.network {
             cs.network = nc::NetworkSettings {
@@ -25,7 +28,11 @@ impl Appliance {
                 SourceKind::Vsphere => cs.vcenter.push(nc::VCenterSettings {
                     host: h.host,
                     fingerprint: h.fingerprint,
-                    esxi_hosts: Vec::new(),
+                    esxi_hosts: facts
+                        .iter()
+                        .find(|(id, _)| *id == src.id)
+                        .map(|(_, f)| f.esxi_hosts.clone())
+                        .unwrap_or_default(),
                 }),
                 SourceKind::Hyperv | SourceKind::Scvmm => cs.hyperv.push(h),
             }
@@ -58,11 +65,7 @@ impl Appliance {
                 message: e.to_string(),
             })?;
         let results = godwit_netcheck::run_checks(&plan).await;
-        self.store.update_settings(|st| {
-            st.checks_run = true;
-            Ok(())
-        })?;
-        Ok(results
+        let mut views: Vec<CheckView> = results
             .into_iter()
             .map(|r| CheckView {
                 check: r.check.to_string(),
@@ -75,6 +78,19 @@ impl Appliance {
                 value: r.value,
                 remediation: r.remediation.unwrap_or_default(),
             })
-            .collect())
+            .collect();
+        for (_, f) in &mut facts {
+            views.append(&mut f.privileges);
+        }
+        let report = ChecksReport {
+            at: crate::time::rfc3339(crate::time::now()),
+            results: views.clone(),
+        };
+        self.store.update_settings(|st| {
+            st.checks_run = true;
+            st.last_checks = Some(report);
+            Ok(())
+        })?;
+        Ok(views)
     }
 }

@@ -21,6 +21,9 @@ impl Appliance {
                 format!("no job {:?}", cmd.job_id),
             ));
         };
+        // The disk must be one of the VM's (issue 18): refused now, naming the field.
+        self.check_export_disk(&job.source_id, &job.vm, cmd.disk)
+            .await?;
         let exports_dir = self.cfg.exports_dir();
         let dest = crate::export_files::parse(&cmd.destination, &exports_dir)?;
         if job.last_sync.is_none() {
@@ -55,6 +58,13 @@ impl Appliance {
             error: None,
             size_bytes: None,
             downloadable: false,
+            vm: job.vm.clone(),
+            bytes_done: 0,
+            bytes_total: 0,
+            throughput_bps: 0,
+            eta_seconds: None,
+            started_at: Some(crate::time::rfc3339(crate::time::now())),
+            finished_at: None,
         };
         if let Err(e) = self.store.put_export(&view) {
             if file.is_some() {

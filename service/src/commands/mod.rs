@@ -6,7 +6,9 @@ mod checks;
 mod diagnostics;
 mod exports;
 mod jobs;
+mod oppages;
 mod setup;
 mod sources;
 
 pub(crate) use exports::export_format_name;
+pub(crate) use oppages::limit_now;

@@ -161,7 +161,14 @@ impl<'a> RunCtx<'a> {
         let opts = &self.engine.opts;
         let ropts = ReplicateOptions {
             chunk_size: opts.chunk_size,
-            bandwidth_limit: opts.bandwidth_limit,
+            // The settings page's limit in force now (issue 18), else `--bwlimit`.
+            bandwidth_limit: self
+                .engine
+                .store
+                .settings()
+                .ok()
+                .and_then(|s| crate::commands::limit_now(&s))
+                .or(opts.bandwidth_limit),
             metadata,
             progress: Some(pf),
             ..ReplicateOptions::default()

@@ -7,6 +7,7 @@ use crate::backend::{
     NetworkSettings, ProbeSource, Schedule, Secret, SetAdminPassword, SetStagingTarget, SourceKind,
     StagingView,
 };
+use crate::backend::{CreateJobs, SetSourceCredentials, TransferSettings, VmRef};
 use crate::error::FormErrors;
 use serde::Deserialize;
 
@@ -345,6 +346,18 @@ pub(crate) struct ExportForm {
     pub disk: String,
     pub format: String,
     pub destination: String,
+    /// The disks the form offers (every job's VM's disks with sizes); empty: a number field.
+    #[serde(skip)]
+    pub disks: Vec<DiskChoice>,
+}
+
+/// One disk offered by the export form.
+#[derive(Debug, Clone)]
+pub(crate) struct DiskChoice {
+    pub job_id: String,
+    pub index: u32,
+    /// `web-01: Hard disk 1 (40.0 GiB)`
+    pub label: String,
 }
 
 impl Default for ExportForm {
@@ -354,6 +367,7 @@ impl Default for ExportForm {
             disk: "0".into(),
             format: "vmdk".into(),
             destination: String::new(),
+            disks: Vec::new(),
         }
     }
 }
@@ -377,6 +391,145 @@ impl ExportForm {
             format,
             destination: self.destination.trim().to_owned(),
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator pages (issue 18): bulk jobs, transfer settings, a source's credentials.
+// ---------------------------------------------------------------------------------------------
+
+/// The inventory's bulk form: every ticked VM (`vm=SOURCE_ID/NAME`, repeated) and one schedule.
+#[derive(Debug, Clone)]
+pub(crate) struct BulkJobForm {
+    pub vms: Vec<String>,
+    pub schedule: String,
+    pub hours: String,
+}
+
+impl Default for BulkJobForm {
+    fn default() -> Self {
+        BulkJobForm {
+            vms: Vec::new(),
+            schedule: "once".into(),
+            hours: "24".into(),
+        }
+    }
+}
+
+impl BulkJobForm {
+    /// From the form's pairs (a URL-encoded body may repeat `vm`).
+    pub(crate) fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        let mut f = BulkJobForm::default();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "vm" => f.vms.push(v),
+                "schedule" => f.schedule = v,
+                "hours" => f.hours = v,
+                _ => {}
+            }
+        }
+        f
+    }
+
+    pub(crate) fn to_command(&self) -> Result<CreateJobs, FormErrors> {
+        let one = JobForm {
+            schedule: self.schedule.clone(),
+            hours: self.hours.clone(),
+            ..JobForm::default()
+        };
+        let schedule = one.to_command()?.schedule;
+        let vms = self
+            .vms
+            .iter()
+            .map(|k| match k.split_once('/') {
+                Some((source_id, vm)) if !source_id.is_empty() && !vm.is_empty() => Ok(VmRef {
+                    source_id: source_id.to_owned(),
+                    vm: vm.to_owned(),
+                }),
+                _ => Err(FormErrors::field(
+                    "vms",
+                    format!("{k:?} is not a VM of the inventory"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CreateJobs { vms, schedule })
+    }
+}
+
+/// Transfer settings as typed: limits in Mbit/s (empty: none), hours, concurrency.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct TransferForm {
+    pub bandwidth_limit_mbps: String,
+    pub business_hours_limit_mbps: String,
+    pub business_hours_start: String,
+    pub business_hours_end: String,
+    pub max_concurrent_jobs: String,
+}
+
+impl TransferForm {
+    pub(crate) fn from_settings(t: &TransferSettings) -> Self {
+        TransferForm {
+            bandwidth_limit_mbps: t
+                .bandwidth_limit_mbps
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            business_hours_limit_mbps: t
+                .business_hours_limit_mbps
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            business_hours_start: t.business_hours_start.to_string(),
+            business_hours_end: t.business_hours_end.to_string(),
+            max_concurrent_jobs: t.max_concurrent_jobs.to_string(),
+        }
+    }
+
+    pub(crate) fn to_command(&self) -> Result<TransferSettings, FormErrors> {
+        fn opt(field: &str, s: &str) -> Result<Option<u64>, FormErrors> {
+            let t = s.trim();
+            if t.is_empty() {
+                return Ok(None);
+            }
+            t.parse::<u64>().map(Some).map_err(|_| {
+                FormErrors::field(field, "a whole number of Mbit/s, or empty for no limit")
+            })
+        }
+        fn hour(field: &str, s: &str) -> Result<u8, FormErrors> {
+            s.trim()
+                .parse::<u8>()
+                .map_err(|_| FormErrors::field(field, "an hour, 0 to 24"))
+        }
+        Ok(TransferSettings {
+            bandwidth_limit_mbps: opt("bandwidth_limit_mbps", &self.bandwidth_limit_mbps)?,
+            business_hours_limit_mbps: opt(
+                "business_hours_limit_mbps",
+                &self.business_hours_limit_mbps,
+            )?,
+            business_hours_start: hour("business_hours_start", &self.business_hours_start)?,
+            business_hours_end: hour("business_hours_end", &self.business_hours_end)?,
+            max_concurrent_jobs: self
+                .max_concurrent_jobs
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| FormErrors::field("max_concurrent_jobs", "a whole number of jobs"))?,
+        })
+    }
+}
+
+/// A source's new user name and password.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct CredentialsForm {
+    pub username: String,
+    pub password: Secret,
+}
+
+impl CredentialsForm {
+    pub(crate) fn into_command(self) -> SetSourceCredentials {
+        SetSourceCredentials {
+            username: self.username.trim().to_owned(),
+            password: self.password,
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 mod dashboard;
 pub(crate) mod exports;
 mod forms;
+mod inventory;
+mod settings;
 mod wizard;
 
 use crate::{
@@ -25,6 +27,8 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
     wizard::routes::<B>()
         .merge(dashboard::routes::<B>())
         .merge(exports::routes::<B>())
+        .merge(inventory::routes::<B>())
+        .merge(settings::routes::<B>())
 }
 
 /// What every page's frame needs.
@@ -36,6 +40,9 @@ pub(crate) struct Layout {
     /// The dashboard navigation, with this entry marked current; `None` in the wizard.
     pub nav: Option<&'static str>,
     pub version: String,
+    /// Dashboard pages: how many of the last checks failed, while any does (issue 18: a banner
+    /// until the checks pass).
+    pub checks_failed: usize,
 }
 
 impl Layout {
@@ -45,12 +52,19 @@ impl Layout {
         title: &str,
         nav: Option<&'static str>,
     ) -> Layout {
+        let logged_in = security::is_logged_in(st, session).await;
+        let checks_failed = if logged_in && nav.is_some() {
+            st.backend.last_checks().await.map_or(0, |r| r.failed())
+        } else {
+            0
+        };
         Layout {
             title: title.to_owned(),
             csrf: security::csrf_token(session).await,
-            logged_in: security::is_logged_in(st, session).await,
+            logged_in,
             nav,
             version: st.version().await,
+            checks_failed,
         }
     }
 
@@ -105,6 +119,7 @@ pub(crate) fn message_page(status: StatusCode, heading: &str, message: &str) -> 
                 logged_in: false,
                 nav: None,
                 version: String::new(),
+                checks_failed: 0,
             },
             heading: heading.to_owned(),
             message: message.to_owned(),

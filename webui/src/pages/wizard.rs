@@ -13,7 +13,7 @@ use super::{
 use crate::{
     AppState,
     backend::{
-        Backend, CertificateView, CheckView, HostPinView, SetupStatus, SourceKind, SourceView,
+        Backend, CertificateView, ChecksReport, HostPinView, SetupStatus, SourceKind, SourceView,
         WizardStep,
     },
     error::{FormErrors, status_of},
@@ -421,6 +421,8 @@ struct SourcesPage {
 
 pub(crate) struct SourceRow {
     pub id: String,
+    /// The source's name (its host), shown instead of the id.
+    pub name: String,
     pub kind: &'static str,
     pub address: String,
     pub username: String,
@@ -433,6 +435,11 @@ pub(crate) struct SourceRow {
 impl SourceRow {
     pub(crate) fn from_view(s: SourceView) -> Self {
         SourceRow {
+            name: if s.name.is_empty() {
+                crate::backend::source_name(&s.address)
+            } else {
+                s.name
+            },
             id: s.id,
             kind: kind_label(s.kind),
             address: s.address,
@@ -607,15 +614,16 @@ async fn remove_source<B: Backend>(
 struct ChecksPage {
     layout: Layout,
     steps: Vec<StepItem>,
-    results: Option<Vec<CheckView>>,
+    /// The last checks run (kept across visits), with when they ran.
+    report: Option<ChecksReport>,
     errors: FormErrors,
+    /// "Finish setup" was pressed while a check fails: ask to confirm.
+    confirm: bool,
 }
 
 impl ChecksPage {
     fn failures(&self) -> usize {
-        self.results
-            .as_ref()
-            .map_or(0, |r| r.iter().filter(|c| c.status == "fail").count())
+        self.report.as_ref().map_or(0, ChecksReport::failed)
     }
 }
 
@@ -623,18 +631,20 @@ async fn render_checks<B: Backend>(
     st: &AppState<B>,
     session: &Session,
     code: StatusCode,
-    results: Option<Vec<CheckView>>,
+    confirm: bool,
     errors: FormErrors,
 ) -> Response {
     let status = st.backend.setup_status().await;
     let layout = Layout::new(st, session, "Checks", None).await;
+    let report = st.backend.last_checks().await;
     render(
         code,
         &ChecksPage {
             layout,
             steps: steps(WizardStep::Checks, status.next_step),
-            results,
+            report,
             errors,
+            confirm,
         },
     )
 }
@@ -643,7 +653,7 @@ async fn checks_page<B: Backend>(State(st): St<B>, session: Session) -> Response
     if let Err(r) = gate(&st, WizardStep::Checks).await {
         return r;
     }
-    render_checks(&st, &session, StatusCode::OK, None, FormErrors::none()).await
+    render_checks(&st, &session, StatusCode::OK, false, FormErrors::none()).await
 }
 
 async fn run_checks<B: Backend>(State(st): St<B>, session: Session) -> Response {
@@ -651,32 +661,51 @@ async fn run_checks<B: Backend>(State(st): St<B>, session: Session) -> Response 
         return r;
     }
     match st.backend.run_checks().await {
-        Ok(results) => {
-            render_checks(
-                &st,
-                &session,
-                StatusCode::OK,
-                Some(results),
-                FormErrors::none(),
-            )
-            .await
-        }
+        Ok(_) => render_checks(&st, &session, StatusCode::OK, false, FormErrors::none()).await,
         Err(e) => {
             let code = status_of(&e);
-            render_checks(&st, &session, code, None, FormErrors::from_error(e, &[])).await
+            render_checks(&st, &session, code, false, FormErrors::from_error(e, &[])).await
         }
     }
 }
 
-async fn finish<B: Backend>(State(st): St<B>, session: Session) -> Response {
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct FinishForm {
+    /// `yes` once the operator confirmed finishing with failed checks.
+    confirm: String,
+}
+
+/// Finish the wizard. With a failed check among the last results, the operator is asked to
+/// confirm first (the dashboard then keeps a banner until the checks pass).
+async fn finish<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Form(form): Form<FinishForm>,
+) -> Response {
     if let Err(r) = gate(&st, WizardStep::Checks).await {
         return r;
+    }
+    let failed = st
+        .backend
+        .last_checks()
+        .await
+        .is_some_and(|r| r.failed() > 0);
+    if failed && form.confirm != "yes" {
+        return render_checks(
+            &st,
+            &session,
+            StatusCode::CONFLICT,
+            true,
+            FormErrors::none(),
+        )
+        .await;
     }
     match st.backend.finish_wizard().await {
         Ok(()) => see_other("/setup/done"),
         Err(e) => {
             let code = status_of(&e);
-            render_checks(&st, &session, code, None, FormErrors::from_error(e, &[])).await
+            render_checks(&st, &session, code, false, FormErrors::from_error(e, &[])).await
         }
     }
 }

@@ -98,6 +98,13 @@ pub(super) fn finished(
         error: None,
         size_bytes: Some(bytes.len() as u64),
         downloadable: local,
+        vm: String::new(),
+        bytes_done: 0,
+        bytes_total: 0,
+        throughput_bps: 0,
+        eta_seconds: None,
+        started_at: None,
+        finished_at: None,
     };
     s.exports.push(view.clone());
     Ok(view)

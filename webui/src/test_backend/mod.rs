@@ -7,9 +7,11 @@
 //! is given is remembered ([`TestBackend::secrets_seen`]) so tests can check no page shows one.
 
 mod exports;
+mod oppages;
 mod views;
 
 pub use exports::{EXPORT_FILE_BYTES, EXPORTS_DIR, export_bytes};
+pub use oppages::{EXPORT_CONTENT_BYTES, FULL_STAGING_PREFIX, WRONG_PASSWORD};
 
 use crate::backend::*;
 use std::{
@@ -30,6 +32,8 @@ pub struct TestBackend {
     /// Password checks made so far.
     verifications: AtomicUsize,
     state: Mutex<State>,
+    /// How long an export takes (issue 18; 0: done at once).
+    export_duration: Duration,
 }
 
 #[derive(Default)]
@@ -49,6 +53,12 @@ struct State {
     exports: Vec<ExportView>,
     secrets: Vec<String>,
     logs: Vec<String>,
+    // Operator pages (issue 18).
+    running_exports: Vec<oppages::RunningExport>,
+    last_checks: Option<ChecksReport>,
+    transfer: Option<TransferSettings>,
+    /// (source id, password) of credentials changed after the source was added.
+    source_passwords: Vec<(String, String)>,
 }
 
 struct TestJob {
@@ -59,6 +69,7 @@ struct TestJob {
     started: Option<Instant>,
     cancelled: bool,
     events: Vec<JobEvent>,
+    source_name: String,
 }
 
 /// The fingerprint every probed test server shows.
@@ -73,6 +84,7 @@ impl TestBackend {
             verify_delay: Duration::ZERO,
             verifications: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
+            export_duration: Duration::ZERO,
         }
     }
 
@@ -118,6 +130,7 @@ impl TestBackend {
                 fingerprint: TEST_FINGERPRINT.into(),
                 host_port: None,
                 host_pins: Vec::new(),
+                name: "vcenter.example".into(),
             });
             s.wizard_done = true;
             s.next_id = 2;
@@ -250,7 +263,7 @@ impl Backend for TestBackend {
             }),
             staging: s.staging.clone().unwrap_or(StagingView::None),
             sources: s.sources.clone(),
-            max_concurrent_jobs: 2,
+            max_concurrent_jobs: s.transfer.as_ref().map_or(2, |t| t.max_concurrent_jobs),
             ingest: IngestSettings {
                 url: s.ingest_url.clone(),
                 spool_limit_mib: s.spool_limit_mib,
@@ -325,9 +338,14 @@ impl Backend for TestBackend {
                 if address.is_empty() {
                     errs.push(fe("address", "the staging server's host or host:port"));
                 }
-                if let Err(e) = crate::validate::Fingerprint::try_from(fingerprint.as_str()) {
-                    errs.push(fe("fingerprint", &e));
-                }
+                let fingerprint = match crate::validate::Fingerprint::try_from(fingerprint.as_str())
+                {
+                    Ok(f) => f.into_string(),
+                    Err(e) => {
+                        errs.push(fe("fingerprint", &e));
+                        fingerprint
+                    }
+                };
                 if token.is_empty() {
                     errs.push(fe("token", "the pairing token the staging server printed"));
                 }
@@ -395,7 +413,8 @@ impl Backend for TestBackend {
         let mut s = self.lock();
         Self::remember(&mut s, &cmd.password);
         let mut errs = Vec::new();
-        if cmd.approved_fingerprint != TEST_FINGERPRINT {
+        let approved = crate::validate::Fingerprint::display(&cmd.approved_fingerprint);
+        if approved != TEST_FINGERPRINT {
             errs.push(fe(
                 "approved_fingerprint",
                 "the server now shows a different certificate: probe it again",
@@ -420,9 +439,10 @@ impl Backend for TestBackend {
         let view = SourceView {
             id: format!("src-{}", s.next_id),
             kind: cmd.kind,
+            name: source_name(&cmd.address),
             address: cmd.address,
             username: cmd.username,
-            fingerprint: cmd.approved_fingerprint,
+            fingerprint: approved,
             host_port: cmd.host_port,
             host_pins: Vec::new(),
         };
@@ -474,6 +494,9 @@ impl Backend for TestBackend {
                 remediation: String::new(),
             });
         }
+        out.extend(Self::staging_space_check(&s));
+        drop(s);
+        oppages::keep_report(&mut self.lock(), &out);
         Ok(out)
     }
 
@@ -568,8 +591,10 @@ impl Backend for TestBackend {
                 message: format!("{} has a job already", cmd.vm),
             });
         }
+        let source_name = src.name.clone();
         s.next_id += 1;
         let job = TestJob {
+            source_name,
             id: format!("job-{}", s.next_id),
             source_id: cmd.source_id,
             vm: cmd.vm,
@@ -731,32 +756,42 @@ impl Backend for TestBackend {
                 message: "this job has no finished replica yet".into(),
             });
         }
+        Self::check_export_disk(&s, &cmd.job_id, cmd.disk)?;
         let dest = exports::check_destination(&cmd.destination)?;
         s.next_id += 1;
         let id = format!("exp-{}", s.next_id);
-        exports::finished(&mut s, id, cmd, dest)
+        if self.export_duration.is_zero() {
+            let vm = s
+                .jobs
+                .iter()
+                .find(|j| j.id == cmd.job_id)
+                .map(|j| j.vm.clone())
+                .unwrap_or_default();
+            let mut v = exports::finished(&mut s, id, cmd, dest)?;
+            v.vm = vm;
+            v.bytes_done = EXPORT_CONTENT_BYTES;
+            v.bytes_total = EXPORT_CONTENT_BYTES;
+            v.started_at = Some(now_rfc3339());
+            v.finished_at = v.started_at.clone();
+            if let Some(e) = s.exports.iter_mut().find(|e| e.id == v.id) {
+                *e = v.clone();
+            }
+            Ok(v)
+        } else {
+            self.start_export(&mut s, id, cmd, dest)
+        }
     }
 
     async fn exports(&self) -> Vec<ExportView> {
-        self.lock().exports.clone()
+        let mut s = self.lock();
+        self.advance_exports(&mut s);
+        s.exports.clone()
     }
 
     async fn cancel_export(&self, id: String) -> CommandResult<()> {
         let mut s = self.lock();
-        let e =
-            s.exports
-                .iter_mut()
-                .find(|e| e.id == id)
-                .ok_or_else(|| CommandError::NotFound {
-                    message: format!("export {id}"),
-                })?;
-        if e.state != "running" {
-            return Err(CommandError::Conflict {
-                message: format!("export {id} is not running ({})", e.state),
-            });
-        }
-        e.state = "cancelled".into();
-        Ok(())
+        self.advance_exports(&mut s);
+        Self::cancel_running_export(&mut s, &id)
     }
 
     async fn export_file(&self, id: String) -> CommandResult<ExportFile> {
@@ -788,5 +823,34 @@ impl Backend for TestBackend {
             "# TYPE godwit_jobs gauge\ngodwit_jobs {}\n# EOF\n",
             s.jobs.len()
         )
+    }
+
+    // Operator pages (issue 18).
+    async fn last_checks(&self) -> Option<ChecksReport> {
+        self.lock().last_checks.clone()
+    }
+
+    async fn transfer_settings(&self) -> TransferSettings {
+        self.lock().transfer.clone().unwrap_or(TransferSettings {
+            max_concurrent_jobs: 2,
+            business_hours_start: 8,
+            business_hours_end: 18,
+            ..TransferSettings::default()
+        })
+    }
+
+    async fn set_transfer_settings(
+        &self,
+        cmd: TransferSettings,
+    ) -> CommandResult<TransferSettings> {
+        Self::put_transfer_settings(&mut self.lock(), cmd)
+    }
+
+    async fn set_source_credentials(
+        &self,
+        id: String,
+        cmd: SetSourceCredentials,
+    ) -> CommandResult<SourceView> {
+        Self::put_source_credentials(&mut self.lock(), &id, cmd)
     }
 }

@@ -35,10 +35,10 @@ impl TestBackend {
         use sha2::Digest;
         let pem = uploaded.unwrap_or("generated");
         HttpsCertificateView {
-            fingerprint: format!(
-                "SHA256:{}",
-                hex::encode(sha2::Sha256::digest(pem.as_bytes()))
-            ),
+            fingerprint: crate::validate::Fingerprint::of_digest(
+                &sha2::Sha256::digest(pem.as_bytes()).into(),
+            )
+            .into_string(),
             subject: if uploaded.is_some() {
                 "CN=godwit.example.test".into()
             } else {
@@ -112,6 +112,7 @@ impl TestBackend {
                 _ => None,
             },
             last_sync: finished.then(now_rfc3339),
+            source_name: j.source_name.clone(),
         }
     }
 
@@ -122,40 +123,39 @@ impl TestBackend {
             capacity_bytes: DISK_BYTES,
             backing: "[datastore1] vm/vm.vmdk".into(),
         };
+        let vm = |name: &str, folder: &str, disks: Vec<DiskView>| VmView {
+            source_id: source.id.clone(),
+            name: name.into(),
+            power_state: "poweredOn".into(),
+            guest_os: "Debian GNU/Linux 12 (64-bit)".into(),
+            disks,
+            eligible: true,
+            reasons: vec![],
+            host: Some("esx-01.example".into()),
+            source_name: source.name.clone(),
+            folder: Some(folder.into()),
+        };
         vec![
+            vm("web-01", "DC0/vm/Web", vec![disk(0)]),
             VmView {
-                source_id: source.id.clone(),
-                name: "web-01".into(),
-                power_state: "poweredOn".into(),
-                guest_os: "Debian GNU/Linux 12 (64-bit)".into(),
-                disks: vec![disk(0)],
-                eligible: true,
-                reasons: vec![],
-                host: None,
-            },
-            VmView {
-                source_id: source.id.clone(),
-                name: "db-01".into(),
-                power_state: "poweredOn".into(),
                 guest_os: "Windows Server 2022".into(),
-                disks: vec![disk(0), disk(1)],
-                eligible: true,
                 reasons: vec!["CBT is off: the first run copies every block".into()],
-                host: None,
+                host: Some("esx-02.example".into()),
+                ..vm("db-01", "DC0/vm/Databases", vec![disk(0), disk(1)])
             },
             VmView {
-                source_id: source.id.clone(),
-                name: "legacy-rdm".into(),
                 power_state: "poweredOff".into(),
                 guest_os: "Other (32-bit)".into(),
-                disks: vec![disk(0)],
                 eligible: false,
                 reasons: vec![
                     "physical-mode RDM disk cannot be snapshotted".into(),
                     "hardware version 4 is older than the minimum (7)".into(),
                 ],
-                host: None,
+                host: Some("esx-02.example".into()),
+                ..vm("legacy-rdm", "DC0/vm/Legacy", vec![disk(0)])
             },
+            vm("web-02", "DC0/vm/Web", vec![disk(0)]),
+            vm("web-03", "DC0/vm/Web", vec![disk(0), disk(1)]),
         ]
     }
 }
@@ -194,17 +194,11 @@ pub(super) fn approve_host(
             message: "a host name or address (`host` or `host:port`)".into(),
         });
     }
-    let fp = cmd.approved_fingerprint.trim();
-    let hex: String = fp
-        .strip_prefix("SHA256:")
-        .unwrap_or(fp)
-        .chars()
-        .filter(|c| *c != ':')
-        .collect();
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+    let fp = crate::validate::Fingerprint::try_from(cmd.approved_fingerprint.as_str());
+    if let Err(e) = &fp {
         fields.push(FieldError {
             field: "approved_fingerprint".into(),
-            message: "SHA256: followed by 64 hex digits, as the refused job named it".into(),
+            message: format!("{e}, as the refused job named it"),
         });
     }
     if !fields.is_empty() {
@@ -213,7 +207,9 @@ pub(super) fn approve_host(
     src.host_pins.retain(|p| p.host != host);
     src.host_pins.push(HostPinView {
         host,
-        fingerprint: format!("SHA256:{}", hex.to_ascii_uppercase()),
+        fingerprint: fp
+            .map(crate::validate::Fingerprint::into_string)
+            .unwrap_or_default(),
     });
     Ok(src.clone())
 }

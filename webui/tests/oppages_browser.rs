@@ -1,0 +1,126 @@
+//! The operator pages of issue 18 in a real browser: tests/browser/oppages.mjs (playwright-core
+//! driving Debian's chromium) against this crate's router on loopback over the test double, set
+//! up at the wizard's checks step with a staging target whose free-space check fails. Screenshots
+//! of every step go to `<target>/tmp/oppages-browser-screenshots/`. Fails (not skips) without
+//! node, chromium or playwright-core (`make deps`).
+
+use godwit_webui::{
+    WebConfig,
+    backend::{AddSource, Backend, NetworkSettings, Secret, SetStagingTarget, SourceKind},
+    router,
+    test_backend::{FULL_STAGING_PREFIX, TEST_FINGERPRINT, TestBackend},
+};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+const PASSWORD: &str = "browser-operator-pages-1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_pages_in_chromium() {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser");
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: run `make deps`"
+    );
+    assert!(
+        browser_dir
+            .join("node_modules/playwright-core/package.json")
+            .exists(),
+        "playwright-core is not installed in tests/browser: run `make deps`"
+    );
+    let backend = Arc::new(
+        TestBackend::with_password(PASSWORD, "1357-2468")
+            .with_job_duration(Duration::from_secs(1))
+            .with_export_duration(Duration::from_secs(12)),
+    );
+    backend
+        .set_network(NetworkSettings {
+            hostname: "godwit".into(),
+            address: godwit_webui::backend::AddressMode::Dhcp,
+            dns_servers: vec![],
+            ntp_servers: vec![],
+            proxy: None,
+        })
+        .await
+        .unwrap();
+    backend
+        .set_staging(SetStagingTarget::Server {
+            address: format!("{FULL_STAGING_PREFIX}staging.example:1500"),
+            fingerprint: TEST_FINGERPRINT.into(),
+            token: Secret::new("staging-token-1"),
+        })
+        .await
+        .unwrap();
+    backend
+        .add_source(AddSource {
+            kind: SourceKind::Vsphere,
+            address: "vcenter.example".into(),
+            username: "administrator@vsphere.local".into(),
+            password: Secret::new("source-password-1"),
+            approved_fingerprint: TEST_FINGERPRINT.into(),
+            host_port: None,
+        })
+        .await
+        .unwrap();
+    let app = router(
+        backend,
+        WebConfig {
+            secure_cookies: false,
+            ..WebConfig::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oppages-browser-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    let out = tokio::process::Command::new("node")
+        .arg("oppages.mjs")
+        .current_dir(&browser_dir)
+        .env("GODWIT_URL", format!("http://{addr}"))
+        .env("GODWIT_ADMIN_PASSWORD", PASSWORD)
+        .env("GODWIT_GOOD_STAGING", "staging.example:1500")
+        .env("GODWIT_FINGERPRINT", TEST_FINGERPRINT)
+        .env("GODWIT_SCREENSHOTS", &shots)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node is missing: run `make deps`");
+    server.abort();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "oppages.mjs failed; screenshots in {}\nstdout:\n{stdout}\nstderr:\n{}",
+        shots.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("RESULT {"), "{stdout}");
+    for step in [
+        "checks-failed",
+        "finish-confirm",
+        "dashboard-banner",
+        "inventory-search",
+        "inventory-tree",
+        "inventory-bulk-created",
+        "export-unknown-disk",
+        "export-progress",
+        "export-cancelled",
+        "settings-bandwidth",
+        "settings-credentials-saved",
+        "dashboard-no-banner",
+    ] {
+        assert!(
+            std::fs::read_dir(&shots).unwrap().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(step)),
+            "no screenshot of {step}"
+        );
+    }
+}
