@@ -6,6 +6,9 @@ mod dashboard;
 pub(crate) mod exports;
 mod forms;
 mod wizard;
+// replication view (issue #18)
+mod chart;
+mod job;
 
 use crate::{
     AppState,
@@ -25,6 +28,7 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
     wizard::routes::<B>()
         .merge(dashboard::routes::<B>())
         .merge(exports::routes::<B>())
+        .merge(job::routes::<B>())
 }
 
 /// What every page's frame needs.

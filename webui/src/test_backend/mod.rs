@@ -789,4 +789,14 @@ impl Backend for TestBackend {
             s.jobs.len()
         )
     }
+
+    // replication view (issue #18)
+    async fn job_throughput(&self, id: String) -> CommandResult<Vec<ThroughputSample>> {
+        if !self.lock().jobs.iter().any(|j| j.id == id) {
+            return Err(CommandError::NotFound {
+                message: format!("no job {id}"),
+            });
+        }
+        Ok(self.throughput().await)
+    }
 }
