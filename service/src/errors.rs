@@ -91,7 +91,9 @@ pub fn classify(raw: &str) -> JobError {
             raw,
         );
     }
-    if (has("capacity") || has("size")) && (has("disagree") || has("mismatch") || has("differs")) {
+    if (has("capacity") || has("size"))
+        && (has("disagree") || has("mismatch") || has("differs") || has("pad or truncate"))
+    {
         return err(
             "source.capacity_mismatch",
             "A disk's size differs from what the VM's configuration says.".into(),

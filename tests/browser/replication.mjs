@@ -9,7 +9,7 @@
 // Configuration by environment:
 //   GODWIT_URL, GODWIT_ADMIN_PASSWORD
 //   GODWIT_JOB             id of the running two-disk job
-//   GODWIT_FAILING_JOB     id of a job that fails (its VM's disk files do not exist)
+//   GODWIT_FAILING_JOB     id of a job that fails (its VM's disk files are empty)
 //   GODWIT_SCREENSHOTS     directory for the PNGs (created)
 //   GODWIT_README_IMAGES   optional directory for dashboard.png and job-page.png
 //   CHROMIUM               browser binary (default /usr/bin/chromium)

@@ -24,7 +24,8 @@ use util::Server;
 use vmware_harness::{Vcsim, qemu_img, qemu_raw, set_vm_disks};
 
 const VM: &str = "DC0_H0_VM0";
-/// vcsim's VM whose disk files do not exist on the datastore.
+/// vcsim's VM whose disk files are empty while vCenter says 1 MiB: refused as a capacity
+/// mismatch.
 const BROKEN_VM: &str = "DC0_H0_VM1";
 const DISK_MIB: u64 = 20;
 
@@ -185,21 +186,21 @@ fn browser_watches_a_two_disk_replication_and_a_failure() {
 
     // The failure, typed, in the API and on the page; the raw text kept for support.
     let b = svc.ok("GET", &format!("/jobs/{broken_id}"), None);
-    assert_eq!(b["error"]["code"], "vsphere.file_not_found", "{b}");
-    assert_eq!(seen["error"]["code"], "vsphere.file_not_found");
+    assert_eq!(b["error"]["code"], "source.capacity_mismatch", "{b}");
+    assert_eq!(seen["error"]["code"], "source.capacity_mismatch");
     assert_eq!(seen["error"]["message"], b["error"]["message"]);
     assert_eq!(seen["error"]["state"], "stalled");
     assert!(
         b["error"]["detail"]
             .as_str()
-            .is_some_and(|d| d.contains("not found")),
+            .is_some_and(|d| d.contains("capacityInBytes")),
         "{b}"
     );
     // The log page listed the failure with its code.
     assert!(
         seen["logFailures"]
             .as_str()
-            .is_some_and(|l| l.contains("vsphere.file_not_found")),
+            .is_some_and(|l| l.contains("source.capacity_mismatch")),
         "{seen}"
     );
     println!("observed: {seen}");

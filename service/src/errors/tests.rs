@@ -78,6 +78,10 @@ fn real_failures_map_to_their_codes() {
             "staging.out_of_space",
         ),
         ("no staging target is configured", "staging.not_configured"),
+        (
+            "127.0.0.1:36779: VM \"DC0_H0_VM1\" (vm-60) refused: disk 0 (disk-202-0, [LocalDS_0] DC0_H0_VM1/disk1.vmdk): its files hold a disk of 0 bytes but vCenter's capacityInBytes is 1048576 bytes; refusing to pad or truncate",
+            "source.capacity_mismatch",
+        ),
         ("source src-9 no longer exists", "job.source_removed"),
         ("vc: VM \"web\" not found", "source.not_found"),
         (
