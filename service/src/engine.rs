@@ -15,6 +15,7 @@ mod owner;
 mod run_hyperv;
 mod run_vsphere;
 
+use crate::job::view::Live;
 use crate::job::{self, Event, Outcome};
 use crate::store::{JobRecord, SourceRecord, StagingRecord, Store};
 use crate::time::now;
@@ -65,7 +66,7 @@ impl Default for EngineOptions {
 /// A run in progress: its live progress and its cancel flag. Inserted and removed by the
 /// owner only.
 struct Running {
-    progress: watch::Receiver<Option<Progress>>,
+    progress: watch::Receiver<Option<Live>>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -78,6 +79,8 @@ pub struct Engine {
     /// Progress of each job's last run, kept after it ends (a finished run shows 100 %).
     last_progress: Mutex<HashMap<String, Progress>>,
     samples: Mutex<VecDeque<ThroughputSample>>,
+    /// Per job (issue #18): its recent throughput samples, kept while it runs and after.
+    job_samples: Mutex<HashMap<String, VecDeque<ThroughputSample>>>,
     bytes_transferred: AtomicU64,
     /// The host-push ingest on the service's HTTPS port (Hyper-V jobs use it once set).
     ingest: std::sync::OnceLock<Arc<crate::ingest::ServiceIngest>>,
@@ -120,6 +123,7 @@ impl Engine {
             running: Mutex::new(HashMap::new()),
             last_progress: Mutex::new(HashMap::new()),
             samples: Mutex::new(VecDeque::new()),
+            job_samples: Mutex::new(HashMap::new()),
             bytes_transferred: AtomicU64::new(0),
             ingest: std::sync::OnceLock::new(),
             winrm_read_bytes: AtomicU64::new(0),
@@ -212,17 +216,42 @@ impl Engine {
     /// Live progress of a running job, or the last run's final progress.
     pub fn progress(&self, id: &str) -> Option<Progress> {
         if let Some(r) = lock(&self.running).get(id) {
-            return r.progress.borrow().clone();
+            return r.progress.borrow().as_ref().map(|l| l.progress.clone());
         }
         lock(&self.last_progress).get(id).cloned()
+    }
+
+    /// The live figures of a running job's transfer (per disk, allocation-aware).
+    pub fn live(&self, id: &str) -> Option<Live> {
+        lock(&self.running)
+            .get(id)
+            .and_then(|r| r.progress.borrow().clone())
     }
 
     /// Sum of the running transfers' rates.
     pub fn current_throughput(&self) -> u64 {
         lock(&self.running)
             .values()
-            .filter_map(|r| r.progress.borrow().as_ref().map(|p| p.throughput_bps))
+            .filter_map(|r| {
+                r.progress
+                    .borrow()
+                    .as_ref()
+                    .map(|l| l.progress.throughput_bps)
+            })
             .sum()
+    }
+
+    /// Recent throughput samples of one job (empty when it has not run since the start).
+    pub fn job_throughput(&self, id: &str) -> Vec<ThroughputSample> {
+        lock(&self.job_samples)
+            .get(id)
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Forget a deleted job's samples.
+    pub(crate) fn forget_samples(&self, id: &str) {
+        lock(&self.job_samples).remove(id);
     }
 
     pub fn throughput(&self) -> Vec<ThroughputSample> {
@@ -230,8 +259,33 @@ impl Engine {
     }
 
     fn sample(&self) {
+        let at = now();
+        let per_job: Vec<(String, u64)> = lock(&self.running)
+            .iter()
+            .map(|(id, r)| {
+                let bps = r
+                    .progress
+                    .borrow()
+                    .as_ref()
+                    .map_or(0, |l| l.progress.throughput_bps);
+                (id.clone(), bps)
+            })
+            .collect();
+        {
+            let mut m = lock(&self.job_samples);
+            for (id, bps) in per_job {
+                let v = m.entry(id).or_default();
+                v.push_back(ThroughputSample {
+                    at,
+                    bytes_per_second: bps,
+                });
+                while v.len() > SAMPLES_KEPT {
+                    v.pop_front();
+                }
+            }
+        }
         let s = ThroughputSample {
-            at: now(),
+            at,
             bytes_per_second: self.current_throughput(),
         };
         let mut v = lock(&self.samples);
@@ -424,7 +478,7 @@ impl Engine {
         job: JobRecord,
         src: Option<SourceRecord>,
         staging: Option<StagingRecord>,
-        progress: &watch::Sender<Option<Progress>>,
+        progress: &watch::Sender<Option<Live>>,
         cancel: &Arc<AtomicBool>,
     ) -> Outcome {
         let fail = |message: String, retry: bool| Outcome::Failed { message, retry };

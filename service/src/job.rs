@@ -21,7 +21,10 @@
 //! outside the owner and write it back over a concurrent `finish()`).
 
 use crate::store::JobRecord;
-use godwit_webui::backend::{JobState, Schedule};
+use godwit_webui::backend::{JobState, Schedule, StageTimes};
+use view::{DiskRecord, PhaseRecord};
+
+pub mod view;
 
 /// Failed runs in a row before a one-time job is `Failed` (a periodic one waits for its next
 /// period instead).
@@ -34,9 +37,25 @@ pub const MAX_BACKOFF_SECS: u64 = 3600;
 pub enum Event {
     /// The owner starts a run: the job is due and a transfer slot is free.
     Start { now: u64 },
-    /// The run reached a phase (`Transferring`, `RemovingSnapshot`); `message` is its
+    /// The run reached a phase (`Transferring`, `RemovingSnapshot`) at `at`; `message` is its
     /// timeline line.
-    Phase { state: JobState, message: String },
+    Phase {
+        state: JobState,
+        message: String,
+        at: u64,
+    },
+    /// The run found the VM's disks (label, capacity), in the source's order: the job's disk
+    /// list becomes these (each keeping its last replica by index).
+    Disks { disks: Vec<(String, u64)> },
+    /// Disk `index` was read and sent and its replica committed as `sync_id` at `at`.
+    DiskSynced {
+        index: u32,
+        sync_id: String,
+        sha256: Option<String>,
+        stages: StageTimes,
+        at: u64,
+        message: String,
+    },
     /// The run found the VM's identity (vSphere MoRef and instance UUID) and follows it by
     /// these from now on.
     Identity {
@@ -82,6 +101,8 @@ pub enum Effect {
     ProgressComplete,
     /// Log this line (info).
     Log(String),
+    /// Log a failed run (warning) with its error code and raw detail, for the log page.
+    LogFailure { code: String, detail: String },
 }
 
 /// Why an event does not apply to the job's current state; nothing changes.
@@ -168,6 +189,9 @@ pub fn step(
             job.state = JobState::Snapshotting;
             job.run_started = Some(now);
             job.cancel_requested = false;
+            job.replica.phases.clear();
+            job.replica.snapshot_at = None;
+            job.replica.stages = None;
             Ok((
                 job,
                 vec![
@@ -176,7 +200,7 @@ pub fn step(
                 ],
             ))
         }
-        Event::Phase { state, message } => {
+        Event::Phase { state, message, at } => {
             let forward = match job.state {
                 JobState::Snapshotting => {
                     matches!(state, JobState::Transferring | JobState::RemovingSnapshot)
@@ -188,7 +212,70 @@ pub fn step(
             if !(forward || same) {
                 return Err(not_applicable(&job, "phase"));
             }
+            if state == JobState::Transferring && job.state == JobState::Snapshotting {
+                job.replica.snapshot_at = Some(at);
+                push_phase(&mut job, view::SNAPSHOT_TAKEN.into(), at);
+            }
             job.state = state;
+            Ok((job, vec![persist(message)]))
+        }
+        Event::Disks { disks } => {
+            if !in_flight(job.state) {
+                return Err(not_applicable(&job, "disks"));
+            }
+            let old = std::mem::take(&mut job.replica.disks);
+            job.replica.disks = disks
+                .into_iter()
+                .enumerate()
+                .map(|(i, (label, capacity_bytes))| {
+                    let index = u32::try_from(i).unwrap_or(u32::MAX);
+                    let kept = old.iter().find(|d| d.index == index);
+                    DiskRecord {
+                        index,
+                        label,
+                        capacity_bytes,
+                        last_sync: kept.and_then(|d| d.last_sync.clone()),
+                        sha256: kept.and_then(|d| d.sha256.clone()),
+                        synced_at: kept.and_then(|d| d.synced_at),
+                    }
+                })
+                .collect();
+            Ok((job, vec![Effect::Persist { event: None }]))
+        }
+        Event::DiskSynced {
+            index,
+            sync_id,
+            sha256,
+            stages,
+            at,
+            message,
+        } => {
+            if !in_flight(job.state) {
+                return Err(not_applicable(&job, "disk synced"));
+            }
+            if let Some(d) = job.replica.disks.iter_mut().find(|d| d.index == index) {
+                d.last_sync = Some(sync_id);
+                d.sha256 = sha256;
+                d.synced_at = Some(at);
+            } else {
+                job.replica.disks.push(DiskRecord {
+                    index,
+                    label: format!("disk {index}"),
+                    capacity_bytes: 0,
+                    last_sync: Some(sync_id),
+                    sha256,
+                    synced_at: Some(at),
+                });
+                job.replica.disks.sort_by_key(|d| d.index);
+            }
+            let sum = job.replica.stages.get_or_insert_with(StageTimes::default);
+            sum.read_ms = sum.read_ms.saturating_add(stages.read_ms);
+            sum.hash_ms = sum.hash_ms.saturating_add(stages.hash_ms);
+            sum.compress_ms = sum.compress_ms.saturating_add(stages.compress_ms);
+            sum.send_ms = sum.send_ms.saturating_add(stages.send_ms);
+            sum.staging_wait_ms = sum.staging_wait_ms.saturating_add(stages.staging_wait_ms);
+            sum.wall_ms = sum.wall_ms.saturating_add(stages.wall_ms);
+            push_phase(&mut job, view::disk_phase(index), at);
             Ok((job, vec![persist(message)]))
         }
         Event::Identity {
@@ -252,18 +339,18 @@ pub fn step(
             if !in_flight(job.state) {
                 return Ok((job, Vec::new()));
             }
-            let was = job.state;
+            let was = view::state_text(job.state);
             job.run_started = None;
             let msg = if job.cancel_requested {
                 job.state = JobState::Cancelled;
                 job.next_run = None;
                 format!(
-                    "the service stopped during a run ({was:?}); the job was being cancelled and stays cancelled"
+                    "the service stopped during a run ({was}); the job was being cancelled and stays cancelled"
                 )
             } else {
                 job.state = JobState::Scheduled;
                 job.next_run = Some(now);
-                format!("the service stopped during a run ({was:?}); the run starts again")
+                format!("the service stopped during a run ({was}); the run starts again")
             };
             job.cancel_requested = false;
             let mut effects = vec![persist(msg.clone()), Effect::Log(msg)];
@@ -284,6 +371,10 @@ fn finish(mut job: JobRecord, outcome: Outcome, t: u64, rules: &Rules) -> (JobRe
             job.failures = 0;
             job.last_error = None;
             job.last_sync = Some(t);
+            job.replica.error = None;
+            job.replica.last_consistent = job.replica.snapshot_at.or(Some(started));
+            push_phase(&mut job, view::SNAPSHOT_REMOVED.into(), t);
+            push_phase(&mut job, view::REPLICA_COMMITTED.into(), t);
             effects.push(Effect::ProgressComplete);
             schedule_next(&mut job, started, t, rules);
             format!(
@@ -299,6 +390,15 @@ fn finish(mut job: JobRecord, outcome: Outcome, t: u64, rules: &Rules) -> (JobRe
         Outcome::Failed { message, retry } => {
             job.failures = job.failures.saturating_add(1);
             job.last_error = Some(message.clone());
+            let typed = crate::errors::classify(&message);
+            effects.push(Effect::LogFailure {
+                code: typed.code.clone(),
+                detail: message.clone(),
+            });
+            // The timeline says it readably; the raw text stays in `last_error`, the error's
+            // detail and the log.
+            let message = format!("{} [{}]", typed.message, typed.code);
+            job.replica.error = Some(typed);
             if retry && job.failures < MAX_FAILURES {
                 let delay = backoff(rules, job.failures);
                 job.state = JobState::RetryWait;
@@ -330,6 +430,13 @@ fn finish(mut job: JobRecord, outcome: Outcome, t: u64, rules: &Rules) -> (JobRe
     }
     out.push(Effect::Log(msg));
     (job, out)
+}
+
+/// Record that the run reached phase `name` (once per run).
+fn push_phase(job: &mut JobRecord, name: String, at: u64) {
+    if !job.replica.phases.iter().any(|p| p.name == name) {
+        job.replica.phases.push(PhaseRecord { name, at });
+    }
 }
 
 fn schedule_next(job: &mut JobRecord, started: u64, t: u64, rules: &Rules) {

@@ -11,6 +11,8 @@ pub mod auth;
 pub mod bundle;
 mod commands;
 pub mod engine;
+// issue #18: typed errors with remediation
+pub mod errors;
 pub mod export;
 pub mod export_files;
 pub mod host_network;
@@ -309,6 +311,12 @@ impl Appliance {
                         .map(|x| godwit_webui::backend::source_name(&x.address))
                 })
                 .unwrap_or_default(),
+            replication: job::view::view(
+                j,
+                self.engine.live(&j.id).as_ref(),
+                time::now(),
+                time::rfc3339,
+            ),
         }
     }
 
@@ -454,7 +462,15 @@ impl Backend for Appliance {
     }
 
     async fn set_staging(&self, cmd: SetStagingTarget) -> CommandResult<()> {
-        self.staging(cmd).await
+        let address = match &cmd {
+            SetStagingTarget::Server { address, .. } => address.clone(),
+            SetStagingTarget::S3 { bucket, .. } => format!("s3://{bucket}"),
+        };
+        let r = self.staging(cmd).await;
+        if let Err(e) = &r {
+            errors::log_refusal("staging target", &address, e);
+        }
+        r
     }
 
     async fn set_ingest(
@@ -492,7 +508,12 @@ impl Backend for Appliance {
     }
 
     async fn add_source(&self, cmd: AddSource) -> CommandResult<SourceView> {
-        self.add(cmd).await
+        let address = cmd.address.clone();
+        let r = self.add(cmd).await;
+        if let Err(e) = &r {
+            errors::log_refusal("source", &address, e);
+        }
+        r
     }
 
     async fn approve_source_host(&self, id: String, cmd: ApproveHost) -> CommandResult<SourceView> {
@@ -691,5 +712,14 @@ impl Backend for Appliance {
         cmd: SetSourceCredentials,
     ) -> CommandResult<SourceView> {
         self.put_credentials(id, cmd).await
+    }
+    // replication view (issue #18)
+    async fn job_throughput(&self, id: String) -> CommandResult<Vec<ThroughputSample>> {
+        if self.store.job(&id)?.is_none() {
+            return Err(CommandError::NotFound {
+                message: format!("job {id}"),
+            });
+        }
+        Ok(self.engine.job_throughput(&id))
     }
 }

@@ -187,6 +187,9 @@ pub struct JobRecord {
     /// Cancel asked for while the run was active.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// The replica: disks, the run's phases, the lag's origin, the typed error (issue #18).
+    #[serde(default)]
+    pub replica: crate::job::view::ReplicaRecord,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -505,6 +508,7 @@ mod tests {
             created: 1,
             run_started: None,
             cancel_requested: false,
+            replica: Default::default(),
         }
     }
 

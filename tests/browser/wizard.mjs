@@ -263,7 +263,7 @@ async function main() {
     // 8. Dashboard with the job and the throughput chart.
     await page.goto(cfg.url + "/");
     await page.locator(`tr[data-job-id="${jobId}"]`).waitFor({ timeout: 10000 }).catch(() => fail("job not on the dashboard"));
-    await page.locator("svg#throughput").waitFor();
+    await page.locator("#throughput").waitFor();
     await shot(page, "dashboard");
 
     // 9. Export the replica: an empty destination is refused, then the real one.

@@ -146,6 +146,12 @@ pub struct ReplicateReport {
     pub seconds_read: f64,
     pub seconds_hash: f64,
     pub seconds_compress: f64,
+    /// Time chunks spent being sent until the store acknowledged them, summed over the chunks
+    /// in flight (the link and the staging server's write).
+    pub seconds_send: f64,
+    /// Worker time spent waiting for the staging side: for a free slot in the window of
+    /// unacknowledged chunks, and for the store's answer to "do you have this chunk".
+    pub seconds_wait_staging: f64,
     /// SHA-256 of the whole raw disk content; only when asked for
     /// ([`ReplicateOptions::raw_sha256`]) and the whole disk was read.
     pub raw_sha256: Option<String>,
@@ -170,6 +176,8 @@ struct Counters {
     nanos_read: AtomicU64,
     nanos_hash: AtomicU64,
     nanos_compress: AtomicU64,
+    nanos_send: AtomicU64,
+    nanos_wait: AtomicU64,
 }
 
 fn add_nanos(a: &AtomicU64, since: Instant) {
@@ -454,6 +462,8 @@ pub fn replicate_disk(
             seconds_read: secs(&c.nanos_read),
             seconds_hash: secs(&c.nanos_hash),
             seconds_compress: secs(&c.nanos_compress),
+            seconds_send: secs(&c.nanos_send),
+            seconds_wait_staging: secs(&c.nanos_wait),
             raw_sha256: idx.raw_sha256.map(hex::encode),
             attempts: attempt,
             seconds: t0.elapsed().as_secs_f64(),
@@ -826,12 +836,16 @@ fn one_chunk(
     }
     let known = shared.known.lock().map(|k| k.contains(&d)).unwrap_or(false);
     let have = known || {
+        let t_ask = Instant::now();
         let (s, r) = oneshot::channel();
         asker
             .blocking_send((d, s))
             .map_err(|_| Error::network("store", "asker stopped"))?;
-        r.blocking_recv()
-            .map_err(|_| Error::network("store", "no answer"))??
+        let have = r
+            .blocking_recv()
+            .map_err(|_| Error::network("store", "no answer"))??;
+        add_nanos(&c.nanos_wait, t_ask);
+        have
     };
     if have {
         shared.set(i, Entry::Data(d));
@@ -844,9 +858,11 @@ fn one_chunk(
     let t_zstd = Instant::now();
     let enc = Bytes::from(encode_chunk_with(bytes, d, ZSTD_LEVEL)?);
     add_nanos(&c.nanos_compress, t_zstd);
+    let t_window = Instant::now();
     let permit = handle
         .block_on(sem.clone().acquire_owned())
         .map_err(|_| Error::Usage("window closed".into()))?;
+    add_nanos(&c.nanos_wait, t_window);
     if shared.failed.load(Ordering::SeqCst) {
         return Ok(());
     }
@@ -856,7 +872,10 @@ fn one_chunk(
         if let Some(l) = &shared.limiter {
             tokio::time::sleep_until(l.reserve(n).into()).await;
         }
-        match store.put_chunk(d, enc).await {
+        let t_send = Instant::now();
+        let put = store.put_chunk(d, enc).await;
+        add_nanos(&shared.c.nanos_send, t_send);
+        match put {
             Ok(()) => {
                 shared.set(i, Entry::Data(d));
                 if let Ok(mut k) = shared.known.lock() {

@@ -90,6 +90,8 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .get("/api/v1/logs", logs::<B>)
         .get("/api/v1/support-bundle", support_bundle::<B>)
         .get("/metrics", metrics::<B>)
+        // replication view (issue #18)
+        .get("/api/v1/jobs/{id}/throughput", job_throughput::<B>)
         .merge(operator_routes::<B>())
 }
 
@@ -521,4 +523,13 @@ async fn metrics<B: Backend>(State(st): St<B>) -> Response {
         st.backend.metrics().await,
     )
         .into_response()
+}
+
+// ---- replication view (issue #18) ----------------------------------------------------------
+
+async fn job_throughput<B: Backend>(
+    State(st): St<B>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<ThroughputSample>>> {
+    Ok(Json(st.backend.job_throughput(id).await?))
 }

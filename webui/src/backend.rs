@@ -513,6 +513,9 @@ pub struct JobView {
     /// The source's name ([`SourceView::name`]), shown instead of `source_id`.
     #[serde(default)]
     pub source_name: String,
+    /// The replication view (issue #18): lifecycle state, ETA, lag, disks, phases, typed error.
+    #[serde(flatten)]
+    pub replication: ReplicationView,
 }
 
 /// One entry of a job's timeline (history).
@@ -834,6 +837,153 @@ pub struct SetSourceCredentials {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Replication view (issue #18): lifecycle states, per-disk progress, phases, typed errors
+// ---------------------------------------------------------------------------------------------
+
+/// Where a job is in its replication lifecycle (like AWS MGN's), derived from its state, its
+/// last consistent replica and its failures.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicationState {
+    /// No consistent replica yet: the first full copy is running or waiting to start.
+    #[default]
+    InitialSync,
+    /// A replica exists and an incremental run is copying what changed since.
+    Backlog,
+    /// In sync: the last run succeeded and the next one is scheduled.
+    Continuous,
+    /// Runs are failing (retrying, or given up): `stalled_reason` says why.
+    Stalled,
+    /// A replica exists and no further run is scheduled (a one-time job that completed):
+    /// "Run now" takes it up again.
+    Paused,
+    /// The operator cancelled the job.
+    Cancelled,
+}
+
+impl ReplicationState {
+    pub fn label(self) -> &'static str {
+        match self {
+            ReplicationState::InitialSync => "initial sync",
+            ReplicationState::Backlog => "backlog",
+            ReplicationState::Continuous => "continuous",
+            ReplicationState::Stalled => "stalled",
+            ReplicationState::Paused => "paused",
+            ReplicationState::Cancelled => "cancelled",
+        }
+    }
+
+    /// One sentence, shown on hover.
+    pub fn explanation(self) -> &'static str {
+        match self {
+            ReplicationState::InitialSync => {
+                "No consistent replica yet: the first full copy of every disk is running or waiting to start."
+            }
+            ReplicationState::Backlog => {
+                "A replica exists; a run is copying what changed since the last one."
+            }
+            ReplicationState::Continuous => {
+                "In sync: the last run made a consistent replica and the next run is scheduled."
+            }
+            ReplicationState::Stalled => {
+                "Runs are failing; the reason and what to do are shown with the job."
+            }
+            ReplicationState::Paused => {
+                "A consistent replica exists and no further run is scheduled; Run now starts one."
+            }
+            ReplicationState::Cancelled => "The job was cancelled; Run now starts it again.",
+        }
+    }
+}
+
+/// A failure as the operator sees it: a stable code, one line saying what happened, one saying
+/// what to do, and the raw detail for support.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobError {
+    /// Stable, dotted: `vsphere.file_not_found`, `staging.unreachable`, ...
+    pub code: String,
+    pub message: String,
+    pub remediation: String,
+    /// The error as the component reported it (for support; may be long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One disk of a job's VM: the current run's progress on it and its last replica.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskProgress {
+    pub index: u32,
+    pub label: String,
+    pub capacity_bytes: u64,
+    /// Virtual bytes of the disk dealt with in the current (or last) run.
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// `pending`, `reading`, `done`, `failed` (in the current or last run), or `idle`.
+    pub state: String,
+    pub throughput_bps: u64,
+    /// The sync id of the disk's last replica.
+    pub last_sync: Option<String>,
+    /// SHA-256 of the last replica's raw content (`None` for an incremental run that did not
+    /// read the whole disk).
+    pub sha256: Option<String>,
+}
+
+/// One step of the current (or last) run's checklist.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PhaseView {
+    pub name: String,
+    /// `done`, `running`, `pending`, `failed`
+    pub state: String,
+    /// RFC 3339, once done.
+    pub at: Option<String>,
+}
+
+/// Where a job's last (or current) run spent its time, in milliseconds. Reading, hashing and
+/// compressing are summed over the worker threads; sending and waiting for staging are the
+/// sender's time writing to the connection and waiting for the staging server's
+/// acknowledgements.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StageTimes {
+    pub read_ms: u64,
+    pub hash_ms: u64,
+    pub compress_ms: u64,
+    pub send_ms: u64,
+    pub staging_wait_ms: u64,
+    /// Wall-clock time of the disks' transfers.
+    pub wall_ms: u64,
+}
+
+/// The replication view of a job (flattened into [`JobView`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicationView {
+    #[serde(default)]
+    pub replication_state: ReplicationState,
+    /// Why the job is stalled (the error's message), only when it is.
+    #[serde(default)]
+    pub stalled_reason: Option<String>,
+    /// The current run's phase in words (`reading disk 1 of 2`), `None` when no run is active.
+    #[serde(default)]
+    pub phase: Option<String>,
+    /// Seconds left in the running sync, from the allocated bytes left to read and the read
+    /// rate; `None` when unknown (no run, or nothing measured yet).
+    #[serde(default)]
+    pub eta_seconds: Option<u64>,
+    /// Seconds since the snapshot of the last consistent replica; `None` before the first.
+    #[serde(default)]
+    pub lag_seconds: Option<u64>,
+    #[serde(default)]
+    pub disks: Vec<DiskProgress>,
+    /// The current (or last) run's checklist.
+    #[serde(default)]
+    pub phases: Vec<PhaseView>,
+    /// The last run's failure, typed; `None` after a good run.
+    #[serde(default)]
+    pub error: Option<JobError>,
+    #[serde(default)]
+    pub stages: Option<StageTimes>,
+}
+
+// ---------------------------------------------------------------------------------------------
 // The backend
 // ---------------------------------------------------------------------------------------------
 
@@ -987,4 +1137,11 @@ pub trait Backend: Send + Sync + 'static {
         id: String,
         cmd: SetSourceCredentials,
     ) -> impl Future<Output = CommandResult<SourceView>> + Send;
+
+    // replication view (issue #18)
+    /// Recent throughput samples of one job (NotFound for an unknown id).
+    fn job_throughput(
+        &self,
+        id: String,
+    ) -> impl Future<Output = CommandResult<Vec<ThroughputSample>>> + Send;
 }

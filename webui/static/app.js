@@ -45,9 +45,130 @@
       badge.textContent = STATE_LABEL[job.state] || job.state;
       badge.className = "badge " + (STATE_TONE[job.state] || "idle");
     }
-    set(root, "error", job.last_error || "");
+    set(root, "error", job.error ? job.error.message : (job.last_error || ""));
     set(root, "last_sync", job.last_sync || "never");
     set(root, "next_run", job.next_run || "—");
+    showReplication(root, job);
+  }
+
+  // ---- replication view (issue #18) ----------------------------------------------------------
+  const REPL = {
+    initial_sync: ["initial sync", "No consistent replica yet: the first full copy of every disk is running or waiting to start."],
+    backlog: ["backlog", "A replica exists; a run is copying what changed since the last one."],
+    continuous: ["continuous", "In sync: the last run made a consistent replica and the next run is scheduled."],
+    stalled: ["stalled", "Runs are failing; the reason and what to do are shown with the job."],
+    paused: ["paused", "A consistent replica exists and no further run is scheduled; Run now starts one."],
+    cancelled: ["cancelled", "The job was cancelled; Run now starts it again."],
+  };
+  const RUNNING = { snapshotting: 1, transferring: 1, removing_snapshot: 1 };
+
+  function duration(secs) {
+    const d = Math.floor(secs / 86400), h = Math.floor(secs / 3600) % 24;
+    const m = Math.floor(secs / 60) % 60, s = secs % 60;
+    const two = (n) => (n < 10 ? "0" : "") + n;
+    if (d > 0) return d + " d " + h + " h";
+    if (h > 0) return h + " h " + two(m) + " min";
+    if (m > 0) return m + " min " + two(s) + " s";
+    return s + " s";
+  }
+
+  function el(tag, attrs, text) {
+    const e = document.createElement(tag);
+    for (const k in attrs || {}) e.setAttribute(k, attrs[k]);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  function showReplication(root, job) {
+    const running = !!RUNNING[job.state];
+    const r = REPL[job.replication_state] || [job.replication_state || "", ""];
+    const badge = root.querySelector('[data-field="replication_state"]');
+    if (badge) {
+      badge.textContent = r[0];
+      badge.title = r[1];
+      badge.className = "badge repl " + (job.replication_state || "");
+    }
+    set(root, "replication_explanation", r[1]);
+    set(root, "stalled_reason", job.stalled_reason || "");
+    set(root, "phase", job.phase || "");
+    set(root, "eta", job.eta_seconds == null ? (running ? "unknown yet" : "—") : duration(job.eta_seconds));
+    set(root, "lag", job.lag_seconds == null ? "no replica yet" : duration(job.lag_seconds));
+    const runs = document.querySelector('[data-field="runs_completed"]');
+    if (runs && root.id === "job") {
+      const n = job.runs_completed;
+      runs.textContent = n + " completed run" + (n === 1 ? "" : "s");
+    }
+    const box = document.getElementById("job-error");
+    if (box && root.id === "job") {
+      const e = job.error;
+      box.hidden = !e;
+      set(box, "error_message", e ? e.message : "");
+      set(box, "error_code", e ? e.code : "");
+      set(box, "error_remediation", e ? e.remediation : "");
+      set(box, "error_detail", e && e.detail ? e.detail : "");
+    }
+    const runForm = document.getElementById("run-form");
+    const cancelForm = document.getElementById("cancel-form");
+    if (runForm && root.id === "job") runForm.hidden = running;
+    if (cancelForm && root.id === "job") cancelForm.hidden = !running;
+    const disks = document.querySelector("table#disks tbody");
+    if (disks && root.id === "job" && job.disks) {
+      const rows = job.disks.map((d) => {
+        const tr = el("tr", { "data-disk": String(d.index) });
+        const pct = d.bytes_total > 0 ? Math.floor(Math.min(d.bytes_done, d.bytes_total) * 100 / d.bytes_total) : 0;
+        tr.append(el("td", { "data-field": "label" }, d.label), el("td", { "data-field": "capacity" }, units(d.capacity_bytes)));
+        const cell = el("td");
+        const bar = el("progress", { max: String(Math.max(d.bytes_total, 1)), value: String(Math.min(d.bytes_done, Math.max(d.bytes_total, 1))), "aria-label": "Progress of " + d.label });
+        cell.append(bar, " ", el("span", { "data-field": "progress" }, pct + " % (" + units(d.bytes_done) + " of " + units(d.bytes_total) + ")"));
+        const sync = el("td", { "data-field": "last_sync" });
+        sync.append(el("code", {}, d.last_sync || "—"));
+        const sha = el("td", { "data-field": "sha256" });
+        sha.append(el("code", { class: "hash" }, d.sha256 || "—"));
+        tr.append(cell, el("td", { "data-field": "state" }, d.state), el("td", { "data-field": "throughput" }, d.throughput_bps > 0 ? units(d.throughput_bps) + "/s" : ""), sync, sha);
+        return tr;
+      });
+      disks.replaceChildren(...rows);
+      const empty = document.getElementById("disks-empty");
+      if (empty) empty.hidden = rows.length > 0;
+    }
+    const phases = document.getElementById("phases");
+    if (phases && root.id === "job" && job.phases) {
+      phases.replaceChildren(...job.phases.map((p) => {
+        const li = el("li", { class: p.state, "data-phase": p.name });
+        li.append(el("span", { "data-field": "name" }, p.name), " ", el("span", { class: "muted", "data-field": "at" }, p.at || p.state));
+        return li;
+      }));
+      const empty = document.getElementById("phases-empty");
+      if (empty) empty.hidden = job.phases.length > 0;
+    }
+    const stages = document.getElementById("stages");
+    if (stages && root.id === "job") {
+      const s = job.stages;
+      const ms = (v) => (v < 1000 ? v + " ms" : duration(Math.floor(v / 1000)));
+      const rows = s ? [["reading the source", s.read_ms], ["hashing", s.hash_ms], ["compressing", s.compress_ms],
+        ["sending (until acknowledged)", s.send_ms], ["waiting for staging", s.staging_wait_ms], ["elapsed (all disks)", s.wall_ms]] : [];
+      stages.replaceChildren(...rows.flatMap(([n, v]) => [el("dt", {}, n), el("dd", {}, ms(v))]));
+    }
+  }
+
+  function showHistory(list, events) {
+    if (list.children.length === events.length) return;
+    list.replaceChildren(...events.map((e) => {
+      const li = el("li");
+      li.append(el("time", {}, e.at), " " + e.message);
+      return li;
+    }));
+    const empty = document.getElementById("history-empty");
+    if (empty) empty.hidden = events.length > 0;
+  }
+
+  // Chart images are drawn by the server; reloading them keeps them live.
+  function refreshImage(img) {
+    setInterval(() => {
+      if (document.hidden) return;
+      const base = img.getAttribute("src").replace(/[?&]t=\d+$/, "");
+      img.setAttribute("src", base + (base.includes("?") ? "&" : "?") + "t=" + Date.now());
+    }, POLL_MS);
   }
 
   async function getJson(url) {
@@ -66,25 +187,6 @@
       busy = false;
     };
     setInterval(tick, POLL_MS);
-  }
-
-  function drawChart(svg, samples) {
-    const W = 600, H = 150;
-    const peak = samples.reduce((m, s) => Math.max(m, s.bytes_per_second), 0);
-    const n = samples.length;
-    const pts = samples.map((s, i) => {
-      const x = n > 1 ? Math.floor(i * W / (n - 1)) : 0;
-      const y = peak === 0 ? H : H - Math.floor(s.bytes_per_second * H / peak);
-      return x + "," + y;
-    }).join(" ");
-    const line = svg.querySelector("polyline");
-    if (line) line.setAttribute("points", pts);
-    const latest = document.getElementById("tp-latest");
-    const peakEl = document.getElementById("tp-peak");
-    if (latest) latest.textContent = units(n ? samples[n - 1].bytes_per_second : 0) + "/s";
-    if (peakEl) peakEl.textContent = units(peak) + "/s";
-    const empty = document.getElementById("tp-empty");
-    if (empty && n > 0) empty.hidden = true;
   }
 
   // An export's progress (allocation-aware bytes, %, rate, ETA) and its cancel button.
@@ -145,9 +247,17 @@
     }
     const one = document.querySelector("#job[data-poll]");
     if (one) poll(one.dataset.poll, (job) => showJob(one, job));
+    const history = document.getElementById("history");
+    if (one && history && one.dataset.events) poll(one.dataset.events, (events) => showHistory(history, events));
 
-    const chart = document.querySelector("svg#throughput[data-poll]");
-    if (chart) poll(chart.dataset.poll, (samples) => drawChart(chart, samples));
+    for (const img of document.querySelectorAll("img[data-refresh]")) refreshImage(img);
+    const choice = document.getElementById("chart-job");
+    const chartImg = document.querySelector("img#throughput[data-src]");
+    if (choice && chartImg) {
+      choice.addEventListener("change", () => {
+        chartImg.setAttribute("src", chartImg.dataset.src + encodeURIComponent(choice.value));
+      });
+    }
 
     const exports = document.querySelector("table#exports[data-poll]");
     if (exports) {

@@ -61,10 +61,13 @@ impl Appliance {
             created: t,
             run_started: None,
             cancel_requested: false,
+            replica: Default::default(),
         };
         let message = format!(
-            "created: replicate {} from {} ({:?})",
-            job.vm, src.address, job.schedule
+            "created: replicate {} from {} ({})",
+            job.vm,
+            src.address,
+            crate::job::view::schedule_text(&job.schedule)
         );
         let job = self.engine.create(job, message).await?;
         self.engine.wake();

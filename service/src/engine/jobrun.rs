@@ -5,11 +5,12 @@
 //! how they take, read and remove a snapshot/checkpoint.
 
 use super::{Engine, mib};
+use crate::job::view::Live;
 use crate::job::{Event, Outcome};
 use crate::store::JobRecord;
 use godwit_disk::{BlockSource, Run};
 use godwit_transfer::replicate::{Connect, ProgressFn, ReplicateOptions, replicate_disk};
-use godwit_webui::backend::{JobState, Progress};
+use godwit_webui::backend::{JobState, Progress, StageTimes};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
@@ -22,7 +23,7 @@ pub(super) struct RunCtx<'a> {
     /// The job as it was when the run started (read only: changes go to the owner).
     pub job: &'a JobRecord,
     pub target: &'a dyn Connect,
-    pub progress: &'a watch::Sender<Option<Progress>>,
+    pub progress: &'a watch::Sender<Option<Live>>,
     pub cancel: &'a AtomicBool,
     /// Virtual bytes of all the VM's disks.
     pub total: u64,
@@ -37,7 +38,7 @@ impl<'a> RunCtx<'a> {
         engine: &'a Engine,
         job: &'a JobRecord,
         target: &'a dyn Connect,
-        progress: &'a watch::Sender<Option<Progress>>,
+        progress: &'a watch::Sender<Option<Live>>,
         cancel: &'a Arc<AtomicBool>,
     ) -> Self {
         RunCtx {
@@ -103,39 +104,58 @@ impl<'a> RunCtx<'a> {
             self.report(Event::Phase {
                 state: JobState::Transferring,
                 message: taken(),
+                at: crate::time::now(),
             })?;
         }
-        let mut message = self.transfer(n, disk, changed)?;
-        message.push_str(detail);
+        let mut synced = self.transfer(n, disk, changed)?;
+        synced.message.push_str(detail);
+        self.report(Event::DiskSynced {
+            index: u32::try_from(n)?,
+            sync_id: synced.sync_id,
+            sha256: synced.sha256,
+            stages: synced.stages,
+            at: crate::time::now(),
+            message: synced.message,
+        })?;
         if n_disks == Some(n + 1) {
-            message.push_str(removing);
             self.report(Event::Phase {
                 state: JobState::RemovingSnapshot,
-                message,
+                message: removing.trim_start_matches("; ").to_string(),
+                at: crate::time::now(),
             })
         } else {
-            self.note(message)
+            Ok(())
         }
+    }
+
+    /// The run found the VM's disks (label, capacity): the job records them and the progress
+    /// counts their total.
+    pub fn set_disks(&mut self, disks: Vec<(String, u64)>) -> Result<(), SinkError> {
+        self.set_total(disks.iter().map(|d| d.1).sum());
+        self.report(Event::Disks { disks })
     }
 
     /// The run knows how much it has to read.
     pub fn set_total(&mut self, total: u64) {
         self.total = total;
-        self.progress.send_replace(Some(Progress {
-            bytes_done: 0,
-            bytes_total: total,
-            throughput_bps: 0,
+        self.progress.send_replace(Some(Live {
+            progress: Progress {
+                bytes_done: 0,
+                bytes_total: total,
+                throughput_bps: 0,
+            },
+            ..Live::default()
         }));
     }
 
     /// Replicate disk `n` of the job's VM (only `changed` ranges when the source knows them).
-    /// Returns the timeline line.
+    /// Returns the replica made and its timeline line.
     pub fn transfer(
         &mut self,
         n: usize,
         disk: &dyn BlockSource,
         changed: Option<&[std::ops::Range<u64>]>,
-    ) -> Result<String, SinkError> {
+    ) -> Result<Synced, SinkError> {
         if self.cancelled() {
             return Err("cancelled by the operator".into());
         }
@@ -149,10 +169,19 @@ impl<'a> RunCtx<'a> {
         let (base, total) = (self.done_before, self.total);
         let tx = self.progress.clone();
         let pf: ProgressFn = Arc::new(move |p: &godwit_transfer::replicate::Progress| {
-            tx.send_replace(Some(Progress {
-                bytes_done: (base + p.bytes_done).min(total),
-                bytes_total: total,
-                throughput_bps: p.rate_bytes_per_sec,
+            tx.send_replace(Some(Live {
+                progress: Progress {
+                    bytes_done: (base + p.bytes_done).min(total),
+                    bytes_total: total,
+                    throughput_bps: p.rate_bytes_per_sec,
+                },
+                disk: Some(p.disk),
+                disk_done: p.bytes_done,
+                disk_total: p.disk_size,
+                disk_rate: p.rate_bytes_per_sec,
+                read_total: p.read_total,
+                read_done: p.read_done,
+                read_rate: p.read_rate_bytes_per_sec,
             }));
         });
         let mut metadata = std::collections::BTreeMap::new();
@@ -171,6 +200,10 @@ impl<'a> RunCtx<'a> {
                 .or(opts.bandwidth_limit),
             metadata,
             progress: Some(pf),
+            // The ETA counts the allocated bytes left to read (sparse disks are not
+            // over-estimated), and each replica records its content's SHA-256.
+            measure_allocation: true,
+            raw_sha256: true,
             ..ReplicateOptions::default()
         };
         let source = Cancellable {
@@ -193,7 +226,7 @@ impl<'a> RunCtx<'a> {
         self.engine
             .bytes_transferred
             .fetch_add(rep.bytes_sent, Ordering::Relaxed);
-        Ok(format!(
+        let message = format!(
             "disk {n} replicated as sync {}: {} read, {} sent ({} chunks new, {} reused, {} carried)",
             rep.sync_id,
             mib(rep.bytes_read),
@@ -201,7 +234,44 @@ impl<'a> RunCtx<'a> {
             rep.chunks_new,
             rep.chunks_reused,
             rep.chunks_carried
-        ))
+        );
+        Ok(Synced {
+            message,
+            stages: stage_times(&rep),
+            sync_id: rep.sync_id,
+            sha256: rep.raw_sha256,
+        })
+    }
+}
+
+/// One disk's replica as the run reports it.
+pub(super) struct Synced {
+    pub message: String,
+    pub sync_id: String,
+    pub sha256: Option<String>,
+    pub stages: StageTimes,
+}
+
+fn ms(seconds: f64) -> u64 {
+    if seconds.is_finite() && seconds > 0.0 {
+        // Saturating float-to-int conversion.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let v = (seconds * 1000.0).round() as u64;
+        v
+    } else {
+        0
+    }
+}
+
+/// Where a disk's transfer spent its time, from the replication report.
+fn stage_times(rep: &godwit_transfer::replicate::ReplicateReport) -> StageTimes {
+    StageTimes {
+        read_ms: ms(rep.seconds_read),
+        hash_ms: ms(rep.seconds_hash),
+        compress_ms: ms(rep.seconds_compress),
+        send_ms: ms(rep.seconds_send),
+        staging_wait_ms: ms(rep.seconds_wait_staging),
+        wall_ms: ms(rep.seconds),
     }
 }
 

@@ -131,6 +131,7 @@ impl Owner {
             Cmd::Release { id, delete, reply } => {
                 self.held.remove(&id);
                 let r = if delete {
+                    self.engine.forget_samples(&id);
                     self.engine.store.delete_job(&id).map_err(Into::into)
                 } else {
                     Ok(())
@@ -185,13 +186,16 @@ impl Owner {
                     let last = lock(&self.engine.running)
                         .get(id)
                         .and_then(|r| r.progress.borrow().clone());
-                    if let Some(mut p) = last {
+                    if let Some(mut p) = last.map(|l| l.progress) {
                         p.bytes_done = p.bytes_total;
                         p.throughput_bps = 0;
                         lock(&self.engine.last_progress).insert(id.to_string(), p);
                     }
                 }
                 Effect::Log(line) => tracing::info!(job = %next.id, vm = %next.vm, "{line}"),
+                Effect::LogFailure { code, detail } => {
+                    tracing::warn!(job = %next.id, vm = %next.vm, code = %code, "job run failed [{code}]: {detail}");
+                }
             }
         }
         answer(reply, Ok(()));

@@ -44,11 +44,20 @@ fn connect_job(
     engine: &Engine,
     job: &JobRecord,
     src: &SourceRecord,
-) -> Result<(Client, Option<(usize, u64)>), HvError> {
+) -> Result<(Client, Option<Sizes>), HvError> {
     match src.kind {
-        SourceKind::Scvmm => crate::scvmm::connect_vm(src, &job.vm, &ledger_path(engine, &job.id)),
-        _ => Ok((client(src)?, sizes(src, &job.vm))),
+        SourceKind::Scvmm => crate::scvmm::connect_vm(src, &job.vm, &ledger_path(engine, &job.id))
+            .map(|(c, s)| (c, s.map(|(n, total)| Sizes::Total(n, total)))),
+        _ => Ok((client(src)?, sizes(src, &job.vm).map(Sizes::Disks))),
     }
+}
+
+/// What the run knows of the VM's disks before reading them.
+enum Sizes {
+    /// Each disk's label and size (a Hyper-V host's inventory).
+    Disks(Vec<(String, u64)>),
+    /// Only the count and the total (SCVMM).
+    Total(usize, u64),
 }
 
 /// Remove the checkpoints the job's ledger records (blocking). With `keep_resumable` (the
@@ -108,12 +117,20 @@ pub(super) fn entries(engine: &Engine, job: &JobRecord) -> Vec<LedgerEntryView> 
 
 /// The VM's disk count and total size from the inventory (for the progress bar), if the
 /// inventory can say.
-fn sizes(src: &SourceRecord, vm: &str) -> Option<(usize, u64)> {
+fn sizes(src: &SourceRecord, vm: &str) -> Option<Vec<(String, u64)>> {
     let (source, creds) = hyperv_source(src);
     let inv = godwit_hyperv::inventory(&source, &creds, hyperv_pin(src).ok()).ok()?;
     let rec = &inv.vms.iter().find(|v| v.record.name == vm)?.record;
-    let sizes: Option<Vec<u64>> = rec.disks.iter().map(|d| d.size.map(|b| b.0)).collect();
-    sizes.map(|s| (s.len(), s.iter().sum()))
+    rec.disks
+        .iter()
+        .map(|d| {
+            let label = format!(
+                "{} {}:{}",
+                d.controller_type, d.controller_number, d.controller_location
+            );
+            d.size.map(|b| (label, b.0))
+        })
+        .collect()
 }
 
 /// One run (blocking).
@@ -126,8 +143,14 @@ fn cycle(run: &mut RunCtx<'_>, src: &SourceRecord) -> Result<(), HvError> {
     let job = run.job;
     let (c, sizes) = connect_job(run.engine, job, src)?;
     let n_disks = match sizes {
-        Some((n, total)) => {
+        Some(Sizes::Total(n, total)) => {
             run.set_total(total);
+            Some(n)
+        }
+        Some(Sizes::Disks(disks)) => {
+            let n = disks.len();
+            run.set_disks(disks)
+                .map_err(|e| HvError::Usage(format!("recording the VM's disks: {e}")))?;
             Some(n)
         }
         None => None,

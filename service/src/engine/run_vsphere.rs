@@ -103,7 +103,13 @@ fn cycle(
     };
     let vm = resolve(session, &target)?;
     let n_disks = vm.disks.len();
-    run.set_total(vm.disks.iter().map(|d| d.capacity_bytes).sum());
+    run.set_disks(
+        vm.disks
+            .iter()
+            .map(|d| (d.label.clone(), d.capacity_bytes))
+            .collect(),
+    )
+    .map_err(|e| godwit_vmware::Error::Usage(format!("recording the VM's disks: {e}")))?;
     let dir = run.engine.job_dir(&job.id);
     std::fs::create_dir_all(&dir)
         .map_err(|e| godwit_vmware::Error::Usage(format!("creating {}: {e}", dir.display())))?;

@@ -20,6 +20,7 @@ fn job(id: &str, state: JobState) -> JobRecord {
         created: 1,
         run_started: job::in_flight(state).then_some(1),
         cancel_requested: false,
+        replica: Default::default(),
     }
 }
 

@@ -37,6 +37,7 @@ fn job(state: JobState, schedule: Schedule) -> JobRecord {
         created: 1,
         run_started: in_flight(state).then_some(50),
         cancel_requested: false,
+        replica: Default::default(),
     }
 }
 
@@ -46,15 +47,28 @@ fn events(now: u64) -> Vec<Event> {
         Event::Phase {
             state: JobState::Transferring,
             message: "t".into(),
+            at: 0,
         },
         Event::Phase {
             state: JobState::RemovingSnapshot,
             message: "r".into(),
+            at: 0,
         },
         Event::Identity {
             moref: "vm-7".into(),
             instance_uuid: Some("u".into()),
             message: "i".into(),
+        },
+        Event::Disks {
+            disks: vec![("Hard disk 1".into(), 10), ("Hard disk 2".into(), 20)],
+        },
+        Event::DiskSynced {
+            index: 0,
+            sync_id: "s0".into(),
+            sha256: Some("ab".into()),
+            stages: StageTimes::default(),
+            at: now,
+            message: "d".into(),
         },
         Event::Note {
             message: "n".into(),
@@ -178,6 +192,7 @@ fn a_run_goes_through_its_phases_and_completes() {
         Event::Phase {
             state: JobState::Transferring,
             message: "snapshot taken".into(),
+            at: 0,
         },
         &RULES,
     )
@@ -187,7 +202,8 @@ fn a_run_goes_through_its_phases_and_completes() {
             j.clone(),
             Event::Phase {
                 state: JobState::Snapshotting,
-                message: "back".into()
+                message: "back".into(),
+                at: 0,
             },
             &RULES
         )
@@ -418,7 +434,8 @@ fn arb_event() -> impl Strategy<Value = Event> {
         ]
         .prop_map(|state| Event::Phase {
             state,
-            message: "p".into()
+            message: "p".into(),
+            at: 7
         }),
         Just(Event::Identity {
             moref: "vm-1".into(),
@@ -427,6 +444,17 @@ fn arb_event() -> impl Strategy<Value = Event> {
         }),
         Just(Event::Note {
             message: "n".into()
+        }),
+        (1usize..4).prop_map(|n| Event::Disks {
+            disks: (0..n).map(|i| (format!("disk {i}"), 1 << 20)).collect()
+        }),
+        (0u32..4, now.clone()).prop_map(|(index, at)| Event::DiskSynced {
+            index,
+            sync_id: format!("s{index}"),
+            sha256: None,
+            stages: StageTimes::default(),
+            at,
+            message: "d".into()
         }),
         (now.clone(), 0u8..4).prop_map(|(now, k)| Event::Finished {
             outcome: match k {
@@ -503,6 +531,7 @@ proptest! {
                 _ => {}
             }
             prop_assert_eq!(in_flight(after.state), active, "{:?} after {:?}", after, ev);
+            check_view(&after);
             prop_assert_eq!(after.runs_completed, completed);
             j = after;
         }
@@ -531,4 +560,236 @@ proptest! {
             prop_assert!(fx.is_empty());
         }
     }
+}
+
+// ---- replication view (issue #18) ---------------------------------------------------------
+
+use godwit_webui::backend::ReplicationState;
+
+/// What the derived view must say of any record the step can produce.
+fn check_view(j: &JobRecord) {
+    let (state, reason) = view::replication_state(j);
+    if in_flight(j.state) {
+        assert!(
+            matches!(
+                state,
+                ReplicationState::InitialSync | ReplicationState::Backlog
+            ),
+            "{j:?}: {state:?}"
+        );
+    }
+    if j.state == JobState::Cancelled {
+        assert_eq!(state, ReplicationState::Cancelled);
+    }
+    if state == ReplicationState::Stalled {
+        assert!(reason.is_some(), "stalled carries its reason: {j:?}");
+    }
+    let list = view::checklist(j, |t| t.to_string());
+    assert!(list.iter().filter(|p| p.state == "running").count() <= 1);
+    if !in_flight(j.state) {
+        assert!(list.iter().all(|p| p.state != "running"), "{list:?}");
+    }
+}
+
+fn run_to_transferring(j: JobRecord) -> JobRecord {
+    let (j, _) = step(j, Event::Start { now: 100 }, &RULES).unwrap();
+    let (j, _) = step(
+        j,
+        Event::Disks {
+            disks: vec![("Hard disk 1".into(), 100), ("Hard disk 2".into(), 200)],
+        },
+        &RULES,
+    )
+    .unwrap();
+    let (j, _) = step(
+        j,
+        Event::Phase {
+            state: JobState::Transferring,
+            message: "snapshot taken".into(),
+            at: 110,
+        },
+        &RULES,
+    )
+    .unwrap();
+    j
+}
+
+#[test]
+fn a_good_run_records_disks_phases_and_the_consistent_point() {
+    let j = run_to_transferring(job(JobState::Scheduled, Schedule::EveryHours { hours: 6 }));
+    assert_eq!(view::replication_state(&j).0, ReplicationState::InitialSync);
+    let (j, fx) = step(
+        j,
+        Event::DiskSynced {
+            index: 0,
+            sync_id: "sync-a".into(),
+            sha256: Some("aa".into()),
+            stages: StageTimes {
+                read_ms: 5,
+                wall_ms: 9,
+                ..StageTimes::default()
+            },
+            at: 120,
+            message: "disk 0 replicated".into(),
+        },
+        &RULES,
+    )
+    .unwrap();
+    assert_eq!(
+        fx,
+        vec![Effect::Persist {
+            event: Some("disk 0 replicated".into())
+        }]
+    );
+    assert_eq!(j.replica.disks[0].last_sync.as_deref(), Some("sync-a"));
+    assert_eq!(j.replica.disks[0].sha256.as_deref(), Some("aa"));
+    assert_eq!(j.replica.disks[1].last_sync, None);
+    let rows = view::disk_rows(&j, None);
+    assert_eq!(
+        (rows[0].state.as_str(), rows[1].state.as_str()),
+        ("done", "pending")
+    );
+    let list = view::checklist(&j, |t| t.to_string());
+    let names: Vec<_> = list
+        .iter()
+        .map(|p| (p.name.as_str(), p.state.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("snapshot taken", "done"),
+            ("disk 0 read and sent", "done"),
+            ("disk 1 read and sent", "running"),
+            ("snapshot removed", "pending"),
+            ("replica committed", "pending"),
+        ]
+    );
+    assert_eq!(list[1].at.as_deref(), Some("120"));
+    let (j, _) = step(
+        j,
+        Event::DiskSynced {
+            index: 1,
+            sync_id: "sync-b".into(),
+            sha256: None,
+            stages: StageTimes {
+                read_ms: 7,
+                wall_ms: 1,
+                ..StageTimes::default()
+            },
+            at: 130,
+            message: "disk 1 replicated".into(),
+        },
+        &RULES,
+    )
+    .unwrap();
+    assert_eq!(
+        j.replica.stages.as_ref().map(|s| (s.read_ms, s.wall_ms)),
+        Some((12, 10))
+    );
+    let (j, _) = step(
+        j,
+        Event::Finished {
+            outcome: Outcome::Done {
+                disks: 2,
+                bytes_sent: 1,
+            },
+            now: 140,
+        },
+        &RULES,
+    )
+    .unwrap();
+    // The lag counts from the snapshot, not from the end of the run.
+    assert_eq!(j.replica.last_consistent, Some(110));
+    assert_eq!(view::lag_seconds(&j, 200), Some(90));
+    assert_eq!(view::replication_state(&j).0, ReplicationState::Continuous);
+    assert!(
+        view::checklist(&j, |t| t.to_string())
+            .iter()
+            .all(|p| p.state == "done")
+    );
+    // The next run is an incremental: backlog; the disks keep their last replica.
+    let (j, _) = step(
+        j,
+        Event::Start {
+            now: 100 + 6 * 3600,
+        },
+        &RULES,
+    )
+    .unwrap();
+    assert_eq!(view::replication_state(&j).0, ReplicationState::Backlog);
+    assert_eq!(j.replica.disks[1].last_sync.as_deref(), Some("sync-b"));
+    assert!(
+        j.replica.phases.is_empty(),
+        "a new run starts a new checklist"
+    );
+}
+
+#[test]
+fn a_failed_run_is_typed_and_its_history_line_is_readable() {
+    let raw = "[LocalDS_0] DC0_H0_VM1/disk1.vmdk: open: 127.0.0.1:8989: [LocalDS_0] DC0_H0_VM1/disk1.vmdk not found";
+    let j = run_to_transferring(job(JobState::Scheduled, Schedule::Once));
+    let (j, fx) = step(
+        j,
+        Event::Finished {
+            outcome: Outcome::Failed {
+                message: raw.into(),
+                retry: false,
+            },
+            now: 150,
+        },
+        &RULES,
+    )
+    .unwrap();
+    let Some(Effect::Persist { event: Some(line) }) = fx.first() else {
+        panic!("{fx:?}")
+    };
+    assert!(line.contains("was not found on its datastore"), "{line}");
+    assert!(!line.contains("127.0.0.1"), "{line}");
+    assert!(fx.contains(&Effect::LogFailure {
+        code: "vsphere.file_not_found".into(),
+        detail: raw.into()
+    }));
+    let e = j.replica.error.clone().unwrap();
+    assert_eq!(e.code, "vsphere.file_not_found");
+    assert_eq!(
+        j.last_error.as_deref(),
+        Some(raw),
+        "the raw text stays for support"
+    );
+    let (state, why) = view::replication_state(&j);
+    assert_eq!(state, ReplicationState::Stalled);
+    assert_eq!(why.as_deref(), Some(e.message.as_str()));
+    let list = view::checklist(&j, |t| t.to_string());
+    assert_eq!(list[1].state, "failed", "{list:?}");
+    // A good run clears the error.
+    let (j, _) = step(j, Event::RunNow { now: 200 }, &RULES).unwrap();
+    let (j, _) = step(j, Event::Start { now: 200 }, &RULES).unwrap();
+    let (j, _) = step(
+        j,
+        Event::Finished {
+            outcome: Outcome::Done {
+                disks: 2,
+                bytes_sent: 1,
+            },
+            now: 300,
+        },
+        &RULES,
+    )
+    .unwrap();
+    assert_eq!(j.replica.error, None);
+    assert_eq!(view::replication_state(&j).0, ReplicationState::Paused);
+}
+
+#[test]
+fn history_lines_carry_no_debug_text() {
+    let j = job(JobState::Transferring, Schedule::EveryHours { hours: 6 });
+    let (_, fx) = step(j, Event::Recover { now: 5 }, &RULES).unwrap();
+    let Some(Effect::Persist { event: Some(line) }) = fx.first() else {
+        panic!()
+    };
+    assert!(line.contains("(transferring)"), "{line}");
+    assert_eq!(
+        view::schedule_text(&Schedule::EveryHours { hours: 6 }),
+        "every 6 hours"
+    );
 }

@@ -7,17 +7,18 @@ use crate::{
     AppState,
     backend::{
         Backend, ExportView, JobEvent, JobState, JobView, LedgerEntryView, Schedule, StagingView,
-        ThroughputSample, WizardStep,
+        WizardStep,
     },
     error::{FormErrors, status_of},
     routes::Routes,
 };
 use askama::Template;
 use axum::{
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::StatusCode,
     response::Response,
 };
+use serde::Deserialize;
 use tower_sessions::Session;
 
 type St<B> = State<AppState<B>>;
@@ -87,10 +88,21 @@ pub(crate) struct JobRow {
     pub last_error: String,
     pub next_run: String,
     pub last_sync: String,
+    /// Lifecycle state, ETA, lag, disks, phases, typed error (issue #18).
+    pub repl: super::job::ReplRow,
+}
+
+/// Whether a run is active in this state.
+pub(crate) fn in_flight(s: JobState) -> bool {
+    matches!(
+        s,
+        JobState::Snapshotting | JobState::Transferring | JobState::RemovingSnapshot
+    )
 }
 
 impl JobRow {
     fn from_view(j: JobView) -> Self {
+        let repl = super::job::ReplRow::from_view(&j);
         let (done, total, bps) = j.progress.as_ref().map_or((0, 0, 0), |p| {
             (p.bytes_done, p.bytes_total, p.throughput_bps)
         });
@@ -129,53 +141,8 @@ impl JobRow {
             last_error: j.last_error.unwrap_or_default(),
             next_run: j.next_run.unwrap_or_else(|| "—".into()),
             last_sync: j.last_sync.unwrap_or_else(|| "never".into()),
+            repl,
         }
-    }
-}
-
-/// The throughput chart as SVG geometry (drawn server-side, redrawn by app.js).
-pub(crate) struct Chart {
-    pub points: String,
-    pub peak: String,
-    pub latest: String,
-    pub empty: bool,
-}
-
-pub(crate) const CHART_W: u64 = 600;
-pub(crate) const CHART_H: u64 = 150;
-
-pub(crate) fn chart(samples: &[ThroughputSample]) -> Chart {
-    let peak = samples
-        .iter()
-        .map(|s| s.bytes_per_second)
-        .max()
-        .unwrap_or(0);
-    let n = u64::try_from(samples.len()).unwrap_or(u64::MAX);
-    let points = samples
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let i = u64::try_from(i).unwrap_or(0);
-            let x = if n > 1 { i * CHART_W / (n - 1) } else { 0 };
-            let y = if peak == 0 {
-                CHART_H
-            } else {
-                let scaled =
-                    u128::from(s.bytes_per_second) * u128::from(CHART_H) / u128::from(peak);
-                CHART_H - u64::try_from(scaled).unwrap_or(CHART_H)
-            };
-            format!("{x},{y}")
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    Chart {
-        points,
-        peak: format!("{}/s", human_bytes(peak)),
-        latest: format!(
-            "{}/s",
-            human_bytes(samples.last().map_or(0, |s| s.bytes_per_second))
-        ),
-        empty: samples.is_empty(),
     }
 }
 
@@ -188,10 +155,21 @@ pub(crate) fn chart(samples: &[ThroughputSample]) -> Chart {
 struct DashboardPage {
     layout: Layout,
     jobs: Vec<JobRow>,
-    chart: Chart,
+    /// The job whose throughput the chart shows (empty: all transfers).
+    chart_job: String,
 }
 
-async fn dashboard<B: Backend>(State(st): St<B>, session: Session) -> Response {
+#[derive(Deserialize)]
+struct DashboardQuery {
+    #[serde(default)]
+    chart: Option<String>,
+}
+
+async fn dashboard<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Query(q): Query<DashboardQuery>,
+) -> Response {
     if let Err(r) = after_setup(&st).await {
         return r;
     }
@@ -201,15 +179,18 @@ async fn dashboard<B: Backend>(State(st): St<B>, session: Session) -> Response {
         .await
         .into_iter()
         .map(JobRow::from_view)
-        .collect();
-    let chart = chart(&st.backend.throughput().await);
+        .collect::<Vec<_>>();
+    let chart_job = q
+        .chart
+        .filter(|c| jobs.iter().any(|j| &j.id == c))
+        .unwrap_or_default();
     let layout = Layout::new(&st, &session, "Jobs", Some("dashboard")).await;
     render(
         StatusCode::OK,
         &DashboardPage {
             layout,
             jobs,
-            chart,
+            chart_job,
         },
     )
 }
@@ -339,12 +320,27 @@ async fn ledger_page<B: Backend>(State(st): St<B>, session: Session) -> Response
 struct LogsPage {
     layout: Layout,
     lines: Vec<String>,
+    /// The warning and error lines among them.
+    failures: Vec<String>,
 }
 
 async fn logs_page<B: Backend>(State(st): St<B>, session: Session) -> Response {
     let layout = Layout::new(&st, &session, "Logs", Some("logs")).await;
     let lines = st.backend.logs(500).await;
-    render(StatusCode::OK, &LogsPage { layout, lines })
+    // Failures first (issue #18): failed logins, refused certificates, failed job runs.
+    let failures = lines
+        .iter()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .cloned()
+        .collect();
+    render(
+        StatusCode::OK,
+        &LogsPage {
+            layout,
+            lines,
+            failures,
+        },
+    )
 }
 
 async fn logout(session: Session) -> Response {
@@ -371,23 +367,5 @@ pub(crate) fn staging_text(v: &StagingView) -> String {
             "S3 bucket {bucket}/{prefix} in {region} at {}; access key {access_key_id}, secret key set",
             endpoint.as_deref().unwrap_or("AWS")
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chart_scales_to_the_peak() {
-        let s = |at, bps| ThroughputSample {
-            at,
-            bytes_per_second: bps,
-        };
-        let c = chart(&[s(0, 0), s(1, 50), s(2, 100)]);
-        assert_eq!(c.points, "0,150 300,75 600,0");
-        assert!(!c.empty);
-        assert!(chart(&[]).empty);
-        assert_eq!(chart(&[s(0, 0)]).points, "0,150");
     }
 }

@@ -8,6 +8,9 @@ mod forms;
 mod inventory;
 mod settings;
 mod wizard;
+// replication view (issue #18)
+mod chart;
+mod job;
 
 use crate::{
     AppState,
@@ -29,6 +32,7 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .merge(exports::routes::<B>())
         .merge(inventory::routes::<B>())
         .merge(settings::routes::<B>())
+        .merge(job::routes::<B>())
 }
 
 /// What every page's frame needs.

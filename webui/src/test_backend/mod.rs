@@ -853,4 +853,13 @@ impl Backend for TestBackend {
     ) -> CommandResult<SourceView> {
         Self::put_source_credentials(&mut self.lock(), &id, cmd)
     }
+    // replication view (issue #18)
+    async fn job_throughput(&self, id: String) -> CommandResult<Vec<ThroughputSample>> {
+        if !self.lock().jobs.iter().any(|j| j.id == id) {
+            return Err(CommandError::NotFound {
+                message: format!("no job {id}"),
+            });
+        }
+        Ok(self.throughput().await)
+    }
 }

@@ -113,6 +113,7 @@ impl TestBackend {
             },
             last_sync: finished.then(now_rfc3339),
             source_name: j.source_name.clone(),
+            replication: test_replication(state, done, secs, finished),
         }
     }
 
@@ -212,4 +213,87 @@ pub(super) fn approve_host(
             .unwrap_or_default(),
     });
     Ok(src.clone())
+}
+
+// ---- replication view (issue #18) of the test double: one disk, derived like the service's --
+
+fn test_replication(state: JobState, done: u64, secs: u64, finished: bool) -> ReplicationView {
+    let running = matches!(
+        state,
+        JobState::Snapshotting | JobState::Transferring | JobState::RemovingSnapshot
+    );
+    let rate = DISK_BYTES / secs.max(1);
+    let replication_state = match state {
+        JobState::Cancelled => ReplicationState::Cancelled,
+        JobState::Completed => ReplicationState::Paused,
+        _ if finished => ReplicationState::Continuous,
+        _ => ReplicationState::InitialSync,
+    };
+    let step = |name: &str, ok: bool, now: bool| PhaseView {
+        name: name.into(),
+        state: if ok {
+            "done"
+        } else if now {
+            "running"
+        } else {
+            "pending"
+        }
+        .into(),
+        at: ok.then(now_rfc3339),
+    };
+    let snap = state != JobState::Snapshotting && (running || finished);
+    ReplicationView {
+        replication_state,
+        stalled_reason: None,
+        phase: running.then(|| state_phase(state)),
+        eta_seconds: (state == JobState::Transferring && rate > 0)
+            .then(|| DISK_BYTES.saturating_sub(done) / rate),
+        lag_seconds: finished.then_some(0),
+        disks: vec![DiskProgress {
+            index: 0,
+            label: "Hard disk 1".into(),
+            capacity_bytes: DISK_BYTES,
+            bytes_done: done,
+            bytes_total: DISK_BYTES,
+            state: if finished {
+                "done"
+            } else if state == JobState::Transferring {
+                "reading"
+            } else {
+                "pending"
+            }
+            .into(),
+            throughput_bps: if state == JobState::Transferring {
+                rate
+            } else {
+                0
+            },
+            last_sync: finished.then(|| "sync-test-0".into()),
+            sha256: None,
+        }],
+        phases: if running || finished {
+            vec![
+                step("snapshot taken", snap, state == JobState::Snapshotting),
+                step(
+                    "disk 0 read and sent",
+                    finished,
+                    state == JobState::Transferring,
+                ),
+                step("snapshot removed", finished, false),
+                step("replica committed", finished, false),
+            ]
+        } else {
+            Vec::new()
+        },
+        error: None,
+        stages: None,
+    }
+}
+
+fn state_phase(state: JobState) -> String {
+    match state {
+        JobState::Snapshotting => "taking a snapshot".into(),
+        JobState::Transferring => "reading disk 1 of 1".into(),
+        _ => "removing the snapshot".into(),
+    }
 }

@@ -1,0 +1,125 @@
+use super::*;
+
+#[test]
+fn the_issue_s_datastore_error_becomes_one_readable_line() {
+    let raw = "[LocalDS_0] DC0_H0_VM1/disk1.vmdk: open: 127.0.0.1:8989: [LocalDS_0] DC0_H0_VM1/disk1.vmdk not found";
+    let e = classify(raw);
+    assert_eq!(e.code, "vsphere.file_not_found");
+    assert_eq!(
+        e.message,
+        "The disk file [LocalDS_0] DC0_H0_VM1/disk1.vmdk was not found on its datastore."
+    );
+    assert!(!e.message.contains("127.0.0.1"));
+    assert!(!e.remediation.is_empty());
+    assert_eq!(e.detail.as_deref(), Some(raw));
+}
+
+#[test]
+fn readable_drops_repeated_prefixes_addresses_and_flags() {
+    assert_eq!(
+        readable("[ds] a.vmdk: open: 10.0.0.5:902: [ds] a.vmdk is locked"),
+        "Open: [ds] a.vmdk is locked"
+    );
+    assert_eq!(
+        readable(
+            "vc.example: the server's certificate is not trusted yet. If that is it, run again with --source-fingerprint X"
+        ),
+        "Vc.example: the server's certificate is not trusted yet"
+    );
+    assert_eq!(readable(""), "The run failed");
+    assert_eq!(readable("first line\nsecond"), "First line");
+}
+
+#[test]
+fn real_failures_map_to_their_codes() {
+    let cases = [
+        (
+            "the certificate of source src-1 (vc:443) is not the approved one; if it was replaced on purpose, remove the source and add it again to approve the new certificate (x)",
+            "source.certificate_changed",
+        ),
+        (
+            "staging 127.0.0.1:1500: the server's certificate SHA256:AA does not match the pinned fingerprint SHA256:BB; refusing to connect",
+            "staging.certificate_mismatch",
+        ),
+        (
+            "source vc.example rejected the stored user name or password: vc: Login: SOAP fault InvalidLogin: Cannot complete login",
+            "source.login_refused",
+        ),
+        (
+            "vc: RetrieveProperties: SOAP fault NotAuthenticated: The session is not authenticated.",
+            "vsphere.session_lost",
+        ),
+        (
+            "vc: VM web refused: disk 0 is encrypted",
+            "vsphere.encrypted_disk",
+        ),
+        (
+            "disk 1 (x.vmdk): capacity 10 GiB disagrees with the descriptor's 8 GiB",
+            "source.capacity_mismatch",
+        ),
+        (
+            "hv1: Get-VM: WinRM fault w:AccessDenied: Access is denied.",
+            "hyperv.access_denied",
+        ),
+        (
+            "hv1: Create shell: WinRM fault w:QuotaLimit: The WS-Management service cannot process the request. This user has exceeded the maximum number of concurrent shells allowed for this user.",
+            "hyperv.winrm_quota",
+        ),
+        (
+            "hv1: the host could not reach the push URL https://10.0.0.9:8443: timed out",
+            "hyperv.push_url_unreachable",
+        ),
+        (
+            "staging 10.0.0.7:1500: connection: Connection refused (os error 111)",
+            "staging.unreachable",
+        ),
+        (
+            "store put: write chunk: No space left on device (os error 28)",
+            "staging.out_of_space",
+        ),
+        ("no staging target is configured", "staging.not_configured"),
+        (
+            "127.0.0.1:36779: VM \"DC0_H0_VM1\" (vm-60) refused: disk 0 (disk-202-0, [LocalDS_0] DC0_H0_VM1/disk1.vmdk): its files hold a disk of 0 bytes but vCenter's capacityInBytes is 1048576 bytes; refusing to pad or truncate",
+            "source.capacity_mismatch",
+        ),
+        ("source src-9 no longer exists", "job.source_removed"),
+        ("vc: VM \"web\" not found", "source.not_found"),
+        (
+            "disk 0 (a.vmdk): the source disk changed while it was read",
+            "source.disk_changed",
+        ),
+        ("something odd: EOF", "internal.unexpected"),
+    ];
+    for (raw, code) in cases {
+        let e = classify(raw);
+        assert_eq!(e.code, code, "{raw}");
+        assert!(!e.message.is_empty() && !e.remediation.is_empty(), "{raw}");
+        assert!(!e.message.contains("--"), "{raw}: {}", e.message);
+        assert!(!e.remediation.contains("--"), "{raw}");
+    }
+}
+
+#[test]
+fn no_message_or_remediation_names_a_command_line_flag() {
+    for raw in [
+        "h: the server's certificate is not trusted yet; its fingerprint is F. If that is the certificate you expect, run again with --source-fingerprint F",
+        "VM \"a\" runs on Hyper-V host h (h:5986), whose certificate is not pinned; its fingerprint is F. If that is the host's certificate, add the line `h F` to the --trust-file",
+    ] {
+        let e = classify(raw);
+        assert!(
+            !e.message.contains("--") && !e.remediation.contains("--"),
+            "{e:?}"
+        );
+    }
+}
+
+proptest::proptest! {
+    /// Whatever the text, the result is one non-empty line with a code.
+    #[test]
+    fn classify_is_total(raw in ".{0,200}") {
+        let e = classify(&raw);
+        proptest::prop_assert!(!e.code.is_empty());
+        proptest::prop_assert!(!e.message.is_empty());
+        proptest::prop_assert!(!e.message.contains('\n'));
+    }
+}
