@@ -5,8 +5,7 @@
 #![allow(dead_code)]
 
 #[allow(dead_code, clippy::all)]
-#[path = "../../../disk/tests/common/vhd_gen.rs"]
-pub mod vhd_gen;
+pub use godwit_disk::testing::vhd_gen;
 
 use crate::util::{Server, need, token_file};
 use godwit_hyperv::ledger::parse_ledger;
