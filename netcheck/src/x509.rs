@@ -4,6 +4,7 @@
 //!
 //! Fuzz entry point: [`parse_certificate`].
 
+use godwit_cursor::Reader as Cursor;
 use std::net::IpAddr;
 
 /// Seconds since the Unix epoch (UTC).
@@ -69,75 +70,73 @@ struct Tlv<'a> {
     offset: usize,
 }
 
-/// A cursor over a sequence of DER elements.
+/// A reader of a sequence of DER elements, on the shared byte cursor.
 struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-    /// Offset of `data[0]` in the whole certificate (for error messages).
-    base: usize,
+    cur: Cursor<'a>,
 }
 
 impl<'a> Reader<'a> {
     fn new(t: Tlv<'a>) -> Self {
         Self {
-            data: t.content,
-            pos: 0,
-            base: t.offset,
+            cur: Cursor::with_base(t.content, "certificate", t.offset as u64),
         }
+    }
+
+    /// Offset of the next byte in the whole certificate.
+    fn at(&self) -> usize {
+        usize::try_from(self.cur.offset()).unwrap_or(usize::MAX)
     }
 
     fn at_end(&self) -> bool {
-        self.pos >= self.data.len()
+        self.cur.at_end()
     }
 
     fn peek_tag(&self) -> Option<u8> {
-        self.data.get(self.pos).copied()
+        self.cur.peek_u8()
     }
 
     fn next(&mut self) -> Result<Tlv<'a>, X509Error> {
-        let at = self.base + self.pos;
-        let tag = *self
-            .data
-            .get(self.pos)
-            .ok_or_else(|| bad(at, "element expected, input ends"))?;
+        let at = self.at();
+        let tag = self
+            .cur
+            .u8("tag")
+            .map_err(|_| bad(at, "element expected, input ends"))?;
         if tag & 0x1F == 0x1F {
             return Err(bad(at, "multi-byte tags are not used in certificates"));
         }
-        let first = *self
-            .data
-            .get(self.pos + 1)
-            .ok_or_else(|| bad(at + 1, "length expected, input ends"))?;
-        let (len, header) = if first < 0x80 {
-            (usize::from(first), 2)
+        let first = self
+            .cur
+            .u8("length")
+            .map_err(|_| bad(at + 1, "length expected, input ends"))?;
+        let len = if first < 0x80 {
+            usize::from(first)
         } else {
             let n = usize::from(first & 0x7F);
             if n == 0 || n > 4 {
                 return Err(bad(at + 1, "indefinite or oversized length"));
             }
             let bytes = self
-                .data
-                .get(self.pos + 2..self.pos + 2 + n)
-                .ok_or_else(|| bad(at + 2, "length bytes truncated"))?;
-            let len = bytes
+                .cur
+                .take(n, "length bytes")
+                .map_err(|_| bad(at + 2, "length bytes truncated"))?;
+            bytes
                 .iter()
-                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            (len, 2 + n)
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
         };
-        let start = self.pos + header;
-        let end = start
-            .checked_add(len)
-            .filter(|e| *e <= self.data.len())
-            .ok_or_else(|| bad(at, "element longer than its container"))?;
-        self.pos = end;
+        let offset = self.at();
+        let content = self
+            .cur
+            .take(len, "content")
+            .map_err(|_| bad(at, "element longer than its container"))?;
         Ok(Tlv {
             tag,
-            content: &self.data[start..end],
-            offset: self.base + start,
+            content,
+            offset,
         })
     }
 
     fn expect(&mut self, tag: u8, what: &'static str) -> Result<Tlv<'a>, X509Error> {
-        let at = self.base + self.pos;
+        let at = self.at();
         let t = self.next()?;
         if t.tag == tag {
             Ok(t)
@@ -159,9 +158,7 @@ const OID_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1D, 0x13];
 /// offset of the problem.
 pub fn parse_certificate(der: &[u8]) -> Result<CertInfo, X509Error> {
     let mut outer = Reader {
-        data: der,
-        pos: 0,
-        base: 0,
+        cur: Cursor::new(der, "certificate"),
     };
     let cert = outer.expect(SEQUENCE, "Certificate must be a SEQUENCE")?;
     let mut c = Reader::new(cert);

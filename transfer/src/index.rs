@@ -19,8 +19,10 @@
 //! end  32 SHA-256 of every byte before it
 //! ```
 
+use crate::codec::{ReadExt, put_str16};
 use crate::digest::ChunkDigest;
 use crate::error::{Error, Result};
+use godwit_cursor::Reader;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -224,52 +226,6 @@ pub fn check_vm_name(vm: &str) -> Result<()> {
     Ok(())
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-    what: &'a str,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| {
-                Error::malformed(
-                    self.what,
-                    self.pos as u64,
-                    format!("{field}: needs {n} bytes, {} left", self.b.len() - self.pos),
-                )
-            })?;
-        let s = &self.b[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn u16(&mut self, f: &str) -> Result<u16> {
-        let s = self.take(2, f)?;
-        Ok(u16::from_be_bytes([s[0], s[1]]))
-    }
-    fn u32(&mut self, f: &str) -> Result<u32> {
-        let s = self.take(4, f)?;
-        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    fn u64(&mut self, f: &str) -> Result<u64> {
-        let s = self.take(8, f)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        Ok(u64::from_be_bytes(a))
-    }
-    fn str16(&mut self, f: &str) -> Result<String> {
-        let n = usize::from(self.u16(f)?);
-        let at = self.pos as u64;
-        let s = self.take(n, f)?;
-        String::from_utf8(s.to_vec())
-            .map_err(|_| Error::malformed(self.what, at, format!("{f}: not UTF-8")))
-    }
-}
-
 impl SyncIndex {
     /// Parse and check an index. Pure; a fuzz entry point. `what` names it in errors.
     pub fn parse(bytes: &[u8], what: &str) -> Result<SyncIndex> {
@@ -296,11 +252,7 @@ impl SyncIndex {
                 ),
             ));
         }
-        let mut r = Reader {
-            b: body,
-            pos: 0,
-            what,
-        };
+        let mut r = Reader::new(body, what);
         if r.take(4, "magic")? != INDEX_MAGIC {
             return Err(Error::malformed(
                 what,
@@ -308,7 +260,7 @@ impl SyncIndex {
                 "not an index (magic is not GWIX)",
             ));
         }
-        let v = r.u16("version")?;
+        let v = r.u16_be("version")?;
         if v != IndexVersion::V1 as u16 {
             return Err(Error::malformed(
                 what,
@@ -316,7 +268,7 @@ impl SyncIndex {
                 format!("index version {v} (this build reads 1)"),
             ));
         }
-        let flags = r.u16("flags")?;
+        let flags = r.u16_be("flags")?;
         if flags & !1 != 0 {
             return Err(Error::malformed(
                 what,
@@ -324,11 +276,11 @@ impl SyncIndex {
                 format!("unknown flags {flags:#x}"),
             ));
         }
-        let chunk_size = r.u32("chunk size")?;
+        let chunk_size = r.u32_be("chunk size")?;
         check_chunk_size(chunk_size).map_err(|e| Error::malformed(what, 8, e.to_string()))?;
-        let disk_size = r.u64("disk size")?;
-        let created_ms = r.u64("created")?;
-        let count = r.u64("entry count")?;
+        let disk_size = r.u64_be("disk size")?;
+        let created_ms = r.u64_be("created")?;
+        let count = r.u64_be("entry count")?;
         if count != chunk_count(disk_size, chunk_size) {
             return Err(Error::malformed(
                 what,
@@ -336,53 +288,49 @@ impl SyncIndex {
                 format!("{count} entries for a {disk_size}-byte disk at {chunk_size}-byte chunks"),
             ));
         }
-        let sha = r.take(32, "raw sha256")?;
-        let raw_sha256 = (flags & 1 == 1).then(|| {
-            let mut a = [0u8; 32];
-            a.copy_from_slice(sha);
-            a
-        });
-        let at = r.pos as u64;
+        let sha: [u8; 32] = r.array("raw sha256")?;
+        let raw_sha256 = (flags & 1 == 1).then_some(sha);
+        let at = r.offset();
         let sync_id = SyncId::parse(&r.str16("sync id")?)
             .map_err(|e| Error::malformed(what, at, e.to_string()))?;
-        let at = r.pos as u64;
+        let at = r.offset();
         let p = r.str16("parent")?;
         let parent = if p.is_empty() {
             None
         } else {
             Some(SyncId::parse(&p).map_err(|e| Error::malformed(what, at, e.to_string()))?)
         };
-        let at = r.pos as u64;
+        let at = r.offset();
         let vm = r.str16("vm")?;
         check_vm_name(&vm).map_err(|e| Error::malformed(what, at, e.to_string()))?;
-        let disk = r.u32("disk number")?;
-        let pairs = r.u16("metadata count")?;
+        let disk = r.u32_be("disk number")?;
+        let pairs = r.u16_be("metadata count")?;
         if pairs > MAX_META_PAIRS {
             return Err(Error::malformed(
                 what,
-                r.pos as u64 - 2,
+                r.offset() - 2,
                 format!("{pairs} metadata pairs (limit {MAX_META_PAIRS})"),
             ));
         }
         let mut metadata = BTreeMap::new();
         for _ in 0..pairs {
             let k = r.str16("metadata key")?;
-            let n = r.u32("metadata value length")?;
+            let n = r.u32_be("metadata value length")?;
             if n > MAX_META_VALUE {
                 return Err(Error::malformed(
                     what,
-                    r.pos as u64 - 4,
+                    r.offset() - 4,
                     format!("metadata value of {n} bytes"),
                 ));
             }
-            let at = r.pos as u64;
+            let at = r.offset();
             let v = r.take(usize::try_from(n).unwrap_or(usize::MAX), "metadata value")?;
             let v = String::from_utf8(v.to_vec())
                 .map_err(|_| Error::malformed(what, at, "metadata value: not UTF-8"))?;
             metadata.insert(k, v);
         }
         // Every entry takes at least one byte: check before allocating.
-        let left = (body.len() - r.pos) as u64;
+        let left = r.left() as u64;
         if count > left {
             return Err(Error::malformed(
                 what,
@@ -392,14 +340,10 @@ impl SyncIndex {
         }
         let mut entries = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         for _ in 0..count {
-            let at = r.pos as u64;
-            match r.take(1, "entry tag")?[0] {
+            let at = r.offset();
+            match r.u8("entry tag")? {
                 0 => entries.push(Entry::Zero),
-                1 => {
-                    let mut d = [0u8; 32];
-                    d.copy_from_slice(r.take(32, "entry digest")?);
-                    entries.push(Entry::Data(ChunkDigest(d)));
-                }
+                1 => entries.push(Entry::Data(r.digest("entry digest")?)),
                 t => {
                     return Err(Error::malformed(
                         what,
@@ -409,10 +353,10 @@ impl SyncIndex {
                 }
             }
         }
-        if r.pos != body.len() {
+        if !r.at_end() {
             return Err(Error::malformed(
                 what,
-                r.pos as u64,
+                r.offset(),
                 "trailing bytes after the last entry",
             ));
         }
@@ -486,12 +430,6 @@ impl SyncIndex {
         v.dedup();
         v
     }
-}
-
-fn put_str16(o: &mut Vec<u8>, s: &str) {
-    let n = s.len().min(usize::from(u16::MAX));
-    o.extend_from_slice(&u16::try_from(n).unwrap_or(0).to_be_bytes());
-    o.extend_from_slice(&s.as_bytes()[..n]);
 }
 
 #[cfg(test)]
