@@ -93,14 +93,34 @@ impl SyncId {
         &self.0[21..]
     }
 
-    /// The time in the id, Unix milliseconds (ids are validated, so this parses).
+    /// The time in the id, Unix milliseconds. An id is validated digit by digit, not as a
+    /// date: one naming no real date or time (month 13, 25 o'clock) is `u64::MAX`, later than
+    /// any real sync, so [`newest`] never takes it.
     pub fn unix_ms(&self) -> u64 {
-        let n = |r: std::ops::Range<usize>| self.0[r].parse::<u64>().unwrap_or(0);
-        days_from_civil(n(0..4), n(4..6), n(6..8)) * 86_400_000
-            + n(9..11) * 3_600_000
-            + n(11..13) * 60_000
-            + n(13..15) * 1000
-            + n(16..19)
+        let n = |r: std::ops::Range<usize>| self.0[r].parse::<u16>().unwrap_or(u16::MAX);
+        let year = i32::from(n(0..4));
+        let (Ok(month), Ok(day), Ok(hour), Ok(minute), Ok(second)) = (
+            u8::try_from(n(4..6)),
+            u8::try_from(n(6..8)),
+            u8::try_from(n(9..11)),
+            u8::try_from(n(11..13)),
+            u8::try_from(n(13..15)),
+        ) else {
+            return u64::MAX;
+        };
+        let Ok(month) = time::Month::try_from(month) else {
+            return u64::MAX;
+        };
+        let (Ok(date), Ok(clock)) = (
+            time::Date::from_calendar_date(year, month, day),
+            time::Time::from_hms(hour, minute, second),
+        ) else {
+            return u64::MAX;
+        };
+        let secs = time::PrimitiveDateTime::new(date, clock)
+            .assume_utc()
+            .unix_timestamp();
+        u64::try_from(secs).map_or(u64::MAX, |s| s * 1000 + u64::from(n(16..19)))
     }
 }
 
@@ -118,17 +138,6 @@ pub fn newest(syncs: &[SyncId], now: u64) -> Option<&SyncId> {
         .find(|s| s.unix_ms() <= now.saturating_add(FUTURE_SLACK_MS))
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
-fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
-    let y = if m <= 2 { y.saturating_sub(1) } else { y };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d.saturating_sub(1);
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    (era * 146_097 + doe).saturating_sub(719_468)
-}
-
 impl fmt::Display for SyncId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -141,27 +150,34 @@ impl fmt::Debug for SyncId {
     }
 }
 
-/// `YYYYMMDDTHHMMSS.mmmZ` for Unix milliseconds (proleptic Gregorian, UTC).
+/// `YYYYMMDDTHHMMSS.mmmZ` for Unix milliseconds (proleptic Gregorian, UTC). A time past the
+/// year 9999 (a broken clock) is written as the last millisecond of 9999, the latest a sync id
+/// can name.
 pub fn utc_stamp(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let ms = unix_ms % 1000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
+    let t = i64::try_from(unix_ms / 1000)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .filter(|t| t.year() <= 9999);
+    let (t, ms) = match t {
+        Some(t) => (t, unix_ms % 1000),
+        None => (
+            time::PrimitiveDateTime::new(
+                time::Date::from_calendar_date(9999, time::Month::December, 31)
+                    .unwrap_or(time::Date::MAX),
+                time::Time::from_hms(23, 59, 59).unwrap_or(time::Time::MIDNIGHT),
+            )
+            .assume_utc(),
+            999,
+        ),
+    };
     format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{ms:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{ms:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
     )
 }
 
@@ -469,6 +485,22 @@ mod tests {
         let id = SyncId::new(1_763_770_000_123);
         assert_eq!(SyncId::parse(id.as_str()).unwrap(), id);
         assert!(SyncId::parse("../../etc").is_err());
+        // Past 9999 (a broken clock): the latest id there is, not a 5-digit year.
+        assert_eq!(utc_stamp(u64::MAX), "99991231T235959.999Z");
+        assert_eq!(
+            SyncId::with_suffix(u64::MAX, 1).unix_ms(),
+            253_402_300_799_999
+        );
+        // Digits that name no date or time are never the newest.
+        for bad in [
+            "20261301T000000.000Z-00000000",
+            "20260230T000000.000Z-00000000",
+            "20260101T250000.000Z-00000000",
+        ] {
+            let id = SyncId::parse(bad).unwrap();
+            assert_eq!(id.unix_ms(), u64::MAX, "{bad}");
+            assert_eq!(newest(std::slice::from_ref(&id), 1_800_000_000_000), None);
+        }
     }
 
     proptest! {
