@@ -61,12 +61,12 @@ fmt:
 fuzz:
 	bash fuzz/run.sh
 
-## fuzz-ci: what CI runs: one coverage-guided build of every target without AddressSanitizer
-## (the full sanitizer build is `make fuzz`), then each target for FUZZ_CI_SECONDS (default 2)
-## from its committed corpus; a crash or a broken round trip fails CI.
+## fuzz-ci: what CI runs: one coverage-guided build of every target, unoptimised and without
+## AddressSanitizer (the optimised sanitizer build is `make fuzz`), then each target for
+## FUZZ_CI_SECONDS (default 2) from its committed corpus; a crash or a broken round trip fails CI.
 FUZZ_CI_SECONDS ?= 2
 fuzz-ci:
-	FUZZ_SECONDS=$(FUZZ_CI_SECONDS) FUZZ_BUILD_FLAGS="--sanitizer none" bash fuzz/run.sh
+	FUZZ_SECONDS=$(FUZZ_CI_SECONDS) FUZZ_BUILD_FLAGS="--dev --sanitizer none" bash fuzz/run.sh
 
 clean:
 	$(CARGO) clean

