@@ -3,7 +3,7 @@ CARGO ?= cargo
 # Light, fast test builds; see [profile.dev] in Cargo.toml.
 NEXTEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all build run test unit e2e bench lint fmt deps fuzz clean image
+.PHONY: all build run test unit e2e bench lint deny fmt deps fuzz fuzz-ci clean image
 
 all: build
 
@@ -46,12 +46,27 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## deny: cargo-deny (deny.toml): licences, duplicate versions, crate sources, and RustSec
+## advisories when the advisory database (a git repository on github) can be fetched; when it
+## cannot, the other checks still run and the skip is printed.
+deny:
+	$(CARGO) deny check bans licenses sources
+	@if $(CARGO) deny fetch db >/dev/null 2>&1; then $(CARGO) deny --offline check advisories; \
+	else echo "deny: advisories NOT checked: the RustSec advisory database could not be fetched"; fi
+
 fmt:
 	$(CARGO) fmt --all
 
 ## fuzz: a bounded run of every fuzz target (FUZZ_SECONDS each, default 30).
 fuzz:
 	bash fuzz/run.sh
+
+## fuzz-ci: what CI runs: one coverage-guided build of every target, unoptimised and without
+## AddressSanitizer (the optimised sanitizer build is `make fuzz`), then each target for
+## FUZZ_CI_SECONDS (default 2) from its committed corpus; a crash or a broken round trip fails CI.
+FUZZ_CI_SECONDS ?= 2
+fuzz-ci:
+	FUZZ_SECONDS=$(FUZZ_CI_SECONDS) FUZZ_BUILD_FLAGS="--dev --sanitizer none" bash fuzz/run.sh
 
 clean:
 	$(CARGO) clean

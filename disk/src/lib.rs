@@ -30,6 +30,9 @@ pub mod vhdx;
 pub mod vmdk;
 pub mod write;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 pub use chain::{Disk, FormatHint};
 pub use error::{Error, ErrorKind, Result};
 pub use layer::{BlockSource, Format, Layer, LayerInfo, Run, RunState};

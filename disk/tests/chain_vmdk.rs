@@ -3,11 +3,9 @@
 // Test builders work with small, known sizes; truncating casts cannot happen here.
 #![allow(clippy::cast_possible_truncation)]
 
-mod vmdk_util;
-
 use godwit_disk::layer::{BlockSource, RunState};
+use godwit_disk::testing::vmdk_gen::*;
 use godwit_disk::{ErrorKind, write::allocated_bytes};
-use vmdk_util::*;
 
 const CAP: u64 = 4096; // 2 MiB, 32 grains
 

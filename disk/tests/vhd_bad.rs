@@ -3,18 +3,15 @@
 //! and the byte offset: never a panic.
 #![allow(clippy::cast_possible_truncation)] // test arithmetic on small, fixed sizes
 
-#[path = "common/vhd_gen.rs"]
-mod gen_;
-#[path = "common/vhd_util.rs"]
-mod util;
+mod common;
 
-use gen_::*;
+use common::*;
 use godwit_disk::storage::Locator;
+use godwit_disk::testing::vhd_gen::*;
 use godwit_disk::vhd::footer::Footer;
 use godwit_disk::vhdx::header::{Header, RegionEntry, RegionTable};
 use godwit_disk::{Disk, ErrorKind};
 use std::os::unix::fs::FileExt;
-use util::*;
 
 const MIB: u64 = 1 << 20;
 

@@ -2,17 +2,14 @@
 //! make nor read them. libvhdi is the independent reader; the expected bytes are computed.
 #![allow(clippy::cast_possible_truncation)] // test arithmetic on small, fixed sizes
 
-#[path = "common/vhd_gen.rs"]
-mod gen_;
-#[path = "common/vhd_util.rs"]
-mod util;
+mod common;
 
-use gen_::*;
+use common::*;
 use godwit_disk::Disk;
 use godwit_disk::ErrorKind;
+use godwit_disk::testing::vhd_gen::*;
 use godwit_disk::vhd::footer::Footer;
 use godwit_disk::write::OutputFormat;
-use util::*;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 20 * MIB;

@@ -3,11 +3,10 @@
 //! `qemu-img compare`) and by libvhdi.
 #![allow(clippy::cast_possible_truncation)] // test arithmetic on small, fixed sizes
 
-#[path = "common/vhd_util.rs"]
-mod util;
+mod common;
 
+use common::*;
 use godwit_disk::write::OutputFormat;
-use util::*;
 
 const MIB: u64 = 1 << 20;
 

@@ -3,17 +3,14 @@
 //! libvhdi is the independent reader; the expected bytes are computed.
 #![allow(clippy::cast_possible_truncation)] // test arithmetic on small, fixed sizes
 
-#[path = "common/vhd_gen.rs"]
-mod gen_;
-#[path = "common/vhd_util.rs"]
-mod util;
+mod common;
 
-use gen_::*;
+use common::*;
 use godwit_disk::storage::{LocalFs, Locator};
+use godwit_disk::testing::vhd_gen::*;
 use godwit_disk::vhdx::VhdxLayer;
 use godwit_disk::write::OutputFormat;
 use godwit_disk::{Disk, ErrorKind, Layer};
-use util::*;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 24 * MIB;

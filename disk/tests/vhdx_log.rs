@@ -3,18 +3,15 @@
 //! the source, must equal `qemu-img check -r all` (on a copy) + `qemu-img convert -O raw`.
 #![allow(clippy::cast_possible_truncation)] // test arithmetic on small, fixed sizes
 
-#[path = "common/vhd_gen.rs"]
-mod gen_;
-#[path = "common/vhd_util.rs"]
-mod util;
+mod common;
 
-use gen_::*;
+use common::*;
 use godwit_disk::Layer;
 use godwit_disk::storage::{LocalFs, Locator};
+use godwit_disk::testing::vhd_gen::*;
 use godwit_disk::vhdx::VhdxLayer;
 use godwit_disk::vhdx::log::Write as LogWrite;
 use std::os::unix::fs::FileExt;
-use util::*;
 
 const MIB: u64 = 1 << 20;
 

@@ -3,12 +3,10 @@
 // Test builders work with small, known sizes; truncating casts cannot happen here.
 #![allow(clippy::cast_possible_truncation)]
 
-mod vmdk_util;
-
 use godwit_disk::ErrorKind;
 use godwit_disk::layer::BlockSource;
+use godwit_disk::testing::vmdk_gen::*;
 use proptest::prelude::*;
-use vmdk_util::*;
 
 /// A valid 1 MiB monolithicSparse image: GD at sector 21, one GT at sector 22, grains from
 /// sector 128.

@@ -4,13 +4,11 @@
 // Test builders work with small, known sizes; truncating casts cannot happen here.
 #![allow(clippy::cast_possible_truncation)]
 
-mod vmdk_util;
-
 use godwit_disk::storage::LocalFs;
+use godwit_disk::testing::vmdk_gen::*;
 use godwit_disk::{Disk, FormatHint};
 use std::path::Path;
 use std::process::Command;
-use vmdk_util::*;
 
 fn qemu_raw(dir: &Path, img: &str) -> Vec<u8> {
     let out = dir.join(format!("{img}.qemu.raw"));

@@ -2,12 +2,10 @@
 // Test builders work with small, known sizes; truncating casts cannot happen here.
 #![allow(clippy::cast_possible_truncation)]
 
-mod vmdk_util;
-
 use godwit_disk::ErrorKind;
 use godwit_disk::layer::{BlockSource, RunState};
+use godwit_disk::testing::vmdk_gen::*;
 use godwit_disk::write::allocated_bytes;
-use vmdk_util::*;
 
 #[test]
 fn monolithic_sparse_reads_grains_and_maps_holes() {

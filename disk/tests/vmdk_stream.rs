@@ -3,13 +3,11 @@
 // Test builders work with small, known sizes; truncating casts cannot happen here.
 #![allow(clippy::cast_possible_truncation)]
 
-mod vmdk_util;
-
 use godwit_disk::layer::{BlockSource, RunState};
+use godwit_disk::testing::vmdk_gen::*;
 use godwit_disk::write::vmdk_stream::{Options, write_with};
 use godwit_disk::write::{allocated_bytes, is_zero};
 use godwit_disk::{Disk, ErrorKind};
-use vmdk_util::*;
 
 fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().unwrap())

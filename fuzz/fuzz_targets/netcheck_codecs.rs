@@ -1,8 +1,10 @@
 #![no_main]
+use godwit_fuzz::{Exact, round_trip};
+use godwit_netcheck::ntp_codec::parse_ntp_packet;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = godwit_netcheck::ntp_codec::parse_ntp_packet(data);
+    round_trip(data, Exact::Bytes, parse_ntp_packet, |p| p.encode().to_vec());
     let _ = godwit_netcheck::icmp_codec::parse_icmp_v4(data, true);
     let _ = godwit_netcheck::icmp_codec::parse_icmp_v4(data, false);
     let _ = godwit_netcheck::icmp_codec::parse_icmp_v6(data);

@@ -5,7 +5,7 @@
 //! is also appended to the drive's Resilient Change Tracking log, which reference points and
 //! `GetVirtualDiskChanges` read (see `scripts.rs`).
 //!
-//! Children are written with the disk crate's test generator (`disk/tests/common/vhd_gen.rs`,
+//! Children are written with the disk crate's test generator (`godwit_disk::testing::vhd_gen`,
 //! shared with the tests); merged or written base VHDX files are rewritten whole with the
 //! disk crate's VHDX writer (content-equal; the file is new, as after a real merge it is not).
 
@@ -14,9 +14,7 @@ use godwit_disk::{BlockSource, Disk, Format, Run, RunState};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-#[allow(dead_code, clippy::all, clippy::pedantic)]
-#[path = "../../disk/tests/common/vhd_gen.rs"]
-mod vhd_gen;
+use godwit_disk::testing::vhd_gen;
 
 /// RCT granularity of the simulator: changes are reported in whole 64 KiB blocks.
 pub const RCT_BLOCK: u64 = 64 * 1024;

@@ -4,6 +4,7 @@
 //!
 //! Fuzz entry point: [`parse_certificate`].
 
+use godwit_cursor::Reader as Cursor;
 use std::net::IpAddr;
 
 /// Seconds since the Unix epoch (UTC).
@@ -11,17 +12,21 @@ use std::net::IpAddr;
 pub struct UnixTime(pub i64);
 
 impl UnixTime {
-    /// `YYYY-MM-DD HH:MM:SS UTC`.
+    /// `YYYY-MM-DD HH:MM:SS UTC`; a time outside the years -9999..=9999 (which no parsed
+    /// certificate has) as `N s from the Unix epoch`.
     pub fn to_utc_string(self) -> String {
-        let days = self.0.div_euclid(86_400);
-        let secs = self.0.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
-        format!(
-            "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-            secs / 3600,
-            (secs % 3600) / 60,
-            secs % 60
-        )
+        match time::OffsetDateTime::from_unix_timestamp(self.0) {
+            Ok(t) => format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            ),
+            Err(_) => format!("{} s from the Unix epoch", self.0),
+        }
     }
 }
 
@@ -69,75 +74,73 @@ struct Tlv<'a> {
     offset: usize,
 }
 
-/// A cursor over a sequence of DER elements.
+/// A reader of a sequence of DER elements, on the shared byte cursor.
 struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-    /// Offset of `data[0]` in the whole certificate (for error messages).
-    base: usize,
+    cur: Cursor<'a>,
 }
 
 impl<'a> Reader<'a> {
     fn new(t: Tlv<'a>) -> Self {
         Self {
-            data: t.content,
-            pos: 0,
-            base: t.offset,
+            cur: Cursor::with_base(t.content, "certificate", t.offset as u64),
         }
+    }
+
+    /// Offset of the next byte in the whole certificate.
+    fn at(&self) -> usize {
+        usize::try_from(self.cur.offset()).unwrap_or(usize::MAX)
     }
 
     fn at_end(&self) -> bool {
-        self.pos >= self.data.len()
+        self.cur.at_end()
     }
 
     fn peek_tag(&self) -> Option<u8> {
-        self.data.get(self.pos).copied()
+        self.cur.peek_u8()
     }
 
     fn next(&mut self) -> Result<Tlv<'a>, X509Error> {
-        let at = self.base + self.pos;
-        let tag = *self
-            .data
-            .get(self.pos)
-            .ok_or_else(|| bad(at, "element expected, input ends"))?;
+        let at = self.at();
+        let tag = self
+            .cur
+            .u8("tag")
+            .map_err(|_| bad(at, "element expected, input ends"))?;
         if tag & 0x1F == 0x1F {
             return Err(bad(at, "multi-byte tags are not used in certificates"));
         }
-        let first = *self
-            .data
-            .get(self.pos + 1)
-            .ok_or_else(|| bad(at + 1, "length expected, input ends"))?;
-        let (len, header) = if first < 0x80 {
-            (usize::from(first), 2)
+        let first = self
+            .cur
+            .u8("length")
+            .map_err(|_| bad(at + 1, "length expected, input ends"))?;
+        let len = if first < 0x80 {
+            usize::from(first)
         } else {
             let n = usize::from(first & 0x7F);
             if n == 0 || n > 4 {
                 return Err(bad(at + 1, "indefinite or oversized length"));
             }
             let bytes = self
-                .data
-                .get(self.pos + 2..self.pos + 2 + n)
-                .ok_or_else(|| bad(at + 2, "length bytes truncated"))?;
-            let len = bytes
+                .cur
+                .take(n, "length bytes")
+                .map_err(|_| bad(at + 2, "length bytes truncated"))?;
+            bytes
                 .iter()
-                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            (len, 2 + n)
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
         };
-        let start = self.pos + header;
-        let end = start
-            .checked_add(len)
-            .filter(|e| *e <= self.data.len())
-            .ok_or_else(|| bad(at, "element longer than its container"))?;
-        self.pos = end;
+        let offset = self.at();
+        let content = self
+            .cur
+            .take(len, "content")
+            .map_err(|_| bad(at, "element longer than its container"))?;
         Ok(Tlv {
             tag,
-            content: &self.data[start..end],
-            offset: self.base + start,
+            content,
+            offset,
         })
     }
 
     fn expect(&mut self, tag: u8, what: &'static str) -> Result<Tlv<'a>, X509Error> {
-        let at = self.base + self.pos;
+        let at = self.at();
         let t = self.next()?;
         if t.tag == tag {
             Ok(t)
@@ -159,9 +162,7 @@ const OID_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1D, 0x13];
 /// offset of the problem.
 pub fn parse_certificate(der: &[u8]) -> Result<CertInfo, X509Error> {
     let mut outer = Reader {
-        data: der,
-        pos: 0,
-        base: 0,
+        cur: Cursor::new(der, "certificate"),
     };
     let cert = outer.expect(SEQUENCE, "Certificate must be a SEQUENCE")?;
     let mut c = Reader::new(cert);
@@ -360,45 +361,21 @@ fn parse_time(t: Tlv<'_>) -> Result<UnixTime, X509Error> {
     if rest[10] != b'Z' {
         return Err(bad(t.offset, "validity time must end in Z"));
     }
-    let month = digits(&rest[0..2], t.offset)?;
-    let day = digits(&rest[2..4], t.offset)?;
-    let hour = digits(&rest[4..6], t.offset)?;
-    let minute = digits(&rest[6..8], t.offset)?;
-    let second = digits(&rest[8..10], t.offset)?;
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return Err(bad(t.offset, "validity time out of range"));
-    }
-    let days = days_from_civil(year, month, day);
-    Ok(UnixTime(days * 86_400 + hour * 3600 + minute * 60 + second))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    let field = |r: std::ops::Range<usize>| -> Result<u8, X509Error> {
+        u8::try_from(digits(&rest[r], t.offset)?).map_err(|_| bad(t.offset, "time out of range"))
+    };
+    let (month, day) = (field(0..2)?, field(2..4)?);
+    let (hour, minute, second) = (field(4..6)?, field(6..8)?, field(8..10)?);
+    let out_of_range = || bad(t.offset, "validity time out of range");
+    let year = i32::try_from(year).map_err(|_| out_of_range())?;
+    let month = time::Month::try_from(month).map_err(|_| out_of_range())?;
+    let date = time::Date::from_calendar_date(year, month, day).map_err(|_| out_of_range())?;
+    // A leap second (`60`, which UTCTime and GeneralizedTime can carry) is the next second.
+    let clock = time::Time::from_hms(hour, minute, second.min(59)).map_err(|_| out_of_range())?;
+    let unix = time::PrimitiveDateTime::new(date, clock)
+        .assume_utc()
+        .unix_timestamp();
+    Ok(UnixTime(unix + i64::from(second == 60)))
 }
 
 #[cfg(test)]
@@ -460,12 +437,17 @@ mod tests {
     }
 
     #[test]
-    fn civil_round_trip() {
-        for days in [-800_000i64, -1, 0, 1, 19_000, 24_837, 2_932_896] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
+    fn utc_strings() {
         assert_eq!(UnixTime(0).to_utc_string(), "1970-01-01 00:00:00 UTC");
+        assert_eq!(
+            UnixTime(951_782_400).to_utc_string(),
+            "2000-02-29 00:00:00 UTC"
+        );
+        assert_eq!(UnixTime(-1).to_utc_string(), "1969-12-31 23:59:59 UTC");
+        assert_eq!(
+            UnixTime(i64::MAX).to_utc_string(),
+            format!("{} s from the Unix epoch", i64::MAX)
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${GODWIT_BIN:-$PWD/target/release/godwit}
-[ -x "$BIN" ] || { echo "service bench: $BIN not built (cargo build --release -p godwit-appliance)"; exit 0; }
+[ -x "$BIN" ] || { echo "service bench: FAILED: $BIN not built (cargo build --release -p godwit-appliance)"; exit 1; }
 command -v wrk >/dev/null || { echo "service bench: wrk missing (make deps)"; exit 1; }
 rc=0
 GODWIT_BIN="$BIN" cargo test -q -p godwit-tests --test service_load -- --ignored --nocapture 2>&1 \

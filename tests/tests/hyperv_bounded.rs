@@ -12,15 +12,14 @@
 //! - the CLI ingest listener closes never-finished TLS handshakes, idle TLS connections and
 //!   half-sent heads, and caps connections per client and in total.
 
-#[path = "transfer_util.rs"]
-mod util;
-
 use godwit_hyperv::ingest::server::{
     HANDSHAKE_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PER_CLIENT,
 };
 use godwit_hyperv::ingest::{IngestIdentity, IngestServer};
 use godwit_tests::hyperv::*;
 use godwit_tests::peers::sha256_file;
+use godwit_tests::staging;
+use staging::{Server, token_file};
 use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::net::{SocketAddr, TcpStream};
@@ -28,7 +27,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use util::{Server, token_file};
 
 fn staging(srv: &Server) -> Staging {
     Staging {
@@ -108,7 +106,7 @@ fn used_bytes(path: &Path) -> Option<u64> {
 
 #[test]
 fn a_vm_larger_than_the_state_filesystem_replicates_through_a_bounded_spool() {
-    util::need(&["qemu-img", "unshare", "mount", "stat"]);
+    godwit_tests::peers::need(&["qemu-img", "unshare", "mount", "stat"]);
     let work = tempfile::tempdir().unwrap();
     let host = work.path().join("host");
     let reference = big_vhdx(&host);
@@ -241,7 +239,7 @@ fn a_vm_larger_than_the_state_filesystem_replicates_through_a_bounded_spool() {
 /// and leaves no checkpoint on the host.
 #[test]
 fn too_little_free_space_for_the_spool_is_a_clear_error_that_leaves_nothing() {
-    util::need(&["qemu-img", "unshare", "mount", "head"]);
+    godwit_tests::peers::need(&["qemu-img", "unshare", "mount", "head"]);
     let work = tempfile::tempdir().unwrap();
     let f = fixture(&work.path().join("host"));
     let sim = start_sim(&f, 0);

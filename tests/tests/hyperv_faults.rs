@@ -10,17 +10,15 @@
 //!   with what to change, nothing retried, nothing left;
 //! - a domain account the host refuses over Basic passes with NTLM (Negotiate offered).
 
-#[path = "transfer_util.rs"]
-mod util;
-
 use godwit_hyperv_sim::model::SimModel;
 use godwit_hyperv_sim::{RunningSim, SimConfig, start};
 use godwit_tests::hyperv::*;
 use godwit_tests::peers::sha256_file;
+use godwit_tests::staging;
+use staging::{Server, token_file};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use util::{Server, token_file};
 
 fn staging(srv: &Server) -> Staging {
     Staging {
@@ -40,7 +38,7 @@ fn web_vm() -> String {
 
 #[test]
 fn idle_shells_are_deleted_by_the_host_and_cycles_open_new_ones() {
-    util::need(&["python3"]);
+    godwit_tests::peers::need(&["python3"]);
     let work = tempfile::tempdir().unwrap();
     let f = fixture(&work.path().join("host"));
     let idle_ms = 1500;
@@ -257,7 +255,7 @@ fn a_domain_account_refused_over_basic_passes_with_ntlm() {
 
 /// Another WinRM client (pywinrm) that opens one shell, and with `command` also runs a command
 /// in it, holds them for 3 s and closes them; returned once it holds them.
-fn hold_for_3s(sim: &RunningSim, ca: &Path, command: bool) -> util::Guard {
+fn hold_for_3s(sim: &RunningSim, ca: &Path, command: bool) -> staging::Guard {
     const SCRIPT: &str = r#"
 import os, sys, time
 from winrm.protocol import Protocol
@@ -281,7 +279,7 @@ p.close_shell(s)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut holder = util::Guard(child);
+    let mut holder = staging::Guard(child);
     use std::io::BufRead;
     let mut line = String::new();
     std::io::BufReader::new(holder.0.stdout.as_mut().unwrap())

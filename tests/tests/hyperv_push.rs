@@ -18,21 +18,19 @@
 //! - `kill -9` of the connector mid-push, then a rerun asks only for the ranges not yet
 //!   spooled, and the export is still equal.
 
-#[path = "transfer_util.rs"]
-mod util;
-
 use godwit_hyperv::ingest::server::SessionFile;
 use godwit_hyperv::ingest::spool::SpoolFile;
 use godwit_hyperv::ingest::{IngestIdentity, IngestServer, RangeSet, SpoolBudget};
 use godwit_tests::hyperv::*;
 use godwit_tests::peers::{godwit_bin, run_ok, sha256_file};
+use godwit_tests::staging;
 use sha2::{Digest, Sha256};
+use staging::{Guard, Server, token_file};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use util::{Guard, Server, token_file};
 
 fn staging(srv: &Server) -> Staging {
     Staging {
@@ -190,7 +188,7 @@ fn curl_put(ca: &Path, url: &str, token: &str, body: &Path, sha: &str) -> (u16, 
 
 #[test]
 fn ingest_refuses_bad_tokens_unasked_ranges_corrupt_and_truncated_pushes() {
-    util::need(&["curl"]);
+    godwit_tests::peers::need(&["curl"]);
     let work = tempfile::tempdir().unwrap();
     let id = IngestIdentity::generate(&["127.0.0.1".into()]).unwrap();
     let ca = work.path().join("ingest.pem");
@@ -487,7 +485,7 @@ fn differencing_vhd_bitmaps_are_pushed_not_read_block_by_block_over_winrm() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("host");
     std::fs::create_dir_all(dir.join("big")).unwrap();
-    util::need(&["qemu-img", "/usr/bin/python3"]);
+    godwit_tests::peers::need(&["qemu-img", "/usr/bin/python3"]);
     let base = dir.join("big/big.vhd");
     qemu_img(&[
         "create",

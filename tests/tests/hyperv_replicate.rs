@@ -6,14 +6,12 @@
 //! simulator holds no checkpoint and the ledger is empty — also after a failed run, and after a
 //! `kill -9` of the connector followed by a rerun (which sweeps the leftover checkpoint).
 
-#[path = "transfer_util.rs"]
-mod util;
-
 use godwit_tests::hyperv::*;
 use godwit_tests::peers::{godwit_bin, run, run_ok, sha256_file};
+use godwit_tests::staging;
+use staging::{Guard, Server, token_file};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use util::{Guard, Server, token_file};
 
 fn staging(srv: &Server) -> Staging {
     Staging {

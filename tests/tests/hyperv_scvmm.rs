@@ -9,19 +9,17 @@
 //! host not pinned (4, naming the host and its fingerprint), host pin mismatch (4), wrong
 //! password for VMM or for a host (3), unknown VM (5), host not reachable (2, naming it).
 
-#[path = "transfer_util.rs"]
-mod util;
-
 use godwit_hyperv_sim::model::SimModel;
 use godwit_hyperv_sim::{RunningSim, SimConfig, start};
 use godwit_tests::hyperv::*;
 use godwit_tests::peers::{godwit_bin, run, run_ok, sha256_file};
+use godwit_tests::staging;
+use staging::{Guard, Server, token_file};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use util::{Guard, Server, token_file};
 
 fn staging(srv: &Server) -> Staging {
     Staging {

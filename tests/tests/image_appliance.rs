@@ -7,12 +7,11 @@
 //! overlays. The VHDX on OVMF with Secure Boot enforced, and the whole migration in the booted
 //! image, are in image_e2e.rs.
 
-mod image_support;
-
+use godwit_tests::image;
 use godwit_tests::peers::{godwit_bin, run_ok, sha256_file};
-use image_support::Sntp;
-use image_support::image::{build, image, ovf_env, tmp_root};
-use image_support::qemu::{BOOT_TIMEOUT, Firmware, Vm, boot, iso, overlay};
+use image::Sntp;
+use image::build::{build, image, ovf_env, tmp_root};
+use image::qemu::{BOOT_TIMEOUT, Firmware, Vm, boot, iso, overlay};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The whole migration inside the booted appliance, deployed as a user deploys it: the image's
 //! disk (the OVA's VMDK, the VHDX) booted under qemu (TCG, 512 MiB, qemu's user network), the
-//! peers on this host reached at 10.0.2.2 (`image_support/e2e.rs`: vcsim with a VM whose disk
+//! peers on this host reached at 10.0.2.2 (`godwit_tests::image::e2e`: vcsim with a VM whose disk
 //! qemu-img made, the Hyper-V simulator with a Generation 2 VM, a staging server, SNTP).
 //!
 //! - OVA, SeaBIOS + virtio and OVMF + Secure Boot: Debian's chromium (playwright-core,
@@ -20,24 +20,15 @@
 //!
 //! Times from power-on to the setup page and from "start job" to "completed" are printed.
 
-use godwit_tests::hyperv as hyperv_common;
-mod image_support;
-#[path = "vmware_harness/serve.rs"]
-mod serve;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
-#[path = "image_support/e2e.rs"]
-mod e2e;
+use godwit_tests::{image, image::e2e, vcsim};
 
 use e2e::{
     ADMIN_PASSWORD, Appliance, HYPERV_USER, HYPERV_VM, MemoryWatch, Peers, VSPHERE_VM,
     assert_no_oom, banner_space, banner_value, metric, mib, qemu_raw_sha, wait_setup_page,
 };
 use godwit_tests::peers::{have, sha256_file};
-use image_support::image::{image, ovf_env};
-use image_support::qemu::{Firmware, Vm, boot_with, iso, overlay_sized};
+use image::build::{image, ovf_env};
+use image::qemu::{Firmware, Vm, boot_with, iso, overlay_sized};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -196,12 +187,12 @@ fn browser_e2e(fw: Firmware, tag: &str) {
         .env("GODWIT_STAGING_FINGERPRINT", &peers.staging.fingerprint)
         .env("GODWIT_STAGING_TOKEN", &peers.staging.token)
         .env("GODWIT_VSPHERE_ADDRESS", peers.vsphere_address())
-        .env("GODWIT_VSPHERE_USER", vmware_harness::USER)
-        .env("GODWIT_VSPHERE_PASSWORD", vmware_harness::PASSWORD)
+        .env("GODWIT_VSPHERE_USER", vcsim::USER)
+        .env("GODWIT_VSPHERE_PASSWORD", vcsim::PASSWORD)
         .env("GODWIT_VSPHERE_VM", VSPHERE_VM)
         .env("GODWIT_HYPERV_ADDRESS", peers.hyperv_address())
         .env("GODWIT_HYPERV_USER", HYPERV_USER)
-        .env("GODWIT_HYPERV_PASSWORD", hyperv_common::PASSWORD)
+        .env("GODWIT_HYPERV_PASSWORD", e2e::HYPERV_PASSWORD)
         .env("GODWIT_HYPERV_VM", HYPERV_VM)
         .env(
             "GODWIT_INGEST_URL",
@@ -366,8 +357,10 @@ fn vhdx_hyperv(fw: Firmware, tag: &str, disk_gib: Option<u64>) {
     let src = app.ok(
         "POST",
         "/sources",
-        Some(json!({"kind": "hyperv", "address": peers.hyperv_address(), "username": HYPERV_USER,
-                    "password": hyperv_common::PASSWORD, "approved_fingerprint": cert["fingerprint"]})),
+        Some(
+            json!({"kind": "hyperv", "address": peers.hyperv_address(), "username": HYPERV_USER,
+                    "password": e2e::HYPERV_PASSWORD, "approved_fingerprint": cert["fingerprint"]}),
+        ),
     );
     let (ingest, _) = app.api("PUT", "/settings/ingest", Some(json!({"url": app.base})));
     app.ok("GET", "/inventory?refresh=true", None);

@@ -2,25 +2,14 @@
 //! libfaketime), dnsmasq (A, PTR, NXDOMAIN), `openssl s_server` with valid / self-signed /
 //! expired / wrong-name / interception certificates, and a CONNECT proxy.
 
-mod netcheck_support;
-
-use netcheck_support::*;
+use godwit_tests::netcheck::*;
+use godwit_tests::peers::{need, need_root};
 use std::process::Command;
-
-/// chronyd is started as root (`-u root`, tempdir state files); CI runs as root.
-fn chrony_allowed() -> bool {
-    assert!(
-        is_root(),
-        "the chronyd tests need root (CI and `make test` run them as root)"
-    );
-    true
-}
 
 #[test]
 fn ntp_offsets_from_real_chrony() {
-    if missing(&["chronyd", "faketime"]) || !chrony_allowed() {
-        return;
-    }
+    need_root("the chronyd tests");
+    need(&["chronyd", "faketime"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let (p_ok, p_warn, p_fail) = (free_port(), free_port(), free_port());
     let _ok = start_chrony(dir.path(), p_ok, None);
@@ -95,9 +84,8 @@ fn ntp_offsets_from_real_chrony() {
 
 #[test]
 fn ntp_silent_server_fails_unless_another_answers() {
-    if missing(&["chronyd"]) || !chrony_allowed() {
-        return;
-    }
+    need_root("the chronyd tests");
+    need(&["chronyd"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let p_ok = free_port();
     let _ok = start_chrony(dir.path(), p_ok, None);
@@ -125,9 +113,7 @@ fn ntp_silent_server_fails_unless_another_answers() {
 
 #[test]
 fn dns_forward_reverse_and_nxdomain_from_dnsmasq() {
-    if missing(&["dnsmasq"]) {
-        return;
-    }
+    need(&["dnsmasq"]);
     let port = free_port();
     let _dns = start_dnsmasq(
         "127.0.0.1",
@@ -198,9 +184,7 @@ fn dns_forward_reverse_and_nxdomain_from_dnsmasq() {
 
 #[test]
 fn tls_certificates_valid_self_signed_expired_wrong_name_intercepted() {
-    if missing(&["openssl"]) {
-        return;
-    }
+    need(&["openssl"]);
     let dir = tempfile::tempdir().expect("tempdir");
     // Leaves name 127.0.0.1 (an IP SAN); the wrong-name one only localhost.localdomain.
     let pki = Pki::create(dir.path(), "vc1.lab.test");
@@ -289,9 +273,7 @@ fn tls_certificates_valid_self_signed_expired_wrong_name_intercepted() {
 
 #[test]
 fn proxy_connect_tunnels_tls_and_reports_denials() {
-    if missing(&["openssl"]) {
-        return;
-    }
+    need(&["openssl"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::create(dir.path(), "s3.lab.test");
     let (p_valid, p_denied) = (free_port(), free_port());

@@ -2,25 +2,20 @@
 //! still ends within its stated bound), a refused port, no route, NXDOMAIN from a DNS server
 //! across a veth link, and ICMP as an unprivileged user. Needs root; skips otherwise.
 
-mod netcheck_support;
-
-use netcheck_support::*;
+use godwit_tests::netcheck::*;
+use godwit_tests::peers::{need, need_root};
 use std::process::Command;
 use std::time::Duration;
 
-fn can_netns() -> bool {
-    assert!(
-        is_root(),
-        "network-namespace tests need root (CI and `make test` run them as root)"
-    );
-    !missing(&["ip"])
+fn need_netns() {
+    need_root("the network-namespace tests");
+    need(&["ip"]);
 }
 
 #[test]
 fn all_packets_dropped_times_out_within_the_bound() {
-    if !can_netns() || missing(&["nft"]) {
-        return;
-    }
+    need_netns();
+    need(&["nft"]);
     let ns = Netns::create(1);
     // Drop everything that reaches the namespace (no reject: pure silence).
     ns.exec(&["nft", "add", "table", "inet", "gwdrop"]);
@@ -104,9 +99,7 @@ fn all_packets_dropped_times_out_within_the_bound() {
 
 #[test]
 fn refused_port_and_no_route() {
-    if !can_netns() {
-        return;
-    }
+    need_netns();
     let ns = Netns::create(2);
     let peer = ns.ns_ip.clone();
     // Nothing listens on port 9 in the namespace: the kernel answers with a reset.
@@ -155,9 +148,8 @@ fn refused_port_and_no_route() {
 
 #[test]
 fn nxdomain_from_dnsmasq_across_a_veth() {
-    if !can_netns() || missing(&["dnsmasq"]) {
-        return;
-    }
+    need_netns();
+    need(&["dnsmasq"]);
     let ns = Netns::create(3);
     let peer = ns.ns_ip.clone();
     let _dns = start_dnsmasq(&peer, 53, &[("esx1.lab.test", "10.77.3.2")], Some(&ns.name));
@@ -182,9 +174,8 @@ fn nxdomain_from_dnsmasq_across_a_veth() {
 
 #[test]
 fn icmp_as_root_and_as_an_unprivileged_user() {
-    if !can_netns() || missing(&["setpriv"]) {
-        return;
-    }
+    need_netns();
+    need(&["setpriv"]);
     let run = godwit_check(&["--ping", "127.0.0.1"], None);
     assert_result(run.one("icmp", "127.0.0.1"), "pass", &[]);
 
@@ -225,9 +216,8 @@ fn icmp_as_root_and_as_an_unprivileged_user() {
 
 #[test]
 fn unprivileged_icmp_works_once_ping_group_range_is_set() {
-    if !can_netns() || missing(&["setpriv", "sysctl"]) {
-        return;
-    }
+    need_netns();
+    need(&["setpriv", "sysctl"]);
     // ping_group_range is per network namespace: widen it in a fresh one only, as the
     // remediation text tells an administrator to do, and ping as nobody without capabilities.
     let ns = Netns::create(4);

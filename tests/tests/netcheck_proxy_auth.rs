@@ -5,11 +5,9 @@
 //! or with a wrong password the proxy check fails with a remediation that says what to set;
 //! the password never appears in the output.
 
-mod netcheck_support;
-
-use netcheck_support::{
-    CheckRun, ChildGuard, Pki, assert_result, free_port, missing, spawn, wait_tcp,
-};
+use godwit_tests::netcheck;
+use godwit_tests::peers::need;
+use netcheck::{CheckRun, ChildGuard, Pki, assert_result, free_port, spawn, wait_tcp};
 use std::path::Path;
 use std::process::Command;
 
@@ -36,7 +34,7 @@ fn start_tinyproxy(dir: &Path) -> (ChildGuard, u16) {
     (g, port)
 }
 
-fn start_tls_server_v6(port: u16, cert: &netcheck_support::CertFiles) -> ChildGuard {
+fn start_tls_server_v6(port: u16, cert: &netcheck::CertFiles) -> ChildGuard {
     let g = spawn(
         "openssl s_server (IPv6)",
         Command::new("openssl")
@@ -89,15 +87,13 @@ fn check_with(
 
 #[test]
 fn basic_auth_proxy_over_ipv4_and_ipv6_and_ipv6_targets() {
-    if missing(&["tinyproxy", "openssl"]) {
-        return;
-    }
+    need(&["tinyproxy", "openssl"]);
     let dir = tempfile::tempdir().unwrap();
     let pki4 = Pki::create(dir.path(), "127.0.0.1");
     let dir6 = tempfile::tempdir().unwrap();
     let pki6 = Pki::create(dir6.path(), "::1");
     let (p4, p6) = (free_port(), free_port());
-    let _s4 = netcheck_support::start_tls_server(p4, &pki4.valid);
+    let _s4 = netcheck::start_tls_server(p4, &pki4.valid);
     let _s6 = start_tls_server_v6(p6, &pki6.valid);
     let (_proxy, pport) = start_tinyproxy(dir.path());
     let t4 = format!("127.0.0.1:{p4}");

@@ -5,18 +5,15 @@
 //! fails with a clear message and nothing is contacted; with them (SeaweedFS), everything works
 //! and the listener still sees nothing.
 
-#[path = "s3_seaweedfs_util.rs"]
-mod seaweed;
-#[path = "transfer_util.rs"]
-mod util;
-
+use godwit_tests::peers::need;
 use godwit_tests::peers::{godwit_bin, run, run_ok};
+use godwit_tests::s3;
+use godwit_tests::staging::*;
 use std::io::{Read, Write};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use util::*;
 
 /// A TCP listener on 127.0.0.1 that counts connections (and answers 404 so a client does not
 /// hang); stopped on drop.
@@ -79,8 +76,8 @@ fn ambient<'a>(c: &'a mut Command, rec: &Recorder, home: &std::path::Path) -> &'
         &creds,
         format!(
             "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            seaweed::ACCESS_KEY,
-            seaweed::SECRET_KEY
+            s3::ACCESS_KEY,
+            s3::SECRET_KEY
         ),
     )
     .unwrap();
@@ -98,10 +95,8 @@ fn ambient<'a>(c: &'a mut Command, rec: &Recorder, home: &std::path::Path) -> &'
 
 #[test]
 fn s3_uses_only_configured_credentials() {
-    if !need(&["qemu-img", "python3"]) {
-        return;
-    }
-    let sw = seaweed::Seaweed::start("creds");
+    need(&["qemu-img", "python3"]);
+    let sw = s3::Seaweed::start("creds");
     let rec = Recorder::start();
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("d.raw");

@@ -5,12 +5,7 @@
 //! of another certificate, an expired certificate and a CA certificate are refused naming the
 //! field, and nothing is installed; the key is never echoed or logged.
 
-#[path = "vmware_harness/pki.rs"]
-mod pki;
-#[path = "vmware_harness/serve.rs"]
-mod service;
-mod vmware_harness;
-
+use godwit_tests::{pki, service};
 use pki::{make_ca, make_leaf, read};
 use serde_json::json;
 use service::{Service, pinned_client};

@@ -6,10 +6,7 @@
 //! opens them. Client addresses are spread over 127.0.0.0/8 (each connection binds its own
 //! loopback source address) so the per-client cap does not hide the timeouts.
 
-#[path = "vmware_harness/serve.rs"]
-mod service;
-mod vmware_harness;
-
+use godwit_tests::service;
 use service::{Service, pinned_client};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};

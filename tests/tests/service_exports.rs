@@ -16,19 +16,14 @@
 //!
 //! The staging server's store is outside the tmpfs. Needs root (mount).
 
-#[path = "vmware_harness/serve.rs"]
-mod serve;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
+use godwit_tests::{service, staging, vcsim};
 use serde_json::{Value, json};
-use serve::{ADMIN_PASSWORD, Service, random_disk, setup_vsphere};
+use service::{ADMIN_PASSWORD, Service, random_disk, setup_vsphere};
+use staging::Server;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use util::Server;
-use vmware_harness::Vcsim;
+use vcsim::Vcsim;
 
 const VM: &str = "DC0_H0_VM0";
 
@@ -152,7 +147,7 @@ fn confined_and_downloadable(svc: &Service, job: &str, exports: &Path, work: &Pa
     assert_eq!(e["size_bytes"], json!(12 << 20), "{e}");
     let sha = e["file_sha256"].as_str().unwrap();
     let url = format!("/api/v1/exports/{}/download", e["id"].as_str().unwrap());
-    let c = serve::pinned_client(&svc.fingerprint, false);
+    let c = service::pinned_client(&svc.fingerprint, false);
     let get = |range: Option<&str>| {
         let mut r = c
             .get(format!("{}{url}", svc.url))

@@ -19,20 +19,15 @@
 //! - a host hiccup once the checkpoint exists: the failed run keeps its checkpoint for the
 //!   retry (the ledger says so); cancelling the job removes it.
 
-#[path = "vmware_harness/serve.rs"]
-mod service;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
 use godwit_hyperv_sim::model::SimModel;
 use godwit_hyperv_sim::{RunningSim, SimConfig, start};
 use godwit_tests::peers::sha256_file;
+use godwit_tests::{service, staging};
 use serde_json::json;
 use service::{Service, export_and_wait};
+use staging::Server;
 use std::path::Path;
 use std::process::Command;
-use util::Server;
 
 const SIM_PASSWORD: &str = "S3cret-sim";
 const VM: &str = "web-gen2";

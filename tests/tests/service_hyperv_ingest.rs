@@ -4,18 +4,11 @@
 //! settings page shows the value; cleared again (null: the WinRM connection's local address),
 //! the same job runs to completion without a restart.
 
-#[path = "vmware_harness/pki.rs"]
-mod pki;
-#[path = "vmware_harness/serve.rs"]
-mod service;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
 use godwit_tests::hyperv::{PASSWORD, fixture, start_sim};
+use godwit_tests::{service, staging};
 use serde_json::json;
 use service::Service;
-use util::Server;
+use staging::Server;
 
 fn metric(svc: &Service, name: &str) -> u64 {
     let (s, m) = svc.get_bytes("/metrics");

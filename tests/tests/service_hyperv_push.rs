@@ -16,23 +16,16 @@
 //!   it and asks only for the ranges not yet spooled, no checkpoint is left, and the export
 //!   equals libvhdi's raw read.
 
-#[path = "vmware_harness/pki.rs"]
-mod pki;
-#[path = "vmware_harness/serve.rs"]
-mod service;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
 use godwit_hyperv::ingest::spool::parse_journal;
 use godwit_hyperv_sim::RunningSim;
 use godwit_tests::hyperv::{DB_ID, MIB, PASSWORD, WEB_ID, fixture, start_sim_with};
 use godwit_tests::peers::sha256_file;
+use godwit_tests::{pki, service, staging};
 use serde_json::{Value, json};
 use service::{ADMIN_PASSWORD, ADMIN_USER, Service, export_and_wait, pinned_client};
+use staging::Server;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use util::Server;
 
 /// The numbers of the run's `host push: ...` timeline line: (pushed, resumed, from spool,
 /// over WinRM).

@@ -7,17 +7,12 @@
 //! - a periodic schedule: the next run happens by itself (the test shortens the schedule's
 //!   hour with the hidden `--schedule-hour-secs`).
 
-#[path = "vmware_harness/serve.rs"]
-mod service;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
+use godwit_tests::{service, staging, vcsim};
 use serde_json::{Value, json};
 use service::{ADMIN_PASSWORD, Service, random_disk, setup_vsphere};
+use staging::Server;
 use std::time::{Duration, Instant};
-use util::Server;
-use vmware_harness::{Vcsim, vm_by_name};
+use vcsim::{Vcsim, vm_by_name};
 
 const K: usize = 2;
 /// vcsim's default VPX inventory.

@@ -4,17 +4,12 @@
 //! time. Prints p50/p99 latency, requests/s and errors, and the service's RSS; fails on any
 //! error or when the job does not complete.
 
-#[path = "vmware_harness/serve.rs"]
-mod service;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
+use godwit_tests::{service, staging, vcsim};
 use serde_json::json;
 use service::{ADMIN_PASSWORD, Service, rss_kib};
+use staging::Server;
 use std::process::Command;
-use util::Server;
-use vmware_harness::{PASSWORD, USER, Vcsim};
+use vcsim::{PASSWORD, USER, Vcsim};
 
 const VM: &str = "DC0_H0_VM0";
 const DISK_MIB: u64 = 256;

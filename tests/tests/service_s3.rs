@@ -13,21 +13,14 @@
 //! finished before the kill (counted by a proxy in front of moto), and the object's SHA-256 is
 //! the raw content SHA-256 reported; a cancelled export's upload is aborted.
 
-#[path = "s3_counting_proxy.rs"]
-mod s3_proxy;
-#[path = "vmware_harness/serve.rs"]
-mod service;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
 use godwit_tests::peers::{run_ok, sha256_file};
+use godwit_tests::{s3_proxy, service, staging, vcsim};
 use serde_json::json;
 use service::{ADMIN_PASSWORD, Service, export_and_wait, random_disk, setup_vsphere, sha256_hex};
+use staging::Guard;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use util::Guard;
-use vmware_harness::{Vcsim, qemu_img, qemu_raw, vm_by_name};
+use vcsim::{Vcsim, qemu_img, qemu_raw, vm_by_name};
 
 const VM: &str = "DC0_H0_VM0";
 const SECRET: &str = "moto-SECRET-0123456789abcdefghij";

@@ -14,22 +14,17 @@
 //! `GODWIT_SCALE_JOBS` (K, default 4), `GODWIT_SCALE_DISK_MIB` (virtual size of each disk,
 //! default 16) and `GODWIT_SCALE_DATA_MIB` (random data in each, default 4) change the sizes.
 
-#[path = "vmware_harness/serve.rs"]
-mod service;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
 use godwit_tests::peers::{godwit_bin, run_ok, sha256_file};
+use godwit_tests::{service, staging, vcsim};
 use serde_json::{Value, json};
 use service::{ADMIN_PASSWORD, Service, rss_kib};
+use staging::Server;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use util::Server;
-use vmware_harness::{Vcsim, VcsimOptions, qemu_img, set_vm_disks};
+use vcsim::{Vcsim, VcsimOptions, qemu_img, set_vm_disks};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -291,7 +286,7 @@ fn fifty_vms_with_two_disks_each_through_one_service() {
     for (vm, flats) in &sources {
         for (d, flat) in flats.iter().enumerate() {
             let out = work.path().join("check.raw");
-            let rep = util::last_json(&run_ok(
+            let rep = staging::last_json(&run_ok(
                 Command::new(godwit_bin())
                     .args(["export", "--json", "--format", "raw", "--vm", vm])
                     .args(["--disk", &d.to_string(), "--target", &store, "--out"])

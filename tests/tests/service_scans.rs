@@ -10,13 +10,8 @@
 //! Each runs about a minute (measured on 2 cores: testssl 40-70 s per port, schemathesis
 //! 15-30 s); they run in parallel with the other tests.
 
-#[path = "vmware_harness/serve.rs"]
-mod service;
-#[path = "transfer_util.rs"]
-mod transfer_util;
-mod vmware_harness;
-
 use godwit_tests::peers::godwit_bin;
+use godwit_tests::{service, staging};
 use serde_json::Value;
 use service::Service;
 use std::path::Path;
@@ -168,7 +163,7 @@ fn testssl_finds_the_staging_port_sound() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("staging");
     std::fs::create_dir_all(&data).unwrap();
-    let srv = transfer_util::Server::start(&data, "127.0.0.1:0", &[]);
+    let srv = staging::Server::start(&data, "127.0.0.1:0", &[]);
     let t0 = std::time::Instant::now();
     let findings = testssl(&srv.addr, work.path());
     println!(

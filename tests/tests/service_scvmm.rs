@@ -20,21 +20,16 @@
 //!   resumes it there (asking VMM for the VM's host) and completes, no checkpoint is left and
 //!   the export equals the source with the writes.
 
-#[path = "vmware_harness/serve.rs"]
-mod service;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
 use godwit_hyperv_sim::model::SimModel;
 use godwit_hyperv_sim::{RunningSim, SimConfig, start};
 use godwit_tests::hyperv::*;
 use godwit_tests::peers::sha256_file;
+use godwit_tests::{service, staging};
 use serde_json::json;
 use service::{Service, export_and_wait};
+use staging::Server;
 use std::net::SocketAddr;
 use std::path::Path;
-use util::Server;
 
 fn start_at(dir: &Path, vms_json: &str, listen: SocketAddr) -> Option<RunningSim> {
     std::fs::write(dir.join("vms.json"), vms_json).unwrap();

@@ -10,10 +10,7 @@
 //!
 //! Client addresses other than 127.0.0.1 are loopback addresses the client binds.
 
-#[path = "vmware_harness/serve.rs"]
-mod service;
-mod vmware_harness;
-
+use godwit_tests::service;
 use serde_json::{Value, json};
 use service::{ADMIN_PASSWORD, ADMIN_USER, Service};
 use std::net::IpAddr;

@@ -10,19 +10,14 @@
 //!   support bundle; the used setup code in no log (stderr, log file, the /logs ring);
 //! - a logged-in browser session survives a restart of the service.
 
-#[path = "vmware_harness/serve.rs"]
-mod service;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
 use godwit_tests::peers::{godwit_bin, run_ok};
+use godwit_tests::{service, staging, vcsim};
 use serde_json::json;
 use service::{ADMIN_PASSWORD, Service, random_disk};
+use staging::Server;
 use std::path::Path;
 use std::process::Command;
-use util::Server;
-use vmware_harness::{PASSWORD, USER, Vcsim, qemu_raw, vm_by_name};
+use vcsim::{PASSWORD, USER, Vcsim, qemu_raw, vm_by_name};
 
 const VM: &str = "DC0_H0_VM0";
 const S3_SECRET: &str = "s3-SECRET-key-0123456789abcdef";
@@ -289,7 +284,7 @@ fn job_replicates_from_vcsim_resumes_after_kill9_and_secrets_stay_out() {
     assert_eq!(ex["file_sha256"].as_str().unwrap(), file_sha, "{ex}");
 
     // Second run over new data, killed mid-transfer, resumed after the restart.
-    util::write_random(&disk.with_file_name("data-flat.vmdk"), 0, 24);
+    staging::write_random(&disk.with_file_name("data-flat.vmdk"), 0, 24);
     svc.ok("POST", &format!("/jobs/{id}/run"), None);
     svc.wait_job(&id, 60, |j| {
         j["state"] == "transferring" && j["progress"]["bytes_done"].as_u64().unwrap_or(0) > 2 << 20
@@ -419,7 +414,7 @@ fn a_job_named_by_moref_follows_its_vm_through_a_rename() {
     let id = job["id"].as_str().unwrap().to_string();
     svc.wait_job(&id, 120, |j| j["state"] == "completed");
     // An administrator renames the VM; the next run still finds it.
-    vmware_harness::run_task(
+    vcsim::run_task(
         &s,
         "Rename_Task",
         godwit_vmware::soap::envelope::envelope(
@@ -428,7 +423,7 @@ fn a_job_named_by_moref_follows_its_vm_through_a_rename() {
             "<newName>renamed-by-admin</newName>",
         ),
     );
-    util::write_random(&disk.with_file_name("data-flat.vmdk"), 0, 4);
+    staging::write_random(&disk.with_file_name("data-flat.vmdk"), 0, 4);
     svc.ok("POST", &format!("/jobs/{id}/run"), None);
     let done = svc.wait_job(&id, 120, |j| {
         j["state"] == "completed" && j["runs_completed"] == json!(2)

@@ -5,13 +5,11 @@
 //! hashed unless `--raw-sha256` asks for the whole disk. Every sync is exported and compared
 //! with `qemu-img convert -O raw` of the source.
 
-#[path = "transfer_util.rs"]
-mod util;
-
+use godwit_tests::peers::need;
 use godwit_tests::peers::{godwit_bin, run, run_ok};
+use godwit_tests::staging::*;
 use std::path::Path;
 use std::process::Command;
-use util::*;
 
 const MIB: u64 = 1 << 20;
 
@@ -60,9 +58,7 @@ fn n(v: &serde_json::Value, k: &str) -> u64 {
 
 #[test]
 fn changed_ranges_read_and_hash_only_the_chunks_they_touch() {
-    if !need(&["qemu-img", "qemu-io"]) {
-        return;
-    }
+    need(&["qemu-img", "qemu-io"]);
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base.raw");
     make_raw(&base, "64M");
@@ -138,9 +134,7 @@ fn changed_ranges_read_and_hash_only_the_chunks_they_touch() {
 
 #[test]
 fn raw_sha256_only_when_asked_and_checked_by_export() {
-    if !need(&["qemu-img"]) {
-        return;
-    }
+    need(&["qemu-img"]);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("d.raw");
     make_raw(&src, "8M");

@@ -4,16 +4,14 @@
 //! whose first address is down — refusing, or silently dropping connections — is reached on
 //! the next address.
 
-#[path = "transfer_util.rs"]
-mod util;
-
-use godwit_tests::peers::{godwit_bin, run, run_ok};
+use godwit_tests::peers::{godwit_bin, need, run, run_ok};
+use godwit_tests::staging;
+use staging::*;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use util::*;
 
 const MIB: u64 = 1 << 20;
 

@@ -3,17 +3,15 @@
 //! interrupted incremental. The final sync must be complete and correct, little may be sent
 //! twice, and a failed sync must leave the previous one intact.
 
-#[path = "transfer_util.rs"]
-mod util;
-
+use godwit_tests::peers::need;
 use godwit_tests::peers::{godwit_bin, run, run_ok};
+use godwit_tests::staging::*;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use util::*;
 
 /// A TCP proxy on loopback that counts client→server bytes and can stall or cut connections.
 struct Proxy {
@@ -176,9 +174,7 @@ fn one_gib_source(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
 
 #[test]
 fn kill9_server_and_client_at_random_moments_then_complete() {
-    if !need(&["qemu-img"]) {
-        return;
-    }
+    need(&["qemu-img"]);
     let tmp = tempfile::tempdir().unwrap();
     let src = one_gib_source(tmp.path(), "a.raw");
     let src_b = one_gib_source(tmp.path(), "b.raw");
@@ -305,9 +301,7 @@ impl WaitRef for std::process::Child {
 
 #[test]
 fn stalled_and_cut_links_resume_and_complete() {
-    if !need(&["qemu-img"]) {
-        return;
-    }
+    need(&["qemu-img"]);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("d.raw");
     make_raw(&src, "256M");
@@ -353,9 +347,7 @@ fn stalled_and_cut_links_resume_and_complete() {
 
 #[test]
 fn failed_incremental_leaves_previous_sync_intact() {
-    if !need(&["qemu-img"]) {
-        return;
-    }
+    need(&["qemu-img"]);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("d.raw");
     make_raw(&src, "128M");

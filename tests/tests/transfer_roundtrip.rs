@@ -2,18 +2,14 @@
 //! format the disk engine reads, compared with `qemu-img convert -O raw`; incremental runs that
 //! send only changed chunks; change-tracked (CBT-style) runs; a direct `file://` store.
 
-#[path = "transfer_util.rs"]
-mod util;
-
+use godwit_tests::peers::need;
 use godwit_tests::peers::{godwit_bin, run, run_ok};
+use godwit_tests::staging::*;
 use std::process::Command;
-use util::*;
 
 #[test]
 fn every_readable_format_round_trips_through_staging() {
-    if !need(&["qemu-img", "qemu-io"]) {
-        return;
-    }
+    need(&["qemu-img", "qemu-io"]);
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base.raw");
     make_raw(&base, "40M");
@@ -90,9 +86,7 @@ fn every_readable_format_round_trips_through_staging() {
 
 #[test]
 fn export_formats_read_back_by_qemu() {
-    if !need(&["qemu-img"]) {
-        return;
-    }
+    need(&["qemu-img"]);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src.raw");
     make_raw(&src, "24M");
@@ -143,9 +137,7 @@ fn export_formats_read_back_by_qemu() {
 
 #[test]
 fn incremental_sends_only_changed_chunks_and_keeps_old_syncs() {
-    if !need(&["qemu-img", "qemu-io"]) {
-        return;
-    }
+    need(&["qemu-img", "qemu-io"]);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("disk.raw");
     make_raw(&src, "256M");
@@ -216,9 +208,7 @@ fn incremental_sends_only_changed_chunks_and_keeps_old_syncs() {
 
 #[test]
 fn direct_file_store_gc_and_verify() {
-    if !need(&["qemu-img"]) {
-        return;
-    }
+    need(&["qemu-img"]);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("d.raw");
     make_raw(&src, "16M");
@@ -334,9 +324,7 @@ fn direct_file_store_gc_and_verify() {
 /// zeros unallocated (4 MiB chunks, 2 MiB blocks: a chunk with data in its first MiB only).
 #[test]
 fn file_exports_leave_zero_blocks_unallocated() {
-    if !need(&["qemu-img"]) {
-        return;
-    }
+    need(&["qemu-img"]);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src.raw");
     make_raw(&src, "16M");

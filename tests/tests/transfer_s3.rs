@@ -2,32 +2,25 @@
 //! export to `s3://BUCKET/KEY` as a multipart upload with SHA-256 part checksums that resumes
 //! after the exporter is killed.
 
-#[path = "s3_counting_proxy.rs"]
-mod s3_proxy;
-#[path = "s3_seaweedfs_util.rs"]
-mod seaweed;
-#[path = "transfer_util.rs"]
-mod util;
-
+use godwit_tests::peers::need;
 use godwit_tests::peers::{godwit_bin, run_ok};
+use godwit_tests::staging::*;
+use godwit_tests::{s3, s3_proxy};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use util::*;
 
-fn s3env<'a>(c: &'a mut Command, m: &seaweed::Seaweed) -> &'a mut Command {
+fn s3env<'a>(c: &'a mut Command, m: &s3::Seaweed) -> &'a mut Command {
     m.env(c)
 }
 
-fn boto(m: &seaweed::Seaweed, script: &str) -> String {
+fn boto(m: &s3::Seaweed, script: &str) -> String {
     m.boto(script)
 }
 
 #[test]
 fn s3_store_and_resumable_s3_export() {
-    if !need(&["qemu-img"]) {
-        return;
-    }
-    let m = seaweed::Seaweed::start("godwit");
+    need(&["qemu-img"]);
+    let m = s3::Seaweed::start("godwit");
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("d.raw");
     make_raw(&src, "96M");

@@ -3,34 +3,31 @@
 //! each connector reading and writing only its own VMs, sync ids assigned by the store, and a
 //! connector failing over to another server when its server dies mid-sync.
 
-#[path = "s3_seaweedfs_util.rs"]
-mod seaweed;
-#[path = "transfer_util.rs"]
-mod util;
-
+use godwit_tests::peers::need;
 use godwit_tests::peers::{godwit_bin, run, run_ok};
+use godwit_tests::s3;
+use godwit_tests::staging::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use util::*;
 
-fn env(sw: &seaweed::Seaweed) -> Vec<(&'static str, String)> {
+fn env(sw: &s3::Seaweed) -> Vec<(&'static str, String)> {
     vec![
-        ("AWS_ACCESS_KEY_ID", seaweed::ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", seaweed::SECRET_KEY.to_string()),
+        ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY.to_string()),
         ("AWS_REGION", "us-east-1".to_string()),
         ("AWS_ENDPOINT_URL", sw.endpoint.clone()),
     ]
 }
 
-fn start_server(sw: &seaweed::Seaweed, data: &Path, store: &str, listen: &str) -> Server {
+fn start_server(sw: &s3::Seaweed, data: &Path, store: &str, listen: &str) -> Server {
     let e = env(sw);
     let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Server::start_with(data, listen, &["--store", store], &e)
 }
 
 /// `godwit staging tokens issue` for `connector`; the token written to a new file.
-fn issue(sw: &seaweed::Seaweed, store: &str, connector: &str, dir: &Path) -> (PathBuf, String) {
+fn issue(sw: &s3::Seaweed, store: &str, connector: &str, dir: &Path) -> (PathBuf, String) {
     let f = dir.join(format!("{connector}.token"));
     let out = run_ok(sw.env(Command::new(godwit_bin()).args([
         "staging",
@@ -50,7 +47,7 @@ fn issue(sw: &seaweed::Seaweed, store: &str, connector: &str, dir: &Path) -> (Pa
     (f, v["id"].as_str().unwrap().to_string())
 }
 
-fn staging(sw: &seaweed::Seaweed, args: &[&str]) -> std::process::Output {
+fn staging(sw: &s3::Seaweed, args: &[&str]) -> std::process::Output {
     run(sw.env(Command::new(godwit_bin()).arg("staging").args(args)))
 }
 
@@ -106,10 +103,8 @@ fn export_cmd(srv: &Server, token: &Path, vm: &str, out: &Path) -> Command {
 
 #[test]
 fn tokens_are_per_connector_kept_in_the_store_and_revocable() {
-    if !need(&["qemu-img", "python3"]) {
-        return;
-    }
-    let sw = seaweed::Seaweed::start("scale");
+    need(&["qemu-img", "python3"]);
+    let sw = s3::Seaweed::start("scale");
     let store = "s3://scale/tokens";
     let tmp = tempfile::tempdir().unwrap();
     let a = start_server(&sw, &tmp.path().join("a"), store, "127.0.0.1:0");
@@ -213,10 +208,8 @@ fn tokens_are_per_connector_kept_in_the_store_and_revocable() {
 
 #[test]
 fn a_connector_fails_over_when_its_staging_server_dies() {
-    if !need(&["qemu-img", "python3"]) {
-        return;
-    }
-    let sw = seaweed::Seaweed::start("failover");
+    need(&["qemu-img", "python3"]);
+    let sw = s3::Seaweed::start("failover");
     let store = "s3://failover/s";
     let tmp = tempfile::tempdir().unwrap();
     let mut a = start_server(&sw, &tmp.path().join("a"), store, "127.0.0.1:0");

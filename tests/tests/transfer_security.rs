@@ -3,14 +3,12 @@
 //! client), lying frame lengths, wrong digests, garbage, slow-loris. The server must stay up,
 //! bounded in memory, and store nothing bad.
 
-#[path = "transfer_util.rs"]
-mod util;
-
+use godwit_tests::peers::need;
 use godwit_tests::peers::{godwit_bin, run, run_ok};
+use godwit_tests::staging::*;
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use util::*;
 
 /// A raw client in Python: TLS (optionally capped at a version), Hello with a token, then the
 /// given frames; prints the frames it got back and whether the server closed.
@@ -122,9 +120,7 @@ fn small_disk(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn wrong_fingerprint_token_plaintext_and_old_tls_are_refused() {
-    if !need(&["python3", "qemu-img"]) {
-        return;
-    }
+    need(&["python3", "qemu-img"]);
     let tmp = tempfile::tempdir().unwrap();
     let srv = Server::start(&tmp.path().join("staging"), "127.0.0.1:0", &[]);
     let src = small_disk(tmp.path());
@@ -198,9 +194,7 @@ fn wrong_fingerprint_token_plaintext_and_old_tls_are_refused() {
 
 #[test]
 fn hostile_frames_leave_the_server_up_bounded_and_clean() {
-    if !need(&["python3", "qemu-img"]) {
-        return;
-    }
+    need(&["python3", "qemu-img"]);
     let tmp = tempfile::tempdir().unwrap();
     let mut srv = Server::start(
         &tmp.path().join("staging"),
@@ -311,9 +305,7 @@ fn hostile_frames_leave_the_server_up_bounded_and_clean() {
 /// separate pre-auth cap are closed at once, with one aggregated log line, not one each.
 #[test]
 fn idle_sockets_do_not_lock_out_a_paired_client() {
-    if !need(&["qemu-img"]) {
-        return;
-    }
+    need(&["qemu-img"]);
     let tmp = tempfile::tempdir().unwrap();
     let srv = Server::start(
         &tmp.path().join("staging"),

@@ -5,16 +5,13 @@
 //! byte-equal to `qemu-img convert -O raw` of its source, `staging verify` is clean, and the
 //! store holds the template once plus each clone's delta (printed).
 
-#[path = "s3_seaweedfs_util.rs"]
-mod seaweed;
-#[path = "transfer_util.rs"]
-mod util;
-
+use godwit_tests::peers::need;
 use godwit_tests::peers::{godwit_bin, run, run_ok};
+use godwit_tests::s3;
+use godwit_tests::staging::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use util::*;
 
 const MIB: u64 = 1 << 20;
 const TEMPLATE_DATA_MIB: u64 = 20;
@@ -24,23 +21,23 @@ const CLONES: usize = 12;
 /// killed server's syncs held is reclaimed within the test.
 const LEASE_STALE_SECS: u64 = 8;
 
-fn envs(sw: &seaweed::Seaweed) -> Vec<(&'static str, String)> {
+fn envs(sw: &s3::Seaweed) -> Vec<(&'static str, String)> {
     vec![
-        ("AWS_ACCESS_KEY_ID", seaweed::ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", seaweed::SECRET_KEY.to_string()),
+        ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY.to_string()),
         ("AWS_REGION", "us-east-1".to_string()),
         ("AWS_ENDPOINT_URL", sw.endpoint.clone()),
         ("GODWIT_LEASE_STALE_SECS", LEASE_STALE_SECS.to_string()),
     ]
 }
 
-fn server(sw: &seaweed::Seaweed, data: &Path, store: &str, listen: &str) -> Server {
+fn server(sw: &s3::Seaweed, data: &Path, store: &str, listen: &str) -> Server {
     let e = envs(sw);
     let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Server::start_with(data, listen, &["--store", store], &e)
 }
 
-fn staging_json(sw: &seaweed::Seaweed, args: &[&str]) -> serde_json::Value {
+fn staging_json(sw: &s3::Seaweed, args: &[&str]) -> serde_json::Value {
     let o = run(sw
         .env(Command::new(godwit_bin()).arg("staging").args(args))
         .env("GODWIT_LEASE_STALE_SECS", LEASE_STALE_SECS.to_string()));
@@ -91,11 +88,9 @@ fn replicate(
 
 #[test]
 fn three_servers_twelve_clones_gc_and_a_server_restart() {
-    if !need(&["qemu-img", "python3", "cmp"]) {
-        return;
-    }
+    need(&["qemu-img", "python3", "cmp"]);
     let t_start = Instant::now();
-    let sw = seaweed::Seaweed::start("soak");
+    let sw = s3::Seaweed::start("soak");
     let store = "s3://soak/store";
     let tmp = tempfile::tempdir().unwrap();
     let mut servers: Vec<Server> = (0..3)

@@ -5,14 +5,13 @@
 //! the bytes `/folder` serves. The disks, snapshots, ReconfigVM (CBT on) and `/folder` reads
 //! are vcsim's own.
 
-mod vmware_harness;
-
 use godwit_disk::{BlockSource, RunState};
+use godwit_tests::vcsim;
 use godwit_vmware::ledger::Ledger;
 use godwit_vmware::replicate::{CycleOptions, run_cycle};
 use std::ops::Range;
 use std::path::Path;
-use vmware_harness::{Vcsim, qemu_img, qemu_io, qemu_raw, set_vm_disks, vm_by_name};
+use vcsim::{Vcsim, qemu_img, qemu_io, qemu_raw, set_vm_disks, vm_by_name};
 
 const VM: &str = "DC0_H0_VM0";
 const SPARSE_SIZE: u64 = 3 * 1024 * 1024 + 1024;
@@ -232,7 +231,7 @@ fn cbt_is_not_enabled_while_a_snapshot_exists() {
     let s = v.connect();
     let vm = vm_by_name(&s, vm_name);
     assert!(!vm.cbt_enabled);
-    vmware_harness::run_task(
+    vcsim::run_task(
         &s,
         "CreateSnapshot_Task",
         godwit_vmware::soap::envelope::create_snapshot(
@@ -293,7 +292,7 @@ fn a_new_change_id_uuid_a_sequence_going_back_or_a_new_capacity_force_a_reported
     let v = Vcsim::start(false);
     let (ds, dir) = v.datastore();
     let vmdir = dir.join(VM);
-    let d = vmware_harness::make_disk(&vmdir, "one", true, 2 << 20, &["write -P 0x11 0 1M"]);
+    let d = vcsim::make_disk(&vmdir, "one", true, 2 << 20, &["write -P 0x11 0 1M"]);
     let s = v.connect();
     set_vm_disks(&s, VM, &[(&format!("[{ds}] {VM}/one.vmdk"), 2 << 20)]);
     let vm = vm_by_name(&s, VM);
@@ -353,7 +352,7 @@ fn a_new_change_id_uuid_a_sequence_going_back_or_a_new_capacity_force_a_reported
         r#"<spec><deviceChange><operation>edit</operation><device xsi:type="VirtualDisk"><key>{key}</key><deviceInfo><label>Hard disk 1</label><summary>3,072 KB</summary></deviceInfo><backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[{ds}] {VM}/one.vmdk</fileName><diskMode>persistent</diskMode><changeId>52 bb bb bb bb bb bb bb-bb bb bb bb bb bb bb bb/9</changeId></backing><controllerKey>{}</controllerKey><unitNumber>0</unitNumber><capacityInKB>3072</capacityInKB></device></deviceChange></spec>"#,
         vm.disks[0].controller_key.unwrap()
     );
-    vmware_harness::run_task(
+    vcsim::run_task(
         &s,
         "ReconfigVM_Task",
         godwit_vmware::soap::envelope::envelope("ReconfigVM_Task", &vm.moref, &spec),
@@ -380,7 +379,7 @@ fn a_new_change_id_uuid_a_sequence_going_back_or_a_new_capacity_force_a_reported
 fn the_first_full_read_of_a_thin_disk_reads_only_allocated_areas() {
     let v = Vcsim::start(false);
     let (ds, dir) = v.datastore();
-    let d = vmware_harness::make_disk(
+    let d = vcsim::make_disk(
         &dir.join(VM),
         "thin",
         true,
@@ -420,7 +419,7 @@ fn the_first_full_read_of_a_thin_disk_reads_only_allocated_areas() {
 fn changed_areas_past_the_asked_range_are_clamped_with_a_warning() {
     let v = Vcsim::start(false);
     let (ds, dir) = v.datastore();
-    let d = vmware_harness::make_disk(&dir.join(VM), "o", true, 3 << 20, &["write -P 0x11 0 3M"]);
+    let d = vcsim::make_disk(&dir.join(VM), "o", true, 3 << 20, &["write -P 0x11 0 3M"]);
     let s = v.connect();
     set_vm_disks(&s, VM, &[(&format!("[{ds}] {VM}/o.vmdk"), 3 << 20)]);
     let vm = vm_by_name(&s, VM);

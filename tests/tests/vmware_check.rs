@@ -6,13 +6,11 @@
 //! passes and TCP fails with the ESXi remediation that names the port. The pass case is the vCenter itself on loopback. A wrong pin stops the
 //! run with exit 4.
 
-mod netcheck_support;
-mod vmware_harness;
-
 use godwit_tests::peers::godwit_bin;
+use godwit_tests::vcsim;
 use serde_json::Value;
 use std::process::Command;
-use vmware_harness::{PASSWORD, USER, Vcsim};
+use vcsim::{PASSWORD, USER, Vcsim};
 
 fn check(v: &Vcsim, fingerprint: &str, extra: &[&str]) -> (i32, Vec<Value>, String) {
     check_with_hosts(v, fingerprint, extra, None)
@@ -129,10 +127,7 @@ fn every_esxi_host_of_the_inventory_is_checked() {
 #[test]
 fn esxi_hosts_that_resolve_but_refuse_get_the_port_remediation() {
     // A private /etc/hosts needs a mount namespace: root only (as the netns tests).
-    if !netcheck_support::is_root() {
-        eprintln!("skipped: needs root for a private mount namespace");
-        return;
-    }
+    godwit_tests::peers::need_root("a private /etc/hosts (a mount namespace)");
     let v = Vcsim::start(false);
     // 127.0.0.9: loopback, where nothing listens on 443 or 902 (connection refused).
     let dir = tempfile::tempdir().unwrap();

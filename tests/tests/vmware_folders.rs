@@ -8,13 +8,12 @@
 //!   MoveIntoFolder_Task and Rename_Task, which refuse a duplicate within one folder as
 //!   vCenter does); VMs named by MoRef and by instance UUID.
 
-mod vmware_harness;
-
 use godwit_tests::peers::godwit_bin;
+use godwit_tests::vcsim;
 use godwit_vmware::soap::envelope as env;
 use godwit_vmware::soap::response as resp;
 use std::process::Command;
-use vmware_harness::{
+use vcsim::{
     PASSWORD, USER, Vcsim, VcsimOptions, export_equals, files_under, make_disk, replicate_cli,
     run_task, set_vm_disks_of,
 };

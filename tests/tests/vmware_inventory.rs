@@ -1,12 +1,11 @@
 //! `godwit inventory` against vcsim (VPX and ESX models) over TLS, and the documented exit
 //! codes for a wrong password (3), an unpinned or wrong certificate (4) and an unknown VM (5).
 
-mod vmware_harness;
-
 use godwit_tests::peers::godwit_bin;
+use godwit_tests::vcsim;
 use godwit_vmware::soap::envelope as env;
 use std::process::{Command, Output};
-use vmware_harness::{PASSWORD, USER, Vcsim, run_task, vm_by_name};
+use vcsim::{PASSWORD, USER, Vcsim, run_task, vm_by_name};
 
 fn inventory(v: &Vcsim, password: &str, extra: &[&str]) -> Output {
     Command::new(godwit_bin())

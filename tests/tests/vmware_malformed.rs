@@ -3,12 +3,11 @@
 //! over the 64 MiB limit, a `missingSet` (HTTP 200) or a reply without `returnval`. Each gives
 //! a clear error naming the host and the method, and never a panic.
 
-mod vmware_harness;
-
+use godwit_tests::vcsim;
 use godwit_vmware::ErrorKind;
 use godwit_vmware::inventory::{eligibility, vm_from_object};
 use godwit_vmware::soap::{envelope as env, response as resp};
-use vmware_harness::{Vcsim, vm_by_name};
+use vcsim::{Vcsim, vm_by_name};
 
 #[test]
 fn malformed_replies_give_clear_errors() {

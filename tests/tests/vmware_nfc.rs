@@ -12,16 +12,15 @@
 //! fail); device URLs on another host name need that host's own pin and get no session cookie;
 //! `auto` picks NFC for a vSAN datastore.
 
-mod vmware_harness;
-
 use godwit_disk::BlockSource;
+use godwit_tests::vcsim;
 use godwit_vmware::ErrorKind;
 use godwit_vmware::ledger::Ledger;
 use godwit_vmware::replicate::{CycleOptions, DiskAccess, run_cycle, run_cycle_with};
 use godwit_vmware::soap::envelope as env;
 use godwit_vmware::trust::Fingerprint;
 use std::path::Path;
-use vmware_harness::{
+use vcsim::{
     FLAT_SIZE, SPARSE_SIZE, VM, Vcsim, prepare_two_disks, qemu_raw, read_all, run_task, vm_by_name,
 };
 
@@ -279,7 +278,7 @@ fn device_urls_on_another_host_are_trusted_by_the_reported_thumbprint_or_a_pin()
     // choose NFC.
     v.stub("/stub/nfc?thumbprint=none", Some(""));
     v.stub("/stub/datastore-type?name=LocalDS_0&type=vsan", Some(""));
-    let mut o = v.connect_opts(vmware_harness::PASSWORD);
+    let mut o = v.connect_opts(vcsim::PASSWORD);
     o.trust
         .add(&other, Fingerprint::parse(&v.fingerprint).unwrap());
     let s = godwit_vmware::session::Session::connect(&o).unwrap();

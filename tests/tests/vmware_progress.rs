@@ -3,12 +3,9 @@
 //! disk being its allocated grains as qemu-img maps them (not its virtual size); one `done`
 //! event per disk carrying the same figures.
 
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
 use godwit_tests::cli::{check_progress, progress_events, qemu_allocated};
-use vmware_harness::{FLAT_SIZE, SPARSE_SIZE, VM, Vcsim, prepare_two_disks, replicate_cli};
+use godwit_tests::vcsim;
+use vcsim::{FLAT_SIZE, SPARSE_SIZE, VM, Vcsim, prepare_two_disks, replicate_cli};
 
 #[test]
 fn vsphere_replication_reports_allocation_aware_progress_per_disk() {

@@ -10,12 +10,11 @@
 //! reason, leaves no snapshot and writes nothing to the store; `godwit inventory --json`
 //! shows each reason.
 
-mod vmware_harness;
-
 use godwit_tests::peers::godwit_bin;
+use godwit_tests::vcsim;
 use std::path::Path;
 use std::process::Command;
-use vmware_harness::{
+use vcsim::{
     PASSWORD, USER, Vcsim, files_under, make_disk, replicate_cli, set_vm_disks_ext, vm_by_name,
     vm_state,
 };

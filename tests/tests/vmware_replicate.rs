@@ -4,16 +4,15 @@
 //! snapshots recorded in the ledger and really gone afterwards (also after a failure mid-read
 //! and after a "crash" and a sweep); an expired session re-established; 503 backoff.
 
-mod vmware_harness;
-
 use godwit_disk::{BlockSource, Disk, RunState};
+use godwit_tests::vcsim;
 use godwit_vmware::ledger::Ledger;
 use godwit_vmware::replicate::{CycleOptions, run_cycle};
 use godwit_vmware::snapshot;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vmware_harness::{Vcsim, qemu_img, qemu_io, qemu_raw, set_vm_disks, vm_by_name};
+use vcsim::{Vcsim, qemu_img, qemu_io, qemu_raw, set_vm_disks, vm_by_name};
 
 pub const VM: &str = "DC0_H0_VM0";
 /// 3 MiB + 1 KiB and 5 MiB + 65 KiB: not multiples of a grain or a MiB.
@@ -206,7 +205,7 @@ fn sweep_removes_what_a_crash_left() {
         e.snapshot_name = format!("{}-2", e.snapshot_name);
         e.snapshot = None;
         ledger.add(e.clone()).unwrap();
-        vmware_harness::run_task(
+        vcsim::run_task(
             &s,
             "CreateSnapshot_Task",
             godwit_vmware::soap::envelope::create_snapshot(

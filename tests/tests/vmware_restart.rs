@@ -11,13 +11,12 @@
 //! have them), the next run sweeps the ledger entry, replicates, removes its own snapshot, and
 //! the export equals `qemu-img convert -O raw` of the source.
 
-mod vmware_harness;
-
 use godwit_tests::peers::{godwit_bin, run_ok};
+use godwit_tests::vcsim;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use vmware_harness::{PASSWORD, USER, VM, Vcsim, prepare_two_disks, qemu_raw, vm_by_name};
+use vcsim::{PASSWORD, USER, VM, Vcsim, prepare_two_disks, qemu_raw, vm_by_name};
 
 fn replicate_cmd(v: &Vcsim, store: &Path, state: &Path) -> Command {
     let mut c = Command::new(godwit_bin());
@@ -149,15 +148,12 @@ fn vcenter_restarted_mid_run_fails_cleanly_then_the_next_run_sweeps_and_succeeds
     }
     let (ds, _) = v.datastore();
     let s = v.connect();
-    vmware_harness::set_vm_disks(
+    vcsim::set_vm_disks(
         &s,
         VM,
         &[
-            (
-                &format!("[{ds}] {VM}/sparse.vmdk"),
-                vmware_harness::SPARSE_SIZE,
-            ),
-            (&format!("[{ds}] {VM}/flat.vmdk"), vmware_harness::FLAT_SIZE),
+            (&format!("[{ds}] {VM}/sparse.vmdk"), vcsim::SPARSE_SIZE),
+            (&format!("[{ds}] {VM}/flat.vmdk"), vcsim::FLAT_SIZE),
         ],
     );
     let second = run_ok(&mut replicate_cmd(&v, &store, &state));

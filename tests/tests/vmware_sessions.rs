@@ -7,19 +7,18 @@
 //! server that answers 200 to a Range GET covering a whole small file (STUB
 //! /stub/folder-ignore-range) is accepted.
 
-mod vmware_harness;
-
 use godwit_disk::BlockSource;
+use godwit_tests::vcsim;
 use godwit_vmware::replicate::{CycleOptions, DiskAccess, run_cycle_with};
 use std::path::Path;
 use std::time::Duration;
-use vmware_harness::{
+use vcsim::{
     Vcsim, VcsimOptions, make_disk, prepare_two_disks, qemu_raw, read_all, set_vm_disks, vm_by_name,
 };
 
 fn opts(dir: &Path) -> CycleOptions {
     CycleOptions {
-        vm_name: vmware_harness::VM.into(),
+        vm_name: vcsim::VM.into(),
         ledger: dir.join("ledger.json"),
         change_ids: dir.join("ids.json"),
         ..CycleOptions::default()
@@ -28,7 +27,7 @@ fn opts(dir: &Path) -> CycleOptions {
 
 fn no_snapshot(v: &Vcsim) {
     let s = v.connect();
-    assert!(vm_by_name(&s, vmware_harness::VM).snapshots.is_empty());
+    assert!(vm_by_name(&s, vcsim::VM).snapshots.is_empty());
     s.logout().unwrap();
 }
 
@@ -36,7 +35,7 @@ fn no_snapshot(v: &Vcsim) {
 /// that big and, throttled, slow).
 fn noisy_disks(v: &Vcsim) -> (std::path::PathBuf, std::path::PathBuf) {
     use std::io::{Read, Write};
-    let vm = vmware_harness::VM;
+    let vm = vcsim::VM;
     let dir = v.datastore().1.join(vm);
     let a = make_disk(&dir, "noisy", true, 1 << 20, &[]);
     let mut noise = vec![0u8; 512 * 1024];
@@ -216,7 +215,7 @@ fn a_200_to_a_range_covering_a_whole_small_file_is_accepted() {
     let loc = godwit_vmware::datastore::DatastoreLocator::new(&s).unwrap();
     let f = godwit_disk::storage::Locator::open(
         &loc,
-        &format!("[LocalDS_0] {}/flat-flat.vmdk", vmware_harness::VM),
+        &format!("[LocalDS_0] {}/flat-flat.vmdk", vcsim::VM),
         None,
     )
     .unwrap()

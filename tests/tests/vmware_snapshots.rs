@@ -4,14 +4,13 @@
 //! (then create the snapshot through vcsim's own method) and fail the next quiesced create
 //! with ApplicationQuiesceFault.
 
-mod vmware_harness;
-
 use godwit_disk::BlockSource;
+use godwit_tests::vcsim;
 use godwit_vmware::ledger::Ledger;
 use godwit_vmware::replicate::{CycleOptions, run_cycle};
 use std::path::Path;
 use std::time::Duration;
-use vmware_harness::{VM, Vcsim, prepare_two_disks, qemu_raw, read_all, vm_by_name, vm_state};
+use vcsim::{VM, Vcsim, prepare_two_disks, qemu_raw, read_all, vm_by_name, vm_state};
 
 fn opts(dir: &Path) -> CycleOptions {
     CycleOptions {
@@ -86,7 +85,7 @@ fn a_snapshot_create_timeout_keeps_the_ledger_entry_until_the_task_is_known() {
     prepare_two_disks(&v);
     let work = tempfile::tempdir().unwrap();
     v.stub("/stub/snapshot?delay_ms=3000", Some(""));
-    let mut o = v.connect_opts(vmware_harness::PASSWORD);
+    let mut o = v.connect_opts(vcsim::PASSWORD);
     o.task_timeout = Duration::from_millis(800);
     let s = godwit_vmware::session::Session::connect(&o).unwrap();
     let err = run_cycle(&s, &opts(work.path()), &mut |_, _: &dyn BlockSource, _| {

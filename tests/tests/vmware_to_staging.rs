@@ -4,17 +4,12 @@
 //! of the source VMDK; afterwards the VM has no snapshot and the ledger is empty. A second cycle
 //! with CBT is incremental and still exports identical bytes.
 
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
 use godwit_tests::peers::{godwit_bin, run_ok};
+use godwit_tests::{staging, vcsim};
+use staging::{Server, token_file};
 use std::path::Path;
 use std::process::Command;
-use util::{Server, token_file};
-use vmware_harness::{
-    PASSWORD, USER, Vcsim, qemu_img, qemu_io, qemu_raw, set_vm_disks, vm_by_name,
-};
+use vcsim::{PASSWORD, USER, Vcsim, qemu_img, qemu_io, qemu_raw, set_vm_disks, vm_by_name};
 
 const VM: &str = "DC0_H0_VM0";
 const SPARSE_SIZE: u64 = 3 * 1024 * 1024 + 1024;

@@ -11,18 +11,13 @@
 //! Needs node, Debian's chromium and the npm packages of tests/browser (`make deps`); fails,
 //! not skips, without them.
 
-#[path = "vmware_harness/serve.rs"]
-mod serve;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
-
 use godwit_tests::peers::{have, sha256_file};
-use serve::{Service, random_disk, sha256_hex};
+use godwit_tests::{service, staging, vcsim};
+use service::{Service, random_disk, sha256_hex};
+use staging::Server;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use util::Server;
-use vmware_harness::{PASSWORD, USER, Vcsim, qemu_img};
+use vcsim::{PASSWORD, USER, Vcsim, qemu_img};
 
 const VM: &str = "DC0_H0_VM0";
 const ADMIN_PASSWORD: &str = "browser-admin-password-1";
@@ -129,7 +124,7 @@ fn browser_walks_the_wizard_replicates_a_vm_and_exports_it() {
         sha256_file(&export),
         "the file SHA-256 shown is not sha256sum of the exported file"
     );
-    let raw_sha = sha256_hex(&vmware_harness::qemu_raw(&disk, work.path()));
+    let raw_sha = sha256_hex(&vcsim::qemu_raw(&disk, work.path()));
     assert_eq!(
         result["export_sha256"].as_str().unwrap(),
         raw_sha,

@@ -19,8 +19,10 @@
 //! end  32 SHA-256 of every byte before it
 //! ```
 
+use crate::codec::{ReadExt, put_str16};
 use crate::digest::ChunkDigest;
 use crate::error::{Error, Result};
+use godwit_cursor::Reader;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -91,14 +93,34 @@ impl SyncId {
         &self.0[21..]
     }
 
-    /// The time in the id, Unix milliseconds (ids are validated, so this parses).
+    /// The time in the id, Unix milliseconds. An id is validated digit by digit, not as a
+    /// date: one naming no real date or time (month 13, 25 o'clock) is `u64::MAX`, later than
+    /// any real sync, so [`newest`] never takes it.
     pub fn unix_ms(&self) -> u64 {
-        let n = |r: std::ops::Range<usize>| self.0[r].parse::<u64>().unwrap_or(0);
-        days_from_civil(n(0..4), n(4..6), n(6..8)) * 86_400_000
-            + n(9..11) * 3_600_000
-            + n(11..13) * 60_000
-            + n(13..15) * 1000
-            + n(16..19)
+        let n = |r: std::ops::Range<usize>| self.0[r].parse::<u16>().unwrap_or(u16::MAX);
+        let year = i32::from(n(0..4));
+        let (Ok(month), Ok(day), Ok(hour), Ok(minute), Ok(second)) = (
+            u8::try_from(n(4..6)),
+            u8::try_from(n(6..8)),
+            u8::try_from(n(9..11)),
+            u8::try_from(n(11..13)),
+            u8::try_from(n(13..15)),
+        ) else {
+            return u64::MAX;
+        };
+        let Ok(month) = time::Month::try_from(month) else {
+            return u64::MAX;
+        };
+        let (Ok(date), Ok(clock)) = (
+            time::Date::from_calendar_date(year, month, day),
+            time::Time::from_hms(hour, minute, second),
+        ) else {
+            return u64::MAX;
+        };
+        let secs = time::PrimitiveDateTime::new(date, clock)
+            .assume_utc()
+            .unix_timestamp();
+        u64::try_from(secs).map_or(u64::MAX, |s| s * 1000 + u64::from(n(16..19)))
     }
 }
 
@@ -116,17 +138,6 @@ pub fn newest(syncs: &[SyncId], now: u64) -> Option<&SyncId> {
         .find(|s| s.unix_ms() <= now.saturating_add(FUTURE_SLACK_MS))
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
-fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
-    let y = if m <= 2 { y.saturating_sub(1) } else { y };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d.saturating_sub(1);
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    (era * 146_097 + doe).saturating_sub(719_468)
-}
-
 impl fmt::Display for SyncId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -139,27 +150,34 @@ impl fmt::Debug for SyncId {
     }
 }
 
-/// `YYYYMMDDTHHMMSS.mmmZ` for Unix milliseconds (proleptic Gregorian, UTC).
+/// `YYYYMMDDTHHMMSS.mmmZ` for Unix milliseconds (proleptic Gregorian, UTC). A time past the
+/// year 9999 (a broken clock) is written as the last millisecond of 9999, the latest a sync id
+/// can name.
 pub fn utc_stamp(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let ms = unix_ms % 1000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
+    let t = i64::try_from(unix_ms / 1000)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .filter(|t| t.year() <= 9999);
+    let (t, ms) = match t {
+        Some(t) => (t, unix_ms % 1000),
+        None => (
+            time::PrimitiveDateTime::new(
+                time::Date::from_calendar_date(9999, time::Month::December, 31)
+                    .unwrap_or(time::Date::MAX),
+                time::Time::from_hms(23, 59, 59).unwrap_or(time::Time::MIDNIGHT),
+            )
+            .assume_utc(),
+            999,
+        ),
+    };
     format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{ms:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{ms:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
     )
 }
 
@@ -224,52 +242,6 @@ pub fn check_vm_name(vm: &str) -> Result<()> {
     Ok(())
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-    what: &'a str,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| {
-                Error::malformed(
-                    self.what,
-                    self.pos as u64,
-                    format!("{field}: needs {n} bytes, {} left", self.b.len() - self.pos),
-                )
-            })?;
-        let s = &self.b[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn u16(&mut self, f: &str) -> Result<u16> {
-        let s = self.take(2, f)?;
-        Ok(u16::from_be_bytes([s[0], s[1]]))
-    }
-    fn u32(&mut self, f: &str) -> Result<u32> {
-        let s = self.take(4, f)?;
-        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    fn u64(&mut self, f: &str) -> Result<u64> {
-        let s = self.take(8, f)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        Ok(u64::from_be_bytes(a))
-    }
-    fn str16(&mut self, f: &str) -> Result<String> {
-        let n = usize::from(self.u16(f)?);
-        let at = self.pos as u64;
-        let s = self.take(n, f)?;
-        String::from_utf8(s.to_vec())
-            .map_err(|_| Error::malformed(self.what, at, format!("{f}: not UTF-8")))
-    }
-}
-
 impl SyncIndex {
     /// Parse and check an index. Pure; a fuzz entry point. `what` names it in errors.
     pub fn parse(bytes: &[u8], what: &str) -> Result<SyncIndex> {
@@ -296,11 +268,7 @@ impl SyncIndex {
                 ),
             ));
         }
-        let mut r = Reader {
-            b: body,
-            pos: 0,
-            what,
-        };
+        let mut r = Reader::new(body, what);
         if r.take(4, "magic")? != INDEX_MAGIC {
             return Err(Error::malformed(
                 what,
@@ -308,7 +276,7 @@ impl SyncIndex {
                 "not an index (magic is not GWIX)",
             ));
         }
-        let v = r.u16("version")?;
+        let v = r.u16_be("version")?;
         if v != IndexVersion::V1 as u16 {
             return Err(Error::malformed(
                 what,
@@ -316,7 +284,7 @@ impl SyncIndex {
                 format!("index version {v} (this build reads 1)"),
             ));
         }
-        let flags = r.u16("flags")?;
+        let flags = r.u16_be("flags")?;
         if flags & !1 != 0 {
             return Err(Error::malformed(
                 what,
@@ -324,11 +292,11 @@ impl SyncIndex {
                 format!("unknown flags {flags:#x}"),
             ));
         }
-        let chunk_size = r.u32("chunk size")?;
+        let chunk_size = r.u32_be("chunk size")?;
         check_chunk_size(chunk_size).map_err(|e| Error::malformed(what, 8, e.to_string()))?;
-        let disk_size = r.u64("disk size")?;
-        let created_ms = r.u64("created")?;
-        let count = r.u64("entry count")?;
+        let disk_size = r.u64_be("disk size")?;
+        let created_ms = r.u64_be("created")?;
+        let count = r.u64_be("entry count")?;
         if count != chunk_count(disk_size, chunk_size) {
             return Err(Error::malformed(
                 what,
@@ -336,53 +304,49 @@ impl SyncIndex {
                 format!("{count} entries for a {disk_size}-byte disk at {chunk_size}-byte chunks"),
             ));
         }
-        let sha = r.take(32, "raw sha256")?;
-        let raw_sha256 = (flags & 1 == 1).then(|| {
-            let mut a = [0u8; 32];
-            a.copy_from_slice(sha);
-            a
-        });
-        let at = r.pos as u64;
+        let sha: [u8; 32] = r.array("raw sha256")?;
+        let raw_sha256 = (flags & 1 == 1).then_some(sha);
+        let at = r.offset();
         let sync_id = SyncId::parse(&r.str16("sync id")?)
             .map_err(|e| Error::malformed(what, at, e.to_string()))?;
-        let at = r.pos as u64;
+        let at = r.offset();
         let p = r.str16("parent")?;
         let parent = if p.is_empty() {
             None
         } else {
             Some(SyncId::parse(&p).map_err(|e| Error::malformed(what, at, e.to_string()))?)
         };
-        let at = r.pos as u64;
+        let at = r.offset();
         let vm = r.str16("vm")?;
         check_vm_name(&vm).map_err(|e| Error::malformed(what, at, e.to_string()))?;
-        let disk = r.u32("disk number")?;
-        let pairs = r.u16("metadata count")?;
+        let disk = r.u32_be("disk number")?;
+        let pairs = r.u16_be("metadata count")?;
         if pairs > MAX_META_PAIRS {
             return Err(Error::malformed(
                 what,
-                r.pos as u64 - 2,
+                r.offset() - 2,
                 format!("{pairs} metadata pairs (limit {MAX_META_PAIRS})"),
             ));
         }
         let mut metadata = BTreeMap::new();
         for _ in 0..pairs {
             let k = r.str16("metadata key")?;
-            let n = r.u32("metadata value length")?;
+            let n = r.u32_be("metadata value length")?;
             if n > MAX_META_VALUE {
                 return Err(Error::malformed(
                     what,
-                    r.pos as u64 - 4,
+                    r.offset() - 4,
                     format!("metadata value of {n} bytes"),
                 ));
             }
-            let at = r.pos as u64;
+            let at = r.offset();
             let v = r.take(usize::try_from(n).unwrap_or(usize::MAX), "metadata value")?;
             let v = String::from_utf8(v.to_vec())
                 .map_err(|_| Error::malformed(what, at, "metadata value: not UTF-8"))?;
             metadata.insert(k, v);
         }
         // Every entry takes at least one byte: check before allocating.
-        let left = (body.len() - r.pos) as u64;
+        let left = r.left() as u64;
         if count > left {
             return Err(Error::malformed(
                 what,
@@ -392,14 +356,10 @@ impl SyncIndex {
         }
         let mut entries = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         for _ in 0..count {
-            let at = r.pos as u64;
-            match r.take(1, "entry tag")?[0] {
+            let at = r.offset();
+            match r.u8("entry tag")? {
                 0 => entries.push(Entry::Zero),
-                1 => {
-                    let mut d = [0u8; 32];
-                    d.copy_from_slice(r.take(32, "entry digest")?);
-                    entries.push(Entry::Data(ChunkDigest(d)));
-                }
+                1 => entries.push(Entry::Data(r.digest("entry digest")?)),
                 t => {
                     return Err(Error::malformed(
                         what,
@@ -409,10 +369,10 @@ impl SyncIndex {
                 }
             }
         }
-        if r.pos != body.len() {
+        if !r.at_end() {
             return Err(Error::malformed(
                 what,
-                r.pos as u64,
+                r.offset(),
                 "trailing bytes after the last entry",
             ));
         }
@@ -488,12 +448,6 @@ impl SyncIndex {
     }
 }
 
-fn put_str16(o: &mut Vec<u8>, s: &str) {
-    let n = s.len().min(usize::from(u16::MAX));
-    o.extend_from_slice(&u16::try_from(n).unwrap_or(0).to_be_bytes());
-    o.extend_from_slice(&s.as_bytes()[..n]);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,6 +485,22 @@ mod tests {
         let id = SyncId::new(1_763_770_000_123);
         assert_eq!(SyncId::parse(id.as_str()).unwrap(), id);
         assert!(SyncId::parse("../../etc").is_err());
+        // Past 9999 (a broken clock): the latest id there is, not a 5-digit year.
+        assert_eq!(utc_stamp(u64::MAX), "99991231T235959.999Z");
+        assert_eq!(
+            SyncId::with_suffix(u64::MAX, 1).unix_ms(),
+            253_402_300_799_999
+        );
+        // Digits that name no date or time are never the newest.
+        for bad in [
+            "20261301T000000.000Z-00000000",
+            "20260230T000000.000Z-00000000",
+            "20260101T250000.000Z-00000000",
+        ] {
+            let id = SyncId::parse(bad).unwrap();
+            assert_eq!(id.unix_ms(), u64::MAX, "{bad}");
+            assert_eq!(newest(std::slice::from_ref(&id), 1_800_000_000_000), None);
+        }
     }
 
     proptest! {

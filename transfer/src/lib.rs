@@ -20,6 +20,7 @@
 //! - The raw SHA-256 of a change-tracked (CBT/RCT) sync is not known, as only changes are read.
 
 pub mod chunk;
+mod codec;
 pub mod digest;
 pub mod error;
 pub mod export;

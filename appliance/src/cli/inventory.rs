@@ -117,21 +117,8 @@ fn list(args: &InventoryArgs) -> anyhow::Result<()> {
 
 /// Hyper-V over WinRM HTTPS 5986 (see `godwit_hyperv::inventory`).
 fn hyperv_list(args: &InventoryArgs) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
     let src = godwit_hyperv::Source::parse(&args.source.source)?;
-    let password = match &args.source.password_file {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("reading password file {}", p.display()))?
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string(),
-        None => std::env::var("GODWIT_PASSWORD").unwrap_or_default(),
-    };
-    anyhow::ensure!(
-        !password.is_empty(),
-        "no password: set GODWIT_PASSWORD or pass --password-file FILE"
-    );
+    let password = super::password::source_password(args.source.password_file.as_deref())?;
     let pin = args
         .source
         .source_fingerprint

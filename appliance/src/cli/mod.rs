@@ -6,6 +6,7 @@ pub mod disk;
 pub mod export;
 pub mod image;
 pub mod inventory;
+mod password;
 pub mod progress;
 pub mod replicate;
 pub mod replicate_hyperv;

@@ -41,19 +41,7 @@ pub fn source_parts(
     a: &HypervSourceArgs<'_>,
 ) -> anyhow::Result<(Source, Credentials, Option<Fingerprint>)> {
     let src = Source::parse(a.source)?;
-    let password = match a.password_file {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("reading password file {}", p.display()))?
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string(),
-        None => std::env::var("GODWIT_PASSWORD").unwrap_or_default(),
-    };
-    anyhow::ensure!(
-        !password.is_empty(),
-        "no password: set GODWIT_PASSWORD or pass --password-file FILE"
-    );
+    let password = super::password::source_password(a.password_file.map(PathBuf::as_path))?;
     let pin = a
         .source_fingerprint
         .map(Fingerprint::parse)

@@ -5,7 +5,6 @@
 //! Exit codes for vSphere errors (see `exit_code`): 3 login rejected, 4 certificate not
 //! trusted (unpinned or mismatched), 5 VM or object not found; other errors 2.
 
-use anyhow::Context;
 use godwit_disk::BlockSource;
 use godwit_vmware::replicate::{CycleOptions, CycleReport, DiskAccess, run_cycle_with};
 use godwit_vmware::session::{ConnectOptions, Secret, Session, SourceUrl};
@@ -43,17 +42,7 @@ pub struct VsphereSourceArgs {
 }
 
 fn password(args: &VsphereSourceArgs) -> anyhow::Result<Secret> {
-    if let Some(p) = &args.password_file {
-        let s = std::fs::read_to_string(p)
-            .with_context(|| format!("reading password file {}", p.display()))?;
-        let line = s.lines().next().unwrap_or("").to_string();
-        anyhow::ensure!(!line.is_empty(), "password file {} is empty", p.display());
-        return Ok(Secret::new(line));
-    }
-    match std::env::var("GODWIT_PASSWORD") {
-        Ok(p) if !p.is_empty() => Ok(Secret::new(p)),
-        _ => anyhow::bail!("no password: set GODWIT_PASSWORD or pass --password-file FILE"),
-    }
+    super::password::source_password(args.password_file.as_deref()).map(Secret::new)
 }
 
 /// Connect and log in.

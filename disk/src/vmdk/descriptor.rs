@@ -3,6 +3,13 @@
 //! Pure: bytes in, [`Descriptor`] out. Lines end in LF or CRLF, `#` starts a comment, values
 //! may be quoted, spaces around `=` are ignored, unknown keys are kept in order so that
 //! `parse(encode(d)) == d`. An embedded descriptor ends at the first NUL.
+//!
+//! Quoting: VMware's descriptor quotes values and file names with `"` and has no escape for a
+//! `"` inside one (qemu's reader, `vmdk_parse_description`, takes a quoted value up to the next
+//! `"`; VMware writes none). So a value or file name containing `"` means different things to
+//! different readers: [`Descriptor::parse`] refuses it, and [`Descriptor::encode`] refuses to
+//! write one (or a line break or NUL, which end a line or the text) rather than emit a
+//! descriptor that reads back differently.
 
 use std::fmt;
 
@@ -158,17 +165,26 @@ pub fn text_of(bytes: &[u8]) -> Result<&str, DescriptorError> {
         .map_err(|e| err(e.valid_up_to(), "descriptor is not UTF-8 text"))
 }
 
-fn unquote(v: &str) -> &str {
+/// A value without its one pair of surrounding quotes; a `"` anywhere else is refused (see the
+/// module documentation).
+fn unquote<'a>(v: &'a str, offset: usize, key: &str) -> Result<&'a str, DescriptorError> {
     let v = v.trim();
-    if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
+    let inner = if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
         &v[1..v.len() - 1]
     } else {
         v
+    };
+    if inner.contains('"') {
+        return Err(err(
+            offset,
+            format!("the value of {key} has a quote inside it"),
+        ));
     }
+    Ok(inner)
 }
 
 fn parse_cid(v: &str, offset: usize, key: &str) -> Result<u32, DescriptorError> {
-    let v = unquote(v);
+    let v = unquote(v, offset, key)?;
     u32::from_str_radix(v, 16)
         .map_err(|_| err(offset, format!("{key}={v} is not a 32-bit hex value")))
 }
@@ -204,7 +220,7 @@ impl Descriptor {
                 continue;
             };
             let key = k.trim();
-            let value = unquote(v).to_string();
+            let value = unquote(v, line_offset, key)?.to_string();
             match key {
                 "version" => d.version = Some(value),
                 "encoding" => d.encoding = Some(value),
@@ -246,11 +262,20 @@ impl Descriptor {
             .is_some_and(|h| !h.trim().is_empty())
     }
 
-    /// Descriptor text in the layout VMware writes.
-    pub fn encode(&self) -> String {
+    /// Descriptor text in the layout VMware writes. Refuses (naming the key or extent) a value
+    /// or file name it cannot write so that it reads back the same: one with a `"`, a line
+    /// break or a NUL, and a text longer than [`MAX_DESCRIPTOR_BYTES`].
+    pub fn encode(&self) -> Result<String, DescriptorError> {
+        self.check_encodable()?;
         let mut s = String::from("# Disk DescriptorFile\n");
         if let Some(v) = &self.version {
-            s += &format!("version={v}\n");
+            // VMware writes `version=1` bare; anything but a plain token is quoted so that
+            // surrounding spaces or quotes survive.
+            if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') {
+                s += &format!("version={v}\n");
+            } else {
+                s += &format!("version=\"{v}\"\n");
+            }
         }
         if let Some(v) = &self.encoding {
             s += &format!("encoding=\"{v}\"\n");
@@ -285,8 +310,82 @@ impl Descriptor {
         for (k, v) in &self.ddb {
             s += &format!("{k} = \"{v}\"\n");
         }
-        s
+        if s.len() > MAX_DESCRIPTOR_BYTES {
+            return Err(err(
+                MAX_DESCRIPTOR_BYTES,
+                format!("the encoded descriptor is longer than {MAX_DESCRIPTOR_BYTES} bytes"),
+            ));
+        }
+        Ok(s)
     }
+
+    /// Every key, value and file name [`Descriptor::encode`] writes, checked for what it cannot
+    /// write. Offsets are 0: the text does not exist yet.
+    fn check_encodable(&self) -> Result<(), DescriptorError> {
+        let fixed = [
+            ("version", &self.version),
+            ("encoding", &self.encoding),
+            ("createType", &self.create_type),
+            ("parentFileNameHint", &self.parent_file_name_hint),
+        ];
+        for (k, v) in fixed {
+            if let Some(v) = v {
+                check_value(k, v)?;
+            }
+        }
+        for (k, v) in &self.other {
+            check_key(k, false)?;
+            check_value(k, v)?;
+        }
+        for (k, v) in &self.ddb {
+            check_key(k, true)?;
+            check_value(k, v)?;
+        }
+        for (i, e) in self.extents.iter().enumerate() {
+            if let Some(f) = &e.file {
+                check_value(&format!("the file name of extent {i}"), f)?;
+            }
+            let t = e.kind.as_str();
+            if t.is_empty() || t.contains(|c: char| c.is_ascii_whitespace()) {
+                return Err(err(0, format!("extent {i} has type {t:?}, not one word")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_value(what: &str, v: &str) -> Result<(), DescriptorError> {
+    if let Some(c) = v.chars().find(|&c| matches!(c, '"' | '\n' | '\0')) {
+        return Err(err(
+            0,
+            format!(
+                "cannot write {what}: its value has {c:?}, which a VMDK descriptor cannot hold"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A key must read back as itself and into the same list: text before `=`, not a comment, not
+/// an extent line, not one of the named keys, `ddb.` exactly for the Disk Data Base.
+fn check_key(k: &str, ddb: bool) -> Result<(), DescriptorError> {
+    let first = k.split_ascii_whitespace().next().unwrap_or("");
+    if k != k.trim()
+        || k.starts_with('#')
+        || k.contains(['=', '\n', '\0'])
+        || (first != k && Access::parse(first).is_some())
+        || k.starts_with("ddb.") != ddb
+        || matches!(
+            k,
+            "version" | "encoding" | "CID" | "parentCID" | "createType" | "parentFileNameHint"
+        )
+    {
+        return Err(err(
+            0,
+            format!("cannot write the key {k:?} in a VMDK descriptor"),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_extent(access: Access, rest: &str, at: usize) -> Result<ExtentLine, DescriptorError> {
@@ -315,10 +414,14 @@ fn parse_extent(access: Access, rest: &str, at: usize) -> Result<ExtentLine, Des
         (None, "")
     } else {
         // Unquoted file name (seen in hand-edited descriptors).
-        match rest.split_once(|c: char| c.is_ascii_whitespace()) {
-            Some((f, r)) => (Some(f.to_string()), r.trim()),
-            None => (Some(rest.to_string()), ""),
+        let (f, r) = match rest.split_once(|c: char| c.is_ascii_whitespace()) {
+            Some((f, r)) => (f, r.trim()),
+            None => (rest, ""),
+        };
+        if f.contains('"') {
+            return Err(err(at, "extent file name has a quote inside it"));
         }
+        (Some(f.to_string()), r)
     };
     let start = if rest.is_empty() {
         None
@@ -409,8 +512,51 @@ ddb.longContentID = \"abc\"\r\n\0\0garbage";
     #[test]
     fn encode_round_trips() {
         let d = Descriptor::parse(QEMU_FLAT.as_bytes()).unwrap();
-        let again = Descriptor::parse(d.encode().as_bytes()).unwrap();
+        let again = Descriptor::parse(d.encode().unwrap().as_bytes()).unwrap();
         assert_eq!(strip_offsets(d), strip_offsets(again));
+    }
+
+    /// A quote inside a value or file name reads differently to different readers (qemu stops
+    /// at it): refused on parse and on encode. Before, `k="a"b"` parsed as `a"b` and encoded
+    /// back as-is, and an unquoted file name `a"b` encoded as `"a"b"`, which parses as `a`.
+    #[test]
+    fn quotes_inside_values_are_refused_both_ways() {
+        for text in [
+            &b"ddb.comment = \"a\"b\"\n"[..],
+            b"createType=mono\"Sparse\n",
+            b"CID=1\"2\n",
+            b"RW 8 FLAT a\"b 0\n",
+        ] {
+            let e = Descriptor::parse(text).unwrap_err();
+            assert!(e.reason.contains("quote"), "{e}");
+        }
+        let ok = Descriptor::parse(QEMU_FLAT.as_bytes()).unwrap();
+        let mut d = ok.clone();
+        d.ddb.push(("ddb.comment".into(), "say \"hi\"".into()));
+        assert!(d.encode().unwrap_err().reason.contains("ddb.comment"));
+        let mut d = ok.clone();
+        d.extents[0].file = Some("a\"b-flat.vmdk".into());
+        assert!(d.encode().unwrap_err().reason.contains("extent 0"));
+        let mut d = ok.clone();
+        d.create_type = Some("a\nRW 1 ZERO".into());
+        assert!(d.encode().is_err());
+        let mut d = ok.clone();
+        d.other.push(("RW 5".into(), "x".into()));
+        assert!(d.encode().is_err());
+    }
+
+    /// `version` is written bare like VMware's; a value that would not read back bare (spaces,
+    /// empty) is quoted.
+    #[test]
+    fn odd_versions_round_trip() {
+        for v in ["1", "", " 1 ", "a b", "#1"] {
+            let d = Descriptor {
+                version: Some(v.into()),
+                ..Descriptor::default()
+            };
+            let again = Descriptor::parse(d.encode().unwrap().as_bytes()).unwrap();
+            assert_eq!(again.version.as_deref(), Some(v));
+        }
     }
 
     fn strip_offsets(mut d: Descriptor) -> Descriptor {
@@ -485,7 +631,7 @@ ddb.longContentID = \"abc\"\r\n\0\0garbage";
                     ddb: ddb.into_iter().map(|(k, v)| (k, v.trim().to_string())).collect(),
                     parent_cid_offset: 0,
                 };
-                let parsed = Descriptor::parse(d.encode().as_bytes()).unwrap();
+                let parsed = Descriptor::parse(d.encode().unwrap().as_bytes()).unwrap();
                 prop_assert_eq!(strip_offsets(parsed), d);
             }
         }

@@ -319,7 +319,9 @@ pub fn write_with(
     let grains = capacity.div_ceil(GRAIN_SECTORS);
     let gd_entries = grains.div_ceil(GTES_PER_GT);
     let cid = opts.cid.unwrap_or_else(random_cid);
-    let desc = descriptor(opts, capacity, cid).encode();
+    let desc = descriptor(opts, capacity, cid)
+        .encode()
+        .map_err(|e| Error::Usage(format!("streamOptimized VMDK: {}", e.reason)))?;
     let desc_sectors = (desc.len() as u64).div_ceil(SECTOR);
     let overhead = (1 + desc_sectors).div_ceil(GRAIN_SECTORS) * GRAIN_SECTORS;
     let mut header = SparseHeader {

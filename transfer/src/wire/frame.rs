@@ -8,8 +8,10 @@
 //! ... body (fields below; strings are u16 length + UTF-8, byte blobs u32 length + bytes)
 //! ```
 
+use crate::codec::{ReadExt, put_blob32, put_str16};
 use crate::digest::ChunkDigest;
 use crate::error::{Error, Result};
+use godwit_cursor::Reader;
 
 /// Protocol versions this build speaks.
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -217,109 +219,29 @@ pub fn fuzz_round_trip(bytes: &[u8]) {
     }
 }
 
-struct R<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> R<'a> {
-    fn take(&mut self, n: usize, f: &str) -> Result<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| {
-                Error::malformed(
-                    "frame",
-                    self.pos as u64 + 4,
-                    format!("{f}: needs {n} bytes, {} left", self.b.len() - self.pos),
-                )
-            })?;
-        let s = &self.b[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn u16(&mut self, f: &str) -> Result<u16> {
-        let s = self.take(2, f)?;
-        Ok(u16::from_be_bytes([s[0], s[1]]))
-    }
-    fn u32(&mut self, f: &str) -> Result<u32> {
-        let s = self.take(4, f)?;
-        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    fn u64(&mut self, f: &str) -> Result<u64> {
-        let s = self.take(8, f)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        Ok(u64::from_be_bytes(a))
-    }
-    fn digest(&mut self, f: &str) -> Result<ChunkDigest> {
-        let mut a = [0u8; 32];
-        a.copy_from_slice(self.take(32, f)?);
-        Ok(ChunkDigest(a))
-    }
-    fn string(&mut self, f: &str) -> Result<String> {
-        let n = usize::from(self.u16(f)?);
-        let at = self.pos as u64 + 4;
-        String::from_utf8(self.take(n, f)?.to_vec())
-            .map_err(|_| Error::malformed("frame", at, format!("{f}: not UTF-8")))
-    }
-    fn blob(&mut self, f: &str) -> Result<Vec<u8>> {
-        let n = usize::try_from(self.u32(f)?).unwrap_or(usize::MAX);
-        Ok(self.take(n, f)?.to_vec())
-    }
-    fn count(&mut self, f: &str, max: usize, each: usize) -> Result<usize> {
-        let n = usize::try_from(self.u32(f)?).unwrap_or(usize::MAX);
-        let left = self.b.len() - self.pos;
-        if n > max || n.saturating_mul(each) > left {
-            return Err(Error::malformed(
-                "frame",
-                self.pos as u64,
-                format!("{f}: count {n} (limit {max}, {left} bytes left)"),
-            ));
-        }
-        Ok(n)
-    }
-}
-
-fn put_string(o: &mut Vec<u8>, s: &str) {
-    let n = s.len().min(usize::from(u16::MAX));
-    o.extend_from_slice(&u16::try_from(n).unwrap_or(0).to_be_bytes());
-    o.extend_from_slice(&s.as_bytes()[..n]);
-}
-
-fn put_blob(o: &mut Vec<u8>, b: &[u8]) {
-    o.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
-    o.extend_from_slice(b);
-}
-
 impl Frame {
     /// Decode a frame body (type byte and fields, without the length prefix).
     pub fn decode_body(body: &[u8]) -> Result<Frame> {
-        let mut r = R { b: body, pos: 0 };
-        let ty = r.take(1, "type")?[0];
+        let mut r = Reader::with_base(body, "frame", 4);
+        let ty = r.u8("type")?;
         let f = match ty {
-            t::HELLO => {
-                let mut magic = [0u8; 8];
-                magic.copy_from_slice(r.take(8, "magic")?);
-                Frame::Hello {
-                    magic,
-                    min_version: r.u16("min version")?,
-                    max_version: r.u16("max version")?,
-                    token: r.string("token")?,
-                }
-            }
+            t::HELLO => Frame::Hello {
+                magic: r.array("magic")?,
+                min_version: r.u16_be("min version")?,
+                max_version: r.u16_be("max version")?,
+                token: r.str16("token")?,
+            },
             t::WELCOME => Frame::Welcome {
-                version: r.u16("version")?,
-                window: r.u32("window")?,
-                connector: r.string("connector")?,
+                version: r.u16_be("version")?,
+                window: r.u32_be("window")?,
+                connector: r.str16("connector")?,
             },
             t::REFUSED => Frame::Refused {
-                code: ErrorCode::from_u16(r.u16("code")?),
-                message: r.string("message")?,
+                code: ErrorCode::from_u16(r.u16_be("code")?),
+                message: r.str16("message")?,
             },
             t::HAVE => {
-                let id = r.u32("id")?;
+                let id = r.u32_be("id")?;
                 let n = r.count("digest count", MAX_HAVE, 32)?;
                 let mut digests = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -328,51 +250,53 @@ impl Frame {
                 Frame::Have { id, digests }
             }
             t::HAVE_REPLY => {
-                let id = r.u32("id")?;
+                let id = r.u32_be("id")?;
                 let n = r.count("answer count", MAX_HAVE, 0)?;
                 let bits = r.take(n.div_ceil(8), "answer bitmap")?;
                 let have = (0..n).map(|i| bits[i / 8] & (1 << (i % 8)) != 0).collect();
                 Frame::HaveReply { id, have }
             }
             t::PUT_CHUNK => Frame::PutChunk {
-                id: r.u32("id")?,
+                id: r.u32_be("id")?,
                 digest: r.digest("digest")?,
-                data: r.blob("chunk")?,
+                data: r.blob32("chunk")?,
             },
-            t::STORED => Frame::Stored { id: r.u32("id")? },
+            t::STORED => Frame::Stored {
+                id: r.u32_be("id")?,
+            },
             t::GET_CHUNK => Frame::GetChunk {
-                id: r.u32("id")?,
+                id: r.u32_be("id")?,
                 digest: r.digest("digest")?,
             },
             t::CHUNK_DATA => Frame::ChunkData {
-                id: r.u32("id")?,
-                data: r.blob("chunk")?,
+                id: r.u32_be("id")?,
+                data: r.blob32("chunk")?,
             },
             t::LIST_SYNCS => Frame::ListSyncs {
-                id: r.u32("id")?,
-                vm: r.string("vm")?,
-                disk: r.u32("disk")?,
+                id: r.u32_be("id")?,
+                vm: r.str16("vm")?,
+                disk: r.u32_be("disk")?,
             },
             t::SYNC_LIST => {
-                let id = r.u32("id")?;
+                let id = r.u32_be("id")?;
                 let n = r.count("sync count", MAX_SYNCS, 2)?;
                 let mut syncs = Vec::with_capacity(n);
                 for _ in 0..n {
-                    syncs.push(r.string("sync id")?);
+                    syncs.push(r.str16("sync id")?);
                 }
                 Frame::SyncList { id, syncs }
             }
             t::GET_INDEX => Frame::GetIndex {
-                id: r.u32("id")?,
-                vm: r.string("vm")?,
-                disk: r.u32("disk")?,
-                sync: r.string("sync")?,
+                id: r.u32_be("id")?,
+                vm: r.str16("vm")?,
+                disk: r.u32_be("disk")?,
+                sync: r.str16("sync")?,
             },
             t::INDEX_DATA | t::PUT_INDEX => {
-                let id = r.u32("id")?;
-                let total = r.u64("total")?;
-                let offset = r.u64("offset")?;
-                let data = r.blob("index part")?;
+                let id = r.u32_be("id")?;
+                let total = r.u64_be("total")?;
+                let offset = r.u64_be("offset")?;
+                let data = r.blob32("index part")?;
                 let end = offset.checked_add(data.len() as u64);
                 if total > crate::index::MAX_INDEX_LEN as u64
                     || end.is_none_or(|e| e > total)
@@ -404,27 +328,29 @@ impl Frame {
                 }
             }
             t::COMMITTED => Frame::Committed {
-                id: r.u32("id")?,
-                sync: r.string("sync")?,
+                id: r.u32_be("id")?,
+                sync: r.str16("sync")?,
             },
             t::BEGIN_SYNC => Frame::BeginSync {
-                id: r.u32("id")?,
-                vm: r.string("vm")?,
-                disk: r.u32("disk")?,
+                id: r.u32_be("id")?,
+                vm: r.str16("vm")?,
+                disk: r.u32_be("disk")?,
             },
             t::SYNC_BEGUN => Frame::SyncBegun {
-                id: r.u32("id")?,
-                lease: r.string("lease")?,
+                id: r.u32_be("id")?,
+                lease: r.str16("lease")?,
             },
             t::END_SYNC => Frame::EndSync {
-                id: r.u32("id")?,
-                lease: r.string("lease")?,
+                id: r.u32_be("id")?,
+                lease: r.str16("lease")?,
             },
-            t::DONE => Frame::Done { id: r.u32("id")? },
+            t::DONE => Frame::Done {
+                id: r.u32_be("id")?,
+            },
             t::FAILED => Frame::Failed {
-                id: r.u32("id")?,
-                code: ErrorCode::from_u16(r.u16("code")?),
-                message: r.string("message")?,
+                id: r.u32_be("id")?,
+                code: ErrorCode::from_u16(r.u16_be("code")?),
+                message: r.str16("message")?,
             },
             other => {
                 return Err(Error::malformed(
@@ -434,11 +360,11 @@ impl Frame {
                 ));
             }
         };
-        if r.pos != body.len() {
+        if !r.at_end() {
             return Err(Error::malformed(
                 "frame",
-                r.pos as u64 + 4,
-                format!("{} trailing bytes", body.len() - r.pos),
+                r.offset(),
+                format!("{} trailing bytes", r.left()),
             ));
         }
         Ok(f)
@@ -459,7 +385,7 @@ impl Frame {
                 out.extend_from_slice(magic);
                 out.extend_from_slice(&min_version.to_be_bytes());
                 out.extend_from_slice(&max_version.to_be_bytes());
-                put_string(out, token);
+                put_str16(out, token);
             }
             Frame::Welcome {
                 version,
@@ -469,12 +395,12 @@ impl Frame {
                 out.push(t::WELCOME);
                 out.extend_from_slice(&version.to_be_bytes());
                 out.extend_from_slice(&window.to_be_bytes());
-                put_string(out, connector);
+                put_str16(out, connector);
             }
             Frame::Refused { code, message } => {
                 out.push(t::REFUSED);
                 out.extend_from_slice(&(*code as u16).to_be_bytes());
-                put_string(out, message);
+                put_str16(out, message);
             }
             Frame::Have { id, digests } => {
                 out.push(t::HAVE);
@@ -500,7 +426,7 @@ impl Frame {
                 out.push(t::PUT_CHUNK);
                 out.extend_from_slice(&id.to_be_bytes());
                 out.extend_from_slice(&digest.0);
-                put_blob(out, data);
+                put_blob32(out, data);
             }
             Frame::Stored { id } => {
                 out.push(t::STORED);
@@ -514,12 +440,12 @@ impl Frame {
             Frame::ChunkData { id, data } => {
                 out.push(t::CHUNK_DATA);
                 out.extend_from_slice(&id.to_be_bytes());
-                put_blob(out, data);
+                put_blob32(out, data);
             }
             Frame::ListSyncs { id, vm, disk } => {
                 out.push(t::LIST_SYNCS);
                 out.extend_from_slice(&id.to_be_bytes());
-                put_string(out, vm);
+                put_str16(out, vm);
                 out.extend_from_slice(&disk.to_be_bytes());
             }
             Frame::SyncList { id, syncs } => {
@@ -527,15 +453,15 @@ impl Frame {
                 out.extend_from_slice(&id.to_be_bytes());
                 out.extend_from_slice(&u32::try_from(syncs.len()).unwrap_or(0).to_be_bytes());
                 for s in syncs {
-                    put_string(out, s);
+                    put_str16(out, s);
                 }
             }
             Frame::GetIndex { id, vm, disk, sync } => {
                 out.push(t::GET_INDEX);
                 out.extend_from_slice(&id.to_be_bytes());
-                put_string(out, vm);
+                put_str16(out, vm);
                 out.extend_from_slice(&disk.to_be_bytes());
-                put_string(out, sync);
+                put_str16(out, sync);
             }
             Frame::IndexData {
                 id,
@@ -557,17 +483,17 @@ impl Frame {
                 out.extend_from_slice(&id.to_be_bytes());
                 out.extend_from_slice(&total.to_be_bytes());
                 out.extend_from_slice(&offset.to_be_bytes());
-                put_blob(out, data);
+                put_blob32(out, data);
             }
             Frame::Committed { id, sync } => {
                 out.push(t::COMMITTED);
                 out.extend_from_slice(&id.to_be_bytes());
-                put_string(out, sync);
+                put_str16(out, sync);
             }
             Frame::BeginSync { id, vm, disk } => {
                 out.push(t::BEGIN_SYNC);
                 out.extend_from_slice(&id.to_be_bytes());
-                put_string(out, vm);
+                put_str16(out, vm);
                 out.extend_from_slice(&disk.to_be_bytes());
             }
             Frame::SyncBegun { id, lease } | Frame::EndSync { id, lease } => {
@@ -577,7 +503,7 @@ impl Frame {
                     t::END_SYNC
                 });
                 out.extend_from_slice(&id.to_be_bytes());
-                put_string(out, lease);
+                put_str16(out, lease);
             }
             Frame::Done { id } => {
                 out.push(t::DONE);
@@ -587,7 +513,7 @@ impl Frame {
                 out.push(t::FAILED);
                 out.extend_from_slice(&id.to_be_bytes());
                 out.extend_from_slice(&(*code as u16).to_be_bytes());
-                put_string(out, message);
+                put_str16(out, message);
             }
         }
         let n = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);
@@ -603,7 +529,7 @@ impl Frame {
         out.push(t::PUT_CHUNK);
         out.extend_from_slice(&id.to_be_bytes());
         out.extend_from_slice(&digest.0);
-        put_blob(&mut out, data);
+        put_blob32(&mut out, data);
         out
     }
 

@@ -11,15 +11,14 @@
 //! qemu forwards port 443 to the guest: the simulator runs as a process in a private mount
 //! namespace (`unshare -m`) with its own `/etc/hosts`. (With `PUT /api/v1/settings/ingest`, the
 //! appliance can be told the forwarded address instead; see `check_push_path`.)
-#![allow(dead_code)]
 
-use crate::hyperv_common::{self, qemu_img};
-use crate::image_support::Sntp;
-use crate::image_support::qemu::{self, Vm};
-use crate::serve::{pinned_client, random_disk};
-use crate::util::Server;
-use crate::vmware_harness::Vcsim;
-use godwit_tests::peers::{godwit_bin, run_ok};
+use crate::image::Sntp;
+use crate::image::qemu::{self, Vm};
+use crate::peers::run_ok;
+use crate::service::{pinned_client, random_disk};
+use crate::staging::Server;
+use crate::vcsim::Vcsim;
+use crate::vcsim::qemu_img;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,6 +33,8 @@ pub const HOST: &str = "10.0.2.2";
 pub const VSPHERE_VM: &str = "DC0_H0_VM0";
 pub const HYPERV_VM: &str = "e2e-hv";
 pub const HYPERV_USER: &str = "Administrator";
+/// The simulated Hyper-V host's password (given to the simulator and to the appliance).
+pub const HYPERV_PASSWORD: &str = "S3cret-sim";
 pub const ADMIN_PASSWORD: &str = "e2e-Appliance-pass-1";
 /// Random data in the vSphere VM's disk.
 pub const VSPHERE_MIB: u64 = 24;
@@ -140,7 +141,7 @@ impl Peers {
 
     /// No snapshot left on the vSphere VM and no checkpoint on the Hyper-V VM.
     pub fn assert_nothing_left(&self) {
-        let snaps = crate::vmware_harness::vm_by_name(&self.vcsim.connect(), VSPHERE_VM).snapshots;
+        let snaps = crate::vcsim::vm_by_name(&self.vcsim.connect(), VSPHERE_VM).snapshots;
         assert!(snaps.is_empty(), "vSphere snapshots left: {snaps:?}");
         self.sim.assert_no_checkpoint();
     }
@@ -167,12 +168,8 @@ pub struct Sim {
 
 impl Sim {
     fn start(dir: &Path, appliance: &str) -> Sim {
-        let bin = godwit_bin().with_file_name("godwit-hypervsim");
-        assert!(
-            bin.exists(),
-            "{} is missing: cargo build -p godwit-hyperv-sim (make build does)",
-            bin.display()
-        );
+        // Built (once per run, under the harness's lock) like the godwit binary.
+        let bin = crate::peers::cargo_bin("godwit-hyperv-sim", "godwit-hypervsim", &[]);
         let hosts = dir.join("hosts");
         std::fs::write(
             &hosts,
@@ -186,7 +183,7 @@ impl Sim {
             .arg(&hosts)
             .arg(&bin)
             .arg(dir)
-            .env("GODWIT_SIM_PASSWORD", hyperv_common::PASSWORD)
+            .env("GODWIT_SIM_PASSWORD", HYPERV_PASSWORD)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -249,7 +246,7 @@ pub fn qemu_raw_sha(image: &Path, fmt: &str, work: &Path) -> String {
         image.to_str().unwrap(),
         out.to_str().unwrap(),
     ]);
-    let sha = godwit_tests::peers::sha256_file(&out);
+    let sha = crate::peers::sha256_file(&out);
     let _ = std::fs::remove_file(&out);
     sha
 }

@@ -2,13 +2,13 @@
 //! build` (rootless, Debian packages) under `<target>/tmp/godwit-image/`, and shared by every
 //! image test binary. A lock file serializes builds, so tests may run in parallel.
 
-use godwit_tests::peers::{godwit_bin, have, run_ok};
+use crate::peers::{godwit_bin, have, run_ok};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 pub fn tmp_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("godwit-image")
+    crate::peers::target_dir().join("tmp/godwit-image")
 }
 
 pub fn need_tools() {

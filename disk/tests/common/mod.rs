@@ -1,5 +1,6 @@
 //! Helpers for the VHD / VHDX tests: running qemu-img / qemu-io / libvhdi, flattening images with
-//! our reader, comparing files. Included with `#[path]` by each `vhd_*` / `vhdx_*` test.
+//! our reader, comparing files. `mod common;` in each `vhd_*` / `vhdx_*` test;
+//! each uses a part of it.
 #![allow(dead_code)]
 
 use godwit_disk::layer::BlockSource;

@@ -1,8 +1,8 @@
 //! Peers the appliance image tests serve on loopback, the image they boot ([`image`]), and
 //! qemu to boot it ([`qemu`]).
-#![allow(dead_code)]
 
-pub mod image;
+pub mod build;
+pub mod e2e;
 pub mod qemu;
 
 use std::time::Duration;

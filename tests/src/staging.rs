@@ -1,8 +1,7 @@
-//! Helpers shared by the `transfer_*` tests (included with `#[path]`): a staging server child
-//! process that is killed on drop, image makers using qemu-img/qemu-io, and godwit runners.
-#![allow(dead_code)]
+//! The staging peer: `godwit staging serve` as a child process killed on drop, image makers
+//! using qemu-img/qemu-io, and `godwit replicate` / `godwit export` runners against it.
 
-use godwit_tests::peers::{godwit_bin, have, run_ok, sha256_file};
+use crate::peers::{godwit_bin, run_ok, sha256_file};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -127,18 +126,6 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Every tool a test needs must be installed (`make deps`); a missing one fails the test
-/// rather than letting it pass without checking anything. Always returns true.
-pub fn need(tools: &[&str]) -> bool {
-    for t in tools {
-        assert!(
-            have(t),
-            "{t} is not installed: run `make deps` (tests/deps/install.sh)"
-        );
-    }
-    true
 }
 
 /// A sparse raw image of `size` bytes.

@@ -1,15 +1,14 @@
 //! Test-only generators of VHD and VHDX images qemu cannot make: differencing disks (with
 //! sector bitmaps and parent locators), 4096-byte logical sectors, dirty logs. Built from the
-//! library's encoders; checked against libvhdi and qemu by the tests.
-#![allow(dead_code)]
+//! library's encoders; checked against libvhdi and qemu by the tests. Feature `testing` only.
 
-use godwit_disk::vhd::dynamic::{DynamicHeader, ParentLocator as VhdLocator, encode_locator_data};
-use godwit_disk::vhd::footer::{DiskType, Footer, Geometry};
-use godwit_disk::vhdx::header::{
+use crate::vhd::dynamic::{DynamicHeader, ParentLocator as VhdLocator, encode_locator_data};
+use crate::vhd::footer::{DiskType, Footer, Geometry};
+use crate::vhdx::header::{
     BAT_REGION, Header, METADATA_REGION, RegionEntry, RegionTable, encode_file_identifier,
 };
-use godwit_disk::vhdx::log::{Write as LogWrite, encode_entry};
-use godwit_disk::vhdx::metadata::{
+use crate::vhdx::log::{Write as LogWrite, encode_entry};
+use crate::vhdx::metadata::{
     FILE_PARAMETERS, LOGICAL_SECTOR_SIZE, MetadataEntry, MetadataTable, PAGE83_DATA,
     PARENT_LOCATOR, PHYSICAL_SECTOR_SIZE, ParentLocator, TABLE_SIZE, VIRTUAL_DISK_SIZE,
 };

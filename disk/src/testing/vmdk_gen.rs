@@ -3,11 +3,11 @@
 //! `chain_*` tests. Each builder writes the on-disk layout byte by byte from the format
 //! description, independently of the reader under test.
 // Test builders work with small, known sizes; truncating casts cannot happen here.
-#![allow(dead_code, clippy::cast_possible_truncation)]
+#![allow(clippy::cast_possible_truncation)]
 
-use godwit_disk::layer::{BlockSource, Run, RunState, push_run};
-use godwit_disk::storage::MemFs;
-use godwit_disk::{Disk, FormatHint};
+use crate::layer::{BlockSource, Run, RunState, push_run};
+use crate::storage::MemFs;
+use crate::{Disk, FormatHint};
 
 pub const SECTOR: usize = 512;
 pub const GRAIN: usize = 65536;
@@ -33,7 +33,7 @@ impl BlockSource for MemDisk {
     fn virtual_size(&self) -> u64 {
         self.0.len() as u64
     }
-    fn map(&self, offset: u64, len: u64) -> godwit_disk::Result<Vec<Run>> {
+    fn map(&self, offset: u64, len: u64) -> crate::Result<Vec<Run>> {
         let mut v = Vec::new();
         let mut pos = offset;
         while pos < offset + len {
@@ -51,7 +51,7 @@ impl BlockSource for MemDisk {
         }
         Ok(v)
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> godwit_disk::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
         buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
         Ok(())
     }
@@ -73,7 +73,7 @@ pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
 }
 
 /// Open `top` from a set of in-memory files, following its chain.
-pub fn open(files: &[(&str, Vec<u8>)], top: &str) -> godwit_disk::Result<Disk> {
+pub fn open(files: &[(&str, Vec<u8>)], top: &str) -> crate::Result<Disk> {
     let mut fs = MemFs::new();
     for (n, b) in files {
         fs.insert(n, b.clone());

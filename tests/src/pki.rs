@@ -1,8 +1,7 @@
 //! An operator's PKI made by `openssl` (not our code) for the `service_*` tests that replace the
-//! service's HTTPS certificate (included with `#[path = "vmware_harness/pki.rs"] mod pki;`):
+//! service's HTTPS certificate:
 //! a P-256 CA (`ca.pem`/`ca.key`) and RSA leaves for 127.0.0.1 and localhost it signs, an
 //! expired one signed under libfaketime's clock.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Command;

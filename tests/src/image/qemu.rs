@@ -2,7 +2,7 @@
 //! on vSphere, or OVMF with Secure Boot enforced and virtio as on Hyper-V Gen2), the serial log
 //! read back, the setup page fetched through a forwarded port; overlays and CD images.
 
-use godwit_tests::peers::run_ok;
+use crate::peers::run_ok;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

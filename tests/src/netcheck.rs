@@ -1,9 +1,8 @@
 //! Shared helpers of the netcheck end-to-end tests: real peers (chronyd, dnsmasq,
 //! `openssl s_server`) on loopback, a tiny CONNECT proxy, certificates made with rcgen,
 //! network namespaces, and running `godwit check`.
-#![allow(dead_code)]
 
-use godwit_tests::peers::{godwit_bin, have};
+use crate::peers::godwit_bin;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -45,14 +44,6 @@ pub fn spawn(name: &str, cmd: &mut Command) -> ChildGuard {
     }
 }
 
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 /// A currently free TCP+UDP port on 127.0.0.1 (best effort).
 pub fn free_port() -> u16 {
     loop {
@@ -62,18 +53,6 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
-}
-
-/// Every program a test needs must be installed (`make deps`); a missing one fails the test
-/// rather than letting it pass unchecked. Always returns false.
-pub fn missing(programs: &[&str]) -> bool {
-    for p in programs {
-        assert!(
-            have(p),
-            "`{p}` is not installed: run `make deps` (tests/deps/install.sh installs it)"
-        );
-    }
-    false
 }
 
 pub fn wait_tcp(addr: &str, what: &str) {

@@ -1,9 +1,7 @@
 //! A TCP proxy in front of an S3 server (SeaweedFS or moto) on loopback that records every
 //! UploadPart request (`PUT /BUCKET/KEY?partNumber=N&uploadId=ID`) for keys under a prefix, and
 //! whether it carried an `x-amz-checksum-sha256` header, and holds each one back for a moment
-//! so a test can interrupt an upload between parts. Included with
-//! `#[path = "s3_counting_proxy.rs"] mod s3_proxy;`.
-#![allow(dead_code)]
+//! so a test can interrupt an upload between parts.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

@@ -5,7 +5,6 @@
 //!
 //! The `/stub/*` endpoints and QueryChangedDiskAreas are a STUB we wrote after the published
 //! vSphere API (vcsim has no CBT); see tests/vcsim/main.go.
-#![allow(dead_code)]
 
 use godwit_vmware::moref::MoRef;
 use godwit_vmware::session::{ConnectOptions, Secret, Session, SourceUrl};
@@ -19,18 +18,9 @@ use std::time::{Duration, Instant};
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "s3cret-pw";
 
-fn target_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("CARGO_TARGET_DIR") {
-        return PathBuf::from(d);
-    }
-    // target/<profile>/deps/<test-binary>
-    let exe = std::env::current_exe().expect("current exe");
-    exe.ancestors().nth(3).expect("target dir").to_path_buf()
-}
-
 /// Build (once, cached, under a file lock so parallel test processes wait) and return the path.
 pub fn vcsim_binary() -> PathBuf {
-    let out = target_dir().join("vcsim");
+    let out = crate::peers::target_dir().join("vcsim");
     std::fs::create_dir_all(&out).expect("vcsim dir");
     let lock = std::fs::File::create(out.join(".build-lock")).expect("lock file");
     lock.lock().expect("lock");
@@ -349,7 +339,7 @@ pub fn moref_of(s: &Session, vm_name: &str) -> MoRef {
 }
 
 pub fn qemu_img(args: &[&str]) {
-    godwit_tests::peers::run_ok(Command::new("qemu-img").args(args));
+    crate::peers::run_ok(Command::new("qemu-img").args(args));
 }
 
 pub fn qemu_io(file: &Path, fmt: &str, cmds: &[&str]) {
@@ -359,7 +349,7 @@ pub fn qemu_io(file: &Path, fmt: &str, cmds: &[&str]) {
         c.args(["-c", x]);
     }
     c.arg(file);
-    godwit_tests::peers::run_ok(&mut c);
+    crate::peers::run_ok(&mut c);
 }
 
 /// `qemu-img convert -O raw` of a source image, read back.
@@ -550,7 +540,7 @@ pub fn replicate_cli(
     state: &Path,
     extra: &[&str],
 ) -> std::process::Output {
-    Command::new(godwit_tests::peers::godwit_bin())
+    Command::new(crate::peers::godwit_bin())
         .env("GODWIT_PASSWORD", PASSWORD)
         .args(["replicate", "--vm", vm, "--source", &v.source(USER)])
         .args(["--source-fingerprint", &v.fingerprint_arg()])
@@ -567,8 +557,8 @@ pub fn replicate_cli(
 /// convert -O raw` of `src`.
 pub fn export_equals(store: &Path, vm: &str, disk: usize, src: &Path, work: &Path) {
     let out = work.join(format!("export-{vm}-{disk}.raw"));
-    godwit_tests::peers::run_ok(
-        Command::new(godwit_tests::peers::godwit_bin())
+    crate::peers::run_ok(
+        Command::new(crate::peers::godwit_bin())
             .args([
                 "export",
                 "--vm",

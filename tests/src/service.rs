@@ -1,13 +1,11 @@
-//! Shared by the `service_*` and `webui_wizard` tests (included with
-//! `#[path = "vmware_harness/serve.rs"] mod serve;`): `godwit serve` as a child process on a
+//! The service peer: `godwit serve` as a child process on a
 //! loopback port (killed on drop, or with SIGKILL on demand), a blocking HTTPS client pinned
 //! to the fingerprint the service printed, speaking its REST API (`/api/v1`) with HTTP Basic
 //! authentication as the admin (or as a browser session with its CSRF token), and
 //! [`random_disk`] to give a vcsim VM a disk of random data.
-#![allow(dead_code)]
 
-use super::vmware_harness::{PASSWORD, USER, Vcsim, qemu_img, set_vm_disks};
-use godwit_tests::peers::{godwit_bin, run_ok};
+use crate::peers::{godwit_bin, run_ok};
+use crate::vcsim::{PASSWORD, USER, Vcsim, qemu_img, set_vm_disks};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

