@@ -7,11 +7,9 @@
 //! SHA-256 of its source's raw content (the flat extent). Prints p50/p99, requests, and
 //! whether p99 met the 50 ms goal (MISS is reported, not failed).
 
-#[path = "vmware_harness/serve.rs"]
-mod service;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
+use godwit_tests::service;
+use godwit_tests::staging as util;
+use godwit_tests::vcsim as vmware_harness;
 
 use godwit_tests::peers::sha256_file;
 use serde_json::json;

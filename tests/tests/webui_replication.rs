@@ -9,11 +9,9 @@
 //! and the log page listed it. Screenshots under `<target>/tmp/webui-replication-screenshots/`;
 //! with `GODWIT_README_IMAGES=docs/img` the README's two pictures are written too.
 
-#[path = "vmware_harness/serve.rs"]
-mod serve;
-#[path = "transfer_util.rs"]
-mod util;
-mod vmware_harness;
+use godwit_tests::service as serve;
+use godwit_tests::staging as util;
+use godwit_tests::vcsim as vmware_harness;
 
 use godwit_tests::peers::have;
 use serde_json::json;
