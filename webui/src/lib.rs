@@ -16,6 +16,7 @@ mod api;
 mod assets;
 pub mod audit;
 pub mod backend;
+mod basic_cache;
 pub mod download;
 pub mod error;
 mod limiter;
@@ -98,6 +99,8 @@ pub(crate) struct AppState<B> {
     pub(crate) sessions: session_store::BoundedMemoryStore,
     pub(crate) audit: Arc<audit::EventLog>,
     pub(crate) secure_cookies: bool,
+    /// Recent successful HTTP Basic verifications (issue 21: no Argon2 per polled request).
+    pub(crate) basic_cache: Arc<basic_cache::BasicCache>,
 }
 
 impl<B> Clone for AppState<B> {
@@ -108,6 +111,7 @@ impl<B> Clone for AppState<B> {
             sessions: self.sessions.clone(),
             audit: Arc::clone(&self.audit),
             secure_cookies: self.secure_cookies,
+            basic_cache: Arc::clone(&self.basic_cache),
         }
     }
 }
@@ -159,6 +163,7 @@ pub fn router<B: Backend>(backend: Arc<B>, cfg: WebConfig) -> Router {
         sessions: store.clone(),
         audit,
         secure_cookies: cfg.secure_cookies,
+        basic_cache: Arc::default(),
     };
     let sessions = SessionManagerLayer::new(store)
         .with_name(SESSION_COOKIE)

@@ -299,15 +299,26 @@ pub(crate) async fn guard<B: Backend>(
         && api
         && let Some(password) = basic_password(req.headers())
     {
-        let key = client_key(&st, ip, req.headers());
-        match check_login(&st, key, ip, &password).await {
-            Ok(()) => {
-                authed = true;
-                via_basic = true;
-            }
-            Err(Denied::Wait(wait)) => return too_many_attempts(wait, true),
-            Err(Denied::Wrong) => {
-                return refusal(StatusCode::UNAUTHORIZED, "unauthorized", "wrong password");
+        // A verification remembered for a minute (basic_cache.rs): one Argon2 per poller.
+        let now = crate::session_store::now_ms();
+        if st
+            .basic_cache
+            .hit(&password, now, |at| st.sessions.login_valid(at))
+        {
+            authed = true;
+            via_basic = true;
+        } else {
+            let key = client_key(&st, ip, req.headers());
+            match check_login(&st, key, ip, &password).await {
+                Ok(()) => {
+                    st.basic_cache.remember(&password, now);
+                    authed = true;
+                    via_basic = true;
+                }
+                Err(Denied::Wait(wait)) => return too_many_attempts(wait, true),
+                Err(Denied::Wrong) => {
+                    return refusal(StatusCode::UNAUTHORIZED, "unauthorized", "wrong password");
+                }
             }
         }
     }

@@ -194,6 +194,7 @@ pub(crate) async fn apply_password<B: Backend>(
         Ok(()) => {
             attempt.succeeded();
             st.sessions.revoke_all();
+            st.basic_cache.clear();
             st.limiter.forget_devices();
             tracing::info!("admin password changed: every other session was logged out");
             security::log_in(session).await.map_err(|e| {
