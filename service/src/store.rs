@@ -221,6 +221,39 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     db: redb::Database,
     path: String,
+    /// A file of [`RESERVE_BYTES`] beside the database, given back to the file system when the
+    /// data partition is full so the store can still record what happens (a run asked for, a
+    /// run that failed for want of space): redb refuses every write after a failed commit
+    /// until it is reopened, so the store must never meet a full disk in a commit.
+    reserve: std::path::PathBuf,
+}
+
+/// Room kept for the store's own commits (a job record and its timeline line need a few pages).
+pub const RESERVE_BYTES: u64 = 512 << 10;
+
+/// Write the reserve file when it is missing and there is room for it (best effort: a full
+/// partition at start-up simply has no reserve until space returns).
+fn make_reserve(path: &Path) {
+    use std::io::Write;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() >= RESERVE_BYTES) {
+        return;
+    }
+    let free =
+        super::space::space(path.parent().unwrap_or(Path::new("."))).map_or(0, |s| s.available);
+    if free < RESERVE_BYTES.saturating_mul(4) {
+        return;
+    }
+    let zeros = vec![0u8; 64 << 10];
+    let made = std::fs::File::create(path).and_then(|mut f| {
+        for _ in 0..(RESERVE_BYTES / (64 << 10)) {
+            f.write_all(&zeros)?;
+        }
+        f.sync_all()
+    });
+    if let Err(e) = made {
+        tracing::warn!(path = %path.display(), error = %e, "store reserve not written");
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -243,7 +276,13 @@ impl Store {
         let db = redb::Database::create(path).map_err(|e| err("open")(&e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| err("chmod 0600")(&e))?;
-        let s = Store { db, path: p };
+        let reserve = path.with_extension("reserve");
+        make_reserve(&reserve);
+        let s = Store {
+            db,
+            path: p,
+            reserve,
+        };
         let tx = s.begin_write()?;
         {
             tx.open_table(CONFIG)
@@ -282,7 +321,28 @@ impl Store {
         })
     }
 
+    /// Before a write: when the partition has less room than the reserve, give the reserve back
+    /// (logged); when it has plenty again, take it anew.
+    fn keep_headroom(&self) {
+        let dir = self.reserve.parent().unwrap_or(Path::new("."));
+        let Ok(free) = super::space::space(dir).map(|s| s.available) else {
+            return;
+        };
+        if free < RESERVE_BYTES && self.reserve.exists() {
+            match std::fs::remove_file(&self.reserve) {
+                Ok(()) => tracing::warn!(
+                    free_bytes = free,
+                    "data partition full: the store's reserve is released so its commits still fit"
+                ),
+                Err(e) => tracing::warn!(error = %e, "store reserve not released"),
+            }
+        } else if free >= RESERVE_BYTES.saturating_mul(64) && !self.reserve.exists() {
+            make_reserve(&self.reserve);
+        }
+    }
+
     fn begin_write(&self) -> StoreResult<redb::WriteTransaction> {
+        self.keep_headroom();
         self.db
             .begin_write()
             .map_err(|e| self.db_err("begin write", e))
