@@ -4,43 +4,20 @@
 //! `godwit serve` with vcsim in tests/tests/webui_wizard.rs. Fails (not skips) without node,
 //! chromium or playwright-core (`make deps`).
 
-use godwit_webui::{WebConfig, router, test_backend::TestBackend};
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+mod common;
+
+use common::browser;
+
+use godwit_webui::test_backend::TestBackend;
+use std::{sync::Arc, time::Duration};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wizard_script_passes_in_chromium_against_the_router() {
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser");
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromium is missing: run `make deps`"
-    );
-    assert!(
-        browser_dir
-            .join("node_modules/playwright-core/package.json")
-            .exists(),
-        "playwright-core is not installed in tests/browser: run `make deps`"
-    );
+    let browser_dir = browser::browser_dir();
     let code = "2468-1357";
     let backend = Arc::new(TestBackend::new(code).with_job_duration(Duration::from_secs(3)));
-    let app = router(
-        backend,
-        WebConfig {
-            // Plain HTTP on loopback: the browser would not send a Secure cookie back.
-            secure_cookies: false,
-            ..WebConfig::default()
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("webui-browser-screenshots");
-    let _ = std::fs::remove_dir_all(&shots);
+    let (addr, server) = browser::serve(backend).await;
+    let shots = browser::screenshots("webui-browser-screenshots");
     let out = tokio::process::Command::new("node")
         .arg("wizard.mjs")
         .current_dir(&browser_dir)

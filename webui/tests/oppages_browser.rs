@@ -4,29 +4,21 @@
 //! of every step go to `<target>/tmp/oppages-browser-screenshots/`. Fails (not skips) without
 //! node, chromium or playwright-core (`make deps`).
 
+mod common;
+
+use common::browser;
+
 use godwit_webui::{
-    WebConfig,
     backend::{AddSource, Backend, NetworkSettings, Secret, SetStagingTarget, SourceKind},
-    router,
     test_backend::{FULL_STAGING_PREFIX, TEST_FINGERPRINT, TestBackend},
 };
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 const PASSWORD: &str = "browser-operator-pages-1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_pages_in_chromium() {
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser");
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromium is missing: run `make deps`"
-    );
-    assert!(
-        browser_dir
-            .join("node_modules/playwright-core/package.json")
-            .exists(),
-        "playwright-core is not installed in tests/browser: run `make deps`"
-    );
+    let browser_dir = browser::browser_dir();
     let backend = Arc::new(
         TestBackend::with_password(PASSWORD, "1357-2468")
             .with_job_duration(Duration::from_secs(1))
@@ -61,24 +53,8 @@ async fn operator_pages_in_chromium() {
         })
         .await
         .unwrap();
-    let app = router(
-        backend,
-        WebConfig {
-            secure_cookies: false,
-            ..WebConfig::default()
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oppages-browser-screenshots");
-    let _ = std::fs::remove_dir_all(&shots);
+    let (addr, server) = browser::serve(backend).await;
+    let shots = browser::screenshots("oppages-browser-screenshots");
     let out = tokio::process::Command::new("node")
         .arg("oppages.mjs")
         .current_dir(&browser_dir)

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod browser;
+
 use axum::{
     Router,
     body::{Body, to_bytes},
