@@ -5,10 +5,17 @@
 //! paths and faults) onto the failures an operator can act on; [`readable`] turns anything
 //! else into one line without repeated prefixes, endpoint addresses or command-line flags.
 //!
-//! Exports can use the same type: `classify(&e.to_string())` at the point the error is
-//! recorded.
+//! Exports use the same type through [`classify_export`] (their own faults first, then these).
 
 pub use godwit_webui::backend::JobError;
+
+// --- issue 18, typed export errors (wt-errors) ---
+mod export;
+pub use export::{cancelled as export_cancelled, classify_export, typed as typed_export};
+// issue 18, the command line's remedies (wt-errors)
+mod cli;
+pub use cli::classify_cli;
+// --- end typed export errors ---
 
 /// What to do when nothing more specific is known.
 const SUPPORT: &str = "Run the job again; if it fails the same way, download a support bundle \

@@ -402,14 +402,15 @@ impl Appliance {
                     done.size_bytes = Some(rep.bytes_written);
                     done.downloadable = !done.destination.starts_with("s3://");
                 }
-                Err(_) if flag.load(Ordering::Relaxed) => {
+                Err(e) if flag.load(Ordering::Relaxed) => {
                     done.state = "cancelled".into();
+                    done.error = Some(crate::errors::export_cancelled(&e));
                     tracing::info!(export = %done.id, "export cancelled");
                 }
                 Err(e) => {
                     done.state = "failed".into();
                     tracing::warn!(export = %done.id, error = %e, "export failed");
-                    done.error = Some(e);
+                    done.error = Some(crate::errors::classify_export(&e));
                 }
             }
             if let Err(e) = store.put_export(&done) {
@@ -433,6 +434,7 @@ impl Appliance {
         }
         // Recorded first, so a restart before the export stops does not resume it.
         view.state = "cancelled".into();
+        view.error = Some(crate::errors::export_cancelled("cancelled by the operator"));
         self.store.put_export(&view)?;
         let flag = lock(&self.export_flags).get(&id).cloned();
         match flag {
@@ -479,7 +481,9 @@ impl Appliance {
                         Ok(f) => f,
                         Err(err) => {
                             e.state = "failed".into();
-                            e.error = Some(format!("interrupted by a stop, and {err}"));
+                            e.error = Some(crate::errors::classify_export(&format!(
+                                "interrupted by a stop, and {err}"
+                            )));
                             self.store.put_export(&e)?;
                             continue;
                         }
@@ -490,8 +494,9 @@ impl Appliance {
                 }
                 _ => {
                     e.state = "failed".into();
-                    e.error =
-                        Some("interrupted by a stop; its job or the staging target is gone".into());
+                    e.error = Some(crate::errors::classify_export(
+                        "interrupted by a stop; its job or the staging target is gone",
+                    ));
                     self.store.put_export(&e)?;
                 }
             }

@@ -129,11 +129,26 @@ pub fn create(exports_dir: &Path, parts: &[Component]) -> Result<File, CommandEr
             "{} exists already: delete that export first, or choose another name",
             name.join_to(&dir).display()
         )),
-        _ => CommandError::Internal {
-            message: format!("creating {}: {e}", name.join_to(&dir).display()),
-        },
+        _ => unwritable(format!("creating {}: {e}", name.join_to(&dir).display())),
     })
 }
+
+// --- issue 18, typed export errors (wt-errors) ---
+/// The exports folder refused a new file: a read-only or full file system, or no permission
+/// is the operator's to fix, so it is refused on `destination` saying what happened and what
+/// to do; anything else stays an internal error.
+fn unwritable(raw: String) -> CommandError {
+    let typed = crate::errors::classify_export(&raw);
+    if typed.code.starts_with("export.target_") {
+        CommandError::field(
+            "destination",
+            format!("{} {} ({raw})", typed.message, typed.remediation),
+        )
+    } else {
+        CommandError::Internal { message: raw }
+    }
+}
+// --- end typed export errors ---
 
 /// Create it again for a resumed export: our own partial file is removed first (unlinking a
 /// name never follows a symlink).

@@ -83,7 +83,10 @@ impl Service {
             }
         }
         assert!(
-            fp.starts_with("SHA256:") && fp.len() == 71,
+            // `SHA256:AB:CD:…` (issue 18: one format everywhere)
+            fp.starts_with("SHA256:")
+                && fp.len() == 7 + 32 * 3 - 1
+                && fp.matches(':').count() == 32,
             "fingerprint line {fp:?}"
         );
         assert!(url.starts_with("https://127.0.0.1:"), "url line {url:?}");
@@ -269,6 +272,18 @@ impl Service {
             .send()
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
+    }
+
+    /// Status and body of a GET made with this cookie only (a page as the browser gets it).
+    pub fn page_with_cookie(&self, path: &str, cookie: &str) -> (u16, String) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .header("cookie", cookie)
+            .send()
+            .expect("GET with a cookie");
+        let status = r.status().as_u16();
+        (status, r.text().unwrap_or_default())
     }
 
     /// Poll a job until `done(job)` holds; panics with the job and its timeline on timeout.

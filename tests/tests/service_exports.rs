@@ -56,6 +56,29 @@ impl Drop for Tmpfs {
     }
 }
 
+/// `dir` bind-mounted onto itself read-only for the test, unmounted on drop.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn bind(dir: &Path) -> ReadOnly {
+        let run = |args: &[&std::ffi::OsStr]| {
+            let ok = Command::new("mount").args(args).status();
+            assert!(ok.expect("mount").success(), "mount {args:?}");
+        };
+        let d = dir.as_os_str();
+        run(&["--bind".as_ref(), d, d]);
+        let me = ReadOnly(dir.to_path_buf());
+        run(&["-o".as_ref(), "remount,bind,ro".as_ref(), d]);
+        me
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 fn export(svc: &Service, job: &str, format: &str, dest: &str) -> Value {
     let ex = svc.ok(
         "POST",
@@ -247,17 +270,69 @@ fn exports_are_confined_downloadable_and_a_full_data_partition_fails_them_clearl
         .arg(&ballast)
         .status()
         .unwrap();
+    let cookie = svc.login_cookie(ADMIN_PASSWORD);
     for (fmt, name) in [("raw", "two.raw"), ("vmdk", "two.vmdk")] {
         let e = export(&svc, &id, fmt, name);
         assert_eq!(e["state"], "failed", "{e}");
-        let err = e["error"].as_str().unwrap();
-        assert!(
-            err.contains("data partition is full") && err.contains("delete exports"),
-            "{fmt}: {err}"
+        // issue 18: typed like a job's error, in the list and in GET /exports/{id}.
+        let one = svc.ok(
+            "GET",
+            &format!("/exports/{}", e["id"].as_str().unwrap()),
+            None,
         );
+        assert_eq!(one["error"], e["error"], "{one}");
+        let err = &one["error"];
+        assert_eq!(err["code"], "export.target_full", "{fmt}: {err}");
+        let (message, remediation) = (
+            err["message"].as_str().unwrap(),
+            err["remediation"].as_str().unwrap(),
+        );
+        assert_eq!(
+            message,
+            "The appliance's data partition has no room for this export."
+        );
+        assert!(remediation.starts_with("Delete exports"), "{remediation}");
+        let detail = err["detail"].as_str().unwrap();
+        assert!(detail.contains("data partition is full"), "{fmt}: {detail}");
+        for text in [message, remediation] {
+            assert!(!text.contains(" {") && !text.contains("os error"), "{text}");
+        }
         assert!(!exports.join(name).exists(), "{name} left behind");
         eprintln!("{fmt} export refused: {err}");
+        // The page says it too, once: what happened, its code and what to do.
+        let (s, page) = svc.page_with_cookie("/exports", &cookie);
+        assert_eq!(s, 200);
+        let row = page
+            .split("<tr data-export-id=")
+            .find(|r| r.contains(e["id"].as_str().unwrap()))
+            .expect("the export's row");
+        assert!(row.contains("export.target_full"), "{row}");
+        assert!(row.contains("has no room for this export."), "{row}");
+        assert!(
+            row.contains("Delete exports that are no longer needed"),
+            "{row}"
+        );
+        assert_eq!(row.matches("has no room").count(), 1, "{row}");
     }
+    assert_eq!(svc.api("GET", "/exports/exp-nope", None).0, 404);
+    // A read-only folder under the exports: refused when posted, on `destination`, saying
+    // what happened and what to do.
+    let ro = exports.join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let _ro = ReadOnly::bind(&ro);
+    let (s, v) = svc.api(
+        "POST",
+        "/exports",
+        Some(json!({"job_id": id, "disk": 0, "format": "raw", "destination": "ro/x.raw"})),
+    );
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["fields"][0]["field"], "destination", "{v}");
+    let m = v["fields"][0]["message"].as_str().unwrap();
+    assert!(
+        m.starts_with("The exports folder is on a read-only file system. Remount"),
+        "{m}"
+    );
+    drop(_ro);
     assert!(
         free(&svc) >= 8 << 20,
         "exports kept the floor: {}",

@@ -87,6 +87,8 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .post("/api/v1/exports/{id}/cancel", cancel_export::<B>)
         .get("/api/v1/exports/{id}/download", download_export::<B>)
         .delete("/api/v1/exports/{id}", delete_export::<B>)
+        // issue 18 (wt-errors): one export, with its typed error.
+        .get("/api/v1/exports/{id}", one_export::<B>)
         .get("/api/v1/logs", logs::<B>)
         .get("/api/v1/support-bundle", support_bundle::<B>)
         .get("/metrics", metrics::<B>)
@@ -449,6 +451,20 @@ async fn ledger<B: Backend>(State(st): St<B>) -> Json<Vec<LedgerEntryView>> {
 async fn exports<B: Backend>(State(st): St<B>) -> Json<Vec<ExportView>> {
     Json(st.backend.exports().await)
 }
+
+// --- issue 18, typed export errors (wt-errors) ---
+async fn one_export<B: Backend>(
+    State(st): St<B>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ExportView>> {
+    match st.backend.exports().await.into_iter().find(|e| e.id == id) {
+        Some(e) => Ok(Json(e)),
+        None => Err(ApiError(CommandError::NotFound {
+            message: format!("export {id}"),
+        })),
+    }
+}
+// --- end typed export errors ---
 
 async fn create_export<B: Backend>(
     State(st): St<B>,

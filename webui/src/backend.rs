@@ -581,7 +581,13 @@ pub struct ExportView {
     /// SHA-256 of the exported FILE's bytes (what `sha256sum` of the download prints).
     #[serde(default)]
     pub file_sha256: Option<String>,
-    pub error: Option<String>,
+    // --- issue 18, typed export errors (wt-errors) ---
+    /// Why it failed or stopped, typed like a job's error (`code`, `message`, `remediation`,
+    /// `detail`). A record written before exports had typed errors holds a plain string: it
+    /// reads back as `code: ""` with the string as `detail`, and the service classifies it.
+    #[serde(default, deserialize_with = "export_error_compat")]
+    pub error: Option<JobError>,
+    // --- end typed export errors ---
     /// Size of the exported file in bytes, once done.
     #[serde(default)]
     pub size_bytes: Option<u64>,
@@ -895,6 +901,30 @@ impl ReplicationState {
         }
     }
 }
+
+// --- issue 18, typed export errors (wt-errors) ---
+/// An export's `error`: a [`JobError`], or the plain string older records hold.
+fn export_error_compat<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<JobError>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Typed(JobError),
+        Plain(String),
+    }
+    Ok(match Option::<Either>::deserialize(d)? {
+        None => None,
+        Some(Either::Typed(e)) => Some(e),
+        Some(Either::Plain(s)) => Some(JobError {
+            code: String::new(),
+            message: s.clone(),
+            remediation: String::new(),
+            detail: Some(s),
+        }),
+    })
+}
+// --- end typed export errors ---
 
 /// A failure as the operator sees it: a stable code, one line saying what happened, one saying
 /// what to do, and the raw detail for support.

@@ -272,6 +272,12 @@
           const link = row.querySelector('[data-field="download"]');
           if (link) link.hidden = !e.downloadable;
           showExportProgress(row, e);
+          // issue 18 (wt-errors): a failed or cancelled export says what happened and what to do.
+          const problem = row.querySelector(".export-error");
+          if (problem) problem.hidden = !e.error;
+          set(row, "error_message", e.error ? e.error.message : "");
+          set(row, "error_code", e.error ? e.error.code : "");
+          set(row, "error_remediation", e.error ? e.error.remediation : "");
         }
       });
     }
