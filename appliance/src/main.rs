@@ -80,6 +80,14 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve(_)) {
         cli::init_logging();
     }
+    // issue 18: these commands tell a failure as what happened and what to do.
+    let remedied = match &cli.command {
+        Command::Replicate(a) => Some(a.json()),
+        Command::Export(a) => Some(a.json()),
+        Command::Disk(c) => c.convert_json(),
+        Command::Staging(c) => c.verify_json(),
+        _ => None,
+    };
     let result = match cli.command {
         Command::Disk(c) => cli::disk::run(c),
         Command::Staging(c) => cli::staging::run(c),
@@ -94,7 +102,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("godwit: error: {e:#}");
+            match remedied {
+                Some(json) => cli::remedy::report(&e, json),
+                None => eprintln!("godwit: error: {e:#}"),
+            }
             ExitCode::from(2)
         }
     }

@@ -76,6 +76,16 @@ pub enum DiskCommand {
     },
 }
 
+impl DiskCommand {
+    /// `disk convert`: whether `--json` was given (its failures are told with a remedy).
+    pub fn convert_json(&self) -> Option<bool> {
+        match self {
+            DiskCommand::Convert { json, .. } => Some(*json),
+            _ => None,
+        }
+    }
+}
+
 pub fn run(cmd: DiskCommand) -> anyhow::Result<ExitCode> {
     run_inner(cmd).map_err(flatten)
 }

@@ -48,6 +48,13 @@ pub struct ExportArgs {
     json: bool,
 }
 
+impl ExportArgs {
+    /// Whether `--json` was given (its failures are printed as a JSON line too).
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
     let token = super::replicate::read_token(a.token_file.as_ref())?;
     let target = Arc::new(Target::parse_many(

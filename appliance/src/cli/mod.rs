@@ -8,6 +8,7 @@ pub mod image;
 pub mod inventory;
 mod password;
 pub mod progress;
+pub mod remedy;
 pub mod replicate;
 pub mod replicate_hyperv;
 pub mod replicate_scvmm;

@@ -114,6 +114,13 @@ pub struct ReplicateArgs {
     raw_sha256: bool,
 }
 
+impl ReplicateArgs {
+    /// Whether `--json` was given (its failures are printed as a JSON line too).
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 /// Parse `4M`, `64K`, `1G`, or plain bytes.
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     let t = s.trim();

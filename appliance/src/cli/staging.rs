@@ -1,5 +1,5 @@
 //! `godwit staging`: the staging (replication) server on TCP 1500, its connector tokens, and
-//! store maintenance. `serve` prints `fingerprint: SHA256:<hex>`, `token: <token>` (the token
+//! store maintenance. `serve` prints `fingerprint: SHA256:AB:CD:…`, `token: <token>` (the token
 //! in `DATA/token`, if any), `store: URL` and `listening: ADDR` on stdout when it starts, then
 //! serves until killed. Any number of servers may serve one store (`--store s3://…`).
 
@@ -96,6 +96,16 @@ pub struct DataArgs {
     store: Option<String>,
     #[arg(long)]
     json: bool,
+}
+
+impl StagingCommand {
+    /// `staging verify`: whether `--json` was given (its failures are told with a remedy).
+    pub fn verify_json(&self) -> Option<bool> {
+        match self {
+            StagingCommand::Verify(a) => Some(a.json),
+            _ => None,
+        }
+    }
 }
 
 pub fn store_dir(data: &Path) -> PathBuf {

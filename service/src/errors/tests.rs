@@ -123,3 +123,132 @@ proptest::proptest! {
         proptest::prop_assert!(!e.message.contains('\n'));
     }
 }
+
+// --- issue 18, typed export errors (wt-errors) ---
+
+#[test]
+fn export_failures_map_to_their_codes() {
+    let cases = [
+        (
+            "/data/exports/two.raw: the data partition is full for this export: it needs up to 12 MiB and 10 MiB is free, 8 MiB of which stays for the service's own state; delete exports to free space, or enlarge the appliance's disk",
+            "export.target_full",
+        ),
+        (
+            "/data/exports/a.vmdk: write: No space left on device (os error 28)",
+            "export.target_full",
+        ),
+        (
+            "/data/exports/a.vmdk: write: Read-only file system (os error 30)",
+            "export.target_unwritable",
+        ),
+        (
+            "/data/exports/a.vmdk: open: Permission denied (os error 13)",
+            "export.target_unwritable",
+        ),
+        (
+            "S3 put part 1 of s3://b/k: AccessDenied: Access Denied",
+            "export.target_unwritable",
+        ),
+        (
+            "staging://127.0.0.1:1500: no sync of DC0_H0_VM0 disk 3: not found",
+            "export.sync_not_found",
+        ),
+        (
+            "export of sync 2026-12-07T22-00-00Z: integrity check failed: raw content hashes to aa, but replication recorded bb",
+            "export.checksum_mismatch",
+        ),
+        ("/data/exports/a.vmdk: cancelled", "export.cancelled"),
+        (
+            "staging server 127.0.0.1:1500: 127.0.0.1:1500: connection: Connection refused (os error 111)",
+            "staging.unreachable",
+        ),
+    ];
+    for (raw, code) in cases {
+        let e = classify_export(raw);
+        assert_eq!(e.code, code, "{raw}");
+        assert!(!e.message.is_empty() && !e.remediation.is_empty(), "{raw}");
+        assert!(!e.message.contains("--") && !e.remediation.contains("--"));
+        assert!(!e.message.contains("os error"), "{}", e.message);
+        assert_eq!(e.detail.as_deref(), Some(raw));
+    }
+}
+
+#[test]
+fn an_untyped_export_record_is_typed_and_a_typed_one_kept() {
+    let old = JobError {
+        code: String::new(),
+        message: "x: no sync of vm disk 0: not found".into(),
+        remediation: String::new(),
+        detail: Some("x: no sync of vm disk 0: not found".into()),
+    };
+    assert_eq!(typed_export(old).code, "export.sync_not_found");
+    let kept = export_cancelled("by the operator");
+    assert_eq!(typed_export(kept.clone()), kept);
+}
+
+proptest::proptest! {
+    #[test]
+    fn classify_export_is_total(raw in ".{0,200}") {
+        let e = classify_export(&raw);
+        proptest::prop_assert!(!e.code.is_empty());
+        proptest::prop_assert!(!e.message.is_empty());
+        proptest::prop_assert!(!e.message.contains('\n'));
+    }
+}
+// --- end typed export errors ---
+
+// --- issue 18, the command line's remedies (wt-errors) ---
+
+#[test]
+fn command_line_failures_map_to_codes_with_remedies_naming_options() {
+    let cases = [
+        (
+            "127.0.0.1:9: connection: staging server: TCP connect: 127.0.0.1:9: Connection refused (os error 111)",
+            "staging.unreachable",
+            "The staging server 127.0.0.1:9 could not be reached.",
+        ),
+        (
+            "staging 10.0.0.5:1500: the server's certificate SHA256:AA does not match the pinned fingerprint SHA256:BB; refusing to connect",
+            "staging.certificate_mismatch",
+            "The staging server presented a certificate other than the one given.",
+        ),
+        (
+            "/tmp/x.vmdk: open: No such file or directory (os error 2)",
+            "input.not_found",
+            "/tmp/x.vmdk does not exist.",
+        ),
+        (
+            "/tmp/n.txt: not a disk image: no VMDK, VHD or VHDX header; give -f raw to convert it as a raw disk anyway",
+            "input.not_a_disk",
+            "The input file is not a disk image this tool reads.",
+        ),
+        (
+            "/srv/store: no sync of web disk 0: not found",
+            "export.sync_not_found",
+            "The staging target holds no replica of this VM's disk.",
+        ),
+        (
+            "/srv/x: no store here (expected /srv/x/store)",
+            "staging.store_not_found",
+            "There is no staging store where the command looked.",
+        ),
+    ];
+    for (raw, code, message) in cases {
+        let e = classify_cli(raw);
+        assert_eq!(e.code, code, "{raw}");
+        assert_eq!(e.message, message, "{raw}");
+        assert!(!e.remediation.is_empty());
+        assert_eq!(e.detail.as_deref(), Some(raw));
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn classify_cli_is_total(raw in ".{0,200}") {
+        let e = classify_cli(&raw);
+        proptest::prop_assert!(!e.code.is_empty());
+        proptest::prop_assert!(!e.message.is_empty());
+        proptest::prop_assert!(!e.message.contains('\n'));
+    }
+}
+// --- end the command line's remedies ---
