@@ -27,6 +27,7 @@ pub mod scvmm;
 pub mod sessions;
 pub mod sources;
 pub mod space;
+pub mod staging_space;
 pub mod staging_target;
 pub mod store;
 pub mod time;
@@ -106,6 +107,34 @@ fn joined<T>(r: Result<T, tokio::task::JoinError>) -> CommandResult<T> {
     })
 }
 
+// --- issue 18, typed errors in the service (wt-errors) ---
+/// Why the service could not open, or set its first secrets (anyhow only in the binary).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A file system step: what was being done, and why it failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A setting or secret could not be recorded or made.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// `map_err` for a file system step named `what`.
+fn io_step(what: String) -> impl FnOnce(std::io::Error) -> ServiceError {
+    move |source| ServiceError::Io { what, source }
+}
+
+fn failed(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Failed(e.to_string())
+}
+// --- end typed errors in the service ---
+
 fn random_id(prefix: &str) -> String {
     let b: [u8; 5] = rand::random();
     format!("{prefix}-{}", hex::encode(b))
@@ -118,22 +147,23 @@ impl Appliance {
         cfg: ApplianceConfig,
         logs: LogRing,
         handle: tokio::runtime::Handle,
-    ) -> anyhow::Result<Arc<Appliance>> {
-        use anyhow::Context;
+    ) -> Result<Arc<Appliance>, ServiceError> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&cfg.data)
-            .with_context(|| format!("creating {}", cfg.data.display()))?;
+            .map_err(io_step(format!("creating {}", cfg.data.display())))?;
         std::fs::set_permissions(&cfg.data, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("chmod 0700 {}", cfg.data.display()))?;
+            .map_err(io_step(format!("chmod 0700 {}", cfg.data.display())))?;
         let store = Arc::new(Store::open(&cfg.data.join("godwit.redb"))?);
         if let Some(k) = cfg.max_concurrent_jobs {
-            anyhow::ensure!(k >= 1, "--max-concurrent-jobs must be at least 1");
+            if k < 1 {
+                return Err(failed("--max-concurrent-jobs must be at least 1"));
+            }
             store
                 .update_settings(|s| {
                     s.max_concurrent_jobs = Some(k);
                     Ok(())
                 })
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .map_err(failed)?;
         }
         let (setup_done, _) = tokio::sync::watch::channel(store.settings()?.wizard_done);
         let engine = Engine::new(
@@ -164,13 +194,14 @@ impl Appliance {
     /// property path). Returns whether it was set. A password the policy refuses is not set
     /// (the error is logged and the one-time setup code is printed instead), so the appliance
     /// stays reachable.
-    pub fn preset_password(&self, file: &Path) -> anyhow::Result<bool> {
-        use anyhow::Context;
+    pub fn preset_password(&self, file: &Path) -> Result<bool, ServiceError> {
         if self.store.settings()?.admin_password_hash.is_some() {
             return Ok(false);
         }
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading the admin password file {}", file.display()))?;
+        let text = std::fs::read_to_string(file).map_err(io_step(format!(
+            "reading the admin password file {}",
+            file.display()
+        )))?;
         let pw = text.lines().next().unwrap_or("").to_string();
         let pw = match AdminPassword::try_from(pw) {
             Ok(p) => p,
@@ -182,32 +213,32 @@ impl Appliance {
                 return Ok(false);
             }
         };
-        let h = auth::hash(pw.expose()).map_err(anyhow::Error::msg)?;
+        let h = auth::hash(pw.expose()).map_err(failed)?;
         self.store
             .update_settings(|s| {
                 s.admin_password_hash = Some(h);
                 s.setup_code_hash = None;
                 Ok(())
             })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(failed)?;
         tracing::info!("admin password preset from {}", file.display());
         Ok(true)
     }
 
     /// When no admin password is set: a fresh one-time setup code (stored hashed, replacing any
     /// earlier one) to print on the console.
-    pub fn new_setup_code_if_needed(&self) -> anyhow::Result<Option<String>> {
+    pub fn new_setup_code_if_needed(&self) -> Result<Option<String>, ServiceError> {
         if self.store.settings()?.admin_password_hash.is_some() {
             return Ok(None);
         }
         let code = auth::new_setup_code();
-        let h = auth::hash(&code).map_err(anyhow::Error::msg)?;
+        let h = auth::hash(&code).map_err(failed)?;
         self.store
             .update_settings(|s| {
                 s.setup_code_hash = Some(h);
                 Ok(())
             })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(failed)?;
         Ok(Some(code))
     }
 
@@ -217,9 +248,8 @@ impl Appliance {
     }
 
     /// Where the web layer keeps logged-in sessions across restarts (hashed ids, expiry).
-    pub fn session_vault(&self) -> anyhow::Result<Arc<dyn godwit_webui::SessionVault>> {
-        let t =
-            sessions::SessionTable::open(self.store.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    pub fn session_vault(&self) -> Result<Arc<dyn godwit_webui::SessionVault>, ServiceError> {
+        let t = sessions::SessionTable::open(self.store.clone()).map_err(failed)?;
         Ok(t)
     }
 
@@ -653,6 +683,10 @@ impl Backend for Appliance {
 
     async fn exports(&self) -> Vec<ExportView> {
         let mut all = self.store.exports().unwrap_or_default();
+        // issue 18 (wt-errors): records from before typed export errors are typed on the way out.
+        for e in all.iter_mut() {
+            e.error = e.error.take().map(crate::errors::typed_export);
+        }
         // Running ones: their progress now (issue 18).
         let meters = lock(&self.export_meters);
         for e in all.iter_mut().filter(|e| e.state == "running") {

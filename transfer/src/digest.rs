@@ -48,11 +48,11 @@ impl Fingerprint {
     /// Accepts `SHA256:<hex>` or bare hex, with or without `:` separators, in any case.
     pub fn parse(s: &str) -> Result<Self> {
         let t = s.trim();
-        let t = t
-            .strip_prefix("SHA256:")
-            .or_else(|| t.strip_prefix("sha256:"))
-            .or_else(|| t.strip_prefix("Sha256:"))
-            .unwrap_or(t);
+        // The prefix in any case (issue 18: every input accepts any case).
+        let t = match t.get(..7) {
+            Some(p) if p.eq_ignore_ascii_case("sha256:") => &t[7..],
+            _ => t,
+        };
         let hexs: String = t.chars().filter(|&c| c != ':').collect();
         let mut out = [0u8; 32];
         hex::decode_to_slice(&hexs, &mut out).map_err(|_| {
@@ -66,7 +66,8 @@ impl Fingerprint {
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SHA256:{}", hex::encode(self.0))
+        // One format everywhere (issue 18): `SHA256:AB:CD:…`, as vCenter shows it.
+        fmt::Display::fmt(&godwit_trust::Fingerprint(self.0), f)
     }
 }
 
@@ -103,11 +104,14 @@ mod tests {
             plain.to_uppercase(),
             colons.join(":"),
             format!("sha256:{}", colons.join(":")),
+            format!("sHa256:{plain}"),
         ] {
             assert_eq!(Fingerprint::parse(&s).unwrap(), fp, "{s}");
         }
         assert!(Fingerprint::parse("SHA256:abcd").is_err());
         assert!(Fingerprint::parse(&format!("{plain}00")).is_err());
+        // Shown in the one format (issue 18): upper-case pairs and colons, as vCenter does.
+        assert_eq!(fp.to_string(), format!("SHA256:{}", colons.join(":")));
     }
 
     #[test]

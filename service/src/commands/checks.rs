@@ -82,6 +82,22 @@ impl Appliance {
         for (_, f) in &mut facts {
             views.append(&mut f.privileges);
         }
+        // --- issue 18, staging free space (wt-errors) ---
+        if let Some(st) = &s.staging {
+            let target = match st {
+                StagingRecord::Server { address, .. } => address.clone(),
+                StagingRecord::S3 { bucket, .. } => format!("s3://{bucket}"),
+            };
+            let jobs_bytes = self
+                .store
+                .jobs()?
+                .iter()
+                .flat_map(|j| j.replica.disks.iter().map(|d| d.capacity_bytes))
+                .fold(0u64, u64::saturating_add);
+            let answer = crate::staging_space::ask(st).await;
+            views.push(crate::staging_space::verdict(&target, answer, jobs_bytes));
+        }
+        // --- end staging free space ---
         let report = ChecksReport {
             at: crate::time::rfc3339(crate::time::now()),
             results: views.clone(),

@@ -215,6 +215,20 @@ impl Backend for LocalDir {
         self.root.display().to_string()
     }
 
+    /// `statvfs` of the store's directory, as `df` reports it (available to unprivileged
+    /// writers, and the file system's size).
+    fn space(&self) -> Result<Option<super::StoreSpace>> {
+        let s = rustix::fs::statvfs(&self.root).map_err(|e| Error::Io {
+            what: self.root.display().to_string(),
+            op: "statvfs",
+            source: e.into(),
+        })?;
+        Ok(Some(super::StoreSpace {
+            free_bytes: s.f_bavail.saturating_mul(s.f_frsize),
+            total_bytes: s.f_blocks.saturating_mul(s.f_frsize),
+        }))
+    }
+
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFut<'a, ()> {
         let me = LocalDir {
             root: self.root.clone(),

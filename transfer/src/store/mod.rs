@@ -76,6 +76,20 @@ pub trait Backend: Send + Sync {
     /// Move an object to a new key (replacing any object there). `Error::NotFound` if `from`
     /// is absent. Not atomic on S3 (copy, then delete): for a moment both keys exist.
     fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFut<'a, ()>;
+    /// Free and total bytes of the file system holding the objects; `None` when the store
+    /// cannot tell (S3: no such limit to report).
+    fn space(&self) -> Result<Option<StoreSpace>> {
+        Ok(None)
+    }
+}
+
+/// The room left where a store keeps its objects (`statvfs` of a local store's directory:
+/// `f_bavail` and `f_blocks` times `f_frsize`), answered to the staging protocol's `GetSpace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreSpace {
+    /// Bytes an unprivileged writer may still use.
+    pub free_bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// What the replication pipeline, export and the staging server need from a store.
@@ -99,6 +113,11 @@ pub trait ChunkStore: Send + Sync {
     /// Announce an in-progress sync (so GC keeps the chunks it is writing); returns a lease id.
     fn begin_sync<'a>(&'a self, vm: &'a str, disk: u32) -> BoxFut<'a, String>;
     fn end_sync<'a>(&'a self, lease: &'a str) -> BoxFut<'a, ()>;
+    /// The room left in the store: `None` when unknown (an S3 store, or a staging server too
+    /// old to answer `GetSpace`).
+    fn space(&self) -> BoxFut<'_, Option<StoreSpace>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 pub fn chunk_key(d: &ChunkDigest) -> String {
@@ -222,6 +241,10 @@ impl Store {
 impl ChunkStore for Store {
     fn describe(&self) -> String {
         self.backend.describe()
+    }
+
+    fn space(&self) -> BoxFut<'_, Option<StoreSpace>> {
+        Box::pin(async move { self.backend.space() })
     }
 
     fn has_chunks(&self, digests: Vec<ChunkDigest>) -> BoxFut<'_, Vec<bool>> {

@@ -47,11 +47,14 @@ fn per_address_timeout() -> Duration {
 async fn connect_tcp(addr: &str) -> Result<TcpStream> {
     let addrs: Vec<std::net::SocketAddr> = timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(addr))
         .await
-        .map_err(|_| Error::network(addr, "name resolution timed out"))?
-        .map_err(|e| Error::network(addr, format!("resolving the name: {e}")))?
+        .map_err(|_| Error::network(addr, "staging server: name resolution timed out"))?
+        .map_err(|e| Error::network(addr, format!("staging server: resolving the name: {e}")))?
         .collect();
     if addrs.is_empty() {
-        return Err(Error::network(addr, "the name resolves to no address"));
+        return Err(Error::network(
+            addr,
+            "staging server: the name resolves to no address",
+        ));
     }
     let each = if addrs.len() > 1 {
         per_address_timeout().min(CONNECT_TIMEOUT)
@@ -76,7 +79,7 @@ async fn connect_tcp(addr: &str) -> Result<TcpStream> {
     }
     Err(Error::network(
         addr,
-        format!("TCP connect: {}", failed.join("; ")),
+        format!("staging server: TCP connect: {}", failed.join("; ")),
     ))
 }
 
@@ -231,6 +234,16 @@ impl StagingClient {
                     }
                     Frame::Refused { code, message } => {
                         tracing::warn!("{peer2}: server closed the session: {code:?} {message}");
+                        // Every request still waiting learns why (a server older than a
+                        // request refuses it this way: `space` reads that as unknown).
+                        if let Ok(mut m) = p2.lock() {
+                            for (_, s) in m.drain() {
+                                let _ = s.send(Frame::Refused {
+                                    code,
+                                    message: message.clone(),
+                                });
+                            }
+                        }
                         break;
                     }
                     f => match reply_id(&f) {
@@ -274,8 +287,37 @@ impl StagingClient {
         self.call_bytes(|id| make(id).to_bytes()).await
     }
 
-    /// Send the frame `make` encodes for a fresh request id; wait for its reply.
+    /// Send the frame `make` encodes for a fresh request id; wait for its reply. The server
+    /// closing the session (`Refused`) is an error.
     async fn call_bytes(&self, make: impl FnOnce(u32) -> Vec<u8>) -> Result<Frame> {
+        match self.call_raw(make).await? {
+            Frame::Refused { message, .. } => Err(Error::network(
+                &self.peer,
+                format!("the server closed the session: {message}"),
+            )),
+            f => Ok(f),
+        }
+    }
+
+    /// How much room the staging server's store has left: `None` when it cannot tell (an S3
+    /// store) or is too old to know the question (it refuses an unknown frame type with code
+    /// 3 and closes the session, so ask on a connection of its own).
+    pub async fn store_space(&self) -> Result<Option<crate::store::StoreSpace>> {
+        match self
+            .call_raw(|id| Frame::GetSpace { id }.to_bytes())
+            .await?
+        {
+            Frame::Space { space, .. } => Ok(space),
+            Frame::Refused {
+                code: ErrorCode::BadRequest,
+                ..
+            } => Ok(None),
+            f => Err(self.unexpected(&f)),
+        }
+    }
+
+    /// [`Self::call_bytes`], with a `Refused` answer returned as it came.
+    async fn call_raw(&self, make: impl FnOnce(u32) -> Vec<u8>) -> Result<Frame> {
         if self.dead.load(Ordering::SeqCst) {
             return Err(Error::network(&self.peer, "connection lost"));
         }
@@ -334,6 +376,7 @@ fn reply_id(f: &Frame) -> Option<u32> {
         | Frame::Committed { id, .. }
         | Frame::SyncBegun { id, .. }
         | Frame::Done { id }
+        | Frame::Space { id, .. }
         | Frame::Failed { id, .. } => Some(*id),
         _ => None,
     }
@@ -486,5 +529,10 @@ impl ChunkStore for StagingClient {
                 f => Err(self.unexpected(&f)),
             }
         })
+    }
+
+    /// See [`StagingClient::store_space`]: an old server closes the session on it.
+    fn space(&self) -> BoxFut<'_, Option<crate::store::StoreSpace>> {
+        Box::pin(self.store_space())
     }
 }

@@ -158,6 +158,16 @@ pub enum Frame {
         code: ErrorCode,
         message: String,
     },
+    /// Client → server: how much room is left in the store? (A server older than this frame
+    /// refuses it as an unknown type, code 3, and closes: the client reads that as unknown.)
+    GetSpace {
+        id: u32,
+    },
+    /// Server → client: the store's free and total bytes, or unknown (an S3 store).
+    Space {
+        id: u32,
+        space: Option<crate::store::StoreSpace>,
+    },
 }
 
 mod t {
@@ -181,6 +191,8 @@ mod t {
     pub const END_SYNC: u8 = 24;
     pub const DONE: u8 = 25;
     pub const FAILED: u8 = 26;
+    pub const GET_SPACE: u8 = 27;
+    pub const SPACE: u8 = 28;
 }
 
 /// Check a frame's 4-byte length prefix before reading (or allocating) its body.
@@ -352,6 +364,33 @@ impl Frame {
                 code: ErrorCode::from_u16(r.u16_be("code")?),
                 message: r.str16("message")?,
             },
+            t::GET_SPACE => Frame::GetSpace {
+                id: r.u32_be("id")?,
+            },
+            t::SPACE => {
+                let id = r.u32_be("id")?;
+                let at = r.offset();
+                let known = r.u8("known")?;
+                let free_bytes = r.u64_be("free bytes")?;
+                let total_bytes = r.u64_be("total bytes")?;
+                let space = match known {
+                    1 => Some(crate::store::StoreSpace {
+                        free_bytes,
+                        total_bytes,
+                    }),
+                    0 if free_bytes == 0 && total_bytes == 0 => None,
+                    _ => {
+                        return Err(Error::malformed(
+                            "frame",
+                            at,
+                            format!(
+                                "space: known is {known} with {free_bytes} free of {total_bytes}"
+                            ),
+                        ));
+                    }
+                };
+                Frame::Space { id, space }
+            }
             other => {
                 return Err(Error::malformed(
                     "frame",
@@ -515,6 +554,19 @@ impl Frame {
                 out.extend_from_slice(&(*code as u16).to_be_bytes());
                 put_str16(out, message);
             }
+            Frame::GetSpace { id } => {
+                out.push(t::GET_SPACE);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            Frame::Space { id, space } => {
+                out.push(t::SPACE);
+                out.extend_from_slice(&id.to_be_bytes());
+                let (known, free, total) =
+                    space.map_or((0u8, 0, 0), |s| (1, s.free_bytes, s.total_bytes));
+                out.push(known);
+                out.extend_from_slice(&free.to_be_bytes());
+                out.extend_from_slice(&total.to_be_bytes());
+            }
         }
         let n = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);
         out[start..start + 4].copy_from_slice(&n.to_be_bytes());
@@ -632,6 +684,18 @@ mod tests {
                 code: ErrorCode::BadChunk,
                 message: "bad".into(),
             },
+            Frame::GetSpace { id: 10 },
+            Frame::Space {
+                id: 10,
+                space: Some(crate::store::StoreSpace {
+                    free_bytes: 10 << 30,
+                    total_bytes: u64::MAX,
+                }),
+            },
+            Frame::Space {
+                id: 11,
+                space: None,
+            },
         ]
     }
 
@@ -671,6 +735,26 @@ mod tests {
                 path.display()
             );
         }
+    }
+
+    #[test]
+    fn space_answers_are_canonical() {
+        // `unknown` carries zeros; anything else in `known`, or figures with `unknown`, is
+        // refused, so each answer has one encoding.
+        let mut b = Frame::Space { id: 1, space: None }.to_bytes();
+        assert_eq!(b.len(), 4 + 1 + 4 + 1 + 16);
+        b[9] = 2;
+        assert!(parse(&b).is_err());
+        b[9] = 0;
+        b[17] = 1;
+        assert!(parse(&b).is_err());
+        let trailing = {
+            let mut t = Frame::GetSpace { id: 3 }.to_bytes();
+            t.push(0);
+            t[3] += 1;
+            t
+        };
+        assert!(parse(&trailing).is_err());
     }
 
     #[test]

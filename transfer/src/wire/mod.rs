@@ -5,3 +5,6 @@ pub mod frame;
 pub mod server;
 mod session;
 pub mod tls;
+
+#[cfg(test)]
+mod space_tests;

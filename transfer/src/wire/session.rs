@@ -285,6 +285,15 @@ impl Session {
                 }
                 self.send(Frame::Done { id }).await
             }
+            // The room left in the store (docs/wire-protocol.md, GetSpace): statvfs of a
+            // local store's directory, unknown for S3.
+            Frame::GetSpace { id } => {
+                let reply = match store.space().await {
+                    Ok(space) => Frame::Space { id, space },
+                    Err(e) => failed(id, &e),
+                };
+                self.send(reply).await
+            }
             other => Err(Error::protocol(
                 &self.peer,
                 format!("unexpected frame from a client: {}", frame_name(&other)),
