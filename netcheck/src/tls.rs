@@ -414,9 +414,9 @@ pub fn judge(t: &Target, kind: CheckKind, target: String, h: &Handshake) -> Chec
             e.host,
             e.host
         );
-        if pin_state == Some(true) {
-            warns.push(text)
-        } else {
+        // Pinned by a matching fingerprint, the certificate is authenticated by its hash and
+        // the connector never looks at its names (issue 18): nothing to warn about.
+        if pin_state != Some(true) {
             fails.push(text)
         }
     }
