@@ -116,10 +116,11 @@ impl Fingerprint {
     /// Accepts `SHA256:<hex>` or bare hex, with or without colons, in either case.
     pub fn parse(input: &str) -> Result<Self, TargetError> {
         let s = input.trim();
-        let s = s
-            .strip_prefix("SHA256:")
-            .or_else(|| s.strip_prefix("sha256:"))
-            .unwrap_or(s);
+        // The prefix in any case (issue 18: every input accepts any case).
+        let s = match s.get(..7) {
+            Some(p) if p.eq_ignore_ascii_case("sha256:") => &s[7..],
+            _ => s,
+        };
         let hex_digits: String = s.chars().filter(|c| *c != ':').collect();
         let bytes = hex::decode(&hex_digits).map_err(|e| TargetError::BadFingerprint {
             input: input.to_string(),
@@ -137,7 +138,8 @@ impl Fingerprint {
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SHA256:{}", hex::encode_upper(self.0))
+        // One format everywhere (issue 18): `SHA256:AB:CD:…`, as vCenter shows it.
+        fmt::Display::fmt(&godwit_trust::Fingerprint(self.0), f)
     }
 }
 
@@ -374,6 +376,7 @@ mod tests {
         assert_eq!(Fingerprint::parse(&colons.join(":")).unwrap(), a);
         assert_eq!(Fingerprint::parse(&format!("SHA256:{hex}")).unwrap(), a);
         assert_eq!(Fingerprint::parse(&a.to_string()).unwrap(), a);
+        assert_eq!(a.to_string(), format!("SHA256:{}", colons.join(":")));
         assert!(Fingerprint::parse("abcd").is_err());
     }
 

@@ -31,7 +31,7 @@ impl HttpsIdentity {
 
     /// Generate and serve a new certificate when the generated one is due (see
     /// [`Identity::renewal_reason`]); returns the new view when it did.
-    pub fn renew_if_due(&mut self) -> anyhow::Result<Option<HttpsCertificateView>> {
+    pub fn renew_if_due(&mut self) -> super::tls::Result<Option<HttpsCertificateView>> {
         let Some(why) = self.identity.renewal_reason(std::time::SystemTime::now()) else {
             return Ok(None);
         };
@@ -57,7 +57,7 @@ impl HttpsIdentity {
     }
 
     /// Keep the upload, then serve it. Nothing changes when either step fails.
-    pub fn install(&mut self, upload: CheckedUpload) -> anyhow::Result<HttpsCertificateView> {
+    pub fn install(&mut self, upload: CheckedUpload) -> super::tls::Result<HttpsCertificateView> {
         let id = Identity::install(&self.dir, upload)?;
         let cfg = id.server_config()?;
         self.tls.reload_from_config(cfg);

@@ -157,14 +157,27 @@ pub fn log_file(data: &Path) -> PathBuf {
     data.join("logs").join("godwit.log")
 }
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("installing the log subscriber: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
 /// Install the subscriber (filter from `GODWIT_LOG`, default `info`). Returns the ring.
-pub fn init(data: &Path) -> anyhow::Result<LogRing> {
-    use anyhow::Context;
+pub fn init(data: &Path) -> Result<LogRing, LogError> {
+    let io = |what: String| move |source| LogError::Io { what, source };
     let path = log_file(data);
     let dir = path.parent().unwrap_or(data);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let file = RotatingFile::open(&path, ROTATE_BYTES, KEEP_ROTATED)
-        .with_context(|| format!("opening {}", path.display()))?;
+        .map_err(io(format!("opening {}", path.display())))?;
     let ring = LogRing::default();
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_env("GODWIT_LOG")
@@ -182,8 +195,7 @@ pub fn init(data: &Path) -> anyhow::Result<LogRing> {
         .with(stderr)
         .with(to_file)
         .with(to_ring)
-        .try_init()
-        .context("installing the log subscriber")?;
+        .try_init()?;
     Ok(ring)
 }
 

@@ -10,16 +10,42 @@
 //! than that bound (made by an older version, valid 1975–4096).
 
 use super::tls_upload::{CheckedUpload, describe};
-use anyhow::Context;
 use godwit_webui::backend::{HttpsCertificateView, RENEWAL_NOTICE_DAYS};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Why the HTTPS identity could not be made, loaded, kept or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A step failed: what was being done, and the file system's or library's reason.
+    #[error("{what}: {source}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The file holds something unusable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, TlsError>;
+
+/// `map_err` for a step named `what`.
+fn ctx<E: std::error::Error + Send + Sync + 'static>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> TlsError {
+    let what = what.into();
+    move |e| TlsError::Failed {
+        what,
+        source: Box::new(e),
+    }
+}
 
 /// The uploaded chain and key, one PEM file.
 pub const INSTALLED_FILE: &str = "installed.pem";
@@ -33,9 +59,9 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// `SHA256:<hex>` of the DER leaf certificate.
+    /// `SHA256:AB:CD:…` of the DER leaf certificate (the one format, issue 18).
     pub fn fingerprint(&self) -> String {
-        format!("SHA256:{}", hex::encode(Sha256::digest(self.leaf_der())))
+        godwit_trust::Fingerprint::of_der(self.leaf_der()).to_string()
     }
 
     pub fn leaf_der(&self) -> &[u8] {
@@ -44,8 +70,8 @@ impl Identity {
 
     /// Load the uploaded certificate when there is one that loads, else `dir/{cert,key}.der`,
     /// creating them on first start for `names` (host names and IP addresses to cover).
-    pub fn load_or_create(dir: &Path, names: &[String]) -> anyhow::Result<Identity> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Identity> {
+        std::fs::create_dir_all(dir).map_err(ctx(format!("creating {}", dir.display())))?;
         let installed = dir.join(INSTALLED_FILE);
         if installed.exists() {
             match load_installed(&installed) {
@@ -110,14 +136,14 @@ impl Identity {
     }
 
     /// Generate a new certificate in `dir` for `names` and return it (a renewal).
-    pub fn regenerate(dir: &Path, names: &[String]) -> anyhow::Result<Identity> {
+    pub fn regenerate(dir: &Path, names: &[String]) -> Result<Identity> {
         generate(dir, names, SystemTime::now())?;
         load_generated(dir)
     }
 
     /// Keep a checked upload in `dir` (atomically, 0600) and return it as the identity.
-    pub fn install(dir: &Path, upload: CheckedUpload) -> anyhow::Result<Identity> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    pub fn install(dir: &Path, upload: CheckedUpload) -> Result<Identity> {
+        std::fs::create_dir_all(dir).map_err(ctx(format!("creating {}", dir.display())))?;
         let mut pem = Vec::new();
         for c in &upload.chain {
             pem.extend_from_slice(pem_block("CERTIFICATE", c.as_ref()).as_bytes());
@@ -131,11 +157,14 @@ impl Identity {
         let path = dir.join(INSTALLED_FILE);
         let tmp = dir.join(format!("{INSTALLED_FILE}.tmp"));
         write_private(&tmp, &pem)?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        std::fs::rename(&tmp, &path).map_err(ctx(format!(
+            "renaming {} to {}",
+            tmp.display(),
+            path.display()
+        )))?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))?;
+            .map_err(ctx(format!("syncing {}", dir.display())))?;
         Ok(Identity {
             chain: upload.chain,
             key: upload.key,
@@ -149,15 +178,15 @@ impl Identity {
     }
 
     /// A rustls server config (ring, TLS 1.3 and 1.2, HTTP/2 and HTTP/1.1 by ALPN).
-    pub fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("TLS versions")?
+        .map_err(ctx("TLS versions"))?
         .with_no_client_auth()
         .with_single_cert(self.chain.clone(), self.key.clone_key())
-        .context("the HTTPS certificate or key is not usable")?;
+        .map_err(ctx("the HTTPS certificate or key is not usable"))?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
@@ -166,9 +195,9 @@ impl Identity {
 /// A self-signed certificate for `names`, valid from a day before `now` for
 /// [`GENERATED_VALIDITY_DAYS`], written to `dir/{key,cert}.der` (each replaced atomically,
 /// the key first).
-fn generate(dir: &Path, names: &[String], now: SystemTime) -> anyhow::Result<()> {
-    let mut p =
-        rcgen::CertificateParams::new(names.to_vec()).context("the HTTPS certificate's names")?;
+fn generate(dir: &Path, names: &[String], now: SystemTime) -> Result<()> {
+    let mut p = rcgen::CertificateParams::new(names.to_vec())
+        .map_err(ctx("the HTTPS certificate's names"))?;
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(
         rcgen::DnType::CommonName,
@@ -180,10 +209,10 @@ fn generate(dir: &Path, names: &[String], now: SystemTime) -> anyhow::Result<()>
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
     p.not_before = epoch + Duration::from_secs(secs.saturating_sub(86_400));
     p.not_after = epoch + Duration::from_secs(secs + GENERATED_VALIDITY_DAYS * 86_400);
-    let key = rcgen::KeyPair::generate().context("generating the HTTPS key")?;
+    let key = rcgen::KeyPair::generate().map_err(ctx("generating the HTTPS key"))?;
     let cert = p
         .self_signed(&key)
-        .context("generating the HTTPS certificate")?;
+        .map_err(ctx("generating the HTTPS certificate"))?;
     for (name, bytes) in [
         ("key.der", key.serialize_der()),
         ("cert.der", cert.der().to_vec()),
@@ -191,18 +220,18 @@ fn generate(dir: &Path, names: &[String], now: SystemTime) -> anyhow::Result<()>
         let tmp = dir.join(format!("{name}.tmp"));
         write_private(&tmp, &bytes)?;
         std::fs::rename(&tmp, dir.join(name))
-            .with_context(|| format!("renaming {}", tmp.display()))?;
+            .map_err(ctx(format!("renaming {}", tmp.display())))?;
     }
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
+        .map_err(ctx(format!("syncing {}", dir.display())))
 }
 
-fn load_generated(dir: &Path) -> anyhow::Result<Identity> {
+fn load_generated(dir: &Path) -> Result<Identity> {
     let cert_p = dir.join("cert.der");
     let key_p = dir.join("key.der");
-    let cert = std::fs::read(&cert_p).with_context(|| format!("reading {}", cert_p.display()))?;
-    let key = std::fs::read(&key_p).with_context(|| format!("reading {}", key_p.display()))?;
+    let cert = std::fs::read(&cert_p).map_err(ctx(format!("reading {}", cert_p.display())))?;
+    let key = std::fs::read(&key_p).map_err(ctx(format!("reading {}", key_p.display())))?;
     Ok(Identity {
         chain: vec![CertificateDer::from(cert)],
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
@@ -210,13 +239,15 @@ fn load_generated(dir: &Path) -> anyhow::Result<Identity> {
     })
 }
 
-fn load_installed(path: &Path) -> anyhow::Result<Identity> {
-    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn load_installed(path: &Path) -> Result<Identity> {
+    let pem = std::fs::read(path).map_err(ctx(format!("reading {}", path.display())))?;
     let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("certificates: {e:?}"))?;
-    anyhow::ensure!(!chain.is_empty(), "no certificate");
-    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| anyhow::anyhow!("key: {e:?}"))?;
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(ctx("its certificates"))?;
+    if chain.is_empty() {
+        return Err(TlsError::Invalid("it holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(ctx("its private key"))?;
     let id = Identity {
         chain,
         key,
@@ -238,19 +269,19 @@ fn pem_block(label: &str, der: &[u8]) -> String {
     out
 }
 
-fn write_private(p: &Path, data: &[u8]) -> anyhow::Result<()> {
+fn write_private(p: &Path, data: &[u8]) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(p)
-        .with_context(|| format!("creating {}", p.display()))?;
+        .map_err(ctx(format!("creating {}", p.display())))?;
     f.write_all(data)
         .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", p.display()))?;
+        .map_err(ctx(format!("writing {}", p.display())))?;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", p.display()))
+        .map_err(ctx(format!("chmod 0600 {}", p.display())))
 }
 
 #[cfg(test)]
@@ -264,7 +295,13 @@ mod tests {
         let a = Identity::load_or_create(dir.path(), &names).unwrap();
         let b = Identity::load_or_create(dir.path(), &names).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
-        assert_eq!(a.fingerprint().len(), 71);
+        assert_eq!(a.fingerprint().len(), 7 + 32 * 3 - 1);
+        assert!(a.fingerprint().starts_with("SHA256:"));
+        assert_eq!(
+            a.fingerprint()[7..].to_ascii_uppercase(),
+            a.fingerprint()[7..]
+        );
+        assert_eq!(a.fingerprint().matches(':').count(), 32);
         assert!(!a.view().uploaded);
         // Valid two years (from a day before), not 1975-4096; nothing to renew.
         let v = a.view();

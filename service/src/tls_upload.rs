@@ -11,7 +11,6 @@ use godwit_netcheck::x509::{CertInfo, UnixTime, parse_certificate};
 use godwit_webui::backend::{CommandError, HttpsCertificateView, RENEWAL_NOTICE_DAYS};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Largest PEM text accepted per field (a chain of a few certificates is ~10 KiB).
@@ -151,7 +150,7 @@ pub fn describe(
     now: SystemTime,
 ) -> HttpsCertificateView {
     let leaf = chain.first().map_or(&[][..], |c| c.as_ref());
-    let fingerprint = format!("SHA256:{}", hex::encode(Sha256::digest(leaf)));
+    let fingerprint = godwit_trust::Fingerprint::of_der(leaf).to_string();
     match parse_certificate(leaf) {
         Ok(i) => {
             let mut names = i.dns_names.clone();

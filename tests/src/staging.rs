@@ -64,7 +64,10 @@ impl Server {
             );
         }
         assert!(
-            fp.starts_with("SHA256:") && fp.len() == 71,
+            // `SHA256:AB:CD:…` (issue 18: one format everywhere)
+            fp.starts_with("SHA256:")
+                && fp.len() == 7 + 32 * 3 - 1
+                && fp.matches(':').count() == 32,
             "fingerprint line {fp:?}"
         );
         assert!(tok.len() >= 16, "token line {tok:?}");

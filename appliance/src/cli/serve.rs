@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! url: https://HOST:PORT/
-//! fingerprint: SHA256:<hex>          (of its self-signed certificate)
+//! fingerprint: SHA256:AB:CD:…        (of its self-signed certificate)
 //! certificate expires: YYYY-MM-DD    (a generated one is renewed 30 days before)
 //! setup code: XXXX-XXXX-XXXX-XXXX    (only while no admin password is set; one-time)
 //! setup: pending                     (or `done`: the setup wizard is finished; printed
