@@ -32,6 +32,15 @@ pub fn classify_cli(raw: &str) -> JobError {
             raw,
         );
     }
+    if has("fingerprint") && has("expected sha256:") {
+        return err(
+            "input.bad_fingerprint",
+            "The fingerprint given is not a SHA-256 certificate fingerprint.".into(),
+            "Give it as `godwit staging serve` printed it: SHA256: and 32 hex pairs (case, \
+             colons and the prefix do not matter).",
+            raw,
+        );
+    }
     if has("no store here") {
         return err(
             "staging.store_not_found",

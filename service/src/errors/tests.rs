@@ -228,6 +228,11 @@ fn command_line_failures_map_to_codes_with_remedies_naming_options() {
             "The staging target holds no replica of this VM's disk.",
         ),
         (
+            "fingerprint \"67::1\": expected SHA256: followed by 64 hex digits (colons allowed)",
+            "input.bad_fingerprint",
+            "The fingerprint given is not a SHA-256 certificate fingerprint.",
+        ),
+        (
             "/srv/x: no store here (expected /srv/x/store)",
             "staging.store_not_found",
             "There is no staging store where the command looked.",
