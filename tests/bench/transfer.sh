@@ -14,6 +14,7 @@
 # reported (PASS/MISS), not enforced. Stores are emptied and `sync` is run before each full run.
 #
 #   bash tests/bench/transfer.sh        (make bench builds target/release/godwit first)
+#   CHUNK_SIZE=1M bash tests/bench/transfer.sh    (pass --chunk-size to every replicate)
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 bench_need openssl restic python3 bc cmp || exit 1
@@ -29,6 +30,7 @@ stop_server() {
 trap 'stop_server; rm -rf "$W"' EXIT
 export RESTIC_PASSWORD=godwit-bench RESTIC_CACHE_DIR="$W/restic-cache"
 
+CS_ARGS=${CHUNK_SIZE:+--chunk-size $CHUNK_SIZE}
 SRC=$(bench_image) || exit 1
 IMG="$W/disk.raw"
 SIZE=$(stat -c %s "$SRC")
@@ -69,7 +71,7 @@ export_check() { # WHAT TARGET-ARGS...
   echo "check: $what: export is byte-equal to the source"
 }
 
-echo "== transfer: $(mib "$SIZE") image, $(mib "$(alloc_bytes "$SRC")") allocated (512 MiB random, 512 MiB binaries, 1 GiB holes), $(nproc) CPUs, load $(load1)"
+echo "== transfer: $(mib "$SIZE") image, $(mib "$(alloc_bytes "$SRC")") allocated (512 MiB random, 512 MiB binaries, 1 GiB holes), $(nproc) CPUs, load $(load1)${CHUNK_SIZE:+, --chunk-size $CHUNK_SIZE}"
 
 # --- 1. Local store against openssl dgst -sha256 -------------------------------------------
 # Also `openssl dgst` of the allocated data alone (the bytes godwit hashes): like with like.
@@ -79,7 +81,7 @@ fresh_image
 cat "$DATA" > /dev/null
 for r in $(seq "$RUNS"); do
   rm -rf "$W/store"; sync
-  timed local "$GODWIT_BIN" replicate --json --vm bench --source "file://$IMG" --target "file://$W/store" || exit 1
+  timed local "$GODWIT_BIN" replicate --json $CS_ARGS --vm bench --source "file://$IMG" --target "file://$W/store" || exit 1
   [ "$r" = 1 ] && cp "$W/local.out" "$W/local.first"
   export_check "replicate to a local store (run $r)" --target "file://$W/store"
   timed openssl openssl dgst -sha256 "$IMG" || exit 1
@@ -94,21 +96,21 @@ for r in $(seq "$RUNS"); do
   rm -rf "$W/staging" "$W/repo"; restic init -q --repo "$W/repo" > /dev/null || fail "restic init"
   sync
   start_server "$W/staging"
-  timed full $GODWIT_BIN replicate --json --vm bench --source "file://$IMG" $(staging) || exit 1
+  timed full $GODWIT_BIN replicate --json $CS_ARGS --vm bench --source "file://$IMG" $(staging) || exit 1
   [ "$r" = 1 ] && cp "$W/full.out" "$W/full.first"
   export_check "full over TLS (run $r)" $(staging)
   timed restic_full restic --repo "$W/repo" backup --json "$IMG" || exit 1
   [ "$r" = 1 ] && cp "$W/restic_full.out" "$W/restic_full.first"
   # 1 % of the chunks changed: every allocated byte read and hashed again.
   python3 "$BENCH_ROOT/tests/bench/make_image.py" --change "$IMG" 1 "$r" > "$W/ranges1" || exit 1
-  timed inc $GODWIT_BIN replicate --json --vm bench --source "file://$IMG" $(staging) || exit 1
+  timed inc $GODWIT_BIN replicate --json $CS_ARGS --vm bench --source "file://$IMG" $(staging) || exit 1
   [ "$r" = 1 ] && cp "$W/inc.out" "$W/inc.first"
   export_check "incremental over TLS (run $r)" $(staging)
   timed restic_inc restic --repo "$W/repo" backup --json "$IMG" || exit 1
   [ "$r" = 1 ] && cp "$W/restic_inc.out" "$W/restic_inc.first"
   # Another 1 % changed, this time handed in as changed ranges.
   python3 "$BENCH_ROOT/tests/bench/make_image.py" --change "$IMG" 1 "$((r + 100))" > "$W/ranges2" || exit 1
-  timed cbt $GODWIT_BIN replicate --json --vm bench --source "file://$IMG" $(staging) --changed-ranges "$W/ranges2" || exit 1
+  timed cbt $GODWIT_BIN replicate --json $CS_ARGS --vm bench --source "file://$IMG" $(staging) --changed-ranges "$W/ranges2" || exit 1
   [ "$r" = 1 ] && cp "$W/cbt.out" "$W/cbt.first"
   export_check "incremental with --changed-ranges (run $r)" $(staging)
   timed restic_inc2 restic --repo "$W/repo" backup --json "$IMG" || exit 1

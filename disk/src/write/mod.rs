@@ -7,6 +7,7 @@ use crate::layer::{BlockSource, Run, RunState};
 use std::collections::VecDeque;
 use std::io::Write;
 
+pub mod direct;
 pub mod raw;
 pub mod vhd;
 pub mod vhdx;
@@ -115,7 +116,8 @@ pub fn write_image_with(
 /// Write an image of `src` in `format` into a local file (`name` for messages), replacing what
 /// it holds. Raw output is sparse ([`raw::write_sparse_file`]); dynamic VHD and VHDX are
 /// written in one pass with positional writes, so blocks that hold only zeros stay unallocated
-/// ([`vhd::write_file`], [`vhdx::write_file`]); the other formats are streamed into the file.
+/// ([`vhd::write_file`], [`vhdx::write_file`]); the other formats are streamed into the file
+/// ([`direct::DirectStream`]).
 /// The caller syncs the file if it needs to.
 pub fn write_image_to_file(
     src: &dyn BlockSource,
@@ -131,6 +133,13 @@ pub fn write_image_to_file(
         _ => {
             if out.metadata().map(|m| m.len()).unwrap_or(1) > 0 {
                 out.set_len(0).map_err(|e| Error::io(name, "truncate", e))?;
+            }
+            // Streamed formats go through one aligned buffer with `O_DIRECT` where the file
+            // system allows it (no copy into the page cache), else through a `BufWriter`.
+            if let Some(mut w) = direct::DirectStream::new(out) {
+                let stats = write_image_with(src, format, opts, &mut w)?;
+                w.finish().map_err(|e| Error::io(name, "write", e))?;
+                return Ok(stats);
             }
             let mut w = std::io::BufWriter::with_capacity(4 << 20, out);
             let stats = write_image_with(src, format, opts, &mut w)?;
