@@ -343,3 +343,73 @@ pub async fn open_s3_store(rec: &StagingRecord) -> Result<Arc<dyn ChunkStore>, S
         .map_err(|e| format!("{desc}: {e}"))?;
     Ok(Arc::new(store))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(a: &str) -> StagingServer {
+        StagingServer {
+            address: a.into(),
+            fingerprint: format!("SHA256:{}", "AB".repeat(32)),
+        }
+    }
+
+    #[test]
+    fn runs_take_the_least_busy_reachable_server_round_robin_among_equals() {
+        let f = Fleet::default();
+        let s = [server("a:1500"), server("b:1500"), server("c:1500")];
+        // All equal: successive runs start on each server in turn.
+        let mut firsts: Vec<usize> = (0..3).map(|_| f.order(&s)[0]).collect();
+        firsts.sort_unstable();
+        assert_eq!(firsts, [0, 1, 2]);
+        // Busy servers go after an idle one.
+        f.switch(&User::Job("j1".into()), None, "a:1500");
+        f.switch(&User::Job("j2".into()), None, "b:1500");
+        for _ in 0..3 {
+            assert_eq!(f.order(&s)[0], 2);
+        }
+        // A server whose last attempt failed goes last, idle or not.
+        f.record("c:1500", Err("connection refused".into()), false);
+        for _ in 0..3 {
+            let o = f.order(&s);
+            assert_eq!(o.len(), 3);
+            assert_eq!(o[2], 2, "{o:?}");
+        }
+        assert_eq!(f.state("c:1500").reachable, Some(false));
+        assert_eq!(
+            f.state("c:1500").last_error.as_deref(),
+            Some("connection refused")
+        );
+        // A failover moves the run's count and its server.
+        f.switch(&User::Job("j1".into()), Some("a:1500"), "b:1500");
+        assert_eq!(f.state("a:1500").in_use, 0);
+        assert_eq!(f.state("b:1500").in_use, 2);
+        assert_eq!(
+            f.server_of(&User::Job("j1".into())).as_deref(),
+            Some("b:1500")
+        );
+        f.release("b:1500");
+        assert_eq!(f.state("b:1500").in_use, 1);
+        // Back up: reachable again, its error gone, its use recorded.
+        f.record("c:1500", Ok(()), true);
+        let c = f.state("c:1500");
+        assert_eq!(c.reachable, Some(true));
+        assert!(c.last_error.is_none() && c.last_used.is_some());
+        assert!(Fleet::default().order(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_fleet_target_needs_a_server_and_valid_pins() {
+        let f = Arc::new(Fleet::default());
+        let u = User::Job("j".into());
+        assert!(FleetTarget::new(&[], "tok", f.clone(), u.clone()).is_err());
+        let mut bad = server("a:1500");
+        bad.fingerprint = "SHA256:nothex".into();
+        let e = FleetTarget::new(&[bad], "tok", f.clone(), u.clone())
+            .err()
+            .unwrap();
+        assert!(e.contains("a:1500"), "{e}");
+        assert!(FleetTarget::new(&[server("a:1500")], "tok", f, u).is_ok());
+    }
+}
