@@ -86,6 +86,8 @@ pub struct Engine {
     ingest: std::sync::OnceLock<Arc<crate::ingest::ServiceIngest>>,
     /// Bytes Hyper-V runs read from hosts over WinRM (metadata, and data not pushed).
     winrm_read_bytes: AtomicU64,
+    /// Staging servers' states and who uses which (issue 21).
+    fleet: Arc<crate::staging_target::Fleet>,
     /// The owner's mailbox.
     tx: mpsc::UnboundedSender<Cmd>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Cmd>>>,
@@ -127,9 +129,15 @@ impl Engine {
             bytes_transferred: AtomicU64::new(0),
             ingest: std::sync::OnceLock::new(),
             winrm_read_bytes: AtomicU64::new(0),
+            fleet: Arc::default(),
             tx,
             rx: Mutex::new(Some(rx)),
         })
+    }
+
+    /// Staging servers' states and who uses which (issue 21).
+    pub fn fleet(&self) -> &Arc<crate::staging_target::Fleet> {
+        &self.fleet
     }
 
     fn rules(&self) -> job::Rules {
@@ -488,12 +496,14 @@ impl Engine {
         let Some(staging) = staging else {
             return fail("no staging target is configured".into(), false);
         };
-        let target = match crate::staging_target::connector(&staging, &self.handle) {
-            Ok(t) => t,
-            // An unreachable bucket is worth retrying; a malformed setting is not reachable
-            // here (validated when stored).
-            Err(e) => return fail(format!("staging target: {e}"), true),
-        };
+        let user = crate::staging_target::User::Job(job.id.clone());
+        let target =
+            match crate::staging_target::connector(&staging, &self.handle, &self.fleet, user) {
+                Ok(t) => t,
+                // An unreachable bucket is worth retrying; a malformed setting is not reachable
+                // here (validated when stored).
+                Err(e) => return fail(format!("staging target: {e}"), true),
+            };
         let mut run = RunCtx::new(self, &job, target.as_ref(), progress, cancel);
         match src.kind {
             SourceKind::Vsphere => run_vsphere::run(&mut run, &src),

@@ -8,16 +8,14 @@
 //!   equals `qemu-img convert -O raw` of the source piped through `sha256sum`), and
 //! - the SHA-256 of the exported FILE's bytes (what `sha256sum` of the download prints).
 
-use super::staging_target::{S3Access, open_s3_store};
+use super::staging_target::S3Access;
 use super::store::{StagingRecord, Store};
 use super::{Appliance, lock};
 use crate::commands::export_format_name;
 use godwit_disk::write::OutputFormat;
 use godwit_transfer::export::{IndexSource, check_sha, load_index, write_hashed};
-use godwit_transfer::replicate::Connect;
 use godwit_transfer::s3_export::{self, Upload, UploadState, UploadStateStore};
 use godwit_transfer::store::ChunkStore;
-use godwit_transfer::target::Target;
 use godwit_webui::backend::{CommandError, CommandResult, DataSpaceView, ExportFile, ExportView};
 use object_store::aws::AmazonS3;
 use sha2::{Digest, Sha256};
@@ -45,7 +43,12 @@ pub struct ExportRun<'a> {
     /// Counts the content bytes read (issue 18: the page's progress); its total is set to the
     /// replica's allocated data once the index is loaded.
     pub meter: Option<Arc<godwit_disk::progress::Meter>>,
+    /// The service's staging servers (issue 21); `None`: a fresh one.
+    pub fleet: Option<Arc<super::staging_target::Fleet>>,
 }
+
+/// Tries per chunk an export makes through the staging servers after a network fault.
+const EXPORT_RECONNECT_ATTEMPTS: u32 = 10;
 
 /// An S3 export's upload state, kept in the store under the export's id.
 struct StoredState<'a> {
@@ -87,28 +90,21 @@ pub fn run(
     ctl: &ExportRun,
 ) -> Result<Exported, String> {
     let format = OutputFormat::parse(format, None).map_err(|e| e.to_string())?;
-    let store: Arc<dyn ChunkStore> = match staging {
-        StagingRecord::Server {
-            address,
-            fingerprint,
-            token,
-        } => {
-            let t = Target::parse(
-                &format!("staging://{address}"),
-                Some(fingerprint),
-                Some(token.clone()),
-            )
-            .map_err(|e| e.to_string())?;
-            handle
-                .block_on(t.connect())
-                .map_err(|e| format!("staging server {address}: {e}"))?
-        }
-        StagingRecord::S3 { .. } => handle.block_on(open_s3_store(staging))?,
-    };
+    // Staging servers (issue 21): a server that goes down mid-way is replaced by another of
+    // the store (`with_reconnect` below).
+    let user = super::staging_target::User::Export(ctl.id.to_string());
+    let fleet = ctl.fleet.clone().unwrap_or_default();
+    let target = super::staging_target::connector(staging, handle, &fleet, user)?;
+    let store: Arc<dyn ChunkStore> = handle
+        .block_on(target.connect())
+        .map_err(|e| format!("staging target: {e}"))?;
     let index = handle
         .block_on(load_index(&*store, vm, disk, None))
         .map_err(|e| e.to_string())?;
     let mut src = IndexSource::new(index, store, handle.clone());
+    if matches!(staging, StagingRecord::Server { .. }) {
+        src = src.with_reconnect(target, EXPORT_RECONNECT_ATTEMPTS);
+    }
     if let Some(m) = &ctl.meter {
         m.set_total(src.data_bytes());
         src = src.with_meter(m.clone());
@@ -346,6 +342,8 @@ impl Appliance {
         let meters = self.export_meters.clone();
         let meter = Arc::new(godwit_disk::progress::Meter::pending());
         lock(&meters).insert(view.id.clone(), meter.clone());
+        let fleet = self.engine.fleet().clone();
+        let fleet_end = fleet.clone();
         let mut done = view;
         tokio::spawn(async move {
             let (h2, s2, st2, f2) = (handle.clone(), store.clone(), staging.clone(), flag.clone());
@@ -359,6 +357,7 @@ impl Appliance {
                     store: &s2,
                     cancelled: &cancelled,
                     meter: Some(meter.clone()),
+                    fleet: Some(fleet.clone()),
                 };
                 let r = run(&st2, &vm, disk, format, &dest, file, &h2, &ctl);
                 if r.is_err() {
@@ -413,6 +412,9 @@ impl Appliance {
                     done.error = Some(crate::errors::classify_export(&e));
                 }
             }
+            // Issue 21: the staging server it read through last, kept with the record.
+            done.staging_target =
+                fleet_end.server_of(&super::staging_target::User::Export(done.id.clone()));
             if let Err(e) = store.put_export(&done) {
                 tracing::error!(error = %e, "recording an export");
             }

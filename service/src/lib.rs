@@ -347,6 +347,11 @@ impl Appliance {
                 time::now(),
                 time::rfc3339,
             ),
+            // Issue 21: the staging server of the current or last run.
+            staging_target: self
+                .engine
+                .fleet()
+                .server_of(&staging_target::User::Job(j.id.clone())),
         }
     }
 
@@ -356,14 +361,18 @@ impl Appliance {
             network_status: s.network_status.clone(),
             staging: match &s.staging {
                 None => StagingView::None,
-                Some(StagingRecord::Server {
-                    address,
-                    fingerprint,
-                    ..
-                }) => StagingView::Server {
-                    address: address.clone(),
-                    fingerprint: godwit_webui::validate::Fingerprint::display(fingerprint),
-                },
+                // Several servers (issue 21): the first here; all of them with their state in
+                // `GET /api/v1/settings/staging/servers`.
+                Some(StagingRecord::Server { servers, .. }) => {
+                    servers
+                        .first()
+                        .map_or(StagingView::None, |s| StagingView::Server {
+                            address: s.address.clone(),
+                            fingerprint: godwit_webui::validate::Fingerprint::display(
+                                &s.fingerprint,
+                            ),
+                        })
+                }
                 Some(StagingRecord::S3 {
                     endpoint,
                     region,
@@ -697,6 +706,11 @@ impl Backend for Appliance {
                 e.eta_seconds = p.eta_secs;
             }
         }
+        // Issue 21: the staging server each export reads through (or read through last).
+        let fleet = self.engine.fleet();
+        for e in all.iter_mut().filter(|e| e.staging_target.is_none()) {
+            e.staging_target = fleet.server_of(&staging_target::User::Export(e.id.clone()));
+        }
         all
     }
 
@@ -755,5 +769,21 @@ impl Backend for Appliance {
             });
         }
         Ok(self.engine.job_throughput(&id))
+    }
+    // staging servers (issue 21)
+    async fn staging_servers(&self) -> Vec<StagingServerView> {
+        self.list_staging_servers().await
+    }
+    async fn probe_staging_server(
+        &self,
+        cmd: ProbeStagingServer,
+    ) -> CommandResult<CertificateView> {
+        self.probe_staging(cmd).await
+    }
+    async fn add_staging_server(&self, cmd: AddStagingServer) -> CommandResult<StagingServerView> {
+        self.add_staging(cmd).await
+    }
+    async fn remove_staging_server(&self, address: String) -> CommandResult<()> {
+        self.remove_staging(address).await
     }
 }

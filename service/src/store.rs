@@ -30,12 +30,28 @@ pub const MAX_EVENTS_PER_JOB: u64 = 500;
 /// Default number of transfers run at once (K).
 pub const DEFAULT_MAX_CONCURRENT_JOBS: u32 = 2;
 
+// --- Staging servers (issue 21): several servers of one store -------------------------------
+
+/// One staging server of the store: where it listens and the certificate the operator approved
+/// for it (each server is pinned on its own).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StagingServer {
+    /// `host:port`
+    pub address: String,
+    /// `SHA256:<hex>` the operator approved.
+    pub fingerprint: String,
+}
+
+/// The staging target. `Server` lists the staging servers of ONE store (never empty) and the
+/// one connector token they all take (tokens are kept in the store, so every server of the
+/// store accepts the same token: docs/store-format.md). A record stored before several servers
+/// were possible (`{"kind":"server","address":..,"fingerprint":..,"token":..}`) reads as a list
+/// of one ([`StoredStaging`]).
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", from = "StoredStaging")]
 pub enum StagingRecord {
     Server {
-        address: String,
-        fingerprint: String,
+        servers: Vec<StagingServer>,
         token: String,
     },
     S3 {
@@ -47,6 +63,73 @@ pub enum StagingRecord {
         secret_access_key: String,
     },
 }
+
+/// What a stored staging record may look like: today's, or one server's from before issue 21.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum StoredStaging {
+    Server {
+        #[serde(default)]
+        servers: Vec<StagingServer>,
+        /// Before issue 21: the one server.
+        #[serde(default)]
+        address: Option<String>,
+        #[serde(default)]
+        fingerprint: Option<String>,
+        token: String,
+    },
+    S3 {
+        endpoint: Option<String>,
+        region: String,
+        bucket: String,
+        prefix: String,
+        access_key_id: String,
+        secret_access_key: String,
+    },
+}
+
+impl From<StoredStaging> for StagingRecord {
+    fn from(s: StoredStaging) -> StagingRecord {
+        match s {
+            StoredStaging::Server {
+                mut servers,
+                address,
+                fingerprint,
+                token,
+            } => {
+                if let (Some(address), Some(fingerprint)) = (address, fingerprint)
+                    && !servers.iter().any(|x| x.address == address)
+                {
+                    servers.insert(
+                        0,
+                        StagingServer {
+                            address,
+                            fingerprint,
+                        },
+                    );
+                }
+                StagingRecord::Server { servers, token }
+            }
+            StoredStaging::S3 {
+                endpoint,
+                region,
+                bucket,
+                prefix,
+                access_key_id,
+                secret_access_key,
+            } => StagingRecord::S3 {
+                endpoint,
+                region,
+                bucket,
+                prefix,
+                access_key_id,
+                secret_access_key,
+            },
+        }
+    }
+}
+
+// --- end staging servers -----------------------------------------------------------------------
 
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SourceRecord {
@@ -148,7 +231,7 @@ impl Settings {
     pub fn secrets(&self) -> Vec<String> {
         let mut v: Vec<String> = self.sources.iter().map(|s| s.password.clone()).collect();
         match &self.staging {
-            Some(StagingRecord::Server { token, .. }) => v.push(token.clone()),
+            Some(StagingRecord::Server { token, .. }) => v.push(token.clone()), // one per store
             Some(StagingRecord::S3 {
                 secret_access_key, ..
             }) => v.push(secret_access_key.clone()),
@@ -413,6 +496,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Write the settings record as given bytes (a record from an older service).
+    #[cfg(test)]
+    fn put_raw_settings_for_test(&self, bytes: &[u8]) {
+        let tx = self.begin_write().unwrap();
+        tx.open_table(CONFIG)
+            .unwrap()
+            .insert(SETTINGS_KEY, bytes)
+            .unwrap();
+        tx.commit().unwrap();
+    }
+
     pub fn jobs(&self) -> StoreResult<Vec<JobRecord>> {
         let mut v: Vec<JobRecord> = self.read_all(JOBS)?;
         v.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
@@ -662,6 +756,52 @@ mod tests {
         let back: JobRecord = serde_json::from_value(old).unwrap();
         assert_eq!(back.vm_moref, None);
         assert!(!serde_json::to_string(&back).unwrap().contains("vm_moref"));
+    }
+
+    // Staging servers (issue 21).
+    #[test]
+    fn an_old_one_server_staging_record_reads_as_a_list_of_one() {
+        let fp = format!("SHA256:{}", "AB".repeat(32));
+        let old = format!(
+            r#"{{"kind":"server","address":"stage.example:1500","fingerprint":"{fp}","token":"tok-1"}}"#
+        );
+        let rec: StagingRecord = serde_json::from_str(&old).unwrap();
+        let one = StagingServer {
+            address: "stage.example:1500".into(),
+            fingerprint: fp.clone(),
+        };
+        assert!(
+            rec == StagingRecord::Server {
+                servers: vec![one.clone()],
+                token: "tok-1".into()
+            }
+        );
+        // Written back in today's shape, and read again unchanged.
+        let text = serde_json::to_string(&rec).unwrap();
+        assert!(
+            text.contains(r#""servers":[{"address":"stage.example:1500""#),
+            "{text}"
+        );
+        assert!(serde_json::from_str::<StagingRecord>(&text).unwrap() == rec);
+        // Through the store, as a whole settings record written by an older service.
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("g.redb")).unwrap();
+        let mut settings = serde_json::to_value(Settings::default()).unwrap();
+        settings["staging"] = serde_json::from_str(&old).unwrap();
+        s.put_raw_settings_for_test(&serde_json::to_vec(&settings).unwrap());
+        let back = s.settings().unwrap().staging.unwrap();
+        assert!(back == rec);
+        // An S3 record is unchanged by the conversion.
+        let s3 = StagingRecord::S3 {
+            endpoint: None,
+            region: "r".into(),
+            bucket: "b".into(),
+            prefix: "p".into(),
+            access_key_id: "k".into(),
+            secret_access_key: "s".into(),
+        };
+        let t = serde_json::to_string(&s3).unwrap();
+        assert!(serde_json::from_str::<StagingRecord>(&t).unwrap() == s3);
     }
 
     #[test]

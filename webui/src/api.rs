@@ -95,7 +95,59 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
         // replication view (issue #18)
         .get("/api/v1/jobs/{id}/throughput", job_throughput::<B>)
         .merge(operator_routes::<B>())
+        .merge(staging_server_routes::<B>())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Staging servers (issue 21): several servers of one store, each pinned on approval.
+// ---------------------------------------------------------------------------------------------
+
+fn staging_server_routes<B: Backend>() -> Routes<AppState<B>> {
+    Routes::new()
+        .get("/api/v1/settings/staging/servers", staging_servers::<B>)
+        .post("/api/v1/settings/staging/servers", add_staging_server::<B>)
+        .post(
+            "/api/v1/settings/staging/servers/probe",
+            probe_staging_server::<B>,
+        )
+        .delete(
+            "/api/v1/settings/staging/servers/{address}",
+            remove_staging_server::<B>,
+        )
+}
+
+async fn staging_servers<B: Backend>(
+    State(st): St<B>,
+) -> Json<Vec<crate::backend::StagingServerView>> {
+    Json(st.backend.staging_servers().await)
+}
+
+async fn probe_staging_server<B: Backend>(
+    State(st): St<B>,
+    JsonBody(cmd): JsonBody<crate::backend::ProbeStagingServer>,
+) -> ApiResult<Json<CertificateView>> {
+    Ok(Json(st.backend.probe_staging_server(cmd).await?))
+}
+
+async fn add_staging_server<B: Backend>(
+    State(st): St<B>,
+    JsonBody(cmd): JsonBody<crate::backend::AddStagingServer>,
+) -> ApiResult<(StatusCode, Json<crate::backend::StagingServerView>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(st.backend.add_staging_server(cmd).await?),
+    ))
+}
+
+/// `{address}` is `host:port`, percent-encoded where it must be (`%5B::1%5D:1500`).
+async fn remove_staging_server<B: Backend>(
+    State(st): St<B>,
+    Path(address): Path<String>,
+) -> ApiResult<StatusCode> {
+    no_content(st.backend.remove_staging_server(address).await)
+}
+
+// --- end staging servers ---------------------------------------------------------------------
 
 // ---------------------------------------------------------------------------------------------
 // Operator pages (issue 18): bulk jobs, last checks, transfer settings, source credentials.

@@ -516,6 +516,10 @@ pub struct JobView {
     /// The replication view (issue #18): lifecycle state, ETA, lag, disks, phases, typed error.
     #[serde(flatten)]
     pub replication: ReplicationView,
+    /// Issue 21: the staging server (`host:port`) the current or last run went through since
+    /// the service started; `null` for an S3 target or before a run.
+    #[serde(default)]
+    pub staging_target: Option<String>,
 }
 
 /// One entry of a job's timeline (history).
@@ -614,7 +618,49 @@ pub struct ExportView {
     pub started_at: Option<String>,
     #[serde(default)]
     pub finished_at: Option<String>,
+    /// Issue 21: the staging server (`host:port`) the export reads through (the last one, once
+    /// ended); `null` for an S3 target.
+    #[serde(default)]
+    pub staging_target: Option<String>,
 }
+
+// --- Staging servers (issue 21): several servers of one store ---------------------------------
+
+/// One staging server of the store with its state as the service last saw it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StagingServerView {
+    /// `host:port`
+    pub address: String,
+    /// The approved certificate, `SHA256:AB:CD:…`
+    pub fingerprint: String,
+    /// Whether it answered and took the token at the last attempt (`null`: not tried yet).
+    pub reachable: Option<bool>,
+    /// What went wrong at the last attempt, if it failed.
+    pub last_error: Option<String>,
+    /// RFC 3339: the last connection a run or an export made through it.
+    pub last_used: Option<String>,
+    /// RFC 3339: the last attempt (a use or a check).
+    pub last_checked: Option<String>,
+    /// Runs and exports going through it now.
+    pub in_use: u32,
+}
+
+/// Step one of adding a staging server: connect, show its certificate, trust nothing yet.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProbeStagingServer {
+    /// `host` or `host:port` (1500 by default)
+    pub address: String,
+}
+
+/// Step two: the operator approved `approved_fingerprint`; the server must answer with that
+/// certificate and take the stored token before it is added.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AddStagingServer {
+    pub address: String,
+    pub approved_fingerprint: String,
+}
+
+// --- end staging servers -----------------------------------------------------------------------
 
 /// A finished local export's file, opened for a download.
 #[derive(Debug)]
@@ -1174,4 +1220,26 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         id: String,
     ) -> impl Future<Output = CommandResult<Vec<ThroughputSample>>> + Send;
+
+    // staging servers (issue 21)
+    /// The staging servers of the store, each checked now (a few seconds at most); empty when
+    /// the staging target is an S3 bucket or not set.
+    fn staging_servers(&self) -> impl Future<Output = Vec<StagingServerView>> + Send;
+    /// Connect to a would-be staging server and describe its certificate, trusting nothing.
+    fn probe_staging_server(
+        &self,
+        cmd: ProbeStagingServer,
+    ) -> impl Future<Output = CommandResult<CertificateView>> + Send;
+    /// Add a server of the same store (Conflict unless the target is staging servers, or when
+    /// it is listed already; Remote when it does not answer with the approved certificate or
+    /// refuses the token).
+    fn add_staging_server(
+        &self,
+        cmd: AddStagingServer,
+    ) -> impl Future<Output = CommandResult<StagingServerView>> + Send;
+    /// Remove a server (NotFound when not listed, Conflict for the last one).
+    fn remove_staging_server(
+        &self,
+        address: String,
+    ) -> impl Future<Output = CommandResult<()>> + Send;
 }

@@ -48,6 +48,7 @@
     set(root, "error", job.error ? job.error.message : (job.last_error || ""));
     set(root, "last_sync", job.last_sync || "never");
     set(root, "next_run", job.next_run || "—");
+    set(root, "staging_target", job.staging_target || "—"); // issue 21
     showReplication(root, job);
   }
 

@@ -38,14 +38,11 @@ impl Appliance {
             }
         }
         match &s.staging {
-            Some(StagingRecord::Server {
-                address,
-                fingerprint,
-                ..
-            }) => {
-                cs.staging = Some(nc::HostSettings {
-                    host: address.clone(),
-                    fingerprint: Some(fingerprint.clone()),
+            // Several staging servers (issue 21): the checks reach the first.
+            Some(StagingRecord::Server { servers, .. }) => {
+                cs.staging = servers.first().map(|s| nc::HostSettings {
+                    host: s.address.clone(),
+                    fingerprint: Some(s.fingerprint.clone()),
                 });
             }
             Some(StagingRecord::S3 {

@@ -65,6 +65,7 @@ impl Appliance {
             eta_seconds: None,
             started_at: Some(crate::time::rfc3339(crate::time::now())),
             finished_at: None,
+            staging_target: None, // issue 21
         };
         if let Err(e) = self.store.put_export(&view) {
             if file.is_some() {

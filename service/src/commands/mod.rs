@@ -9,6 +9,7 @@ mod jobs;
 mod oppages;
 mod setup;
 mod sources;
+mod staging_servers; // issue 21
 
 pub(crate) use exports::export_format_name;
 pub(crate) use oppages::limit_now;

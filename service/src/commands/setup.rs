@@ -119,9 +119,12 @@ impl Appliance {
                     }
                     Ok(Ok(_store)) => {}
                 }
+                // The wizard's one server; more are added on the settings page (issue 21).
                 StagingRecord::Server {
-                    address: addr,
-                    fingerprint: fp,
+                    servers: vec![crate::store::StagingServer {
+                        address: addr,
+                        fingerprint: fp,
+                    }],
                     token,
                 }
             }

@@ -90,6 +90,8 @@ pub(crate) struct JobRow {
     pub last_sync: String,
     /// Lifecycle state, ETA, lag, disks, phases, typed error (issue #18).
     pub repl: super::job::ReplRow,
+    /// Issue 21: the staging server of the current or last run (`—` when none).
+    pub staging_target: String,
 }
 
 /// Whether a run is active in this state.
@@ -142,6 +144,7 @@ impl JobRow {
             next_run: j.next_run.unwrap_or_else(|| "—".into()),
             last_sync: j.last_sync.unwrap_or_else(|| "never".into()),
             repl,
+            staging_target: j.staging_target.unwrap_or_else(|| "—".into()),
         }
     }
 }

@@ -11,6 +11,7 @@ mod wizard;
 // replication view (issue #18)
 mod chart;
 mod job;
+mod staging_servers; // issue 21
 
 use crate::{
     AppState,
@@ -33,6 +34,7 @@ pub(crate) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .merge(inventory::routes::<B>())
         .merge(settings::routes::<B>())
         .merge(job::routes::<B>())
+        .merge(staging_servers::routes::<B>()) // issue 21
 }
 
 /// What every page's frame needs.

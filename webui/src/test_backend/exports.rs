@@ -105,6 +105,7 @@ pub(super) fn finished(
         eta_seconds: None,
         started_at: None,
         finished_at: None,
+        staging_target: None, // issue 21
     };
     s.exports.push(view.clone());
     Ok(view)

@@ -8,6 +8,7 @@
 
 mod exports;
 mod oppages;
+mod staging;
 mod views;
 
 pub use exports::{EXPORT_FILE_BYTES, EXPORTS_DIR, export_bytes};
@@ -41,6 +42,8 @@ struct State {
     password: Option<String>,
     network: Option<NetworkSettings>,
     staging: Option<StagingView>,
+    /// Staging servers added after the first (issue 21): address, fingerprint.
+    staging_servers: Vec<(String, String)>,
     sources: Vec<SourceView>,
     wizard_done: bool,
     /// The uploaded certificate's PEM, once one was installed.
@@ -861,5 +864,21 @@ impl Backend for TestBackend {
             });
         }
         Ok(self.throughput().await)
+    }
+    // staging servers (issue 21)
+    async fn staging_servers(&self) -> Vec<StagingServerView> {
+        Self::staging_server_views(&self.lock())
+    }
+    async fn probe_staging_server(
+        &self,
+        cmd: ProbeStagingServer,
+    ) -> CommandResult<CertificateView> {
+        Self::probe_staging(&cmd)
+    }
+    async fn add_staging_server(&self, cmd: AddStagingServer) -> CommandResult<StagingServerView> {
+        Self::put_staging_server(&mut self.lock(), cmd)
+    }
+    async fn remove_staging_server(&self, address: String) -> CommandResult<()> {
+        Self::drop_staging_server(&mut self.lock(), &address)
     }
 }

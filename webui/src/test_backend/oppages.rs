@@ -86,6 +86,7 @@ impl TestBackend {
             eta_seconds: None,
             started_at: Some(now_rfc3339()),
             finished_at: None,
+            staging_target: None, // issue 21
         };
         s.exports.push(view.clone());
         s.running_exports.push(RunningExport {

@@ -114,6 +114,8 @@ impl TestBackend {
             last_sync: finished.then(now_rfc3339),
             source_name: j.source_name.clone(),
             replication: test_replication(state, done, secs, finished),
+            // Issue 21: the server of the wizard's staging target.
+            staging_target: j.started.map(|_| "192.0.2.20:1500".to_string()),
         }
     }
 
