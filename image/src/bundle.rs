@@ -187,6 +187,54 @@ pub fn read_header(r: &mut dyn Read, public_key: &[u8; 32]) -> Result<Header> {
     Ok(header)
 }
 
+/// The most bytes a bundle can have: magic, header length, the largest header, the signature
+/// and one file of at most [`MAX_FILE`] per slot file.
+pub const MAX_BUNDLE: u64 = 8 + 4 + 64 * 1024 + 64 + MAX_FILE * 2;
+const _: () = assert!(MAX_HEADER == 64 * 1024 && SLOT_FILES.len() == 2);
+
+/// Verify a whole bundle without writing anything: the signed header, each file's SHA-256
+/// (streamed) and no trailing bytes. What `verify_and_extract` checks, for an upload that is
+/// only to be accepted or refused before anything is installed.
+pub fn verify(r: &mut dyn Read, public_key: &[u8; 32]) -> Result<Header> {
+    let header = read_header(r, public_key)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for f in &header.files {
+        let mut ctx = Context::new(&SHA256);
+        let mut left = f.size;
+        while left > 0 {
+            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            read_exact(
+                r,
+                &mut buf[..want],
+                &format!("{} (bundle truncated)", f.name),
+            )?;
+            ctx.update(&buf[..want]);
+            left -= want as u64;
+        }
+        let got = hex::encode(ctx.finish().as_ref());
+        if got != f.sha256 {
+            return Err(Error::invalid(
+                "bundle",
+                format!(
+                    "{}: SHA-256 is {got}, the signed header says {}",
+                    f.name, f.sha256
+                ),
+            ));
+        }
+    }
+    let mut extra = [0u8; 1];
+    if r.read(&mut extra)
+        .map_err(|e| Error::invalid("bundle", e.to_string()))?
+        != 0
+    {
+        return Err(Error::invalid(
+            "bundle",
+            "trailing bytes after the last file",
+        ));
+    }
+    Ok(header)
+}
+
 /// Verify a whole bundle and extract its files into `dest` (which must exist). Each file is
 /// streamed to `NAME.partial` while hashed and renamed only when its SHA-256 matches; on
 /// any failure every file written is removed. Trailing bytes are refused.
@@ -334,6 +382,35 @@ mod tests {
             .to_string();
         assert!(e.contains("trailing"), "{e}");
         assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+    }
+
+    /// `verify` accepts what `verify_and_extract` accepts and refuses the same tampering,
+    /// writing nothing.
+    #[test]
+    fn verify_without_extracting() {
+        let t = tempfile::tempdir().unwrap();
+        let key = generate_key().unwrap();
+        let pk = public_key(&key).unwrap();
+        let b = make(t.path(), &key);
+        let h = verify(&mut b.as_slice(), &pk).unwrap();
+        assert_eq!(h.version, "9.9.9");
+        let mut bad = b.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let e = verify(&mut bad.as_slice(), &pk).unwrap_err().to_string();
+        assert!(e.contains("initrd.img: SHA-256"), "{e}");
+        let other = public_key(&generate_key().unwrap()).unwrap();
+        let e = verify(&mut b.as_slice(), &other).unwrap_err().to_string();
+        assert!(e.contains("signature does not verify"), "{e}");
+        let e = verify(&mut &b[..b.len() - 10], &pk)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncated"), "{e}");
+        let mut long = b.clone();
+        long.push(0);
+        let e = verify(&mut long.as_slice(), &pk).unwrap_err().to_string();
+        assert!(e.contains("trailing"), "{e}");
+        assert!(u64::try_from(b.len()).unwrap() < MAX_BUNDLE);
     }
 
     #[test]

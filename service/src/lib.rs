@@ -33,6 +33,7 @@ pub mod store;
 pub mod time;
 pub mod tls;
 pub mod tls_upload;
+pub mod update_upload;
 
 use engine::{Engine, EngineOptions};
 use godwit_webui::backend::*;
@@ -60,6 +61,10 @@ pub struct ApplianceConfig {
     pub system: Option<Arc<dyn host_network::ApplyNetwork>>,
     /// Where local exports are written (`--exports-dir`; default `DATA/exports`).
     pub exports_dir: Option<PathBuf>,
+    /// Update bundle upload (issue 18): the public key bundles must be signed with
+    /// (`--update-key`), and what installs a verified one (the appliance only).
+    pub update_key: Option<PathBuf>,
+    pub update: Option<Arc<dyn update_upload::InstallUpdate>>,
 }
 
 impl ApplianceConfig {
@@ -93,6 +98,8 @@ pub struct Appliance {
     hashes: auth::HashPool,
     /// Whether the setup wizard is finished (the console banner follows it).
     setup_done: tokio::sync::watch::Sender<bool>,
+    /// Update bundle upload (issue 18).
+    updates: update_upload::Updates,
 }
 
 /// Lock a mutex, taking over one a panicking thread left poisoned (the data is plain).
@@ -172,6 +179,7 @@ impl Appliance {
             handle.clone(),
             cfg.engine.clone(),
         );
+        let (update_key, update_installer) = (cfg.update_key.clone(), cfg.update.clone());
         Ok(Arc::new(Appliance {
             store,
             engine,
@@ -187,6 +195,7 @@ impl Appliance {
             ingest: std::sync::OnceLock::new(),
             hashes: auth::HashPool::default(),
             setup_done,
+            updates: update_upload::Updates::new(update_key, update_installer),
         }))
     }
 
@@ -760,6 +769,18 @@ impl Backend for Appliance {
         cmd: SetSourceCredentials,
     ) -> CommandResult<SourceView> {
         self.put_credentials(id, cmd).await
+    }
+    // CBT per source (issue 18, settings)
+    async fn set_source_cbt(&self, id: String, cmd: SetSourceCbt) -> CommandResult<SourceView> {
+        self.put_source_cbt(&id, cmd)
+    }
+    // Update bundle upload (issue 18, settings)
+    async fn upload_update(
+        &self,
+        body: axum::body::Body,
+        declared: Option<u64>,
+    ) -> CommandResult<UpdateView> {
+        self.receive_update(body, declared).await
     }
     // replication view (issue #18)
     async fn job_throughput(&self, id: String) -> CommandResult<Vec<ThroughputSample>> {

@@ -307,6 +307,8 @@ mod tests {
             system_network: Some(file.clone()),
             system: None,
             exports_dir: None,
+            update_key: None,
+            update: None,
         };
         let a =
             Appliance::open(cfg, LogRing::default(), tokio::runtime::Handle::current()).unwrap();

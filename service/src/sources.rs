@@ -310,6 +310,7 @@ mod tests {
             password: "p".into(),
             fingerprint: fp(1),
             host_port: None,
+            cbt: None,
             host_pins: vec![
                 HostPin {
                     host: "esx1.lab".into(),

@@ -147,6 +147,10 @@ pub struct SourceRecord {
     /// SCVMM: the hosts whose certificate the operator approved (trust on approval).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_pins: Vec<HostPin>,
+    /// vSphere: changed block tracking for this source's jobs (issue 18); `None` = the
+    /// service's default (on, unless `godwit serve --no-cbt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cbt: Option<bool>,
 }
 
 /// One approved Hyper-V host certificate of an SCVMM source.
@@ -177,6 +181,7 @@ impl SourceRecord {
                 })
                 .collect(),
             name: godwit_webui::backend::source_name(&self.address),
+            cbt: self.cbt.unwrap_or(true),
         }
     }
 }

@@ -222,6 +222,42 @@ async function main() {
     if (user !== "migration@vsphere.local") fail(`the source's user is ${user}`);
     await shot(page, "settings-credentials-saved");
 
+    // 4b. CBT per source: switched off and on again from the sources list.
+    const cbtText = async () => (await page.locator('form.cbt [data-field="cbt"]').first().textContent()).trim();
+    if ((await cbtText()) !== "on") fail(`CBT shows ${await cbtText()} before it was switched`);
+    await submit(page, page.locator("form.cbt").first(), "Turn off");
+    if ((await cbtText()) !== "off") fail(`CBT shows ${await cbtText()} after Turn off`);
+    const srcs = (await api(page, "GET", "/api/v1/settings")).body.sources;
+    if (srcs[0].cbt !== false) fail(`the API says cbt ${srcs[0].cbt} after Turn off`);
+    await shot(page, "settings-cbt-off");
+    await submit(page, page.locator("form.cbt").first(), "Turn on");
+    if ((await cbtText()) !== "on") fail(`CBT shows ${await cbtText()} after Turn on`);
+
+    // 4c. Update bundle upload: a file that is not a bundle is refused with the reason; a
+    // bundle is verified (the test double checks the magic only).
+    const fs = await import("node:fs");
+    const os = await import("node:os");
+    const path = await import("node:path");
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "godwit-upd-"));
+    const notBundle = path.join(tmp, "notes.bundle");
+    fs.writeFileSync(notBundle, "not an update");
+    const good = path.join(tmp, "good.bundle");
+    fs.writeFileSync(good, Buffer.concat([Buffer.from("GODWITUB"), Buffer.alloc(4096)]));
+    const upd = page.locator("#update-form");
+    await upd.locator("#update-bundle").setInputFiles(notBundle);
+    await upd.getByRole("button", { name: "Upload and verify" }).click();
+    await page.waitForFunction(() => document.querySelector("#update-result").textContent.startsWith("Refused"));
+    const refused = await page.locator("#update-result").textContent();
+    if (!refused.includes("bad magic")) fail(`the refused upload says: ${refused}`);
+    await shot(page, "settings-update-refused");
+    await upd.locator("#update-bundle").setInputFiles(good);
+    await upd.getByRole("button", { name: "Upload and verify" }).click();
+    await page.waitForFunction(() => document.querySelector("#update-result").textContent.startsWith("Update "));
+    const accepted = await page.locator("#update-result").textContent();
+    if (!accepted.includes("verified")) fail(`the accepted upload says: ${accepted}`);
+    await shot(page, "settings-update-verified");
+    fs.rmSync(tmp, { recursive: true, force: true });
+
     // 5. Fixed: the checks pass and the banner goes.
     const st = await api(page, "PUT", "/api/v1/settings/staging", {
       kind: "server", address: cfg.goodStaging, fingerprint: cfg.fingerprint, token: "staging-token-2",

@@ -7,7 +7,7 @@
 use crate::peers::{godwit_bin, run_ok};
 use crate::vcsim::{PASSWORD, USER, Vcsim, qemu_img, set_vm_disks};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -221,6 +221,71 @@ impl Service {
         v
     }
 
+    /// A raw-body POST as the admin (`application/octet-stream`): the status and the JSON
+    /// answer.
+    pub fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let url = format!("{}/api/v1{path}", self.url);
+        let resp = self
+            .client
+            .post(url)
+            .basic_auth(ADMIN_USER, Some(ADMIN_PASSWORD))
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = resp.status().as_u16();
+        let b = resp.bytes().map(|b| b.to_vec()).unwrap_or_default();
+        (status, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    /// A POST that declares a `Content-Length` of `declared` bytes but sends only the headers
+    /// and up to 64 KiB of zeros, over a raw pinned TLS connection (an HTTP client would fail
+    /// on the early answer): the status and the JSON answer of a server that refuses it from
+    /// its declared length.
+    pub fn post_declared(&self, path: &str, declared: u64) -> (u16, Value) {
+        use std::io::Write;
+        let hostport = self.url.trim_start_matches("https://").to_string();
+        let tcp = std::net::TcpStream::connect(&hostport).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let cfg = Arc::new(pinned_tls(&self.fingerprint));
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let conn = rustls::ClientConnection::new(cfg, name).expect("tls");
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let auth = basic_b64(&format!("{ADMIN_USER}:{ADMIN_PASSWORD}"));
+        let head = format!(
+            "POST /api/v1{path} HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Basic {auth}\r\nContent-Type: application/octet-stream\r\nContent-Length: {declared}\r\nConnection: close\r\n\r\n"
+        );
+        tls.write_all(head.as_bytes()).expect("send headers");
+        let _ = tls.write_all(&vec![0u8; 64 << 10]);
+        let _ = tls.flush();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match tls.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+            if let Some(i) = find(&raw, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..i]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if len.is_some_and(|n| raw.len() >= i + 4 + n) {
+                    break;
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+        let body = find(&raw, b"\r\n\r\n").map_or(&[][..], |i| &raw[i + 4..]);
+        (status, serde_json::from_slice(body).unwrap_or(Value::Null))
+    }
+
     /// Raw bytes of a GET as the admin (bundle download, metrics).
     pub fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
         self.request(
@@ -313,25 +378,51 @@ impl Drop for Service {
 }
 
 /// A blocking client that accepts exactly the certificate with this fingerprint.
-pub fn pinned_client(fp: &str, cookies: bool) -> reqwest::blocking::Client {
+/// The rustls client configuration that accepts exactly the certificate with this fingerprint.
+pub fn pinned_tls(fp: &str) -> rustls::ClientConfig {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let pin = godwit_vmware::trust::Fingerprint::parse(fp).expect("fingerprint");
     let seen = Arc::new(Mutex::new(None));
     let verifier = Arc::new(godwit_vmware::trust::PinnedVerifier::new(vec![pin], seen));
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("tls versions")
-    .dangerous()
-    .with_custom_certificate_verifier(verifier)
-    .with_no_client_auth();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth()
+}
+
+pub fn pinned_client(fp: &str, cookies: bool) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
-        .tls_backend_preconfigured(tls)
+        .tls_backend_preconfigured(pinned_tls(fp))
         .cookie_store(cookies)
         .timeout(Duration::from_secs(120))
         .build()
         .expect("client")
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Base64 (standard alphabet, padded) of an HTTP Basic `user:password`.
+fn basic_b64(s: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in s.as_bytes().chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(char::from(
+                    A[usize::try_from((n >> (18 - 6 * i)) & 63).unwrap_or(0)],
+                ));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Resident memory of a process, KiB.

@@ -68,6 +68,9 @@ pub struct VcsimOptions<'a> {
     /// vcsim's Model.Machine: VMs per standalone host and per cluster resource pool (the
     /// default model has one of each, so 2N VMs).
     pub vms_per_pool: Option<u32>,
+    /// The only `user:password` vcsim accepts (default [`USER`]:[`PASSWORD`]): a restart with
+    /// another one looks like a password changed on the vCenter.
+    pub cred: Option<&'a str>,
 }
 
 impl Vcsim {
@@ -111,7 +114,10 @@ impl Vcsim {
         if let Some(t) = o.session_idle_timeout {
             cmd.arg(format!("-session-idle-timeout={}ms", t.as_millis()));
         }
-        cmd.arg(format!("-cred={USER}:{PASSWORD}"))
+        let cred = o
+            .cred
+            .map_or_else(|| format!("{USER}:{PASSWORD}"), str::to_string);
+        cmd.arg(format!("-cred={cred}"))
             .arg(format!("-cert-out={}", cert.display()))
             .env("TMPDIR", dir.path())
             .stdin(Stdio::piped())

@@ -163,6 +163,8 @@ fn operator_routes<B: Backend>() -> Routes<AppState<B>> {
             "/api/v1/sources/{id}/credentials",
             set_source_credentials::<B>,
         )
+        .put("/api/v1/sources/{id}/cbt", set_source_cbt::<B>)
+        .post("/api/v1/update", upload_update::<B>)
 }
 
 /// One job per VM with one schedule: 200 with every VM's outcome (created or refused, with the
@@ -202,6 +204,29 @@ async fn set_source_credentials<B: Backend>(
     JsonBody(cmd): JsonBody<crate::backend::SetSourceCredentials>,
 ) -> ApiResult<Json<SourceView>> {
     Ok(Json(st.backend.set_source_credentials(id, cmd).await?))
+}
+
+/// An update bundle as the raw request body (streamed by the backend, which caps its size and
+/// verifies it before anything is installed).
+async fn upload_update<B: Backend>(
+    State(st): St<B>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<Json<crate::backend::UpdateView>> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Ok(Json(st.backend.upload_update(body, declared).await?))
+}
+
+/// Changed block tracking on or off for one source (`{"enabled": bool}`).
+async fn set_source_cbt<B: Backend>(
+    State(st): St<B>,
+    Path(id): Path<String>,
+    JsonBody(cmd): JsonBody<crate::backend::SetSourceCbt>,
+) -> ApiResult<Json<SourceView>> {
+    Ok(Json(st.backend.set_source_cbt(id, cmd).await?))
 }
 
 /// Every error answer under `/api/` and `/metrics` is JSON in the documented shape (`{"kind",

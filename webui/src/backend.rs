@@ -287,6 +287,36 @@ pub struct SourceView {
     /// part of `address`), shown instead of `id` (issue 18).
     #[serde(default)]
     pub name: String,
+    /// Changed block tracking for this source's jobs (issue 18, settings): on, each run reads
+    /// only what changed since the last one (vSphere CBT, Hyper-V RCT); off, every run reads
+    /// every disk whole.
+    #[serde(default = "cbt_on")]
+    pub cbt: bool,
+}
+
+fn cbt_on() -> bool {
+    true
+}
+
+/// Turn changed block tracking on or off for one source's jobs (from their next run).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SetSourceCbt {
+    pub enabled: bool,
+}
+
+/// An update bundle received by `POST /api/v1/update` (issue 18): verified (the signed header
+/// against the update key and every file's SHA-256) before anything is installed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpdateView {
+    pub version: String,
+    /// Bytes received.
+    pub bytes: u64,
+    /// The slot files it carries.
+    pub files: Vec<String>,
+    /// Installed into the inactive system slot (the appliance only; the next boot tries it).
+    pub installed: bool,
+    /// What was done, in words.
+    pub message: String,
 }
 
 /// A Hyper-V host of an SCVMM source and the certificate fingerprint approved for it.
@@ -1213,6 +1243,19 @@ pub trait Backend: Send + Sync + 'static {
         id: String,
         cmd: SetSourceCredentials,
     ) -> impl Future<Output = CommandResult<SourceView>> + Send;
+    /// Changed block tracking on or off for a source's jobs, from their next run (issue 18).
+    fn set_source_cbt(
+        &self,
+        id: String,
+        cmd: SetSourceCbt,
+    ) -> impl Future<Output = CommandResult<SourceView>> + Send;
+    /// Receive an update bundle (streamed; `declared` is its Content-Length), verify it and,
+    /// on the appliance only, install it (issue 18).
+    fn upload_update(
+        &self,
+        body: axum::body::Body,
+        declared: Option<u64>,
+    ) -> impl Future<Output = CommandResult<UpdateView>> + Send;
 
     // replication view (issue #18)
     /// Recent throughput samples of one job (NotFound for an unknown id).

@@ -300,6 +300,39 @@
       update();
     }
 
+    // Update bundle upload (issue 18, settings): the file as the raw body of POST
+    // /api/v1/update with the page's CSRF token; the answer (or the refusal) shown below.
+    for (const form of document.querySelectorAll("form[data-upload]")) {
+      form.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        const out = form.querySelector('[role="status"]');
+        const file = form.querySelector('input[type="file"]').files[0];
+        const token = form.querySelector('input[name="csrf"]');
+        if (!file) return;
+        out.className = "";
+        out.textContent = "Uploading " + units(file.size) + "…";
+        try {
+          const r = await fetch(form.dataset.upload, {
+            method: "POST", credentials: "same-origin", body: file,
+            headers: { "content-type": "application/octet-stream", "x-csrf-token": token ? token.value : "",
+                       Accept: "application/json" },
+          });
+          const body = await r.json().catch(() => ({}));
+          if (r.ok) {
+            out.className = "ok";
+            out.textContent = "Update " + body.version + " (" + units(body.bytes) + "): " + body.message;
+          } else {
+            const why = body.fields ? body.fields.map((f) => f.message).join("; ") : (body.message || r.statusText);
+            out.className = "error";
+            out.textContent = "Refused: " + why;
+          }
+        } catch (e) {
+          out.className = "error";
+          out.textContent = "The upload failed: " + e;
+        }
+      });
+    }
+
     // Ask before destructive actions.
     for (const form of document.querySelectorAll("form[data-confirm]")) {
       form.addEventListener("submit", (ev) => {

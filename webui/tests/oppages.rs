@@ -467,3 +467,45 @@ fn source_names_are_the_host_of_the_address() {
     assert_eq!(source_name("[2001:db8::1]:443"), "2001:db8::1");
     assert_eq!(source_name("2001:db8::1"), "2001:db8::1");
 }
+
+/// CBT per source (issue 18, settings): the sources list shows it and switches it; the API
+/// answers the same; anything but on/off is refused on the field.
+#[tokio::test]
+async fn changed_block_tracking_is_switched_per_source() {
+    let mut c = logged_in(TestBackend::configured(PASSWORD)).await;
+    let page = c.get("/settings").await;
+    assert!(
+        page.body
+            .contains("Changed block tracking: <strong data-field=\"cbt\">on</strong>"),
+        "{}",
+        page.body
+    );
+    let r = form(&mut c, "/settings/sources/src-1/cbt", &[("enabled", "off")]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let s = c.get("/api/v1/settings").await.json();
+    assert_eq!(s["sources"][0]["cbt"], false, "{s}");
+    let page = c.get("/settings").await;
+    assert!(
+        page.body
+            .contains("Changed block tracking: <strong data-field=\"cbt\">off</strong>"),
+        "{}",
+        page.body
+    );
+    let r = form(
+        &mut c,
+        "/settings/sources/src-1/cbt",
+        &[("enabled", "maybe")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("must be on or off"), "{}", r.body);
+    let r = c
+        .json("PUT", "/api/v1/sources/src-1/cbt", r#"{"enabled":true}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["cbt"], true);
+    let r = c
+        .json("PUT", "/api/v1/sources/src-9/cbt", r#"{"enabled":true}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}

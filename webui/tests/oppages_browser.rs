@@ -88,6 +88,9 @@ async fn operator_pages_in_chromium() {
         "export-cancelled",
         "settings-bandwidth",
         "settings-credentials-saved",
+        "settings-cbt-off",
+        "settings-update-refused",
+        "settings-update-verified",
         "dashboard-no-banner",
     ] {
         assert!(

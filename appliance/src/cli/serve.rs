@@ -69,6 +69,12 @@ pub struct ServeArgs {
     /// under it. Default: DATA/exports (`/data/exports` on the appliance).
     #[arg(long, value_name = "DIR")]
     exports_dir: Option<PathBuf>,
+    /// The Ed25519 public key (64 hex digits, as /etc/godwit/update.pub) update bundles uploaded to
+    /// `POST /api/v1/update` must be signed with. Default on the appliance:
+    /// /etc/godwit/update.pub. Without one, uploads are refused. Bundles are installed only
+    /// on the appliance (`godwit system run`); elsewhere they are verified and reported.
+    #[arg(long, value_name = "FILE")]
+    update_key: Option<PathBuf>,
     /// TESTS ONLY: how many seconds an "hour" of a job's schedule lasts (so a periodic job's
     /// next run can be seen in seconds).
     #[arg(long, hide = true, default_value_t = 3600)]
@@ -162,6 +168,15 @@ async fn serve(
         system_network: a.system_network.clone(),
         system: Some(Arc::new(crate::system::net::SystemNet)),
         exports_dir: a.exports_dir.clone(),
+        // Update bundles (issue 18): installed only by the appliance's own service.
+        update_key: a.update_key.clone().or_else(|| {
+            let k = std::path::Path::new(crate::system::update::PUBLIC_KEY);
+            (std::path::Path::new(APPLIANCE_MARK).exists() && k.exists()).then(|| k.to_path_buf())
+        }),
+        update: a.system_network.as_ref().map(|_| {
+            Arc::new(crate::system::update::Installer)
+                as Arc<dyn godwit_service::update_upload::InstallUpdate>
+        }),
     };
     let appliance = Appliance::open(cfg, ring, tokio::runtime::Handle::current())?;
     if let Some(f) = &a.admin_password_file {

@@ -9,7 +9,7 @@ mod boot;
 mod host;
 pub mod net;
 pub mod space;
-mod update;
+pub mod update;
 
 use std::process::ExitCode;
 

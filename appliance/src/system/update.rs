@@ -9,9 +9,37 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const PUBLIC_KEY: &str = "/etc/godwit/update.pub";
+pub const PUBLIC_KEY: &str = "/etc/godwit/update.pub";
+
+/// What the appliance's service calls for a bundle uploaded and verified by
+/// `POST /api/v1/update` (issue 18): the same install as `godwit system update`, then a reboot
+/// a few seconds later (after the answer went out).
+#[derive(Debug)]
+pub struct Installer;
+
+impl godwit_service::update_upload::InstallUpdate for Installer {
+    fn install(&self, bundle: &Path) -> Result<String, String> {
+        let version = install_slot(bundle).map_err(|e| format!("{e:#}"))?;
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(5));
+            host::sh("reboot", &[]);
+        });
+        Ok(format!(
+            "update {version} installed in the inactive system slot; the appliance restarts in 5 s and tries it once (it falls back to the current system if that boot fails)"
+        ))
+    }
+}
 
 pub fn install(path: &Path, reboot: bool) -> anyhow::Result<ExitCode> {
+    install_slot(path)?;
+    if reboot {
+        host::sh("reboot", &[]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Verify and install into the inactive slot, arm one trial boot; returns the version.
+fn install_slot(path: &Path) -> anyhow::Result<String> {
     let key =
         std::fs::read_to_string(PUBLIC_KEY).with_context(|| format!("reading {PUBLIC_KEY}"))?;
     let key = bundle::parse_public_key(&key)?;
@@ -48,8 +76,5 @@ pub fn install(path: &Path, reboot: bool) -> anyhow::Result<ExitCode> {
         header.version,
         target.name()
     ));
-    if reboot {
-        host::sh("reboot", &[]);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(header.version)
 }

@@ -207,6 +207,35 @@ impl Appliance {
     }
 }
 
+impl Appliance {
+    /// Changed block tracking on or off for a vSphere source's jobs, from their next run (a
+    /// run in progress keeps what it started with). Hyper-V jobs always use RCT (their
+    /// reference checkpoint is kept between runs), so the switch is refused for them.
+    pub(crate) fn put_source_cbt(&self, id: &str, cmd: SetSourceCbt) -> CommandResult<SourceView> {
+        let mut view = None;
+        self.store.update_settings(|s| {
+            let Some(x) = s.sources.iter_mut().find(|x| x.id == id) else {
+                return Err(CommandError::NotFound {
+                    message: format!("source {id}"),
+                });
+            };
+            if x.kind != SourceKind::Vsphere {
+                return Err(CommandError::field(
+                    "enabled",
+                    "changed block tracking is switched for vSphere sources only; Hyper-V jobs always use resilient change tracking (RCT)",
+                ));
+            }
+            x.cbt = Some(cmd.enabled);
+            view = Some(x.view());
+            Ok(())
+        })?;
+        tracing::info!(source = %id, cbt = cmd.enabled, "changed block tracking setting changed");
+        view.ok_or_else(|| CommandError::NotFound {
+            message: format!("source {id}"),
+        })
+    }
+}
+
 /// The bandwidth limit in force now (bytes/s), from the transfer settings; `None` when none is
 /// set (the engine's own `--bwlimit` then applies).
 pub(crate) fn limit_now(s: &Settings) -> Option<u64> {

@@ -51,6 +51,7 @@ impl Appliance {
                 _ => None,
             },
             host_pins: Vec::new(),
+            cbt: None,
         };
         let r = record.clone();
         joined(tokio::task::spawn_blocking(move || sources::verify_login(&r)).await)?.inspect_err(

@@ -84,7 +84,7 @@ pub(super) fn run(run: &mut RunCtx<'_>, src: &SourceRecord) -> Outcome {
         Ok(s) => s,
         Err(e) => return failure(src, &e),
     };
-    let result = cycle(run, &session);
+    let result = cycle(run, &session, src);
     if let Err(e) = session.logout() {
         tracing::warn!(error = %e, "logout failed");
     }
@@ -94,6 +94,7 @@ pub(super) fn run(run: &mut RunCtx<'_>, src: &SourceRecord) -> Outcome {
 fn cycle(
     run: &mut RunCtx<'_>,
     session: &godwit_vmware::session::Session,
+    src: &SourceRecord,
 ) -> godwit_vmware::Result<()> {
     let job = run.job;
     let target = VmTarget {
@@ -120,7 +121,8 @@ fn cycle(
         vm_instance_uuid: vm.instance_uuid.clone(),
         ledger: ledger_path(run.engine, &job.id),
         change_ids: dir.join("vsphere-change-ids.json"),
-        cbt: run.engine.opts.cbt,
+        // The source's setting (issue 18), else the service's default (`--no-cbt`).
+        cbt: src.cbt.unwrap_or(run.engine.opts.cbt),
         ..CycleOptions::default()
     };
     // `job.vm` stays the name the disks are stored under in staging (exports and incrementals

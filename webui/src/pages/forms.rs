@@ -671,3 +671,24 @@ impl CertificateForm {
         }
     }
 }
+
+// CBT per source (issue 18, settings): the settings page's on/off switch.
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct CbtForm {
+    #[serde(default)]
+    pub enabled: String,
+}
+
+impl CbtForm {
+    pub(crate) fn into_command(self) -> Result<crate::backend::SetSourceCbt, FormErrors> {
+        match self.enabled.as_str() {
+            "on" => Ok(crate::backend::SetSourceCbt { enabled: true }),
+            "off" => Ok(crate::backend::SetSourceCbt { enabled: false }),
+            other => Err(FormErrors::field(
+                "enabled",
+                format!("must be on or off, not {other:?}"),
+            )),
+        }
+    }
+}

@@ -40,6 +40,7 @@ pub(super) fn routes<B: Backend>() -> Routes<AppState<B>> {
         .post("/settings/sources/{id}/hosts", approve_host::<B>)
         .post("/settings/transfer", set_transfer::<B>)
         .post("/settings/sources/{id}/credentials", set_credentials::<B>)
+        .post("/settings/sources/{id}/cbt", set_cbt::<B>)
         .post("/settings/checks", run_checks::<B>)
 }
 
@@ -380,5 +381,22 @@ async fn run_checks<B: Backend>(State(st): St<B>, session: Session) -> Response 
             let code = status_of(&e);
             render_settings(&st, &session, FormErrors::from_error(e, &[]), false, code).await
         }
+    }
+}
+
+/// Changed block tracking on or off for one source (issue 18).
+async fn set_cbt<B: Backend>(
+    State(st): St<B>,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<forms::CbtForm>,
+) -> Response {
+    match forms::submit(form.into_command(), &[], |cmd| {
+        st.backend.set_source_cbt(id, cmd)
+    })
+    .await
+    {
+        Ok(_) => see_other("/settings?saved=cbt#sources"),
+        Err((code, errors)) => render_settings(&st, &session, errors, false, code).await,
     }
 }

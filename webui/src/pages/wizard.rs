@@ -430,6 +430,9 @@ pub(crate) struct SourceRow {
     /// SCVMM: its Hyper-V hosts' certificates are approved one by one (`host_pins`).
     pub scvmm: bool,
     pub host_pins: Vec<HostPinView>,
+    /// vSphere: changed block tracking is switched per source on the settings page (issue 18).
+    pub vsphere: bool,
+    pub cbt: bool,
 }
 
 impl SourceRow {
@@ -447,6 +450,8 @@ impl SourceRow {
             fingerprint: s.fingerprint,
             scvmm: s.kind == SourceKind::Scvmm,
             host_pins: s.host_pins,
+            vsphere: s.kind == SourceKind::Vsphere,
+            cbt: s.cbt,
         }
     }
 }

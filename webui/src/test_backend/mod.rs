@@ -134,6 +134,7 @@ impl TestBackend {
                 host_port: None,
                 host_pins: Vec::new(),
                 name: "vcenter.example".into(),
+                cbt: true,
             });
             s.wizard_done = true;
             s.next_id = 2;
@@ -448,6 +449,7 @@ impl Backend for TestBackend {
             fingerprint: approved,
             host_port: cmd.host_port,
             host_pins: Vec::new(),
+            cbt: true,
         };
         s.sources.push(view.clone());
         Ok(view)
@@ -855,6 +857,41 @@ impl Backend for TestBackend {
         cmd: SetSourceCredentials,
     ) -> CommandResult<SourceView> {
         Self::put_source_credentials(&mut self.lock(), &id, cmd)
+    }
+    // Update bundle upload (issue 18, settings): the test double counts the bytes and refuses
+    // anything that does not start like a bundle; it verifies no signature.
+    async fn upload_update(
+        &self,
+        body: axum::body::Body,
+        _declared: Option<u64>,
+    ) -> CommandResult<UpdateView> {
+        let bytes = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .map_err(|e| CommandError::field("bundle", e.to_string()))?;
+        if !bytes.starts_with(b"GODWITUB") {
+            return Err(CommandError::field(
+                "bundle",
+                "refused: not a Godwit update bundle (bad magic)",
+            ));
+        }
+        Ok(UpdateView {
+            version: "test".into(),
+            bytes: bytes.len() as u64,
+            files: vec!["vmlinuz".into(), "initrd.img".into()],
+            installed: false,
+            message: "verified (test backend)".into(),
+        })
+    }
+    // CBT per source (issue 18, settings)
+    async fn set_source_cbt(&self, id: String, cmd: SetSourceCbt) -> CommandResult<SourceView> {
+        let mut s = self.lock();
+        let Some(src) = s.sources.iter_mut().find(|x| x.id == id) else {
+            return Err(CommandError::NotFound {
+                message: format!("no source {id}"),
+            });
+        };
+        src.cbt = cmd.enabled;
+        Ok(src.clone())
     }
     // replication view (issue #18)
     async fn job_throughput(&self, id: String) -> CommandResult<Vec<ThroughputSample>> {
