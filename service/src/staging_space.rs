@@ -67,19 +67,27 @@ pub fn verdict(
 /// Ask the configured staging target how much room it has left, on a connection of its own.
 pub async fn ask(staging: &StagingRecord) -> Result<Option<StoreSpace>, String> {
     match staging {
-        StagingRecord::Server {
-            address,
-            fingerprint,
-            token,
-        } => {
-            let t = godwit_transfer::target::Target::parse(
-                &format!("staging://{address}"),
-                Some(fingerprint),
-                Some(token.clone()),
-            )
-            .map_err(|e| e.to_string())?;
-            let store = t.connect().await.map_err(|e| e.to_string())?;
-            store.space().await.map_err(|e| e.to_string())
+        // Every server of the list fronts the same store: the first that answers speaks for it.
+        StagingRecord::Server { servers, token } => {
+            let mut last = String::from("no staging server configured");
+            for server in servers {
+                let answer = async {
+                    let t = godwit_transfer::target::Target::parse(
+                        &format!("staging://{}", server.address),
+                        Some(&server.fingerprint),
+                        Some(token.clone()),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    let store = t.connect().await.map_err(|e| e.to_string())?;
+                    store.space().await.map_err(|e| e.to_string())
+                }
+                .await;
+                match answer {
+                    Ok(space) => return Ok(space),
+                    Err(e) => last = format!("{}: {e}", server.address),
+                }
+            }
+            Err(last)
         }
         StagingRecord::S3 { .. } => Ok(None),
     }

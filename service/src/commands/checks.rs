@@ -82,7 +82,11 @@ impl Appliance {
         // --- issue 18, staging free space (wt-errors) ---
         if let Some(st) = &s.staging {
             let target = match st {
-                StagingRecord::Server { address, .. } => address.clone(),
+                StagingRecord::Server { servers, .. } => servers
+                    .iter()
+                    .map(|s| s.address.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 StagingRecord::S3 { bucket, .. } => format!("s3://{bucket}"),
             };
             let jobs_bytes = self
