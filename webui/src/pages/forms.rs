@@ -685,10 +685,10 @@ impl CbtForm {
         match self.enabled.as_str() {
             "on" => Ok(crate::backend::SetSourceCbt { enabled: true }),
             "off" => Ok(crate::backend::SetSourceCbt { enabled: false }),
-            other => Err(FormErrors::field(
-                "enabled",
-                format!("must be on or off, not {other:?}"),
-            )),
+            // Shown above the settings page (it has no `enabled` field to show it next to).
+            other => Err(FormErrors::general(format!(
+                "changed block tracking must be on or off, not {other:?}"
+            ))),
         }
     }
 }
