@@ -195,6 +195,28 @@ async function main() {
     const cancelled = exps.find((e) => e.destination.endsWith("web-03-disk1.vmdk"));
     const dl = await page.evaluate(async (id) => (await fetch(`/api/v1/exports/${id}/download`)).status, cancelled.id);
     if (dl !== 409) fail(`downloading a cancelled export answered ${dl}`);
+    // An export that fails (the double's data partition is "full" for full-* files): the row
+    // turns failed by itself and says what happened and what to do, with the code.
+    form = page.locator('form[action="/exports"]');
+    await form.locator("#job_id").selectOption(web03.id);
+    await form.locator("#disk").evaluate((sel) => { sel.value = "0"; });
+    await form.locator("#destination").fill("full-web-03.vmdk");
+    await submit(page, form, "Export");
+    const frow = page.locator("#exports tbody tr", { hasText: "full-web-03.vmdk" });
+    const fstate = frow.locator('[data-field="state"]');
+    for (let i = 0; i < 40 && (await fstate.textContent()).trim() !== "failed"; i++) await page.waitForTimeout(250);
+    if ((await fstate.textContent()).trim() !== "failed") fail("the failing export did not turn failed without a reload");
+    const problem = frow.locator(".export-error");
+    if (!(await problem.isVisible())) fail("a failed export does not show what happened");
+    const ferr = {
+      code: (await problem.locator('[data-field="error_code"]').textContent()).trim(),
+      message: (await problem.locator('[data-field="error_message"]').textContent()).trim(),
+      remediation: (await problem.locator('[data-field="error_remediation"]').textContent()).trim(),
+    };
+    if (ferr.code !== "export.target_full" || !ferr.message.includes("no room") || !ferr.remediation.includes("Delete exports")) fail(`the failed export shows ${JSON.stringify(ferr)}`);
+    if (/os error|\{|--[a-z]/.test(ferr.message + ferr.remediation)) fail(`the export error is not readable: ${JSON.stringify(ferr)}`);
+    result.export_error = ferr;
+    await shot(page, "export-failed");
 
     // 4. Settings: bandwidth limit set and shown; credentials edited.
     await go(page, "/settings");

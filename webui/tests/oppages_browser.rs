@@ -86,6 +86,7 @@ async fn operator_pages_in_chromium() {
         "export-unknown-disk",
         "export-progress",
         "export-cancelled",
+        "export-failed",
         "settings-bandwidth",
         "settings-credentials-saved",
         "settings-cbt-off",

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 /// A staging address starting with this fails the free-space check (to exercise the banner).
 pub const FULL_STAGING_PREFIX: &str = "full.";
 
+/// An export whose file name starts with this fails a quarter of the way through, as an export
+/// to a full data partition does (the real service's `export.target_full`, same wording).
+pub const FULL_EXPORT_PREFIX: &str = "full-";
+
 /// A password that the double's sources refuse (as a login would).
 pub const WRONG_PASSWORD: &str = "wrong-password";
 
@@ -102,8 +106,14 @@ impl TestBackend {
     pub(super) fn advance_exports(&self, s: &mut State) {
         let total_ms = self.export_duration.as_millis().max(1);
         let mut finished = Vec::new();
+        let mut failed = Vec::new();
         for r in &s.running_exports {
             let ms = r.started.elapsed().as_millis();
+            let name = r.dest.rsplit('/').next().unwrap_or_default();
+            if name.starts_with(FULL_EXPORT_PREFIX) && ms >= total_ms / 4 {
+                failed.push(r.id.clone());
+                continue;
+            }
             if ms >= total_ms {
                 finished.push(r.id.clone());
                 continue;
@@ -120,6 +130,26 @@ impl TestBackend {
                 e.bytes_done = done;
                 e.throughput_bps = rate;
                 e.eta_seconds = (rate > 0).then(|| (EXPORT_CONTENT_BYTES - done) / rate);
+            }
+        }
+        for id in failed {
+            s.running_exports.retain(|r| r.id != id);
+            if let Some(e) = s.exports.iter_mut().find(|e| e.id == id) {
+                e.state = "failed".into();
+                e.finished_at = Some(now_rfc3339());
+                e.throughput_bps = 0;
+                e.eta_seconds = None;
+                e.error = Some(JobError {
+                    code: "export.target_full".into(),
+                    message: "The appliance's data partition has no room for this export.".into(),
+                    remediation: "Delete exports that are no longer needed (Exports page) or give \
+                                  the appliance a bigger data disk, then start the export again."
+                        .into(),
+                    detail: Some(format!(
+                        "{}: No space left on device (os error 28)",
+                        e.destination
+                    )),
+                });
             }
         }
         for id in finished {
