@@ -137,8 +137,9 @@ pub struct ReplicateReport {
     pub bytes_sent: u64,
     /// Bytes of data hashed to name chunks (zero chunks and holes are not hashed).
     pub bytes_hashed: u64,
-    /// Bytes read and hashed in chunks that turned out identical to the previous sync's: the
-    /// cost of not knowing what changed (zero when changed ranges were given).
+    /// Bytes read (allocated data, as [`Self::bytes_read`] counts them) in chunks that turned
+    /// out identical to the previous sync's: the cost of not knowing what changed (zero when
+    /// changed ranges were given). Never more than `bytes_read`.
     pub bytes_unchanged: u64,
     /// Worker time spent reading and hashing those unchanged chunks, summed over workers.
     pub seconds_unchanged: f64,
@@ -831,7 +832,8 @@ fn one_chunk(
     c.hashed.fetch_add(len64, Ordering::Relaxed);
     add_nanos(&c.nanos_hash, t_hash);
     if shared.prior.get().and_then(|p| p.entries.get(i)) == Some(&Entry::Data(d)) {
-        c.unchanged.fetch_add(len64, Ordering::Relaxed);
+        // Counted like `bytes_read` (allocated data), so it is never more than what was read.
+        c.unchanged.fetch_add(data_bytes, Ordering::Relaxed);
         add_nanos(&c.nanos_unchanged, t_read);
     }
     let known = shared.known.lock().map(|k| k.contains(&d)).unwrap_or(false);
