@@ -18,6 +18,7 @@
 //! [staging]
 //! host = "staging.corp"             # port 1500 by default
 //! fingerprint = "SHA256:..."
+//! # Several staging servers of one store: [[staging]] tables instead, one per server.
 //!
 //! [s3]
 //! endpoint = "https://s3.corp:9000" # port 443 by default
@@ -90,10 +91,32 @@ pub struct Settings {
     pub vcenter: Vec<VCenterSettings>,
     #[serde(default)]
     pub hyperv: Vec<HostSettings>,
-    #[serde(default)]
-    pub staging: Option<HostSettings>,
+    /// The staging servers: one `[staging]` table, or `[[staging]]` tables for several servers
+    /// of one store (each checked).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub staging: Vec<HostSettings>,
     #[serde(default)]
     pub s3: Option<S3Settings>,
+}
+
+/// `[staging]` (one table) or `[[staging]]` (several) read as a list; the tables' own errors
+/// (an unknown key, a wrong type) are kept as they are.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<HostSettings>, D::Error> {
+    use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+    struct OneOrMany;
+    impl<'de> serde::de::Visitor<'de> for OneOrMany {
+        type Value = Vec<HostSettings>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a [staging] table or [[staging]] tables")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            HostSettings::deserialize(MapAccessDeserializer::new(map)).map(|h| vec![h])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Vec::deserialize(SeqAccessDeserializer::new(seq))
+        }
+    }
+    d.deserialize_any(OneOrMany)
 }
 
 impl Settings {
@@ -162,10 +185,15 @@ impl Settings {
             let pin = fp(&hv.fingerprint, format!("{el}.fingerprint"))?;
             add_peer(plan, e, Role::HyperVHost, pin, true);
         }
-        if let Some(st) = &self.staging {
+        for (i, st) in self.staging.iter().enumerate() {
+            let el = if self.staging.len() == 1 {
+                "staging".to_string()
+            } else {
+                format!("staging[{i}]")
+            };
             let e =
-                Endpoint::parse(&st.host, Some(1500)).map_err(value_err("staging.host".into()))?;
-            let pin = fp(&st.fingerprint, "staging.fingerprint".into())?;
+                Endpoint::parse(&st.host, Some(1500)).map_err(value_err(format!("{el}.host")))?;
+            let pin = fp(&st.fingerprint, format!("{el}.fingerprint"))?;
             add_peer(plan, e, Role::StagingServer, pin, true);
         }
         if let Some(s3) = &self.s3 {
@@ -299,6 +327,36 @@ listen = "0.0.0.0:443"
         assert!(plan.tls.iter().all(|t| t.endpoint.port != 902));
         assert_eq!(plan.tcp[2].purpose, "ESXi host esx1.corp (NFC)");
         assert_eq!(plan.proxies.len(), 1);
+    }
+
+    #[test]
+    fn several_staging_servers_are_each_checked() {
+        let p = Path::new("settings.toml");
+        let text = "[[staging]]\nhost = \"st1.corp\"\n[[staging]]\nhost = \"st2.corp:1600\"\n";
+        let s = Settings::parse(text, p).unwrap();
+        assert_eq!(s.staging.len(), 2);
+        let mut plan = Plan::default();
+        s.extend_plan(&mut plan, p).unwrap();
+        let ports: Vec<String> = plan.tcp.iter().map(|t| t.endpoint.to_string()).collect();
+        assert_eq!(ports, ["st1.corp:1500", "st2.corp:1600"]);
+        assert_eq!(plan.tls.len(), 2);
+        // The second one's error names it.
+        let bad = Settings::parse(
+            "[[staging]]\nhost = \"a\"\n[[staging]]\nhost = \"b:0\"\n",
+            p,
+        )
+        .unwrap();
+        let err = bad
+            .extend_plan(&mut Plan::default(), p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("staging[1].host"), "{err}");
+        // One [staging] table is still a list of one, and a typo in it is still named.
+        assert_eq!(Settings::parse(EXAMPLE, p).unwrap().staging.len(), 1);
+        let err = Settings::parse("[staging]\nhots = \"a\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `hots`"), "{err}");
     }
 
     #[test]

@@ -168,6 +168,28 @@ fn a_job_fails_over_to_another_staging_server_of_the_store_when_its_server_is_ki
         "{list:?}"
     );
 
+    // The checks reach every server of the store: the killed one's TCP check fails, the other's
+    // passes, and the store's free space is answered by the one still up.
+    let checks = svc.ok("POST", "/checks", None);
+    let rows = checks
+        .as_array()
+        .unwrap_or_else(|| panic!("checks: {checks}"));
+    let tcp = |addr: &str| -> &Value {
+        rows.iter()
+            .find(|c| c["check"] == "tcp" && c["target"].as_str().unwrap().starts_with(addr))
+            .unwrap_or_else(|| panic!("no tcp check of {addr}: {checks}"))
+    };
+    assert_eq!(tcp(&first)["status"], "fail", "{checks}");
+    assert_eq!(tcp(&other.addr)["status"], "pass", "{checks}");
+    let space = rows
+        .iter()
+        .find(|c| c["check"] == "staging free space")
+        .unwrap_or_else(|| panic!("no free-space check: {checks}"));
+    assert!(
+        space["value"].as_str().unwrap().contains(" free of "),
+        "{space}"
+    );
+
     // The export goes through the server still up, and equals the source.
     let out = work.path().join("export.raw");
     export_and_wait(&svc, &id, "raw", out.to_str().unwrap());

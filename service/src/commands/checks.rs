@@ -38,12 +38,15 @@ impl Appliance {
             }
         }
         match &s.staging {
-            // Several staging servers (issue 21): the checks reach the first.
+            // Several staging servers of one store (issue 21): each is checked.
             Some(StagingRecord::Server { servers, .. }) => {
-                cs.staging = servers.first().map(|s| nc::HostSettings {
-                    host: s.address.clone(),
-                    fingerprint: Some(s.fingerprint.clone()),
-                });
+                cs.staging = servers
+                    .iter()
+                    .map(|s| nc::HostSettings {
+                        host: s.address.clone(),
+                        fingerprint: Some(s.fingerprint.clone()),
+                    })
+                    .collect();
             }
             Some(StagingRecord::S3 {
                 endpoint, region, ..
