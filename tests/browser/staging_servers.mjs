@@ -13,17 +13,7 @@
 // Prints `RESULT {json}` and exits 0; any failed expectation exits 1 with the reason.
 
 import { chromium } from "playwright-core";
-import fs from "node:fs";
-import path from "node:path";
-
-function env(name, fallback) {
-  const v = process.env[name];
-  if (v === undefined || v === "") {
-    if (fallback === undefined) throw new Error(`environment variable ${name} is required`);
-    return fallback;
-  }
-  return v;
-}
+import { env, fail, navigator, screenshots, submit } from "./common.mjs";
 
 const cfg = {
   url: env("GODWIT_URL").replace(/\/$/, ""),
@@ -32,27 +22,8 @@ const cfg = {
   shots: env("GODWIT_SCREENSHOTS"),
   chromium: env("CHROMIUM", "/usr/bin/chromium"),
 };
-fs.mkdirSync(cfg.shots, { recursive: true });
-
-let shotNo = 0;
-async function shot(page, name) {
-  shotNo += 1;
-  const file = path.join(cfg.shots, `${String(shotNo).padStart(2, "0")}-${name}.png`);
-  await page.screenshot({ path: file, fullPage: true });
-  console.log(`screenshot ${file}`);
-}
-
-function fail(msg) {
-  throw new Error(msg);
-}
-
-async function go(page, p) {
-  await page.goto(cfg.url + p, { waitUntil: "load" });
-}
-
-async function submit(page, form, buttonText) {
-  await Promise.all([page.waitForLoadState("load"), form.getByRole("button", { name: buttonText }).click()]);
-}
+const shot = screenshots(cfg.shots);
+const go = navigator(cfg.url);
 
 async function rows(page) {
   return page.locator("#staging-servers tr[data-server]").evaluateAll((trs) =>
