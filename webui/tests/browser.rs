@@ -13,57 +13,39 @@ use std::{sync::Arc, time::Duration};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wizard_script_passes_in_chromium_against_the_router() {
-    let browser_dir = browser::browser_dir();
     let code = "2468-1357";
     let backend = Arc::new(TestBackend::new(code).with_job_duration(Duration::from_secs(3)));
     let (addr, server) = browser::serve(backend).await;
     let shots = browser::screenshots("webui-browser-screenshots");
-    let out = tokio::process::Command::new("node")
-        .arg("wizard.mjs")
-        .current_dir(&browser_dir)
-        .env("GODWIT_URL", format!("http://{addr}"))
-        .env("GODWIT_SETUP_CODE", code)
-        .env("GODWIT_ADMIN_PASSWORD", "browser-tangerine-orbit")
-        .env("GODWIT_STAGING_ADDRESS", "192.0.2.20:1500")
-        .env(
-            "GODWIT_STAGING_FINGERPRINT",
-            format!("SHA256:{}", "ab".repeat(32)),
-        )
-        .env("GODWIT_STAGING_TOKEN", "staging-token-secret-1")
-        .env("GODWIT_SOURCE_ADDRESS", "vcenter.example")
-        .env("GODWIT_SOURCE_USER", "administrator@vsphere.local")
-        .env("GODWIT_SOURCE_PASSWORD", "source-password-secret-1")
-        .env("GODWIT_VM", "web-01")
-        .env("GODWIT_EXPORT_DEST", "/var/lib/godwit/exports/web-01.vmdk")
-        .env("GODWIT_SCREENSHOTS", &shots)
-        .env("GODWIT_JOB_TIMEOUT_S", "60")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("node is missing: run `make deps`");
+    let staging_fingerprint = format!("SHA256:{}", "ab".repeat(32));
+    browser::run_script(
+        "wizard.mjs",
+        addr,
+        &shots,
+        &[
+            ("GODWIT_SETUP_CODE", code),
+            ("GODWIT_ADMIN_PASSWORD", "browser-tangerine-orbit"),
+            ("GODWIT_STAGING_ADDRESS", "192.0.2.20:1500"),
+            ("GODWIT_STAGING_FINGERPRINT", staging_fingerprint.as_str()),
+            ("GODWIT_STAGING_TOKEN", "staging-token-secret-1"),
+            ("GODWIT_SOURCE_ADDRESS", "vcenter.example"),
+            ("GODWIT_SOURCE_USER", "administrator@vsphere.local"),
+            ("GODWIT_SOURCE_PASSWORD", "source-password-secret-1"),
+            ("GODWIT_VM", "web-01"),
+            ("GODWIT_EXPORT_DEST", "/var/lib/godwit/exports/web-01.vmdk"),
+            ("GODWIT_JOB_TIMEOUT_S", "60"),
+        ],
+    )
+    .await;
     server.abort();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "wizard.mjs failed; screenshots in {}\nstdout:\n{stdout}\nstderr:\n{}",
-        shots.display(),
-        String::from_utf8_lossy(&out.stderr)
+    browser::assert_screenshots(
+        &shots,
+        &[
+            "password-error",
+            "source-certificate",
+            "job-progress",
+            "job-complete",
+            "exports",
+        ],
     );
-    assert!(stdout.contains("RESULT {"), "{stdout}");
-    for step in [
-        "password-error",
-        "source-certificate",
-        "job-progress",
-        "job-complete",
-        "exports",
-    ] {
-        assert!(
-            std::fs::read_dir(&shots).unwrap().any(|e| e
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .contains(step)),
-            "no screenshot of {step}"
-        );
-    }
 }

@@ -18,7 +18,6 @@ const PASSWORD: &str = "browser-operator-pages-1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_pages_in_chromium() {
-    let browser_dir = browser::browser_dir();
     let backend = Arc::new(
         TestBackend::with_password(PASSWORD, "1357-2468")
             .with_job_duration(Duration::from_secs(1))
@@ -55,52 +54,37 @@ async fn operator_pages_in_chromium() {
         .unwrap();
     let (addr, server) = browser::serve(backend).await;
     let shots = browser::screenshots("oppages-browser-screenshots");
-    let out = tokio::process::Command::new("node")
-        .arg("oppages.mjs")
-        .current_dir(&browser_dir)
-        .env("GODWIT_URL", format!("http://{addr}"))
-        .env("GODWIT_ADMIN_PASSWORD", PASSWORD)
-        .env("GODWIT_GOOD_STAGING", "staging.example:1500")
-        .env("GODWIT_FINGERPRINT", TEST_FINGERPRINT)
-        .env("GODWIT_SCREENSHOTS", &shots)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("node is missing: run `make deps`");
+    browser::run_script(
+        "oppages.mjs",
+        addr,
+        &shots,
+        &[
+            ("GODWIT_ADMIN_PASSWORD", PASSWORD),
+            ("GODWIT_GOOD_STAGING", "staging.example:1500"),
+            ("GODWIT_FINGERPRINT", TEST_FINGERPRINT),
+        ],
+    )
+    .await;
     server.abort();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "oppages.mjs failed; screenshots in {}\nstdout:\n{stdout}\nstderr:\n{}",
-        shots.display(),
-        String::from_utf8_lossy(&out.stderr)
+    browser::assert_screenshots(
+        &shots,
+        &[
+            "checks-failed",
+            "finish-confirm",
+            "dashboard-banner",
+            "inventory-search",
+            "inventory-tree",
+            "inventory-bulk-created",
+            "export-unknown-disk",
+            "export-progress",
+            "export-cancelled",
+            "export-failed",
+            "settings-bandwidth",
+            "settings-credentials-saved",
+            "settings-cbt-off",
+            "settings-update-refused",
+            "settings-update-verified",
+            "dashboard-no-banner",
+        ],
     );
-    assert!(stdout.contains("RESULT {"), "{stdout}");
-    for step in [
-        "checks-failed",
-        "finish-confirm",
-        "dashboard-banner",
-        "inventory-search",
-        "inventory-tree",
-        "inventory-bulk-created",
-        "export-unknown-disk",
-        "export-progress",
-        "export-cancelled",
-        "export-failed",
-        "settings-bandwidth",
-        "settings-credentials-saved",
-        "settings-cbt-off",
-        "settings-update-refused",
-        "settings-update-verified",
-        "dashboard-no-banner",
-    ] {
-        assert!(
-            std::fs::read_dir(&shots).unwrap().any(|e| e
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .contains(step)),
-            "no screenshot of {step}"
-        );
-    }
 }

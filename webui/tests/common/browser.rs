@@ -51,3 +51,47 @@ pub fn screenshots(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&shots);
     shots
 }
+
+/// Run `tests/browser/<script>` against the web UI at `addr` with `env` (plus GODWIT_URL and
+/// GODWIT_SCREENSHOTS); asserts it succeeded and printed its `RESULT {…}` line; returns stdout.
+pub async fn run_script(
+    script: &str,
+    addr: SocketAddr,
+    shots: &Path,
+    env: &[(&str, &str)],
+) -> String {
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .current_dir(browser_dir())
+        .env("GODWIT_URL", format!("http://{addr}"))
+        .env("GODWIT_SCREENSHOTS", shots)
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node is missing: run `make deps`");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed; screenshots in {}\nstdout:\n{stdout}\nstderr:\n{}",
+        shots.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("RESULT {"), "{stdout}");
+    stdout
+}
+
+/// Every step named has its screenshot in `shots`.
+pub fn assert_screenshots(shots: &Path, steps: &[&str]) {
+    let names: Vec<String> = std::fs::read_dir(shots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for step in steps {
+        assert!(
+            names.iter().any(|n| n.contains(step)),
+            "no screenshot of {step} in {}",
+            shots.display()
+        );
+    }
+}
